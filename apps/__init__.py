@@ -1,0 +1,1 @@
+"""Suite apps, one per file, each runnable with `osken-manager apps/<name>.py`."""

@@ -1,0 +1,1 @@
+"""The controller core: pipeline, desired-state reconciliation, topology, and the os-ken shim."""

@@ -1,0 +1,63 @@
+"""The interface every suite app implements: plain Python, driven by the core, no os-ken inside.
+
+An app reads the topology, states the flows it wants through `self.desired`, and reacts to events.
+Every hook gets `now` from the caller and never reads the clock, so tests control time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from controller.flows import Flow
+
+if TYPE_CHECKING:
+    from controller.core import Core
+
+
+@dataclass(frozen=True)
+class PacketIn:
+    """A packet the switch sent us, with the few fields every app wants already parsed."""
+
+    dpid: int
+    in_port: int
+    table_id: int
+    cookie: int
+    data: bytes
+    eth_dst: str
+    eth_src: str
+    eth_type: int
+
+
+class SuiteApp:
+    """Base class: override the hooks you need. `config_section` names the config key you read."""
+
+    name = "app"
+    config_section: str | None = None
+    cookie: int = 0  # high byte of every flow cookie this app installs; identifies its flows
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.topology = core.topology
+        self.desired = core.desired
+
+    def check_config(self, section: Any, config) -> None:
+        """Raise ConfigError if the section is not usable. Runs before anything is applied."""
+
+    def configure(self, section: Any, now: float) -> None:
+        """Apply a checked config section (at start and on every reload)."""
+
+    def on_switch_synced(self, dpid: int, installed: list[Flow], now: float) -> None:
+        """A switch connected and reported its tables: recover any state they hold."""
+
+    def on_topology_change(self, now: float) -> None:
+        """Links, ports or the flood tree moved: recompute what depends on them."""
+
+    def on_packet_in(self, pkt: PacketIn, now: float) -> None:
+        """A packet-in not claimed by the core (LLDP is the core's)."""
+
+    def on_flow_removed(self, dpid: int, flow: Flow, reason: int, now: float) -> None:
+        """A flow of ours timed out or was deleted by the switch."""
+
+    def tick(self, now: float) -> None:
+        """Called about every half second."""

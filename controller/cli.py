@@ -1,0 +1,166 @@
+"""`osken-manager`: the classic launcher, which os-ken 4 no longer ships.
+
+    osken-manager [--ofp-tcp-listen-port 6653] [--config lab.yaml] [--verbose] APP...
+
+APP is a file path (apps/firewall.py) or a module (apps.firewall). Everything that can be checked
+before starting is checked first: an unknown app, a bad config or a busy port gives one line on
+stderr and exit status 2. SIGTERM or SIGINT exits 0 at once (os-ken's native hub cannot stop its
+threads, so we do not wait for them); SIGHUP reloads the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+EXIT_USAGE = 2
+LOG = logging.getLogger("osken_suite.cli")
+
+
+class LaunchError(Exception):
+    """Something that stops a start; its text is the one line the user sees."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="osken-manager", description=__doc__.split("\n\n")[0])
+    p.add_argument("apps", nargs="+", metavar="APP", help="app file path or module name")
+    p.add_argument("--ofp-tcp-listen-port", type=int, default=6653)
+    p.add_argument("--ofp-listen-host", default="0.0.0.0")
+    p.add_argument("--config", help="YAML config file (see docs/config.md)")
+    p.add_argument("--prometheus-port", type=int, default=9302,
+                   help="serve /metrics on this port of 127.0.0.1 (0: off)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--observe-links", action="store_true",
+                   help="accepted for compatibility; link discovery is always on")
+    return p.parse_args(argv)
+
+
+def module_name(app: str) -> str:
+    """'apps/firewall.py' -> 'apps.firewall' (with its package root on sys.path); modules as-is."""
+    if not (app.endswith(".py") or os.sep in app):
+        return app
+    path = os.path.abspath(app)
+    if not os.path.isfile(path):
+        raise LaunchError(f"unknown app {app!r}: no such file")
+    parts = [os.path.splitext(os.path.basename(path))[0]]
+    folder = os.path.dirname(path)
+    while os.path.isfile(os.path.join(folder, "__init__.py")):
+        parts.insert(0, os.path.basename(folder))
+        folder = os.path.dirname(folder)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return ".".join(parts)
+
+
+def import_app(app: str):
+    """Import an app module and return it; it must define an os-ken app class of its own."""
+    from os_ken.base.app_manager import OSKenApp
+
+    name = module_name(app)
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise LaunchError(f"unknown app {app!r}: {exc}") from None
+    except Exception as exc:  # a broken app file: say which and why, in one line
+        raise LaunchError(f"app {app!r} failed to import: {type(exc).__name__}: {exc}") from None
+    own = [c for _, c in inspect.getmembers(module, inspect.isclass)
+           if issubclass(c, OSKenApp) and c.__module__ == module.__name__]
+    if not own:
+        raise LaunchError(f"unknown app {app!r}: it defines no os-ken app class")
+    return module
+
+
+def check_config(path: str | None, modules: list):
+    """Load the config and let every suite app check its section, before anything starts."""
+    from controller.config import Config, ConfigError, load_config
+    from controller.core import Core
+    from controller.shim import SuiteOSKenApp
+
+    try:
+        config = load_config(path) if path else Config()
+        core = Core()
+        for module in modules:
+            for _, cls in inspect.getmembers(module, inspect.isclass):
+                if issubclass(cls, SuiteOSKenApp) and cls.suite_app is not None:
+                    core.add_app(cls.suite_app)
+        core.check_config(config)
+    except ConfigError as exc:
+        raise LaunchError(f"bad config: {exc}") from None
+    return config
+
+
+def check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise LaunchError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _install_signals() -> None:
+    def stop(signum, _frame):
+        LOG.info("%s: stopping", signal.Signals(signum).name)
+        logging.shutdown()
+        os._exit(0)
+
+    def reload(_signum, _frame):
+        from controller.shim import CoreApp
+
+        if CoreApp.instance is not None:
+            CoreApp.instance.request_reload()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _install_signals()
+    modules = [import_app(a) for a in args.apps]
+    config = check_config(args.config, modules)
+    check_port(args.ofp_listen_host, args.ofp_tcp_listen_port)
+
+    from os_ken import cfg
+    from os_ken.base.app_manager import AppManager
+    from os_ken.controller import controller as _ofp_controller  # noqa: F401 (registers options)
+
+    from controller import shim
+
+    cfg.CONF(args=["--ofp-tcp-listen-port", str(args.ofp_tcp_listen_port),
+                   "--ofp-listen-host", args.ofp_listen_host], project="os_ken")
+    shim.RUNTIME.config = config
+    shim.RUNTIME.prometheus_port = args.prometheus_port
+
+    manager = AppManager.get_instance()
+    manager.load_apps([m.__name__ for m in modules] + ["os_ken.controller.ofp_handler"])
+    contexts = manager.create_contexts()
+    threads = manager.instantiate_apps(**contexts)
+    LOG.info("listening for OpenFlow 1.3 on %s:%d", args.ofp_listen_host,
+             args.ofp_tcp_listen_port)
+    while all(t.is_alive() for t in threads):
+        time.sleep(0.5)
+    LOG.error("an os-ken thread ended unexpectedly; stopping")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except LaunchError as exc:
+        print(f"osken-manager: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The `--config` file: YAML read with line numbers, checked with JSON Schema, errors that point.
+
+Every error names the file, the line and the field, e.g.
+``lab.yaml:7: l2.mac_age: -3 is less than the minimum of 1``. Sections belong to apps; an app
+registers the schema of its section, and later issues add theirs.
+
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "lab.yaml")
+>>> _ = open(path, "w").write("l2:\\n  mac_age: 60\\n")
+>>> load_config(path).section("l2")
+{'mac_age': 60}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import yaml
+
+_LABELS = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+
+SCHEMAS: dict[str, dict] = {
+    # Shared by the policy apps: the hosts and namespaces that policies speak about.
+    "namespaces": {
+        "type": "array",
+        "items": {"type": "object", "required": ["name"], "additionalProperties": False,
+                  "properties": {"name": {"type": "string"}, "labels": _LABELS}},
+    },
+    "endpoints": {
+        "type": "array",
+        "items": {
+            "type": "object", "required": ["name", "ip"], "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string"}, "namespace": {"type": "string"},
+                "ip": {"type": "string"}, "mac": {"type": "string"}, "labels": _LABELS,
+                "ports": {"type": "array", "items": {
+                    "type": "object", "required": ["port"], "additionalProperties": False,
+                    "properties": {"name": {"type": "string"},
+                                   "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                   "protocol": {"enum": ["TCP", "UDP", "SCTP"]}}}},
+            },
+        },
+    },
+    "l2": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "mac_age": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "probation": {"type": "number", "minimum": 0, "maximum": 60},
+            "lldp_interval": {"type": "number", "minimum": 0.1, "maximum": 3600},
+        },
+    },
+    # Sections whose apps arrive with later issues: the contract names them, their apps will
+    # tighten these schemas.
+    "firewall": {"type": "object"},
+    "policies": {"type": "array", "items": {"type": "string"}},
+    "services": {"type": "array", "items": {"type": "object"}},
+    "routing": {"type": "array", "items": {"type": "string"}},
+}
+
+
+class ConfigError(Exception):
+    """A config problem, located: str() gives 'file:line: field: what is wrong'."""
+
+    def __init__(self, path: str, line: int | None, where: str, message: str) -> None:
+        self.path, self.line, self.where, self.message = path, line, where, message
+        loc = f"{path}:{line}" if line else path
+        super().__init__(f"{loc}: {where + ': ' if where else ''}{message}")
+
+
+def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) -> None:
+    """Record the line of every key and item; reject duplicate keys (YAML keeps one silently)."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                raise ConfigError(file, key_node.start_mark.line + 1, _dotted(path + (key,)),
+                                  "duplicate key")
+            seen.add(key)
+            _line_map(value_node, path + (key,), lines, file)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), lines, file)
+
+
+def _dotted(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@dataclass
+class Config:
+    path: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    lines: dict[tuple, int] = field(default_factory=dict)
+
+    def section(self, name: str, default: Any = None) -> Any:
+        return self.data.get(name, default)
+
+    def files(self) -> list[str]:
+        """Every file this config depends on (watched for changes)."""
+        return [self.path] if self.path else []
+
+    def error(self, where: tuple, message: str) -> ConfigError:
+        """A ConfigError located at `where` (or the nearest enclosing key that has a line)."""
+        probe = where
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        return ConfigError(self.path or "<config>", self.lines.get(probe), _dotted(where), message)
+
+
+def load_config(path: str) -> Config:
+    """Read and check a config file; raise ConfigError naming the file, line and field."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(path, None, "", f"cannot read: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, mark.line + 1 if mark else None, "",
+                          f"YAML syntax error: {problem}") from None
+    cfg = Config(path, {} if data is None else data, {})
+    if node is not None:
+        _line_map(node, (), cfg.lines, path)
+    if not isinstance(cfg.data, dict):
+        raise cfg.error((), "the top level must be a mapping of sections")
+    schema = {"type": "object", "properties": SCHEMAS, "additionalProperties": False}
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg.data),
+                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise cfg.error(*_locate(errors[0]))
+    return cfg
+
+
+def _locate(err: jsonschema.ValidationError) -> tuple[tuple, str]:
+    """Where the error is and what to say; an unknown key is reported at the key itself."""
+    where = tuple(err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            return where + (extra[0],), "unknown key"
+    return where, err.message

@@ -1,0 +1,395 @@
+"""The controller core: plain Python that turns events into OpenFlow messages.
+
+The os-ken shim calls one method per event with `now`, and sends what it returns: a dict of
+dpid -> list of messages. Inside, apps state desired flows; the core diffs them against what each
+switch holds and sends only the difference, fenced by barriers.
+
+A switch's life: connected -> syncing (we read its ports, flows and groups) -> settling (links are
+being discovered; its old flows keep forwarding untouched) -> ready (reconciled, then kept in sync).
+Settling is what lets a restarted controller repair a running network instead of wiping it.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from controller.app import PacketIn, SuiteApp
+from controller.config import Config, ConfigError
+from controller.desired import DesiredState
+from controller.discovery import LLDP_ETHERTYPE, LLDP_MAC, Discovery, lldp_frame
+from controller.flows import OF13, Flow, FlowKey, Group, apply, flow, to_controller
+from controller.metrics import Metrics
+from controller.pipeline import PIPELINE, Pipeline
+from controller.reconcile import apply_plan, diff_flows, diff_groups, messages
+from controller.topology import Topology
+
+LOG = logging.getLogger("osken_suite.core")
+
+Outbox = dict[int, list]
+CORE_COOKIE = 0x01 << 56
+LLDP_PRIORITY = 65000
+RESYNC_DELAY = 1.0
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    port_no: int
+    name: str
+    hw_addr: str
+    live: bool
+
+
+@dataclass
+class SwitchConn:
+    """What we know about one connected switch."""
+
+    dpid: int
+    connected_at: float
+    phase: str = "syncing"  # syncing -> settling -> ready
+    pending: set[str] = field(default_factory=lambda: {"ports", "flows", "groups"})
+    ports: dict[int, PortInfo] = field(default_factory=dict)
+    flows: dict[FlowKey, Flow] = field(default_factory=dict)
+    groups: dict[int, Group] = field(default_factory=dict)
+    synced_at: float = 0.0
+    resync_at: float | None = None
+
+
+def parse_eth(data: bytes) -> tuple[str, str, int]:
+    """(dst, src, ethertype) of a frame, looking through one VLAN tag; cheap on the hot path."""
+    if len(data) < 14:
+        return "", "", 0
+    eth_type = struct.unpack_from("!H", data, 12)[0]
+    if eth_type == 0x8100 and len(data) >= 18:
+        eth_type = struct.unpack_from("!H", data, 16)[0]
+    return data[0:6].hex(":"), data[6:12].hex(":"), eth_type
+
+
+class Core:
+    def __init__(self, pipeline: Pipeline = PIPELINE, metrics: Metrics | None = None,
+                 probation: float = 1.0, lldp_interval: float = 5.0) -> None:
+        self.pipeline = pipeline
+        self.metrics = metrics or Metrics()
+        self.topology = Topology()
+        self.discovery = Discovery(self.topology, probation=probation, interval=lldp_interval)
+        self.desired = DesiredState()
+        self.apps: list[SuiteApp] = []
+        self.conns: dict[int, SwitchConn] = {}
+        self.config = Config()
+        self._out: Outbox = defaultdict(list)
+        self._topology_version = self.topology.version
+        self._last_connect = float("-inf")
+
+    @property
+    def settle_time(self) -> float:
+        return self.discovery.probation + 0.2
+
+    # --- apps and config -------------------------------------------------------------------------
+
+    def add_app(self, app_cls: type[SuiteApp]) -> SuiteApp:
+        for app in self.apps:
+            if type(app) is app_cls:
+                return app
+        app = app_cls(self)
+        self.apps.append(app)
+        LOG.info("app %s loaded", app.name)
+        return app
+
+    def check_config(self, config: Config) -> None:
+        """Every app checks its section before anything changes (raises ConfigError)."""
+        self._check_discovery(config)
+        for app in self.apps:
+            if app.config_section:
+                app.check_config(config.section(app.config_section), config)
+        used = {a.config_section for a in self.apps} | {"discovery", "namespaces", "endpoints"}
+        for section in config.data:
+            if section not in used:
+                LOG.warning("%s: section %r is not used by any loaded app", config.path, section)
+
+    @staticmethod
+    def _check_discovery(config: Config) -> None:
+        section = config.section("discovery") or {}
+        if section.get("lldp_interval", 5.0) <= section.get("probation", 1.0):
+            raise config.error(("discovery", "lldp_interval"), "must be longer than probation")
+
+    def configure(self, config: Config, now: float) -> Outbox:
+        """Check the whole config, then apply it; on error the running config stays in force."""
+        self.check_config(config)
+        self.config = config
+        section = config.section("discovery") or {}
+        self.discovery.probation = float(section.get("probation", self.discovery.probation))
+        self.discovery.interval = float(section.get("lldp_interval", self.discovery.interval))
+        for app in self.apps:
+            if app.config_section:
+                app.configure(config.section(app.config_section), now)
+        return self._finish(now)
+
+    def reload(self, config_loader, now: float) -> Outbox:
+        """SIGHUP or a changed file: load, check everything, apply atomically or not at all."""
+        try:
+            config = config_loader()
+            out = self.configure(config, now)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("rejected").inc()
+            LOG.error("config reload rejected, the running config stays in force: %s", exc)
+            return {}
+        self.metrics.config_reloads.labels("applied").inc()
+        LOG.info("config reloaded from %s", config.path)
+        return out
+
+    # --- switch lifecycle ----------------------------------------------------------------------
+
+    def switch_connected(self, dpid: int, now: float) -> Outbox:
+        """A switch finished the handshake: read its ports and tables before touching them."""
+        self.conns[dpid] = SwitchConn(dpid, connected_at=now)
+        self._last_connect = now
+        LOG.info("switch %016x connected; reading its tables", dpid)
+        self._request_tables(dpid, with_ports=True)
+        return self._drain()
+
+    def _request_tables(self, dpid: int, with_ports: bool) -> None:
+        if with_ports:
+            self._out[dpid].append(parser.OFPPortDescStatsRequest(OF13, 0))
+        self._out[dpid].append(parser.OFPFlowStatsRequest(
+            OF13, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch()))
+        self._out[dpid].append(parser.OFPGroupDescStatsRequest(OF13, 0))
+
+    def switch_disconnected(self, dpid: int, now: float) -> Outbox:
+        """Forget the connection, not the switch: with fail-mode secure its flows keep working."""
+        if self.conns.pop(dpid, None) is not None:
+            LOG.warning("switch %016x disconnected; its links stay until a port says otherwise",
+                        dpid)
+        self.discovery.forget_switch(dpid)
+        self.metrics.switches.set(sum(c.phase == "ready" for c in self.conns.values()))
+        return self._finish(now)
+
+    def ports_reply(self, dpid: int, ports: Iterable[PortInfo], more: bool, now: float) -> Outbox:
+        conn = self.conns.get(dpid)
+        if conn is None:
+            return {}
+        conn.ports.update({p.port_no: p for p in ports if p.port_no <= ofp.OFPP_MAX})
+        return self._part_done(conn, "ports", more, now)
+
+    def flows_reply(self, dpid: int, flows: Iterable[Flow], more: bool, now: float) -> Outbox:
+        conn = self.conns.get(dpid)
+        if conn is None:
+            return {}
+        if "flows" in conn.pending:
+            conn.flows.update((f.key, f) for f in flows)
+        return self._part_done(conn, "flows", more, now)
+
+    def groups_reply(self, dpid: int, groups: Iterable[Group], more: bool, now: float) -> Outbox:
+        conn = self.conns.get(dpid)
+        if conn is None:
+            return {}
+        if "groups" in conn.pending:
+            conn.groups.update((g.group_id, g) for g in groups)
+        return self._part_done(conn, "groups", more, now)
+
+    def _part_done(self, conn: SwitchConn, part: str, more: bool, now: float) -> Outbox:
+        if not more:
+            conn.pending.discard(part)
+            if not conn.pending:
+                if conn.phase == "syncing":
+                    self._synced(conn, now)
+                else:
+                    self._reconcile(conn, "resync")
+        return self._finish(now)
+
+    def _synced(self, conn: SwitchConn, now: float) -> None:
+        dpid = conn.dpid
+        conn.phase, conn.synced_at = "settling", now
+        self.topology.add_switch(dpid, {p.port_no: p.live for p in conn.ports.values()})
+        for port in conn.ports.values():
+            if port.live:
+                self.discovery.port_up(dpid, port.port_no, now)
+        self.desired.put(("core", "pipeline", dpid), {dpid: self._core_flows(dpid)})
+        LOG.info("switch %016x: %d ports, %d flows, %d groups on the switch; settling",
+                 dpid, len(conn.ports), len(conn.flows), len(conn.groups))
+        for app in self.apps:
+            app.on_switch_synced(dpid, list(conn.flows.values()), now)
+        # Without the LLDP trap and table-miss entries discovery cannot work: add what is missing,
+        # touch nothing else until the switch is ready.
+        keys = [f.key for f in self._core_flows(dpid)]
+        plan = diff_flows(conn.flows, self.desired.flows[dpid], keys)
+        self._send_plan(conn, plan)
+        self._probe(conn, conn.ports.values())
+
+    def _core_flows(self, dpid: int) -> list[Flow]:
+        trap = flow(0, LLDP_PRIORITY, {"eth_type": LLDP_ETHERTYPE, "eth_dst": LLDP_MAC},
+                    apply(to_controller()), cookie=CORE_COOKIE)
+        misses = [Flow(f.table, f.priority, f.match, f.instructions, CORE_COOKIE)
+                  for f in self.pipeline.miss_flows()]
+        return [trap] + misses
+
+    def _probe(self, conn: SwitchConn, ports: Iterable[PortInfo]) -> None:
+        """Send an LLDP frame out of each live port, so neighbours report the link to us."""
+        for port in ports:
+            if port.live:
+                frame = lldp_frame(conn.dpid, port.port_no, port.hw_addr)
+                self._out[conn.dpid].append(packet_out(port.port_no, frame))
+
+    def _reconcile(self, conn: SwitchConn, why: str) -> None:
+        """Full diff of everything we want against everything the switch holds."""
+        dpid = conn.dpid
+        self.desired.take_dirty(dpid)
+        plan = diff_flows(conn.flows, self.desired.flows[dpid])
+        diff_groups(conn.groups, self.desired.groups[dpid], plan=plan)
+        self._send_plan(conn, plan)
+        self.metrics.reconciles.labels(f"{dpid:016x}").inc()
+        LOG.info("switch %016x reconciled (%s): %s", dpid, why, plan.summary())
+
+    def _send_plan(self, conn: SwitchConn, plan) -> None:
+        if plan:
+            self._out[conn.dpid].extend(messages(plan))
+            apply_plan(conn.flows, conn.groups, plan)
+
+    # --- events from switches ------------------------------------------------------------------
+
+    def port_status(self, dpid: int, reason: int, port: PortInfo, now: float) -> Outbox:
+        conn = self.conns.get(dpid)
+        if conn is None or port.port_no > ofp.OFPP_MAX:
+            return {}
+        was = conn.ports.get(port.port_no)
+        if reason == ofp.OFPPR_DELETE:
+            conn.ports.pop(port.port_no, None)
+            self.topology.remove_port(dpid, port.port_no)
+            self.discovery.port_down(dpid, port.port_no)
+            LOG.info("switch %016x port %d deleted", dpid, port.port_no)
+            return self._finish(now)
+        conn.ports[port.port_no] = port
+        if port.live and not (was and was.live):
+            LOG.info("switch %016x port %d (%s) up", dpid, port.port_no, port.name)
+            self.topology.set_port(dpid, port.port_no, True)
+            self.discovery.port_up(dpid, port.port_no, now)
+            self._probe(conn, [port])
+        elif not port.live and (was is None or was.live):
+            LOG.info("switch %016x port %d (%s) down", dpid, port.port_no, port.name)
+            self.topology.set_port(dpid, port.port_no, False)
+            self.discovery.port_down(dpid, port.port_no)
+        return self._finish(now)
+
+    def packet_in(self, dpid: int, in_port: int, data: bytes, table_id: int, cookie: int,
+                  now: float) -> Outbox:
+        conn = self.conns.get(dpid)
+        if conn is None:
+            return {}
+        self.metrics.packet_ins.labels(f"{dpid:016x}").inc()
+        eth_dst, eth_src, eth_type = parse_eth(data)
+        if eth_type == LLDP_ETHERTYPE:
+            if self.discovery.heard(dpid, in_port, data, now):
+                LOG.info("link found: switch %016x port %d", dpid, in_port)
+            return self._finish(now)
+        pkt = PacketIn(dpid, in_port, table_id, cookie, data, eth_dst, eth_src, eth_type)
+        for app in self.apps:
+            app.on_packet_in(pkt, now)
+        return self._finish(now)
+
+    def flow_removed(self, dpid: int, removed: Flow, reason: int, now: float) -> Outbox:
+        conn = self.conns.get(dpid)
+        if conn is None:
+            return {}
+        if conn.flows.get(removed.key) is not None:
+            del conn.flows[removed.key]
+        for app in self.apps:
+            app.on_flow_removed(dpid, removed, reason, now)
+        return self._finish(now)
+
+    def error(self, dpid: int, err_type: int, code: int, now: float) -> Outbox:
+        """A switch refused something: count it, log it, and re-read its tables to repair."""
+        self.metrics.errors.labels(f"{dpid:016x}", str(err_type), str(code)).inc()
+        LOG.error("switch %016x sent error type=%d code=%d; will re-read its tables", dpid,
+                  err_type, code)
+        conn = self.conns.get(dpid)
+        if conn is not None and conn.resync_at is None:
+            conn.resync_at = now + RESYNC_DELAY
+        return {}
+
+    def tick(self, now: float) -> Outbox:
+        """Periodic work: probes, probation, link ageing, settling, resyncs, app timers."""
+        if self.discovery.due(now):
+            for conn in self.conns.values():
+                if conn.phase != "syncing":
+                    self._probe(conn, conn.ports.values())
+        self.discovery.expire(now, set(self.conns))
+        settling = [c for c in self.conns.values() if c.phase == "settling"]
+        if settling and now - self._last_connect >= self.settle_time and all(
+                now - c.synced_at >= self.settle_time for c in settling):
+            for conn in settling:
+                conn.phase = "ready"
+            self._notify_topology(now)
+            for conn in settling:
+                self._reconcile(conn, "connect")
+        for conn in self.conns.values():
+            if conn.resync_at is not None and now >= conn.resync_at and conn.phase == "ready":
+                conn.resync_at = None
+                conn.flows, conn.groups = {}, {}
+                conn.pending = {"flows", "groups"}
+                self._request_tables(conn.dpid, with_ports=False)
+        for app in self.apps:
+            app.tick(now)
+        self._update_gauges()
+        return self._finish(now)
+
+    # --- output --------------------------------------------------------------------------------
+
+    def send(self, dpid: int, msgs: list) -> None:
+        """For apps: queue messages that are not flows (packet-outs)."""
+        self._out[dpid].extend(msgs)
+
+    def _notify_topology(self, now: float) -> None:
+        if self.topology.version != self._topology_version:
+            self._topology_version = self.topology.version
+            for app in self.apps:
+                app.on_topology_change(now)
+
+    def _finish(self, now: float) -> Outbox:
+        self._notify_topology(now)
+        self._flush()
+        return self._drain()
+
+    def _flush(self) -> None:
+        """Send the difference for every key that changed on a ready switch."""
+        for dpid in list(self.desired.dirty_flows.keys() | self.desired.dirty_groups.keys()):
+            conn = self.conns.get(dpid)
+            if conn is None or conn.phase != "ready" or conn.pending:
+                continue
+            flow_keys, group_ids = self.desired.take_dirty(dpid)
+            plan = diff_flows(conn.flows, self.desired.flows[dpid], flow_keys)
+            diff_groups(conn.groups, self.desired.groups[dpid], group_ids, plan=plan)
+            self._send_plan(conn, plan)
+
+    def _drain(self) -> Outbox:
+        out, self._out = self._out, defaultdict(list)
+        for dpid, msgs in out.items():
+            self.metrics.count_sent(dpid, msgs)
+        return dict(out)
+
+    def _update_gauges(self) -> None:
+        m = self.metrics
+        m.switches.set(sum(c.phase == "ready" for c in self.conns.values()))
+        m.links.set(len(self.topology.links))
+        m.hosts.set(len(self.topology.hosts()))
+        for dpid, conn in self.conns.items():
+            m.ports.labels(f"{dpid:016x}").set(sum(p.live for p in conn.ports.values()))
+            counts: dict[int, int] = defaultdict(int)
+            for f in conn.flows.values():
+                counts[f.table] += 1
+            m.set_flow_counts(dpid, counts, self.pipeline.n_tables)
+
+    # --- introspection, for tests and the report -----------------------------------------------
+
+    def ready(self, dpid: int) -> bool:
+        conn = self.conns.get(dpid)
+        return conn is not None and conn.phase == "ready"
+
+
+def packet_out(port: int, data: bytes):
+    return parser.OFPPacketOut(OF13, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                               actions=[parser.OFPActionOutput(port)], data=data)

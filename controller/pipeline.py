@@ -1,0 +1,66 @@
+"""The table pipeline, declared as data.
+
+Every switch gets the same tables in the same order. Each stage belongs to one app; the core
+installs each stage's table-miss flow, so a stage whose app is not loaded passes packets on.
+
+>>> PIPELINE.table("forwarding")
+4
+>>> [s.name for s in PIPELINE.stages]
+['classify', 'firewall', 'microseg', 'services', 'forwarding']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.flows import Flow, flow, goto
+
+MISS_PRIORITY = 0
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One table: its name, the app that owns it, and what happens to packets nothing matched."""
+
+    name: str
+    owner: str
+    description: str
+    miss: str = "next"  # "next": go to the following table; "drop": end of pipeline
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    stages: tuple[Stage, ...]
+
+    def table(self, name: str) -> int:
+        for table_id, stage in enumerate(self.stages):
+            if stage.name == name:
+                return table_id
+        raise KeyError(f"no pipeline stage named {name!r}")
+
+    def next_table(self, name: str) -> int:
+        return self.table(name) + 1
+
+    @property
+    def n_tables(self) -> int:
+        return len(self.stages)
+
+    def miss_flows(self) -> list[Flow]:
+        """Table-miss entries: on to the next stage, or drop at the end."""
+        flows = []
+        for table_id, stage in enumerate(self.stages):
+            if stage.miss == "next" and table_id + 1 < len(self.stages):
+                flows.append(flow(table_id, MISS_PRIORITY, {}, goto(table_id + 1)))
+            else:
+                flows.append(flow(table_id, MISS_PRIORITY, {}))
+        return flows
+
+
+PIPELINE = Pipeline((
+    Stage("classify", "core", "trap LLDP, learn sources at edge ports, tag identities"),
+    Stage("firewall", "firewall", "ordered IP rules, blocked sources, rate limits"),
+    Stage("microseg", "microseg", "identity-based NetworkPolicy"),
+    Stage("services", "canary", "virtual IPs and weighted backends"),
+    Stage("forwarding", "l2_learning", "known destinations along paths; flood along the tree",
+          miss="drop"),
+))

@@ -1,0 +1,206 @@
+"""The thin os-ken layer: turn os-ken events into Core calls and send back what the core returns.
+
+`CoreApp` is an os-ken context shared by every suite app, so however many apps are loaded there is
+one core, one topology and one connection per switch. Each app file defines a `SuiteOSKenApp`
+subclass naming its plain-Python `SuiteApp`; that is all os-ken sees of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from os_ken.base import app_manager
+from os_ken.controller import event, ofp_event
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from controller.config import Config, load_config
+from controller.core import Core, PortInfo
+from controller.flows import flow_from_removed, flow_from_stats, group_from_desc
+from controller.metrics import Metrics
+
+LOG = logging.getLogger("osken_suite.shim")
+TICK_SECONDS = 0.5
+CONFIG_POLL_SECONDS = 1.0
+
+
+@dataclass
+class RuntimeOptions:
+    """Set by osken-manager before os-ken instantiates the apps."""
+
+    config: Config | None = None
+    prometheus_port: int = 0
+    prometheus_host: str = "127.0.0.1"
+
+
+RUNTIME = RuntimeOptions()
+
+
+class EventTick(event.EventBase):
+    """Periodic work, posted into the core's own event loop so no state is touched concurrently."""
+
+
+class EventReload(event.EventBase):
+    """SIGHUP: reread the config."""
+
+
+def port_info(p) -> PortInfo:
+    name = p.name.decode(errors="replace") if isinstance(p.name, bytes) else str(p.name)
+    live = not (p.config & ofp.OFPPC_PORT_DOWN) and not (p.state & ofp.OFPPS_LINK_DOWN)
+    return PortInfo(p.port_no, name.rstrip("\x00"), p.hw_addr, live)
+
+
+class CoreApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofp.OFP_VERSION]
+    instance: CoreApp | None = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.metrics = Metrics()
+        self.core = Core(metrics=self.metrics)
+        self.datapaths: dict[int, object] = {}
+        self._config_mtimes: dict[str, int] = {}
+        self._next_config_poll = 0.0
+        CoreApp.instance = self
+
+    def start(self):
+        thread = super().start()
+        if RUNTIME.prometheus_port:
+            self.metrics.serve(RUNTIME.prometheus_port, RUNTIME.prometheus_host)
+        self._send(self.core.configure(RUNTIME.config or Config(), time.time()))
+        self._config_mtimes = self._watched()
+        hub.spawn(self._ticker)
+        return thread
+
+    def add(self, app_cls) -> None:
+        self.core.add_app(app_cls)
+
+    def request_reload(self) -> None:
+        """Safe from a signal handler: the reload runs in the core's event loop."""
+        self.send_event(self.name, EventReload())
+
+    def _ticker(self) -> None:
+        while True:
+            hub.sleep(TICK_SECONDS)
+            self.send_event(self.name, EventTick())
+
+    def _send(self, outbox: dict[int, list]) -> None:
+        for dpid, msgs in outbox.items():
+            dp = self.datapaths.get(dpid)
+            if dp is None:
+                continue
+            for msg in msgs:
+                dp.send_msg(msg)
+
+    # --- config --------------------------------------------------------------------------------
+
+    def _watched(self) -> dict[str, int]:
+        """Modification times of every file the config in force depends on (-1: missing)."""
+        paths = set(self.core.config.files())
+        if RUNTIME.config is not None:
+            paths.update(RUNTIME.config.files())
+        out = {}
+        for path in sorted(paths):
+            try:
+                out[path] = os.stat(path).st_mtime_ns
+            except OSError:
+                out[path] = -1
+        return out
+
+    def _reload(self, why: str) -> None:
+        path = self.core.config.path or (RUNTIME.config.path if RUNTIME.config else None)
+        if not path:
+            LOG.info("%s: no --config given, nothing to reload", why)
+            return
+        LOG.info("%s: reloading %s", why, path)
+        self._send(self.core.reload(lambda: load_config(path), time.time()))
+        self._config_mtimes = self._watched()
+
+    @set_ev_cls(EventReload)
+    def _on_reload(self, ev) -> None:
+        self._reload("SIGHUP")
+
+    @set_ev_cls(EventTick)
+    def _on_tick(self, ev) -> None:
+        now = time.time()
+        self._send(self.core.tick(now))
+        if now >= self._next_config_poll and self._config_mtimes:
+            self._next_config_poll = now + CONFIG_POLL_SECONDS
+            if self._watched() != self._config_mtimes:
+                self._reload("config file changed")
+
+    # --- OpenFlow events -----------------------------------------------------------------------
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _on_state(self, ev) -> None:
+        dp = ev.datapath
+        if dp.id is None:
+            return
+        if ev.state == MAIN_DISPATCHER:
+            self.datapaths[dp.id] = dp
+            self._send(self.core.switch_connected(dp.id, time.time()))
+        elif self.datapaths.get(dp.id) is dp:
+            del self.datapaths[dp.id]
+            self._send(self.core.switch_disconnected(dp.id, time.time()))
+
+    @staticmethod
+    def _more(msg) -> bool:
+        return bool(msg.flags & ofp.OFPMPF_REPLY_MORE)
+
+    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    def _on_ports(self, ev) -> None:
+        msg = ev.msg
+        ports = [port_info(p) for p in msg.body]
+        self._send(self.core.ports_reply(msg.datapath.id, ports, self._more(msg), time.time()))
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _on_flows(self, ev) -> None:
+        msg = ev.msg
+        flows = [flow_from_stats(s) for s in msg.body]
+        self._send(self.core.flows_reply(msg.datapath.id, flows, self._more(msg), time.time()))
+
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    def _on_groups(self, ev) -> None:
+        msg = ev.msg
+        groups = [group_from_desc(d) for d in msg.body]
+        self._send(self.core.groups_reply(msg.datapath.id, groups, self._more(msg), time.time()))
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _on_port_status(self, ev) -> None:
+        msg = ev.msg
+        self._send(self.core.port_status(msg.datapath.id, msg.reason, port_info(msg.desc),
+                                         time.time()))
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _on_packet_in(self, ev) -> None:
+        msg = ev.msg
+        self._send(self.core.packet_in(msg.datapath.id, msg.match["in_port"], msg.data,
+                                       msg.table_id, msg.cookie, time.time()))
+
+    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    def _on_flow_removed(self, ev) -> None:
+        msg = ev.msg
+        self._send(self.core.flow_removed(msg.datapath.id, flow_from_removed(msg), msg.reason,
+                                          time.time()))
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    def _on_error(self, ev) -> None:
+        msg = ev.msg
+        self._send(self.core.error(msg.datapath.id, msg.type, msg.code, time.time()))
+
+
+class SuiteOSKenApp(app_manager.OSKenApp):
+    """Base of every app file's os-ken entry point: registers `suite_app` with the shared core."""
+
+    OFP_VERSIONS = [ofp.OFP_VERSION]
+    _CONTEXTS = {"suite": CoreApp}
+    suite_app: type | None = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.suite_app is not None:
+            kwargs["suite"].add(self.suite_app)

@@ -1,0 +1,1 @@
+"""Mininet lab topologies (usable with `mn --custom` and from Python)."""

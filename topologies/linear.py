@@ -1,0 +1,23 @@
+"""A chain of switches: s1 - s2 - ... - sN, each with its hosts. No loops.
+
+    mn --custom topologies/linear.py --topo linear,4 \
+       --switch ovs,datapath=user,protocols=OpenFlow13 --controller remote,ip=127.0.0.1,port=6653
+"""
+
+from mininet.topo import Topo
+
+from topologies.lab import host_opts, switch_opts
+
+
+class LinearTopo(Topo):
+    def build(self, n: int = 3, hosts_per_switch: int = 1) -> None:
+        switches = [self.addSwitch(f"s{i}", **switch_opts(i)) for i in range(1, n + 1)]
+        for i, sw in enumerate(switches, start=1):
+            for j in range(1, hosts_per_switch + 1):
+                suffix = "" if hosts_per_switch == 1 else f"x{j}"
+                self.addLink(self.addHost(f"h{i}{suffix}", **host_opts()), sw)
+        for left, right in zip(switches, switches[1:], strict=False):
+            self.addLink(left, right)
+
+
+topos = {"linear": LinearTopo}

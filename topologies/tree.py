@@ -1,0 +1,28 @@
+"""A tree of switches: depth levels, fanout children each, hosts at the leaves. No loops.
+
+    mn --custom topologies/tree.py --topo tree,2,3 ...   # depth 2, fanout 3: 4 switches, 9 hosts
+"""
+
+from mininet.topo import Topo
+
+from topologies.lab import host_opts, switch_opts
+
+
+class TreeTopo(Topo):
+    def build(self, depth: int = 2, fanout: int = 2) -> None:
+        self._switches = 0
+        self._hosts = 0
+        self._add(depth, fanout)
+
+    def _add(self, depth: int, fanout: int) -> str:
+        if depth == 0:
+            self._hosts += 1
+            return self.addHost(f"h{self._hosts}", **host_opts())
+        self._switches += 1
+        node = self.addSwitch(f"s{self._switches}", **switch_opts(self._switches))
+        for _ in range(fanout):
+            self.addLink(node, self._add(depth - 1, fanout))
+        return node
+
+
+topos = {"tree": TreeTopo}
