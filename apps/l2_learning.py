@@ -26,10 +26,10 @@ LOG = logging.getLogger("osken_suite.l2")
 
 COOKIE = 0x02 << 56
 LEARNED_PRIORITY = 200  # classify: (in_port, eth_src) known here: carry on
-EDGE_PRIORITY = 100     # classify: anything else from an edge port: tell us, carry on
-HOST_PRIORITY = 100     # forwarding: eth_dst known: next hop
-FLOOD_PRIORITY = 10     # forwarding: by in_port, out along the tree and to edge ports
-PACKET_IN_BYTES = 128   # headers are all we need to learn
+EDGE_PRIORITY = 100  # classify: anything else from an edge port: tell us, carry on
+HOST_PRIORITY = 100  # forwarding: eth_dst known: next hop
+FLOOD_PRIORITY = 10  # forwarding: by in_port, out along the tree and to edge ports
+PACKET_IN_BYTES = 128  # headers are all we need to learn
 DEFAULT_MAC_AGE = 300
 
 
@@ -115,18 +115,26 @@ class L2Learning(SuiteApp):
         """The learned entry at the host's port, and its forwarding entry on every switch."""
         dpid, port = self.hosts[mac]
         flows: dict[int, list[Flow]] = defaultdict(list)
-        flows[dpid].append(flow(
-            self.classify, LEARNED_PRIORITY, {"in_port": port, "eth_src": mac},
-            goto(self.classify + 1), cookie=COOKIE, idle_timeout=self.mac_age,
-            flags=ofp.OFPFF_SEND_FLOW_REM))
+        flows[dpid].append(
+            flow(
+                self.classify,
+                LEARNED_PRIORITY,
+                {"in_port": port, "eth_src": mac},
+                goto(self.classify + 1),
+                cookie=COOKIE,
+                idle_timeout=self.mac_age,
+                flags=ofp.OFPFF_SEND_FLOW_REM,
+            )
+        )
         flows[dpid].append(self._to(mac, port))
         for switch, out_port in next_hops.items():
             flows[switch].append(self._to(mac, out_port))
         self.desired.put(("l2", "host", mac), flows)
 
     def _to(self, mac: str, port: int) -> Flow:
-        return flow(self.forwarding, HOST_PRIORITY, {"eth_dst": mac}, apply(output(port)),
-                    cookie=COOKIE)
+        return flow(
+            self.forwarding, HOST_PRIORITY, {"eth_dst": mac}, apply(output(port)), cookie=COOKIE
+        )
 
     def _install_flood(self) -> None:
         """Per switch: edge ports report unknown sources; floods follow the tree."""
@@ -135,12 +143,27 @@ class L2Learning(SuiteApp):
         for dpid in self.topology.switches():
             edge = self.topology.edge_ports(dpid)
             members = sorted(edge | self.topology.tree_ports(dpid, tree))
-            mine = [flow(self.classify, EDGE_PRIORITY, {"in_port": p},
-                         apply(to_controller(PACKET_IN_BYTES)), goto(self.classify + 1),
-                         cookie=COOKIE) for p in sorted(edge)]
-            mine += [flow(self.forwarding, FLOOD_PRIORITY, {"in_port": p},
-                          apply(*[output(q) for q in members if q != p]), cookie=COOKIE)
-                     for p in members]
+            mine = [
+                flow(
+                    self.classify,
+                    EDGE_PRIORITY,
+                    {"in_port": p},
+                    apply(to_controller(PACKET_IN_BYTES)),
+                    goto(self.classify + 1),
+                    cookie=COOKIE,
+                )
+                for p in sorted(edge)
+            ]
+            mine += [
+                flow(
+                    self.forwarding,
+                    FLOOD_PRIORITY,
+                    {"in_port": p},
+                    apply(*[output(q) for q in members if q != p]),
+                    cookie=COOKIE,
+                )
+                for p in members
+            ]
             flows[dpid] = mine
         self.desired.put(("l2", "flood"), flows)
 

@@ -34,11 +34,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ofp-tcp-listen-port", type=int, default=6653)
     p.add_argument("--ofp-listen-host", default="0.0.0.0")
     p.add_argument("--config", help="YAML config file (see docs/config.md)")
-    p.add_argument("--prometheus-port", type=int, default=9302,
-                   help="serve /metrics on this port of 127.0.0.1 (0: off)")
+    p.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=9302,
+        help="serve /metrics on this port of 127.0.0.1 (0: off)",
+    )
     p.add_argument("--verbose", action="store_true", help="debug logging")
-    p.add_argument("--observe-links", action="store_true",
-                   help="accepted for compatibility; link discovery is always on")
+    p.add_argument(
+        "--observe-links",
+        action="store_true",
+        help="accepted for compatibility; link discovery is always on",
+    )
     return p.parse_args(argv)
 
 
@@ -70,8 +77,11 @@ def import_app(app: str):
         raise LaunchError(f"unknown app {app!r}: {exc}") from None
     except Exception as exc:  # a broken app file: say which and why, in one line
         raise LaunchError(f"app {app!r} failed to import: {type(exc).__name__}: {exc}") from None
-    own = [c for _, c in inspect.getmembers(module, inspect.isclass)
-           if issubclass(c, OSKenApp) and c.__module__ == module.__name__]
+    own = [
+        c
+        for _, c in inspect.getmembers(module, inspect.isclass)
+        if issubclass(c, OSKenApp) and c.__module__ == module.__name__
+    ]
     if not own:
         raise LaunchError(f"unknown app {app!r}: it defines no os-ken app class")
     return module
@@ -123,8 +133,10 @@ def _install_signals() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     _install_signals()
     modules = [import_app(a) for a in args.apps]
     config = check_config(args.config, modules)
@@ -136,8 +148,15 @@ def run(args: argparse.Namespace) -> int:
 
     from controller import shim
 
-    cfg.CONF(args=["--ofp-tcp-listen-port", str(args.ofp_tcp_listen_port),
-                   "--ofp-listen-host", args.ofp_listen_host], project="os_ken")
+    cfg.CONF(
+        args=[
+            "--ofp-tcp-listen-port",
+            str(args.ofp_tcp_listen_port),
+            "--ofp-listen-host",
+            args.ofp_listen_host,
+        ],
+        project="os_ken",
+    )
     shim.RUNTIME.config = config
     shim.RUNTIME.prometheus_port = args.prometheus_port
 
@@ -145,8 +164,7 @@ def run(args: argparse.Namespace) -> int:
     manager.load_apps([m.__name__ for m in modules] + ["os_ken.controller.ofp_handler"])
     contexts = manager.create_contexts()
     threads = manager.instantiate_apps(**contexts)
-    LOG.info("listening for OpenFlow 1.3 on %s:%d", args.ofp_listen_host,
-             args.ofp_tcp_listen_port)
+    LOG.info("listening for OpenFlow 1.3 on %s:%d", args.ofp_listen_host, args.ofp_tcp_listen_port)
     while all(t.is_alive() for t in threads):
         time.sleep(0.5)
     LOG.error("an os-ken thread ended unexpectedly; stopping")

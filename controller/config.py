@@ -25,26 +25,44 @@ SCHEMAS: dict[str, dict] = {
     # Shared by the policy apps: the hosts and namespaces that policies speak about.
     "namespaces": {
         "type": "array",
-        "items": {"type": "object", "required": ["name"], "additionalProperties": False,
-                  "properties": {"name": {"type": "string"}, "labels": _LABELS}},
+        "items": {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": False,
+            "properties": {"name": {"type": "string"}, "labels": _LABELS},
+        },
     },
     "endpoints": {
         "type": "array",
         "items": {
-            "type": "object", "required": ["name", "ip"], "additionalProperties": False,
+            "type": "object",
+            "required": ["name", "ip"],
+            "additionalProperties": False,
             "properties": {
-                "name": {"type": "string"}, "namespace": {"type": "string"},
-                "ip": {"type": "string"}, "mac": {"type": "string"}, "labels": _LABELS,
-                "ports": {"type": "array", "items": {
-                    "type": "object", "required": ["port"], "additionalProperties": False,
-                    "properties": {"name": {"type": "string"},
-                                   "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                                   "protocol": {"enum": ["TCP", "UDP", "SCTP"]}}}},
+                "name": {"type": "string"},
+                "namespace": {"type": "string"},
+                "ip": {"type": "string"},
+                "mac": {"type": "string"},
+                "labels": _LABELS,
+                "ports": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                            "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
+                        },
+                    },
+                },
             },
         },
     },
     "l2": {
-        "type": "object", "additionalProperties": False,
+        "type": "object",
+        "additionalProperties": False,
         "properties": {
             "mac_age": {"type": "integer", "minimum": 1, "maximum": 65535},
             "probation": {"type": "number", "minimum": 0, "maximum": 60},
@@ -77,8 +95,9 @@ def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) 
         for key_node, value_node in node.value:
             key = key_node.value
             if key in seen:
-                raise ConfigError(file, key_node.start_mark.line + 1, _dotted(path + (key,)),
-                                  "duplicate key")
+                raise ConfigError(
+                    file, key_node.start_mark.line + 1, _dotted(path + (key,)), "duplicate key"
+                )
             seen.add(key)
             _line_map(value_node, path + (key,), lines, file)
             lines[path + (key,)] = key_node.start_mark.line + 1
@@ -128,16 +147,19 @@ def load_config(path: str) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(path, mark.line + 1 if mark else None, "",
-                          f"YAML syntax error: {problem}") from None
+        raise ConfigError(
+            path, mark.line + 1 if mark else None, "", f"YAML syntax error: {problem}"
+        ) from None
     cfg = Config(path, {} if data is None else data, {})
     if node is not None:
         _line_map(node, (), cfg.lines, path)
     if not isinstance(cfg.data, dict):
         raise cfg.error((), "the top level must be a mapping of sections")
     schema = {"type": "object", "properties": SCHEMAS, "additionalProperties": False}
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(cfg.data),
-                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(cfg.data),
+        key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))),
+    )
     if errors:
         raise cfg.error(*_locate(errors[0]))
     return cfg

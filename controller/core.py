@@ -72,8 +72,13 @@ def parse_eth(data: bytes) -> tuple[str, str, int]:
 
 
 class Core:
-    def __init__(self, pipeline: Pipeline = PIPELINE, metrics: Metrics | None = None,
-                 probation: float = 1.0, lldp_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline = PIPELINE,
+        metrics: Metrics | None = None,
+        probation: float = 1.0,
+        lldp_interval: float = 5.0,
+    ) -> None:
         self.pipeline = pipeline
         self.metrics = metrics or Metrics()
         self.topology = Topology()
@@ -156,15 +161,19 @@ class Core:
     def _request_tables(self, dpid: int, with_ports: bool) -> None:
         if with_ports:
             self._out[dpid].append(parser.OFPPortDescStatsRequest(OF13, 0))
-        self._out[dpid].append(parser.OFPFlowStatsRequest(
-            OF13, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch()))
+        self._out[dpid].append(
+            parser.OFPFlowStatsRequest(
+                OF13, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch()
+            )
+        )
         self._out[dpid].append(parser.OFPGroupDescStatsRequest(OF13, 0))
 
     def switch_disconnected(self, dpid: int, now: float) -> Outbox:
         """Forget the connection, not the switch: with fail-mode secure its flows keep working."""
         if self.conns.pop(dpid, None) is not None:
-            LOG.warning("switch %016x disconnected; its links stay until a port says otherwise",
-                        dpid)
+            LOG.warning(
+                "switch %016x disconnected; its links stay until a port says otherwise", dpid
+            )
         self.discovery.forget_switch(dpid)
         self.metrics.switches.set(sum(c.phase == "ready" for c in self.conns.values()))
         return self._finish(now)
@@ -210,8 +219,13 @@ class Core:
             if port.live:
                 self.discovery.port_up(dpid, port.port_no, now)
         self.desired.put(("core", "pipeline", dpid), {dpid: self._core_flows(dpid)})
-        LOG.info("switch %016x: %d ports, %d flows, %d groups on the switch; settling",
-                 dpid, len(conn.ports), len(conn.flows), len(conn.groups))
+        LOG.info(
+            "switch %016x: %d ports, %d flows, %d groups on the switch; settling",
+            dpid,
+            len(conn.ports),
+            len(conn.flows),
+            len(conn.groups),
+        )
         for app in self.apps:
             app.on_switch_synced(dpid, list(conn.flows.values()), now)
         # Without the LLDP trap and table-miss entries discovery cannot work: add what is missing,
@@ -222,10 +236,17 @@ class Core:
         self._probe(conn, conn.ports.values())
 
     def _core_flows(self, dpid: int) -> list[Flow]:
-        trap = flow(0, LLDP_PRIORITY, {"eth_type": LLDP_ETHERTYPE, "eth_dst": LLDP_MAC},
-                    apply(to_controller()), cookie=CORE_COOKIE)
-        misses = [Flow(f.table, f.priority, f.match, f.instructions, CORE_COOKIE)
-                  for f in self.pipeline.miss_flows()]
+        trap = flow(
+            0,
+            LLDP_PRIORITY,
+            {"eth_type": LLDP_ETHERTYPE, "eth_dst": LLDP_MAC},
+            apply(to_controller()),
+            cookie=CORE_COOKIE,
+        )
+        misses = [
+            Flow(f.table, f.priority, f.match, f.instructions, CORE_COOKIE)
+            for f in self.pipeline.miss_flows()
+        ]
         return [trap] + misses
 
     def _probe(self, conn: SwitchConn, ports: Iterable[PortInfo]) -> None:
@@ -275,8 +296,9 @@ class Core:
             self.discovery.port_down(dpid, port.port_no)
         return self._finish(now)
 
-    def packet_in(self, dpid: int, in_port: int, data: bytes, table_id: int, cookie: int,
-                  now: float) -> Outbox:
+    def packet_in(
+        self, dpid: int, in_port: int, data: bytes, table_id: int, cookie: int, now: float
+    ) -> Outbox:
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
@@ -304,8 +326,9 @@ class Core:
     def error(self, dpid: int, err_type: int, code: int, now: float) -> Outbox:
         """A switch refused something: count it, log it, and re-read its tables to repair."""
         self.metrics.errors.labels(f"{dpid:016x}", str(err_type), str(code)).inc()
-        LOG.error("switch %016x sent error type=%d code=%d; will re-read its tables", dpid,
-                  err_type, code)
+        LOG.error(
+            "switch %016x sent error type=%d code=%d; will re-read its tables", dpid, err_type, code
+        )
         conn = self.conns.get(dpid)
         if conn is not None and conn.resync_at is None:
             conn.resync_at = now + RESYNC_DELAY
@@ -319,8 +342,11 @@ class Core:
                     self._probe(conn, conn.ports.values())
         self.discovery.expire(now, set(self.conns))
         settling = [c for c in self.conns.values() if c.phase == "settling"]
-        if settling and now - self._last_connect >= self.settle_time and all(
-                now - c.synced_at >= self.settle_time for c in settling):
+        if (
+            settling
+            and now - self._last_connect >= self.settle_time
+            and all(now - c.synced_at >= self.settle_time for c in settling)
+        ):
             for conn in settling:
                 conn.phase = "ready"
             self._notify_topology(now)
@@ -391,5 +417,10 @@ class Core:
 
 
 def packet_out(port: int, data: bytes):
-    return parser.OFPPacketOut(OF13, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
-                               actions=[parser.OFPActionOutput(port)], data=data)
+    return parser.OFPPacketOut(
+        OF13,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        in_port=ofp.OFPP_CONTROLLER,
+        actions=[parser.OFPActionOutput(port)],
+        data=data,
+    )

@@ -62,8 +62,13 @@ class DesiredState:
                 self._flow_owner[(dpid, key)] = owner
             elif table[key] != f:
                 self.conflicts += 1
-                LOG.error("dpid %s: %r and %r want different entries for %r; keeping the first",
-                          dpid, holder, owner, key)
+                LOG.error(
+                    "dpid %s: %r and %r want different entries for %r; keeping the first",
+                    dpid,
+                    holder,
+                    owner,
+                    key,
+                )
 
     # --- groups --------------------------------------------------------------------------------
 

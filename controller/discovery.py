@@ -31,9 +31,9 @@ def lldp_frame(dpid: int, port: int, src_mac: str) -> bytes:
     src = bytes.fromhex(src_mac.replace(":", ""))
     body = (
         _tlv(1, b"\x07" + _CHASSIS_PREFIX + b"%016x" % dpid)  # chassis id, locally assigned
-        + _tlv(2, b"\x02" + struct.pack("!I", port))          # port id, port component
-        + _tlv(3, struct.pack("!H", 120))                     # time to live
-        + _tlv(0, b"")                                        # end
+        + _tlv(2, b"\x02" + struct.pack("!I", port))  # port id, port component
+        + _tlv(3, struct.pack("!H", 120))  # time to live
+        + _tlv(0, b"")  # end
     )
     return dst + src + struct.pack("!H", LLDP_ETHERTYPE) + body
 
@@ -46,12 +46,12 @@ def parse_lldp(data: bytes) -> tuple[int, int] | None:
     while offset + 2 <= len(data):
         header = struct.unpack_from("!H", data, offset)[0]
         tlv_type, length = header >> 9, header & 0x1FF
-        value = data[offset + 2: offset + 2 + length]
+        value = data[offset + 2 : offset + 2 + length]
         if tlv_type == 0 or len(value) < length:
             break
         if tlv_type == 1 and value[1:].startswith(_CHASSIS_PREFIX):
             try:
-                dpid = int(value[1 + len(_CHASSIS_PREFIX):], 16)
+                dpid = int(value[1 + len(_CHASSIS_PREFIX) :], 16)
             except ValueError:
                 return None
         elif tlv_type == 2 and length == 5 and value[0] == 2:

@@ -149,8 +149,16 @@ def flow(
     """Build a canonical flow; an apply with no actions is dropped (OF1.3 rejects empty lists)."""
     kept = [i for i in instructions if not (i[0] == "apply" and not i[1])]
     kept.sort(key=lambda ins: _INSTRUCTION_ORDER[ins[0]])
-    return Flow(table, priority, norm_match(match or {}), tuple(kept), cookie, idle_timeout,
-                hard_timeout, flags)
+    return Flow(
+        table,
+        priority,
+        norm_match(match or {}),
+        tuple(kept),
+        cookie,
+        idle_timeout,
+        hard_timeout,
+        flags,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +169,12 @@ class Bucket:
     watch_group: int = ofp.OFPG_ANY
 
 
-GROUP_TYPES = {"all": ofp.OFPGT_ALL, "select": ofp.OFPGT_SELECT,
-               "indirect": ofp.OFPGT_INDIRECT, "ff": ofp.OFPGT_FF}
+GROUP_TYPES = {
+    "all": ofp.OFPGT_ALL,
+    "select": ofp.OFPGT_SELECT,
+    "indirect": ofp.OFPGT_INDIRECT,
+    "ff": ofp.OFPGT_FF,
+}
 _GROUP_TYPE_NAMES = {v: k for k, v in GROUP_TYPES.items()}
 
 
@@ -202,7 +214,7 @@ def _of_action(action: Action):
     raise ValueError(f"unknown action {action!r}")
 
 
-def _of_instruction(ins: Instruction):
+def of_instruction(ins: Instruction):
     kind = ins[0]
     if kind in ("apply", "write"):
         itype = ofp.OFPIT_APPLY_ACTIONS if kind == "apply" else ofp.OFPIT_WRITE_ACTIONS
@@ -233,14 +245,18 @@ def flow_mod(f: Flow, command: int = ofp.OFPFC_ADD):
         out_group=ofp.OFPG_ANY if deleting else 0,
         flags=f.flags,
         match=parser.OFPMatch(**dict(f.match)),
-        instructions=[] if deleting else [_of_instruction(i) for i in f.instructions],
+        instructions=[] if deleting else [of_instruction(i) for i in f.instructions],
     )
 
 
 def group_mod(g: Group, command: int = ofp.OFPGC_ADD):
     buckets = [
-        parser.OFPBucket(weight=b.weight, watch_port=b.watch_port, watch_group=b.watch_group,
-                         actions=[_of_action(a) for a in b.actions])
+        parser.OFPBucket(
+            weight=b.weight,
+            watch_port=b.watch_port,
+            watch_group=b.watch_group,
+            actions=[_of_action(a) for a in b.actions],
+        )
         for b in g.buckets
     ]
     if command == ofp.OFPGC_DELETE:
@@ -289,17 +305,33 @@ def instruction_from_of(i) -> Instruction:
 def flow_from_stats(s) -> Flow:
     """A flow as a switch reports it in an OFPFlowStats entry (or an OFPFlowMod we sent)."""
     instructions = [instruction_from_of(i) for i in (s.instructions or [])]
-    return flow(s.table_id, s.priority, s.match._fields2, *instructions, cookie=s.cookie,
-                idle_timeout=s.idle_timeout, hard_timeout=s.hard_timeout, flags=s.flags or 0)
+    return flow(
+        s.table_id,
+        s.priority,
+        s.match._fields2,
+        *instructions,
+        cookie=s.cookie,
+        idle_timeout=s.idle_timeout,
+        hard_timeout=s.hard_timeout,
+        flags=s.flags or 0,
+    )
 
 
 def flow_from_removed(msg) -> Flow:
     """The flow a FLOW_REMOVED names: its key and timeouts (the message carries no instructions)."""
-    return flow(msg.table_id, msg.priority, msg.match._fields2, cookie=msg.cookie,
-                idle_timeout=msg.idle_timeout, hard_timeout=msg.hard_timeout)
+    return flow(
+        msg.table_id,
+        msg.priority,
+        msg.match._fields2,
+        cookie=msg.cookie,
+        idle_timeout=msg.idle_timeout,
+        hard_timeout=msg.hard_timeout,
+    )
 
 
 def group_from_desc(d) -> Group:
-    buckets = [Bucket(tuple(action_from_of(a) for a in b.actions), b.weight, b.watch_port,
-                      b.watch_group) for b in d.buckets]
+    buckets = [
+        Bucket(tuple(action_from_of(a) for a in b.actions), b.weight, b.watch_port, b.watch_group)
+        for b in d.buckets
+    ]
     return group(d.group_id, _GROUP_TYPE_NAMES[d.type], buckets)

@@ -17,25 +17,34 @@ class Metrics:
         self.ports = Gauge("osken_ports", "Live ports per switch", ["dpid"], registry=r)
         self.links = Gauge("osken_links", "Switch-to-switch links discovered", registry=r)
         self.hosts = Gauge("osken_hosts", "Hosts learned at edge ports", registry=r)
-        self.flows = Gauge("osken_flows", "Flows installed per table", ["dpid", "table"],
-                           registry=r)
+        self.flows = Gauge(
+            "osken_flows", "Flows installed per table", ["dpid", "table"], registry=r
+        )
         self.packet_ins = Counter("osken_packet_ins", "Packet-ins received", ["dpid"], registry=r)
-        self.messages_sent = Counter("osken_of_messages_sent", "OpenFlow messages sent",
-                                     ["dpid", "type"], registry=r)
-        self.errors = Counter("osken_of_errors", "OpenFlow error messages from switches",
-                              ["dpid", "type", "code"], registry=r)
-        self.reconciles = Counter("osken_reconciles", "Full table reconciliations with a switch",
-                                  ["dpid"], registry=r)
-        self.config_reloads = Counter("osken_config_reloads", "Config reloads", ["result"],
-                                      registry=r)
+        self.messages_sent = Counter(
+            "osken_of_messages_sent", "OpenFlow messages sent", ["dpid", "type"], registry=r
+        )
+        self.errors = Counter(
+            "osken_of_errors",
+            "OpenFlow error messages from switches",
+            ["dpid", "type", "code"],
+            registry=r,
+        )
+        self.reconciles = Counter(
+            "osken_reconciles", "Full table reconciliations with a switch", ["dpid"], registry=r
+        )
+        self.config_reloads = Counter(
+            "osken_config_reloads", "Config reloads", ["result"], registry=r
+        )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> bool:
         """Expose /metrics over HTTP; a busy port is logged, never fatal."""
         try:
             start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            LOG.warning("metrics: cannot listen on %s:%d (%s); continuing without them",
-                        host, port, exc)
+            LOG.warning(
+                "metrics: cannot listen on %s:%d (%s); continuing without them", host, port, exc
+            )
             return False
         LOG.info("metrics: http://%s:%d/metrics", host, port)
         return True

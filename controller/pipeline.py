@@ -56,11 +56,17 @@ class Pipeline:
         return flows
 
 
-PIPELINE = Pipeline((
-    Stage("classify", "core", "trap LLDP, learn sources at edge ports, tag identities"),
-    Stage("firewall", "firewall", "ordered IP rules, blocked sources, rate limits"),
-    Stage("microseg", "microseg", "identity-based NetworkPolicy"),
-    Stage("services", "canary", "virtual IPs and weighted backends"),
-    Stage("forwarding", "l2_learning", "known destinations along paths; flood along the tree",
-          miss="drop"),
-))
+PIPELINE = Pipeline(
+    (
+        Stage("classify", "core", "trap LLDP, learn sources at edge ports, tag identities"),
+        Stage("firewall", "firewall", "ordered IP rules, blocked sources, rate limits"),
+        Stage("microseg", "microseg", "identity-based NetworkPolicy"),
+        Stage("services", "canary", "virtual IPs and weighted backends"),
+        Stage(
+            "forwarding",
+            "l2_learning",
+            "known destinations along paths; flood along the tree",
+            miss="drop",
+        ),
+    )
+)

@@ -25,8 +25,16 @@ class Plan:
     group_deletes: list[Group] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return any((self.group_adds, self.group_mods, self.flow_adds, self.flow_mods,
-                    self.flow_deletes, self.group_deletes))
+        return any(
+            (
+                self.group_adds,
+                self.group_mods,
+                self.flow_adds,
+                self.flow_mods,
+                self.flow_deletes,
+                self.group_deletes,
+            )
+        )
 
     def summary(self) -> str:
         flows = f"+{len(self.flow_adds)} ~{len(self.flow_mods)} -{len(self.flow_deletes)} flows"
@@ -34,8 +42,12 @@ class Plan:
         return f"{flows}, {groups} groups"
 
 
-def diff_flows(installed: Mapping[FlowKey, Flow], desired: Mapping[FlowKey, Flow],
-               keys: Iterable[FlowKey] | None = None, plan: Plan | None = None) -> Plan:
+def diff_flows(
+    installed: Mapping[FlowKey, Flow],
+    desired: Mapping[FlowKey, Flow],
+    keys: Iterable[FlowKey] | None = None,
+    plan: Plan | None = None,
+) -> Plan:
     """Compare the given keys (all keys of both when None) and record what must change."""
     plan = plan or Plan()
     if keys is None:
@@ -49,7 +61,11 @@ def diff_flows(installed: Mapping[FlowKey, Flow], desired: Mapping[FlowKey, Flow
         elif have is None:
             plan.flow_adds.append(want)
         elif (have.cookie, have.idle_timeout, have.hard_timeout, have.flags) == (
-                want.cookie, want.idle_timeout, want.hard_timeout, want.flags):
+            want.cookie,
+            want.idle_timeout,
+            want.hard_timeout,
+            want.flags,
+        ):
             plan.flow_mods.append(want)
         else:
             # MODIFY cannot change timeouts or flags; an ADD on the same key replaces in place.
@@ -57,8 +73,12 @@ def diff_flows(installed: Mapping[FlowKey, Flow], desired: Mapping[FlowKey, Flow
     return plan
 
 
-def diff_groups(installed: Mapping[int, Group], desired: Mapping[int, Group],
-                ids: Iterable[int] | None = None, plan: Plan | None = None) -> Plan:
+def diff_groups(
+    installed: Mapping[int, Group],
+    desired: Mapping[int, Group],
+    ids: Iterable[int] | None = None,
+    plan: Plan | None = None,
+) -> Plan:
     plan = plan or Plan()
     if ids is None:
         ids = installed.keys() | desired.keys()
@@ -94,8 +114,9 @@ def messages(plan: Plan) -> list:
     return out
 
 
-def apply_plan(installed_flows: dict[FlowKey, Flow], installed_groups: dict[int, Group],
-               plan: Plan) -> None:
+def apply_plan(
+    installed_flows: dict[FlowKey, Flow], installed_groups: dict[int, Group], plan: Plan
+) -> None:
     """Update our record of a switch after sending `plan` to it."""
     for g in plan.group_deletes:
         installed_groups.pop(g.group_id, None)

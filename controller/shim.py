@@ -172,20 +172,30 @@ class CoreApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _on_port_status(self, ev) -> None:
         msg = ev.msg
-        self._send(self.core.port_status(msg.datapath.id, msg.reason, port_info(msg.desc),
-                                         time.time()))
+        self._send(
+            self.core.port_status(msg.datapath.id, msg.reason, port_info(msg.desc), time.time())
+        )
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _on_packet_in(self, ev) -> None:
         msg = ev.msg
-        self._send(self.core.packet_in(msg.datapath.id, msg.match["in_port"], msg.data,
-                                       msg.table_id, msg.cookie, time.time()))
+        self._send(
+            self.core.packet_in(
+                msg.datapath.id,
+                msg.match["in_port"],
+                msg.data,
+                msg.table_id,
+                msg.cookie,
+                time.time(),
+            )
+        )
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def _on_flow_removed(self, ev) -> None:
         msg = ev.msg
-        self._send(self.core.flow_removed(msg.datapath.id, flow_from_removed(msg), msg.reason,
-                                          time.time()))
+        self._send(
+            self.core.flow_removed(msg.datapath.id, flow_from_removed(msg), msg.reason, time.time())
+        )
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     def _on_error(self, ev) -> None:

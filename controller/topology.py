@@ -172,8 +172,11 @@ class Topology:
             self.graph.remove_node(mac)
 
     def hosts(self) -> dict[str, tuple[int, int]]:
-        return {n: (d["dpid"], d["port"]) for n, d in self.graph.nodes(data=True)
-                if d.get("kind") == "host"}
+        return {
+            n: (d["dpid"], d["port"])
+            for n, d in self.graph.nodes(data=True)
+            if d.get("kind") == "host"
+        }
 
     # --- questions apps ask --------------------------------------------------------------------
 

@@ -16,16 +16,21 @@ class FatTreeTopo(Topo):
         if k < 2 or k % 2:
             raise ValueError(f"fat-tree k must be an even number >= 2, not {k}")
         half = k // 2
-        cores = [self.addSwitch(f"c{i}", **switch_opts(0x100 + i))
-                 for i in range(1, half * half + 1)]
+        cores = [
+            self.addSwitch(f"c{i}", **switch_opts(0x100 + i)) for i in range(1, half * half + 1)
+        ]
         host = 0
         for pod in range(1, k + 1):
-            aggs = [self.addSwitch(f"a{pod}x{i}", **switch_opts(0x200 + pod * 16 + i))
-                    for i in range(1, half + 1)]
-            edges = [self.addSwitch(f"e{pod}x{i}", **switch_opts(0x300 + pod * 16 + i))
-                     for i in range(1, half + 1)]
+            aggs = [
+                self.addSwitch(f"a{pod}x{i}", **switch_opts(0x200 + pod * 16 + i))
+                for i in range(1, half + 1)
+            ]
+            edges = [
+                self.addSwitch(f"e{pod}x{i}", **switch_opts(0x300 + pod * 16 + i))
+                for i in range(1, half + 1)
+            ]
             for i, agg in enumerate(aggs):
-                for core in cores[i * half:(i + 1) * half]:
+                for core in cores[i * half : (i + 1) * half]:
                     self.addLink(agg, core)
                 for edge in edges:
                     self.addLink(agg, edge)

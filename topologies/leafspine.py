@@ -1,6 +1,6 @@
 """Leaf-spine: every leaf links to every spine, so there are loops (and equal-cost paths).
 
-    mn --custom topologies/leafspine.py --topo leafspine,2,3,2 ...  # spines, leaves, hosts/leaf
+mn --custom topologies/leafspine.py --topo leafspine,2,3,2 ...  # spines, leaves, hosts/leaf
 """
 
 from mininet.topo import Topo
@@ -10,8 +10,9 @@ from topologies.lab import host_opts, switch_opts
 
 class LeafSpineTopo(Topo):
     def build(self, spines: int = 2, leaves: int = 3, hosts_per_leaf: int = 2) -> None:
-        spine_nodes = [self.addSwitch(f"sp{i}", **switch_opts(0x100 + i))
-                       for i in range(1, spines + 1)]
+        spine_nodes = [
+            self.addSwitch(f"sp{i}", **switch_opts(0x100 + i)) for i in range(1, spines + 1)
+        ]
         for i in range(1, leaves + 1):
             leaf = self.addSwitch(f"lf{i}", **switch_opts(0x200 + i))
             for spine in spine_nodes:

@@ -1,6 +1,6 @@
 """A tree of switches: depth levels, fanout children each, hosts at the leaves. No loops.
 
-    mn --custom topologies/tree.py --topo tree,2,3 ...   # depth 2, fanout 3: 4 switches, 9 hosts
+mn --custom topologies/tree.py --topo tree,2,3 ...   # depth 2, fanout 3: 4 switches, 9 hosts
 """
 
 from mininet.topo import Topo

@@ -1,0 +1,1 @@
+"""Tests: unit (fake switch) and integration (Mininet, real traffic)."""

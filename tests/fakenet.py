@@ -1,0 +1,209 @@
+"""Fake switches wired into a network and driven by a real Core, with a clock the test controls.
+
+Frames travel for real through the fake switches' tables: out of one port, into the peer's. LLDP
+packet-outs reach neighbours, packet-ins reach the core, and the core's replies are applied to the
+switches. A frame visiting more switches than STORM_LIMIT is a broadcast storm: the test fails.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from controller.core import Core, PortInfo
+from controller.flows import flow_from_stats
+from tests.fakeswitch import FakeSwitch
+
+STORM_LIMIT = 500
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+
+class StormError(AssertionError):
+    pass
+
+
+def frame(dst: str, src: str, eth_type: int = 0x0800, payload: bytes = b"\x00" * 46) -> bytes:
+    return (
+        bytes.fromhex(dst.replace(":", ""))
+        + bytes.fromhex(src.replace(":", ""))
+        + eth_type.to_bytes(2, "big")
+        + payload
+    )
+
+
+def fields_of(data: bytes) -> dict:
+    return {
+        "eth_dst": data[0:6].hex(":"),
+        "eth_src": data[6:12].hex(":"),
+        "eth_type": int.from_bytes(data[12:14], "big"),
+        "_data": data,
+    }
+
+
+@dataclass
+class Delivery:
+    hosts: list[str] = field(default_factory=list)
+    visits: Counter = field(default_factory=Counter)
+
+    @property
+    def max_visits(self) -> int:
+        return max(self.visits.values(), default=0)
+
+
+class FakeNetwork:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.switches: dict[int, FakeSwitch] = {}
+        self.wires: dict[tuple[int, int], tuple] = {}
+        self.hosts: dict[str, tuple[int, int]] = {}
+        self.connected: set[int] = set()
+        self.now = 1000.0
+        self.messages_sent: Counter = Counter()
+
+    # --- building ------------------------------------------------------------------------------
+
+    def add_switch(self, dpid: int, n_ports: int) -> FakeSwitch:
+        sw = FakeSwitch(dpid, self.core.pipeline.n_tables, {p: True for p in range(1, n_ports + 1)})
+        self.switches[dpid] = sw
+        return sw
+
+    def link(self, d1: int, p1: int, d2: int, p2: int) -> None:
+        self.wires[(d1, p1)] = ("switch", d2, p2)
+        self.wires[(d2, p2)] = ("switch", d1, p1)
+
+    def add_host(self, mac: str, dpid: int, port: int) -> None:
+        self.hosts[mac] = (dpid, port)
+        self.wires[(dpid, port)] = ("host", mac)
+
+    def port_infos(self, dpid: int) -> list[PortInfo]:
+        sw = self.switches[dpid]
+        return [PortInfo(p, f"s{dpid}-eth{p}", sw.hw_addr(p), live) for p, live in sw.ports.items()]
+
+    # --- control channel -----------------------------------------------------------------------
+
+    def connect(self, *dpids: int) -> None:
+        for dpid in dpids or tuple(self.switches):
+            self.connected.add(dpid)
+            self.deliver(self.core.switch_connected(dpid, self.now))
+
+    def disconnect(self, dpid: int) -> None:
+        self.connected.discard(dpid)
+        self.deliver(self.core.switch_disconnected(dpid, self.now))
+
+    def start(self, settle: float = 3.0) -> None:
+        self.connect()
+        self.advance(settle)
+
+    def advance(self, seconds: float, step: float = 0.5) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now = min(end, self.now + step)
+            self.deliver(self.core.tick(self.now))
+
+    def deliver(self, outbox: dict[int, list]) -> None:
+        """Apply the core's messages to the switches; answer requests; carry packet-outs."""
+        work = deque(outbox.items())
+        while work:
+            dpid, msgs = work.popleft()
+            if dpid not in self.connected:
+                continue
+            sw = self.switches[dpid]
+            self.messages_sent[dpid] += len(msgs)
+            sw.apply(msgs)
+            for msg in msgs:
+                for reply in self._answer(dpid, msg):
+                    work.extend(reply.items())
+
+    def _answer(self, dpid: int, msg) -> list[dict]:
+        sw, core, now = self.switches[dpid], self.core, self.now
+        if isinstance(msg, parser.OFPPortDescStatsRequest):
+            return [core.ports_reply(dpid, self.port_infos(dpid), False, now)]
+        if isinstance(msg, parser.OFPFlowStatsRequest):
+            flows = [flow_from_stats(s) for s in sw.flow_stats()]
+            return [core.flows_reply(dpid, flows, False, now)]
+        if isinstance(msg, parser.OFPGroupDescStatsRequest):
+            return [core.groups_reply(dpid, sw.group_descs(), False, now)]
+        if isinstance(msg, parser.OFPPacketOut):
+            port = msg.actions[0].port
+            return self._carry(dpid, port, fields_of(msg.data))
+        return []
+
+    # --- data plane ----------------------------------------------------------------------------
+
+    def _carry(self, dpid: int, port: int, pkt: dict, delivery: Delivery | None = None):
+        """A frame leaves (dpid, port): hand it to whatever is wired there."""
+        wire = self.wires.get((dpid, port))
+        if wire is None or not self.switches[dpid].ports.get(port):
+            return []
+        if wire[0] == "host":
+            if delivery is not None:
+                delivery.hosts.append(wire[1])
+            return []
+        return self._forward(wire[1], wire[2], pkt, delivery or Delivery())
+
+    def _forward(self, dpid: int, in_port: int, pkt: dict, delivery: Delivery) -> list[dict]:
+        """Run a frame through the network from (dpid, in_port); return the core's replies."""
+        queue = deque([(dpid, in_port, pkt)])
+        packet_ins = []
+        while queue:
+            d, p, frame_fields = queue.popleft()
+            if not self.switches[d].ports.get(p):
+                continue
+            delivery.visits[d] += 1
+            if sum(delivery.visits.values()) > STORM_LIMIT:
+                raise StormError(f"frame {frame_fields} visited {dict(delivery.visits)}")
+            result = self.switches[d].lookup({**frame_fields, "in_port": p})
+            if d in self.connected:
+                for table, cookie, _ in result.to_controller:
+                    packet_ins.append((d, p, frame_fields["_data"], table, cookie))
+            for out_port, sent in result.outputs:
+                wire = self.wires.get((d, out_port))
+                if wire is None:
+                    continue
+                if wire[0] == "host":
+                    delivery.hosts.append(wire[1])
+                elif self.switches[wire[1]].ports.get(wire[2]):
+                    queue.append(
+                        (wire[1], wire[2], {k: v for k, v in sent.items() if k != "in_port"})
+                    )
+        return [self.core.packet_in(d, p, data, t, c, self.now) for d, p, data, t, c in packet_ins]
+
+    def send(self, src: str, dst: str, eth_type: int = 0x0800) -> Delivery:
+        """Host `src` sends one frame to `dst`; returns which hosts got it and where it went."""
+        dpid, port = self.hosts[src]
+        delivery = Delivery()
+        for reply in self._forward(dpid, port, fields_of(frame(dst, src, eth_type)), delivery):
+            self.deliver(reply)
+        return delivery
+
+    def converse(self, a: str, b: str) -> bool:
+        """ARP-like exchange: a broadcasts, b answers, both send unicast. True if it got through."""
+        self.send(a, BROADCAST, 0x0806)
+        self.send(b, a)
+        return self.send(a, b).hosts == [b] and self.send(b, a).hosts == [a]
+
+    def plug(self, mac: str, dpid: int, port: int) -> None:
+        """Move a host's cable to (dpid, port): the old port loses it, the new one comes up."""
+        old = self.hosts.get(mac)
+        if old is not None:
+            del self.wires[old]
+        self.add_host(mac, dpid, port)
+        self.switches[dpid].ports[port] = True
+        info = PortInfo(port, f"s{dpid}-eth{port}", self.switches[dpid].hw_addr(port), True)
+        self.deliver(self.core.port_status(dpid, ofp.OFPPR_ADD, info, self.now))
+        self.advance(self.core.discovery.probation + 0.5)
+
+    def set_link(self, d1: int, p1: int, up: bool) -> None:
+        """Take both ends of a wire up or down, as carrier loss would, and tell the core."""
+        ends = [(d1, p1)]
+        wire = self.wires.get((d1, p1))
+        if wire and wire[0] == "switch":
+            ends.append((wire[1], wire[2]))
+        for d, p in ends:
+            self.switches[d].ports[p] = up
+            if d in self.connected:
+                info = PortInfo(p, f"s{d}-eth{p}", self.switches[d].hw_addr(p), up)
+                self.deliver(self.core.port_status(d, ofp.OFPPR_MODIFY, info, self.now))

@@ -1,0 +1,469 @@
+"""An in-memory OpenFlow 1.3 switch that is stricter than a real one.
+
+It takes the same os-ken message objects the controller sends, keeps multi-table flow state and
+groups, and answers "where does this packet go?". It raises FakeSwitchError on what a real switch
+would reject, and on some things a real switch allows but that are always bugs in a controller:
+
+- two overlapping flows of equal priority in one table (as if CHECK_OVERLAP were always set);
+- goto to the same or an earlier table, or past the last one;
+- a flow or bucket using a group or meter that does not exist; adding a group twice;
+- MODIFY_STRICT of a flow that is not there; an empty apply-actions; repeated instructions;
+- a match field without its prerequisite (ipv4_src without eth_type=0x0800, ...);
+- a fast-failover bucket that watches nothing.
+
+Packets are dicts of OXM fields, e.g. {"in_port": 1, "eth_dst": "...", "eth_type": 0x0800}.
+Select groups pick a bucket by a hash of the packet's flow fields, in proportion to the weights;
+fast-failover groups take the first bucket whose watched port is live.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from controller.flows import Flow, Group, flow_from_stats, group_from_desc, of_instruction
+
+
+class FakeSwitchError(AssertionError):
+    """The controller sent something a careful switch refuses."""
+
+
+_PREREQS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "ipv4_src": ("eth_type", (0x0800,)),
+    "ipv4_dst": ("eth_type", (0x0800,)),
+    "ipv6_src": ("eth_type", (0x86DD,)),
+    "ipv6_dst": ("eth_type", (0x86DD,)),
+    "arp_op": ("eth_type", (0x0806,)),
+    "arp_spa": ("eth_type", (0x0806,)),
+    "arp_tpa": ("eth_type", (0x0806,)),
+    "arp_sha": ("eth_type", (0x0806,)),
+    "arp_tha": ("eth_type", (0x0806,)),
+    "ip_proto": ("eth_type", (0x0800, 0x86DD)),
+    "ip_dscp": ("eth_type", (0x0800, 0x86DD)),
+    "tcp_src": ("ip_proto", (6,)),
+    "tcp_dst": ("ip_proto", (6,)),
+    "udp_src": ("ip_proto", (17,)),
+    "udp_dst": ("ip_proto", (17,)),
+    "sctp_src": ("ip_proto", (132,)),
+    "sctp_dst": ("ip_proto", (132,)),
+    "icmpv4_type": ("ip_proto", (1,)),
+    "icmpv4_code": ("ip_proto", (1,)),
+    "icmpv6_type": ("ip_proto", (58,)),
+    "icmpv6_code": ("ip_proto", (58,)),
+}
+_SPECIAL_PORTS = {
+    ofp.OFPP_CONTROLLER,
+    ofp.OFPP_IN_PORT,
+    ofp.OFPP_ALL,
+    ofp.OFPP_FLOOD,
+    ofp.OFPP_LOCAL,
+    ofp.OFPP_TABLE,
+}
+_HASH_FIELDS = (
+    "eth_src",
+    "eth_dst",
+    "ipv4_src",
+    "ipv4_dst",
+    "ipv6_src",
+    "ipv6_dst",
+    "ip_proto",
+    "tcp_src",
+    "tcp_dst",
+    "udp_src",
+    "udp_dst",
+)
+
+
+def to_int(value: Any) -> int:
+    """Any match value (MAC, IPv4, IPv6 string or int) as an integer."""
+    if isinstance(value, int):
+        return value
+    text = str(value)
+    if text.count(":") == 5 and len(text) == 17:
+        return int(text.replace(":", ""), 16)
+    return int(ipaddress.ip_address(text))
+
+
+ALL_ONES = (1 << 128) - 1
+
+
+def _value_mask(value: Any) -> tuple[int, int]:
+    """(value, mask) as integers; an exact match has every mask bit set."""
+    if isinstance(value, tuple):
+        return to_int(value[0]), to_int(value[1])
+    return to_int(value), ALL_ONES
+
+
+def _compatible(a: Any, b: Any) -> bool:
+    """Could one packet field value satisfy both match values?"""
+    va, ma = _value_mask(a)
+    vb, mb = _value_mask(b)
+    return (va & ma & mb) == (vb & ma & mb)
+
+
+def overlaps(m1: dict, m2: dict) -> bool:
+    return all(_compatible(m1[f], m2[f]) for f in m1.keys() & m2.keys())
+
+
+def covers(filt: dict, entry: dict) -> bool:
+    """Does a non-strict filter select this entry? Each filter field must be at least as wide."""
+    for name, fval in filt.items():
+        if name not in entry:
+            return False
+        fv, fm = _value_mask(fval)
+        ev, em = _value_mask(entry[name])
+        if fm & ~em or (ev & fm) != (fv & fm):
+            return False
+    return True
+
+
+def packet_matches(match: dict, pkt: dict) -> bool:
+    for name, value in match.items():
+        if name not in pkt:
+            return False
+        v, m = _value_mask(value)
+        if (to_int(pkt[name]) & m) != (v & m):
+            return False
+    return True
+
+
+@dataclass
+class Entry:
+    flow: Flow
+    packets: int = 0
+
+
+@dataclass
+class LookupResult:
+    outputs: list[tuple[int, dict]] = field(default_factory=list)  # (port, packet as sent)
+    to_controller: list[tuple[int, int, dict]] = field(default_factory=list)  # (table, cookie, pkt)
+    matched: list[Flow] = field(default_factory=list)
+
+    def ports(self) -> list[int]:
+        return [p for p, _ in self.outputs]
+
+
+class FakeSwitch:
+    def __init__(
+        self,
+        dpid: int = 1,
+        n_tables: int = 5,
+        ports: dict[int, bool] | None = None,
+        hw_prefix: str = "02:00:00",
+    ) -> None:
+        self.dpid = dpid
+        self.n_tables = n_tables
+        self.ports: dict[int, bool] = dict(ports or {})
+        self.hw_prefix = hw_prefix
+        self.tables: list[list[Entry]] = [[] for _ in range(n_tables)]
+        self.groups: dict[int, Group] = {}
+        self.meters: set[int] = set()
+        self.received: list = []
+        self.packet_outs: list = []
+
+    # --- messages in ---------------------------------------------------------------------------
+
+    def apply(self, msgs) -> None:
+        for msg in msgs:
+            self.received.append(msg)
+            self._apply_one(msg)
+
+    def _apply_one(self, msg) -> None:
+        if isinstance(msg, parser.OFPFlowMod):
+            self._flow_mod(msg)
+        elif isinstance(msg, parser.OFPGroupMod):
+            self._group_mod(msg)
+        elif isinstance(msg, parser.OFPMeterMod):
+            self._meter_mod(msg)
+        elif isinstance(msg, parser.OFPPacketOut):
+            self.packet_outs.append(msg)
+        elif isinstance(
+            msg,
+            (
+                parser.OFPBarrierRequest,
+                parser.OFPFlowStatsRequest,
+                parser.OFPGroupDescStatsRequest,
+                parser.OFPPortDescStatsRequest,
+            ),
+        ):
+            pass
+        else:
+            raise FakeSwitchError(f"unexpected message {type(msg).__name__}")
+
+    def _check_flow(self, msg) -> Flow:
+        if not 0 <= msg.table_id < self.n_tables:
+            raise FakeSwitchError(f"table {msg.table_id} does not exist")
+        kinds = [type(i).__name__ + str(getattr(i, "type", "")) for i in msg.instructions]
+        if len(kinds) != len(set(kinds)):
+            raise FakeSwitchError(f"repeated instruction in {msg.instructions}")
+        for ins in msg.instructions:
+            if isinstance(ins, parser.OFPInstructionActions):
+                if ins.type == ofp.OFPIT_APPLY_ACTIONS and not ins.actions:
+                    raise FakeSwitchError("empty apply-actions")
+                for action in ins.actions:
+                    self._check_action(action)
+            elif isinstance(ins, parser.OFPInstructionGotoTable):
+                if not msg.table_id < ins.table_id < self.n_tables:
+                    raise FakeSwitchError(f"goto {ins.table_id} from table {msg.table_id}")
+            elif isinstance(ins, parser.OFPInstructionMeter) and ins.meter_id not in self.meters:
+                raise FakeSwitchError(f"meter {ins.meter_id} does not exist")
+        match = dict(msg.match._fields2)
+        for name in match:
+            if name in _PREREQS:
+                need, values = _PREREQS[name]
+                if match.get(need) not in values:
+                    raise FakeSwitchError(f"{name} needs {need} in {values}, match is {match}")
+        return flow_from_stats(msg)
+
+    def _check_action(self, action) -> None:
+        if isinstance(action, parser.OFPActionGroup) and action.group_id not in self.groups:
+            raise FakeSwitchError(f"group {action.group_id} does not exist")
+        if (
+            isinstance(action, parser.OFPActionOutput)
+            and action.port not in self.ports
+            and action.port not in _SPECIAL_PORTS
+        ):
+            raise FakeSwitchError(f"output to unknown port {action.port}")
+
+    def _flow_mod(self, msg) -> None:
+        cmd = msg.command
+        if cmd == ofp.OFPFC_ADD:
+            f = self._check_flow(msg)
+            table = self.tables[f.table]
+            for i, entry in enumerate(table):
+                if entry.flow.priority == f.priority:
+                    if entry.flow.match == f.match:
+                        table[i] = Entry(f)
+                        return
+                    if overlaps(dict(entry.flow.match), dict(f.match)):
+                        raise FakeSwitchError(f"{f} overlaps {entry.flow} at equal priority")
+            table.append(Entry(f))
+            table.sort(key=lambda e: -e.flow.priority)
+        elif cmd in (ofp.OFPFC_MODIFY, ofp.OFPFC_MODIFY_STRICT):
+            f = self._check_flow(msg)
+            hits = self._select(msg, strict=cmd == ofp.OFPFC_MODIFY_STRICT)
+            if not hits and cmd == ofp.OFPFC_MODIFY_STRICT:
+                raise FakeSwitchError(f"MODIFY_STRICT of a flow that is not there: {f}")
+            for entry in hits:
+                old = entry.flow
+                entry.flow = Flow(
+                    old.table,
+                    old.priority,
+                    old.match,
+                    f.instructions,
+                    f.cookie,
+                    old.idle_timeout,
+                    old.hard_timeout,
+                    old.flags,
+                )
+        elif cmd in (ofp.OFPFC_DELETE, ofp.OFPFC_DELETE_STRICT):
+            hits = self._select(msg, strict=cmd == ofp.OFPFC_DELETE_STRICT)
+            for entry in hits:
+                self.tables[entry.flow.table].remove(entry)
+        else:
+            raise FakeSwitchError(f"unknown flow-mod command {cmd}")
+
+    def _select(self, msg, strict: bool) -> list[Entry]:
+        filt = dict(msg.match._fields2)
+        wanted = flow_from_stats(msg).match
+        tables = range(self.n_tables) if msg.table_id == ofp.OFPTT_ALL else [msg.table_id]
+        hits = []
+        for t in tables:
+            for entry in self.tables[t]:
+                f = entry.flow
+                if strict:
+                    if f.priority != msg.priority or f.match != wanted:
+                        continue
+                elif not covers(filt, dict(f.match)):
+                    continue
+                if msg.command in (ofp.OFPFC_DELETE, ofp.OFPFC_DELETE_STRICT) and not self._uses(
+                    f, msg.out_port, msg.out_group
+                ):
+                    continue
+                if msg.cookie_mask and (f.cookie & msg.cookie_mask) != (
+                    msg.cookie & msg.cookie_mask
+                ):
+                    continue
+                hits.append(entry)
+        return hits
+
+    @staticmethod
+    def _uses(f: Flow, out_port: int, out_group: int) -> bool:
+        actions = [a for ins in f.instructions if ins[0] in ("apply", "write") for a in ins[1]]
+        if out_port != ofp.OFPP_ANY and not any(
+            a[0] == "output" and a[1] == out_port for a in actions
+        ):
+            return False
+        return out_group == ofp.OFPG_ANY or any(
+            a[0] == "group" and a[1] == out_group for a in actions
+        )
+
+    def _group_mod(self, msg) -> None:
+        if msg.command == ofp.OFPGC_DELETE:
+            ids = list(self.groups) if msg.group_id == ofp.OFPG_ALL else [msg.group_id]
+            for gid in ids:
+                if self.groups.pop(gid, None) is not None:
+                    for table in self.tables:
+                        table[:] = [e for e in table if not self._uses(e.flow, ofp.OFPP_ANY, gid)]
+            return
+        exists = msg.group_id in self.groups
+        if msg.command == ofp.OFPGC_ADD and exists:
+            raise FakeSwitchError(f"group {msg.group_id} already exists")
+        if msg.command == ofp.OFPGC_MODIFY and not exists:
+            raise FakeSwitchError(f"group {msg.group_id} does not exist")
+        for bucket in msg.buckets:
+            for action in bucket.actions:
+                self._check_action(action)
+            if (
+                msg.type == ofp.OFPGT_FF
+                and bucket.watch_port == ofp.OFPP_ANY
+                and bucket.watch_group == ofp.OFPG_ANY
+            ):
+                raise FakeSwitchError("fast-failover bucket watches no port or group")
+        self.groups[msg.group_id] = group_from_desc(msg)
+
+    def _meter_mod(self, msg) -> None:
+        if msg.command == ofp.OFPMC_ADD:
+            if msg.meter_id in self.meters:
+                raise FakeSwitchError(f"meter {msg.meter_id} already exists")
+            self.meters.add(msg.meter_id)
+        elif msg.command == ofp.OFPMC_MODIFY:
+            if msg.meter_id not in self.meters:
+                raise FakeSwitchError(f"meter {msg.meter_id} does not exist")
+        else:
+            self.meters.discard(msg.meter_id)
+
+    # --- what a switch reports -----------------------------------------------------------------
+
+    def flows(self) -> list[Flow]:
+        return [e.flow for table in self.tables for e in table]
+
+    def flow_stats(self) -> list:
+        """The tables as OFPFlowStats, the way the controller reads them on connect."""
+        out = []
+        for f in self.flows():
+            out.append(
+                parser.OFPFlowStats(
+                    table_id=f.table,
+                    duration_sec=0,
+                    duration_nsec=0,
+                    priority=f.priority,
+                    idle_timeout=f.idle_timeout,
+                    hard_timeout=f.hard_timeout,
+                    flags=f.flags,
+                    cookie=f.cookie,
+                    packet_count=0,
+                    byte_count=0,
+                    match=parser.OFPMatch(**dict(f.match)),
+                    instructions=[of_instruction(i) for i in f.instructions],
+                )
+            )
+        return out
+
+    def group_descs(self) -> list[Group]:
+        return list(self.groups.values())
+
+    def hw_addr(self, port: int) -> str:
+        return f"{self.hw_prefix}:{self.dpid & 0xFF:02x}:00:{port & 0xFF:02x}"
+
+    def flow_count(self, table: int | None = None) -> int:
+        if table is None:
+            return sum(len(t) for t in self.tables)
+        return len(self.tables[table])
+
+    # --- the data plane ------------------------------------------------------------------------
+
+    def lookup(self, pkt: dict) -> LookupResult:
+        """Where a packet goes: walk the tables from 0 as an OpenFlow 1.3 switch would."""
+        pkt = dict(pkt)
+        result = LookupResult()
+        table: int | None = 0
+        action_set: dict[str, tuple] = {}
+        while table is not None:
+            entry = next(
+                (e for e in self.tables[table] if packet_matches(dict(e.flow.match), pkt)), None
+            )
+            if entry is None:
+                return result  # no table-miss entry: dropped
+            entry.packets += 1
+            result.matched.append(entry.flow)
+            next_table = None
+            for ins in entry.flow.instructions:
+                if ins[0] == "apply":
+                    for action in ins[1]:
+                        self._act(action, pkt, result, table, entry.flow.cookie)
+                elif ins[0] == "write":
+                    for action in ins[1]:
+                        action_set[action[0] if action[0] != "set_field" else action[1]] = action
+                elif ins[0] == "clear":
+                    action_set.clear()
+                elif ins[0] == "meta":
+                    meta = pkt.get("metadata", 0)
+                    pkt["metadata"] = (meta & ~ins[2]) | (ins[1] & ins[2])
+                elif ins[0] == "goto":
+                    next_table = ins[1]
+            if next_table is None:
+                for action in action_set.values():
+                    self._act(action, pkt, result, table, entry.flow.cookie)
+            table = next_table
+        return result
+
+    def _act(self, action: tuple, pkt: dict, result: LookupResult, table: int, cookie: int):
+        kind = action[0]
+        if kind == "output":
+            port = action[1]
+            if port == ofp.OFPP_CONTROLLER:
+                result.to_controller.append((table, cookie, dict(pkt)))
+            elif port == ofp.OFPP_IN_PORT:
+                result.outputs.append((pkt["in_port"], dict(pkt)))
+            elif port in (ofp.OFPP_ALL, ofp.OFPP_FLOOD):
+                for p, live in sorted(self.ports.items()):
+                    if live and p != pkt.get("in_port"):
+                        result.outputs.append((p, dict(pkt)))
+            elif port != pkt.get("in_port") and self.ports.get(port):
+                result.outputs.append((port, dict(pkt)))
+        elif kind == "set_field":
+            pkt[action[1]] = action[2]
+        elif kind == "group":
+            self._group(action[1], pkt, result, table, cookie)
+        elif kind == "pop_vlan":
+            pkt.pop("vlan_vid", None)
+
+    def _live_bucket(self, g: Group):
+        for bucket in g.buckets:
+            if bucket.watch_port != ofp.OFPP_ANY and self.ports.get(bucket.watch_port):
+                return bucket
+            if (
+                bucket.watch_group != ofp.OFPG_ANY
+                and self._live_bucket(self.groups[bucket.watch_group]) is not None
+            ):
+                return bucket
+        return None
+
+    def _group(self, gid: int, pkt: dict, result: LookupResult, table: int, cookie: int):
+        g = self.groups[gid]
+        if g.type in ("all", "indirect"):
+            chosen = list(g.buckets)
+        elif g.type == "select":
+            total = sum(b.weight for b in g.buckets)
+            chosen = []
+            if total:
+                key = repr([(f, pkt.get(f)) for f in _HASH_FIELDS]).encode()
+                point = zlib.crc32(key) % total
+                for bucket in g.buckets:
+                    if point < bucket.weight:
+                        chosen = [bucket]
+                        break
+                    point -= bucket.weight
+        else:
+            live = self._live_bucket(g)
+            chosen = [live] if live else []
+        for bucket in chosen:
+            copy = dict(pkt)
+            for action in bucket.actions:
+                self._act(action, copy, result, table, cookie)

@@ -1,0 +1,92 @@
+"""osken-manager as users run it: exit codes, one-line errors, prompt shutdown."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from controller.cli import LaunchError, module_name
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MANAGER = [sys.executable, "-m", "controller.cli"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*args, timeout=30):
+    return subprocess.run(
+        MANAGER + list(args), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_module_names_from_paths_and_modules():
+    assert module_name("apps/l2_learning.py") == "apps.l2_learning"
+    assert module_name("apps.l2_learning") == "apps.l2_learning"
+    with pytest.raises(LaunchError, match="no such file"):
+        module_name("apps/nope.py")
+
+
+@pytest.mark.parametrize("app", ["apps/nope.py", "apps.nope", "controller.flows"])
+def test_unknown_app_is_one_line_and_exit_2(app):
+    result = run(app, "--prometheus-port", "0")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("osken-manager: ") and app in lines[0]
+
+
+def test_bad_config_is_one_line_naming_file_line_and_field(tmp_path):
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("l2:\n  mac_age: zero\n")
+    result = run("apps/l2_learning.py", "--config", str(cfg), "--prometheus-port", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"osken-manager: bad config: {cfg}:2: l2.mac_age: 'zero' is not of type 'integer'"
+    ]
+
+
+def test_busy_port_is_one_line_and_exit_2():
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = run(
+            "apps/l2_learning.py", "--ofp-tcp-listen-port", str(port), "--prometheus-port", "0"
+        )
+    assert result.returncode == 2 and "cannot listen" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_exits_0_within_2_seconds(sig):
+    port = free_port()
+    proc = subprocess.Popen(
+        MANAGER
+        + ["apps/l2_learning.py", "--ofp-tcp-listen-port", str(port), "--prometheus-port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:  # wait until it accepts OpenFlow connections
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        start = time.time()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=5) == 0
+        assert time.time() - start < 2.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

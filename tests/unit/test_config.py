@@ -1,0 +1,58 @@
+"""Config errors name the file, the line and the field."""
+
+import pytest
+
+from controller.config import ConfigError, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "lab.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def error_of(tmp_path, text):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_valid_config_loads(tmp_path):
+    cfg = load_config(
+        write(tmp_path, "l2:\n  mac_age: 60\nendpoints:\n  - {name: a, ip: 10.0.0.1}\n")
+    )
+    assert cfg.section("l2") == {"mac_age": 60}
+    assert cfg.section("firewall") is None
+
+
+def test_empty_config_is_fine(tmp_path):
+    assert load_config(write(tmp_path, "")).data == {}
+
+
+def test_unknown_top_level_key(tmp_path):
+    assert error_of(tmp_path, "l2: {}\nfirwall: {}\n").endswith("lab.yaml:2: firwall: unknown key")
+
+
+def test_unknown_nested_key_points_at_it(tmp_path):
+    msg = error_of(tmp_path, "l2:\n  mac_age: 5\n  mac_aeg: 5\n")
+    assert msg.endswith("lab.yaml:3: l2.mac_aeg: unknown key")
+
+
+def test_bad_value_names_field_and_line(tmp_path):
+    msg = error_of(
+        tmp_path, "endpoints:\n  - name: a\n    ip: 10.0.0.1\n    ports:\n      - {port: 70000}\n"
+    )
+    assert "lab.yaml:5: endpoints[0].ports[0].port: 70000 is greater than the maximum" in msg
+
+
+def test_yaml_syntax_error_has_a_line(tmp_path):
+    assert "lab.yaml:3: YAML syntax error" in error_of(tmp_path, "l2:\n  mac_age: 5\n bad: [\n")
+
+
+def test_duplicate_keys_are_errors(tmp_path):
+    assert error_of(tmp_path, "l2: {}\nl2: {}\n").endswith("lab.yaml:2: l2: duplicate key")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "nope.yaml"))

@@ -1,0 +1,202 @@
+"""The fake switch must behave like OpenFlow 1.3 and refuse what a careful switch refuses."""
+
+from collections import Counter
+
+import pytest
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from controller.flows import (
+    Bucket,
+    apply,
+    flow,
+    flow_mod,
+    goto,
+    group,
+    group_action,
+    group_mod,
+    output,
+    set_field,
+)
+from tests.fakeswitch import FakeSwitch, FakeSwitchError
+
+PKT = {
+    "in_port": 1,
+    "eth_src": "00:00:00:00:00:01",
+    "eth_dst": "00:00:00:00:00:02",
+    "eth_type": 0x0800,
+    "ipv4_src": "10.0.0.1",
+    "ipv4_dst": "10.0.0.2",
+}
+
+
+def switch(n_ports=4, n_tables=3):
+    return FakeSwitch(1, n_tables, {p: True for p in range(1, n_ports + 1)})
+
+
+def add(sw, *flows):
+    sw.apply([flow_mod(f) for f in flows])
+
+
+def test_multi_table_lookup_follows_priority_and_goto():
+    sw = switch()
+    add(
+        sw,
+        flow(0, 0, {}, goto(1)),
+        flow(0, 10, {"eth_type": 0x0800, "ipv4_src": ("10.0.0.0", "255.255.255.0")}, goto(2)),
+        flow(1, 0, {}, apply(output(4))),
+        flow(
+            2,
+            5,
+            {"eth_dst": "00:00:00:00:00:02"},
+            apply(set_field("eth_dst", "00:00:00:00:00:09"), output(3)),
+        ),
+    )
+    result = sw.lookup(PKT)
+    assert result.ports() == [3]
+    assert result.outputs[0][1]["eth_dst"] == "00:00:00:00:00:09"
+    assert sw.lookup({**PKT, "ipv4_src": "10.0.1.1"}).ports() == [4]
+
+
+def test_no_table_miss_entry_drops():
+    sw = switch()
+    add(sw, flow(0, 1, {"in_port": 2}, apply(output(3))))
+    assert sw.lookup(PKT).outputs == []
+
+
+def test_add_same_match_and_priority_replaces():
+    sw = switch()
+    add(
+        sw,
+        flow(0, 5, {"in_port": 1}, apply(output(2))),
+        flow(0, 5, {"in_port": 1}, apply(output(3))),
+    )
+    assert sw.flow_count() == 1 and sw.lookup(PKT).ports() == [3]
+
+
+def test_overlapping_equal_priority_flows_are_refused():
+    sw = switch()
+    add(sw, flow(0, 5, {"in_port": 1}, apply(output(2))))
+    with pytest.raises(FakeSwitchError, match="overlaps"):
+        add(sw, flow(0, 5, {"eth_dst": "00:00:00:00:00:02"}, apply(output(3))))
+    add(sw, flow(0, 5, {"in_port": 2, "eth_dst": "00:00:00:00:00:02"}, apply(output(3))))
+
+
+def test_goto_backwards_or_same_table_is_refused():
+    sw = switch()
+    with pytest.raises(FakeSwitchError, match="goto"):
+        add(sw, flow(1, 1, {}, goto(1)))
+    with pytest.raises(FakeSwitchError, match="goto"):
+        add(sw, flow(2, 1, {}, goto(0)))
+
+
+def test_missing_group_and_prerequisites_are_refused():
+    sw = switch()
+    with pytest.raises(FakeSwitchError, match="group 7"):
+        add(sw, flow(0, 1, {}, apply(group_action(7))))
+    with pytest.raises(FakeSwitchError, match="needs eth_type"):
+        add(sw, flow(0, 1, {"ipv4_src": "10.0.0.1"}, apply(output(1))))
+
+
+def test_modify_strict_of_missing_flow_is_refused_and_non_strict_modifies_all_covered():
+    sw = switch()
+    with pytest.raises(FakeSwitchError, match="not there"):
+        sw.apply([flow_mod(flow(0, 5, {"in_port": 1}, apply(output(2))), ofp.OFPFC_MODIFY_STRICT)])
+    add(
+        sw,
+        flow(0, 5, {"in_port": 1, "eth_src": "00:00:00:00:00:01"}, apply(output(2))),
+        flow(0, 6, {"in_port": 1, "eth_src": "00:00:00:00:00:03"}, apply(output(2))),
+        flow(0, 5, {"in_port": 2}, apply(output(2))),
+    )
+    sw.apply([flow_mod(flow(0, 0, {"in_port": 1}, apply(output(4))), ofp.OFPFC_MODIFY)])
+    outs = sorted(f.instructions[0][1][0][1] for f in sw.flows())
+    assert outs == [2, 4, 4]
+
+
+def test_delete_strict_and_non_strict():
+    sw = switch()
+    a = flow(0, 5, {"in_port": 1, "eth_src": "00:00:00:00:00:01"}, apply(output(2)))
+    b = flow(0, 6, {"in_port": 1}, apply(output(3)))
+    c = flow(0, 5, {"in_port": 2}, apply(output(3)))
+    add(sw, a, b, c)
+    sw.apply([flow_mod(flow(0, 5, {"in_port": 1}), ofp.OFPFC_DELETE_STRICT)])  # no exact match
+    assert sw.flow_count() == 3
+    sw.apply([flow_mod(a, ofp.OFPFC_DELETE_STRICT)])
+    assert {f.priority for f in sw.flows()} == {5, 6} and sw.flow_count() == 2
+    sw.apply([flow_mod(flow(0, 0, {"in_port": 1}), ofp.OFPFC_DELETE)])
+    assert sw.flows() == [c]
+
+
+def test_all_group_copies_to_every_bucket():
+    sw = switch()
+    sw.apply([group_mod(group(1, "all", [Bucket((output(2),)), Bucket((output(3),))]))])
+    add(sw, flow(0, 1, {}, apply(group_action(1))))
+    assert sorted(sw.lookup(PKT).ports()) == [2, 3]
+
+
+def test_adding_a_group_twice_is_refused():
+    sw = switch()
+    g = group(1, "all", [Bucket((output(2),))])
+    sw.apply([group_mod(g)])
+    with pytest.raises(FakeSwitchError, match="exists"):
+        sw.apply([group_mod(g)])
+
+
+def test_select_group_follows_bucket_weights():
+    sw = switch()
+    sw.apply(
+        [
+            group_mod(
+                group(
+                    1,
+                    "select",
+                    [
+                        Bucket((output(2),), weight=90),
+                        Bucket((output(3),), weight=10),
+                        Bucket((output(4),), weight=0),
+                    ],
+                )
+            )
+        ]
+    )
+    add(sw, flow(0, 1, {}, apply(group_action(1))))
+    counts = Counter()
+    for i in range(4000):
+        pkt = {**PKT, "ip_proto": 6, "tcp_src": 1024 + i}
+        counts.update(sw.lookup(pkt).ports())
+    assert counts[4] == 0
+    assert abs(counts[2] / 4000 - 0.90) < 0.02
+
+
+def test_fast_failover_follows_port_liveness():
+    sw = switch()
+    sw.apply(
+        [
+            group_mod(
+                group(
+                    1,
+                    "ff",
+                    [Bucket((output(2),), watch_port=2), Bucket((output(3),), watch_port=3)],
+                )
+            )
+        ]
+    )
+    add(sw, flow(0, 1, {}, apply(group_action(1))))
+    assert sw.lookup(PKT).ports() == [2]
+    sw.ports[2] = False
+    assert sw.lookup(PKT).ports() == [3]
+    sw.ports[3] = False
+    assert sw.lookup(PKT).ports() == []
+
+
+def test_fast_failover_bucket_must_watch_something():
+    sw = switch()
+    with pytest.raises(FakeSwitchError, match="watches"):
+        sw.apply([group_mod(group(1, "ff", [Bucket((output(2),))]))])
+
+
+def test_deleting_a_group_removes_flows_that_use_it():
+    sw = switch()
+    sw.apply([group_mod(group(1, "all", [Bucket((output(2),))]))])
+    add(sw, flow(0, 1, {}, apply(group_action(1))))
+    sw.apply([group_mod(group(1, "all", []), ofp.OFPGC_DELETE)])
+    assert sw.flow_count() == 0 and not sw.groups
