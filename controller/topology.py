@@ -54,6 +54,9 @@ class Topology:
         self.links: set[Link] = set()
         self.settled: set[tuple[int, int]] = set()  # ports past discovery's probation
         self.version = 0  # bumped on every change that can move a path or the flood tree
+        self._cache_version = -1
+        self._switch_graph = nx.Graph()
+        self._next_hops: dict[int, dict[int, int]] = {}
 
     # --- switches and ports --------------------------------------------------------------------
 
@@ -181,7 +184,14 @@ class Topology:
     # --- questions apps ask --------------------------------------------------------------------
 
     def switch_graph(self) -> nx.Graph:
-        return self.graph.subgraph(self.switches())
+        """Switches and links only, cached until the topology changes (hosts never change it)."""
+        if self._cache_version != self.version:
+            g = nx.Graph()
+            g.add_nodes_from(self.switches())
+            g.add_edges_from((a, b, d) for a, b, d in self.graph.edges(data=True) if "links" in d)
+            self._switch_graph, self._next_hops = g, {}
+            self._cache_version = self.version
+        return self._switch_graph
 
     def _bfs_parents(self, root: int) -> dict[int, int]:
         """Parent of every switch on a BFS tree from `root`, neighbours taken in sorted order."""
@@ -204,7 +214,12 @@ class Topology:
 
         The answers form one tree rooted at `dst`, so forwarding by them can never loop.
         """
-        return {sw: self.port_towards(sw, parent) for sw, parent in self._bfs_parents(dst).items()}
+        self.switch_graph()
+        if dst not in self._next_hops:
+            self._next_hops[dst] = {
+                sw: self.port_towards(sw, parent) for sw, parent in self._bfs_parents(dst).items()
+            }
+        return self._next_hops[dst]
 
     def shortest_path(self, src: int, dst: int) -> list[int]:
         return nx.shortest_path(self.switch_graph(), src, dst)

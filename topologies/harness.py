@@ -1,0 +1,225 @@
+"""Run labs from Python: a controller process, a Mininet network, traffic checks, clean teardown.
+
+Used by the integration tests, the main demo and the benchmarks. Cleanup is targeted: the lab
+removes only the bridges and interfaces its own topology created, and stops only the processes it
+started, by pid. It never runs `mn -c` or kills anything by name.
+
+    with Controller(["apps/l2_learning.py"]) as ctl, Lab(LeafSpineTopo(), ctl.port) as lab:
+        assert lab.wait_connected(timeout=30) is not None
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class Controller:
+    """osken-manager in a child process, with its log in a file."""
+
+    def __init__(
+        self,
+        apps: list[str],
+        port: int | None = None,
+        config: str | None = None,
+        log_path: str | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.apps = apps
+        self.port = port or free_port()
+        self.config = config
+        self.log_path = log_path or tempfile.mktemp(prefix="osken-", suffix=".log")
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+        self.started_at = 0.0
+
+    def start(self) -> Controller:
+        cmd = [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            *self.apps,
+            "--ofp-tcp-listen-port",
+            str(self.port),
+            "--prometheus-port",
+            "0",
+            *self.extra,
+        ]
+        if self.config:
+            cmd += ["--config", self.config]
+        log = open(self.log_path, "a")  # noqa: SIM115 (the child keeps it open)
+        self.started_at = time.time()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if not wait_listening(self.port, 20):
+            self.stop()
+            raise RuntimeError(f"controller did not start; see {self.log_path}:\n{self.log()}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no chance to clean anything up."""
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path) as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> bool:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len(re.findall(pattern, self.log())) >= count:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def __enter__(self) -> Controller:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _bridges() -> set[str]:
+    out = subprocess.run(["ovs-vsctl", "--timeout=5", "list-br"], capture_output=True, text=True)
+    return set(out.stdout.split())
+
+
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True)
+    return {line.split(":")[1].strip().split("@")[0] for line in out.stdout.splitlines()}
+
+
+class Lab:
+    """A Mininet network on OVS's userspace datapath, pointed at a controller on localhost."""
+
+    def __init__(self, topo, controller_port: int) -> None:
+        self.topo = topo
+        self.controller_port = controller_port
+        self.net = None
+
+    def start(self) -> Lab:
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+        from mininet.node import OVSSwitch, RemoteController
+
+        setLogLevel("error")
+        self._before_bridges = _bridges()
+        self._before_links = _links()
+        mine = set(self.topo.switches())
+        clash = mine & self._before_bridges
+        if clash:
+            raise RuntimeError(f"bridges {sorted(clash)} already exist: another lab is running")
+        ctl = RemoteController("c0", ip="127.0.0.1", port=self.controller_port)
+        self.net = Mininet(
+            topo=self.topo, switch=OVSSwitch, controller=ctl, autoSetMacs=True, waitConnected=False
+        )
+        self.net.start()
+        return self
+
+    def stop(self) -> None:
+        if self.net is not None:
+            self.net.stop()
+            self.net = None
+        # Whatever Mininet left behind of ours, and only of ours.
+        for bridge in (_bridges() - self._before_bridges) & set(self.topo.switches()):
+            subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=False)
+        nodes = set(self.topo.switches()) | set(self.topo.hosts())
+        for link in _links() - self._before_links:
+            if link.split("-eth")[0] in nodes:
+                subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+
+    def __enter__(self) -> Lab:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- traffic -------------------------------------------------------------------------------
+
+    def host(self, name: str):
+        return self.net.get(name)
+
+    def pingall(self, wait: float = 1.0) -> tuple[int, int]:
+        """Every host pings every other once, all hosts at the same time: (lost, sent)."""
+        hosts = self.net.hosts
+        for h in hosts:
+            targets = " ".join(o.IP() for o in hosts if o is not h)
+            h.sendCmd(
+                f"for ip in {targets}; do ping -c1 -W{wait:g} $ip >/dev/null 2>&1 "
+                f"&& echo ok || echo lost; done"
+            )
+        lost = sent = 0
+        for h in hosts:
+            out = h.waitOutput()
+            sent += out.count("ok") + out.count("lost")
+            lost += out.count("lost")
+        return lost, sent
+
+    def wait_connected(self, timeout: float = 30.0) -> float | None:
+        """Seconds until one pingall has no loss, or None if that never happens in time."""
+        start = time.time()
+        while time.time() - start < timeout:
+            lost, sent = self.pingall()
+            if sent and not lost:
+                return time.time() - start
+        return None
+
+    def ping(self, src: str, dst: str, count: int = 3, interval: float = 0.2) -> tuple[int, int]:
+        """(received, sent) for `count` pings from src to dst."""
+        out = self.host(src).cmd(f"ping -c{count} -i{interval:g} -W1 {self.host(dst).IP()}")
+        m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        return (int(m.group(2)), int(m.group(1))) if m else (0, count)
+
+    def link(self, a: str, b: str, status: str) -> None:
+        self.net.configLinkStatus(a, b, status)
+
+    def dump_flows(self, switch: str) -> list[str]:
+        """The switch's flows without counters, sorted: comparable before and after a restart."""
+        out = subprocess.run(
+            ["ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows", switch],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return sorted(line.strip() for line in out.splitlines() if "reply" not in line)
