@@ -11,6 +11,7 @@ threads, so we do not wait for them); SIGHUP reloads the config.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import inspect
 import logging
@@ -160,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
     shim.RUNTIME.config = config
     shim.RUNTIME.prometheus_port = args.prometheus_port
 
+    # A controller keeps tens of thousands of long-lived flow objects; the default thresholds
+    # would rescan them all many times a second under a packet-in storm.
+    gc.set_threshold(50_000, 50, 100)
     manager = AppManager.get_instance()
     manager.load_apps([m.__name__ for m in modules] + ["os_ken.controller.ofp_handler"])
     contexts = manager.create_contexts()

@@ -59,6 +59,7 @@ class SwitchConn:
     groups: dict[int, Group] = field(default_factory=dict)
     synced_at: float = 0.0
     resync_at: float | None = None
+    packet_ins: object = None  # this switch's packet-in counter (looked up once, used per packet)
 
 
 def parse_eth(data: bytes) -> tuple[str, str, int]:
@@ -152,7 +153,9 @@ class Core:
 
     def switch_connected(self, dpid: int, now: float) -> Outbox:
         """A switch finished the handshake: read its ports and tables before touching them."""
-        self.conns[dpid] = SwitchConn(dpid, connected_at=now)
+        self.conns[dpid] = SwitchConn(
+            dpid, connected_at=now, packet_ins=self.metrics.packet_ins.labels(f"{dpid:016x}")
+        )
         self._last_connect = now
         LOG.info("switch %016x connected; reading its tables", dpid)
         self._request_tables(dpid, with_ports=True)
@@ -302,7 +305,7 @@ class Core:
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
-        self.metrics.packet_ins.labels(f"{dpid:016x}").inc()
+        conn.packet_ins.inc()
         eth_dst, eth_src, eth_type = parse_eth(data)
         if eth_type == LLDP_ETHERTYPE:
             if self.discovery.heard(dpid, in_port, data, now):

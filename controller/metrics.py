@@ -50,8 +50,12 @@ class Metrics:
         return True
 
     def count_sent(self, dpid: int, msgs: list) -> None:
+        counts: dict[str, int] = {}
         for msg in msgs:
-            self.messages_sent.labels(f"{dpid:016x}", type(msg).__name__).inc()
+            name = type(msg).__name__
+            counts[name] = counts.get(name, 0) + 1
+        for name, n in counts.items():
+            self.messages_sent.labels(f"{dpid:016x}", name).inc(n)
 
     def set_flow_counts(self, dpid: int, counts: dict[int, int], n_tables: int) -> None:
         for table in range(n_tables):

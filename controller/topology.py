@@ -57,6 +57,7 @@ class Topology:
         self._cache_version = -1
         self._switch_graph = nx.Graph()
         self._next_hops: dict[int, dict[int, int]] = {}
+        self._edges: dict[int, set[int]] = {}
 
     # --- switches and ports --------------------------------------------------------------------
 
@@ -102,9 +103,14 @@ class Topology:
             self.version += 1
 
     def edge_ports(self, dpid: int) -> set[int]:
-        """Live, settled ports with no switch behind them: where hosts live."""
-        isl = self.isl_ports(dpid)
-        return {p for p in self.live_ports(dpid) if (dpid, p) in self.settled and p not in isl}
+        """Live, settled ports with no switch behind: where hosts live. Asked per packet-in."""
+        self.switch_graph()
+        if dpid not in self._edges:
+            isl = self.isl_ports(dpid)
+            self._edges[dpid] = {
+                p for p in self.live_ports(dpid) if (dpid, p) in self.settled and p not in isl
+            }
+        return self._edges[dpid]
 
     def has_switch(self, dpid: int) -> bool:
         return dpid in self.ports
@@ -189,7 +195,7 @@ class Topology:
             g = nx.Graph()
             g.add_nodes_from(self.switches())
             g.add_edges_from((a, b, d) for a, b, d in self.graph.edges(data=True) if "links" in d)
-            self._switch_graph, self._next_hops = g, {}
+            self._switch_graph, self._next_hops, self._edges = g, {}, {}
             self._cache_version = self.version
         return self._switch_graph
 
