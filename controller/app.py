@@ -50,6 +50,9 @@ class SuiteApp:
     def on_switch_synced(self, dpid: int, installed: list[Flow], now: float) -> None:
         """A switch connected and reported its tables: recover any state they hold."""
 
+    def on_switch_ready(self, dpid: int, now: float) -> None:
+        """A switch finished settling; what is desired for it now is reconciled right after."""
+
     def on_topology_change(self, now: float) -> None:
         """Links, ports or the flood tree moved: recompute what depends on them."""
 

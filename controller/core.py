@@ -354,6 +354,9 @@ class Core:
                 conn.phase = "ready"
             self._notify_topology(now)
             for conn in settling:
+                for app in self.apps:
+                    app.on_switch_ready(conn.dpid, now)
+            for conn in settling:
                 self._reconcile(conn, "connect")
         for conn in self.conns.values():
             if conn.resync_at is not None and now >= conn.resync_at and conn.phase == "ready":
