@@ -214,6 +214,29 @@ class Lab:
     def link(self, a: str, b: str, status: str) -> None:
         self.net.configLinkStatus(a, b, status)
 
+    def next_hop(self, switch: str, dst_mac: str) -> str | None:
+        """The node `switch` forwards frames for `dst_mac` to, read from its flow table."""
+        for line in self.dump_flows(switch):
+            if f"dl_dst={dst_mac}" in line:
+                m = re.search(r"actions=output:(\d+)", line)
+                if m:
+                    link = self.net.get(switch).intfs[int(m.group(1))].link
+                    ends = (link.intf1.node.name, link.intf2.node.name)
+                    return ends[1] if ends[0] == switch else ends[0]
+        return None
+
+    def path(self, src: str, dst: str) -> list[str]:
+        """Switches a frame from host src to host dst crosses, as the flow tables say."""
+        dst_mac = self.host(dst).MAC()
+        node = self.host(src).intfs[0].link.intf2.node.name
+        hops = [node]
+        while node != dst and len(hops) < 32:
+            node = self.next_hop(node, dst_mac)
+            if node is None:
+                break
+            hops.append(node)
+        return hops[:-1] if hops[-1] == dst else hops
+
     def dump_flows(self, switch: str) -> list[str]:
         """The switch's flows without counters, sorted: comparable before and after a restart."""
         out = subprocess.run(

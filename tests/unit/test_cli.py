@@ -90,3 +90,21 @@ def test_signal_exits_0_within_2_seconds(sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_reload_on_file_change_and_sighup_keeps_running_config_on_error(tmp_path):
+    from topologies.harness import Controller
+
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("l2:\n  mac_age: 300\n")
+    ctl = Controller(["apps/l2_learning.py"], config=str(cfg), log_path=str(tmp_path / "c.log"))
+    with ctl:
+        time.sleep(1.2)
+        cfg.write_text("l2:\n  mac_age: -1\n")
+        assert ctl.wait_log(r"config reload rejected.*lab.yaml:2: l2.mac_age", timeout=10)
+        cfg.write_text("l2:\n  mac_age: 60\n")
+        assert ctl.wait_log(r"config reloaded from", timeout=10)
+        ctl.proc.send_signal(signal.SIGHUP)
+        assert ctl.wait_log(r"SIGHUP: reloading", timeout=10)
+        assert ctl.wait_log(r"config reloaded from", count=2, timeout=10)
+        assert ctl.proc.poll() is None

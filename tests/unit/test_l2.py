@@ -187,3 +187,17 @@ def test_mac_age_comes_from_config():
     l2 = core.add_app(L2Learning)
     core.configure(Config(data={"l2": {"mac_age": 42}}), 0.0)
     assert l2.mac_age == 42
+
+
+def test_bad_reload_changes_nothing():
+    from controller.config import ConfigError
+
+    core = core_with_l2()
+    l2 = core.apps[0]
+    core.configure(Config(data={"l2": {"mac_age": 42}}), 0.0)
+
+    def broken():
+        raise ConfigError("lab.yaml", 3, "l2.mac_age", "must be positive")
+
+    assert core.reload(broken, 1.0) == {}
+    assert l2.mac_age == 42 and core.config.section("l2") == {"mac_age": 42}
