@@ -395,8 +395,9 @@ def instruction_from_of(i) -> Instruction:
 
 
 def flow_from_stats(s) -> Flow:
-    """A flow as a switch reports it in an OFPFlowStats entry (or an OFPFlowMod we sent)."""
-    instructions = [instruction_from_of(i) for i in (s.instructions or [])]
+    """A flow as a switch reports it: an OFPFlowStats entry, an OFPFlowMod, or an OFPFlowRemoved
+    (which carries no instructions or flags, only the entry's key, cookie and timeouts)."""
+    instructions = [instruction_from_of(i) for i in (getattr(s, "instructions", None) or [])]
     return flow(
         s.table_id,
         s.priority,
@@ -405,19 +406,7 @@ def flow_from_stats(s) -> Flow:
         cookie=s.cookie,
         idle_timeout=s.idle_timeout,
         hard_timeout=s.hard_timeout,
-        flags=s.flags or 0,
-    )
-
-
-def flow_from_removed(msg) -> Flow:
-    """The flow a FLOW_REMOVED names: its key and timeouts (the message carries no instructions)."""
-    return flow(
-        msg.table_id,
-        msg.priority,
-        msg.match._fields2,
-        cookie=msg.cookie,
-        idle_timeout=msg.idle_timeout,
-        hard_timeout=msg.hard_timeout,
+        flags=getattr(s, "flags", 0) or 0,
     )
 
 

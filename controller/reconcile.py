@@ -42,6 +42,14 @@ class Plan:
         return f"{flows}, {groups} groups"
 
 
+def _changed(installed: Mapping, desired: Mapping, keys: Iterable | None):
+    """(have, want) for each key whose entry differs; None stands for absent."""
+    for key in installed.keys() | desired.keys() if keys is None else keys:
+        have, want = installed.get(key), desired.get(key)
+        if have != want:
+            yield have, want
+
+
 def diff_flows(
     installed: Mapping[FlowKey, Flow],
     desired: Mapping[FlowKey, Flow],
@@ -50,12 +58,7 @@ def diff_flows(
 ) -> Plan:
     """Compare the given keys (all keys of both when None) and record what must change."""
     plan = plan or Plan()
-    if keys is None:
-        keys = installed.keys() | desired.keys()
-    for key in keys:
-        have, want = installed.get(key), desired.get(key)
-        if have == want:
-            continue
+    for have, want in _changed(installed, desired, keys):
         if want is None:
             plan.flow_deletes.append(have)
         elif have is None:
@@ -80,12 +83,7 @@ def diff_groups(
     plan: Plan | None = None,
 ) -> Plan:
     plan = plan or Plan()
-    if ids is None:
-        ids = installed.keys() | desired.keys()
-    for gid in ids:
-        have, want = installed.get(gid), desired.get(gid)
-        if have == want:
-            continue
+    for have, want in _changed(installed, desired, ids):
         if want is None:
             plan.group_deletes.append(have)
         elif have is None:

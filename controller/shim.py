@@ -20,7 +20,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller.config import Config, load_config
 from controller.core import Core, PortInfo
-from controller.flows import flow_from_removed, flow_from_stats, group_from_desc
+from controller.flows import flow_from_stats, group_from_desc
 from controller.metrics import Metrics
 
 LOG = logging.getLogger("osken_suite.shim")
@@ -197,7 +197,7 @@ class CoreApp(app_manager.OSKenApp):
     def _on_flow_removed(self, ev) -> None:
         msg = ev.msg
         self._send(
-            self.core.flow_removed(msg.datapath.id, flow_from_removed(msg), msg.reason, time.time())
+            self.core.flow_removed(msg.datapath.id, flow_from_stats(msg), msg.reason, time.time())
         )
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)

@@ -130,6 +130,21 @@ def _links() -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.stdout.splitlines()}
 
 
+def snapshot() -> tuple[set[str], set[str]]:
+    """The bridges and interfaces that exist now, so cleanup can spare them."""
+    return _bridges(), _links()
+
+
+def remove_leftovers(topo, before_bridges: set[str], before_links: set[str]) -> None:
+    """Delete what a lab of `topo` left behind: new bridges and interfaces named after its nodes."""
+    for bridge in (_bridges() - before_bridges) & set(topo.switches()):
+        subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=False)
+    nodes = set(topo.switches()) | set(topo.hosts())
+    for link in _links() - before_links:
+        if link.split("-eth")[0] in nodes:
+            subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+
+
 class Lab:
     """A Mininet network on OVS's userspace datapath, pointed at a controller on localhost."""
 
@@ -144,8 +159,7 @@ class Lab:
         from mininet.node import OVSSwitch, RemoteController
 
         setLogLevel("error")
-        self._before_bridges = _bridges()
-        self._before_links = _links()
+        self._before_bridges, self._before_links = snapshot()
         mine = set(self.topo.switches())
         clash = mine & self._before_bridges
         if clash:
@@ -161,13 +175,7 @@ class Lab:
         if self.net is not None:
             self.net.stop()
             self.net = None
-        # Whatever Mininet left behind of ours, and only of ours.
-        for bridge in (_bridges() - self._before_bridges) & set(self.topo.switches()):
-            subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=False)
-        nodes = set(self.topo.switches()) | set(self.topo.hosts())
-        for link in _links() - self._before_links:
-            if link.split("-eth")[0] in nodes:
-                subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+        remove_leftovers(self.topo, self._before_bridges, self._before_links)
 
     def __enter__(self) -> Lab:
         return self.start()

@@ -3,9 +3,17 @@
 mn --custom topologies/leafspine.py --topo leafspine,2,3,2 ...  # spines, leaves, hosts/leaf
 """
 
+import inspect
+import os
+import sys
+
 from mininet.topo import Topo
 
-from topologies.lab import host_opts, switch_opts
+try:
+    from topologies.lab import host_opts, switch_opts
+except ImportError:  # `mn --custom` execs this file bare: put its checkout on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(inspect.getsourcefile(lambda: 0))))
+    from topologies.lab import host_opts, switch_opts
 
 
 class LeafSpineTopo(Topo):

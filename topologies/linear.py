@@ -4,9 +4,17 @@
        --switch ovs,datapath=user,protocols=OpenFlow13 --controller remote,ip=127.0.0.1,port=6653
 """
 
+import inspect
+import os
+import sys
+
 from mininet.topo import Topo
 
-from topologies.lab import host_opts, switch_opts
+try:
+    from topologies.lab import host_opts, switch_opts
+except ImportError:  # `mn --custom` execs this file bare: put its checkout on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(inspect.getsourcefile(lambda: 0))))
+    from topologies.lab import host_opts, switch_opts
 
 
 class LinearTopo(Topo):

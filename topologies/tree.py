@@ -3,9 +3,17 @@
 mn --custom topologies/tree.py --topo tree,2,3 ...   # depth 2, fanout 3: 4 switches, 9 hosts
 """
 
+import inspect
+import os
+import sys
+
 from mininet.topo import Topo
 
-from topologies.lab import host_opts, switch_opts
+try:
+    from topologies.lab import host_opts, switch_opts
+except ImportError:  # `mn --custom` execs this file bare: put its checkout on the path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(inspect.getsourcefile(lambda: 0))))
+    from topologies.lab import host_opts, switch_opts
 
 
 class TreeTopo(Topo):

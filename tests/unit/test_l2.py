@@ -201,3 +201,21 @@ def test_bad_reload_changes_nothing():
 
     assert core.reload(broken, 1.0) == {}
     assert l2.mac_age == 42 and core.config.section("l2") == {"mac_age": 42}
+
+
+def test_metrics_report_switches_links_hosts_flows_and_packet_ins(net):
+    net.converse(MACS[0], MACS[5])
+    net.advance(1.0)
+    reg = net.core.metrics.registry
+    assert reg.get_sample_value("osken_switches") == 5
+    assert reg.get_sample_value("osken_links") == 6
+    assert reg.get_sample_value("osken_hosts") == 2
+    leaf = f"{201:016x}"
+    for table in range(net.core.pipeline.n_tables):
+        flows = reg.get_sample_value("osken_flows", {"dpid": leaf, "table": str(table)})
+        assert flows == net.switches[201].flow_count(table)
+    assert reg.get_sample_value("osken_packet_ins_total", {"dpid": leaf}) >= 1
+    sent = reg.get_sample_value(
+        "osken_of_messages_sent_total", {"dpid": leaf, "type": "WireFlowMod"}
+    )
+    assert sent == sum(type(m).__name__ == "WireFlowMod" for m in net.switches[201].received)
