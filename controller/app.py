@@ -62,5 +62,8 @@ class SuiteApp:
     def on_flow_removed(self, dpid: int, flow: Flow, reason: int, now: float) -> None:
         """A flow of ours timed out or was deleted by the switch."""
 
+    def on_flow_stats(self, dpid: int, stats: list, more: bool, now: float) -> None:
+        """Counters asked for with core.request_flow_stats (`more`: further parts follow)."""
+
     def tick(self, now: float) -> None:
         """Called about every half second."""

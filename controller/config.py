@@ -13,6 +13,8 @@ registers the schema of its section, and later issues add theirs.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,17 +116,12 @@ def _dotted(path) -> str:
 
 
 @dataclass
-class Config:
+class Document:
+    """A parsed YAML or JSON file that remembers the line of every key and item."""
+
     path: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    data: Any = None
     lines: dict[tuple, int] = field(default_factory=dict)
-
-    def section(self, name: str, default: Any = None) -> Any:
-        return self.data.get(name, default)
-
-    def files(self) -> list[str]:
-        """Every file this config depends on (watched for changes)."""
-        return [self.path] if self.path else []
 
     def error(self, where: tuple, message: str) -> ConfigError:
         """A ConfigError located at `where` (or the nearest enclosing key that has a line)."""
@@ -133,14 +130,28 @@ class Config:
             probe = probe[:-1]
         return ConfigError(self.path or "<config>", self.lines.get(probe), _dotted(where), message)
 
+    def validate(self, schema: dict) -> None:
+        """Check against a JSON Schema; the first error (outermost first) is raised, located."""
+        errors = sorted(
+            jsonschema.Draft202012Validator(schema).iter_errors(self.data),
+            key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))),
+        )
+        if errors:
+            raise self.error(*_locate(errors[0]))
 
-def load_config(path: str) -> Config:
-    """Read and check a config file; raise ConfigError naming the file, line and field."""
+
+def load_document(path: str, json_only: bool = False) -> Document:
+    """Read a YAML (or, with json_only, strict JSON) file; syntax errors carry their line."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
         raise ConfigError(path, None, "", f"cannot read: {exc.strerror}") from None
+    if json_only:
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(path, exc.lineno, "", f"JSON syntax error: {exc.msg}") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -148,20 +159,53 @@ def load_config(path: str) -> Config:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(
-            path, mark.line + 1 if mark else None, "", f"YAML syntax error: {problem}"
+            path, mark.line + 1 if mark else None, "", f"syntax error: {problem}"
         ) from None
-    cfg = Config(path, {} if data is None else data, {})
+    doc = Document(path, data, {})
     if node is not None:
-        _line_map(node, (), cfg.lines, path)
+        _line_map(node, (), doc.lines, path)
+    return doc
+
+
+def register_schema(section: str, schema: dict) -> None:
+    """An app states the schema of its config section (replacing any placeholder)."""
+    SCHEMAS[section] = schema
+
+
+@dataclass
+class Config(Document):
+    """The whole config file, and the other files it names (watched for reloads)."""
+
+    depends: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            self.data = {}
+
+    def section(self, name: str, default: Any = None) -> Any:
+        return self.data.get(name, default)
+
+    def files(self) -> list[str]:
+        """Every file this config depends on."""
+        return ([self.path] if self.path else []) + self.depends
+
+    def resolve(self, relative: str) -> str:
+        """Paths in a config are relative to the config file."""
+        base = os.path.dirname(os.path.abspath(self.path)) if self.path else os.getcwd()
+        return os.path.normpath(os.path.join(base, relative))
+
+    def depend(self, path: str) -> None:
+        if path not in self.depends:
+            self.depends.append(path)
+
+
+def load_config(path: str) -> Config:
+    """Read and check a config file; raise ConfigError naming the file, line and field."""
+    doc = load_document(path)
+    cfg = Config(path, doc.data, doc.lines)
     if not isinstance(cfg.data, dict):
         raise cfg.error((), "the top level must be a mapping of sections")
-    schema = {"type": "object", "properties": SCHEMAS, "additionalProperties": False}
-    errors = sorted(
-        jsonschema.Draft202012Validator(schema).iter_errors(cfg.data),
-        key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))),
-    )
-    if errors:
-        raise cfg.error(*_locate(errors[0]))
+    cfg.validate({"type": "object", "properties": SCHEMAS, "additionalProperties": False})
     return cfg
 
 

@@ -4,7 +4,7 @@ The os-ken shim calls one method per event with `now`, and sends what it returns
 dpid -> list of messages. Inside, apps state desired flows; the core diffs them against what each
 switch holds and sends only the difference, fenced by barriers.
 
-A switch's life: connected -> syncing (we read its ports, flows and groups) -> settling (links are
+A switch's life: connected -> syncing (we read its ports, flows, groups, meters) -> settling (links
 being discovered; its old flows keep forwarding untouched) -> ready (reconciled, then kept in sync).
 Settling is what lets a restarted controller repair a running network instead of wiping it.
 """
@@ -12,10 +12,8 @@ Settling is what lets a restarted controller repair a running network instead of
 from __future__ import annotations
 
 import logging
-import struct
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
@@ -24,10 +22,29 @@ from controller.app import PacketIn, SuiteApp
 from controller.config import Config, ConfigError
 from controller.desired import DesiredState
 from controller.discovery import LLDP_ETHERTYPE, LLDP_MAC, Discovery, lldp_frame
-from controller.flows import OF13, Flow, FlowKey, Group, apply, flow, to_controller
+from controller.flows import (
+    OF13,
+    Flow,
+    Group,
+    Meter,
+    apply,
+    flow,
+    goto,
+    to_controller,
+    write_metadata,
+)
 from controller.metrics import Metrics
-from controller.pipeline import PIPELINE, Pipeline
-from controller.reconcile import apply_plan, diff_flows, diff_groups, messages
+from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
+from controller.reconcile import apply_plan, diff_flows, diff_numbered, messages, number_of
+from controller.switch import (
+    SYNC_PARTS,
+    FlowStat,
+    PortInfo,
+    SwitchConn,
+    flow_stats_request,
+    parse_eth,
+    table_requests,
+)
 from controller.topology import Topology
 
 LOG = logging.getLogger("osken_suite.core")
@@ -35,41 +52,9 @@ LOG = logging.getLogger("osken_suite.core")
 Outbox = dict[int, list]
 CORE_COOKIE = 0x01 << 56
 LLDP_PRIORITY = 65000
+FABRIC_PRIORITY = 150  # classify: a port to another switch: mark it, carry on
 RESYNC_DELAY = 1.0
-
-
-@dataclass(frozen=True)
-class PortInfo:
-    port_no: int
-    name: str
-    hw_addr: str
-    live: bool
-
-
-@dataclass
-class SwitchConn:
-    """What we know about one connected switch."""
-
-    dpid: int
-    connected_at: float
-    phase: str = "syncing"  # syncing -> settling -> ready
-    pending: set[str] = field(default_factory=lambda: {"ports", "flows", "groups"})
-    ports: dict[int, PortInfo] = field(default_factory=dict)
-    flows: dict[FlowKey, Flow] = field(default_factory=dict)
-    groups: dict[int, Group] = field(default_factory=dict)
-    synced_at: float = 0.0
-    resync_at: float | None = None
-    packet_ins: object = None  # this switch's packet-in counter (looked up once, used per packet)
-
-
-def parse_eth(data: bytes) -> tuple[str, str, int]:
-    """(dst, src, ethertype) of a frame, looking through one VLAN tag; cheap on the hot path."""
-    if len(data) < 14:
-        return "", "", 0
-    eth_type = struct.unpack_from("!H", data, 12)[0]
-    if eth_type == 0x8100 and len(data) >= 18:
-        eth_type = struct.unpack_from("!H", data, 16)[0]
-    return data[0:6].hex(":"), data[6:12].hex(":"), eth_type
+FIRST_XID = 0x8000_0000  # our requests' xids; os-ken numbers its own from 1
 
 
 class Core:
@@ -91,6 +76,8 @@ class Core:
         self._out: Outbox = defaultdict(list)
         self._topology_version = self.topology.version
         self._last_connect = float("-inf")
+        self._xid = FIRST_XID
+        self._stats_waiters: dict[int, SuiteApp] = {}
 
     @property
     def settle_time(self) -> float:
@@ -153,23 +140,35 @@ class Core:
 
     def switch_connected(self, dpid: int, now: float) -> Outbox:
         """A switch finished the handshake: read its ports and tables before touching them."""
-        self.conns[dpid] = SwitchConn(
+        conn = SwitchConn(
             dpid, connected_at=now, packet_ins=self.metrics.packet_ins.labels(f"{dpid:016x}")
         )
+        self.conns[dpid] = conn
         self._last_connect = now
         LOG.info("switch %016x connected; reading its tables", dpid)
-        self._request_tables(dpid, with_ports=True)
+        self._read(conn, SYNC_PARTS)
         return self._drain()
 
-    def _request_tables(self, dpid: int, with_ports: bool) -> None:
-        if with_ports:
-            self._out[dpid].append(parser.OFPPortDescStatsRequest(OF13, 0))
-        self._out[dpid].append(
-            parser.OFPFlowStatsRequest(
-                OF13, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, 0, 0, parser.OFPMatch()
-            )
-        )
-        self._out[dpid].append(parser.OFPGroupDescStatsRequest(OF13, 0))
+    def _new_xid(self) -> int:
+        self._xid = self._xid + 1 if self._xid < 0xFFFF_FF00 else FIRST_XID
+        return self._xid
+
+    def _read(self, conn: SwitchConn, parts: tuple[str, ...]) -> None:
+        xids = {part: self._new_xid() for part in parts}
+        conn.sync_xids.update({x: part for part, x in xids.items()})
+        conn.pending.update(parts)
+        self._out[conn.dpid].extend(table_requests(xids, parts))
+
+    def request_flow_stats(
+        self, app: SuiteApp, dpid: int, table: int, cookie: int = 0, cookie_mask: int = 0
+    ) -> None:
+        """For apps: ask for flow counters; the reply comes to `app.on_flow_stats`."""
+        if dpid not in self.conns:
+            return
+        msg = flow_stats_request(table, cookie, cookie_mask)
+        msg.set_xid(self._new_xid())
+        self._stats_waiters[msg.xid] = app
+        self._out[dpid].append(msg)
 
     def switch_disconnected(self, dpid: int, now: float) -> Outbox:
         """Forget the connection, not the switch: with fail-mode secure its flows keep working."""
@@ -181,32 +180,52 @@ class Core:
         self.metrics.switches.set(sum(c.phase == "ready" for c in self.conns.values()))
         return self._finish(now)
 
-    def ports_reply(self, dpid: int, ports: Iterable[PortInfo], more: bool, now: float) -> Outbox:
+    def ports_reply(
+        self, dpid: int, xid: int, ports: Iterable[PortInfo], more: bool, now: float
+    ) -> Outbox:
         conn = self.conns.get(dpid)
-        if conn is None:
+        if conn is None or conn.sync_xids.get(xid) != "ports":
             return {}
         conn.ports.update({p.port_no: p for p in ports if p.port_no <= ofp.OFPP_MAX})
-        return self._part_done(conn, "ports", more, now)
+        return self._part_done(conn, xid, more, now)
 
-    def flows_reply(self, dpid: int, flows: Iterable[Flow], more: bool, now: float) -> Outbox:
+    def flows_reply(
+        self, dpid: int, xid: int, stats: Iterable[FlowStat], more: bool, now: float
+    ) -> Outbox:
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
-        if "flows" in conn.pending:
-            conn.flows.update((f.key, f) for f in flows)
-        return self._part_done(conn, "flows", more, now)
-
-    def groups_reply(self, dpid: int, groups: Iterable[Group], more: bool, now: float) -> Outbox:
-        conn = self.conns.get(dpid)
-        if conn is None:
+        if conn.sync_xids.get(xid) == "flows":
+            conn.flows.update((s.flow.key, s.flow) for s in stats)
+            return self._part_done(conn, xid, more, now)
+        app = self._stats_waiters.get(xid)
+        if app is None:
             return {}
-        if "groups" in conn.pending:
-            conn.groups.update((g.group_id, g) for g in groups)
-        return self._part_done(conn, "groups", more, now)
-
-    def _part_done(self, conn: SwitchConn, part: str, more: bool, now: float) -> Outbox:
         if not more:
-            conn.pending.discard(part)
+            del self._stats_waiters[xid]
+        app.on_flow_stats(dpid, list(stats), more, now)
+        return self._finish(now)
+
+    def groups_reply(
+        self, dpid: int, xid: int, groups: Iterable[Group], more: bool, now: float
+    ) -> Outbox:
+        return self._numbered_reply(dpid, xid, "groups", groups, more, now)
+
+    def meters_reply(
+        self, dpid: int, xid: int, meters: Iterable[Meter], more: bool, now: float
+    ) -> Outbox:
+        return self._numbered_reply(dpid, xid, "meters", meters, more, now)
+
+    def _numbered_reply(self, dpid, xid, part, objects, more, now) -> Outbox:
+        conn = self.conns.get(dpid)
+        if conn is None or conn.sync_xids.get(xid) != part:
+            return {}
+        conn.numbered[part[:-1]].update((number_of(obj), obj) for obj in objects)
+        return self._part_done(conn, xid, more, now)
+
+    def _part_done(self, conn: SwitchConn, xid: int, more: bool, now: float) -> Outbox:
+        if not more:
+            conn.pending.discard(conn.sync_xids.pop(xid))
             if not conn.pending:
                 if conn.phase == "syncing":
                     self._synced(conn, now)
@@ -223,11 +242,12 @@ class Core:
                 self.discovery.port_up(dpid, port.port_no, now)
         self.desired.put(("core", "pipeline", dpid), {dpid: self._core_flows(dpid)})
         LOG.info(
-            "switch %016x: %d ports, %d flows, %d groups on the switch; settling",
+            "switch %016x: %d ports, %d flows, %d groups, %d meters on the switch; settling",
             dpid,
             len(conn.ports),
             len(conn.flows),
             len(conn.groups),
+            len(conn.meters),
         )
         for app in self.apps:
             app.on_switch_synced(dpid, list(conn.flows.values()), now)
@@ -264,7 +284,8 @@ class Core:
         dpid = conn.dpid
         self.desired.take_dirty(dpid)
         plan = diff_flows(conn.flows, self.desired.flows[dpid])
-        diff_groups(conn.groups, self.desired.groups[dpid], plan=plan)
+        for kind, installed in conn.numbered.items():
+            diff_numbered(kind, installed, self.desired.numbered[kind][dpid], plan=plan)
         self._send_plan(conn, plan)
         self.metrics.reconciles.labels(f"{dpid:016x}").inc()
         LOG.info("switch %016x reconciled (%s): %s", dpid, why, plan.summary())
@@ -272,7 +293,7 @@ class Core:
     def _send_plan(self, conn: SwitchConn, plan) -> None:
         if plan:
             self._out[conn.dpid].extend(messages(plan))
-            apply_plan(conn.flows, conn.groups, plan)
+            apply_plan(conn.flows, conn.numbered, plan)
 
     # --- events from switches ------------------------------------------------------------------
 
@@ -361,9 +382,9 @@ class Core:
         for conn in self.conns.values():
             if conn.resync_at is not None and now >= conn.resync_at and conn.phase == "ready":
                 conn.resync_at = None
-                conn.flows, conn.groups = {}, {}
-                conn.pending = {"flows", "groups"}
-                self._request_tables(conn.dpid, with_ports=False)
+                conn.flows = {}
+                conn.numbered = {kind: {} for kind in conn.numbered}
+                self._read(conn, ("flows", "groups", "meters"))
         for app in self.apps:
             app.tick(now)
         self._update_gauges()
@@ -378,8 +399,24 @@ class Core:
     def _notify_topology(self, now: float) -> None:
         if self.topology.version != self._topology_version:
             self._topology_version = self.topology.version
+            self._mark_fabric_ports()
             for app in self.apps:
                 app.on_topology_change(now)
+
+    def _mark_fabric_ports(self) -> None:
+        """Packets from another switch carry FROM_FABRIC, so ingress-only stages can skip them."""
+        classify = self.pipeline.table("classify")
+        mark = (write_metadata(FROM_FABRIC, FROM_FABRIC), goto(classify + 1))
+        self.desired.put(
+            ("core", "fabric"),
+            {
+                dpid: [
+                    flow(classify, FABRIC_PRIORITY, {"in_port": port}, *mark, cookie=CORE_COOKIE)
+                    for port in sorted(self.topology.isl_ports(dpid))
+                ]
+                for dpid in self.topology.switches()
+            },
+        )
 
     def _finish(self, now: float) -> Outbox:
         self._notify_topology(now)
@@ -388,13 +425,16 @@ class Core:
 
     def _flush(self) -> None:
         """Send the difference for every key that changed on a ready switch."""
-        for dpid in list(self.desired.dirty_flows.keys() | self.desired.dirty_groups.keys()):
+        for dpid in self.desired.dirty_switches():
             conn = self.conns.get(dpid)
             if conn is None or conn.phase != "ready" or conn.pending:
                 continue
-            flow_keys, group_ids = self.desired.take_dirty(dpid)
+            flow_keys, numbered = self.desired.take_dirty(dpid)
             plan = diff_flows(conn.flows, self.desired.flows[dpid], flow_keys)
-            diff_groups(conn.groups, self.desired.groups[dpid], group_ids, plan=plan)
+            for kind, numbers in numbered.items():
+                diff_numbered(
+                    kind, conn.numbered[kind], self.desired.numbered[kind][dpid], numbers, plan
+                )
             self._send_plan(conn, plan)
 
     def _drain(self) -> Outbox:

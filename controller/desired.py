@@ -12,21 +12,23 @@ import logging
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping
 
-from controller.flows import Flow, FlowKey, Group
+from controller.flows import Flow, FlowKey, Group, Meter
 
 LOG = logging.getLogger("osken_suite.desired")
+NUMBERED = ("group", "meter")
 
 
 class DesiredState:
     def __init__(self) -> None:
         self._flows_by_owner: dict[Hashable, dict[int, dict[FlowKey, Flow]]] = {}
-        self._groups_by_owner: dict[Hashable, dict[int, dict[int, Group]]] = {}
         self.flows: dict[int, dict[FlowKey, Flow]] = defaultdict(dict)
-        self.groups: dict[int, dict[int, Group]] = defaultdict(dict)
         self._flow_owner: dict[tuple[int, FlowKey], Hashable] = {}
-        self._group_owner: dict[tuple[int, int], Hashable] = {}
         self.dirty_flows: dict[int, set[FlowKey]] = defaultdict(set)
-        self.dirty_groups: dict[int, set[int]] = defaultdict(set)
+        # Groups and meters, by kind: dpid -> number -> object, and who owns each number.
+        self.numbered = {k: defaultdict(dict) for k in NUMBERED}
+        self._numbered_owner: dict[str, dict[tuple[int, int], Hashable]] = {k: {} for k in NUMBERED}
+        self._numbered_by_owner: dict[str, dict] = {k: {} for k in NUMBERED}
+        self.dirty_numbered = {k: defaultdict(set) for k in NUMBERED}
         self.conflicts = 0
 
     # --- flows ---------------------------------------------------------------------------------
@@ -45,6 +47,15 @@ class DesiredState:
     def drop(self, owner: Hashable) -> None:
         self.put(owner, {})
         self.put_groups(owner, {})
+        self.put_meters(owner, {})
+
+    @property
+    def groups(self) -> dict[int, dict[int, Group]]:
+        return self.numbered["group"]
+
+    @property
+    def meters(self) -> dict[int, dict[int, Meter]]:
+        return self.numbered["meter"]
 
     def _replace_flows(self, owner, dpid, old: dict[FlowKey, Flow], new: dict[FlowKey, Flow]):
         table = self.flows[dpid]
@@ -70,38 +81,56 @@ class DesiredState:
                     key,
                 )
 
-    # --- groups --------------------------------------------------------------------------------
+    # --- groups and meters: numbered objects, kept the same way ---------------------------------
 
     def put_groups(self, owner: Hashable, groups_by_dpid: Mapping[int, Iterable[Group]]) -> None:
-        new = {dpid: {g.group_id: g for g in groups} for dpid, groups in groups_by_dpid.items()}
-        old = self._groups_by_owner.get(owner, {})
+        self._put_numbered(
+            "group", owner, {d: {g.group_id: g for g in gs} for d, gs in groups_by_dpid.items()}
+        )
+
+    def put_meters(self, owner: Hashable, meters_by_dpid: Mapping[int, Iterable[Meter]]) -> None:
+        self._put_numbered(
+            "meter", owner, {d: {m.meter_id: m for m in ms} for d, ms in meters_by_dpid.items()}
+        )
+
+    def _put_numbered(self, kind: str, owner: Hashable, new: dict[int, dict[int, object]]) -> None:
+        store, holders = self.numbered[kind], self._numbered_owner[kind]
+        by_owner, dirty = self._numbered_by_owner[kind], self.dirty_numbered[kind]
+        old = by_owner.get(owner, {})
         for dpid in old.keys() | new.keys():
-            table = self.groups[dpid]
-            for gid in old.get(dpid, {}).keys() - new.get(dpid, {}).keys():
-                if self._group_owner.get((dpid, gid)) == owner:
-                    del self._group_owner[(dpid, gid)]
-                    del table[gid]
-                    self.dirty_groups[dpid].add(gid)
-            for gid, g in new.get(dpid, {}).items():
-                holder = self._group_owner.get((dpid, gid))
+            table = store[dpid]
+            for num in old.get(dpid, {}).keys() - new.get(dpid, {}).keys():
+                if holders.get((dpid, num)) == owner:
+                    del holders[(dpid, num)]
+                    del table[num]
+                    dirty[dpid].add(num)
+            for num, obj in new.get(dpid, {}).items():
+                holder = holders.get((dpid, num))
                 if holder not in (None, owner):
                     self.conflicts += 1
-                    LOG.error("dpid %s: %r and %r both want group %d", dpid, holder, owner, gid)
+                    LOG.error("dpid %s: %r and %r both want %s %d", dpid, holder, owner, kind, num)
                     continue
-                if table.get(gid) != g:
-                    table[gid] = g
-                    self.dirty_groups[dpid].add(gid)
-                self._group_owner[(dpid, gid)] = owner
+                if table.get(num) != obj:
+                    table[num] = obj
+                    dirty[dpid].add(num)
+                holders[(dpid, num)] = owner
         if any(new.values()):
-            self._groups_by_owner[owner] = {d: t for d, t in new.items() if t}
+            by_owner[owner] = {d: t for d, t in new.items() if t}
         else:
-            self._groups_by_owner.pop(owner, None)
+            by_owner.pop(owner, None)
 
     # --- queries -------------------------------------------------------------------------------
 
     def owned(self, owner: Hashable) -> dict[int, dict[FlowKey, Flow]]:
         return self._flows_by_owner.get(owner, {})
 
-    def take_dirty(self, dpid: int) -> tuple[set[FlowKey], set[int]]:
-        """The keys changed on `dpid` since the last call; the caller diffs and sends them."""
-        return self.dirty_flows.pop(dpid, set()), self.dirty_groups.pop(dpid, set())
+    def dirty_switches(self) -> set[int]:
+        out = set(self.dirty_flows)
+        for dirty in self.dirty_numbered.values():
+            out |= dirty.keys()
+        return out
+
+    def take_dirty(self, dpid: int) -> tuple[set[FlowKey], dict[str, set[int]]]:
+        """What changed on `dpid` since the last call (flow keys; group and meter numbers)."""
+        numbered = {k: d.pop(dpid, set()) for k, d in self.dirty_numbered.items()}
+        return self.dirty_flows.pop(dpid, set()), numbered

@@ -97,6 +97,11 @@ def set_field(name: str, value: Any) -> Action:
     return ("set_field", name, _norm_scalar(name, value))
 
 
+def conntrack(zone: int, table: int | None = None, commit: bool = False) -> Action:
+    """Send through connection tracking in `zone`; recirculate to `table` with ct_state set."""
+    return ("ct", int(commit), zone, ofp.OFPTT_ALL if table is None else table)
+
+
 def apply(*actions: Action) -> Instruction:
     return ("apply", tuple(actions))
 
@@ -198,6 +203,33 @@ def group(group_id: int, type_: str, buckets: Iterable[Bucket]) -> Group:
     return Group(group_id, type_, tuple(norm))
 
 
+METER_FLAGS = {"pktps": ofp.OFPMF_PKTPS, "kbps": ofp.OFPMF_KBPS}
+
+
+@dataclass(frozen=True, slots=True)
+class Meter:
+    """A drop-band meter: `rate` in packets/s or kbit/s, `burst` in packets or kbit."""
+
+    meter_id: int
+    unit: str  # "pktps" or "kbps"
+    rate: int
+    burst: int = 0
+
+
+def meter_mod(m: Meter, command: int = ofp.OFPMC_ADD):
+    flags = METER_FLAGS[m.unit] | (ofp.OFPMF_BURST if m.burst else 0)
+    bands = [] if command == ofp.OFPMC_DELETE else [parser.OFPMeterBandDrop(m.rate, m.burst)]
+    return parser.OFPMeterMod(OF13, command, flags, m.meter_id, bands)
+
+
+def meter_from_config(c) -> Meter:
+    """A meter as a switch reports it in an OFPMeterConfigStats entry (or a MeterMod we sent)."""
+    unit = "kbps" if c.flags & ofp.OFPMF_KBPS else "pktps"
+    band = c.bands[0] if c.bands else None
+    burst = band.burst_size if band is not None and c.flags & ofp.OFPMF_BURST else 0
+    return Meter(c.meter_id, unit, band.rate if band is not None else 0, burst)
+
+
 # --- to OpenFlow ------------------------------------------------------------------------------
 
 
@@ -207,7 +239,8 @@ def _oxm_number(name: str) -> int:
     sample = "00:00:00:00:00:00" if name in _MAC_FIELDS else 0
     if name in _IPV4_FIELDS or name in _IPV6_FIELDS:
         sample = "::" if name in _IPV6_FIELDS else "0.0.0.0"
-    return ofp.oxm_from_user(name, sample)[0]
+    number = ofp.oxm_from_user(name, sample)[0]
+    return number[0] if isinstance(number, tuple) else number  # as os-ken orders them
 
 
 @lru_cache(maxsize=65536)
@@ -263,6 +296,8 @@ def _of_action(action: Action):
         return parser.OFPActionPushVlan(action[1])
     if kind == "pop_vlan":
         return parser.OFPActionPopVlan()
+    if kind == "ct":
+        return parser.NXActionCT(action[1], None, action[2], action[3], 0, [])
     raise ValueError(f"unknown action {action!r}")
 
 
@@ -374,6 +409,8 @@ def action_from_of(a) -> Action:
         return ("push_vlan", a.ethertype)
     if isinstance(a, parser.OFPActionPopVlan):
         return ("pop_vlan",)
+    if isinstance(a, parser.NXActionCT):
+        return ("ct", a.flags, a.zone_ofs_nbits, a.recirc_table)
     return ("unknown", type(a).__name__)
 
 

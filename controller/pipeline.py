@@ -17,6 +17,9 @@ from controller.flows import Flow, flow, goto
 
 MISS_PRIORITY = 0
 
+# Metadata bits, written in classify and read by later stages.
+FROM_FABRIC = 1 << 0  # arrived from another switch: ingress policy was applied where it entered
+
 
 @dataclass(frozen=True)
 class Stage:

@@ -1,8 +1,16 @@
 """Desired versus installed state: the difference, as ordered OpenFlow messages.
 
-Pure functions. The order makes every intermediate state safe: groups exist before flows point at
-them, new and changed flows go in before stale ones come out, and groups go last. A barrier fences
-each phase so a switch never reorders across it.
+Pure functions. The order is chosen so that while a change is being applied every packet meets
+either the whole old policy or the whole new one, never a mix of the two:
+
+1. meters and groups are added or changed (nothing uses the new ones yet);
+2. new flows are added: a packet that hits one meets a flow the new policy puts first;
+3. changed flows are modified in place: whatever a packet hits is first in old or new;
+4. stale flows are deleted lowest priority first, so whatever old flow a packet can still hit
+   has every higher old flow still above it;
+5. groups and meters no flow uses any more are deleted.
+
+A barrier fences each phase, so even a switch that reorders messages cannot mix them.
 """
 
 from __future__ import annotations
@@ -12,34 +20,35 @@ from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from controller.flows import Flow, FlowKey, Group, barrier, flow_mod, group_mod
+from controller.flows import Flow, FlowKey, Group, barrier, flow_mod, group_mod, meter_mod
+
+_MOD = {"group": group_mod, "meter": meter_mod}
+_COMMANDS = {
+    "group": (ofp.OFPGC_ADD, ofp.OFPGC_MODIFY, ofp.OFPGC_DELETE),
+    "meter": (ofp.OFPMC_ADD, ofp.OFPMC_MODIFY, ofp.OFPMC_DELETE),
+}
 
 
 @dataclass
 class Plan:
-    group_adds: list[Group] = field(default_factory=list)
-    group_mods: list[Group] = field(default_factory=list)
     flow_adds: list[Flow] = field(default_factory=list)
     flow_mods: list[Flow] = field(default_factory=list)
     flow_deletes: list[Flow] = field(default_factory=list)
-    group_deletes: list[Group] = field(default_factory=list)
+    # kind ("group", "meter") -> objects to add, modify, delete
+    adds: dict[str, list] = field(default_factory=lambda: {"group": [], "meter": []})
+    mods: dict[str, list] = field(default_factory=lambda: {"group": [], "meter": []})
+    deletes: dict[str, list] = field(default_factory=lambda: {"group": [], "meter": []})
 
     def __bool__(self) -> bool:
-        return any(
-            (
-                self.group_adds,
-                self.group_mods,
-                self.flow_adds,
-                self.flow_mods,
-                self.flow_deletes,
-                self.group_deletes,
-            )
-        )
+        numbered = [*self.adds.values(), *self.mods.values(), *self.deletes.values()]
+        return any((self.flow_adds, self.flow_mods, self.flow_deletes, *numbered))
 
     def summary(self) -> str:
-        flows = f"+{len(self.flow_adds)} ~{len(self.flow_mods)} -{len(self.flow_deletes)} flows"
-        groups = f"+{len(self.group_adds)} ~{len(self.group_mods)} -{len(self.group_deletes)}"
-        return f"{flows}, {groups} groups"
+        parts = [f"+{len(self.flow_adds)} ~{len(self.flow_mods)} -{len(self.flow_deletes)} flows"]
+        for kind in ("group", "meter"):
+            a, m, d = len(self.adds[kind]), len(self.mods[kind]), len(self.deletes[kind])
+            parts.append(f"+{a} ~{m} -{d} {kind}s")
+        return ", ".join(parts)
 
 
 def _changed(installed: Mapping, desired: Mapping, keys: Iterable | None):
@@ -76,33 +85,41 @@ def diff_flows(
     return plan
 
 
-def diff_groups(
-    installed: Mapping[int, Group],
-    desired: Mapping[int, Group],
-    ids: Iterable[int] | None = None,
+def diff_numbered(
+    kind: str,
+    installed: Mapping[int, object],
+    desired: Mapping[int, object],
+    numbers: Iterable[int] | None = None,
     plan: Plan | None = None,
 ) -> Plan:
+    """Groups or meters: MODIFY carries the whole object (a group's type too), so no replaces."""
     plan = plan or Plan()
-    for have, want in _changed(installed, desired, ids):
+    for have, want in _changed(installed, desired, numbers):
         if want is None:
-            plan.group_deletes.append(have)
+            plan.deletes[kind].append(have)
         elif have is None:
-            plan.group_adds.append(want)
+            plan.adds[kind].append(want)
         else:
-            # OFPGC_MODIFY carries the type too, so even a type change is done in place.
-            plan.group_mods.append(want)
+            plan.mods[kind].append(want)
     return plan
 
 
 def messages(plan: Plan) -> list:
     """The plan as OpenFlow messages, phase by phase, with a barrier after each phase."""
+    first, last = [], []
+    for kind, mod in _MOD.items():
+        add, modify, delete = _COMMANDS[kind]
+        first += [mod(o, add) for o in plan.adds[kind]] + [mod(o, modify) for o in plan.mods[kind]]
+        last += [mod(o, delete) for o in plan.deletes[kind]]
     phases = [
-        [group_mod(g, ofp.OFPGC_ADD) for g in plan.group_adds]
-        + [group_mod(g, ofp.OFPGC_MODIFY) for g in plan.group_mods],
-        [flow_mod(f, ofp.OFPFC_ADD) for f in plan.flow_adds]
-        + [flow_mod(f, ofp.OFPFC_MODIFY_STRICT) for f in plan.flow_mods],
-        [flow_mod(f, ofp.OFPFC_DELETE_STRICT) for f in plan.flow_deletes],
-        [group_mod(g, ofp.OFPGC_DELETE) for g in plan.group_deletes],
+        first,
+        [flow_mod(f, ofp.OFPFC_ADD) for f in plan.flow_adds],
+        [flow_mod(f, ofp.OFPFC_MODIFY_STRICT) for f in plan.flow_mods],
+        [
+            flow_mod(f, ofp.OFPFC_DELETE_STRICT)
+            for f in sorted(plan.flow_deletes, key=lambda f: f.priority)
+        ],
+        last,
     ]
     out: list = []
     for phase in phases:
@@ -112,14 +129,19 @@ def messages(plan: Plan) -> list:
     return out
 
 
+def number_of(obj) -> int:
+    return obj.group_id if isinstance(obj, Group) else obj.meter_id
+
+
 def apply_plan(
-    installed_flows: dict[FlowKey, Flow], installed_groups: dict[int, Group], plan: Plan
+    installed_flows: dict[FlowKey, Flow], installed: dict[str, dict[int, object]], plan: Plan
 ) -> None:
     """Update our record of a switch after sending `plan` to it."""
-    for g in plan.group_deletes:
-        installed_groups.pop(g.group_id, None)
-    for g in plan.group_adds + plan.group_mods:
-        installed_groups[g.group_id] = g
+    for kind, table in installed.items():
+        for obj in plan.deletes[kind]:
+            table.pop(number_of(obj), None)
+        for obj in plan.adds[kind] + plan.mods[kind]:
+            table[number_of(obj)] = obj
     for f in plan.flow_deletes:
         installed_flows.pop(f.key, None)
     for f in plan.flow_adds + plan.flow_mods:

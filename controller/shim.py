@@ -19,9 +19,10 @@ from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller.config import Config, load_config
-from controller.core import Core, PortInfo
-from controller.flows import flow_from_stats, group_from_desc
+from controller.core import Core
+from controller.flows import flow_from_stats, group_from_desc, meter_from_config
 from controller.metrics import Metrics
+from controller.switch import FlowStat, PortInfo
 
 LOG = logging.getLogger("osken_suite.shim")
 TICK_SECONDS = 0.5
@@ -95,7 +96,8 @@ class CoreApp(app_manager.OSKenApp):
                 continue
             # One write per switch per event: far cheaper than a queue hand-off per message.
             for msg in msgs:
-                dp.set_xid(msg)
+                if msg.xid is None:  # the core numbers its own requests, to route replies
+                    dp.set_xid(msg)
                 msg.serialize()
             dp.send(b"".join(msg.buf for msg in msgs))
 
@@ -158,19 +160,33 @@ class CoreApp(app_manager.OSKenApp):
     def _on_ports(self, ev) -> None:
         msg = ev.msg
         ports = [port_info(p) for p in msg.body]
-        self._send(self.core.ports_reply(msg.datapath.id, ports, self._more(msg), time.time()))
+        self._send(
+            self.core.ports_reply(msg.datapath.id, msg.xid, ports, self._more(msg), time.time())
+        )
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _on_flows(self, ev) -> None:
         msg = ev.msg
-        flows = [flow_from_stats(s) for s in msg.body]
-        self._send(self.core.flows_reply(msg.datapath.id, flows, self._more(msg), time.time()))
+        stats = [FlowStat(flow_from_stats(s), s.packet_count, s.byte_count) for s in msg.body]
+        self._send(
+            self.core.flows_reply(msg.datapath.id, msg.xid, stats, self._more(msg), time.time())
+        )
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _on_groups(self, ev) -> None:
         msg = ev.msg
         groups = [group_from_desc(d) for d in msg.body]
-        self._send(self.core.groups_reply(msg.datapath.id, groups, self._more(msg), time.time()))
+        self._send(
+            self.core.groups_reply(msg.datapath.id, msg.xid, groups, self._more(msg), time.time())
+        )
+
+    @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
+    def _on_meters(self, ev) -> None:
+        msg = ev.msg
+        meters = [meter_from_config(c) for c in msg.body]
+        self._send(
+            self.core.meters_reply(msg.datapath.id, msg.xid, meters, self._more(msg), time.time())
+        )
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _on_port_status(self, ev) -> None:

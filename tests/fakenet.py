@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.core import Core, PortInfo
+from controller.core import Core
 from controller.flows import flow_from_stats
+from controller.switch import FlowStat, PortInfo
 from tests.fakeswitch import FakeSwitch
 
 STORM_LIMIT = 500
@@ -120,12 +121,17 @@ class FakeNetwork:
     def _answer(self, dpid: int, msg) -> list[dict]:
         sw, core, now = self.switches[dpid], self.core, self.now
         if isinstance(msg, parser.OFPPortDescStatsRequest):
-            return [core.ports_reply(dpid, self.port_infos(dpid), False, now)]
+            return [core.ports_reply(dpid, msg.xid, self.port_infos(dpid), False, now)]
         if isinstance(msg, parser.OFPFlowStatsRequest):
-            flows = [flow_from_stats(s) for s in sw.flow_stats()]
-            return [core.flows_reply(dpid, flows, False, now)]
+            stats = [
+                FlowStat(flow_from_stats(s), s.packet_count, s.byte_count)
+                for s in sw.flow_stats(msg.table_id, msg.cookie, msg.cookie_mask)
+            ]
+            return [core.flows_reply(dpid, msg.xid, stats, False, now)]
         if isinstance(msg, parser.OFPGroupDescStatsRequest):
-            return [core.groups_reply(dpid, sw.group_descs(), False, now)]
+            return [core.groups_reply(dpid, msg.xid, sw.group_descs(), False, now)]
+        if isinstance(msg, parser.OFPMeterConfigStatsRequest):
+            return [core.meters_reply(dpid, msg.xid, sw.meter_configs(), False, now)]
         if isinstance(msg, parser.OFPPacketOut):
             port = msg.actions[0].port
             return self._carry(dpid, port, fields_of(msg.data))

@@ -26,7 +26,15 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.flows import Flow, Group, flow_from_stats, group_from_desc, of_instruction
+from controller.flows import (
+    Flow,
+    Group,
+    Meter,
+    flow_from_stats,
+    group_from_desc,
+    meter_from_config,
+    of_instruction,
+)
 
 
 class FakeSwitchError(AssertionError):
@@ -162,7 +170,7 @@ class FakeSwitch:
         self.hw_prefix = hw_prefix
         self.tables: list[list[Entry]] = [[] for _ in range(n_tables)]
         self.groups: dict[int, Group] = {}
-        self.meters: set[int] = set()
+        self.meters: dict[int, Meter] = {}
         self.received: list = []
         self.packet_outs: list = []
 
@@ -189,6 +197,7 @@ class FakeSwitch:
                 parser.OFPFlowStatsRequest,
                 parser.OFPGroupDescStatsRequest,
                 parser.OFPPortDescStatsRequest,
+                parser.OFPMeterConfigStatsRequest,
             ),
         ):
             pass
@@ -328,42 +337,53 @@ class FakeSwitch:
         self.groups[msg.group_id] = group_from_desc(msg)
 
     def _meter_mod(self, msg) -> None:
-        if msg.command == ofp.OFPMC_ADD:
-            if msg.meter_id in self.meters:
-                raise FakeSwitchError(f"meter {msg.meter_id} already exists")
-            self.meters.add(msg.meter_id)
-        elif msg.command == ofp.OFPMC_MODIFY:
-            if msg.meter_id not in self.meters:
-                raise FakeSwitchError(f"meter {msg.meter_id} does not exist")
-        else:
-            self.meters.discard(msg.meter_id)
+        if msg.command == ofp.OFPMC_DELETE:
+            self.meters.pop(msg.meter_id, None)
+            return
+        exists = msg.meter_id in self.meters
+        if msg.command == ofp.OFPMC_ADD and exists:
+            raise FakeSwitchError(f"meter {msg.meter_id} already exists")
+        if msg.command == ofp.OFPMC_MODIFY and not exists:
+            raise FakeSwitchError(f"meter {msg.meter_id} does not exist")
+        if len(msg.bands) != 1 or not msg.bands[0].rate:
+            raise FakeSwitchError(f"meter {msg.meter_id} needs one band with a rate")
+        self.meters[msg.meter_id] = meter_from_config(msg)
 
     # --- what a switch reports -----------------------------------------------------------------
 
     def flows(self) -> list[Flow]:
         return [e.flow for table in self.tables for e in table]
 
-    def flow_stats(self) -> list:
-        """The tables as OFPFlowStats, the way the controller reads them on connect."""
+    def flow_stats(self, table: int = ofp.OFPTT_ALL, cookie: int = 0, cookie_mask: int = 0):
+        """The tables as OFPFlowStats entries with their packet counts, as a switch reports them."""
         out = []
-        for f in self.flows():
-            out.append(
-                parser.OFPFlowStats(
-                    table_id=f.table,
-                    duration_sec=0,
-                    duration_nsec=0,
-                    priority=f.priority,
-                    idle_timeout=f.idle_timeout,
-                    hard_timeout=f.hard_timeout,
-                    flags=f.flags,
-                    cookie=f.cookie,
-                    packet_count=0,
-                    byte_count=0,
-                    match=parser.OFPMatch(**dict(f.match)),
-                    instructions=[of_instruction(i) for i in f.instructions],
+        for table_entries in self.tables:
+            for entry in table_entries:
+                f = entry.flow
+                if table not in (ofp.OFPTT_ALL, f.table) or (f.cookie & cookie_mask) != (
+                    cookie & cookie_mask
+                ):
+                    continue
+                out.append(
+                    parser.OFPFlowStats(
+                        table_id=f.table,
+                        duration_sec=0,
+                        duration_nsec=0,
+                        priority=f.priority,
+                        idle_timeout=f.idle_timeout,
+                        hard_timeout=f.hard_timeout,
+                        flags=f.flags,
+                        cookie=f.cookie,
+                        packet_count=entry.packets,
+                        byte_count=entry.packets * 64,
+                        match=parser.OFPMatch(**dict(f.match)),
+                        instructions=[of_instruction(i) for i in f.instructions],
+                    )
                 )
-            )
         return out
+
+    def meter_configs(self) -> list[Meter]:
+        return list(self.meters.values())
 
     def group_descs(self) -> list[Group]:
         return list(self.groups.values())

@@ -17,7 +17,7 @@ from controller.flows import (
     output,
     to_controller,
 )
-from controller.reconcile import apply_plan, diff_flows, diff_groups, messages
+from controller.reconcile import apply_plan, diff_flows, diff_numbered, messages
 from tests.fakeswitch import FakeSwitch
 
 
@@ -68,8 +68,8 @@ def test_diff_sends_only_changes_in_safe_order():
     assert plan.flow_adds == [c] and plan.flow_mods == [b2] and not plan.flow_deletes
     msgs = messages(plan)
     commands = [getattr(m, "command", "barrier") for m in msgs]
-    assert commands == [ofp.OFPFC_ADD, ofp.OFPFC_MODIFY_STRICT, "barrier"]
-    apply_plan(installed, {}, plan)
+    assert commands == [ofp.OFPFC_ADD, "barrier", ofp.OFPFC_MODIFY_STRICT, "barrier"]
+    apply_plan(installed, {"group": {}, "meter": {}}, plan)
     assert installed == desired
     assert not diff_flows(installed, desired)
 
@@ -84,15 +84,98 @@ def test_timeout_change_is_an_add_and_removal_is_a_strict_delete_after_adds():
     assert kinds == [ofp.OFPFC_ADD, None, ofp.OFPFC_DELETE_STRICT, None]
 
 
+def _verdict(flows, pkt):
+    sw = FakeSwitch(1, 1, {1: True, 2: True})
+    sw.apply([flow_mod(f) for f in flows])
+    return sw.lookup(pkt).ports()
+
+
+def _gaps(old, new, steps, pkts):
+    """Apply `steps` (flow-mods) one by one; count states where a packet meets neither policy."""
+    current = {f.key: f for f in old}
+    gaps = 0
+    for msg in steps:
+        f = flow_from_stats(msg)
+        if msg.command == ofp.OFPFC_DELETE_STRICT:
+            del current[f.key]
+        else:
+            current[f.key] = f
+        gaps += sum(
+            _verdict(current.values(), p) not in (_verdict(old, p), _verdict(new, p)) for p in pkts
+        )
+    assert current == {f.key: f for f in new}
+    return gaps
+
+
+def _tcp(port):
+    return {"eth_type": 0x0800, "ip_proto": 6, "tcp_dst": port}
+
+
+ALLOW, DENY = apply(output(2)), apply()
+PKTS = [{"in_port": 1, **_tcp(p)} for p in (22, 80, 443)]
+CHANGES = [
+    (
+        [
+            flow(0, 30, _tcp(80), ALLOW),
+            flow(0, 20, _tcp(22), DENY),
+            flow(0, 15, _tcp(443), DENY),
+            flow(0, 10, {"eth_type": 0x0800}, ALLOW),
+        ],
+        [
+            flow(0, 30, _tcp(80), DENY),
+            flow(0, 25, _tcp(443), ALLOW),
+            flow(0, 12, {"eth_type": 0x0800}, DENY),
+        ],
+    ),
+    (
+        [flow(0, 30, {"eth_type": 0x0800}, ALLOW), flow(0, 20, _tcp(80), DENY)],
+        [flow(0, 10, {"eth_type": 0x0800}, ALLOW)],
+    ),
+]
+
+
+def test_every_intermediate_state_of_a_change_is_the_old_or_the_new_policy():
+    """Adds, then modifies, then deletes lowest first: no packet ever meets a mix."""
+    for old, new in CHANGES:
+        plan = diff_flows({f.key: f for f in old}, {f.key: f for f in new})
+        steps = [m for m in messages(plan) if isinstance(m, parser.OFPFlowMod)]
+        assert _gaps(old, new, steps, PKTS) == 0
+
+
+def test_deleting_highest_first_would_open_a_gap():
+    """The check above can fail: the naive delete order lets port 80 be denied mid-change."""
+    old, new = CHANGES[1]
+    plan = diff_flows({f.key: f for f in old}, {f.key: f for f in new})
+    naive = [flow_mod(f) for f in plan.flow_adds] + [
+        flow_mod(f, ofp.OFPFC_DELETE_STRICT)
+        for f in sorted(plan.flow_deletes, key=lambda f: -f.priority)
+    ]
+    assert _gaps(old, new, naive, PKTS) > 0
+
+
+def test_meters_go_in_with_groups_before_flows():
+    from controller.flows import Meter
+
+    m = Meter(1, "pktps", 100, 10)
+    f = flow(0, 10, {"in_port": 2}, ("meter", 1), apply(output(1)))
+    plan = diff_flows({}, {f.key: f})
+    diff_numbered("meter", {}, {1: m}, plan=plan)
+    msgs = messages(plan)
+    assert isinstance(msgs[0], parser.OFPMeterMod) and isinstance(msgs[2], parser.OFPFlowMod)
+    sw = FakeSwitch(1, 1, {1: True, 2: True})
+    sw.apply(msgs)
+    assert sw.meter_configs() == [m]
+
+
 def test_groups_go_in_before_flows_and_out_after_them():
     g = group(1, "select", [Bucket((output(1),), weight=1)])
     f = flow(0, 10, {"in_port": 2}, apply(("group", 1)))
     plan = diff_flows({}, {f.key: f})
-    diff_groups({}, {1: g}, plan=plan)
+    diff_numbered("group", {}, {1: g}, plan=plan)
     msgs = messages(plan)
     assert isinstance(msgs[0], parser.OFPGroupMod) and isinstance(msgs[2], parser.OFPFlowMod)
     plan = diff_flows({f.key: f}, {})
-    diff_groups({1: g}, {}, plan=plan)
+    diff_numbered("group", {1: g}, {}, plan=plan)
     msgs = messages(plan)
     assert isinstance(msgs[0], parser.OFPFlowMod) and isinstance(msgs[2], parser.OFPGroupMod)
 
