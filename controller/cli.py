@@ -88,6 +88,18 @@ def import_app(app: str):
     return module
 
 
+def import_apps(apps: list[str]) -> list:
+    """Import every app and, first, the apps it names in REQUIRES; each module once."""
+    modules: list = []
+    for app in apps:
+        module = import_app(app)
+        for dep in [*getattr(module, "REQUIRES", ()), None]:
+            m = module if dep is None else import_app(dep)
+            if all(m is not other for other in modules):
+                modules.append(m)
+    return modules
+
+
 def check_config(path: str | None, modules: list):
     """Load the config and let every suite app check its section, before anything starts."""
     from controller.config import Config, ConfigError, load_config
@@ -139,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _install_signals()
-    modules = [import_app(a) for a in args.apps]
+    modules = import_apps(args.apps)
     config = check_config(args.config, modules)
     check_port(args.ofp_listen_host, args.ofp_tcp_listen_port)
 

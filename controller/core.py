@@ -91,7 +91,7 @@ class Core:
                 return app
         app = app_cls(self)
         self.apps.append(app)
-        LOG.info("app %s loaded", app.name)
+        LOG.debug("app %s loaded", app.name)
         return app
 
     def check_config(self, config: Config) -> None:

@@ -63,11 +63,14 @@ class FakeNetwork:
         self.connected: set[int] = set()
         self.now = 1000.0
         self.messages_sent: Counter = Counter()
+        self.connections: set[tuple] = set()
 
     # --- building ------------------------------------------------------------------------------
 
     def add_switch(self, dpid: int, n_ports: int) -> FakeSwitch:
         sw = FakeSwitch(dpid, self.core.pipeline.n_tables, {p: True for p in range(1, n_ports + 1)})
+        # Mininet's bridges share one userspace datapath, hence one connection-tracking table.
+        sw.connections = self.connections
         self.switches[dpid] = sw
         return sw
 
@@ -177,11 +180,13 @@ class FakeNetwork:
                     )
         return [self.core.packet_in(d, p, data, t, c, self.now) for d, p, data, t, c in packet_ins]
 
-    def send(self, src: str, dst: str, eth_type: int = 0x0800) -> Delivery:
-        """Host `src` sends one frame to `dst`; returns which hosts got it and where it went."""
+    def send(self, src: str, dst: str, eth_type: int = 0x0800, **fields) -> Delivery:
+        """Host `src` sends one frame to `dst` (with any extra header fields, e.g. ip_proto);
+        returns which hosts got it and where it went."""
         dpid, port = self.hosts[src]
         delivery = Delivery()
-        for reply in self._forward(dpid, port, fields_of(frame(dst, src, eth_type)), delivery):
+        pkt = {**fields_of(frame(dst, src, eth_type)), **fields}
+        for reply in self._forward(dpid, port, pkt, delivery):
             self.deliver(reply)
         return delivery
 

@@ -36,6 +36,9 @@ from controller.flows import (
     of_instruction,
 )
 
+CT_NEW, CT_EST, CT_RPL, CT_TRK = 0x01, 0x02, 0x08, 0x20
+_CT_FIELDS = ("ipv4_src", "ipv4_dst", "ip_proto", "tcp_src", "tcp_dst")
+
 
 class FakeSwitchError(AssertionError):
     """The controller sent something a careful switch refuses."""
@@ -172,6 +175,7 @@ class FakeSwitch:
         self.groups: dict[int, Group] = {}
         self.meters: dict[int, Meter] = {}
         self.received: list = []
+        self.connections: set[tuple] = set()  # (zone, 5-tuple) committed by ct
         self.packet_outs: list = []
 
     # --- messages in ---------------------------------------------------------------------------
@@ -400,23 +404,26 @@ class FakeSwitch:
 
     def lookup(self, pkt: dict) -> LookupResult:
         """Where a packet goes: walk the tables from 0 as an OpenFlow 1.3 switch would."""
-        pkt = dict(pkt)
         result = LookupResult()
-        table: int | None = 0
+        self._walk({"metadata": 0, "ct_state": 0, **pkt}, 0, result)  # both start at 0
+        return result
+
+    def _walk(self, pkt: dict, table: int | None, result: LookupResult) -> None:
         action_set: dict[str, tuple] = {}
         while table is not None:
             entry = next(
                 (e for e in self.tables[table] if packet_matches(dict(e.flow.match), pkt)), None
             )
             if entry is None:
-                return result  # no table-miss entry: dropped
+                return  # no table-miss entry: dropped
             entry.packets += 1
             result.matched.append(entry.flow)
             next_table = None
             for ins in entry.flow.instructions:
                 if ins[0] == "apply":
                     for action in ins[1]:
-                        self._act(action, pkt, result, table, entry.flow.cookie)
+                        if self._act(action, pkt, result, table, entry.flow.cookie):
+                            return  # recirculated: the copy went on from there
                 elif ins[0] == "write":
                     for action in ins[1]:
                         action_set[action[0] if action[0] != "set_field" else action[1]] = action
@@ -431,10 +438,32 @@ class FakeSwitch:
                 for action in action_set.values():
                     self._act(action, pkt, result, table, entry.flow.cookie)
             table = next_table
-        return result
+
+    def _conntrack(self, action: tuple, pkt: dict, result: LookupResult) -> bool:
+        """ct(): commit the connection, or look it up and recirculate with ct_state set."""
+        _, commit, zone, table = action
+        key = tuple(pkt.get(f) for f in _CT_FIELDS)
+        reverse = (key[1], key[0], key[2], key[4], key[3])
+        if commit:
+            self.connections.add((zone, key))
+            return False
+        if (zone, key) in self.connections:
+            state = CT_TRK | CT_EST
+        elif (zone, reverse) in self.connections:
+            state = CT_TRK | CT_EST | CT_RPL
+        else:
+            state = CT_TRK | CT_NEW
+        if table == ofp.OFPTT_ALL:
+            pkt["ct_state"] = state
+            return False
+        self._walk({**pkt, "ct_state": state}, table, result)
+        return True
 
     def _act(self, action: tuple, pkt: dict, result: LookupResult, table: int, cookie: int):
+        """Do one action; True when it recirculated the packet (nothing after it runs)."""
         kind = action[0]
+        if kind == "ct":
+            return self._conntrack(action, pkt, result)
         if kind == "output":
             port = action[1]
             if port == ofp.OFPP_CONTROLLER:

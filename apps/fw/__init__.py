@@ -1,0 +1,1 @@
+"""The IP firewall: rules, schedules and their compilation into the firewall stage."""

@@ -1,0 +1,254 @@
+"""Firewall rules to flows in the firewall stage, in a way that keeps edits small.
+
+- Order: every rule gets its own priority, earlier rules higher, so the first match wins even
+  when rules overlap or shadow each other; a rule's own flows never overlap one another.
+- Ranges: a port range becomes the few masked matches that cover it exactly.
+- Stability: priorities survive reloads. Rules that keep their relative order keep their
+  priority (the longest such run), new ones are fitted between, so editing one rule changes
+  only that rule's flows. The cookie and the meter id carry the priority, which makes them
+  stable too.
+- Ingress only: rules match packets that did not come from another switch (FROM_FABRIC), so a
+  packet is judged once, where it enters, and a rate limit counts it once.
+
+>>> port_masks(8000, 8080)
+[(8000, 65472), (8064, 65520), (8080, 65535)]
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Hashable, Sequence
+
+from apps.fw.rules import FirewallSettings, Rule
+from controller.flows import Flow, Meter, apply, conntrack, flow, goto, meter
+from controller.pipeline import FROM_FABRIC
+
+COOKIE = 0x03 << 56
+RULE_TOP, RULE_BOTTOM, SPACING = 60000, 1000, 16
+CT_PRIORITY = 63000  # send untracked IP packets through conntrack (stateful mode)
+CT_INVALID, CT_ESTABLISHED, CT_RELATED = 62002, 62001, 62000
+BLOCKED_PRIORITY = 61000  # blocked sources go before any rule
+ND_PRIORITY, DEFAULT_PRIORITY = 20, 10
+BLOCKED_ID = 0xFFFF  # cookie low bits of blocked-source flows
+CT_ZONE = 7
+CT_TRK, CT_EST, CT_REL, CT_INV = 0x20, 0x02, 0x04, 0x10
+ETH_TYPES = {4: 0x0800, 6: 0x86DD}
+PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+ND_TYPES = (133, 134, 135, 136, 137)  # IPv6 cannot find neighbours without these
+
+
+def port_masks(lo: int, hi: int) -> list[tuple[int, int]]:
+    """Aligned (value, mask) blocks that cover lo..hi exactly, fewest first."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, 0xFFFF ^ (size - 1)))
+        lo += size
+    return out
+
+
+def _port_matches(field: str, ports: tuple[int, int] | None) -> list[dict]:
+    if ports is None or ports == (0, 65535):
+        return [{}]
+    return [
+        {field: value if mask == 0xFFFF else (value, mask)} for value, mask in port_masks(*ports)
+    ]
+
+
+def _longest_decreasing(prios: Sequence[int]) -> set[int]:
+    """Indexes of a longest strictly decreasing subsequence (patience sort on negatives)."""
+    tails: list[int] = []  # -priority at the end of the best run of each length
+    tail_idx: list[int] = []
+    parent: list[int] = [-1] * len(prios)
+    for i, p in enumerate(prios):
+        k = bisect_left(tails, -p)
+        if k == len(tails):
+            tails.append(-p)
+            tail_idx.append(i)
+        else:
+            tails[k], tail_idx[k] = -p, i
+        parent[i] = tail_idx[k - 1] if k else -1
+    keep, i = set(), tail_idx[-1] if tail_idx else -1
+    while i != -1:
+        keep.add(i)
+        i = parent[i]
+    return keep
+
+
+def assign_priorities(keys: Sequence[Hashable], old: dict[Hashable, int]) -> dict[Hashable, int]:
+    """A priority per key, in order, reusing as many old priorities as the order allows."""
+    known = [i for i, k in enumerate(keys) if k in old]
+    kept = {known[j] for j in _longest_decreasing([old[keys[i]] for i in known])}
+    out: dict[Hashable, int] = {}
+    upper, pending = RULE_TOP + SPACING, []
+    for i, key in enumerate([*keys, None]):
+        if i < len(keys) and i not in kept:
+            pending.append(key)
+            continue
+        lower = old[key] if i < len(keys) else RULE_BOTTOM - 1
+        if pending:
+            step = (upper - lower) / (len(pending) + 1)
+            if step < 1:
+                return _renumber(keys)
+            for j, p in enumerate(pending, start=1):
+                out[p] = round(upper - step * j)
+            pending = []
+        if i < len(keys):
+            out[key] = upper = lower
+    return out
+
+
+def _renumber(keys: Sequence[Hashable]) -> dict[Hashable, int]:
+    spacing = min(SPACING, (RULE_TOP - RULE_BOTTOM) // max(len(keys), 1))
+    if spacing < 1:
+        raise ValueError(f"{len(keys)} rules do not fit in the firewall's priority range")
+    return {k: RULE_TOP - i * spacing for i, k in enumerate(keys)}
+
+
+def rule_keys(rules: Sequence[Rule]) -> list[tuple[Rule, int]]:
+    """Identity of each rule across reloads: its content, and which repeat of it this is."""
+    seen: dict[Rule, int] = {}
+    out = []
+    for r in rules:
+        seen[r] = seen.get(r, 0) + 1
+        out.append((r, seen[r]))
+    return out
+
+
+class Compiler:
+    """Rules in, flows and meters per rule out; remembers priorities between reloads."""
+
+    def __init__(self, table: int) -> None:
+        self.table = table
+        self.priorities: dict[Hashable, int] = {}
+
+    def renumber(self, rules: Sequence[Rule]) -> list[tuple[Hashable, int]]:
+        keys = rule_keys(rules)
+        self.priorities = assign_priorities(keys, self.priorities)
+        return [(k, self.priorities[k]) for k in keys]
+
+    def _ingress(self, family: int) -> dict:
+        return {"eth_type": ETH_TYPES[family], "metadata": (0, FROM_FABRIC)}
+
+    def rule_flows(self, rule: Rule, prio: int, stateful: bool) -> list[Flow]:
+        """The flows of one rule at its priority: disjoint matches, the rule's verdict."""
+        go_on = (goto(self.table + 1),)
+        commit = (apply(conntrack(CT_ZONE, commit=True)),) if stateful else ()
+        if rule.action == "deny":
+            instructions: tuple = ()
+        elif rule.action == "rate_limit":
+            instructions = (meter(prio), *commit, *go_on)
+        else:
+            instructions = (*commit, *go_on)
+        flows = []
+        for family in rule.families:
+            base = self._ingress(family)
+            for net, key in ((rule.source, "src"), (rule.destination, "dst")):
+                if net is not None and net.prefixlen:
+                    field = f"ipv{family}_{key}"
+                    full = net.prefixlen == net.max_prefixlen
+                    base[field] = (
+                        str(net.network_address)
+                        if full
+                        else (str(net.network_address), str(net.netmask))
+                    )
+            if rule.protocol != "any":
+                base["ip_proto"] = PROTO[rule.protocol]
+            if rule.icmp_type is not None:
+                base[f"icmpv{4 if family == 4 else 6}_type"] = rule.icmp_type
+            proto = rule.protocol
+            for dst in _port_matches(f"{proto}_dst", rule.dst_ports):
+                for src in _port_matches(f"{proto}_src", rule.src_ports):
+                    flows.append(
+                        flow(
+                            self.table,
+                            prio,
+                            {**base, **dst, **src},
+                            *instructions,
+                            cookie=COOKIE | prio,
+                        )
+                    )
+        return flows
+
+    @staticmethod
+    def rule_meter(rule: Rule, prio: int) -> list[Meter]:
+        if rule.rate_limit is None:
+            return []
+        rl = rule.rate_limit
+        return [Meter(prio, rl.unit, rl.rate, rl.burst)]
+
+    def base_flows(self, settings: FirewallSettings) -> list[Flow]:
+        """Blocked sources, the default action, and conntrack plumbing (not tied to a rule)."""
+        flows = []
+        for net in settings.blocked:
+            match = {"eth_type": ETH_TYPES[net.version]}
+            if net.prefixlen:
+                full = net.prefixlen == net.max_prefixlen
+                match[f"ipv{net.version}_src"] = (
+                    str(net.network_address)
+                    if full
+                    else (str(net.network_address), str(net.netmask))
+                )
+            flows.append(flow(self.table, BLOCKED_PRIORITY, match, cookie=COOKIE | BLOCKED_ID))
+        if settings.default == "deny":
+            go_on = goto(self.table + 1)
+            for family in (4, 6):
+                flows.append(
+                    flow(self.table, DEFAULT_PRIORITY, self._ingress(family), cookie=COOKIE)
+                )
+            for nd in ND_TYPES:
+                flows.append(
+                    flow(
+                        self.table,
+                        ND_PRIORITY,
+                        {**self._ingress(6), "ip_proto": 58, "icmpv6_type": nd},
+                        go_on,
+                        cookie=COOKIE,
+                    )
+                )
+        if settings.stateful:
+            flows += self._conntrack_flows()
+        return flows
+
+    def _conntrack_flows(self) -> list[Flow]:
+        go_on = goto(self.table + 1)
+        ingress = {"metadata": (0, FROM_FABRIC)}
+        flows = [
+            flow(
+                self.table,
+                CT_PRIORITY,
+                {**self._ingress(f), "ct_state": (0, CT_TRK)},
+                apply(conntrack(CT_ZONE, self.table)),
+                cookie=COOKIE,
+            )
+            for f in (4, 6)
+        ]
+        flows.append(
+            flow(
+                self.table,
+                CT_INVALID,
+                {**ingress, "ct_state": (CT_TRK | CT_INV, CT_TRK | CT_INV)},
+                cookie=COOKIE,
+            )
+        )
+        flows.append(
+            flow(
+                self.table,
+                CT_ESTABLISHED,
+                {**ingress, "ct_state": (CT_TRK | CT_EST, CT_TRK | CT_EST)},
+                go_on,
+                cookie=COOKIE,
+            )
+        )
+        flows.append(
+            flow(
+                self.table,
+                CT_RELATED,
+                {**ingress, "ct_state": (CT_TRK | CT_REL, CT_TRK | CT_REL)},
+                go_on,
+                cookie=COOKIE,
+            )
+        )
+        return flows

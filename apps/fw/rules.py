@@ -1,0 +1,303 @@
+"""Firewall rules: the config's `firewall:` section and the seed's rules.json, checked and typed.
+
+Order is the config's: rules from `rules_file` first, then `rules:`; the first rule that matches
+decides, then `default`. Every problem is a ConfigError naming the file, the line and the field.
+Addresses mean what they say: 0.0.0.0/0 is every IPv4 source (as in nftables), ::/0 every IPv6
+one; a rule with no address applies to both families.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from apps.fw.schedule import DAYS, Schedule, check_timezone, parse_clock
+from controller.config import Config, Document, load_document, register_schema
+
+PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "any")
+ACTIONS = ("allow", "deny", "rate_limit")
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_PORT = {"type": ["integer", "string"]}
+_RULE = {
+    "type": "object",
+    "required": ["action"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string"},
+        "action": {"enum": list(ACTIONS)},
+        "protocol": {"enum": list(PROTOCOLS)},
+        "source": {"type": "string"},
+        "destination": {"type": "string"},
+        "port": _PORT,
+        "destination_port": _PORT,
+        "source_port": _PORT,
+        "icmp_type": {"type": "integer", "minimum": 0, "maximum": 255},
+        "schedule": {
+            "type": "object",
+            "required": ["start", "end"],
+            "additionalProperties": False,
+            "properties": {
+                "days": {"type": "array", "items": {"enum": list(DAYS)}, "minItems": 1},
+                "start": {"type": "string"},
+                "end": {"type": "string"},
+                "timezone": {"type": "string"},
+            },
+        },
+        "rate_limit": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "max_tokens": {"type": "integer", "minimum": 1},
+                "tokens_per_fill": {"type": "integer", "minimum": 1},
+                "fill_interval": {"type": ["string", "number"]},
+                "pps": {"type": "integer", "minimum": 1},
+                "kbps": {"type": "integer", "minimum": 1},
+                "burst": {"type": "integer", "minimum": 0},
+            },
+        },
+    },
+}
+FIREWALL_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "default": {"enum": ["allow", "deny"]},
+        "rules_file": {"type": "string"},
+        "rules": {"type": "array", "items": _RULE},
+        "blocked_ips": {"type": "array", "items": {"type": "string"}},
+        "stateful": {"type": "boolean"},
+        "stats_interval": {"type": "number", "minimum": 0.5, "maximum": 3600},
+    },
+}
+RULES_FILE_SCHEMA = {
+    "type": "object",
+    "required": ["rules"],
+    "additionalProperties": False,
+    "properties": {"rules": {"type": "array", "items": _RULE}},
+}
+register_schema("firewall", FIREWALL_SCHEMA)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket as an OpenFlow meter band: `rate` per second, bursts of `burst`."""
+
+    unit: str  # "pktps" or "kbps"
+    rate: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: str
+    protocol: str = "any"
+    source: IPNet | None = None
+    destination: IPNet | None = None
+    dst_ports: tuple[int, int] | None = None
+    src_ports: tuple[int, int] | None = None
+    icmp_type: int | None = None
+    schedule: Schedule | None = None
+    rate_limit: RateLimit | None = None
+    name: str = ""
+    origin: str = field(default="", compare=False)  # "file:line", for logs and metrics
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """IP versions this rule applies to."""
+        for net in (self.source, self.destination):
+            if net is not None:
+                return (net.version,)
+        if self.protocol == "icmp":
+            return (4,)
+        if self.protocol == "icmpv6":
+            return (6,)
+        return (4, 6)
+
+    def describe(self) -> str:
+        parts = [self.name] if self.name else []
+        parts.append(self.action)
+        if self.protocol != "any":
+            parts.append(self.protocol)
+        if self.source is not None:
+            parts.append(f"from {self.source}")
+        if self.destination is not None:
+            parts.append(f"to {self.destination}")
+        if self.dst_ports:
+            lo, hi = self.dst_ports
+            parts.append(f"port {lo}" if lo == hi else f"ports {lo}-{hi}")
+        if self.schedule:
+            parts.append(f"during {self.schedule.describe()}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class FirewallSettings:
+    default: str = "allow"
+    rules: tuple[Rule, ...] = ()
+    blocked: tuple[IPNet, ...] = ()
+    stateful: bool = False
+    stats_interval: float = 5.0
+
+
+def parse_duration(value) -> float | None:
+    """60, '60s', '500ms', '2m', '1h' as seconds; None if unreadable or not positive."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        units = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+        for suffix, scale in units:
+            if text.endswith(suffix):
+                try:
+                    seconds = float(text[: -len(suffix)]) * scale
+                except ValueError:
+                    return None
+                break
+        else:
+            return None
+    return seconds if seconds > 0 else None
+
+
+def _network(doc: Document, where: tuple, text: str) -> IPNet:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise doc.error(where, f"{text!r} is not an IP address or CIDR") from None
+
+
+def _ports(doc: Document, where: tuple, value) -> tuple[int, int]:
+    if isinstance(value, int):
+        lo = hi = value
+    else:
+        text = str(value).strip()
+        lo_text, _, hi_text = text.partition("-")
+        try:
+            lo, hi = int(lo_text), int(hi_text or lo_text)
+        except ValueError:
+            raise doc.error(where, f"{value!r} is not a port or a range like 8000-8080") from None
+    for port in (lo, hi):
+        if not 0 <= port <= 65535:
+            raise doc.error(where, f"port {port} is out of range 0-65535")
+    if lo > hi:
+        raise doc.error(where, f"range {lo}-{hi} is empty")
+    return lo, hi
+
+
+def _schedule(doc: Document, where: tuple, spec: dict) -> Schedule:
+    start, end = parse_clock(spec["start"]), parse_clock(spec["end"])
+    if start is None:
+        raise doc.error(where + ("start",), f"{spec['start']!r} is not a time like 22:00")
+    if end is None:
+        raise doc.error(where + ("end",), f"{spec['end']!r} is not a time like 06:00")
+    if start == end:
+        raise doc.error(where + ("end",), "the window is empty (start equals end)")
+    tz = spec.get("timezone", "UTC")
+    if not check_timezone(tz):
+        raise doc.error(where + ("timezone",), f"unknown time zone {tz!r}")
+    days = frozenset(DAYS.index(d) for d in spec.get("days", DAYS))
+    return Schedule(days, start, end, tz)
+
+
+def _rate_limit(doc: Document, where: tuple, spec: dict) -> RateLimit:
+    """The seed's token bucket (max_tokens, tokens_per_fill, fill_interval) or pps/kbps + burst."""
+    bucket = {"max_tokens", "tokens_per_fill", "fill_interval"}
+    if bucket & spec.keys():
+        missing = sorted(bucket - spec.keys())
+        if missing:
+            raise doc.error(where, f"a token bucket needs {', '.join(missing)} too")
+        interval = parse_duration(spec["fill_interval"])
+        if interval is None:
+            raise doc.error(
+                where + ("fill_interval",), f"{spec['fill_interval']!r} is not a duration like 60s"
+            )
+        rate = spec["tokens_per_fill"] / interval
+        if rate < 1:
+            raise doc.error(where, f"{rate:.3g} tokens/s is below the 1 packet/s a meter can do")
+        return RateLimit("pktps", round(rate), spec["max_tokens"])
+    if ("pps" in spec) == ("kbps" in spec):
+        raise doc.error(where, "give a token bucket, or exactly one of pps and kbps")
+    unit = "pktps" if "pps" in spec else "kbps"
+    rate = spec["pps"] if "pps" in spec else spec["kbps"]
+    return RateLimit(unit, rate, spec.get("burst", 0))
+
+
+def parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
+    """One rule, checked; `where` is its path in `doc` for error messages."""
+    action, protocol = spec["action"], spec.get("protocol", "any")
+    source = _network(doc, where + ("source",), spec["source"]) if "source" in spec else None
+    dest = None
+    if "destination" in spec:
+        dest = _network(doc, where + ("destination",), spec["destination"])
+    if source is not None and dest is not None and source.version != dest.version:
+        raise doc.error(where + ("destination",), "source and destination mix IPv4 and IPv6")
+    for net, key in ((source, "source"), (dest, "destination")):
+        if (
+            net is not None
+            and protocol in ("icmp", "icmpv6")
+            and net.version != (4 if protocol == "icmp" else 6)
+        ):
+            raise doc.error(where + (key,), f"{protocol} does not go with IPv{net.version}")
+    if "port" in spec and "destination_port" in spec:
+        raise doc.error(where + ("destination_port",), "give port or destination_port, not both")
+    port_key = "port" if "port" in spec else "destination_port"
+    dst_ports = _ports(doc, where + (port_key,), spec[port_key]) if port_key in spec else None
+    src_ports = None
+    if "source_port" in spec:
+        src_ports = _ports(doc, where + ("source_port",), spec["source_port"])
+    if (dst_ports or src_ports) and protocol not in ("tcp", "udp"):
+        key = port_key if dst_ports else "source_port"
+        raise doc.error(where + (key,), f"ports need protocol tcp or udp, not {protocol}")
+    if "icmp_type" in spec and protocol not in ("icmp", "icmpv6"):
+        raise doc.error(where + ("icmp_type",), "icmp_type needs protocol icmp or icmpv6")
+    if (action == "rate_limit") != ("rate_limit" in spec):
+        key = "rate_limit" if "rate_limit" in spec else "action"
+        raise doc.error(where + (key,), "action rate_limit and a rate_limit block go together")
+    line = doc.lines.get(where)
+    return Rule(
+        action=action,
+        protocol=protocol,
+        source=source,
+        destination=dest,
+        dst_ports=dst_ports,
+        src_ports=src_ports,
+        icmp_type=spec.get("icmp_type"),
+        schedule=_schedule(doc, where + ("schedule",), spec["schedule"])
+        if "schedule" in spec
+        else None,
+        rate_limit=_rate_limit(doc, where + ("rate_limit",), spec["rate_limit"])
+        if "rate_limit" in spec
+        else None,
+        name=spec.get("name", ""),
+        origin=f"{doc.path}:{line}" if line else str(doc.path),
+    )
+
+
+def load_rules_file(path: str) -> list[Rule]:
+    """The seed's rules.json format, unchanged: {"rules": [{action, protocol, port, source}]}."""
+    doc = load_document(path, json_only=path.endswith(".json"))
+    doc.validate(RULES_FILE_SCHEMA)
+    return [parse_rule(doc, ("rules", i), r) for i, r in enumerate(doc.data["rules"])]
+
+
+def parse_firewall(section: dict | None, config: Config) -> FirewallSettings:
+    """The whole `firewall:` section; files it names become dependencies of the config."""
+    section = section or {}
+    rules: list[Rule] = []
+    if "rules_file" in section:
+        path = config.resolve(section["rules_file"])
+        config.depend(path)
+        rules += load_rules_file(path)
+    where = ("firewall", "rules")
+    rules += [parse_rule(config, where + (i,), r) for i, r in enumerate(section.get("rules", []))]
+    blocked = tuple(
+        _network(config, ("firewall", "blocked_ips", i), text)
+        for i, text in enumerate(section.get("blocked_ips", []))
+    )
+    return FirewallSettings(
+        default=section.get("default", "allow"),
+        rules=tuple(rules),
+        blocked=blocked,
+        stateful=section.get("stateful", False),
+        stats_interval=float(section.get("stats_interval", 5.0)),
+    )

@@ -1,0 +1,65 @@
+"""When a scheduled rule is in force: days of the week and a daily window in a time zone.
+
+A window whose end is before its start runs overnight and belongs to the day it starts on, so
+"fri 22:00-02:00" covers Friday night into early Saturday.
+
+>>> s = Schedule(frozenset({4}), 22 * 60, 2 * 60, "UTC")   # Fridays 22:00-02:00 UTC
+>>> s.active(1795737600.0 + 23 * 3600)                      # Friday 2026-11-27 23:00 UTC
+True
+>>> s.active(1795737600.0 + 24 * 3600 + 3600)               # Saturday 01:00: still Friday's
+True
+>>> s.active(1795737600.0 + 24 * 3600 + 3 * 3600)           # Saturday 03:00
+False
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    days: frozenset[int]  # 0 = Monday
+    start: int  # minutes after local midnight
+    end: int
+    timezone: str = "UTC"
+
+    def active(self, now: float) -> bool:
+        local = datetime.fromtimestamp(now, ZoneInfo(self.timezone))
+        minute = local.hour * 60 + local.minute
+        today = local.weekday()
+        if self.start < self.end:
+            return today in self.days and self.start <= minute < self.end
+        yesterday = (local - timedelta(days=1)).weekday()
+        return (today in self.days and minute >= self.start) or (
+            yesterday in self.days and minute < self.end
+        )
+
+    def describe(self) -> str:
+        days = ",".join(DAYS[d] for d in sorted(self.days))
+        return (
+            f"{days} {self.start // 60:02d}:{self.start % 60:02d}-"
+            f"{self.end // 60:02d}:{self.end % 60:02d} {self.timezone}"
+        )
+
+
+def parse_clock(text: str) -> int | None:
+    """'HH:MM' as minutes after midnight, or None if it is not a time of day."""
+    try:
+        hours, minutes = text.split(":")
+        h, m = int(hours), int(minutes)
+    except (ValueError, AttributeError):
+        return None
+    return h * 60 + m if 0 <= h <= 23 and 0 <= m <= 59 else None
+
+
+def check_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True

@@ -1,0 +1,372 @@
+"""The firewall compiled onto fake switches, with packets sent through them."""
+
+import json
+import os
+import re
+
+import pytest
+
+from apps.firewall import Firewall
+from apps.fw.compile import port_masks
+from apps.fw.rules import load_rules_file
+from apps.l2_learning import L2Learning
+from controller.config import ConfigError, load_config
+from controller.core import Core
+from tests.fakenet import BROADCAST
+from tests.unit.test_l2 import MACS, leaf_spine
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
+SEED = os.path.join(DATA, "..", "..", "..", "shared", "seeds", "000_2d555abd2b5a208a.txt")
+IP = {mac: f"10.0.0.{i}" for i, mac in enumerate(MACS, start=1)}
+A, B, C = MACS[0], MACS[5], MACS[2]  # on leaves 201, 203, 202
+
+
+def seed_rules_json() -> str:
+    """The seed's firewall ConfigMap rules.json, kept verbatim in tests/data."""
+    with open(os.path.join(DATA, "seed-rules.json")) as fh:
+        return fh.read()
+
+
+def test_shipped_rules_json_is_the_seeds_verbatim():
+    if not os.path.exists(SEED):
+        pytest.skip("shared/seeds is not beside this checkout")
+    with open(SEED) as fh:
+        seed = fh.read()
+    indented = "".join(f"    {line}\n" if line else "\n" for line in seed_rules_json().splitlines())
+    assert "  rules.json: |\n" + indented in seed
+
+
+def lab(tmp_path, firewall_yaml: str, now: float = 1000.0, files: dict | None = None):
+    for name, text in (files or {}).items():
+        (tmp_path / name).write_text(text)
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(firewall_yaml)
+    core = Core()
+    core.add_app(L2Learning)
+    fw = core.add_app(Firewall)
+    core.configure(load_config(str(cfg)), now)
+    net = leaf_spine(core)
+    net.now = now
+    net.start()
+    for a, b in [(A, B), (A, C), (B, C)]:
+        net.converse(a, b)
+    return net, fw, cfg
+
+
+def reload(net, cfg, text):
+    cfg.write_text(text)
+    net.deliver(net.core.reload(lambda: load_config(str(cfg)), net.now))
+
+
+def tcp(net, src, dst, port, sport=40000):
+    got = net.send(
+        src,
+        dst,
+        0x0800,
+        ipv4_src=IP[src],
+        ipv4_dst=IP[dst],
+        ip_proto=6,
+        tcp_src=sport,
+        tcp_dst=port,
+    )
+    return got.hosts == [dst]
+
+
+def udp(net, src, dst, port):
+    got = net.send(
+        src,
+        dst,
+        0x0800,
+        ipv4_src=IP[src],
+        ipv4_dst=IP[dst],
+        ip_proto=17,
+        udp_src=5000,
+        udp_dst=port,
+    )
+    return got.hosts == [dst]
+
+
+def icmp(net, src, dst):
+    got = net.send(src, dst, 0x0800, ipv4_src=IP[src], ipv4_dst=IP[dst], ip_proto=1, icmpv4_type=8)
+    return got.hosts == [dst]
+
+
+def test_port_ranges_become_exact_aligned_blocks():
+    for lo, hi in [(0, 65535), (1, 1), (1024, 65535), (8000, 8080), (1, 65534), (22, 23)]:
+        covered = set()
+        for value, mask in port_masks(lo, hi):
+            covered |= {p for p in range(value, value + (~mask & 0xFFFF) + 1)}
+        assert covered == set(range(lo, hi + 1))
+    assert len(port_masks(8000, 8080)) == 3
+
+
+def test_seed_rules_json_loads_unchanged(tmp_path):
+    path = tmp_path / "rules.json"
+    path.write_text(seed_rules_json())
+    assert json.loads(path.read_text())["rules"][2]["port"] == 22
+    rules = load_rules_file(str(path))
+    assert [(r.action, r.protocol, r.dst_ports) for r in rules] == [
+        ("allow", "tcp", (80, 80)),
+        ("allow", "tcp", (443, 443)),
+        ("deny", "tcp", (22, 22)),
+    ]
+
+
+def test_seed_rules_end_to_end_80_443_open_22_closed(tmp_path):
+    net, fw, _ = lab(
+        tmp_path, "firewall:\n  rules_file: rules.json\n", files={"rules.json": seed_rules_json()}
+    )
+    assert tcp(net, A, B, 80) and tcp(net, A, B, 443)
+    assert not tcp(net, A, B, 22)
+    assert udp(net, A, B, 22) and icmp(net, A, B)  # default allow, the rules are TCP only
+
+
+def test_first_match_wins_with_overlapping_and_shadowed_rules(tmp_path):
+    net, _, _ = lab(
+        tmp_path,
+        f"""firewall:
+  default: deny
+  rules:
+    - {{action: allow, protocol: tcp, port: 22, source: {IP[A]}/32}}
+    - {{action: deny, protocol: tcp, port: 22, source: 10.0.0.0/8}}
+    - {{action: allow, protocol: tcp, port: "1-1000"}}
+    - {{action: allow, protocol: tcp, port: 22}}
+""",
+    )
+    assert tcp(net, A, B, 22)  # rule 1
+    assert not tcp(net, C, B, 22)  # rule 2 shadows rule 4
+    assert tcp(net, C, B, 999) and not tcp(net, C, B, 1001)  # rule 3, then default deny
+    assert not udp(net, C, B, 53)  # default deny
+    got = net.send(C, BROADCAST, 0x0806)  # ARP is not IP: never filtered
+    assert set(got.hosts) == set(MACS[:6]) - {C}
+
+
+def test_port_range_edges(tmp_path):
+    net, fw, _ = lab(
+        tmp_path,
+        """firewall:
+  default: deny
+  rules: [{action: allow, protocol: tcp, port: "8000-8080"}]
+""",
+    )
+    assert all(tcp(net, A, B, p) for p in (8000, 8063, 8064, 8079, 8080))
+    assert not any(tcp(net, A, B, p) for p in (7999, 8081))
+    rule_flows = [f for f in net.switches[201].flows() if f.table == 1 and f.priority > 1000]
+    assert len(rule_flows) == 3 * 2  # three masked blocks, for IPv4 and IPv6 (no address given)
+
+
+def test_ipv6_rules(tmp_path):
+    net, _, _ = lab(
+        tmp_path,
+        """firewall:
+  rules: [{action: deny, protocol: tcp, port: 80, source: "2001:db8::/32"}]
+""",
+    )
+
+    def v6(src_ip):
+        got = net.send(
+            A, B, 0x86DD, ipv6_src=src_ip, ipv6_dst="2001:db8::2", ip_proto=6, tcp_src=1, tcp_dst=80
+        )
+        return got.hosts == [B]
+
+    assert not v6("2001:db8::1")
+    assert v6("2001:db9::1")
+    assert tcp(net, A, B, 80)  # IPv4 untouched by an IPv6 rule
+
+
+def test_blocked_ips_drop_at_every_edge(tmp_path):
+    net, _, _ = lab(tmp_path, f"firewall:\n  blocked_ips: [{IP[A]}, 192.168.1.100]\n")
+    assert not tcp(net, A, B, 80) and not icmp(net, A, C)
+    assert tcp(net, B, C, 80)
+
+
+def test_stateful_replies_pass_new_connections_the_other_way_do_not(tmp_path):
+    net, _, _ = lab(
+        tmp_path,
+        f"""firewall:
+  default: deny
+  stateful: true
+  rules: [{{action: allow, protocol: tcp, port: 80, destination: {IP[B]}/32}}]
+""",
+    )
+    assert tcp(net, A, B, 80, sport=40001)  # new, allowed, committed
+    assert tcp(net, B, A, 40001, sport=80)  # the reply is established
+    assert not tcp(net, B, A, 40002, sport=80)  # not a reply: new, denied
+    assert not tcp(net, B, A, 80, sport=40003)  # new the other way: denied
+
+
+def test_one_rule_edit_sends_only_that_rules_flows(tmp_path):
+    rules = [f"    - {{action: deny, protocol: tcp, port: {p}}}" for p in range(100, 140)]
+    text = "firewall:\n  rules:\n" + "\n".join(rules) + "\n"
+    net, _, cfg = lab(tmp_path, text)
+    before = {d: len(sw.received) for d, sw in net.switches.items()}
+    reload(net, cfg, text.replace("port: 120}", "port: 9120}"))
+    for dpid, sw in net.switches.items():
+        mods = [m for m in sw.received[before[dpid] :] if type(m).__name__ == "WireFlowMod"]
+        # the old rule's flows (IPv4 + IPv6) out, the new rule's in: nothing else
+        assert len(mods) == 4, (dpid, mods)
+    assert not tcp(net, A, B, 9120) and tcp(net, A, B, 120)
+
+
+def test_invalid_reload_changes_nothing(tmp_path):
+    net, fw, cfg = lab(tmp_path, "firewall:\n  rules: [{action: deny, protocol: tcp, port: 22}]\n")
+    before = {d: sorted(sw.flows(), key=repr) for d, sw in net.switches.items()}
+    for bad in (
+        "firewall:\n  rules: [{action: deny, protocol: tcp, port: 70000}]\n",
+        "firewall:\n  rules: [{action: deny, protocol: smtp}]\n",
+        "firewall:\n  rules: [{action: deny, source: 10.0.0.0/40}]\n",
+        "firewall:\n  rules: [{action: deny, protocol: tcp, port: 22, colour: red}]\n",
+        "firewall:\n  rules: [{action: deny\n",
+    ):
+        reload(net, cfg, bad)
+        assert {d: sorted(sw.flows(), key=repr) for d, sw in net.switches.items()} == before
+    assert not tcp(net, A, B, 22)
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        (
+            "firewall:\n  rules:\n    - {action: deny, protocol: tcp, port: 70000}\n",
+            r"lab.yaml:3: firewall.rules\[0\].port: port 70000 is out of range",
+        ),
+        (
+            "firewall:\n  rules:\n    - action: deny\n      protocol: smtp\n",
+            r"lab.yaml:4: firewall.rules\[0\].protocol: 'smtp' is not one of",
+        ),
+        (
+            "firewall:\n  rules:\n    - {action: deny, source: 10.1.2.3/33}\n",
+            r"lab.yaml:3: firewall.rules\[0\].source: '10.1.2.3/33' is not an IP address or CIDR",
+        ),
+        (
+            "firewall:\n  rules:\n    - {action: deny, port: 22}\n",
+            r"lab.yaml:3: firewall.rules\[0\].port: ports need protocol tcp or udp",
+        ),
+        ("firewall:\n  default: maybe\n", r"lab.yaml:2: firewall.default: 'maybe' is not one of"),
+        (
+            "firewall:\n  rules:\n    - {action: rate_limit, protocol: udp}\n",
+            r"lab.yaml:3: firewall.rules\[0\].action: action rate_limit and a rate_limit block",
+        ),
+    ],
+)
+def test_errors_name_file_line_and_field(tmp_path, text, where):
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(text)
+    core = Core()
+    core.add_app(Firewall)
+    with pytest.raises(ConfigError) as info:
+        core.check_config(load_config(str(cfg)))
+    assert re.search(where, str(info.value)), str(info.value)
+
+
+def test_rules_file_errors_name_that_file(tmp_path):
+    (tmp_path / "rules.json").write_text('{"rules": [\n  {"action": "allow", "port": 80}\n]}\n')
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("firewall:\n  rules_file: rules.json\n")
+    core = Core()
+    core.add_app(Firewall)
+    with pytest.raises(ConfigError, match=r"rules.json:2: rules\[0\].port: ports need"):
+        core.check_config(load_config(str(cfg)))
+    (tmp_path / "rules.json").write_text('{"rules": [\n  {"action": "allow",}\n]}\n')
+    with pytest.raises(ConfigError, match=r"rules.json:2: JSON syntax error"):
+        core.check_config(load_config(str(cfg)))
+
+
+def test_schedule_opens_and_closes_on_time(tmp_path):
+    friday = 1795737600.0  # 2026-11-27 00:00 UTC, a Friday
+    net, fw, _ = lab(
+        tmp_path,
+        """firewall:
+  default: deny
+  rules:
+    - action: allow
+      protocol: tcp
+      port: 5432
+      schedule: {days: [fri], start: "22:00", end: "02:00", timezone: UTC}
+""",
+        now=friday + 21 * 3600 + 59 * 60,
+    )
+
+    def at(hh, mm, ss, day=0):
+        target = friday + day * 86400 + hh * 3600 + mm * 60 + ss
+        net.advance(target - 1 - net.now, step=target - 1 - net.now)  # one jump, then tick
+        net.advance(1.0)
+
+    assert not tcp(net, A, B, 5432)
+    at(22, 0, 1)
+    assert tcp(net, A, B, 5432)
+    at(1, 59, 0, day=1)  # Saturday, still inside Friday's window
+    assert tcp(net, A, B, 5432)
+    at(2, 0, 1, day=1)
+    assert not tcp(net, A, B, 5432)
+    at(22, 0, 1, day=1)  # Saturday evening: not a scheduled day
+    assert not tcp(net, A, B, 5432)
+
+
+def test_restart_inside_the_window_restores_the_rule(tmp_path):
+    inside = 1795737600.0 + 23 * 3600
+    net, _, _ = lab(
+        tmp_path,
+        """firewall:
+  default: deny
+  rules:
+    - {action: allow, protocol: tcp, port: 5432,
+       schedule: {days: [fri], start: "22:00", end: "02:00"}}
+""",
+        now=inside,
+    )
+    assert tcp(net, A, B, 5432)
+
+
+def test_rate_limit_becomes_a_meter_from_the_token_bucket(tmp_path):
+    net, _, _ = lab(
+        tmp_path,
+        """firewall:
+  rules:
+    - action: rate_limit
+      protocol: udp
+      port: 5001
+      rate_limit: {max_tokens: 100, tokens_per_fill: 1000, fill_interval: 1s}
+""",
+    )
+    meters = net.switches[201].meter_configs()
+    assert len(meters) == 1 and (meters[0].unit, meters[0].rate, meters[0].burst) == (
+        "pktps",
+        1000,
+        100,
+    )
+    assert udp(net, A, B, 5001)  # metered, not dropped, in the model
+
+
+def test_counters_per_rule_and_rate_limited_deny_logs(tmp_path, caplog):
+    net, fw, _ = lab(
+        tmp_path,
+        """firewall:
+  rules:
+    - {action: deny, protocol: tcp, port: 22}
+    - {action: allow, protocol: tcp, port: 80}
+""",
+    )
+    for _ in range(3):
+        tcp(net, A, B, 22)
+    tcp(net, A, B, 80)
+    with caplog.at_level("INFO", logger="osken_suite.firewall"):
+        net.advance(6.0)
+        for _ in range(2):
+            tcp(net, A, B, 22)
+        net.advance(6.0)
+    reg = net.core.metrics.registry
+    denied = reg.get_sample_value(
+        "osken_firewall_rule_packets",
+        {"rule": "1", "action": "deny", "description": "deny tcp port 22"},
+    )
+    allowed = reg.get_sample_value(
+        "osken_firewall_rule_packets",
+        {"rule": "2", "action": "allow", "description": "allow tcp port 80"},
+    )
+    assert (denied, allowed) == (5, 1)
+    logs = [r.message for r in caplog.records if "denied" in r.message]
+    assert logs == [
+        "firewall: rule 1 (deny tcp port 22) denied 3 packets (3 in all)",
+        "firewall: rule 1 (deny tcp port 22) denied 2 packets (5 in all)",
+    ]
