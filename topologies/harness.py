@@ -20,6 +20,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROBE = os.path.join(ROOT, "topologies", "probe.py")
 
 
 def free_port() -> int:
@@ -152,6 +153,7 @@ class Lab:
         self.topo = topo
         self.controller_port = controller_port
         self.net = None
+        self._servers: list = []
 
     def start(self) -> Lab:
         from mininet.log import setLogLevel
@@ -172,6 +174,10 @@ class Lab:
         return self
 
     def stop(self) -> None:
+        for proc in self._servers:  # what we started in the hosts, by pid
+            proc.kill()
+            proc.wait()
+        self._servers = []
         if self.net is not None:
             self.net.stop()
             self.net = None
@@ -218,6 +224,22 @@ class Lab:
         out = self.host(src).cmd(f"ping -c{count} -i{interval:g} -W1 {self.host(dst).IP()}")
         m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
         return (int(m.group(2)), int(m.group(1))) if m else (0, count)
+
+    def serve(self, host: str, *specs: str) -> None:
+        """Start TCP/UDP servers in a host (e.g. "tcp:80", "udp:53"); stopped with the lab."""
+        proc = self.host(host).popen(
+            ["/usr/bin/python3", PROBE, "serve", *specs], stdout=subprocess.PIPE, text=True
+        )
+        proc.stdout.readline()  # "serving ..." once every socket is bound
+        self._servers.append(proc)
+
+    def connects(self, src: str, dst: str, proto: str, port: int, timeout: float = 1.0) -> bool:
+        """Does a TCP connection open (or a UDP datagram come back) from src to dst:port?"""
+        out = self.host(src).cmd(
+            f"/usr/bin/python3 {PROBE} {proto} {self.host(dst).IP()} "
+            f"{port} --timeout {timeout}; echo rc=$?"
+        )
+        return "rc=0" in out
 
     def link(self, a: str, b: str, status: str) -> None:
         self.net.configLinkStatus(a, b, status)
