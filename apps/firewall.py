@@ -38,12 +38,13 @@ class Firewall(SuiteApp):
         self.compiler = Compiler(self.table)
         self.settings = FirewallSettings()
         self._checked: FirewallSettings | None = None
-        self.rules: list[tuple[Hashable, int]] = []  # (rule key, priority), in order
+        self.rules: list[tuple[Hashable, int, Rule]] = []  # (key, priority, rule), in order
         self.active: dict[Hashable, bool] = {}
         self.counts: dict[tuple[int, int], tuple[int, int]] = {}  # (dpid, prio) -> packets, bytes
         self._logged: dict[int, int] = {}  # prio -> denied packets already reported
         self._next_poll = 0.0
         self._switches: list[int] = []
+        self._placed: dict[Hashable, tuple] = {}  # rule key -> (priority, active, stateful, ...)
         registry = core.metrics.registry
         self.packets = Gauge(
             "osken_firewall_rule_packets",
@@ -65,15 +66,8 @@ class Firewall(SuiteApp):
 
     def configure(self, section, now: float) -> None:
         settings = self._checked if self._checked is not None else FirewallSettings()
-        old_owners = {k for k, _ in self.rules}
-        self.settings = settings
-        self.rules = self.compiler.renumber(settings.rules)
-        for key in old_owners - {k for k, _ in self.rules}:
-            self.desired.drop(("fw", "rule", key))
-            self.active.pop(key, None)
-        self.packets.clear()
-        self.bytes.clear()
-        self._install_all(now)
+        if not self._edit_in_place(settings, now):
+            self._replace(settings, now)
         LOG.info(
             "firewall: %d rules, default %s, %d blocked sources%s",
             len(self.rules),
@@ -82,6 +76,52 @@ class Firewall(SuiteApp):
             ", stateful" if settings.stateful else "",
         )
 
+    def _replace(self, settings: FirewallSettings, now: float) -> None:
+        old_owners = {k for k, _, _ in self.rules}
+        self.settings = settings
+        self.rules = self.compiler.renumber(settings.rules)
+        for key in old_owners - {k for k, _, _ in self.rules}:
+            self.desired.drop(("fw", "rule", key))
+            self.active.pop(key, None)
+        self.packets.clear()
+        self.bytes.clear()
+        self._install_all(now)
+
+    def _edit_in_place(self, settings: FirewallSettings, now: float) -> bool:
+        """Rules edited where they stand: each new rule takes its predecessor's priority.
+
+        Unchanged rules are the very objects of the last load (rules.parse_rules), so the
+        edited ones are found by identity, and the work is per edited rule, not per rule.
+        """
+        old = self.settings
+        if (len(settings.rules), settings.default, settings.blocked, settings.stateful) != (
+            len(old.rules),
+            old.default,
+            old.blocked,
+            old.stateful,
+        ) or not self.rules:
+            return False
+        edited = [
+            i for i, (a, b) in enumerate(zip(settings.rules, old.rules, strict=True)) if a is not b
+        ]
+        texts = {k[0] for k, _, _ in self.rules}
+        if len(edited) > 64 or any(settings.rules[i].text in texts for i in edited):
+            return False  # many edits, or a duplicate: the general path keeps order exact
+        self.settings = settings
+        switches = self.topology.switches()
+        for i in edited:
+            old_key, prio, _ = self.rules[i]
+            rule = settings.rules[i]
+            key = (rule.text, 1)
+            self.desired.drop(("fw", "rule", old_key))
+            self.active.pop(old_key, None)
+            self._placed.pop(old_key, None)
+            del self.compiler.priorities[old_key]
+            self.compiler.priorities[key] = prio
+            self.rules[i] = (key, prio, rule)
+            self._install_rule(key, prio, rule, now, switches)
+        return True
+
     # --- desired flows -------------------------------------------------------------------------
 
     def _install_all(self, now: float) -> None:
@@ -89,13 +129,19 @@ class Firewall(SuiteApp):
         self._switches = switches
         base = self.compiler.base_flows(self.settings)
         self.desired.put(("fw", "base"), {dpid: base for dpid in switches})
-        for key, prio in self.rules:
-            self._install_rule(key, prio, now, switches)
+        live = {k for k, _, _ in self.rules}
+        self._placed = {k: v for k, v in self._placed.items() if k in live}
+        for key, prio, rule in self.rules:
+            self._install_rule(key, prio, rule, now, switches)
 
-    def _install_rule(self, key, prio: int, now: float, switches: list[int]) -> None:
-        rule: Rule = key[0]
+    def _install_rule(self, key, prio: int, rule: Rule, now: float, switches: list[int]):
+        """Put one rule's flows and meter on every switch, unless they are there already."""
         active = rule.schedule is None or rule.schedule.active(now)
         self.active[key] = active
+        placed = (prio, active, self.settings.stateful, tuple(switches))
+        if self._placed.get(key) == placed:
+            return  # a reload that kept this rule as it was: nothing to compute or send
+        self._placed[key] = placed
         flows = self.compiler.rule_flows(rule, prio, self.settings.stateful) if active else []
         meters = self.compiler.rule_meter(rule, prio) if active else []
         self.desired.put(("fw", "rule", key), {dpid: flows for dpid in switches})
@@ -107,16 +153,16 @@ class Firewall(SuiteApp):
 
     def tick(self, now: float) -> None:
         switches = self.topology.switches()
-        for key, prio in self.rules:
-            schedule = key[0].schedule
+        for key, prio, rule in self.rules:
+            schedule = rule.schedule
             if schedule is not None and schedule.active(now) != self.active.get(key):
                 LOG.info(
                     "firewall: rule %s (%s) %s by its schedule",
-                    key[0].origin,
-                    key[0].describe(),
+                    rule.origin,
+                    rule.describe(),
                     "starts" if schedule.active(now) else "ends",
                 )
-                self._install_rule(key, prio, now, switches)
+                self._install_rule(key, prio, rule, now, switches)
         if now >= self._next_poll:
             self._next_poll = now + self.settings.stats_interval
             for dpid in switches:
@@ -128,7 +174,7 @@ class Firewall(SuiteApp):
     def on_flow_stats(self, dpid: int, stats: list, more: bool, now: float) -> None:
         per_prio: dict[int, tuple[int, int]] = {}
         for s in stats:
-            rule_id = s.flow.cookie & 0xFFFF
+            rule_id = s.cookie & 0xFFFF
             p, b = per_prio.get(rule_id, (0, 0))
             per_prio[rule_id] = (p + s.packets, b + s.bytes)
         for rule_id, counts in per_prio.items():
@@ -147,8 +193,8 @@ class Firewall(SuiteApp):
     def _publish(self) -> None:
         totals = self.totals()
         labelled = [
-            (str(i), key[0].action, key[0].describe(), prio)
-            for i, (key, prio) in enumerate(self.rules, start=1)
+            (str(i), rule.action, rule.describe(), prio)
+            for i, (_, prio, rule) in enumerate(self.rules, start=1)
         ]
         labelled.append(("blocked", "deny", "blocked_ips", BLOCKED_ID))
         for label, action, description, rule_id in labelled:

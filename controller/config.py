@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: much faster
 _LABELS = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
 
 SCHEMAS: dict[str, dict] = {
@@ -98,7 +99,7 @@ def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) 
             key = key_node.value
             if key in seen:
                 raise ConfigError(
-                    file, key_node.start_mark.line + 1, _dotted(path + (key,)), "duplicate key"
+                    file, key_node.start_mark.line + 1, dotted(path + (key,)), "duplicate key"
                 )
             seen.add(key)
             _line_map(value_node, path + (key,), lines, file)
@@ -108,7 +109,7 @@ def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) 
             _line_map(item, path + (i,), lines, file)
 
 
-def _dotted(path) -> str:
+def dotted(path) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -117,27 +118,47 @@ def _dotted(path) -> str:
 
 @dataclass
 class Document:
-    """A parsed YAML or JSON file that remembers the line of every key and item."""
+    """A parsed YAML or JSON file that can say which line any key or item is on.
+
+    Line numbers are only needed for error messages, so they are worked out on first use: a
+    ten-thousand-rule file is parsed by the C loader and never composed node by node unless
+    something in it is wrong.
+    """
 
     path: str | None = None
     data: Any = None
-    lines: dict[tuple, int] = field(default_factory=dict)
+    text: str | None = field(default=None, repr=False)
+    _lines: dict[tuple, int] | None = field(default=None, repr=False)
+
+    @property
+    def lines(self) -> dict[tuple, int]:
+        if self._lines is None:
+            self._lines = {}
+            if self.text:
+                node = yaml.compose(self.text, Loader=_LOADER)
+                if node is not None:
+                    _line_map(node, (), self._lines, self.path or "<config>")
+        return self._lines
 
     def error(self, where: tuple, message: str) -> ConfigError:
         """A ConfigError located at `where` (or the nearest enclosing key that has a line)."""
         probe = where
         while probe and probe not in self.lines:
             probe = probe[:-1]
-        return ConfigError(self.path or "<config>", self.lines.get(probe), _dotted(where), message)
+        return ConfigError(self.path or "<config>", self.lines.get(probe), dotted(where), message)
 
-    def validate(self, schema: dict) -> None:
-        """Check against a JSON Schema; the first error (outermost first) is raised, located."""
+    def validate(self, schema: dict, prefix: tuple = (), lines_from: Document | None = None):
+        """Check against a JSON Schema; the first error (outermost first) is raised, located.
+
+        `prefix` and `lines_from` check a part of a larger document and report it in place.
+        """
         errors = sorted(
             jsonschema.Draft202012Validator(schema).iter_errors(self.data),
             key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))),
         )
         if errors:
-            raise self.error(*_locate(errors[0]))
+            where, message = _locate(errors[0])
+            raise (lines_from or self).error(prefix + where, message)
 
 
 def load_document(path: str, json_only: bool = False) -> Document:
@@ -153,18 +174,16 @@ def load_document(path: str, json_only: bool = False) -> Document:
         except json.JSONDecodeError as exc:
             raise ConfigError(path, exc.lineno, "", f"JSON syntax error: {exc.msg}") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = json.loads(text) if json_only else yaml.load(text, Loader=_LOADER)
+        if not json_only:
+            _ = Document(path, data, text).lines  # YAML hides duplicate keys: look once
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(
             path, mark.line + 1 if mark else None, "", f"syntax error: {problem}"
         ) from None
-    doc = Document(path, data, {})
-    if node is not None:
-        _line_map(node, (), doc.lines, path)
-    return doc
+    return Document(path, data, text)
 
 
 def register_schema(section: str, schema: dict) -> None:
@@ -202,7 +221,7 @@ class Config(Document):
 def load_config(path: str) -> Config:
     """Read and check a config file; raise ConfigError naming the file, line and field."""
     doc = load_document(path)
-    cfg = Config(path, doc.data, doc.lines)
+    cfg = Config(path, doc.data, doc.text)
     if not isinstance(cfg.data, dict):
         raise cfg.error((), "the top level must be a mapping of sections")
     cfg.validate({"type": "object", "properties": SCHEMAS, "additionalProperties": False})

@@ -12,6 +12,7 @@ from Open vSwitch compares equal to the flow we asked for and a restart sends no
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
+from os_ken.ofproto.ofproto_parser import MsgBase
 
 # Messages are built against a stand-in datapath: os-ken only reads ofproto/parser from it when
 # serialising, so plain-Python code can produce real OpenFlow messages without a connection.
@@ -41,6 +43,7 @@ _IPV6_FIELDS = {"ipv6_src", "ipv6_dst", "ipv6_nd_target"}
 _INSTRUCTION_ORDER = {"meter": 0, "apply": 1, "clear": 2, "write": 3, "meta": 4, "goto": 5}
 
 
+@lru_cache(maxsize=65536)
 def _norm_scalar(name: str, value: Any) -> Any:
     if name in _MAC_FIELDS:
         return str(value).lower()
@@ -51,6 +54,7 @@ def _norm_scalar(name: str, value: Any) -> Any:
     return int(value)
 
 
+@lru_cache(maxsize=1024)
 def _is_full_mask(name: str, mask: Any) -> bool:
     if name in _MAC_FIELDS:
         return str(mask).lower() == "ff:ff:ff:ff:ff:ff"
@@ -252,16 +256,21 @@ def _oxm_generic(name: str, value) -> bytes:
 
 
 def oxm_bytes(name: str, value) -> bytes:
-    """One OXM TLV. MACs, which are new with every host, skip os-ken's slow text conversions."""
-    if name in _MAC_FIELDS:
+    """One OXM TLV. MACs and IPv4 addresses, new with every host and rule, skip os-ken's slow
+    text conversions; everything else is encoded by os-ken once per distinct value."""
+    if name in _MAC_FIELDS or name in _IPV4_FIELDS:
         n = _oxm_number(name)
+        raw = _mac_bytes if name in _MAC_FIELDS else socket.inet_aton
         if isinstance(value, tuple):
-            raw = bytes.fromhex(value[0].replace(":", "")) + bytes.fromhex(
-                value[1].replace(":", "")
-            )
-            return struct.pack("!I", (n << 9) | (1 << 8) | 12) + raw
-        return struct.pack("!I", (n << 9) | 6) + bytes.fromhex(value.replace(":", ""))
+            body = raw(value[0]) + raw(value[1])
+            return struct.pack("!I", (n << 9) | (1 << 8) | len(body)) + body
+        body = raw(value)
+        return struct.pack("!I", (n << 9) | len(body)) + body
     return _oxm_generic(name, value)
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
 
 
 class WireMatch(parser.OFPMatch):
@@ -272,7 +281,11 @@ class WireMatch(parser.OFPMatch):
     """
 
     def __init__(self, match: Match) -> None:
-        super().__init__(_ordered_fields=sorted(match, key=lambda kv: _oxm_number(kv[0])))
+        # OFPMatch.__init__ also builds old-API Flow/FlowWildcards objects this never uses.
+        self._fields2 = sorted(match, key=lambda kv: _oxm_number(kv[0]))
+        self.type = ofp.OFPMT_OXM
+        self.length = None
+        self.fields: list = []
 
     def serialize(self, buf, offset):
         body = b"".join(oxm_bytes(name, value) for name, value in self._fields2)
@@ -334,22 +347,21 @@ class WireFlowMod(parser.OFPFlowMod):
     """
 
     def __init__(self, f: Flow, command: int) -> None:
+        # OFPFlowMod.__init__ would build instruction objects that sending never reads.
+        MsgBase.__init__(self, OF13)
         deleting = command in (ofp.OFPFC_DELETE, ofp.OFPFC_DELETE_STRICT)
         self._canonical = () if deleting else f.instructions
-        super().__init__(
-            OF13,
-            cookie=f.cookie,
-            table_id=f.table,
-            command=command,
-            idle_timeout=f.idle_timeout,
-            hard_timeout=f.hard_timeout,
-            priority=f.priority,
-            out_port=ofp.OFPP_ANY if deleting else 0,
-            out_group=ofp.OFPG_ANY if deleting else 0,
-            flags=f.flags,
-            match=WireMatch(f.match),
-            instructions=[of_instruction(i) for i in self._canonical],
-        )
+        self.cookie, self.cookie_mask, self.table_id, self.command = f.cookie, 0, f.table, command
+        self.idle_timeout, self.hard_timeout = f.idle_timeout, f.hard_timeout
+        self.priority, self.buffer_id, self.flags = f.priority, ofp.OFP_NO_BUFFER, f.flags
+        self.out_port = ofp.OFPP_ANY if deleting else 0
+        self.out_group = ofp.OFPG_ANY if deleting else 0
+        self.match = WireMatch(f.match)
+
+    @property
+    def instructions(self) -> list:
+        """os-ken instruction objects, built only for readers (the fake switch, logs)."""
+        return [of_instruction(i) for i in self._canonical]
 
     def _serialize_body(self) -> None:
         head = struct.pack(

@@ -7,6 +7,7 @@ subclass naming its plain-Python `SuiteApp`; that is all os-ken sees of it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -74,6 +75,7 @@ class CoreApp(app_manager.OSKenApp):
             self.metrics.serve(RUNTIME.prometheus_port, RUNTIME.prometheus_host)
         self._send(self.core.configure(RUNTIME.config or Config(), time.time()))
         self._config_mtimes = self._watched()
+        gc.freeze()
         hub.spawn(self._ticker)
         return thread
 
@@ -124,6 +126,8 @@ class CoreApp(app_manager.OSKenApp):
         LOG.info("%s: reloading %s", why, path)
         self._send(self.core.reload(lambda: load_config(path), time.time()))
         self._config_mtimes = self._watched()
+        # What a config builds lives until the next one: keep the collector from rescanning it.
+        gc.freeze()
 
     @set_ev_cls(EventReload)
     def _on_reload(self, ev) -> None:
@@ -167,7 +171,7 @@ class CoreApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _on_flows(self, ev) -> None:
         msg = ev.msg
-        stats = [FlowStat(flow_from_stats(s), s.packet_count, s.byte_count) for s in msg.body]
+        stats = [FlowStat(None, s.packet_count, s.byte_count, raw=s) for s in msg.body]
         self._send(
             self.core.flows_reply(msg.datapath.id, msg.xid, stats, self._more(msg), time.time())
         )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.flows import OF13, Flow, FlowKey
+from controller.flows import OF13, Flow, FlowKey, flow_from_stats
 
 SYNC_PARTS = ("ports", "flows", "groups", "meters")
 
@@ -22,12 +21,24 @@ class PortInfo:
     live: bool
 
 
-class FlowStat(NamedTuple):
-    """One entry of a flow stats reply: the flow and its counters."""
+class FlowStat:
+    """One entry of a flow stats reply. Counters are read directly; the canonical flow is built
+    only when asked for (a table read needs it, a counter poll of 10,000 rules does not)."""
 
-    flow: Flow
-    packets: int = 0
-    bytes: int = 0
+    __slots__ = ("cookie", "packets", "bytes", "_raw", "_flow")
+
+    def __init__(
+        self, flow: Flow | None = None, packets: int = 0, nbytes: int = 0, raw=None
+    ) -> None:
+        self._flow, self._raw = flow, raw
+        self.cookie = flow.cookie if flow is not None else raw.cookie
+        self.packets, self.bytes = packets, nbytes
+
+    @property
+    def flow(self) -> Flow:
+        if self._flow is None:
+            self._flow = flow_from_stats(self._raw)
+        return self._flow
 
 
 @dataclass

@@ -14,7 +14,6 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.core import Core
-from controller.flows import flow_from_stats
 from controller.switch import FlowStat, PortInfo
 from tests.fakeswitch import FakeSwitch
 
@@ -127,7 +126,7 @@ class FakeNetwork:
             return [core.ports_reply(dpid, msg.xid, self.port_infos(dpid), False, now)]
         if isinstance(msg, parser.OFPFlowStatsRequest):
             stats = [
-                FlowStat(flow_from_stats(s), s.packet_count, s.byte_count)
+                FlowStat(None, s.packet_count, s.byte_count, raw=s)
                 for s in sw.flow_stats(msg.table_id, msg.cookie, msg.cookie_mask)
             ]
             return [core.flows_reply(dpid, msg.xid, stats, False, now)]

@@ -80,7 +80,11 @@ def _longest_decreasing(prios: Sequence[int]) -> set[int]:
 def assign_priorities(keys: Sequence[Hashable], old: dict[Hashable, int]) -> dict[Hashable, int]:
     """A priority per key, in order, reusing as many old priorities as the order allows."""
     known = [i for i, k in enumerate(keys) if k in old]
-    kept = {known[j] for j in _longest_decreasing([old[keys[i]] for i in known])}
+    prios = [old[keys[i]] for i in known]
+    if all(a > b for a, b in zip(prios, prios[1:], strict=False)):
+        kept = set(known)  # the usual edit: every surviving rule kept its order
+    else:
+        kept = {known[j] for j in _longest_decreasing(prios)}
     out: dict[Hashable, int] = {}
     upper, pending = RULE_TOP + SPACING, []
     for i, key in enumerate([*keys, None]):
@@ -107,13 +111,13 @@ def _renumber(keys: Sequence[Hashable]) -> dict[Hashable, int]:
     return {k: RULE_TOP - i * spacing for i, k in enumerate(keys)}
 
 
-def rule_keys(rules: Sequence[Rule]) -> list[tuple[Rule, int]]:
-    """Identity of each rule across reloads: its content, and which repeat of it this is."""
-    seen: dict[Rule, int] = {}
+def rule_keys(rules: Sequence[Rule]) -> list[tuple[str, int]]:
+    """Identity of each rule across reloads: its text, and which repeat of it this is."""
+    seen: dict[str, int] = {}
     out = []
     for r in rules:
-        seen[r] = seen.get(r, 0) + 1
-        out.append((r, seen[r]))
+        seen[r.text] = seen.get(r.text, 0) + 1
+        out.append((r.text, seen[r.text]))
     return out
 
 
@@ -124,10 +128,11 @@ class Compiler:
         self.table = table
         self.priorities: dict[Hashable, int] = {}
 
-    def renumber(self, rules: Sequence[Rule]) -> list[tuple[Hashable, int]]:
+    def renumber(self, rules: Sequence[Rule]) -> list[tuple[Hashable, int, Rule]]:
+        """(key, priority, rule) for each rule, in order, priorities kept where possible."""
         keys = rule_keys(rules)
         self.priorities = assign_priorities(keys, self.priorities)
-        return [(k, self.priorities[k]) for k in keys]
+        return [(k, self.priorities[k], r) for k, r in zip(keys, rules, strict=True)]
 
     def _ingress(self, family: int) -> dict:
         return {"eth_type": ETH_TYPES[family], "metadata": (0, FROM_FABRIC)}

@@ -9,10 +9,10 @@ one; a rule with no address applies to both families.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from apps.fw.schedule import DAYS, Schedule, check_timezone, parse_clock
-from controller.config import Config, Document, load_document, register_schema
+from controller.config import Config, Document, dotted, load_document, register_schema
 
 PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "any")
 ACTIONS = ("allow", "deny", "rate_limit")
@@ -64,7 +64,7 @@ FIREWALL_SCHEMA = {
     "properties": {
         "default": {"enum": ["allow", "deny"]},
         "rules_file": {"type": "string"},
-        "rules": {"type": "array", "items": _RULE},
+        "rules": {"type": "array"},  # each rule is checked by parse_rule
         "blocked_ips": {"type": "array", "items": {"type": "string"}},
         "stateful": {"type": "boolean"},
         "stats_interval": {"type": "number", "minimum": 0.5, "maximum": 3600},
@@ -74,7 +74,7 @@ RULES_FILE_SCHEMA = {
     "type": "object",
     "required": ["rules"],
     "additionalProperties": False,
-    "properties": {"rules": {"type": "array", "items": _RULE}},
+    "properties": {"rules": {"type": "array"}},
 }
 register_schema("firewall", FIREWALL_SCHEMA)
 
@@ -100,7 +100,8 @@ class Rule:
     schedule: Schedule | None = None
     rate_limit: RateLimit | None = None
     name: str = ""
-    origin: str = field(default="", compare=False)  # "file:line", for logs and metrics
+    origin: tuple = field(default=(), compare=False)  # (file, path in it), for logs
+    text: str = field(default="", compare=False)  # the spec as written: its identity
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -113,6 +114,10 @@ class Rule:
         if self.protocol == "icmpv6":
             return (6,)
         return (4, 6)
+
+    def located(self) -> str:
+        """Where the rule was written: 'lab.yaml firewall.rules[3]'."""
+        return f"{self.origin[0]} {dotted(self.origin[1])}" if self.origin else "?"
 
     def describe(self) -> str:
         parts = [self.name] if self.name else []
@@ -222,8 +227,56 @@ def _rate_limit(doc: Document, where: tuple, spec: dict) -> RateLimit:
     return RateLimit(unit, rate, spec.get("burst", 0))
 
 
+_PLAIN = {
+    "name": str,
+    "action": str,
+    "protocol": str,
+    "source": str,
+    "destination": str,
+    "port": (int, str),
+    "destination_port": (int, str),
+    "source_port": (int, str),
+    "icmp_type": int,
+}
+_PARSED: dict[str, Rule] = {}  # rule text -> parsed rule: reloads re-parse only what changed
+
+
+def _plainly_valid(spec: dict) -> bool:
+    """The schema's verdict for rules with only plain fields, without jsonschema's cost.
+
+    Anything it is not sure about (schedules, rate limits, odd types) goes to jsonschema,
+    which also words the error.
+    """
+    for key, value in spec.items():
+        kind = _PLAIN.get(key)
+        if kind is None or not isinstance(value, kind) or isinstance(value, bool):
+            return False
+    return (
+        spec.get("action") in ACTIONS
+        and spec.get("protocol", "any") in PROTOCOLS
+        and 0 <= spec.get("icmp_type", 0) <= 255
+    )
+
+
 def parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
     """One rule, checked; `where` is its path in `doc` for error messages."""
+    if not isinstance(spec, dict):
+        raise doc.error(where, "a rule must be a mapping of fields")
+    text = repr(spec)  # str/int/list/dict only, so repr is exact, and fast
+    origin = (doc.path, where)
+    known = _PARSED.get(text)
+    if known is not None:
+        return known if known.origin == origin else replace(known, origin=origin)
+    if not _plainly_valid(spec):
+        Document(doc.path, spec, None).validate(_RULE, prefix=where, lines_from=doc)
+    rule = replace(_parse_rule(doc, where, spec), origin=origin, text=text)
+    if len(_PARSED) > 200_000:
+        _PARSED.clear()
+    _PARSED[text] = rule
+    return rule
+
+
+def _parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
     action, protocol = spec["action"], spec.get("protocol", "any")
     source = _network(doc, where + ("source",), spec["source"]) if "source" in spec else None
     dest = None
@@ -253,7 +306,6 @@ def parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
     if (action == "rate_limit") != ("rate_limit" in spec):
         key = "rate_limit" if "rate_limit" in spec else "action"
         raise doc.error(where + (key,), "action rate_limit and a rate_limit block go together")
-    line = doc.lines.get(where)
     return Rule(
         action=action,
         protocol=protocol,
@@ -269,15 +321,31 @@ def parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
         if "rate_limit" in spec
         else None,
         name=spec.get("name", ""),
-        origin=f"{doc.path}:{line}" if line else str(doc.path),
     )
+
+
+_LAST: dict[tuple, tuple[list, list[Rule]]] = {}  # (file, path) -> last specs and their rules
+
+
+def parse_rules(doc: Document, where: tuple, specs: list) -> list[Rule]:
+    """Every rule of a list. A rule written exactly as last time, at the same place, is reused
+    as it was: a one-rule edit of a 10,000-rule file parses one rule."""
+    old_specs, old_rules = _LAST.get((doc.path, where), ([], []))
+    rules = [
+        old_rules[i]
+        if i < len(old_specs) and old_specs[i] == spec
+        else parse_rule(doc, where + (i,), spec)
+        for i, spec in enumerate(specs)
+    ]
+    _LAST[(doc.path, where)] = (specs, rules)
+    return rules
 
 
 def load_rules_file(path: str) -> list[Rule]:
     """The seed's rules.json format, unchanged: {"rules": [{action, protocol, port, source}]}."""
     doc = load_document(path, json_only=path.endswith(".json"))
     doc.validate(RULES_FILE_SCHEMA)
-    return [parse_rule(doc, ("rules", i), r) for i, r in enumerate(doc.data["rules"])]
+    return parse_rules(doc, ("rules",), doc.data["rules"])
 
 
 def parse_firewall(section: dict | None, config: Config) -> FirewallSettings:
@@ -288,8 +356,7 @@ def parse_firewall(section: dict | None, config: Config) -> FirewallSettings:
         path = config.resolve(section["rules_file"])
         config.depend(path)
         rules += load_rules_file(path)
-    where = ("firewall", "rules")
-    rules += [parse_rule(config, where + (i,), r) for i, r in enumerate(section.get("rules", []))]
+    rules += parse_rules(config, ("firewall", "rules"), section.get("rules", []))
     blocked = tuple(
         _network(config, ("firewall", "blocked_ips", i), text)
         for i, text in enumerate(section.get("blocked_ips", []))

@@ -370,3 +370,30 @@ def test_counters_per_rule_and_rate_limited_deny_logs(tmp_path, caplog):
         "firewall: rule 1 (deny tcp port 22) denied 3 packets (3 in all)",
         "firewall: rule 1 (deny tcp port 22) denied 2 packets (5 in all)",
     ]
+
+
+def test_reordering_rules_keeps_first_match_exact(tmp_path):
+    first = "    - {action: allow, protocol: tcp, port: 22}\n"
+    second = '    - {action: deny, protocol: tcp, port: "1-1000"}\n'
+    net, _, cfg = lab(tmp_path, "firewall:\n  rules:\n" + first + second)
+    assert tcp(net, A, B, 22) and not tcp(net, A, B, 23)
+    reload(net, cfg, "firewall:\n  rules:\n" + second + first)
+    assert not tcp(net, A, B, 22) and not tcp(net, A, B, 23)
+    reload(net, cfg, "firewall:\n  rules:\n" + first + second)
+    assert tcp(net, A, B, 22)
+
+
+def test_an_edit_that_repeats_another_rule_is_still_shadowed_correctly(tmp_path):
+    rules = [
+        "    - {action: deny, protocol: tcp, port: 22}\n",
+        "    - {action: allow, protocol: tcp, port: 80}\n",
+        "    - {action: allow, protocol: tcp, port: 22}\n",
+    ]
+    net, _, cfg = lab(tmp_path, "firewall:\n  rules:\n" + "".join(rules))
+    assert not tcp(net, A, B, 22)
+    rules[1] = rules[0]  # now rules 1 and 2 are the same deny
+    reload(net, cfg, "firewall:\n  rules:\n" + "".join(rules))
+    assert not tcp(net, A, B, 22) and tcp(net, A, B, 80)  # 80: no rule left, default allow
+    rules[0] = "    - {action: allow, protocol: tcp, port: 443}\n"
+    reload(net, cfg, "firewall:\n  rules:\n" + "".join(rules))
+    assert not tcp(net, A, B, 22) and tcp(net, A, B, 443)
