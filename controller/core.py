@@ -35,7 +35,14 @@ from controller.flows import (
 )
 from controller.metrics import Metrics
 from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
-from controller.reconcile import apply_plan, diff_flows, diff_numbered, messages, number_of
+from controller.reconcile import (
+    apply_plan,
+    bundled,
+    diff_flows,
+    diff_numbered,
+    messages,
+    number_of,
+)
 from controller.switch import (
     SYNC_PARTS,
     FlowStat,
@@ -77,6 +84,7 @@ class Core:
         self._topology_version = self.topology.version
         self._last_connect = float("-inf")
         self._xid = FIRST_XID
+        self._atomic = False  # set while a config is applied: changes go in bundles
         self._stats_waiters: dict[int, SuiteApp] = {}
 
     @property
@@ -112,7 +120,10 @@ class Core:
             raise config.error(("discovery", "lldp_interval"), "must be longer than probation")
 
     def configure(self, config: Config, now: float) -> Outbox:
-        """Check the whole config, then apply it; on error the running config stays in force."""
+        """Check the whole config, then apply it; on error the running config stays in force.
+
+        The resulting changes go to each switch atomically: in a bundle where it takes them.
+        """
         self.check_config(config)
         self.config = config
         section = config.section("discovery") or {}
@@ -121,7 +132,11 @@ class Core:
         for app in self.apps:
             if app.config_section:
                 app.configure(config.section(app.config_section), now)
-        return self._finish(now)
+        self._atomic = True
+        try:
+            return self._finish(now)
+        finally:
+            self._atomic = False
 
     def reload(self, config_loader, now: float) -> Outbox:
         """SIGHUP or a changed file: load, check everything, apply atomically or not at all."""
@@ -291,9 +306,20 @@ class Core:
         LOG.info("switch %016x reconciled (%s): %s", dpid, why, plan.summary())
 
     def _send_plan(self, conn: SwitchConn, plan) -> None:
-        if plan:
-            self._out[conn.dpid].extend(messages(plan))
-            apply_plan(conn.flows, conn.numbered, plan)
+        if not plan:
+            return
+        if self._atomic and conn.bundles:
+            msgs = bundled(plan, self._new_xid())
+            if len(conn.bundle_xids) > 100_000:
+                conn.bundle_xids.clear()  # errors come back within moments, not bundles later
+            for msg in msgs:  # numbered by us, so an error about the bundle can be told apart
+                if isinstance(msg, (parser.ONFBundleCtrlMsg, parser.ONFBundleAddMsg)):
+                    msg.set_xid(self._new_xid())
+                    conn.bundle_xids.add(msg.xid)
+        else:
+            msgs = messages(plan)
+        self._out[conn.dpid].extend(msgs)
+        apply_plan(conn.flows, conn.numbered, plan)
 
     # --- events from switches ------------------------------------------------------------------
 
@@ -347,13 +373,22 @@ class Core:
             app.on_flow_removed(dpid, removed, reason, now)
         return self._finish(now)
 
-    def error(self, dpid: int, err_type: int, code: int, now: float) -> Outbox:
+    def error(self, dpid: int, err_type: int, code: int, now: float, xid: int = 0) -> Outbox:
         """A switch refused something: count it, log it, and re-read its tables to repair."""
         self.metrics.errors.labels(f"{dpid:016x}", str(err_type), str(code)).inc()
+        conn = self.conns.get(dpid)
+        if conn is not None and conn.bundles and xid in conn.bundle_xids:
+            conn.bundles = False
+            LOG.warning(
+                "switch %016x refused a bundle (error type=%d code=%d): changes to it "
+                "go as ordered updates from now on",
+                dpid,
+                err_type,
+                code,
+            )
         LOG.error(
             "switch %016x sent error type=%d code=%d; will re-read its tables", dpid, err_type, code
         )
-        conn = self.conns.get(dpid)
         if conn is not None and conn.resync_at is None:
             conn.resync_at = now + RESYNC_DELAY
         return {}

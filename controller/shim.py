@@ -223,7 +223,7 @@ class CoreApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
     def _on_error(self, ev) -> None:
         msg = ev.msg
-        self._send(self.core.error(msg.datapath.id, msg.type, msg.code, time.time()))
+        self._send(self.core.error(msg.datapath.id, msg.type, msg.code, time.time(), msg.xid))
 
 
 class SuiteOSKenApp(app_manager.OSKenApp):

@@ -55,6 +55,8 @@ class SwitchConn:
         default_factory=lambda: {"group": {}, "meter": {}}
     )
     sync_xids: dict[int, str] = field(default_factory=dict)  # xid -> part being read
+    bundles: bool = True  # until the switch refuses one
+    bundle_xids: set[int] = field(default_factory=set)
     synced_at: float = 0.0
     resync_at: float | None = None
     packet_ins: object = None  # this switch's packet-in counter (looked up once, used per packet)

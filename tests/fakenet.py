@@ -119,6 +119,9 @@ class FakeNetwork:
             for msg in msgs:
                 for reply in self._answer(dpid, msg):
                     work.extend(reply.items())
+            for xid, err_type, code in sw.errors:
+                work.extend(self.core.error(dpid, err_type, code, self.now, xid).items())
+            sw.errors.clear()
 
     def _answer(self, dpid: int, msg) -> list[dict]:
         sw, core, now = self.switches[dpid], self.core, self.now

@@ -18,6 +18,7 @@ fast-failover groups take the first bucket whose watched port is live.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import zlib
 from dataclasses import dataclass, field
@@ -176,6 +177,10 @@ class FakeSwitch:
         self.meters: dict[int, Meter] = {}
         self.received: list = []
         self.connections: set[tuple] = set()  # (zone, 5-tuple) committed by ct
+        self.takes_bundles = True
+        self._bundle: list | None = None
+        self.commits = 0
+        self.errors: list[tuple[int, int, int]] = []  # (xid, type, code) not yet reported
         self.packet_outs: list = []
 
     # --- messages in ---------------------------------------------------------------------------
@@ -185,8 +190,34 @@ class FakeSwitch:
             self.received.append(msg)
             self._apply_one(msg)
 
+    def _bundle_msg(self, msg) -> None:
+        """OpenFlow 1.3 bundles: collect, then apply all at once, or nothing if any fails."""
+        if not self.takes_bundles:
+            self.errors.append((msg.xid, ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_EXPERIMENTER))
+            return
+        if isinstance(msg, parser.ONFBundleAddMsg):
+            if self._bundle is None:
+                raise FakeSwitchError("bundle add without an open bundle")
+            self._bundle.append(msg.message)
+        elif msg.type == ofp.ONF_BCT_OPEN_REQUEST:
+            self._bundle = []
+        elif msg.type == ofp.ONF_BCT_COMMIT_REQUEST:
+            saved = (copy.deepcopy(self.tables), dict(self.groups), dict(self.meters))
+            pending, self._bundle = self._bundle or [], None
+            try:
+                for inner in pending:
+                    self._apply_one(inner)
+            except FakeSwitchError:
+                self.tables, self.groups, self.meters = saved
+                raise
+            self.commits += 1
+        else:
+            self._bundle = None
+
     def _apply_one(self, msg) -> None:
-        if isinstance(msg, parser.OFPFlowMod):
+        if isinstance(msg, (parser.ONFBundleCtrlMsg, parser.ONFBundleAddMsg)):
+            self._bundle_msg(msg)
+        elif isinstance(msg, parser.OFPFlowMod):
             self._flow_mod(msg)
         elif isinstance(msg, parser.OFPGroupMod):
             self._group_mod(msg)

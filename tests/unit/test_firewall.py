@@ -202,10 +202,33 @@ def test_one_rule_edit_sends_only_that_rules_flows(tmp_path):
     before = {d: len(sw.received) for d, sw in net.switches.items()}
     reload(net, cfg, text.replace("port: 120}", "port: 9120}"))
     for dpid, sw in net.switches.items():
-        mods = [m for m in sw.received[before[dpid] :] if type(m).__name__ == "WireFlowMod"]
+        mods = flow_mods(sw.received[before[dpid] :])
         # the old rule's flows (IPv4 + IPv6) out, the new rule's in: nothing else
         assert len(mods) == 4, (dpid, mods)
+        assert sw.commits >= 1  # a reload goes in one atomic bundle
     assert not tcp(net, A, B, 9120) and tcp(net, A, B, 120)
+
+
+def flow_mods(msgs):
+    """Flow-mods sent, whether on their own or inside a bundle."""
+    inner = [getattr(m, "message", m) for m in msgs]
+    return [m for m in inner if type(m).__name__ == "WireFlowMod"]
+
+
+def test_a_switch_without_bundles_gets_ordered_updates(tmp_path, caplog):
+    net, _, cfg = lab(tmp_path, "firewall:\n  rules: [{action: deny, protocol: tcp, port: 22}]\n")
+    for sw in net.switches.values():
+        sw.takes_bundles = False
+    with caplog.at_level("WARNING", logger="osken_suite.core"):
+        reload(net, cfg, "firewall:\n  rules: [{action: deny, protocol: tcp, port: 23}]\n")
+    assert any("refused a bundle" in r.message for r in caplog.records)
+    net.advance(2.0)  # the refused switches are re-read and repaired, in order this time
+    assert tcp(net, A, B, 22) and not tcp(net, A, B, 23)
+    before = {d: len(sw.received) for d, sw in net.switches.items()}
+    reload(net, cfg, "firewall:\n  rules: [{action: deny, protocol: tcp, port: 24}]\n")
+    assert tcp(net, A, B, 23) and not tcp(net, A, B, 24)
+    sent = [m for d, sw in net.switches.items() for m in sw.received[before[d] :]]
+    assert not [m for m in sent if "Bundle" in type(m).__name__]
 
 
 def test_invalid_reload_changes_nothing(tmp_path):
