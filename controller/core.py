@@ -102,7 +102,7 @@ class Core:
         LOG.debug("app %s loaded", app.name)
         return app
 
-    def check_config(self, config: Config) -> None:
+    def check_config(self, config: Config, warn: bool = True) -> None:
         """Every app checks its section before anything changes (raises ConfigError)."""
         self._check_discovery(config)
         for app in self.apps:
@@ -110,7 +110,7 @@ class Core:
                 app.check_config(config.section(app.config_section), config)
         used = {a.config_section for a in self.apps} | {"discovery", "namespaces", "endpoints"}
         for section in config.data:
-            if section not in used:
+            if warn and section not in used:
                 LOG.warning("%s: section %r is not used by any loaded app", config.path, section)
 
     @staticmethod

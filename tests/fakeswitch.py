@@ -160,6 +160,14 @@ class LookupResult:
         return [p for p, _ in self.outputs]
 
 
+def _check_add_or_modify(kind: str, number: int, exists: bool, adding: bool) -> None:
+    """Adding what exists, or modifying what does not, is an error for groups and meters."""
+    if adding and exists:
+        raise FakeSwitchError(f"{kind} {number} already exists")
+    if not adding and not exists:
+        raise FakeSwitchError(f"{kind} {number} does not exist")
+
+
 class FakeSwitch:
     def __init__(
         self,
@@ -355,11 +363,9 @@ class FakeSwitch:
                     for table in self.tables:
                         table[:] = [e for e in table if not self._uses(e.flow, ofp.OFPP_ANY, gid)]
             return
-        exists = msg.group_id in self.groups
-        if msg.command == ofp.OFPGC_ADD and exists:
-            raise FakeSwitchError(f"group {msg.group_id} already exists")
-        if msg.command == ofp.OFPGC_MODIFY and not exists:
-            raise FakeSwitchError(f"group {msg.group_id} does not exist")
+        _check_add_or_modify(
+            "group", msg.group_id, msg.group_id in self.groups, msg.command == ofp.OFPGC_ADD
+        )
         for bucket in msg.buckets:
             for action in bucket.actions:
                 self._check_action(action)
@@ -375,11 +381,9 @@ class FakeSwitch:
         if msg.command == ofp.OFPMC_DELETE:
             self.meters.pop(msg.meter_id, None)
             return
-        exists = msg.meter_id in self.meters
-        if msg.command == ofp.OFPMC_ADD and exists:
-            raise FakeSwitchError(f"meter {msg.meter_id} already exists")
-        if msg.command == ofp.OFPMC_MODIFY and not exists:
-            raise FakeSwitchError(f"meter {msg.meter_id} does not exist")
+        _check_add_or_modify(
+            "meter", msg.meter_id, msg.meter_id in self.meters, msg.command == ofp.OFPMC_ADD
+        )
         if len(msg.bands) != 1 or not msg.bands[0].rate:
             raise FakeSwitchError(f"meter {msg.meter_id} needs one band with a rate")
         self.meters[msg.meter_id] = meter_from_config(msg)

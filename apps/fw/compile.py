@@ -230,30 +230,15 @@ class Compiler:
             )
             for f in (4, 6)
         ]
-        flows.append(
-            flow(
-                self.table,
-                CT_INVALID,
-                {**ingress, "ct_state": (CT_TRK | CT_INV, CT_TRK | CT_INV)},
-                cookie=COOKIE,
+        for prio, state, verdict in (
+            (CT_INVALID, CT_INV, ()),  # drop
+            (CT_ESTABLISHED, CT_EST, (go_on,)),
+            (CT_RELATED, CT_REL, (go_on,)),
+        ):
+            bits = CT_TRK | state
+            flows.append(
+                flow(
+                    self.table, prio, {**ingress, "ct_state": (bits, bits)}, *verdict, cookie=COOKIE
+                )
             )
-        )
-        flows.append(
-            flow(
-                self.table,
-                CT_ESTABLISHED,
-                {**ingress, "ct_state": (CT_TRK | CT_EST, CT_TRK | CT_EST)},
-                go_on,
-                cookie=COOKIE,
-            )
-        )
-        flows.append(
-            flow(
-                self.table,
-                CT_RELATED,
-                {**ingress, "ct_state": (CT_TRK | CT_REL, CT_TRK | CT_REL)},
-                go_on,
-                cookie=COOKIE,
-            )
-        )
         return flows

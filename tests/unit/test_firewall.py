@@ -58,32 +58,26 @@ def reload(net, cfg, text):
     net.deliver(net.core.reload(lambda: load_config(str(cfg)), net.now))
 
 
-def tcp(net, src, dst, port, sport=40000):
+def _l4(net, src, dst, proto, port, sport):
+    fields = {f"{proto}_src": sport, f"{proto}_dst": port}
     got = net.send(
         src,
         dst,
         0x0800,
         ipv4_src=IP[src],
         ipv4_dst=IP[dst],
-        ip_proto=6,
-        tcp_src=sport,
-        tcp_dst=port,
+        ip_proto=6 if proto == "tcp" else 17,
+        **fields,
     )
     return got.hosts == [dst]
+
+
+def tcp(net, src, dst, port, sport=40000):
+    return _l4(net, src, dst, "tcp", port, sport)
 
 
 def udp(net, src, dst, port):
-    got = net.send(
-        src,
-        dst,
-        0x0800,
-        ipv4_src=IP[src],
-        ipv4_dst=IP[dst],
-        ip_proto=17,
-        udp_src=5000,
-        udp_dst=port,
-    )
-    return got.hosts == [dst]
+    return _l4(net, src, dst, "udp", port, 5000)
 
 
 def icmp(net, src, dst):
