@@ -66,10 +66,22 @@ SCHEMAS: dict[str, dict] = {
     "l2": {
         "type": "object",
         "additionalProperties": False,
+        "properties": {"mac_age": {"type": "integer", "minimum": 1, "maximum": 65535}},
+    },
+    "discovery": {
+        "type": "object",
+        "additionalProperties": False,
         "properties": {
-            "mac_age": {"type": "integer", "minimum": 1, "maximum": 65535},
             "probation": {"type": "number", "minimum": 0, "maximum": 60},
             "lldp_interval": {"type": "number", "minimum": 0.1, "maximum": 3600},
+        },
+    },
+    "controller": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "packet_in_rate": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+            "packet_in_burst": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
         },
     },
     # Sections whose apps arrive with later issues: the contract names them, their apps will

@@ -61,6 +61,7 @@ CORE_COOKIE = 0x01 << 56
 LLDP_PRIORITY = 65000
 FABRIC_PRIORITY = 150  # classify: a port to another switch: mark it, carry on
 RESYNC_DELAY = 1.0
+PACKET_IN_RATE, PACKET_IN_BURST = 1000, 200  # per switch, packets/s: a flood cannot drown us
 FIRST_XID = 0x8000_0000  # our requests' xids; os-ken numbers its own from 1
 
 
@@ -85,6 +86,7 @@ class Core:
         self._last_connect = float("-inf")
         self._xid = FIRST_XID
         self._atomic = False  # set while a config is applied: changes go in bundles
+        self.packet_in_limit = (PACKET_IN_RATE, PACKET_IN_BURST)
         self._stats_waiters: dict[int, SuiteApp] = {}
 
     @property
@@ -108,7 +110,12 @@ class Core:
         for app in self.apps:
             if app.config_section:
                 app.check_config(config.section(app.config_section), config)
-        used = {a.config_section for a in self.apps} | {"discovery", "namespaces", "endpoints"}
+        used = {a.config_section for a in self.apps} | {
+            "discovery",
+            "controller",
+            "namespaces",
+            "endpoints",
+        }
         for section in config.data:
             if warn and section not in used:
                 LOG.warning("%s: section %r is not used by any loaded app", config.path, section)
@@ -129,6 +136,12 @@ class Core:
         section = config.section("discovery") or {}
         self.discovery.probation = float(section.get("probation", self.discovery.probation))
         self.discovery.interval = float(section.get("lldp_interval", self.discovery.interval))
+        limits = config.section("controller") or {}
+        self.packet_in_limit = (
+            limits.get("packet_in_rate", PACKET_IN_RATE),
+            limits.get("packet_in_burst", PACKET_IN_BURST),
+        )
+        self._limit_packet_ins(self.topology.switches())
         for app in self.apps:
             if app.config_section:
                 app.configure(config.section(app.config_section), now)
@@ -256,6 +269,7 @@ class Core:
             if port.live:
                 self.discovery.port_up(dpid, port.port_no, now)
         self.desired.put(("core", "pipeline", dpid), {dpid: self._core_flows(dpid)})
+        self._limit_packet_ins([dpid])
         LOG.info(
             "switch %016x: %d ports, %d flows, %d groups, %d meters on the switch; settling",
             dpid,
@@ -272,6 +286,13 @@ class Core:
         plan = diff_flows(conn.flows, self.desired.flows[dpid], keys)
         self._send_plan(conn, plan)
         self._probe(conn, conn.ports.values())
+
+    def _limit_packet_ins(self, dpids: Iterable[int]) -> None:
+        """OpenFlow's controller meter caps packet-ins per switch; data traffic is untouched."""
+        rate, burst = self.packet_in_limit
+        meter = [Meter(ofp.OFPM_CONTROLLER, "pktps", rate, burst)] if rate else []
+        for dpid in dpids:
+            self.desired.put_meters(("core", "packet-in", dpid), {dpid: meter})
 
     def _core_flows(self, dpid: int) -> list[Flow]:
         trap = flow(

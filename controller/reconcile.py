@@ -69,7 +69,7 @@ def diff_flows(
     plan: Plan | None = None,
 ) -> Plan:
     """Compare the given keys (all keys of both when None) and record what must change."""
-    plan = plan or Plan()
+    plan = Plan() if plan is None else plan  # not "or": an empty Plan is falsy
     for have, want in _changed(installed, desired, keys):
         if want is None:
             plan.flow_deletes.append(have)
@@ -96,7 +96,7 @@ def diff_numbered(
     plan: Plan | None = None,
 ) -> Plan:
     """Groups or meters: MODIFY carries the whole object (a group's type too), so no replaces."""
-    plan = plan or Plan()
+    plan = Plan() if plan is None else plan  # not "or": an empty Plan is falsy
     for have, want in _changed(installed, desired, numbers):
         if want is None:
             plan.deletes[kind].append(have)

@@ -116,3 +116,26 @@ def test_openflow10_only_switch_is_refused_and_the_rest_keeps_working(controller
         assert sent and not lost
     finally:
         subprocess.run(["ovs-vsctl", "--if-exists", "del-br", bridge], check=False)
+
+
+def test_a_flood_of_new_source_macs_is_capped_at_the_switch(controller, lab, tmp_path):
+    import sys
+
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("controller: {packet_in_rate: 200, packet_in_burst: 20}\n")
+    ctl = controller(config=str(cfg))
+    net = lab(LinearTopo(2), ctl.port)
+    assert net.wait_connected(timeout=60) is not None
+    spray = ("from scapy.all import Ether, IP, UDP, RandMAC, sendp; "
+             "sendp([Ether(src=str(RandMAC()), dst='ff:ff:ff:ff:ff:ff')/IP()/UDP() "
+             "for _ in range(3000)], iface='h1-eth0', verbose=False)")
+    start = time.time()
+    net.host("h1").cmd(f"{sys.executable} -c \"{spray}\"")
+    seconds = time.time() - start
+    stats = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "meter-stats", "s1",
+                            "meter=controller"], capture_output=True, text=True).stdout
+    seen = int(re.search(r"packet_in_count:(\d+)", stats).group(1))
+    dropped = int(re.search(r"0: packet_count:(\d+)", stats).group(1))
+    assert dropped > 0, stats
+    assert seen - dropped <= 200 * (seconds + 1) + 20, (seen, dropped, seconds)
+    assert net.pingall()[0] == 0  # the network kept working through it

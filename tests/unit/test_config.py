@@ -56,3 +56,20 @@ def test_duplicate_keys_are_errors(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_discovery_and_controller_sections(tmp_path):
+    cfg = load_config(
+        write(
+            tmp_path,
+            "discovery: {probation: 0.5, lldp_interval: 2}\n"
+            "controller: {packet_in_rate: 500, packet_in_burst: 50}\n",
+        )
+    )
+    assert cfg.section("discovery")["probation"] == 0.5
+    assert "lab.yaml:1: discovery.probe: unknown key" in error_of(
+        tmp_path, "discovery: {probe: 1}\n"
+    )
+    assert "controller.packet_in_rate: -1 is less than the minimum of 0" in error_of(
+        tmp_path, "controller: {packet_in_rate: -1}\n"
+    )

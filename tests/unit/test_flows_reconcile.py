@@ -262,3 +262,13 @@ def test_wire_flow_mod_serialises_exactly_like_os_ken():
             m.set_xid(42)
             m.serialize()
         assert bytes(ours.buf) == bytes(theirs.buf), f
+
+
+def test_a_change_to_meters_alone_is_sent():
+    """Regression: an empty flow plan passed in must collect the meter and group changes."""
+    from controller.flows import Meter
+
+    plan = diff_flows({}, {})
+    diff_numbered("meter", {1: Meter(1, "pktps", 10)}, {}, plan=plan)
+    diff_numbered("group", {}, {2: group(2, "all", [])}, plan=plan)
+    assert plan and len(plan.deletes["meter"]) == 1 and len(plan.adds["group"]) == 1

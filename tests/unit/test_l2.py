@@ -219,3 +219,18 @@ def test_metrics_report_switches_links_hosts_flows_and_packet_ins(net):
         "osken_of_messages_sent_total", {"dpid": leaf, "type": "WireFlowMod"}
     )
     assert sent == sum(type(m).__name__ == "WireFlowMod" for m in net.switches[201].received)
+
+
+def test_packet_ins_are_capped_by_the_controller_meter():
+    from os_ken.ofproto import ofproto_v1_3 as ofp
+
+    core = Core()
+    core.add_app(L2Learning)
+    core.configure(Config(data={"controller": {"packet_in_rate": 300, "packet_in_burst": 30}}), 0)
+    net = leaf_spine(core)
+    net.start()
+    for sw in net.switches.values():
+        meter = sw.meters[ofp.OFPM_CONTROLLER]
+        assert (meter.unit, meter.rate, meter.burst) == ("pktps", 300, 30)
+    net.deliver(core.configure(Config(data={"controller": {"packet_in_rate": 0}}), net.now))
+    assert all(ofp.OFPM_CONTROLLER not in sw.meters for sw in net.switches.values())
