@@ -126,16 +126,56 @@ def test_a_flood_of_new_source_macs_is_capped_at_the_switch(controller, lab, tmp
     ctl = controller(config=str(cfg))
     net = lab(LinearTopo(2), ctl.port)
     assert net.wait_connected(timeout=60) is not None
-    spray = ("from scapy.all import Ether, IP, UDP, RandMAC, sendp; "
-             "sendp([Ether(src=str(RandMAC()), dst='ff:ff:ff:ff:ff:ff')/IP()/UDP() "
-             "for _ in range(3000)], iface='h1-eth0', verbose=False)")
+    spray = (
+        "from scapy.all import Ether, IP, UDP, RandMAC, sendp; "
+        "sendp([Ether(src=str(RandMAC()), dst='ff:ff:ff:ff:ff:ff')/IP()/UDP() "
+        "for _ in range(3000)], iface='h1-eth0', verbose=False)"
+    )
     start = time.time()
-    net.host("h1").cmd(f"{sys.executable} -c \"{spray}\"")
+    net.host("h1").cmd(f'{sys.executable} -c "{spray}"')
     seconds = time.time() - start
-    stats = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "meter-stats", "s1",
-                            "meter=controller"], capture_output=True, text=True).stdout
+    stats = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "meter-stats", "s1", "meter=controller"],
+        capture_output=True,
+        text=True,
+    ).stdout
     seen = int(re.search(r"packet_in_count:(\d+)", stats).group(1))
     dropped = int(re.search(r"0: packet_count:(\d+)", stats).group(1))
     assert dropped > 0, stats
     assert seen - dropped <= 200 * (seconds + 1) + 20, (seen, dropped, seconds)
     assert net.pingall()[0] == 0  # the network kept working through it
+
+
+def test_a_host_that_moves_is_followed(controller, lab):
+    ctl = controller()
+    net = lab(LinearTopo(3), ctl.port)
+    assert net.wait_connected(timeout=60) is not None
+    h1, s1, s3 = net.host("h1"), net.net.get("s1"), net.net.get("s3")
+    ip, mac = h1.IP(), h1.MAC()
+    net.net.delLinkBetween(h1, s1)
+    link = net.net.addLink(h1, s3)
+    s3.attach(link.intf2)
+    h1.setIP(ip, 8, intf=link.intf1)
+    h1.setMAC(mac, intf=link.intf1)
+    h1.cmd(f"ethtool -K {link.intf1} tx off")
+    assert ctl.wait_log(r"port \d+ \(s3-eth\d+\) up", timeout=10)
+    deadline = time.time() + 20
+    while time.time() < deadline and net.ping("h1", "h2", count=1)[0] != 1:
+        pass
+    assert net.ping("h2", "h1", count=3, interval=0.1) == (3, 3), ctl.log()[-2000:]
+    # Learned at its new port (its old port went down, so it was forgotten there first).
+    assert [f for f in net.dump_flows("s3") if f"dl_src={mac}" in f]
+    assert not [f for f in net.dump_flows("s1") if f"dl_src={mac}" in f]
+
+
+def test_a_silent_host_ages_out_and_comes_back(controller, lab, tmp_path):
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("l2: {mac_age: 2}\n")
+    ctl = controller(config=str(cfg))
+    net = lab(LinearTopo(2), ctl.port)
+    assert net.wait_connected(timeout=60) is not None
+    mac = net.host("h2").MAC()
+    assert ctl.wait_log(rf"host {mac} aged out", timeout=15), ctl.log()[-2000:]
+    flows = net.dump_flows("s1")
+    assert not [f for f in flows if f"dl_dst={mac}" in f]
+    assert net.ping("h1", "h2", count=2) == (2, 2)
