@@ -158,7 +158,7 @@ class Firewall(SuiteApp):
             if schedule is not None and schedule.active(now) != self.active.get(key):
                 LOG.info(
                     "firewall: rule %s (%s) %s by its schedule",
-                    rule.origin,
+                    rule.located(),
                     rule.describe(),
                     "starts" if schedule.active(now) else "ends",
                 )

@@ -168,9 +168,7 @@ class Core:
 
     def switch_connected(self, dpid: int, now: float) -> Outbox:
         """A switch finished the handshake: read its ports and tables before touching them."""
-        conn = SwitchConn(
-            dpid, connected_at=now, packet_ins=self.metrics.packet_ins.labels(f"{dpid:016x}")
-        )
+        conn = SwitchConn(dpid, packet_ins=self.metrics.packet_ins.labels(f"{dpid:016x}"))
         self.conns[dpid] = conn
         self._last_connect = now
         LOG.info("switch %016x connected; reading its tables", dpid)

@@ -121,9 +121,6 @@ class DesiredState:
 
     # --- queries -------------------------------------------------------------------------------
 
-    def owned(self, owner: Hashable) -> dict[int, dict[FlowKey, Flow]]:
-        return self._flows_by_owner.get(owner, {})
-
     def dirty_switches(self) -> set[int]:
         out = set(self.dirty_flows)
         for dirty in self.dirty_numbered.values():

@@ -140,9 +140,6 @@ class Flow:
         """What identifies an entry in a table: the same key means the same entry (OF1.3 6.4)."""
         return (self.table, self.priority, self.match)
 
-    def same_instructions(self, other: Flow) -> bool:
-        return self.instructions == other.instructions
-
     def match_dict(self) -> dict[str, Any]:
         return dict(self.match)
 

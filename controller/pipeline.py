@@ -41,9 +41,6 @@ class Pipeline:
                 return table_id
         raise KeyError(f"no pipeline stage named {name!r}")
 
-    def next_table(self, name: str) -> int:
-        return self.table(name) + 1
-
     @property
     def n_tables(self) -> int:
         return len(self.stages)

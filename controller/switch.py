@@ -46,7 +46,6 @@ class SwitchConn:
     """A connected switch: its phase, what it holds, and the requests we are waiting on."""
 
     dpid: int
-    connected_at: float
     phase: str = "syncing"  # syncing -> settling -> ready
     pending: set[str] = field(default_factory=lambda: set(SYNC_PARTS))
     ports: dict[int, PortInfo] = field(default_factory=dict)

@@ -66,17 +66,6 @@ class Topology:
         self.ports[dpid] = dict(ports)
         self.version += 1
 
-    def remove_switch(self, dpid: int) -> None:
-        for link in [lk for lk in self.links if dpid in (lk.a, lk.b)]:
-            self._drop_link(link)
-        self.ports.pop(dpid, None)
-        self.settled = {(d, p) for d, p in self.settled if d != dpid}
-        if self.graph.has_node(dpid):
-            self.graph.remove_node(dpid)
-        for mac in [h for h, loc in self.hosts().items() if loc[0] == dpid]:
-            self.remove_host(mac)
-        self.version += 1
-
     def set_port(self, dpid: int, port: int, live: bool) -> bool:
         """Record a port's liveness; a dead port takes its link down. True if anything changed."""
         ports = self.ports.setdefault(dpid, {})
@@ -111,9 +100,6 @@ class Topology:
                 p for p in self.live_ports(dpid) if (dpid, p) in self.settled and p not in isl
             }
         return self._edges[dpid]
-
-    def has_switch(self, dpid: int) -> bool:
-        return dpid in self.ports
 
     def switches(self) -> list[int]:
         return sorted(self.ports)

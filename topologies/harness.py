@@ -57,7 +57,6 @@ class Controller:
         self.log_path = log_path or tempfile.mktemp(prefix="osken-", suffix=".log")
         self.extra = extra or []
         self.proc: subprocess.Popen | None = None
-        self.started_at = 0.0
 
     def start(self) -> Controller:
         cmd = [
@@ -74,7 +73,6 @@ class Controller:
         if self.config:
             cmd += ["--config", self.config]
         log = open(self.log_path, "a")  # noqa: SIM115 (the child keeps it open)
-        self.started_at = time.time()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if not wait_listening(self.port, 20):
