@@ -414,3 +414,15 @@ def test_an_edit_that_repeats_another_rule_is_still_shadowed_correctly(tmp_path)
     rules[0] = "    - {action: allow, protocol: tcp, port: 443}\n"
     reload(net, cfg, "firewall:\n  rules:\n" + "".join(rules))
     assert not tcp(net, A, B, 22) and tcp(net, A, B, 443)
+
+
+def test_blocking_a_source_cuts_its_established_connections_too(tmp_path):
+    text = f"""firewall:
+  default: deny
+  stateful: true
+  rules: [{{action: allow, protocol: tcp, port: 80}}]
+"""
+    net, _, cfg = lab(tmp_path, text)
+    assert tcp(net, A, B, 80, sport=41000) and tcp(net, B, A, 41000, sport=80)
+    reload(net, cfg, text + f"  blocked_ips: [{IP[A]}]\n")
+    assert not tcp(net, A, B, 80, sport=41000)  # established, but its source is now blocked
