@@ -417,10 +417,10 @@ def test_an_edit_that_repeats_another_rule_is_still_shadowed_correctly(tmp_path)
 
 
 def test_blocking_a_source_cuts_its_established_connections_too(tmp_path):
-    text = f"""firewall:
+    text = """firewall:
   default: deny
   stateful: true
-  rules: [{{action: allow, protocol: tcp, port: 80}}]
+  rules: [{action: allow, protocol: tcp, port: 80}]
 """
     net, _, cfg = lab(tmp_path, text)
     assert tcp(net, A, B, 80, sport=41000) and tcp(net, B, A, 41000, sport=80)
