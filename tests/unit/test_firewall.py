@@ -423,6 +423,8 @@ def test_blocking_a_source_cuts_its_established_connections_too(tmp_path):
   rules: [{action: allow, protocol: tcp, port: 80}]
 """
     net, _, cfg = lab(tmp_path, text)
-    assert tcp(net, A, B, 80, sport=41000) and tcp(net, B, A, 41000, sport=80)
+    near = MACS[1]  # on A's switch: only that switch can stop it
+    net.converse(A, near)
+    assert tcp(net, A, near, 80, sport=41000) and tcp(net, near, A, 41000, sport=80)
     reload(net, cfg, text + f"  blocked_ips: [{IP[A]}]\n")
-    assert not tcp(net, A, B, 80, sport=41000)  # established, but its source is now blocked
+    assert not tcp(net, A, near, 80, sport=41000)  # established, but its source is now blocked
