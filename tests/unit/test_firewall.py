@@ -428,3 +428,33 @@ def test_blocking_a_source_cuts_its_established_connections_too(tmp_path):
     assert tcp(net, A, near, 80, sport=41000) and tcp(net, near, A, 41000, sport=80)
     reload(net, cfg, text + f"  blocked_ips: [{IP[A]}]\n")
     assert not tcp(net, A, near, 80, sport=41000)  # established, but its source is now blocked
+
+
+def test_offload_plan_takes_only_what_xdp_can_enforce_exactly():
+    import ipaddress
+
+    from apps.fw.rules import Rule
+    from ebpf.offload import plan
+
+    net = ipaddress.ip_network
+    rules = [
+        (10, Rule("allow", "tcp", net("10.0.0.5/32"), dst_ports=(22, 22))),
+        (9, Rule("deny", "tcp", net("10.0.0.0/8"), dst_ports=(22, 22))),  # allow above overlaps
+        (8, Rule("deny", "udp", dst_ports=(53, 53))),  # offloaded
+        (7, Rule("deny", "tcp", destination=net("10.9.0.0/16"))),  # has a destination
+        (6, Rule("deny", "tcp", net("192.168.0.0/16"), dst_ports=(1, 5000))),  # too wide
+        (5, Rule("deny", "any", net("172.16.0.0/12"))),  # a blocked prefix
+    ]
+    entries, decisions = plan(rules, (net("192.0.2.1/32"),), 0xFFFF, stateful=False)
+    reasons = {rule_id: reason for rule_id, _, reason in decisions}
+    assert reasons[8] is None and reasons[5] is None
+    assert "earlier allow" in reasons[9] and "destination" in reasons[7]
+    assert "range" in reasons[6]
+    assert {(e.table, e.rule) for e in entries} == {
+        ("blocked4", 0xFFFF),
+        ("ports4", 8),
+        ("ports6", 8),
+        ("blocked4", 5),
+    }
+    _, stateful = plan(rules, (), 0xFFFF, stateful=True)
+    assert all("stateful" in reason for _, _, reason in stateful)

@@ -1,0 +1,162 @@
+"""Which firewall deny rules the XDP program can enforce, as entries for its LPM tries.
+
+Pure Python: no bcc, no privilege, so it is unit-tested like the rest. A deny rule is offloaded
+only when dropping it early can never drop what OpenFlow would let through:
+
+- no earlier allow or rate_limit rule may match any packet it matches (first match wins in
+  OpenFlow, longest prefix in XDP: only rules with nothing above them agree);
+- the tries key on source, protocol and port, so destinations and source ports are out;
+- scheduled rules come and go, and stateful mode lets established traffic pass before any rule.
+
+>>> from apps.fw.rules import Rule
+>>> import ipaddress
+>>> r = Rule("deny", "tcp", ipaddress.ip_network("10.0.0.0/8"), dst_ports=(22, 22))
+>>> [(e.table, e.prefixlen, e.data.hex()) for e in rule_entries(r, 7)]
+[('ports4', 32, '0600160a000000')]
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from apps.fw.compile import port_masks
+from apps.fw.rules import IPNet, Rule
+
+PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+MAX_PORTS_PER_RULE = 256  # a range with a source prefix is expanded port by port up to this
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One trie entry: table name, prefix length in bits, the key's data bytes, the rule id."""
+
+    table: str
+    prefixlen: int
+    data: bytes
+    rule: int
+
+    @property
+    def key(self) -> tuple[str, int, bytes]:
+        return (self.table, self.prefixlen, self.data)
+
+
+def _source(rule_source: IPNet | None, family: int) -> tuple[int, bytes]:
+    if rule_source is None:
+        return 0, bytes(4 if family == 4 else 16)
+    return rule_source.prefixlen, rule_source.network_address.packed
+
+
+def blocked_entries(net: IPNet, rule: int) -> list[Entry]:
+    return [Entry(f"blocked{net.version}", net.prefixlen, net.network_address.packed, rule)]
+
+
+def rule_entries(rule: Rule, rule_id: int) -> list[Entry]:
+    """The trie entries that drop what `rule` denies (call only for offloadable rules)."""
+    out: list[Entry] = []
+    for family in rule.families:
+        src_len, src = _source(rule.source, family)
+        if rule.protocol == "any":
+            net = rule.source or ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")
+            out += blocked_entries(net, rule_id)
+            continue
+        proto = bytes([PROTO[rule.protocol]])
+        ports = rule.dst_ports
+        if rule.icmp_type is not None:
+            ports = (rule.icmp_type, rule.icmp_type)
+        if ports is None:
+            out.append(Entry(f"protos{family}", 8 + src_len, proto + src, rule_id))
+        elif src_len == 0:
+            for value, mask in port_masks(*ports):
+                bits = 16 - (0xFFFF ^ mask).bit_length()
+                out.append(
+                    Entry(
+                        f"ports{family}", 8 + bits, proto + value.to_bytes(2, "big") + src, rule_id
+                    )
+                )
+        else:
+            for port in range(ports[0], ports[1] + 1):
+                out.append(
+                    Entry(
+                        f"ports{family}",
+                        24 + src_len,
+                        proto + port.to_bytes(2, "big") + src,
+                        rule_id,
+                    )
+                )
+    return out
+
+
+def _ranges_meet(a: tuple[int, int] | None, b: tuple[int, int] | None) -> bool:
+    return a is None or b is None or (a[0] <= b[1] and b[0] <= a[1])
+
+
+def _nets_meet(a: IPNet | None, b: IPNet | None) -> bool:
+    return a is None or b is None or (a.version == b.version and a.overlaps(b))
+
+
+def may_overlap(a: Rule, b: Rule) -> bool:
+    """Could one packet match both rules? (Conservative: True when unsure.)"""
+    if not set(a.families) & set(b.families):
+        return False
+    if "any" not in (a.protocol, b.protocol) and a.protocol != b.protocol:
+        return False
+    if a.icmp_type is not None and b.icmp_type is not None and a.icmp_type != b.icmp_type:
+        return False
+    return (
+        _nets_meet(a.source, b.source)
+        and _nets_meet(a.destination, b.destination)
+        and _ranges_meet(a.dst_ports, b.dst_ports)
+        and _ranges_meet(a.src_ports, b.src_ports)
+    )
+
+
+def why_not(rule: Rule, earlier: list[Rule], stateful: bool) -> str | None:
+    """None if XDP can enforce this deny rule exactly; else the reason it cannot."""
+    if stateful:
+        return "stateful mode lets established connections through before any rule"
+    if rule.schedule is not None:
+        return "it has a schedule"
+    if rule.destination is not None:
+        return "it matches a destination (the fast path keys on sources)"
+    if rule.src_ports is not None:
+        return "it matches source ports"
+    if rule.protocol == "any" and rule.dst_ports is not None:
+        return "it matches ports without a protocol"
+    ports = rule.dst_ports
+    if (
+        ports
+        and rule.source is not None
+        and rule.source.prefixlen
+        and ports[1] - ports[0] + 1 > MAX_PORTS_PER_RULE
+    ):
+        return f"a range of over {MAX_PORTS_PER_RULE} ports with a source prefix"
+    for other in earlier:
+        if other.action != "deny" and may_overlap(other, rule):
+            return f"an earlier {other.action} rule ({other.describe()}) may match the same packets"
+    return None
+
+
+def plan(
+    rules: list[tuple[int, Rule]], blocked: tuple[IPNet, ...], blocked_id: int, stateful: bool
+) -> tuple[list[Entry], list[tuple[int, Rule, str | None]]]:
+    """Entries for the tries, and for every deny rule whether it was offloaded (None) or why not.
+
+    `rules` are (rule id, rule) in order. An entry whose key is already taken keeps the first
+    rule: both drop, and the first is the one OpenFlow would have counted.
+    """
+    entries: dict[tuple, Entry] = {}
+    decisions = []
+    for net in blocked:
+        for e in blocked_entries(net, blocked_id):
+            entries.setdefault(e.key, e)
+    seen: list[Rule] = []
+    for rule_id, rule in rules:
+        if rule.action == "deny":
+            reason = why_not(rule, seen, stateful)
+            decisions.append((rule_id, rule, reason))
+            if reason is None:
+                for e in rule_entries(rule, rule_id):
+                    entries.setdefault(e.key, e)
+        seen.append(rule)
+    return list(entries.values()), decisions

@@ -1,0 +1,111 @@
+"""Load ebpf/xdp_firewall.c with bcc, attach it to interfaces, keep its maps in step.
+
+One program object serves every interface it is attached to, so all of them share the maps:
+updating a rule is one map write, seen by every port at once, with no reload.
+
+    prog = XdpProgram()                 # compiles once (about half a second)
+    prog.attach("s1-eth1")              # native mode if the driver has it, else generic
+    prog.sync(entries)                  # entries from ebpf.offload.plan
+    prog.counters()                     # {rule id: (packets, bytes)}, summed over CPUs
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterable
+
+from ebpf.offload import Entry
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_firewall.c")
+XDP_FLAGS_SKB_MODE = 1 << 1  # generic: any device
+XDP_FLAGS_DRV_MODE = 1 << 2  # native: in the driver
+MODES = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
+_KEY_FIELD = {"blocked4": "addr", "blocked6": "addr"}  # the other tries call it "data"
+
+
+def unavailable() -> str | None:
+    """Why the fast path cannot run here, or None if it can (checked without compiling)."""
+    if os.geteuid() != 0:
+        return "it needs root (CAP_BPF and CAP_NET_ADMIN)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is not installed (Debian python3-bpfcc; scripts/setup.sh installs it)"
+    if not os.path.exists(f"/lib/modules/{os.uname().release}/build"):
+        return "no kernel headers for bcc (scripts/setup.sh links Debian's)"
+    return None
+
+
+class XdpProgram:
+    """The compiled program, where it is attached, and what its maps hold."""
+
+    def __init__(self, function: str = "xdp_firewall") -> None:
+        from bcc import BPF
+
+        self._bpf = BPF(src_file=SOURCE.encode(), cflags=["-w"])
+        self._fn = self._bpf.load_func(function.encode(), BPF.XDP)
+        self.attached: dict[str, int] = {}  # interface -> flags it was attached with
+        self.entries: dict[tuple, Entry] = {}
+
+    # --- interfaces ----------------------------------------------------------------------------
+
+    def attach(self, ifname: str, mode: str = "auto") -> str:
+        """Attach to an interface; returns the mode used ("native" or "generic")."""
+        if ifname in self.attached:
+            return "native" if self.attached[ifname] == XDP_FLAGS_DRV_MODE else "generic"
+        tries = ["native", "generic"] if mode == "auto" else [mode]
+        for i, name in enumerate(tries):
+            try:
+                self._bpf.attach_xdp(ifname.encode(), self._fn, MODES[name])
+            except Exception:  # bcc raises plain Exception; the last mode's error is the one
+                if i == len(tries) - 1:
+                    raise
+                continue
+            self.attached[ifname] = MODES[name]
+            return name
+        raise AssertionError("unreachable")
+
+    def detach(self, ifname: str) -> None:
+        flags = self.attached.pop(ifname, None)
+        if flags is not None and os.path.exists(f"/sys/class/net/{ifname}"):
+            self._bpf.remove_xdp(ifname.encode(), flags)
+
+    def detach_all(self) -> None:
+        for ifname in list(self.attached):
+            self.detach(ifname)
+
+    # --- maps ----------------------------------------------------------------------------------
+
+    def _key(self, entry: Entry):
+        table = self._bpf[entry.table.encode()]
+        key = table.Key()
+        key.prefixlen = entry.prefixlen
+        field = getattr(type(key), _KEY_FIELD.get(entry.table, "data"))
+        ctypes.memmove(ctypes.addressof(key) + field.offset, entry.data, len(entry.data))
+        return table, key
+
+    def sync(self, entries: Iterable[Entry]) -> tuple[int, int]:
+        """Make the tries hold exactly `entries`; returns (written, deleted)."""
+        want = {e.key: e for e in entries}
+        written = deleted = 0
+        for key in self.entries.keys() - want.keys():
+            table, k = self._key(self.entries.pop(key))
+            del table[k]
+            deleted += 1
+        for key, entry in want.items():
+            if self.entries.get(key) != entry:
+                table, k = self._key(entry)
+                table[k] = table.Leaf(entry.rule)
+                self.entries[key] = entry
+                written += 1
+        return written, deleted
+
+    def counters(self) -> dict[int, tuple[int, int]]:
+        """Packets and bytes dropped per rule id, summed over every CPU."""
+        table = self._bpf[b"counters"]
+        out = {}
+        for rule in {e.rule for e in self.entries.values()}:
+            per_cpu = table[ctypes.c_uint32(rule)]
+            out[rule] = (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
+        return out
