@@ -18,6 +18,7 @@ from collections.abc import Hashable
 from prometheus_client import Gauge
 
 from apps.fw.compile import BLOCKED_ID, COOKIE, Compiler
+from apps.fw.fastpath import FastPath
 from apps.fw.rules import FirewallSettings, Rule, parse_firewall
 from controller.app import SuiteApp
 from controller.shim import SuiteOSKenApp
@@ -43,12 +44,21 @@ class Firewall(SuiteApp):
         self.counts: dict[tuple[int, int], tuple[int, int]] = {}  # (dpid, prio) -> packets, bytes
         self._logged: dict[int, int] = {}  # prio -> denied packets already reported
         self._next_poll = 0.0
+        self.fastpath = FastPath()
+        self._rates_from: dict[int, int] = {}
+        self._rates_at = 0.0
         self._switches: list[int] = []
         self._placed: dict[Hashable, tuple] = {}  # rule key -> (priority, active, stateful, ...)
         registry = core.metrics.registry
         self.packets = Gauge(
             "osken_firewall_rule_packets",
             "Packets matched per firewall rule",
+            ["rule", "action", "description"],
+            registry=registry,
+        )
+        self.xdp_packets = Gauge(
+            "osken_firewall_rule_xdp_packets",
+            "Of those packets, the ones the XDP fast path dropped before the switch",
             ["rule", "action", "description"],
             registry=registry,
         )
@@ -68,6 +78,8 @@ class Firewall(SuiteApp):
         settings = self._checked if self._checked is not None else FirewallSettings()
         if not self._edit_in_place(settings, now):
             self._replace(settings, now)
+        self.fastpath.configure(settings.xdp)
+        self._update_fastpath()
         LOG.info(
             "firewall: %d rules, default %s, %d blocked sources%s",
             len(self.rules),
@@ -85,6 +97,7 @@ class Firewall(SuiteApp):
             self.active.pop(key, None)
         self.packets.clear()
         self.bytes.clear()
+        self.xdp_packets.clear()
         self._install_all(now)
 
     def _edit_in_place(self, settings: FirewallSettings, now: float) -> bool:
@@ -150,6 +163,45 @@ class Firewall(SuiteApp):
     def on_topology_change(self, now: float) -> None:
         if self._switches != self.topology.switches():
             self._install_all(now)
+        self._update_fastpath()  # edge ports come and go with the topology
+
+    # --- the XDP fast path ---------------------------------------------------------------------
+
+    def _edge_interfaces(self) -> set[str]:
+        """Names of the ports where traffic enters the network (host-facing switch ports)."""
+        names = set()
+        for dpid in self.topology.switches():
+            conn = self.core.conns.get(dpid)
+            for port in self.topology.edge_ports(dpid) if conn else ():
+                if port in conn.ports:
+                    names.add(conn.ports[port].name)
+        return names
+
+    def _update_fastpath(self) -> None:
+        rules = [(prio, rule) for _, prio, rule in self.rules]
+        self.fastpath.update(
+            rules,
+            self.settings.blocked,
+            BLOCKED_ID,
+            self.settings.stateful,
+            self._edge_interfaces(),
+        )
+
+    def _adapt(self, now: float) -> None:
+        """Adaptive offload, once per counter poll: rates from OpenFlow's counts since last."""
+        totals = {rule: packets for rule, (packets, _) in self.totals().items()}
+        seconds = now - self._rates_at if self._rates_at else 0.0
+        rates = (
+            {rule: (n - self._rates_from.get(rule, n)) / seconds for rule, n in totals.items()}
+            if seconds > 0
+            else {}
+        )
+        self._rates_from, self._rates_at = totals, now
+        if self.fastpath.adapt(rates, now):
+            self._update_fastpath()
+
+    def shutdown(self) -> None:
+        self.fastpath.close()
 
     def tick(self, now: float) -> None:
         switches = self.topology.switches()
@@ -165,6 +217,7 @@ class Firewall(SuiteApp):
                 self._install_rule(key, prio, rule, now, switches)
         if now >= self._next_poll:
             self._next_poll = now + self.settings.stats_interval
+            self._adapt(now)
             for dpid in switches:
                 if self.core.ready(dpid):
                     self.core.request_flow_stats(self, dpid, self.table, COOKIE, APP_MASK)
@@ -183,7 +236,7 @@ class Firewall(SuiteApp):
             self._publish()
 
     def totals(self) -> dict[int, tuple[int, int]]:
-        """Packets and bytes per rule id (its priority), summed over every switch."""
+        """Packets and bytes per rule id (its priority), summed over every switch (OpenFlow)."""
         out: dict[int, tuple[int, int]] = {}
         for (_, rule_id), (p, b) in self.counts.items():
             q, c = out.get(rule_id, (0, 0))
@@ -192,15 +245,19 @@ class Firewall(SuiteApp):
 
     def _publish(self) -> None:
         totals = self.totals()
+        xdp = self.fastpath.counters()
         labelled = [
             (str(i), rule.action, rule.describe(), prio)
             for i, (_, prio, rule) in enumerate(self.rules, start=1)
         ]
         labelled.append(("blocked", "deny", "blocked_ips", BLOCKED_ID))
         for label, action, description, rule_id in labelled:
+            fast_packets, fast_bytes = xdp.get(rule_id, (0, 0))
             packets, nbytes = totals.get(rule_id, (0, 0))
+            packets, nbytes = packets + fast_packets, nbytes + fast_bytes
             self.packets.labels(label, action, description).set(packets)
             self.bytes.labels(label, action, description).set(nbytes)
+            self.xdp_packets.labels(label, action, description).set(fast_packets)
             if action == "deny" and packets > self._logged.get(rule_id, 0):
                 LOG.info(
                     "firewall: rule %s (%s) denied %d packets (%d in all)",

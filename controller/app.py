@@ -65,5 +65,8 @@ class SuiteApp:
     def on_flow_stats(self, dpid: int, stats: list, more: bool, now: float) -> None:
         """Counters asked for with core.request_flow_stats (`more`: further parts follow)."""
 
+    def shutdown(self) -> None:
+        """The controller is stopping: undo what lives outside OpenFlow (e.g. XDP programs)."""
+
     def tick(self, now: float) -> None:
         """Called about every half second."""

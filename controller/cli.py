@@ -130,7 +130,11 @@ def check_port(host: str, port: int) -> None:
 
 def _install_signals() -> None:
     def stop(signum, _frame):
+        from controller.shim import CoreApp
+
         LOG.info("%s: stopping", signal.Signals(signum).name)
+        if CoreApp.instance is not None:
+            CoreApp.instance.core.shutdown()
         logging.shutdown()
         os._exit(0)
 

@@ -509,6 +509,13 @@ class Core:
                 counts[f.table] += 1
             m.set_flow_counts(dpid, counts, self.pipeline.n_tables)
 
+    def shutdown(self) -> None:
+        for app in self.apps:
+            try:
+                app.shutdown()
+            except Exception:  # stopping must not fail half-way because of one app
+                LOG.exception("app %s failed to shut down cleanly", app.name)
+
     # --- introspection, for tests and the report -----------------------------------------------
 
     def ready(self, dpid: int) -> bool:

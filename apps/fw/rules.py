@@ -68,6 +68,16 @@ FIREWALL_SCHEMA = {
         "blocked_ips": {"type": "array", "items": {"type": "string"}},
         "stateful": {"type": "boolean"},
         "stats_interval": {"type": "number", "minimum": 0.5, "maximum": 3600},
+        "xdp": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "mode": {"enum": ["auto", "native", "generic", "off"]},
+                "offload": {"enum": ["all", "adaptive"]},
+                "threshold_pps": {"type": "number", "minimum": 0},
+                "idle_seconds": {"type": "number", "minimum": 0},
+            },
+        },
     },
 }
 RULES_FILE_SCHEMA = {
@@ -137,12 +147,21 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class XdpSettings:
+    mode: str = "auto"  # auto (native if the driver has it, else generic), native, generic, off
+    offload: str = "all"  # or "adaptive"
+    threshold_pps: float = 1000.0
+    idle_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class FirewallSettings:
     default: str = "allow"
     rules: tuple[Rule, ...] = ()
     blocked: tuple[IPNet, ...] = ()
     stateful: bool = False
     stats_interval: float = 5.0
+    xdp: XdpSettings = XdpSettings()
 
 
 def parse_duration(value) -> float | None:
@@ -367,4 +386,5 @@ def parse_firewall(section: dict | None, config: Config) -> FirewallSettings:
         blocked=blocked,
         stateful=section.get("stateful", False),
         stats_interval=float(section.get("stats_interval", 5.0)),
+        xdp=XdpSettings(**section.get("xdp", {})),
     )

@@ -1,0 +1,136 @@
+"""The firewall's XDP fast path: which rules go to XDP, on which interfaces, with what counts.
+
+The OpenFlow rules stay in place as the backstop; XDP only drops earlier (and far cheaper) what
+OpenFlow would drop anyway. With `offload: all` every deny rule XDP can express is offloaded;
+with `offload: adaptive` a deny rule goes to XDP once its OpenFlow hit rate passes
+`threshold_pps`, and comes back when XDP has seen nothing of it for `idle_seconds` (a DDoS
+scrubber). Blocked sources are always offloaded.
+
+Without bcc, kernel headers or privilege the firewall runs in OpenFlow alone and this says so
+once, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from apps.fw.rules import XdpSettings
+from ebpf.offload import plan
+
+LOG = logging.getLogger("osken_suite.firewall.xdp")
+
+
+class FastPath:
+    def __init__(self) -> None:
+        self.settings = XdpSettings()
+        self.prog = None
+        self.off_reason: str | None = None
+        self._decisions: dict[int, str | None] = {}
+        self.hot: dict[int, float] = {}  # adaptive: rule id -> last time XDP dropped for it
+        self._last_seen: dict[int, int] = {}  # adaptive: rule id -> XDP packets at last look
+
+    def configure(self, settings: XdpSettings) -> None:
+        self.settings = settings
+        if settings.mode == "off":
+            self.close()
+            self._say_off("the config turns it off (firewall.xdp.mode: off)")
+
+    def _ready(self) -> bool:
+        if self.prog is not None:
+            return True
+        if self.settings.mode == "off" or self.off_reason is not None:
+            return False
+        from ebpf.xdp import XdpProgram, unavailable
+
+        problem = unavailable()
+        if problem is None:
+            try:
+                self.prog = XdpProgram()
+            except Exception as exc:  # a compile or load failure: say it, run without
+                problem = f"the program did not load: {exc}"
+        if problem:
+            self._say_off(problem)
+            return False
+        LOG.info("XDP fast path on (%s mode)", self.settings.mode)
+        return True
+
+    def _say_off(self, why: str) -> None:
+        if self.off_reason is None:
+            LOG.warning("XDP fast path off: %s; the firewall runs in OpenFlow alone", why)
+        self.off_reason = why
+
+    def update(self, rules, blocked, blocked_id: int, stateful: bool, interfaces: set[str]) -> None:
+        """Offload what can be, attach where traffic enters, log what changed and why."""
+        local = {i for i in interfaces if os.path.exists(f"/sys/class/net/{i}")}
+        if self.prog is None and not local:
+            return  # switches on other machines, or none yet: nothing here to attach to
+        if not self._ready():
+            return
+        entries, decisions = plan(rules, blocked, blocked_id, stateful)
+        if self.settings.offload == "adaptive":
+            entries = [e for e in entries if e.rule == blocked_id or e.rule in self.hot]
+        self._log_decisions(decisions)
+        written, deleted = self.prog.sync(entries)
+        if written or deleted:
+            LOG.info(
+                "XDP: %d trie entries written, %d deleted (%d in all)",
+                written,
+                deleted,
+                len(self.prog.entries),
+            )
+        for ifname in sorted(local - self.prog.attached.keys()):
+            try:
+                mode = self.prog.attach(ifname, self.settings.mode)
+            except Exception as exc:
+                LOG.warning("XDP: cannot attach to %s: %s", ifname, exc)
+                continue
+            LOG.info("XDP: attached to %s (%s mode)", ifname, mode)
+        for ifname in sorted(self.prog.attached.keys() - local):
+            self.prog.detach(ifname)
+            LOG.info("XDP: detached from %s", ifname)
+
+    def _log_decisions(self, decisions) -> None:
+        current = {}
+        for rule_id, rule, reason in decisions:
+            current[rule_id] = reason
+            if rule_id in self._decisions and self._decisions[rule_id] == reason:
+                continue
+            if reason is None:
+                LOG.info("XDP: offloading rule %s (%s)", rule.located(), rule.describe())
+            else:
+                LOG.info(
+                    "XDP: not offloading rule %s (%s): %s", rule.located(), rule.describe(), reason
+                )
+        self._decisions = current
+
+    def adapt(self, of_rates: dict[int, float], now: float) -> bool:
+        """Adaptive offload: hot deny rules in, idle ones out. True if the set changed."""
+        if self.settings.offload != "adaptive" or self.prog is None:
+            return False
+        before = set(self.hot)
+        xdp = self.counters()
+        for rule_id, rate in of_rates.items():
+            if rate >= self.settings.threshold_pps and self._decisions.get(rule_id, 1) is None:
+                self.hot.setdefault(rule_id, now)
+        for rule_id in list(self.hot):
+            packets = xdp.get(rule_id, (0, 0))[0]
+            if packets != self._last_seen.get(rule_id):
+                self.hot[rule_id] = now
+            elif now - self.hot[rule_id] > self.settings.idle_seconds:
+                del self.hot[rule_id]
+            self._last_seen[rule_id] = packets
+        for rule_id in set(self.hot) ^ before:
+            LOG.info(
+                "XDP: rule id %d %s",
+                rule_id,
+                "offloaded: over the threshold" if rule_id in self.hot else "withdrawn: idle",
+            )
+        return set(self.hot) != before
+
+    def counters(self) -> dict[int, tuple[int, int]]:
+        return self.prog.counters() if self.prog is not None else {}
+
+    def close(self) -> None:
+        if self.prog is not None:
+            self.prog.detach_all()
