@@ -1,0 +1,87 @@
+"""The firewall's XDP fast path logic, with a stand-in for the kernel program."""
+
+import ipaddress
+
+import pytest
+
+import ebpf.xdp
+from apps.fw.fastpath import FastPath
+from apps.fw.rules import Rule, XdpSettings
+
+
+class StandInProgram:
+    """Keeps entries and counts drops as the real program would, without a kernel."""
+
+    def __init__(self) -> None:
+        self.attached: dict[str, int] = {}
+        self.entries: dict = {}
+        self.drops: dict[int, int] = {}
+
+    def attach(self, ifname, mode):
+        self.attached[ifname] = 1
+        return "generic"
+
+    def detach(self, ifname):
+        self.attached.pop(ifname, None)
+
+    def detach_all(self):
+        self.attached.clear()
+
+    def sync(self, entries):
+        new = {e.key: e for e in entries}
+        changed = len(new.keys() ^ self.entries.keys())
+        self.entries = new
+        return changed, 0
+
+    def counters(self):
+        return {rule: (n, n * 64) for rule, n in self.drops.items()}
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    prog = StandInProgram()
+    monkeypatch.setattr(ebpf.xdp, "unavailable", lambda: None)
+    monkeypatch.setattr(ebpf.xdp, "XdpProgram", lambda: prog)
+    return prog
+
+
+RULES = [
+    (100, Rule("deny", "udp", dst_ports=(5001, 5001))),
+    (90, Rule("deny", "tcp", ipaddress.ip_network("10.0.0.0/8"), dst_ports=(22, 22))),
+]
+
+
+def test_off_is_said_once_with_the_reason(monkeypatch, caplog):
+    monkeypatch.setattr(ebpf.xdp, "unavailable", lambda: "it needs root")
+    fp = FastPath()
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            fp.update(RULES, (), 0xFFFF, False, {"lo"})
+    said = [r.message for r in caplog.records if "fast path off" in r.message]
+    assert said == ["XDP fast path off: it needs root; the firewall runs in OpenFlow alone"]
+    assert fp.counters() == {}
+
+
+def test_all_mode_offloads_every_expressible_rule(stand_in):
+    fp = FastPath()
+    fp.update(RULES, (ipaddress.ip_network("192.0.2.1/32"),), 0xFFFF, False, {"lo"})
+    assert {e.rule for e in stand_in.entries.values()} == {100, 90, 0xFFFF}
+    assert set(stand_in.attached) == {"lo"}
+    fp.update(RULES, (), 0xFFFF, False, set())
+    assert stand_in.attached == {}
+
+
+def test_adaptive_mode_offloads_hot_rules_and_withdraws_idle_ones(stand_in):
+    fp = FastPath()
+    fp.configure(XdpSettings(offload="adaptive", threshold_pps=100, idle_seconds=10))
+    fp.update(RULES, (ipaddress.ip_network("192.0.2.1/32"),), 0xFFFF, False, {"lo"})
+    assert {e.rule for e in stand_in.entries.values()} == {0xFFFF}  # blocked: always
+    assert fp.adapt({100: 500.0, 90: 5.0}, now=0.0)  # rule 100 is hot
+    fp.update(RULES, (), 0xFFFF, False, {"lo"})
+    assert {e.rule for e in stand_in.entries.values()} == {100}
+    stand_in.drops[100] = 1000
+    assert not fp.adapt({}, now=5.0)  # still dropping: stays
+    assert not fp.adapt({}, now=14.0)  # idle 9 s: stays
+    assert fp.adapt({}, now=16.0)  # idle over 10 s: withdrawn
+    fp.update(RULES, (), 0xFFFF, False, {"lo"})
+    assert stand_in.entries == {}
