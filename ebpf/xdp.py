@@ -22,6 +22,7 @@ XDP_FLAGS_SKB_MODE = 1 << 1  # generic: any device
 XDP_FLAGS_DRV_MODE = 1 << 2  # native: in the driver
 MODES = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
 _KEY_FIELD = {"blocked4": "addr", "blocked6": "addr"}  # the other tries call it "data"
+TABLES = ("blocked4", "blocked6", "ports4", "ports6", "protos4", "protos6")
 
 
 def unavailable() -> str | None:
@@ -40,10 +41,11 @@ def unavailable() -> str | None:
 class XdpProgram:
     """The compiled program, where it is attached, and what its maps hold."""
 
-    def __init__(self, function: str = "xdp_firewall") -> None:
+    def __init__(self, function: str = "xdp_firewall", pin_dir: str | None = None) -> None:
         from bcc import BPF
 
-        self._bpf = BPF(src_file=SOURCE.encode(), cflags=["-w"])
+        cflags = ["-w"] + ([f'-DPIN_DIR="{pin_dir}"'] if pin_dir else [])
+        self._bpf = BPF(src_file=SOURCE.encode(), cflags=cflags)
         self._fn = self._bpf.load_func(function.encode(), BPF.XDP)
         self.attached: dict[str, int] = {}  # interface -> flags it was attached with
         self.entries: dict[tuple, Entry] = {}
@@ -101,11 +103,40 @@ class XdpProgram:
                 written += 1
         return written, deleted
 
-    def counters(self) -> dict[int, tuple[int, int]]:
+    def put(self, entry: Entry) -> None:
+        """Write one entry, whatever this object knows of the maps (pinned maps, from a CLI)."""
+        table, k = self._key(entry)
+        table[k] = table.Leaf(entry.rule)
+        self.entries[entry.key] = entry
+
+    def remove(self, entry: Entry) -> bool:
+        table, k = self._key(entry)
+        self.entries.pop(entry.key, None)
+        try:
+            del table[k]
+        except KeyError:
+            return False
+        return True
+
+    def stored(self) -> list[Entry]:
+        """Every entry the tries hold (including ones written by another process)."""
+        out = []
+        for name in TABLES:
+            table = self._bpf[name.encode()]
+            field = _KEY_FIELD.get(name, "data")
+            for key, leaf in table.items():
+                size = getattr(type(key), field).size
+                data = ctypes.string_at(
+                    ctypes.addressof(key) + getattr(type(key), field).offset, size
+                )
+                out.append(Entry(name, key.prefixlen, data, leaf.value))
+        return out
+
+    def counters(self, rules: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
         """Packets and bytes dropped per rule id, summed over every CPU."""
         table = self._bpf[b"counters"]
         out = {}
-        for rule in {e.rule for e in self.entries.values()}:
+        for rule in set(rules) if rules is not None else {e.rule for e in self.entries.values()}:
             per_cpu = table[ctypes.c_uint32(rule)]
             out[rule] = (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
         return out

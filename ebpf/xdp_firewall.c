@@ -31,13 +31,22 @@ struct protos4_key { u32 prefixlen; u8 data[8]; };   // proto, source (4)
 struct protos6_key { u32 prefixlen; u8 data[20]; };  // proto, source (16)
 struct counter { u64 packets; u64 bytes; };
 
-BPF_LPM_TRIE(blocked4, struct blocked4_key, u32, MAX_ENTRIES);
-BPF_LPM_TRIE(blocked6, struct blocked6_key, u32, MAX_ENTRIES);
-BPF_LPM_TRIE(ports4, struct ports4_key, u32, MAX_ENTRIES);
-BPF_LPM_TRIE(ports6, struct ports6_key, u32, MAX_ENTRIES);
-BPF_LPM_TRIE(protos4, struct protos4_key, u32, MAX_ENTRIES);
-BPF_LPM_TRIE(protos6, struct protos6_key, u32, MAX_ENTRIES);
+// With PIN_DIR the maps live in bpffs, so a later process (scripts/xdp_fw.py) finds them again.
+#ifdef PIN_DIR
+#define TRIE(name, key) \
+    BPF_TABLE_PINNED("lpm_trie", key, u32, name, MAX_ENTRIES, PIN_DIR "/" #name, BPF_F_NO_PREALLOC)
+BPF_TABLE_PINNED("percpu_array", u32, struct counter, counters, MAX_ENTRIES, PIN_DIR "/counters");
+#else
+#define TRIE(name, key) BPF_LPM_TRIE(name, key, u32, MAX_ENTRIES)
 BPF_PERCPU_ARRAY(counters, struct counter, MAX_ENTRIES);
+#endif
+
+TRIE(blocked4, struct blocked4_key);
+TRIE(blocked6, struct blocked6_key);
+TRIE(ports4, struct ports4_key);
+TRIE(ports6, struct ports6_key);
+TRIE(protos4, struct protos4_key);
+TRIE(protos6, struct protos6_key);
 
 static __always_inline int drop(u32 rule, u64 len) {
     struct counter *c = counters.lookup(&rule);

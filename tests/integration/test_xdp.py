@@ -3,6 +3,7 @@ verdicts read from what reaches the other end; malformed frames included."""
 
 import ipaddress
 import os
+import re
 import socket
 import subprocess
 import time
@@ -105,6 +106,42 @@ def test_attach_and_detach_show_on_the_interface(veth):
         "xdp"
         not in subprocess.run(["ip", "link", "show", veth], capture_output=True, text=True).stdout
     )
+
+
+def test_lab_cli_attach_block_stats_detach(veth):
+    import sys
+
+    from topologies.harness import ROOT
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, f"{ROOT}/scripts/xdp_fw.py", *args],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    assert "generic mode" in cli("attach", veth, "--mode", "generic")
+    try:
+        cli("block", "10.1.0.0/16")
+        cli("deny", "udp", "53", "--rule", "9")
+        frames = [
+            tcp4("10.1.2.3", 80, 11),
+            eth(IP(src="10.2.0.1") / UDP(dport=53)),
+            tcp4("10.2.0.1", 80, 12),
+        ]
+        assert passed(frames) == [False, False, True]
+        stats = cli("stats")
+        assert re.search(r"rule +9 +ports4 .* +1 packets", stats), stats
+        cli("unblock", "10.1.0.0/16")
+        assert passed([tcp4("10.1.2.3", 80, 13)]) == [True]
+    finally:
+        cli("detach", veth)
+    assert (
+        "xdp"
+        not in subprocess.run(["ip", "link", "show", veth], capture_output=True, text=True).stdout
+    )
+    assert not os.path.exists("/sys/fs/bpf/osken-xdp")
 
 
 def test_blocked_prefix_and_port_rules_drop_and_count(prog):
