@@ -16,7 +16,7 @@ fi
 # --- Debian packages -------------------------------------------------------------------------
 PACKAGES=(
     mininet openvswitch-switch openvswitch-common ethtool iproute2 iputils-ping iperf3 telnet
-    tcpdump tzdata python3-venv python3-pip python3-bpfcc bpfcc-tools linux-headers-amd64
+    tcpdump tzdata netsniff-ng nftables python3-venv python3-pip python3-bpfcc bpfcc-tools linux-headers-amd64
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
