@@ -35,7 +35,15 @@ CONFIG = f"""firewall:
   rules:
     - {{name: udp-5201-limit, action: rate_limit, protocol: udp, port: 5201,
        rate_limit: {{pps: {RATE_PPS}, burst: 50}}}}
+    - {{name: udp-9-flood, action: deny, protocol: udp, port: 9}}
+  stats_interval: 2
+  xdp: {{mode: auto}}                # deny rules XDP can express are dropped before the switch
 """
+FLOOD = 20000
+FLOOD_CMD = (
+    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "[s.sendto(b'x' * 18, ('{ip}', 9)) for _ in range({n})]"
+)
 
 
 class Report:
@@ -158,6 +166,32 @@ def firewall(lab: Lab, report: Report, ctl: Controller, cfg: str, src: str, dst:
     )
 
 
+def xdp_flood(lab: Lab, report: Report, ctl: Controller, metrics_port: int, dst: str) -> None:
+    """A UDP flood at a denied port: dropped by XDP on the switch port, OpenFlow never sees it."""
+    rule = "5"  # udp-9-flood: the seed's 3 rules, the rate limit, then this one
+    before = metric_for(metrics_port, "osken_firewall_rule_xdp_packets", rule)
+    lab.host("h2").cmd(f'/usr/bin/python3 -c "{FLOOD_CMD.format(ip=lab.host(dst).IP(), n=FLOOD)}"')
+    time.sleep(4.5)  # two stats intervals
+    in_xdp = metric_for(metrics_port, "osken_firewall_rule_xdp_packets", rule) - before
+    total = metric_for(metrics_port, "osken_firewall_rule_packets", rule)
+    on = "XDP: attached" in ctl.log()
+    report.add(
+        "XDP fast path: UDP flood at a denied port",
+        on and in_xdp >= FLOOD * 0.99,
+        f"{FLOOD} sent, {in_xdp:.0f} dropped in XDP before the switch, "
+        f"{total - metric_for(metrics_port, 'osken_firewall_rule_xdp_packets', rule):.0f}"
+        f" reached OpenFlow"
+        if on
+        else "off (see the log for why)",
+    )
+
+
+def metric_for(port: int, name: str, rule: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    m = re.search(rf'^{name}\{{[^}}]*rule="{rule}"[^}}]*\}} ([\d.e+]+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def main() -> int:
     report = Report()
     topo = FatTreeTopo(4)
@@ -177,6 +211,7 @@ def main() -> int:
         tcp(lab, report, "h1", "h16")
         link_failure(lab, report, "h1", "h16")
         firewall(lab, report, ctl, cfg, "h1", "h16")
+        xdp_flood(lab, report, ctl, metrics_port, "h16")
         time.sleep(5.5)  # one stats interval: per-rule counters reach /metrics
         m = metrics(metrics_port)
         report.add(
