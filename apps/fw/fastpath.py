@@ -29,6 +29,7 @@ class FastPath:
         self._decisions: dict[int, str | None] = {}
         self.hot: dict[int, float] = {}  # adaptive: rule id -> last time XDP dropped for it
         self._last_seen: dict[int, int] = {}  # adaptive: rule id -> XDP packets at last look
+        self._ever: set[int] = set()  # every rule id offloaded: counters stay monotonic
 
     def configure(self, settings: XdpSettings) -> None:
         self.settings = settings
@@ -71,6 +72,7 @@ class FastPath:
         if self.settings.offload == "adaptive":
             entries = [e for e in entries if e.rule == blocked_id or e.rule in self.hot]
         self._log_decisions(decisions)
+        self._ever.update(e.rule for e in entries)
         written, deleted = self.prog.sync(entries)
         if written or deleted:
             LOG.info(
@@ -129,7 +131,8 @@ class FastPath:
         return set(self.hot) != before
 
     def counters(self) -> dict[int, tuple[int, int]]:
-        return self.prog.counters() if self.prog is not None else {}
+        """Drops per rule id, including rules since withdrawn (their slots keep counting)."""
+        return self.prog.counters(self._ever) if self.prog is not None else {}
 
     def close(self) -> None:
         if self.prog is not None:

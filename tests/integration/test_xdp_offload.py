@@ -61,3 +61,32 @@ def test_deny_rule_and_blocked_source_are_dropped_in_xdp(controller, lab, tmp_pa
 
     assert ctl.stop() == 0
     assert not xdp_on("s1-eth1") and not xdp_on("s2-eth1")  # detached on the way out
+
+
+def test_adaptive_offload_takes_a_hot_rule_and_gives_it_back(controller, lab, tmp_path):
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("""firewall:
+  stats_interval: 1
+  xdp: {offload: adaptive, threshold_pps: 20, idle_seconds: 3}
+  rules:
+    - {action: deny, protocol: udp, port: 5001}
+""")
+    metrics = free_port()
+    ctl = controller(
+        ["apps/firewall.py"], config=str(cfg), extra=["--prometheus-port", str(metrics)]
+    )
+    net = lab(LinearTopo(2), ctl.port)
+    deadline = time.time() + 30
+    while time.time() < deadline and net.ping("h1", "h2", count=1)[0] != 1:
+        pass
+    burst = f'/usr/bin/python3 -c "{BURST.format(ip=net.host("h2").IP())}"'
+    net.host("h1").cmd(burst)  # 300 packets: over 20 pps in OpenFlow, so the rule turns hot
+    assert ctl.wait_log(r"XDP: rule id \d+ offloaded: over the threshold", timeout=10)
+    time.sleep(1.5)
+    before = metric(metrics, "osken_firewall_rule_xdp_packets", "1")
+    net.host("h1").cmd(burst)
+    time.sleep(2.5)
+    assert metric(metrics, "osken_firewall_rule_xdp_packets", "1") - before >= 300
+    assert ctl.wait_log(r"XDP: rule id \d+ withdrawn: idle", timeout=15)
+    time.sleep(1.5)  # counters stay after the withdrawal
+    assert metric(metrics, "osken_firewall_rule_xdp_packets", "1") - before >= 300

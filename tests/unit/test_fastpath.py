@@ -33,8 +33,9 @@ class StandInProgram:
         self.entries = new
         return changed, 0
 
-    def counters(self):
-        return {rule: (n, n * 64) for rule, n in self.drops.items()}
+    def counters(self, rules=None):
+        rules = self.drops if rules is None else rules
+        return {rule: (self.drops.get(rule, 0), self.drops.get(rule, 0) * 64) for rule in rules}
 
 
 @pytest.fixture
@@ -85,3 +86,4 @@ def test_adaptive_mode_offloads_hot_rules_and_withdraws_idle_ones(stand_in):
     assert fp.adapt({}, now=16.0)  # idle over 10 s: withdrawn
     fp.update(RULES, (), 0xFFFF, False, {"lo"})
     assert stand_in.entries == {}
+    assert fp.counters()[100] == (1000, 64000)  # what it dropped still counts
