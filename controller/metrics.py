@@ -33,6 +33,7 @@ class Metrics:
         self.reconciles = Counter(
             "osken_reconciles", "Full table reconciliations with a switch", ["dpid"], registry=r
         )
+        self._sent: dict[tuple[int, type], object] = {}
         self.config_reloads = Counter(
             "osken_config_reloads", "Config reloads", ["result"], registry=r
         )
@@ -50,12 +51,17 @@ class Metrics:
         return True
 
     def count_sent(self, dpid: int, msgs: list) -> None:
-        counts: dict[str, int] = {}
+        """Count messages by type; runs once per event, so label lookups are cached."""
+        counts: dict[type, int] = {}
         for msg in msgs:
-            name = type(msg).__name__
-            counts[name] = counts.get(name, 0) + 1
-        for name, n in counts.items():
-            self.messages_sent.labels(f"{dpid:016x}", name).inc(n)
+            counts[type(msg)] = counts.get(type(msg), 0) + 1
+        for kind, n in counts.items():
+            child = self._sent.get((dpid, kind))
+            if child is None:
+                child = self._sent[(dpid, kind)] = self.messages_sent.labels(
+                    f"{dpid:016x}", kind.__name__
+                )
+            child.inc(n)
 
     def set_flow_counts(self, dpid: int, counts: dict[int, int], n_tables: int) -> None:
         for table in range(n_tables):
