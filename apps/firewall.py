@@ -215,6 +215,8 @@ class Firewall(SuiteApp):
                     "starts" if schedule.active(now) else "ends",
                 )
                 self._install_rule(key, prio, rule, now, switches)
+        if self.fastpath.loaded():
+            self._update_fastpath()  # the program finished loading: attach and fill it now
         if now >= self._next_poll:
             self._next_poll = now + self.settings.stats_interval
             self._adapt(now)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from apps.fw.rules import XdpSettings
 from ebpf.offload import plan
@@ -30,6 +31,8 @@ class FastPath:
         self.hot: dict[int, float] = {}  # adaptive: rule id -> last time XDP dropped for it
         self._last_seen: dict[int, int] = {}  # adaptive: rule id -> XDP packets at last look
         self._ever: set[int] = set()  # every rule id offloaded: counters stay monotonic
+        self._loader: threading.Thread | None = None
+        self._announced = False
 
     def configure(self, settings: XdpSettings) -> None:
         self.settings = settings
@@ -38,23 +41,43 @@ class FastPath:
             self._say_off("the config turns it off (firewall.xdp.mode: off)")
 
     def _ready(self) -> bool:
+        """True once the program is loaded. Loading (compiling, about half a second) runs in a
+        thread of its own, so the controller keeps serving switches meanwhile; `loaded()`
+        tells the caller when to come back."""
         if self.prog is not None:
             return True
         if self.settings.mode == "off" or self.off_reason is not None:
             return False
+        if self._loader is None:
+            self._loader = threading.Thread(target=self._load, name="xdp-load", daemon=True)
+            self._loader.start()
+        return False
+
+    def _load(self) -> None:
         from ebpf.xdp import XdpProgram, unavailable
 
         problem = unavailable()
         if problem is None:
             try:
-                self.prog = XdpProgram()
+                prog = XdpProgram()
             except Exception as exc:  # a compile or load failure: say it, run without
                 problem = f"the program did not load: {exc}"
         if problem:
             self._say_off(problem)
-            return False
+            return
         LOG.info("XDP fast path on (%s mode)", self.settings.mode)
-        return True
+        self.prog = prog
+
+    def loaded(self) -> bool:
+        """True once, when a load that update() started has finished: time to update again."""
+        if self._loader is not None and not self._loader.is_alive() and not self._announced:
+            self._announced = True
+            return self.prog is not None
+        return False
+
+    def wait_loaded(self, timeout: float = 30.0) -> None:
+        if self._loader is not None:
+            self._loader.join(timeout)
 
     def _say_off(self, why: str) -> None:
         if self.off_reason is None:

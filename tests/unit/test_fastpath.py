@@ -58,13 +58,22 @@ def test_off_is_said_once_with_the_reason(monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         for _ in range(3):
             fp.update(RULES, (), 0xFFFF, False, {"lo"})
+            fp.wait_loaded()
     said = [r.message for r in caplog.records if "fast path off" in r.message]
     assert said == ["XDP fast path off: it needs root; the firewall runs in OpenFlow alone"]
     assert fp.counters() == {}
 
 
+def loaded(fp: FastPath) -> FastPath:
+    """Start the (threaded) load and wait for it, as the firewall's tick would."""
+    fp.update(RULES, (), 0xFFFF, False, {"lo"})
+    fp.wait_loaded()
+    assert fp.loaded() and not fp.loaded()  # said once
+    return fp
+
+
 def test_all_mode_offloads_every_expressible_rule(stand_in):
-    fp = FastPath()
+    fp = loaded(FastPath())
     fp.update(RULES, (ipaddress.ip_network("192.0.2.1/32"),), 0xFFFF, False, {"lo"})
     assert {e.rule for e in stand_in.entries.values()} == {100, 90, 0xFFFF}
     assert set(stand_in.attached) == {"lo"}
@@ -75,6 +84,7 @@ def test_all_mode_offloads_every_expressible_rule(stand_in):
 def test_adaptive_mode_offloads_hot_rules_and_withdraws_idle_ones(stand_in):
     fp = FastPath()
     fp.configure(XdpSettings(offload="adaptive", threshold_pps=100, idle_seconds=10))
+    loaded(fp)
     fp.update(RULES, (ipaddress.ip_network("192.0.2.1/32"),), 0xFFFF, False, {"lo"})
     assert {e.rule for e in stand_in.entries.values()} == {0xFFFF}  # blocked: always
     assert fp.adapt({100: 500.0, 90: 5.0}, now=0.0)  # rule 100 is hot
