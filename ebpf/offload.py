@@ -18,6 +18,8 @@ only when dropping it early can never drop what OpenFlow would let through:
 from __future__ import annotations
 
 import ipaddress
+from bisect import bisect_left, insort
+from collections import defaultdict
 from dataclasses import dataclass
 
 from apps.fw.compile import port_masks
@@ -111,7 +113,66 @@ def may_overlap(a: Rule, b: Rule) -> bool:
     )
 
 
-def why_not(rule: Rule, earlier: list[Rule], stateful: bool) -> str | None:
+class EarlierPassers:
+    """The allow and rate_limit rules seen so far, indexed so that a deny rule is checked only
+    against the ones that could share a packet with it: same protocol (or "any"), and a source
+    that contains or is contained in its own. Exact checks then use may_overlap as before.
+
+    Without the index, planning 10,000 rules took 33 s (each deny against every earlier allow).
+    """
+
+    def __init__(self) -> None:
+        self._rules: list[Rule] = []  # by position, so "earliest" is the smallest index
+        self._wild: dict[str, list[int]] = defaultdict(list)  # protocol -> positions, no source
+        self._exact: dict[tuple, list[int]] = defaultdict(list)  # (proto, v, start, len) -> pos
+        self._starts: dict[tuple, list[tuple[int, int, int]]] = defaultdict(list)  # (proto, v)
+
+    def add(self, rule: Rule) -> None:
+        pos = len(self._rules)
+        self._rules.append(rule)
+        src = rule.source
+        if src is None:
+            self._wild[rule.protocol].append(pos)
+            return
+        start = int(src.network_address)
+        self._exact[(rule.protocol, src.version, start, src.prefixlen)].append(pos)
+        insort(self._starts[(rule.protocol, src.version)], (start, src.prefixlen, pos))
+
+    def _candidates(self, proto: str, src: IPNet | None):
+        yield from self._wild.get(proto, ())
+        if src is None:  # a deny from anywhere meets every sourced passer of the protocol
+            for (p, _), starts in self._starts.items():
+                if p == proto:
+                    yield from (pos for _, _, pos in starts)
+            return
+        bits, start = src.max_prefixlen, int(src.network_address)
+        for plen in range(src.prefixlen + 1):  # passers whose source contains this one
+            mask = ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)
+            yield from self._exact.get((proto, src.version, start & mask, plen), ())
+        starts = self._starts.get((proto, src.version), [])
+        end = start + (1 << (bits - src.prefixlen)) - 1
+        i = bisect_left(starts, (start, src.prefixlen + 1, -1))
+        while i < len(starts) and starts[i][0] <= end:  # ... and those inside it
+            if starts[i][1] > src.prefixlen:
+                yield starts[i][2]
+            i += 1
+
+    def first_overlapping(self, rule: Rule) -> Rule | None:
+        protos = (
+            set(self._wild) | {p for p, _ in self._starts}
+            if rule.protocol == "any"
+            else {rule.protocol, "any"}
+        )
+        hits = [
+            pos
+            for proto in protos
+            for pos in self._candidates(proto, rule.source)
+            if may_overlap(self._rules[pos], rule)
+        ]
+        return self._rules[min(hits)] if hits else None
+
+
+def why_not(rule: Rule, earlier: EarlierPassers, stateful: bool) -> str | None:
     """None if XDP can enforce this deny rule exactly; else the reason it cannot."""
     if stateful:
         return "stateful mode lets established connections through before any rule"
@@ -131,9 +192,9 @@ def why_not(rule: Rule, earlier: list[Rule], stateful: bool) -> str | None:
         and ports[1] - ports[0] + 1 > MAX_PORTS_PER_RULE
     ):
         return f"a range of over {MAX_PORTS_PER_RULE} ports with a source prefix"
-    for other in earlier:
-        if other.action != "deny" and may_overlap(other, rule):
-            return f"an earlier {other.action} rule ({other.describe()}) may match the same packets"
+    other = earlier.first_overlapping(rule)
+    if other is not None:
+        return f"an earlier {other.action} rule ({other.describe()}) may match the same packets"
     return None
 
 
@@ -150,13 +211,14 @@ def plan(
     for net in blocked:
         for e in blocked_entries(net, blocked_id):
             entries.setdefault(e.key, e)
-    seen: list[Rule] = []
+    passers = EarlierPassers()
     for rule_id, rule in rules:
         if rule.action == "deny":
-            reason = why_not(rule, seen, stateful)
+            reason = why_not(rule, passers, stateful)
             decisions.append((rule_id, rule, reason))
             if reason is None:
                 for e in rule_entries(rule, rule_id):
                     entries.setdefault(e.key, e)
-        seen.append(rule)
+        else:
+            passers.add(rule)
     return list(entries.values()), decisions

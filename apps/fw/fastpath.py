@@ -32,6 +32,8 @@ class FastPath:
         self._last_seen: dict[int, int] = {}  # adaptive: rule id -> XDP packets at last look
         self._ever: set[int] = set()  # every rule id offloaded: counters stay monotonic
         self._loader: threading.Thread | None = None
+        self._planned_for: tuple | None = None
+        self._plan: tuple = ([], [])
         self._announced = False
 
     def configure(self, settings: XdpSettings) -> None:
@@ -91,7 +93,10 @@ class FastPath:
             return  # switches on other machines, or none yet: nothing here to attach to
         if not self._ready():
             return
-        entries, decisions = plan(rules, blocked, blocked_id, stateful)
+        key = (tuple(rules), blocked, blocked_id, stateful)
+        if key != self._planned_for:  # topology changes move interfaces, not the plan
+            self._plan, self._planned_for = plan(rules, blocked, blocked_id, stateful), key
+        entries, decisions = self._plan
         if self.settings.offload == "adaptive":
             entries = [e for e in entries if e.rule == blocked_id or e.rule in self.hot]
         self._log_decisions(decisions)

@@ -97,3 +97,77 @@ def test_adaptive_mode_offloads_hot_rules_and_withdraws_idle_ones(stand_in):
     fp.update(RULES, (), 0xFFFF, False, {"lo"})
     assert stand_in.entries == {}
     assert fp.counters()[100] == (1000, 64000)  # what it dropped still counts
+
+
+def test_indexed_planner_decides_exactly_as_a_plain_scan():
+    """The index only skips passers that cannot overlap: decisions and reasons are unchanged."""
+    import random
+
+    from ebpf.offload import may_overlap, plan
+
+    nets = [
+        None,
+        "10.0.0.0/8",
+        "10.1.0.0/16",
+        "10.1.2.0/24",
+        "10.1.2.3/32",
+        "10.2.0.0/16",
+        "0.0.0.0/0",
+        "192.168.0.0/16",
+        "2001:db8::/32",
+        "2001:db8:1::/48",
+        "::/0",
+    ]
+    rng = random.Random(7)
+
+    def random_rule():
+        proto = rng.choice(["any", "tcp", "udp", "icmp", "icmpv6"])
+        src = rng.choice(nets)
+        src = ipaddress.ip_network(src) if src else None
+        if (
+            src is not None
+            and proto in ("icmp", "icmpv6")
+            and src.version != (4 if proto == "icmp" else 6)
+        ):
+            src = None
+        ports = None
+        if proto in ("tcp", "udp") and rng.random() < 0.7:
+            lo = rng.choice([22, 80, 443, 1000, 8000])
+            ports = (lo, lo + rng.choice([0, 0, 10, 500]))
+        dst = (
+            ipaddress.ip_network("10.9.0.0/16")
+            if rng.random() < 0.1 and (src is None or src.version == 4) and proto != "icmpv6"
+            else None
+        )
+        icmp = rng.choice([None, 0, 8]) if proto in ("icmp", "icmpv6") else None
+        return Rule(
+            rng.choice(["deny", "deny", "allow", "rate_limit"]),
+            proto,
+            src,
+            dst,
+            dst_ports=ports,
+            icmp_type=icmp,
+        )
+
+    for _ in range(300):
+        rules = [(1000 - i, random_rule()) for i in range(rng.randint(1, 40))]
+        _, decisions = plan(rules, (), 0xFFFF, False)
+        expected, seen = [], []
+        for rule_id, rule in rules:  # the plain scan, as the planner first did it
+            if rule.action == "deny":
+                first = next((o for o in seen if o.action != "deny" and may_overlap(o, rule)), None)
+                reason = (
+                    None
+                    if first is None
+                    else (
+                        f"an earlier {first.action} rule ({first.describe()}) may match the same "
+                        "packets"
+                    )
+                )
+                expected.append((rule_id, reason))
+            seen.append(rule)
+        for (rule_id, _, reason), (_, plain) in zip(decisions, expected, strict=True):
+            if reason is None or reason.startswith("an earlier"):  # the overlap check decided
+                assert reason == plain, (rule_id, rules)
+            else:  # a check before it (destination, schedule ...) decided first, as before
+                assert reason
