@@ -91,15 +91,15 @@ class FastPath:
         local = {i for i in interfaces if os.path.exists(f"/sys/class/net/{i}")}
         if self.prog is None and not local:
             return  # switches on other machines, or none yet: nothing here to attach to
-        if not self._ready():
-            return
         key = (tuple(rules), blocked, blocked_id, stateful)
         if key != self._planned_for:  # topology changes move interfaces, not the plan
             self._plan, self._planned_for = plan(rules, blocked, blocked_id, stateful), key
         entries, decisions = self._plan
+        self._log_decisions(decisions)  # known before the program loads: adapt() needs them
+        if not self._ready():
+            return
         if self.settings.offload == "adaptive":
             entries = [e for e in entries if e.rule == blocked_id or e.rule in self.hot]
-        self._log_decisions(decisions)
         self._ever.update(e.rule for e in entries)
         written, deleted = self.prog.sync(entries)
         if written or deleted:
@@ -135,8 +135,11 @@ class FastPath:
         self._decisions = current
 
     def adapt(self, of_rates: dict[int, float], now: float) -> bool:
-        """Adaptive offload: hot deny rules in, idle ones out. True if the set changed."""
-        if self.settings.offload != "adaptive" or self.prog is None:
+        """Adaptive offload: hot deny rules in, idle ones out. True if the set changed.
+
+        A rule that turns hot while the program is still loading is remembered, and offloaded
+        as soon as the program is up."""
+        if self.settings.offload != "adaptive" or self.off_reason is not None:
             return False
         before = set(self.hot)
         xdp = self.counters()
