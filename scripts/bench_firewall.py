@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from apps.fw.compile import Compiler  # noqa: E402
 from apps.fw.rules import load_rules_file  # noqa: E402
 from controller.pipeline import PIPELINE  # noqa: E402
-from topologies.harness import Controller  # noqa: E402
+from topologies.harness import Controller, fresh_bridge  # noqa: E402
 
 BRIDGE = "benchfw"
 TABLE = PIPELINE.table("firewall")
@@ -45,21 +45,6 @@ def ofctl(*args: str) -> str:
 
 def vsctl(*args: str) -> None:
     subprocess.run(["ovs-vsctl", "--timeout=10", *args], check=True)
-
-
-def fresh_bridge(name: str) -> None:
-    vsctl("--if-exists", "del-br", name)
-    vsctl(
-        "add-br",
-        name,
-        "--",
-        "set",
-        "bridge",
-        name,
-        "datapath_type=netdev",
-        "protocols=OpenFlow13",
-        "fail_mode=secure",
-    )
 
 
 def table_count(bridge: str) -> int:

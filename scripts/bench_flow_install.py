@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ben
 from bulk_flows import bench_macs  # noqa: E402
 
 from controller.pipeline import PIPELINE  # noqa: E402
-from topologies.harness import Controller  # noqa: E402
+from topologies.harness import Controller, fresh_bridge  # noqa: E402
 
 BRIDGE = "benchflows"
 
@@ -52,23 +52,8 @@ def wait_count(target: int, timeout: float = 120) -> float:
     raise RuntimeError(f"switch never reached {target} flows (has {flow_count()})")
 
 
-def fresh_bridge() -> None:
-    vsctl("--if-exists", "del-br", BRIDGE)
-    vsctl(
-        "add-br",
-        BRIDGE,
-        "--",
-        "set",
-        "bridge",
-        BRIDGE,
-        "datapath_type=netdev",
-        "protocols=OpenFlow13",
-        "fail_mode=secure",
-    )
-
-
 def with_ofctl(n: int) -> float:
-    fresh_bridge()
+    fresh_bridge(BRIDGE)
     table = PIPELINE.table("forwarding")
     with tempfile.NamedTemporaryFile("w", suffix=".flows", delete=False) as fh:
         for mac in bench_macs(n):
@@ -81,7 +66,7 @@ def with_ofctl(n: int) -> float:
 
 
 def with_core(n: int) -> float:
-    fresh_bridge()
+    fresh_bridge(BRIDGE)
     os.environ["BENCH_FLOWS"] = str(n)
     with Controller(["scripts/bench_apps/bulk_flows.py"]) as ctl:
         vsctl("set-controller", BRIDGE, f"tcp:127.0.0.1:{ctl.port}")

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from apps.fw.rules import Rule  # noqa: E402
 from ebpf.offload import rule_entries  # noqa: E402
 from ebpf.xdp import XdpProgram, unavailable  # noqa: E402
+from topologies.harness import fresh_bridge  # noqa: E402
 
 GEN, RX, NS, BRIDGE = "bxgen0", "bxrx0", "bxns", "bxbr"
 DPORT = 9
@@ -111,22 +112,7 @@ def xdp_rate(function: str, rules: int, seconds: float, conf: str, mode: str) ->
 def ovs_rate(seconds: float, conf: str) -> float:
     veth()
     try:
-        sh(
-            "ovs-vsctl",
-            "add-br",
-            BRIDGE,
-            "--",
-            "set",
-            "bridge",
-            BRIDGE,
-            "datapath_type=netdev",
-            "protocols=OpenFlow13",
-            "fail_mode=secure",
-            "--",
-            "add-port",
-            BRIDGE,
-            RX,
-        )
+        fresh_bridge(BRIDGE, RX)
         sh(
             "ovs-ofctl",
             "-O",

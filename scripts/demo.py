@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from topologies.fattree import FatTreeTopo  # noqa: E402
-from topologies.harness import ROOT, Controller, Lab, free_port  # noqa: E402
+from topologies.harness import ROOT, Controller, Lab, free_port, metric, ping_counts  # noqa: E402
 
 APPS = ["apps/firewall.py"]  # brings apps/l2_learning.py along
 RATE_PPS = 500
@@ -57,16 +55,6 @@ class Report:
     @property
     def ok(self) -> bool:
         return all(ok for _, ok, _ in self.rows)
-
-
-def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    totals: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^(osken_\w+?)(?:_total)?(?:\{[^}]*\})? ([\d.e+-]+)$", line)
-        if m and not line.startswith("#"):
-            totals[m.group(1)] = totals.get(m.group(1), 0.0) + float(m.group(2))
-    return totals
 
 
 def connectivity(lab: Lab, report: Report, what: str, timeout: float) -> None:
@@ -110,8 +98,8 @@ def link_failure(lab: Lab, report: Report, src: str, dst: str) -> None:
     time.sleep(1.0)
     lab.link(agg, core, "down")
     thread.join(timeout=30)
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", result.get("out", ""))
-    lost = int(m.group(1)) - int(m.group(2)) if m else count
+    received, sent = ping_counts(result.get("out", ""))
+    lost = sent - received if sent else count
     new_path = lab.path(src, dst)
     report.add(
         f"link {agg}-{core} down (on the {src}->{dst} path)",
@@ -169,27 +157,21 @@ def firewall(lab: Lab, report: Report, ctl: Controller, cfg: str, src: str, dst:
 def xdp_flood(lab: Lab, report: Report, ctl: Controller, metrics_port: int, dst: str) -> None:
     """A UDP flood at a denied port: dropped by XDP on the switch port, OpenFlow never sees it."""
     rule = "5"  # udp-9-flood: the seed's 3 rules, the rate limit, then this one
-    before = metric_for(metrics_port, "osken_firewall_rule_xdp_packets", rule)
+    before = metric(metrics_port, "osken_firewall_rule_xdp_packets", rule=rule)
     lab.host("h2").cmd(f'/usr/bin/python3 -c "{FLOOD_CMD.format(ip=lab.host(dst).IP(), n=FLOOD)}"')
     time.sleep(4.5)  # two stats intervals
-    in_xdp = metric_for(metrics_port, "osken_firewall_rule_xdp_packets", rule) - before
-    total = metric_for(metrics_port, "osken_firewall_rule_packets", rule)
+    xdp_now = metric(metrics_port, "osken_firewall_rule_xdp_packets", rule=rule)
+    in_xdp = xdp_now - before
+    in_openflow = metric(metrics_port, "osken_firewall_rule_packets", rule=rule) - xdp_now
     on = "XDP: attached" in ctl.log()
     report.add(
         "XDP fast path: UDP flood at a denied port",
         on and in_xdp >= FLOOD * 0.99,
         f"{FLOOD} sent, {in_xdp:.0f} dropped in XDP before the switch, "
-        f"{total - metric_for(metrics_port, 'osken_firewall_rule_xdp_packets', rule):.0f}"
-        f" reached OpenFlow"
+        f"{in_openflow:.0f} reached OpenFlow"
         if on
         else "off (see the log for why)",
     )
-
-
-def metric_for(port: int, name: str, rule: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    m = re.search(rf'^{name}\{{[^}}]*rule="{rule}"[^}}]*\}} ([\d.e+]+)$', text, re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 def main() -> int:
@@ -213,7 +195,16 @@ def main() -> int:
         firewall(lab, report, ctl, cfg, "h1", "h16")
         xdp_flood(lab, report, ctl, metrics_port, "h16")
         time.sleep(5.5)  # one stats interval: per-rule counters reach /metrics
-        m = metrics(metrics_port)
+        names = (
+            "switches",
+            "links",
+            "hosts",
+            "flows",
+            "packet_ins",
+            "of_errors",
+            "firewall_rule_packets",
+        )
+        m = {f"osken_{n}": metric(metrics_port, f"osken_{n}") for n in names}
         report.add(
             "controller metrics",
             m.get("osken_switches") == 20,

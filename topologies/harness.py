@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "topologies", "probe.py")
@@ -117,6 +118,46 @@ class Controller:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def ping_counts(output: str) -> tuple[int, int]:
+    """(received, sent) from ping's summary line; (0, 0) if there is none."""
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", output)
+    return (int(m.group(2)), int(m.group(1))) if m else (0, 0)
+
+
+def metric(port: int, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` on a controller's /metrics whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name in (name, f"{name}_total") and labels.items() <= s.labels.items()
+    )
+
+
+def fresh_bridge(name: str, *ports: str) -> None:
+    """An OVS bridge on the userspace datapath, OpenFlow 1.3, fail-secure, with these ports."""
+    subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", name], check=True)
+    cmd = [
+        "ovs-vsctl",
+        "--timeout=10",
+        "add-br",
+        name,
+        "--",
+        "set",
+        "bridge",
+        name,
+        "datapath_type=netdev",
+        "protocols=OpenFlow13",
+        "fail_mode=secure",
+    ]
+    for port in ports:
+        cmd += ["--", "add-port", name, port]
+    subprocess.run(cmd, check=True)
 
 
 def _bridges() -> set[str]:
@@ -219,9 +260,18 @@ class Lab:
 
     def ping(self, src: str, dst: str, count: int = 3, interval: float = 0.2) -> tuple[int, int]:
         """(received, sent) for `count` pings from src to dst."""
-        out = self.host(src).cmd(f"ping -c{count} -i{interval:g} -W1 {self.host(dst).IP()}")
-        m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-        return (int(m.group(2)), int(m.group(1))) if m else (0, count)
+        received, sent = ping_counts(
+            self.host(src).cmd(f"ping -c{count} -i{interval:g} -W1 {self.host(dst).IP()}")
+        )
+        return received, sent or count
+
+    def wait_ping(self, src: str, dst: str, timeout: float = 30.0) -> bool:
+        """Ping once at a time until one gets through; False if none did within `timeout`."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.ping(src, dst, count=1)[0] == 1:
+                return True
+        return False
 
     def serve(self, host: str, *specs: str) -> None:
         """Start TCP/UDP servers in a host (e.g. "tcp:80", "udp:53"); stopped with the lab."""

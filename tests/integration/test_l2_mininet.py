@@ -8,6 +8,7 @@ import time
 import pytest
 
 from topologies.fattree import FatTreeTopo
+from topologies.harness import ping_counts
 from topologies.leafspine import LeafSpineTopo
 from topologies.linear import LinearTopo
 from topologies.tree import TreeTopo
@@ -76,8 +77,7 @@ def test_controller_killed_and_restarted_under_ping_loses_nothing(controller, la
     new = controller(port=ctl.port)
     assert new.wait_log(r"reconciled \(connect\)", count=len(topo.switches()), timeout=30)
     pinger.join(timeout=60)
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", result.get("text", ""))
-    assert m and m.group(1) == m.group(2) == "400", result.get("text")
+    assert ping_counts(result.get("text", "")) == (400, 400), result.get("text")
     # The new controller found everything in place: nothing added, changed or removed.
     reconciled = re.findall(r"reconciled \(connect\): (.*) flows", new.log())
     assert reconciled == ["+0 ~0 -0"] * len(topo.switches()), new.log()[-3000:]
@@ -159,9 +159,7 @@ def test_a_host_that_moves_is_followed(controller, lab):
     h1.setMAC(mac, intf=link.intf1)
     h1.cmd(f"ethtool -K {link.intf1} tx off")
     assert ctl.wait_log(r"port \d+ \(s3-eth\d+\) up", timeout=10)
-    deadline = time.time() + 20
-    while time.time() < deadline and net.ping("h1", "h2", count=1)[0] != 1:
-        pass
+    net.wait_ping("h1", "h2", timeout=20)
     assert net.ping("h2", "h1", count=3, interval=0.1) == (3, 3), ctl.log()[-2000:]
     # Learned at its new port (its old port went down, so it was forgotten there first).
     assert [f for f in net.dump_flows("s3") if f"dl_src={mac}" in f]

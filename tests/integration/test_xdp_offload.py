@@ -3,21 +3,14 @@
 import re
 import subprocess
 import time
-import urllib.request
 
-from topologies.harness import free_port
+from topologies.harness import free_port, metric
 from topologies.linear import LinearTopo
 
 BURST = (
     "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
     "[s.sendto(b'x' * 64, ('{ip}', 5001)) for _ in range(300)]"
 )
-
-
-def metric(port: int, name: str, rule: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    m = re.search(rf'^{name}\{{[^}}]*rule="{rule}"[^}}]*\}} ([\d.e+]+)$', text, re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 def xdp_on(ifname: str) -> bool:
@@ -40,9 +33,7 @@ def test_deny_rule_and_blocked_source_are_dropped_in_xdp(controller, lab, tmp_pa
         ["apps/firewall.py"], config=str(cfg), extra=["--prometheus-port", str(metrics)]
     )
     net = lab(LinearTopo(3), ctl.port)
-    deadline = time.time() + 30
-    while time.time() < deadline and net.ping("h1", "h2", count=1)[0] != 1:
-        pass
+    net.wait_ping("h1", "h2")
     assert ctl.wait_log(r"XDP: attached to s1-eth1", timeout=10), ctl.log()[-3000:]
     assert xdp_on("s1-eth1") and xdp_on("s2-eth1")
     log = ctl.log()
@@ -51,13 +42,13 @@ def test_deny_rule_and_blocked_source_are_dropped_in_xdp(controller, lab, tmp_pa
 
     net.host("h1").cmd(f'/usr/bin/python3 -c "{BURST.format(ip=net.host("h2").IP())}"')
     time.sleep(2.5)  # two stats intervals
-    total = metric(metrics, "osken_firewall_rule_packets", "1")
-    in_xdp = metric(metrics, "osken_firewall_rule_xdp_packets", "1")
+    total = metric(metrics, "osken_firewall_rule_packets", rule="1")
+    in_xdp = metric(metrics, "osken_firewall_rule_xdp_packets", rule="1")
     assert in_xdp >= 300 and total == in_xdp, (total, in_xdp)  # nothing reached OpenFlow
 
     assert net.ping("h3", "h2", count=2)[0] == 0  # blocked source, dropped in XDP as well
     time.sleep(1.5)
-    assert metric(metrics, "osken_firewall_rule_xdp_packets", "blocked") >= 2
+    assert metric(metrics, "osken_firewall_rule_xdp_packets", rule="blocked") >= 2
 
     assert ctl.stop() == 0
     assert not xdp_on("s1-eth1") and not xdp_on("s2-eth1")  # detached on the way out
@@ -76,17 +67,15 @@ def test_adaptive_offload_takes_a_hot_rule_and_gives_it_back(controller, lab, tm
         ["apps/firewall.py"], config=str(cfg), extra=["--prometheus-port", str(metrics)]
     )
     net = lab(LinearTopo(2), ctl.port)
-    deadline = time.time() + 30
-    while time.time() < deadline and net.ping("h1", "h2", count=1)[0] != 1:
-        pass
+    net.wait_ping("h1", "h2")
     burst = f'/usr/bin/python3 -c "{BURST.format(ip=net.host("h2").IP())}"'
     net.host("h1").cmd(burst)  # 300 packets: over 20 pps in OpenFlow, so the rule turns hot
     assert ctl.wait_log(r"XDP: rule id \d+ offloaded: over the threshold", timeout=10)
     time.sleep(1.5)
-    before = metric(metrics, "osken_firewall_rule_xdp_packets", "1")
+    before = metric(metrics, "osken_firewall_rule_xdp_packets", rule="1")
     net.host("h1").cmd(burst)
     time.sleep(2.5)
-    assert metric(metrics, "osken_firewall_rule_xdp_packets", "1") - before >= 300
+    assert metric(metrics, "osken_firewall_rule_xdp_packets", rule="1") - before >= 300
     assert ctl.wait_log(r"XDP: rule id \d+ withdrawn: idle", timeout=15)
     time.sleep(1.5)  # counters stay after the withdrawal
-    assert metric(metrics, "osken_firewall_rule_xdp_packets", "1") - before >= 300
+    assert metric(metrics, "osken_firewall_rule_xdp_packets", rule="1") - before >= 300
