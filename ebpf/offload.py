@@ -22,10 +22,10 @@ from bisect import bisect_left, insort
 from collections import defaultdict
 from dataclasses import dataclass
 
-from apps.fw.compile import port_masks
 from apps.fw.rules import IPNet, Rule
+from controller.matches import IP_PROTOCOLS, port_masks
 
-PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+PROTO = IP_PROTOCOLS
 MAX_PORTS_PER_RULE = 256  # a range with a source prefix is expanded port by port up to this
 
 

@@ -10,8 +10,8 @@
 - Ingress only: rules match packets that did not come from another switch (FROM_FABRIC), so a
   packet is judged once, where it enters, and a rate limit counts it once.
 
->>> port_masks(8000, 8080)
-[(8000, 65472), (8064, 65520), (8080, 65535)]
+>>> assign_priorities(["a", "new", "b"], {"a": 60000, "b": 59984})["new"]
+59992
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Hashable, Sequence
 
 from apps.fw.rules import FirewallSettings, Rule
 from controller.flows import Flow, Meter, apply, conntrack, flow, goto, meter
+from controller.matches import ETH_TYPES, IP_PROTOCOLS, port_matches, prefix_match
 from controller.pipeline import FROM_FABRIC
 
 COOKIE = 0x03 << 56
@@ -32,29 +33,8 @@ ND_PRIORITY, DEFAULT_PRIORITY = 20, 10
 BLOCKED_ID = 0xFFFF  # cookie low bits of blocked-source flows
 CT_ZONE = 7
 CT_TRK, CT_EST, CT_REL, CT_INV = 0x20, 0x02, 0x04, 0x10
-ETH_TYPES = {4: 0x0800, 6: 0x86DD}
-PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+PROTO = IP_PROTOCOLS
 ND_TYPES = (133, 134, 135, 136, 137)  # IPv6 cannot find neighbours without these
-
-
-def port_masks(lo: int, hi: int) -> list[tuple[int, int]]:
-    """Aligned (value, mask) blocks that cover lo..hi exactly, fewest first."""
-    out = []
-    while lo <= hi:
-        size = lo & -lo if lo else 1 << 16
-        while size > hi - lo + 1:
-            size >>= 1
-        out.append((lo, 0xFFFF ^ (size - 1)))
-        lo += size
-    return out
-
-
-def _port_matches(field: str, ports: tuple[int, int] | None) -> list[dict]:
-    if ports is None or ports == (0, 65535):
-        return [{}]
-    return [
-        {field: value if mask == 0xFFFF else (value, mask)} for value, mask in port_masks(*ports)
-    ]
 
 
 def _longest_decreasing(prios: Sequence[int]) -> set[int]:
@@ -151,21 +131,15 @@ class Compiler:
         for family in rule.families:
             base = self._ingress(family)
             for net, key in ((rule.source, "src"), (rule.destination, "dst")):
-                if net is not None and net.prefixlen:
-                    field = f"ipv{family}_{key}"
-                    full = net.prefixlen == net.max_prefixlen
-                    base[field] = (
-                        str(net.network_address)
-                        if full
-                        else (str(net.network_address), str(net.netmask))
-                    )
+                if net is not None:
+                    base.update(prefix_match(f"ipv{family}_{key}", net))
             if rule.protocol != "any":
                 base["ip_proto"] = PROTO[rule.protocol]
             if rule.icmp_type is not None:
                 base[f"icmpv{4 if family == 4 else 6}_type"] = rule.icmp_type
             proto = rule.protocol
-            for dst in _port_matches(f"{proto}_dst", rule.dst_ports):
-                for src in _port_matches(f"{proto}_src", rule.src_ports):
+            for dst in port_matches(f"{proto}_dst", rule.dst_ports):
+                for src in port_matches(f"{proto}_src", rule.src_ports):
                     flows.append(
                         flow(
                             self.table,
@@ -188,14 +162,10 @@ class Compiler:
         """Blocked sources, the default action, and conntrack plumbing (not tied to a rule)."""
         flows = []
         for net in settings.blocked:
-            match = {"eth_type": ETH_TYPES[net.version]}
-            if net.prefixlen:
-                full = net.prefixlen == net.max_prefixlen
-                match[f"ipv{net.version}_src"] = (
-                    str(net.network_address)
-                    if full
-                    else (str(net.network_address), str(net.netmask))
-                )
+            match = {
+                "eth_type": ETH_TYPES[net.version],
+                **prefix_match(f"ipv{net.version}_src", net),
+            }
             flows.append(flow(self.table, BLOCKED_PRIORITY, match, cookie=COOKIE | BLOCKED_ID))
         if settings.default == "deny":
             go_on = goto(self.table + 1)

@@ -7,11 +7,11 @@ import re
 import pytest
 
 from apps.firewall import Firewall
-from apps.fw.compile import port_masks
 from apps.fw.rules import load_rules_file
 from apps.l2_learning import L2Learning
 from controller.config import ConfigError, load_config
 from controller.core import Core
+from controller.matches import port_masks
 from tests.fakenet import BROADCAST
 from tests.unit.test_l2 import MACS, leaf_spine
 

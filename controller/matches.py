@@ -1,0 +1,48 @@
+"""Match pieces that several apps build the same way: address prefixes and port ranges.
+
+OpenFlow matches a port range only as masked values, so a range becomes the few aligned blocks
+that cover it exactly (Open vSwitch accepts masks on tcp/udp/sctp ports).
+
+>>> port_masks(8000, 8080)
+[(8000, 65472), (8064, 65520), (8080, 65535)]
+>>> prefix_match("ipv4_src", ipaddress.ip_network("10.0.0.0/8"))
+{'ipv4_src': ('10.0.0.0', '255.0.0.0')}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+ETH_TYPES = {4: 0x0800, 6: 0x86DD}
+IP_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def port_masks(lo: int, hi: int) -> list[tuple[int, int]]:
+    """Aligned (value, mask) blocks that cover lo..hi exactly, fewest first."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, 0xFFFF ^ (size - 1)))
+        lo += size
+    return out
+
+
+def port_matches(field: str, ports: tuple[int, int] | None) -> list[dict]:
+    """One match dict per block of the range (one empty dict when every port is meant)."""
+    if ports is None or ports == (0, 65535):
+        return [{}]
+    return [
+        {field: value if mask == 0xFFFF else (value, mask)} for value, mask in port_masks(*ports)
+    ]
+
+
+def prefix_match(field: str, net: Network) -> dict:
+    """{field: address} for a host route, {field: (network, netmask)} for a prefix, {} for /0."""
+    if not net.prefixlen:
+        return {}
+    if net.prefixlen == net.max_prefixlen:
+        return {field: str(net.network_address)}
+    return {field: (str(net.network_address), str(net.netmask))}
