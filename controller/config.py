@@ -198,6 +198,35 @@ def load_document(path: str, json_only: bool = False) -> Document:
     return Document(path, data, text)
 
 
+def load_documents(path: str) -> list[Document]:
+    """Every non-empty document of a multi-document YAML file, each knowing its own lines.
+
+    Policy files are small and their errors must point, so lines are mapped up front here
+    (which also rejects duplicate keys).
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        datas = list(yaml.load_all(text, Loader=_LOADER))
+        nodes = list(yaml.compose_all(text, Loader=_LOADER))
+    except OSError as exc:
+        raise ConfigError(path, None, "", f"cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            path, mark.line + 1 if mark else None, "", f"syntax error: {problem}"
+        ) from None
+    docs = []
+    for data, node in zip(datas, nodes, strict=True):
+        if data is None:
+            continue
+        lines: dict[tuple, int] = {}
+        _line_map(node, (), lines, path)
+        docs.append(Document(path, data, text, lines))
+    return docs
+
+
 def register_schema(section: str, schema: dict) -> None:
     """An app states the schema of its config section (replacing any placeholder)."""
     SCHEMAS[section] = schema

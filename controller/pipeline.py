@@ -4,9 +4,9 @@ Every switch gets the same tables in the same order. Each stage belongs to one a
 installs each stage's table-miss flow, so a stage whose app is not loaded passes packets on.
 
 >>> PIPELINE.table("forwarding")
-4
->>> [s.name for s in PIPELINE.stages]
-['classify', 'firewall', 'microseg', 'services', 'forwarding']
+8
+>>> [s.name for s in PIPELINE.stages][:3]
+['classify', 'firewall', 'microseg']
 """
 
 from __future__ import annotations
@@ -60,7 +60,11 @@ PIPELINE = Pipeline(
     (
         Stage("classify", "core", "trap LLDP, learn sources at edge ports, tag identities"),
         Stage("firewall", "firewall", "ordered IP rules, blocked sources, rate limits"),
-        Stage("microseg", "microseg", "identity-based NetworkPolicy"),
+        Stage("microseg", "microseg", "source identity, bound to port and address; spoofs drop"),
+        Stage("microseg_track", "microseg", "IP through conntrack"),
+        Stage("microseg_dst", "microseg", "established connections pass; destination identity"),
+        Stage("microseg_egress", "microseg", "per source identity: deny, allow, default deny"),
+        Stage("microseg_ingress", "microseg", "per destination identity; commit what passes"),
         Stage("services", "canary", "virtual IPs and weighted backends"),
         Stage(
             "forwarding",

@@ -7,6 +7,7 @@ switches. A frame visiting more switches than STORM_LIMIT is a broadcast storm: 
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -32,6 +33,23 @@ def frame(dst: str, src: str, eth_type: int = 0x0800, payload: bytes = b"\x00" *
         + eth_type.to_bytes(2, "big")
         + payload
     )
+
+
+def payload_for(eth_type: int, fields: dict) -> bytes:
+    """Just enough of an ARP or IP header for the controller to read addresses from a packet-in."""
+    if eth_type == 0x0806:
+        spa = ipaddress.IPv4Address(fields.get("arp_spa", "0.0.0.0")).packed
+        tpa = ipaddress.IPv4Address(fields.get("arp_tpa", "0.0.0.0")).packed
+        return b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x00" * 6 + spa + b"\x00" * 6 + tpa
+    if eth_type == 0x0800 and "ipv4_src" in fields:
+        src = ipaddress.IPv4Address(fields["ipv4_src"]).packed
+        dst = ipaddress.IPv4Address(fields.get("ipv4_dst", "0.0.0.0")).packed
+        return b"\x45" + b"\x00" * 8 + bytes([fields.get("ip_proto", 0)]) + b"\x00" * 2 + src + dst
+    if eth_type == 0x86DD and "ipv6_src" in fields:
+        src = ipaddress.IPv6Address(fields["ipv6_src"]).packed
+        dst = ipaddress.IPv6Address(fields.get("ipv6_dst", "::")).packed
+        return b"\x60" + b"\x00" * 5 + bytes([fields.get("ip_proto", 0), 64]) + src + dst
+    return b"\x00" * 46
 
 
 def fields_of(data: bytes) -> dict:
@@ -187,7 +205,7 @@ class FakeNetwork:
         returns which hosts got it and where it went."""
         dpid, port = self.hosts[src]
         delivery = Delivery()
-        pkt = {**fields_of(frame(dst, src, eth_type)), **fields}
+        pkt = {**fields_of(frame(dst, src, eth_type, payload_for(eth_type, fields))), **fields}
         for reply in self._forward(dpid, port, pkt, delivery):
             self.deliver(reply)
         return delivery

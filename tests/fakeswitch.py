@@ -38,7 +38,19 @@ from controller.flows import (
 )
 
 CT_NEW, CT_EST, CT_RPL, CT_TRK = 0x01, 0x02, 0x08, 0x20
-_CT_FIELDS = ("ipv4_src", "ipv4_dst", "ip_proto", "tcp_src", "tcp_dst")
+
+
+def _ct_key(pkt: dict) -> tuple:
+    """A connection's 5-tuple, whatever the family and transport."""
+    v = "ipv4" if "ipv4_src" in pkt else "ipv6"
+    proto = {6: "tcp", 17: "udp", 132: "sctp"}.get(pkt.get("ip_proto"), "")
+    return (
+        pkt.get(f"{v}_src"),
+        pkt.get(f"{v}_dst"),
+        pkt.get("ip_proto"),
+        pkt.get(f"{proto}_src"),
+        pkt.get(f"{proto}_dst"),
+    )
 
 
 class FakeSwitchError(AssertionError):
@@ -292,7 +304,11 @@ class FakeSwitch:
                     if entry.flow.match == f.match:
                         table[i] = Entry(f)
                         return
-                    if overlaps(dict(entry.flow.match), dict(f.match)):
+                    # OpenFlow leaves the choice between such entries undefined: harmless only
+                    # when they would do the same thing.
+                    if entry.flow.instructions != f.instructions and overlaps(
+                        dict(entry.flow.match), dict(f.match)
+                    ):
                         raise FakeSwitchError(f"{f} overlaps {entry.flow} at equal priority")
             table.append(Entry(f))
             table.sort(key=lambda e: -e.flow.priority)
@@ -477,7 +493,7 @@ class FakeSwitch:
     def _conntrack(self, action: tuple, pkt: dict, result: LookupResult) -> bool:
         """ct(): commit the connection, or look it up and recirculate with ct_state set."""
         _, commit, zone, table = action
-        key = tuple(pkt.get(f) for f in _CT_FIELDS)
+        key = _ct_key(pkt)
         reverse = (key[1], key[0], key[2], key[4], key[3])
         if commit:
             self.connections.add((zone, key))

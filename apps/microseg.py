@@ -1,0 +1,221 @@
+"""Zero-trust microsegmentation: Kubernetes NetworkPolicy and Cilium L3/L4 policy in OpenFlow.
+
+Run it with ``osken-manager apps/microseg.py --config lab.yaml``; L2 learning comes along. The
+config names the endpoints (IP, optional MAC, namespace, labels, named ports), the namespaces'
+labels, and the policy files, read unmodified (docs/microseg.md).
+
+- Identities: endpoints that share namespace and labels share an identity; policy is compiled
+  per identity and direction (apps/ms/compile.py), so a label change, a new endpoint or one
+  edited policy changes only the flows that depend on it.
+- Binding: an endpoint's identity is bound to the switch port it is first seen on (and to its
+  MAC when the config gives one). Until then packets from its address go to the controller;
+  after, the same address from any other port is dropped, so a host that borrows another
+  endpoint's IP gains nothing from that endpoint's allowances. A binding ends when its port
+  goes down, so a host that moves is bound again where it reappears.
+- Stateful: allowed connections are committed to conntrack; their replies pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+from collections.abc import Hashable
+
+from prometheus_client import Gauge
+
+from apps.ms.compile import BOUND, COOKIE, Compiler, verdicts
+from apps.ms.model import IdentityAllocator, World, build_world
+from apps.ms.settings import MicrosegSettings, parse_microseg
+from controller.app import PacketIn, SuiteApp
+from controller.flows import Flow
+from controller.shim import SuiteOSKenApp
+
+LOG = logging.getLogger("osken_suite.microseg")
+REQUIRES = ["apps.l2_learning"]
+SPOOF_LOG_INTERVAL = 10.0
+
+
+def claimed_source(data: bytes) -> str | None:
+    """The source address a frame claims: ARP's sender address or the IP source."""
+    if len(data) < 14:
+        return None
+    (eth_type,) = struct.unpack_from("!H", data, 12)
+    try:
+        if eth_type == 0x0806 and len(data) >= 32:
+            return str(ipaddress.IPv4Address(data[28:32]))
+        if eth_type == 0x0800 and len(data) >= 34:
+            return str(ipaddress.IPv4Address(data[26:30]))
+        if eth_type == 0x86DD and len(data) >= 38:
+            return str(ipaddress.IPv6Address(data[22:38]))
+    except ValueError:
+        return None
+    return None
+
+
+class Microseg(SuiteApp):
+    name = "microseg"
+    config_section = "policies"
+    cookie = COOKIE
+
+    def __init__(self, core) -> None:
+        super().__init__(core)
+        self.compiler = Compiler(core.pipeline)
+        self.allocator = IdentityAllocator()
+        self.settings = MicrosegSettings()
+        self._checked: MicrosegSettings | None = None
+        self.world = World()
+        self.bindings: dict[str, tuple[int, int]] = {}  # endpoint IP -> (dpid, port)
+        self._placed: dict[Hashable, object] = {}  # owner -> the inputs its flows came from
+        self._spoof_logged: dict[tuple, float] = {}
+        self.identities = Gauge(
+            "osken_microseg_identities",
+            "Security identities in force",
+            registry=core.metrics.registry,
+        )
+        self.isolated = Gauge(
+            "osken_microseg_isolated_identities",
+            "Identities in default deny, per direction",
+            ["direction"],
+            registry=core.metrics.registry,
+        )
+
+    # --- config --------------------------------------------------------------------------------
+
+    def check_config(self, section, config) -> None:
+        self._checked = parse_microseg(section, config)
+
+    def configure(self, section, now: float) -> None:
+        self.settings = self._checked if self._checked is not None else MicrosegSettings()
+        self.world = build_world(self.settings.namespaces, self.settings.endpoints, self.allocator)
+        self._install_all()
+        v = self._verdicts
+        LOG.info(
+            "microseg: %d endpoints in %d identities, %d policies; default deny: "
+            "%d identities for ingress, %d for egress",
+            len(self.world.endpoints),
+            len(self.world.identities),
+            len(self.settings.policies),
+            len(v.isolated["ingress"]),
+            len(v.isolated["egress"]),
+        )
+
+    # --- desired flows -------------------------------------------------------------------------
+
+    def _put(self, owner: Hashable, inputs: object, build) -> None:
+        """Recompute an owner's flows only when what they are made from changed."""
+        if self._placed.get(owner) == inputs:
+            return
+        self._placed[owner] = inputs
+        self.desired.put(owner, build())
+
+    def _install_all(self) -> None:
+        switches = tuple(self.topology.switches())
+        world, compiler = self.world, self.compiler
+        self._verdicts = v = verdicts(world, self.settings.policies)
+        enforcing = bool(v.isolated["ingress"] or v.isolated["egress"] or any(v.deny.values()))
+        live: set[Hashable] = set()
+
+        def keep(owner: Hashable, inputs: object, build) -> None:
+            live.add(owner)
+            self._put(owner, inputs, build)
+
+        keep(
+            ("ms", "base"),
+            (enforcing, switches),
+            lambda: {d: compiler.base_flows(enforcing) for d in switches},
+        )
+        for e in world.endpoints.values():
+            identity = world.identity_of[e.name]
+            binding = self.bindings.get(str(e.ip))
+            keep(
+                ("ms", "src", str(e.ip)),
+                (e, identity, binding, switches),
+                lambda e=e, i=identity, b=binding: compiler.source_flows(e, i, b, switches),
+            )
+            keep(
+                ("ms", "dst", str(e.ip)),
+                (e, identity, switches),
+                lambda e=e, i=identity: {d: [compiler.destination_flow(e, i)] for d in switches},
+            )
+        for direction in ("egress", "ingress"):
+            for identity in world.identities:
+                isolated = identity in v.isolated[direction]
+                allow = frozenset(v.allow.get((direction, identity), ()))
+                deny = frozenset(v.deny.get((direction, identity), ()))
+                families = frozenset(world.families(identity))
+                keep(
+                    ("ms", direction, identity),
+                    (families, isolated, allow, deny, switches),
+                    lambda d=direction, i=identity, f=families, iso=isolated, a=allow, x=deny: {
+                        s: flows
+                        for flows in [compiler.policy_flows(d, i, set(f), iso, set(a), set(x))]
+                        for s in switches
+                    },
+                )
+        for owner in set(self._placed) - live:
+            del self._placed[owner]
+            self.desired.drop(owner)
+        self.identities.set(len(world.identities))
+        for direction in ("ingress", "egress"):
+            self.isolated.labels(direction).set(len(v.isolated[direction]))
+
+    # --- bindings ------------------------------------------------------------------------------
+
+    def on_switch_synced(self, dpid: int, installed: list[Flow], now: float) -> None:
+        """Bindings live in the switch's flows: a restarted controller takes them back."""
+        for f in installed:
+            if f.cookie != COOKIE or f.table != self.compiler.src or f.priority != BOUND:
+                continue
+            match = f.match_dict()
+            ip = match.get("ipv4_src") or match.get("ipv6_src")
+            if ip and "in_port" in match and str(ip) not in self.bindings:
+                self.bindings[str(ip)] = (dpid, match["in_port"])
+        self._install_all()
+
+    def on_packet_in(self, pkt: PacketIn, now: float) -> None:
+        if pkt.cookie != COOKIE or pkt.table_id != self.compiler.src:
+            return
+        ip = claimed_source(pkt.data)
+        endpoint = self.world.by_ip.get(ip) if ip else None
+        if endpoint is None or ip in self.bindings:
+            return
+        if pkt.in_port not in self.topology.edge_ports(pkt.dpid):
+            return
+        if endpoint.mac and pkt.eth_src != endpoint.mac:
+            key = (pkt.dpid, pkt.in_port, ip)
+            if now - self._spoof_logged.get(key, float("-inf")) >= SPOOF_LOG_INTERVAL:
+                self._spoof_logged[key] = now
+                LOG.warning(
+                    "microseg: %s at switch %016x port %d claims %s (endpoint %s), "
+                    "whose MAC is %s: not bound",
+                    pkt.eth_src,
+                    pkt.dpid,
+                    pkt.in_port,
+                    ip,
+                    endpoint.name,
+                    endpoint.mac,
+                )
+            return
+        self.bindings[ip] = (pkt.dpid, pkt.in_port)
+        LOG.info(
+            "microseg: endpoint %s (%s) bound to switch %016x port %d",
+            endpoint.name,
+            ip,
+            pkt.dpid,
+            pkt.in_port,
+        )
+        self._install_all()
+
+    def on_topology_change(self, now: float) -> None:
+        for ip, (dpid, port) in list(self.bindings.items()):
+            if port not in self.topology.live_ports(dpid) or port in self.topology.isl_ports(dpid):
+                LOG.info("microseg: %s unbound: switch %016x port %d is gone", ip, dpid, port)
+                del self.bindings[ip]
+        self._install_all()
+
+
+class MicrosegApp(SuiteOSKenApp):
+    """os-ken entry point: hosts Microseg in the shared controller core."""
+
+    suite_app = Microseg

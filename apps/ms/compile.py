@@ -1,0 +1,344 @@
+"""Policies over identities, compiled to flows in five tables.
+
+Each packet is classified once, where it enters the network, into a source and a destination
+identity carried in the metadata register; policy then matches identities and ports, so the
+flow count follows identities x rules, never endpoints squared:
+
+    microseg          source identity, bound to (switch port, IP[, MAC]); spoofed sources drop
+    microseg_track    IP goes through conntrack
+    microseg_dst      replies and established connections pass; destination identity
+    microseg_egress   per source identity: deny rules, allow rules, default deny if isolated
+    microseg_ingress  per destination identity: the same; allowed connections are committed
+
+A connection passes only if the source's egress and the destination's ingress both allow it.
+Packets from another switch were judged where they entered (FROM_FABRIC) and skip all five.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from apps.ms.model import World
+from apps.ms.policy import CILIUM_NAMESPACE_KEY, CILIUM_NS_LABEL_PREFIX, Peer, Policy, Rule
+from controller.flows import Flow, apply, conntrack, flow, goto, to_controller, write_metadata
+from controller.matches import ETH_TYPES, IP_PROTOCOLS, port_matches, prefix_match
+from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
+
+COOKIE = 0x04 << 56
+CT_ZONE = 8
+SRC_SHIFT, DST_SHIFT, ID_BITS = 8, 24, 0xFFFF
+SRC_MASK, DST_MASK = ID_BITS << SRC_SHIFT, ID_BITS << DST_SHIFT
+CT_TRK, CT_EST, CT_REL = 0x20, 0x02, 0x04
+ARP = 0x0806
+ND_TYPES = (133, 134, 135, 136, 137)
+
+# Priorities, per table.
+SKIP_FABRIC, ND_PASS, BOUND, CLAIMED, ARP_PASS = 65000, 400, 300, 200, 100
+CT_PASS, DST_CLASSIFY, TRACK = 500, 100, 10
+DENY, ALLOW, ISOLATED, COMMIT = 3000, 2000, 1000, 1
+
+# A condition on the far end: ("any",), ("id", n), ("net", network), ("ip", address).
+Cond = tuple
+L4 = tuple | None  # None: any IP traffic; (protocol, (lo, hi) or None)
+
+
+def src_meta(identity: int) -> int:
+    return identity << SRC_SHIFT
+
+
+def dst_meta(identity: int) -> int:
+    return identity << DST_SHIFT
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One allowed (or denied) slice of traffic for an identity in one direction."""
+
+    peer: Cond
+    l4: L4
+    self_ip: str | None = None  # named ports that differ within the identity: per endpoint
+
+
+class Resolver:
+    """Selectors to identity sets, against one World."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self._cilium_views = {
+            number: {
+                **ident.label_map(),
+                CILIUM_NAMESPACE_KEY: ident.namespace,
+                **{CILIUM_NS_LABEL_PREFIX + k: v for k, v in ident.namespace_labels},
+            }
+            for number, ident in world.identities.items()
+        }
+
+    def selected(self, policy: Policy) -> set[int]:
+        """Identities a policy applies to: its namespace, its selector."""
+        return {
+            number
+            for number, ident in self.world.identities.items()
+            if ident.namespace == policy.namespace
+            and policy.selector.matches(
+                self._cilium_views[number] if policy.cilium else ident.label_map()
+            )
+        }
+
+    def peer_ids(self, peer: Peer) -> set[int]:
+        out = set()
+        for number, ident in self.world.identities.items():
+            if peer.namespace is not None and ident.namespace != peer.namespace:
+                continue
+            if peer.namespaces is not None and not peer.namespaces.matches(ident.namespace_map()):
+                continue
+            view = self._cilium_views[number] if peer.cilium else ident.label_map()
+            if peer.pods is None or peer.pods.matches(view):
+                out.add(number)
+        return out
+
+    def conds(self, rule: Rule) -> list[Cond]:
+        """The far-end conditions of a rule (a rule with no peers list means every peer)."""
+        if rule.peers is None:
+            return [("any",)]
+        out: list[Cond] = []
+        for peer in rule.peers:
+            if peer.kind == "endpoints":
+                out += [("id", n) for n in sorted(self.peer_ids(peer))]
+            elif peer.kind == "world":
+                out.append(("id", 0))
+            else:
+                out += [("net", n) for n in peer.nets]
+        return out
+
+    def endpoints_in(self, cond: Cond):
+        """The endpoints a condition on the far end covers (for named ports)."""
+        world = self.world
+        if cond[0] == "any":
+            return [e for m in world.members.values() for e in m]
+        if cond[0] == "id":
+            return list(world.members.get(cond[1], ()))
+        return [e for e in world.endpoints.values() if e.ip in cond[1]]
+
+
+def _named(rule_port, endpoints) -> list[tuple[object, int]]:
+    """(endpoint, port) for each endpoint that defines the named port with that protocol."""
+    out = []
+    for e in endpoints:
+        number = e.named_port(rule_port.port, rule_port.protocol)
+        if number is not None:
+            out.append((e, number))
+    return out
+
+
+def rule_entries(res: Resolver, rule: Rule, direction: str, identity: int) -> set[Entry]:
+    """What one rule lets `identity` do in `direction` ("egress": send, "ingress": receive)."""
+    conds = res.conds(rule)
+    out: set[Entry] = set()
+    if rule.ports is None:
+        return {Entry(c, None) for c in conds}
+    for spec in rule.ports:
+        if not isinstance(spec.port, str):
+            out |= {Entry(c, (spec.protocol, spec.range())) for c in conds}
+            continue
+        if direction == "ingress":  # the name is this identity's own port
+            members = res.world.members.get(identity, ())
+            found = _named(spec, members)
+            uniform = len(found) == len(members) and len({p for _, p in found}) == 1
+            for e, port in found:
+                l4 = (spec.protocol, (port, port))
+                out |= {Entry(c, l4, None if uniform else str(e.ip)) for c in conds}
+            continue
+        for c in conds:  # egress: the name is the destination's port
+            found = _named(spec, res.endpoints_in(c))
+            for e, port in found:
+                out.add(Entry(("ip", e.ip), (spec.protocol, (port, port))))
+    return out
+
+
+@dataclass
+class Verdicts:
+    """Per identity and direction: isolated or not, allowed entries, denied entries."""
+
+    isolated: dict[str, set[int]]
+    allow: dict[tuple[str, int], set[Entry]]
+    deny: dict[tuple[str, int], set[Entry]]
+
+
+def verdicts(world: World, policies: Iterable[Policy]) -> Verdicts:
+    res = Resolver(world)
+    out = Verdicts({"ingress": set(), "egress": set()}, defaultdict(set), defaultdict(set))
+    for policy in policies:
+        selected = res.selected(policy)
+        for direction in ("ingress", "egress"):
+            allow = policy.ingress if direction == "ingress" else policy.egress
+            deny = policy.ingress_deny if direction == "ingress" else policy.egress_deny
+            for identity in selected:
+                if direction in policy.isolates:
+                    out.isolated[direction].add(identity)
+                for rule in allow if direction in policy.isolates or policy.cilium else ():
+                    out.allow[(direction, identity)] |= rule_entries(res, rule, direction, identity)
+                for rule in deny:
+                    out.deny[(direction, identity)] |= rule_entries(res, rule, direction, identity)
+    return out
+
+
+class Compiler:
+    """Flows for the five microseg tables, grouped by what they depend on."""
+
+    def __init__(self, pipeline: Pipeline = PIPELINE) -> None:
+        self.src = pipeline.table("microseg")
+        self.track = pipeline.table("microseg_track")
+        self.dst = pipeline.table("microseg_dst")
+        self.egress = pipeline.table("microseg_egress")
+        self.ingress = pipeline.table("microseg_ingress")
+        self.next = pipeline.table("services")
+
+    def _flow(self, table: int, prio: int, match: dict, *instructions) -> Flow:
+        return flow(table, prio, match, *instructions, cookie=COOKIE)
+
+    # --- flows that depend on nothing but whether any endpoint is isolated ----------------------
+
+    def base_flows(self, enforcing: bool) -> list[Flow]:
+        f = self._flow
+        out = [
+            f(self.src, SKIP_FABRIC, {"metadata": (FROM_FABRIC, FROM_FABRIC)}, goto(self.next)),
+            f(self.src, ARP_PASS, {"eth_type": ARP}, goto(self.next)),
+        ]
+        out += [
+            f(
+                self.src,
+                ND_PASS,
+                {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": t},
+                goto(self.next),
+            )
+            for t in ND_TYPES
+        ]
+        if not enforcing:
+            return out
+        for eth_type in ETH_TYPES.values():
+            out.append(
+                f(self.track, TRACK, {"eth_type": eth_type}, apply(conntrack(CT_ZONE, self.dst)))
+            )
+            out.append(
+                f(
+                    self.ingress,
+                    COMMIT,
+                    {"eth_type": eth_type},
+                    apply(conntrack(CT_ZONE, commit=True)),
+                    goto(self.next),
+                )
+            )
+        for offset, state in enumerate((CT_EST, CT_REL)):
+            bits = CT_TRK | state
+            out.append(f(self.dst, CT_PASS + offset, {"ct_state": (bits, bits)}, goto(self.next)))
+        return out
+
+    # --- per endpoint: where it is bound, and its address as a destination -----------------------
+
+    def source_flows(self, endpoint, identity: int, binding, switches) -> dict[int, list[Flow]]:
+        """Classification at the bound port; everywhere else its address is a claim to refuse.
+
+        `binding` is (dpid, port) or None while the endpoint has not been seen: then packets
+        from its address go to the controller, which binds it (ARP still goes on its way).
+        """
+        f = self._flow
+        family = endpoint.family
+        ip = str(endpoint.ip)
+        ip_match = {"eth_type": ETH_TYPES[family], f"ipv{family}_src": ip}
+        arp_match = {"eth_type": ARP, "arp_spa": ip} if family == 4 else None
+        out: dict[int, list[Flow]] = {dpid: [] for dpid in switches}
+        for dpid in switches:
+            if binding is None:
+                out[dpid].append(f(self.src, CLAIMED, ip_match, apply(to_controller(128))))
+                if arp_match:
+                    out[dpid].append(
+                        f(self.src, CLAIMED, arp_match, apply(to_controller(128)), goto(self.next))
+                    )
+                continue
+            out[dpid].append(f(self.src, CLAIMED, ip_match))  # someone else's address: drop
+            if arp_match:
+                out[dpid].append(f(self.src, CLAIMED, arp_match))
+        if binding is not None and binding[0] in out:
+            dpid, port = binding
+            own = {"in_port": port, **({"eth_src": endpoint.mac} if endpoint.mac else {})}
+            out[dpid].append(
+                f(
+                    self.src,
+                    BOUND,
+                    {**own, **ip_match},
+                    write_metadata(src_meta(identity), SRC_MASK),
+                    goto(self.track),
+                )
+            )
+            if arp_match:
+                out[dpid].append(f(self.src, BOUND, {**own, **arp_match}, goto(self.next)))
+        return out
+
+    def destination_flow(self, endpoint, identity: int) -> Flow:
+        family = endpoint.family
+        return self._flow(
+            self.dst,
+            DST_CLASSIFY,
+            {"eth_type": ETH_TYPES[family], f"ipv{family}_dst": str(endpoint.ip)},
+            write_metadata(dst_meta(identity), DST_MASK),
+            goto(self.egress),
+        )
+
+    # --- per identity and direction: policy ------------------------------------------------------
+
+    def policy_flows(
+        self,
+        direction: str,
+        identity: int,
+        families: set[int],
+        isolated: bool,
+        allow: set[Entry],
+        deny: set[Entry],
+    ) -> list[Flow]:
+        table = self.egress if direction == "egress" else self.ingress
+        passed = (
+            (goto(self.ingress),)
+            if direction == "egress"
+            else (apply(conntrack(CT_ZONE, commit=True)), goto(self.next))
+        )
+        out: list[Flow] = []
+        for family in sorted(families):
+            own = {"eth_type": ETH_TYPES[family]}
+            own_meta = src_meta(identity) if direction == "egress" else dst_meta(identity)
+            own_mask = SRC_MASK if direction == "egress" else DST_MASK
+            if isolated:
+                out.append(self._flow(table, ISOLATED, {**own, "metadata": (own_meta, own_mask)}))
+            for prio, entries, verdict in ((ALLOW, allow, passed), (DENY, deny, ())):
+                for entry in sorted(entries, key=repr):
+                    for match in self._entry_matches(direction, family, own_meta, own_mask, entry):
+                        out.append(self._flow(table, prio, {**own, **match}, *verdict))
+        return out
+
+    @staticmethod
+    def _entry_matches(direction, family, own_meta, own_mask, entry: Entry) -> list[dict]:
+        far = "dst" if direction == "egress" else "src"
+        near = "src" if far == "dst" else "dst"
+        meta, mask = own_meta, own_mask
+        base: dict = {}
+        kind = entry.peer[0]
+        if kind == "id":
+            meta |= src_meta(entry.peer[1]) if far == "src" else dst_meta(entry.peer[1])
+            mask |= SRC_MASK if far == "src" else DST_MASK
+        elif kind in ("net", "ip"):
+            net = ipaddress.ip_network(entry.peer[1])
+            if net.version != family:
+                return []
+            base.update(prefix_match(f"ipv{family}_{far}", net))
+        if entry.self_ip is not None:
+            if ipaddress.ip_address(entry.self_ip).version != family:
+                return []
+            base[f"ipv{family}_{near}"] = entry.self_ip
+        base["metadata"] = (meta, mask)
+        if entry.l4 is None:
+            return [base]
+        protocol, ports = entry.l4
+        base["ip_proto"] = IP_PROTOCOLS[protocol]
+        return [{**base, **m} for m in port_matches(f"{protocol}_dst", ports)]

@@ -1,0 +1,184 @@
+"""Who is who: namespaces, endpoints, label selectors and security identities.
+
+An identity is what policies can tell apart: an endpoint's namespace and its labels. Endpoints
+that share both are indistinguishable to every selector, so they share one identity, and policy
+is compiled per identity (as Cilium and Antrea do), never per pair of endpoints.
+
+>>> sel = Selector.parse({"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a"]}]})
+>>> sel.matches({"pod": "a"}), sel.matches({"pod": "b"}), Selector().matches({})
+(True, False, True)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+NAME_LABEL = "kubernetes.io/metadata.name"  # every namespace carries its own name as a label
+DEFAULT_NAMESPACE = "default"
+Labels = tuple[tuple[str, str], ...]
+
+
+def labels_of(mapping: Mapping | None) -> Labels:
+    """Labels as a sorted tuple of string pairs (hashable, order-free)."""
+    return tuple(sorted((str(k), _text(v)) for k, v in (mapping or {}).items()))
+
+
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A Kubernetes LabelSelector: every matchLabels pair and every expression must hold.
+
+    The empty selector matches everything. `NotIn` and `DoesNotExist` match objects that lack
+    the key, as in Kubernetes.
+    """
+
+    labels: Labels = ()
+    expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: Mapping | None, key_map=None) -> Selector:
+        """From a checked LabelSelector; `key_map` rewrites keys (Cilium's source prefixes)."""
+        spec = spec or {}
+        fix = key_map or (lambda k: k)
+        labels = tuple(
+            sorted((fix(str(k)), _text(v)) for k, v in (spec.get("matchLabels") or {}).items())
+        )
+        exprs = tuple(
+            (fix(str(e["key"])), e["operator"], tuple(_text(v) for v in e.get("values") or ()))
+            for e in spec.get("matchExpressions") or ()
+        )
+        return cls(labels, exprs)
+
+    def label_keys(self) -> set[str]:
+        return {k for k, _ in self.labels} | {k for k, _, _ in self.expressions}
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        for key, value in self.labels:
+            if labels.get(key) != value:
+                return False
+        for key, op, values in self.expressions:
+            present = key in labels
+            if op == "In" and not (present and labels[key] in values):
+                return False
+            if op == "NotIn" and present and labels[key] in values:
+                return False
+            if op == "Exists" and not present:
+                return False
+            if op == "DoesNotExist" and present:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class NamedPort:
+    name: str
+    port: int
+    protocol: str  # "tcp", "udp" or "sctp"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    namespace: str
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+    mac: str | None
+    labels: Labels
+    ports: tuple[NamedPort, ...] = ()
+
+    @property
+    def family(self) -> int:
+        return self.ip.version
+
+    def named_port(self, name: str, protocol: str) -> int | None:
+        for p in self.ports:
+            if p.name == name and p.protocol == protocol:
+                return p.port
+        return None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A security identity: one namespace, one label set. `id` goes in packet metadata."""
+
+    id: int
+    namespace: str
+    labels: Labels
+    namespace_labels: Labels
+
+    @property
+    def key(self) -> tuple[str, Labels]:
+        return (self.namespace, self.labels)
+
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+    def namespace_map(self) -> dict[str, str]:
+        return dict(self.namespace_labels)
+
+
+@dataclass
+class World:
+    """Endpoints and namespaces of one config, grouped into identities."""
+
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)  # by name
+    namespaces: dict[str, Labels] = field(default_factory=dict)  # name -> labels
+    identities: dict[int, Identity] = field(default_factory=dict)
+    members: dict[int, tuple[Endpoint, ...]] = field(default_factory=dict)  # identity -> members
+    identity_of: dict[str, int] = field(default_factory=dict)  # endpoint name -> identity id
+    by_ip: dict[str, Endpoint] = field(default_factory=dict)
+
+    def families(self, identity: int) -> set[int]:
+        return {e.family for e in self.members.get(identity, ())}
+
+
+class IdentityAllocator:
+    """Numbers for identities that stay the same across reloads while the identity exists."""
+
+    MAX = 0xFFFF
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple[str, Labels], int] = {}
+
+    def assign(self, keys: set[tuple[str, Labels]]) -> dict[tuple[str, Labels], int]:
+        self.ids = {k: i for k, i in self.ids.items() if k in keys}
+        used = set(self.ids.values())
+        free = (i for i in range(1, self.MAX + 1) if i not in used)
+        for key in sorted(keys - self.ids.keys()):
+            number = next(free, None)
+            if number is None:
+                raise ValueError(f"more than {self.MAX} identities")
+            self.ids[key] = number
+        return dict(self.ids)
+
+
+def build_world(
+    namespaces: dict[str, Labels], endpoints: list[Endpoint], allocator: IdentityAllocator
+) -> World:
+    """Group endpoints into identities; namespaces named only by endpoints get their name label."""
+    ns_labels = dict(namespaces)
+    for e in endpoints:
+        ns_labels.setdefault(e.namespace, ())
+    ns_labels = {
+        name: labels_of({**dict(labels), NAME_LABEL: name}) for name, labels in ns_labels.items()
+    }
+    keys = {(e.namespace, e.labels) for e in endpoints}
+    ids = allocator.assign(keys)
+    world = World(namespaces=ns_labels)
+    grouped: dict[int, list[Endpoint]] = {}
+    for e in endpoints:
+        number = ids[(e.namespace, e.labels)]
+        world.endpoints[e.name] = e
+        world.identity_of[e.name] = number
+        world.by_ip[str(e.ip)] = e
+        grouped.setdefault(number, []).append(e)
+    for (ns, labels), number in ids.items():
+        world.identities[number] = Identity(number, ns, labels, ns_labels[ns])
+        world.members[number] = tuple(grouped[number])
+    return world
