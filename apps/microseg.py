@@ -24,11 +24,11 @@ from collections.abc import Hashable
 
 from prometheus_client import Gauge
 
-from apps.ms.compile import BOUND, COOKIE, Compiler, verdicts
+from apps.ms.compile import BOUND, COOKIE, CT_ZONE, Compiler, verdicts
 from apps.ms.model import IdentityAllocator, World, build_world
 from apps.ms.settings import MicrosegSettings, parse_microseg
 from controller.app import PacketIn, SuiteApp
-from controller.flows import Flow
+from controller.flows import Flow, ct_flush_zone
 from controller.shim import SuiteOSKenApp
 
 LOG = logging.getLogger("osken_suite.microseg")
@@ -68,6 +68,8 @@ class Microseg(SuiteApp):
         self.bindings: dict[str, tuple[int, int]] = {}  # endpoint IP -> (dpid, port)
         self._placed: dict[Hashable, object] = {}  # owner -> the inputs its flows came from
         self._spoof_logged: dict[tuple, float] = {}
+        self._policy_state: object = None  # what the verdicts were, to see them change
+        self._flush_conntrack = False
         self.identities = Gauge(
             "osken_microseg_identities",
             "Security identities in force",
@@ -113,6 +115,15 @@ class Microseg(SuiteApp):
         switches = tuple(self.topology.switches())
         world, compiler = self.world, self.compiler
         self._verdicts = v = verdicts(world, self.settings.policies)
+        state = (
+            {d: frozenset(ids) for d, ids in v.isolated.items()},
+            {k: frozenset(e) for k, e in v.allow.items() if e},
+            {k: frozenset(e) for k, e in v.deny.items() if e},
+            {e.name: world.identity_of[e.name] for e in world.endpoints.values()},
+        )
+        if self._policy_state is not None and state != self._policy_state:
+            self._flush_conntrack = True
+        self._policy_state = state
         enforcing = bool(v.isolated["ingress"] or v.isolated["egress"] or any(v.deny.values()))
         live: set[Hashable] = set()
 
@@ -206,6 +217,15 @@ class Microseg(SuiteApp):
             pkt.in_port,
         )
         self._install_all()
+
+    def tick(self, now: float) -> None:
+        """After a policy change, once its flows are out: forget tracked connections, so no
+        reply rides on an entry the new policy would not have made."""
+        if self._flush_conntrack:
+            self._flush_conntrack = False
+            for dpid in self.topology.switches():
+                if self.core.ready(dpid):
+                    self.core.send(dpid, [ct_flush_zone(CT_ZONE)])
 
     def on_topology_change(self, now: float) -> None:
         for ip, (dpid, port) in list(self.bindings.items()):

@@ -29,6 +29,7 @@ from os_ken.ofproto.ofproto_parser import MsgBase
 OF13 = SimpleNamespace(ofproto=ofp, ofproto_parser=parser, id=None)
 
 CONTROLLER = ofp.OFPP_CONTROLLER
+NX_VENDOR_ID, NXT_CT_FLUSH_ZONE = 0x00002320, 29
 NO_BUFFER = ofp.OFPCML_NO_BUFFER
 
 Match = tuple[tuple[str, Any], ...]
@@ -101,9 +102,15 @@ def set_field(name: str, value: Any) -> Action:
     return ("set_field", name, _norm_scalar(name, value))
 
 
-def conntrack(zone: int, table: int | None = None, commit: bool = False) -> Action:
-    """Send through connection tracking in `zone`; recirculate to `table` with ct_state set."""
-    return ("ct", int(commit), zone, ofp.OFPTT_ALL if table is None else table)
+def conntrack(
+    zone: int, table: int | None = None, commit: bool = False, force: bool = False
+) -> Action:
+    """Send through connection tracking in `zone`; recirculate to `table` with ct_state set.
+
+    `force` (with commit): an entry that holds this packet as a reply is replaced by one in
+    the packet's own direction (Open vSwitch's ct(commit,force))."""
+    flags = int(commit) | (2 if force else 0)
+    return ("ct", flags, zone, ofp.OFPTT_ALL if table is None else table)
 
 
 def apply(*actions: Action) -> Instruction:
@@ -398,6 +405,11 @@ def group_mod(g: Group, command: int = ofp.OFPGC_ADD):
     if command == ofp.OFPGC_DELETE:
         buckets = []
     return parser.OFPGroupMod(OF13, command, GROUP_TYPES[g.type], g.group_id, buckets)
+
+
+def ct_flush_zone(zone: int):
+    """Open vSwitch's NXT_CT_FLUSH_ZONE: forget every tracked connection in `zone`."""
+    return parser.OFPExperimenter(OF13, NX_VENDOR_ID, NXT_CT_FLUSH_ZONE, struct.pack("!6xH", zone))
 
 
 def barrier():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.flows import (
+    NXT_CT_FLUSH_ZONE,
     Flow,
     Group,
     Meter,
@@ -79,6 +81,7 @@ _PREREQS: dict[str, tuple[str, tuple[int, ...]]] = {
     "icmpv4_code": ("ip_proto", (1,)),
     "icmpv6_type": ("ip_proto", (58,)),
     "icmpv6_code": ("ip_proto", (58,)),
+    "tcp_flags": ("ip_proto", (6,)),
 }
 _SPECIAL_PORTS = {
     ofp.OFPP_CONTROLLER,
@@ -197,6 +200,7 @@ class FakeSwitch:
         self.meters: dict[int, Meter] = {}
         self.received: list = []
         self.connections: set[tuple] = set()  # (zone, 5-tuple) committed by ct
+        self.ct_flushes = 0
         self.takes_bundles = True
         self._bundle: list | None = None
         self.commits = 0
@@ -245,6 +249,10 @@ class FakeSwitch:
             self._meter_mod(msg)
         elif isinstance(msg, parser.OFPPacketOut):
             self.packet_outs.append(msg)
+        elif isinstance(msg, parser.OFPExperimenter) and msg.exp_type == NXT_CT_FLUSH_ZONE:
+            (zone,) = struct.unpack("!6xH", msg.data)
+            self.connections.difference_update([c for c in self.connections if c[0] == zone])
+            self.ct_flushes += 1
         elif isinstance(
             msg,
             (
@@ -456,7 +464,7 @@ class FakeSwitch:
     def lookup(self, pkt: dict) -> LookupResult:
         """Where a packet goes: walk the tables from 0 as an OpenFlow 1.3 switch would."""
         result = LookupResult()
-        self._walk({"metadata": 0, "ct_state": 0, **pkt}, 0, result)  # both start at 0
+        self._walk({"metadata": 0, "ct_state": 0, "ct_zone": 0, **pkt}, 0, result)  # all start at 0
         return result
 
     def _walk(self, pkt: dict, table: int | None, result: LookupResult) -> None:
@@ -505,9 +513,9 @@ class FakeSwitch:
         else:
             state = CT_TRK | CT_NEW
         if table == ofp.OFPTT_ALL:
-            pkt["ct_state"] = state
+            pkt["ct_state"], pkt["ct_zone"] = state, zone
             return False
-        self._walk({**pkt, "ct_state": state}, table, result)
+        self._walk({**pkt, "ct_state": state, "ct_zone": zone}, table, result)
         return True
 
     def _act(self, action: tuple, pkt: dict, result: LookupResult, table: int, cookie: int):

@@ -289,6 +289,29 @@ class Lab:
         )
         return "rc=0" in out
 
+    def reachability(
+        self, hosts: list[str], specs: list[str], timeout: float = 1.0
+    ) -> dict[tuple[str, str, str], bool]:
+        """Every host probes every other on every "proto:port" spec, all hosts at once.
+
+        Loopback is left out, as in the upstream network-policy tests."""
+        procs = {}
+        for src in hosts:
+            targets = ",".join(self.host(h).IP() for h in hosts if h != src)
+            procs[src] = self.host(src).popen(
+                ["/usr/bin/python3", PROBE, "matrix", targets, *specs, "--timeout", str(timeout)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        by_ip = {self.host(h).IP(): h for h in hosts}
+        out = {}
+        for src, proc in procs.items():
+            text, _ = proc.communicate(timeout=timeout * 4 + 30)
+            for line in text.splitlines():
+                ip, spec, verdict = line.split()
+                out[(src, by_ip[ip], spec)] = verdict == "ok"
+        return out
+
     def link(self, a: str, b: str, status: str) -> None:
         self.net.configLinkStatus(a, b, status)
 

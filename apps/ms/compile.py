@@ -5,8 +5,8 @@ identity carried in the metadata register; policy then matches identities and po
 flow count follows identities x rules, never endpoints squared:
 
     microseg          source identity, bound to (switch port, IP[, MAC]); spoofed sources drop
-    microseg_track    IP goes through conntrack
-    microseg_dst      replies and established connections pass; destination identity
+    microseg_track    destination identity
+    microseg_dst      IP goes through conntrack; replies to allowed connections pass
     microseg_egress   per source identity: deny rules, allow rules, default deny if isolated
     microseg_ingress  per destination identity: the same; allowed connections are committed
 
@@ -31,13 +31,15 @@ COOKIE = 0x04 << 56
 CT_ZONE = 8
 SRC_SHIFT, DST_SHIFT, ID_BITS = 8, 24, 0xFFFF
 SRC_MASK, DST_MASK = ID_BITS << SRC_SHIFT, ID_BITS << DST_SHIFT
-CT_TRK, CT_EST, CT_REL = 0x20, 0x02, 0x04
+CT_TRK, CT_EST, CT_REL, CT_RPL = 0x20, 0x02, 0x04, 0x08
+REPLY = CT_TRK | CT_EST | CT_RPL
 ARP = 0x0806
 ND_TYPES = (133, 134, 135, 136, 137)
 
 # Priorities, per table.
 SKIP_FABRIC, ND_PASS, BOUND, CLAIMED, ARP_PASS = 65000, 400, 300, 200, 100
-CT_PASS, DST_CLASSIFY, TRACK = 500, 100, 10
+CT_PASS, SYN_JUDGED, DST_CLASSIFY, TRACKED, TRACK = 500, 510, 100, 20, 10
+TCP_SYN, TCP_ACK = 0x002, 0x010
 DENY, ALLOW, ISOLATED, COMMIT = 3000, 2000, 1000, 1
 
 # A condition on the far end: ("any",), ("id", n), ("net", network), ("ip", address).
@@ -196,6 +198,8 @@ class Compiler:
         self.ingress = pipeline.table("microseg_ingress")
         self.next = pipeline.table("services")
 
+    _commit = conntrack(CT_ZONE, commit=True, force=True)
+
     def _flow(self, table: int, prio: int, match: dict, *instructions) -> Flow:
         return flow(table, prio, match, *instructions, cookie=COOKIE)
 
@@ -218,22 +222,33 @@ class Compiler:
         ]
         if not enforcing:
             return out
+        ours = {"ct_zone": CT_ZONE}  # ct_state from our zone, not the firewall's
         for eth_type in ETH_TYPES.values():
-            out.append(
-                f(self.track, TRACK, {"eth_type": eth_type}, apply(conntrack(CT_ZONE, self.dst)))
-            )
+            ip = {"eth_type": eth_type}
+            track = apply(conntrack(CT_ZONE, self.dst))
+            out.append(f(self.dst, TRACK, ip, track))
             out.append(
                 f(
-                    self.ingress,
-                    COMMIT,
-                    {"eth_type": eth_type},
-                    apply(conntrack(CT_ZONE, commit=True)),
-                    goto(self.next),
+                    self.dst,
+                    TRACKED,
+                    {**ip, **ours, "ct_state": (CT_TRK, CT_TRK)},
+                    goto(self.egress),
                 )
             )
-        for offset, state in enumerate((CT_EST, CT_REL)):
-            bits = CT_TRK | state
-            out.append(f(self.dst, CT_PASS + offset, {"ct_state": (bits, bits)}, goto(self.next)))
+            out.append(f(self.ingress, COMMIT, ip, apply(self._commit), goto(self.next)))
+            # A bare SYN is never a reply: if conntrack holds its 5-tuple the other way round
+            # (an entry picked up mid-stream from the peer's last packets), judge it as new.
+            syn = {**ip, **ours, "ip_proto": 6, "tcp_flags": (TCP_SYN, TCP_SYN | TCP_ACK)}
+            out.append(
+                f(self.dst, SYN_JUDGED, {**syn, "ct_state": (REPLY, REPLY)}, goto(self.egress))
+            )
+        # Replies to a committed connection pass, and so do related packets (ICMP errors).
+        # Packets in the original direction are judged again each time: a policy change holds
+        # for open connections too.
+        for offset, bits in enumerate((REPLY, CT_TRK | CT_REL)):
+            out.append(
+                f(self.dst, CT_PASS + offset, {**ours, "ct_state": (bits, bits)}, goto(self.next))
+            )
         return out
 
     # --- per endpoint: where it is bound, and its address as a destination -----------------------
@@ -280,11 +295,11 @@ class Compiler:
     def destination_flow(self, endpoint, identity: int) -> Flow:
         family = endpoint.family
         return self._flow(
-            self.dst,
+            self.track,
             DST_CLASSIFY,
             {"eth_type": ETH_TYPES[family], f"ipv{family}_dst": str(endpoint.ip)},
             write_metadata(dst_meta(identity), DST_MASK),
-            goto(self.egress),
+            goto(self.dst),
         )
 
     # --- per identity and direction: policy ------------------------------------------------------
@@ -302,7 +317,7 @@ class Compiler:
         passed = (
             (goto(self.ingress),)
             if direction == "egress"
-            else (apply(conntrack(CT_ZONE, commit=True)), goto(self.next))
+            else (apply(self._commit), goto(self.next))
         )
         out: list[Flow] = []
         for family in sorted(families):

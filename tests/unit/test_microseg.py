@@ -9,7 +9,7 @@ import pytest
 
 from apps.l2_learning import L2Learning
 from apps.microseg import Microseg, claimed_source
-from apps.ms.compile import COOKIE
+from apps.ms.compile import COOKIE, CT_ZONE
 from controller.config import ConfigError, load_config
 from controller.core import Core
 from tests.fakenet import BROADCAST
@@ -406,7 +406,12 @@ def test_a_label_change_sends_only_the_flows_that_depend_on_it(tmp_path):
     # every switch) change; no policy flow does. Each switch gets one bundle.
     assert 0 < sent <= 1 + 6 * len(net.switches), sent
     assert not send(net, "y-a", "z-b", sport=40001)  # a new connection
-    assert send(net, "y-a", "z-b")  # the one open before the change goes on (conntrack)
+    assert not send(net, "y-a", "z-b")  # the open one too: its packets are judged again
+    assert reply(net, "y-a", "z-b")  # though what z-b still sends back reaches y-a...
+    net.advance(1)
+    assert all(sw.ct_flushes == 1 for sw in net.switches.values())
+    # ...until the change is in force: then conntrack forgets connections made under the old.
+    assert not any(zone == CT_ZONE for sw in net.switches.values() for zone, _ in sw.connections)
     assert len(ms.world.identities) == 5
 
 
