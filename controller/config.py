@@ -22,6 +22,22 @@ import jsonschema
 import yaml
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: much faster
+
+
+class _DuplicateKey(Exception):
+    """Raised while loading; the slow path then finds and locates the duplicate."""
+
+
+class _StrictLoader(_LOADER):  # type: ignore[misc, valid-type]
+    """The fast loader, refusing duplicate keys as it goes (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [k.value for k, _ in node.value]
+        if len(set(keys)) != len(keys):
+            raise _DuplicateKey
+        return super().construct_mapping(node, deep)
+
+
 _LABELS = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
 
 SCHEMAS: dict[str, dict] = {
@@ -186,9 +202,10 @@ def load_document(path: str, json_only: bool = False) -> Document:
         except json.JSONDecodeError as exc:
             raise ConfigError(path, exc.lineno, "", f"JSON syntax error: {exc.msg}") from None
     try:
-        data = json.loads(text) if json_only else yaml.load(text, Loader=_LOADER)
-        if not json_only:
-            _ = Document(path, data, text).lines  # YAML hides duplicate keys: look once
+        data = json.loads(text) if json_only else yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey:
+        _ = Document(path, None, text).lines  # raises, naming the line and the field
+        raise AssertionError("a duplicate key the line map did not find") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

@@ -89,12 +89,27 @@ def policy_files(config: Config) -> list[tuple[int, str]]:
     return out
 
 
+_PARSED: dict[str, tuple[tuple[int, int], list[Policy]]] = {}
+
+
+def _policies_in(path: str) -> list[Policy]:
+    """A file's policies; parsed again only when the file changed (a reload that edits one
+    label or one policy file does not re-read the others)."""
+    st = os.stat(path)
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _PARSED.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    policies = [p for doc in load_documents(path) for p in parse_policy(doc)]
+    _PARSED[path] = (stamp, policies)
+    return policies
+
+
 def parse_microseg(section, config: Config) -> MicrosegSettings:
     """Everything checked; the first problem is raised, located."""
     settings = MicrosegSettings(parse_namespaces(config), parse_endpoints(config))
     for _, path in policy_files(config):
         config.depend(path)
-        for doc in load_documents(path):
-            settings.policies += parse_policy(doc)
+        settings.policies += _policies_in(path)
     check_unique(settings.policies)
     return settings
