@@ -34,6 +34,7 @@ from controller.core import Core  # noqa: E402
 from tests.fakenet import FakeNetwork  # noqa: E402
 
 NAMESPACES = 4
+NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 def write_lab(folder: str, endpoints: int, identities: int, policies: int) -> str:
@@ -63,7 +64,7 @@ def write_lab(folder: str, endpoints: int, identities: int, policies: int) -> st
             f"metadata: {{name: p{p}, namespace: ns{target // apps}}}\n"
             f"spec:\n  podSelector: {{matchLabels: {{app: app{target % apps}}}}}\n"
             f"  ingress:\n  - from:\n"
-            f"    - namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: ns{peer_a // apps}}}}}\n"
+            f"    - namespaceSelector: {{matchLabels: {{{NAME_LABEL}: ns{peer_a // apps}}}}}\n"
             f"      podSelector: {{matchLabels: {{app: app{peer_a % apps}}}}}\n"
             f"    - namespaceSelector: {{matchLabels: {{tier: t{peer_b % 2}}}}}\n"
             f"      podSelector: {{matchLabels: {{app: app{peer_b % apps}}}}}\n"

@@ -4,7 +4,8 @@
 Starts osken-manager with the suite's apps, builds a k=4 fat-tree (20 switches, 16 hosts) in
 Mininet on OVS's userspace datapath, then shows: full connectivity, TCP across the fabric, a
 link failure on the path in use and the reroute, the link's return, the firewall (the seed's
-rules.json, a rate limit under a UDP flood, a source blocked by a live reload) and what the
+rules.json, a rate limit under a UDP flood, a source blocked by a live reload), zero trust (the
+seed's NetworkPolicy, unmodified, and a spoofed address that gains nothing) and what the
 controller reports on /metrics. Prints a short report, cleans up, exits 0 only if every check
 passed.
 """
@@ -25,9 +26,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from topologies.fattree import FatTreeTopo  # noqa: E402
 from topologies.harness import ROOT, Controller, Lab, free_port, metric, ping_counts  # noqa: E402
 
-APPS = ["apps/firewall.py"]  # brings apps/l2_learning.py along
+APPS = ["apps/firewall.py", "apps/microseg.py"]  # both bring apps/l2_learning.py along
 RATE_PPS = 500
-CONFIG = f"""firewall:
+CONFIG = f"""endpoints:                        # whom the seed policy speaks about
+  - {{name: api, namespace: production, ip: 10.0.0.9, mac: "00:00:00:00:00:09",
+     labels: {{app: api-server}}}}
+  - {{name: web, namespace: production, ip: 10.0.0.10, mac: "00:00:00:00:00:0a",
+     labels: {{app: web-server}}}}
+  - {{name: db, namespace: production, ip: 10.0.0.12, mac: "00:00:00:00:00:0c",
+     labels: {{app: database}}}}
+  - {{name: batch, namespace: production, ip: 10.0.0.13, mac: "00:00:00:00:00:0d",
+     labels: {{app: batch}}}}
+policies: [policies]              # empty until the zero-trust scene puts the seed's policy in
+firewall:
   default: allow
   rules_file: rules.json          # the seed's rules.json: 80 and 443 open, 22 closed
   rules:
@@ -37,6 +48,10 @@ CONFIG = f"""firewall:
   stats_interval: 2
   xdp: {{mode: auto}}                # deny rules XDP can express are dropped before the switch
 """
+SPOOF_CMD = (
+    "import socket; s = socket.socket(); s.settimeout(1); s.bind(('{fake}', 0)); "
+    "print(s.connect_ex(('{dst}', 8080)))"
+)
 FLOOD = 20000
 FLOOD_CMD = (
     "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
@@ -154,6 +169,46 @@ def firewall(lab: Lab, report: Report, ctl: Controller, cfg: str, src: str, dst:
     )
 
 
+def zero_trust(lab: Lab, report: Report, ctl: Controller, cfg: str) -> None:
+    """The seed's microsegmentation.yml, unmodified: api-server takes 8080 from web-server and
+    mobile-gateway only, and may reach only the database (5432) and DNS."""
+    shutil.copy(
+        os.path.join(ROOT, "tests", "data", "seed-policies", "microsegmentation.yml"),
+        os.path.join(os.path.dirname(cfg), "policies"),
+    )
+    ctl.proc.send_signal(signal.SIGHUP)
+    ctl.wait_log(r"config reloaded", count=2, timeout=10)
+    time.sleep(0.5)
+    api, web, db, batch = "h9", "h10", "h12", "h13"
+    lab.serve(api, "tcp:8080", "tcp:22")
+    lab.serve(db, "tcp:5432", "tcp:80")
+    checks = {
+        "web -> api:8080": (lab.connects(web, api, "tcp", 8080), True),
+        "batch -> api:8080": (lab.connects(batch, api, "tcp", 8080), False),
+        "web -> api:22": (lab.connects(web, api, "tcp", 22), False),
+        "api -> db:5432": (lab.connects(api, db, "tcp", 5432), True),
+        "api -> db:80": (lab.connects(api, db, "tcp", 80), False),
+    }
+    report.add(
+        "zero trust: the seed's NetworkPolicy",
+        all(got == want for got, want in checks.values()),
+        ", ".join(f"{k} {'open' if got else 'blocked'}" for k, (got, _) in checks.items()),
+    )
+    spoofer, fake = lab.host(batch), lab.host(web).IP()
+    intf = spoofer.defaultIntf()
+    spoofer.cmd(f"ip addr add {fake}/32 dev {intf}")
+    try:
+        code = SPOOF_CMD.format(fake=fake, dst=lab.host(api).IP())
+        spoofed = spoofer.cmd(f'/usr/bin/python3 -c "{code}"').strip() == "0"
+    finally:
+        spoofer.cmd(f"ip addr del {fake}/32 dev {intf}")
+    report.add(
+        "zero trust: batch borrows web's address",
+        not spoofed and lab.connects(web, api, "tcp", 8080),
+        f"spoofed -> api:8080 {'open' if spoofed else 'blocked'} (bound to web's port and MAC)",
+    )
+
+
 def xdp_flood(lab: Lab, report: Report, ctl: Controller, metrics_port: int, dst: str) -> None:
     """A UDP flood at a denied port: dropped by XDP on the switch port, OpenFlow never sees it."""
     rule = "5"  # udp-9-flood: the seed's 3 rules, the rate limit, then this one
@@ -187,12 +242,14 @@ def main() -> int:
     cfg = os.path.join(folder, "lab.yaml")
     with open(cfg, "w") as fh:
         fh.write(CONFIG)
+    os.makedirs(os.path.join(folder, "policies"))
     ctl = Controller(APPS, config=cfg, extra=["--prometheus-port", str(metrics_port)])
     with ctl, Lab(topo, ctl.port) as lab:
         connectivity(lab, report, "connectivity from a cold start", 60)
         tcp(lab, report, "h1", "h16")
         link_failure(lab, report, "h1", "h16")
         firewall(lab, report, ctl, cfg, "h1", "h16")
+        zero_trust(lab, report, ctl, cfg)
         xdp_flood(lab, report, ctl, metrics_port, "h16")
         time.sleep(5.5)  # one stats interval: per-rule counters reach /metrics
         names = (
