@@ -189,13 +189,23 @@ class Document:
             raise (lines_from or self).error(prefix + where, message)
 
 
-def load_document(path: str, json_only: bool = False) -> Document:
-    """Read a YAML (or, with json_only, strict JSON) file; syntax errors carry their line."""
+def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+            return fh.read()
     except OSError as exc:
         raise ConfigError(path, None, "", f"cannot read: {exc.strerror}") from None
+
+
+def _syntax_error(path: str, exc: yaml.YAMLError) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    return ConfigError(path, mark.line + 1 if mark else None, "", f"syntax error: {problem}")
+
+
+def load_document(path: str, json_only: bool = False) -> Document:
+    """Read a YAML (or, with json_only, strict JSON) file; syntax errors carry their line."""
+    text = _read(path)
     if json_only:
         try:
             json.loads(text)
@@ -207,11 +217,7 @@ def load_document(path: str, json_only: bool = False) -> Document:
         _ = Document(path, None, text).lines  # raises, naming the line and the field
         raise AssertionError("a duplicate key the line map did not find") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            path, mark.line + 1 if mark else None, "", f"syntax error: {problem}"
-        ) from None
+        raise _syntax_error(path, exc) from None
     return Document(path, data, text)
 
 
@@ -221,19 +227,12 @@ def load_documents(path: str) -> list[Document]:
     Policy files are small and their errors must point, so lines are mapped up front here
     (which also rejects duplicate keys).
     """
+    text = _read(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
         datas = list(yaml.load_all(text, Loader=_LOADER))
         nodes = list(yaml.compose_all(text, Loader=_LOADER))
-    except OSError as exc:
-        raise ConfigError(path, None, "", f"cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            path, mark.line + 1 if mark else None, "", f"syntax error: {problem}"
-        ) from None
+        raise _syntax_error(path, exc) from None
     docs = []
     for data, node in zip(datas, nodes, strict=True):
         if data is None:
