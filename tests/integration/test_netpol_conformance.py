@@ -637,7 +637,9 @@ def suite(tmp_path_factory):
 
 # Open bug: after the earlier cases, in these two the full concurrent matrix sees y -> x-a on
 # TCP 80 open (three looks, 5 s apart), while a lone probe from y-a at that moment is blocked
-# and the switch's deny flow counts its SYNs. Root cause not found yet; see docs/microseg.md.
+# and the switch's deny flow counts its SYNs. Conntrack then holds the leaked connection in its
+# original direction, so the SYN got past the ingress stage (not a reply mix-up); a full
+# conntrack flush before the matrix hides it. Root cause not found yet; see docs/microseg.md.
 KNOWN_OPEN = {
     "Cilium: ingressDeny beats a Kubernetes allow-all; a missing protocol means any",
     "Cilium: a rule with only toPorts allows every peer on that port",
