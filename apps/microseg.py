@@ -70,6 +70,7 @@ class Microseg(SuiteApp):
         self._spoof_logged: dict[tuple, float] = {}
         self._policy_state: object = None  # what the verdicts were, to see them change
         self._flush_conntrack = False
+        self.generation = 0
         self.identities = Gauge(
             "osken_microseg_identities",
             "Security identities in force",
@@ -123,7 +124,9 @@ class Microseg(SuiteApp):
         )
         if self._policy_state is not None and state != self._policy_state:
             self._flush_conntrack = True
+            self.generation = (self.generation + 1) & 0xFFFFFFFF
         self._policy_state = state
+        generation = self.generation
         enforcing = bool(v.isolated["ingress"] or v.isolated["egress"] or any(v.deny.values()))
         live: set[Hashable] = set()
 
@@ -133,8 +136,8 @@ class Microseg(SuiteApp):
 
         keep(
             ("ms", "base"),
-            (enforcing, switches),
-            lambda: {d: compiler.base_flows(enforcing) for d in switches},
+            (enforcing, generation, switches),
+            lambda: {d: compiler.base_flows(enforcing, generation) for d in switches},
         )
         for e in world.endpoints.values():
             identity = world.identity_of[e.name]

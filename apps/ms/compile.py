@@ -23,12 +23,22 @@ from dataclasses import dataclass
 
 from apps.ms.model import World
 from apps.ms.policy import CILIUM_NAMESPACE_KEY, CILIUM_NS_LABEL_PREFIX, Peer, Policy, Rule
-from controller.flows import Flow, apply, conntrack, flow, goto, to_controller, write_metadata
+from controller.flows import (
+    Flow,
+    apply,
+    conntrack,
+    flow,
+    goto,
+    set_field,
+    to_controller,
+    write_metadata,
+)
 from controller.matches import ETH_TYPES, IP_PROTOCOLS, port_matches, prefix_match
 from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
 
 COOKIE = 0x04 << 56
 CT_ZONE = 8
+GENERATION_REG = "reg0"  # the policy generation, frozen with each conntrack recirculation
 SRC_SHIFT, DST_SHIFT, ID_BITS = 8, 24, 0xFFFF
 SRC_MASK, DST_MASK = ID_BITS << SRC_SHIFT, ID_BITS << DST_SHIFT
 CT_TRK, CT_EST, CT_REL, CT_RPL = 0x20, 0x02, 0x04, 0x08
@@ -205,7 +215,12 @@ class Compiler:
 
     # --- flows that depend on nothing but whether any endpoint is isolated ----------------------
 
-    def base_flows(self, enforcing: bool) -> list[Flow]:
+    def base_flows(self, enforcing: bool, generation: int = 0) -> list[Flow]:
+        """`generation` changes with every policy change. It goes into a register before the
+        conntrack recirculation, so Open vSwitch freezes a new state and cannot reuse datapath
+        flows it cached after the recirculation under the old policy (seen in the conformance
+        tests: such a cached flow kept letting denied SYNs through until the datapath was
+        flushed)."""
         f = self._flow
         out = [
             f(self.src, SKIP_FABRIC, {"metadata": (FROM_FABRIC, FROM_FABRIC)}, goto(self.next)),
@@ -225,7 +240,7 @@ class Compiler:
         ours = {"ct_zone": CT_ZONE}  # ct_state from our zone, not the firewall's
         for eth_type in ETH_TYPES.values():
             ip = {"eth_type": eth_type}
-            track = apply(conntrack(CT_ZONE, self.dst))
+            track = apply(set_field(GENERATION_REG, generation), conntrack(CT_ZONE, self.dst))
             out.append(f(self.dst, TRACK, ip, track))
             out.append(
                 f(
