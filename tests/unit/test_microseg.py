@@ -484,3 +484,25 @@ def test_cilium_fields_beyond_l4_are_named(tmp_path):
         ConfigError, match=r"policies.yaml:7: spec.egress\[0\].toFQDNs: not supported"
     ):
         load_and_check(cfg)
+
+
+def _generation(net) -> set:
+    """The policy generation each switch's conntrack entry flow loads into reg0."""
+    out = set()
+    for sw in net.switches.values():
+        for e in sw.tables[4]:
+            for ins in e.flow.instructions:
+                if ins[0] == "apply" and ins[1] and ins[1][0][:2] == ("set_field", "reg0"):
+                    out.add(ins[1][0][2])
+    return out
+
+
+def test_each_policy_change_freezes_a_new_generation(tmp_path):
+    """Open vSwitch caches datapath flows after a conntrack recirculation by the state frozen
+    with it; a new generation in a register makes that state new, so no stale entry matches."""
+    net, _, cfg = make(tmp_path, DENY_X_A)
+    assert _generation(net) == {0}
+    reload(net, cfg, DENY_X_A.replace("ingress: []", "ingress: [{}]"))
+    assert _generation(net) == {1}
+    reload(net, cfg)  # the same policies again: nothing changes
+    assert _generation(net) == {1}
