@@ -281,8 +281,40 @@ def load_config(path: str) -> Config:
     cfg = Config(path, doc.data, doc.text)
     if not isinstance(cfg.data, dict):
         raise cfg.error((), "the top level must be a mapping of sections")
-    cfg.validate({"type": "object", "properties": SCHEMAS, "additionalProperties": False})
+    shallow = {k: _without_items(v) for k, v in SCHEMAS.items()}
+    cfg.validate({"type": "object", "properties": shallow, "additionalProperties": False})
+    for section, schema in SCHEMAS.items():
+        if shallow[section] is not schema and section in cfg.data:
+            _validate_items(cfg, section, schema["items"])
     return cfg
+
+
+def _without_items(schema: dict) -> dict:
+    """A list section's schema minus its items, which _validate_items checks one at a time."""
+    if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
+        return {k: v for k, v in schema.items() if k != "items"}
+    return schema
+
+
+# (section, its item schema) -> the items (as JSON) found valid at the last load
+_VALID_ITEMS: dict[tuple[str, int], set[str]] = {}
+
+
+def _validate_items(cfg: Config, section: str, schema: dict) -> None:
+    """Each item of a list section against its schema, except those valid at the last load:
+    a reload that edits one of a thousand endpoints checks one."""
+    cache_key = (section, id(schema))  # a schema registered later starts afresh
+    seen = _VALID_ITEMS.get(cache_key, set())
+    validator = jsonschema.Draft202012Validator(schema)
+    valid = set()
+    for i, item in enumerate(cfg.data[section]):
+        key = json.dumps(item, sort_keys=True, default=str)
+        if key not in seen:
+            error = next(iter(validator.iter_errors(item)), None)
+            if error is not None:
+                Document(cfg.path, item).validate(schema, (section, i), lines_from=cfg)
+        valid.add(key)
+    _VALID_ITEMS[cache_key] = valid
 
 
 def _locate(err: jsonschema.ValidationError) -> tuple[tuple, str]:
