@@ -73,3 +73,17 @@ def test_discovery_and_controller_sections(tmp_path):
     assert "controller.packet_in_rate: -1 is less than the minimum of 0" in error_of(
         tmp_path, "controller: {packet_in_rate: -1}\n"
     )
+
+
+def test_list_items_checked_once_but_a_changed_item_is_checked_again(tmp_path):
+    """Endpoints valid at the last load are not checked again; an edited one is, and located."""
+    good = (
+        "endpoints:\n  - {name: a, ip: 10.0.0.1}\n"
+        "  - {name: b, ip: 10.0.0.2, ports: [{port: 80}]}\n"
+    )
+    load_config(write(tmp_path, good))
+    load_config(write(tmp_path, good))
+    bad = good.replace("port: 80", "port: 70000")
+    assert error_of(tmp_path, bad).endswith(
+        "lab.yaml:3: endpoints[1].ports[0].port: 70000 is greater than the maximum of 65535"
+    )
