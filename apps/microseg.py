@@ -65,6 +65,7 @@ class Microseg(SuiteApp):
         self.settings = MicrosegSettings()
         self._checked: MicrosegSettings | None = None
         self.world = World()
+        self._verdicts = verdicts(self.world, [])
         self.bindings: dict[str, tuple[int, int]] = {}  # endpoint IP -> (dpid, port)
         self._placed: dict[Hashable, object] = {}  # owner -> the inputs its flows came from
         self._spoof_logged: dict[tuple, float] = {}
@@ -91,6 +92,7 @@ class Microseg(SuiteApp):
     def configure(self, section, now: float) -> None:
         self.settings = self._checked if self._checked is not None else MicrosegSettings()
         self.world = build_world(self.settings.namespaces, self.settings.endpoints, self.allocator)
+        self._decide()
         self._install_all()
         v = self._verdicts
         LOG.info(
@@ -103,6 +105,21 @@ class Microseg(SuiteApp):
             len(v.isolated["egress"]),
         )
 
+    def _decide(self) -> None:
+        """Verdicts per identity, worked out once per config (bindings and topology do not
+        change them); a change of verdicts or of who is which identity starts a generation."""
+        self._verdicts = v = verdicts(self.world, self.settings.policies)
+        state = (
+            v.isolated,
+            {k: e for k, e in v.allow.items() if e},
+            {k: e for k, e in v.deny.items() if e},
+            self.world.identity_of,
+        )
+        if self._policy_state is not None and state != self._policy_state:
+            self._flush_conntrack = True
+            self.generation = (self.generation + 1) & 0xFFFFFFFF
+        self._policy_state = state
+
     # --- desired flows -------------------------------------------------------------------------
 
     def _put(self, owner: Hashable, inputs: object, build) -> None:
@@ -112,20 +129,19 @@ class Microseg(SuiteApp):
         self._placed[owner] = inputs
         self.desired.put(owner, build())
 
+    def _source(self, e, switches: tuple) -> tuple[Hashable, object, object]:
+        """(owner, inputs, build) of an endpoint's source classification."""
+        identity = self.world.identity_of[e.name]
+        binding = self.bindings.get(str(e.ip))
+        return (
+            ("ms", "src", str(e.ip)),
+            (e, identity, binding, switches),
+            lambda: self.compiler.source_flows(e, identity, binding, switches),
+        )
+
     def _install_all(self) -> None:
         switches = tuple(self.topology.switches())
-        world, compiler = self.world, self.compiler
-        self._verdicts = v = verdicts(world, self.settings.policies)
-        state = (
-            {d: frozenset(ids) for d, ids in v.isolated.items()},
-            {k: frozenset(e) for k, e in v.allow.items() if e},
-            {k: frozenset(e) for k, e in v.deny.items() if e},
-            {e.name: world.identity_of[e.name] for e in world.endpoints.values()},
-        )
-        if self._policy_state is not None and state != self._policy_state:
-            self._flush_conntrack = True
-            self.generation = (self.generation + 1) & 0xFFFFFFFF
-        self._policy_state = state
+        world, compiler, v = self.world, self.compiler, self._verdicts
         generation = self.generation
         enforcing = bool(v.isolated["ingress"] or v.isolated["egress"] or any(v.deny.values()))
         live: set[Hashable] = set()
@@ -141,12 +157,7 @@ class Microseg(SuiteApp):
         )
         for e in world.endpoints.values():
             identity = world.identity_of[e.name]
-            binding = self.bindings.get(str(e.ip))
-            keep(
-                ("ms", "src", str(e.ip)),
-                (e, identity, binding, switches),
-                lambda e=e, i=identity, b=binding: compiler.source_flows(e, i, b, switches),
-            )
+            keep(*self._source(e, switches))
             keep(
                 ("ms", "dst", str(e.ip)),
                 (e, identity, switches),
@@ -219,7 +230,7 @@ class Microseg(SuiteApp):
             pkt.dpid,
             pkt.in_port,
         )
-        self._install_all()
+        self._put(*self._source(endpoint, tuple(self.topology.switches())))
 
     def tick(self, now: float) -> None:
         """After a policy change, once its flows are out: forget tracked connections, so no

@@ -168,12 +168,16 @@ class Document:
                     _line_map(node, (), self._lines, self.path or "<config>")
         return self._lines
 
-    def error(self, where: tuple, message: str) -> ConfigError:
-        """A ConfigError located at `where` (or the nearest enclosing key that has a line)."""
+    def line_of(self, where: tuple) -> int | None:
+        """The line of `where`, or of the nearest enclosing key that has one."""
         probe = where
         while probe and probe not in self.lines:
             probe = probe[:-1]
-        return ConfigError(self.path or "<config>", self.lines.get(probe), dotted(where), message)
+        return self.lines.get(probe)
+
+    def error(self, where: tuple, message: str) -> ConfigError:
+        """A ConfigError located at `where` (or the nearest enclosing key that has a line)."""
+        return ConfigError(self.path or "<config>", self.line_of(where), dotted(where), message)
 
     def validate(self, schema: dict, prefix: tuple = (), lines_from: Document | None = None):
         """Check against a JSON Schema; the first error (outermost first) is raised, located.

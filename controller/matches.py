@@ -16,6 +16,8 @@ import ipaddress
 ETH_TYPES = {4: 0x0800, 6: 0x86DD}
 IP_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+ND_TYPES = (133, 134, 135, 136, 137)  # ICMPv6 neighbour discovery: IPv6 cannot work without it
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20  # ct_state
 
 
 def port_masks(lo: int, hi: int) -> list[tuple[int, int]]:

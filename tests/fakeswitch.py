@@ -38,8 +38,7 @@ from controller.flows import (
     meter_from_config,
     of_instruction,
 )
-
-CT_NEW, CT_EST, CT_RPL, CT_TRK = 0x01, 0x02, 0x08, 0x20
+from controller.matches import CT_EST, CT_NEW, CT_RPL, CT_TRK
 
 
 def _ct_key(pkt: dict) -> tuple:

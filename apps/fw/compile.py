@@ -21,7 +21,17 @@ from collections.abc import Hashable, Sequence
 
 from apps.fw.rules import FirewallSettings, Rule
 from controller.flows import Flow, Meter, apply, conntrack, flow, goto, meter
-from controller.matches import ETH_TYPES, IP_PROTOCOLS, port_matches, prefix_match
+from controller.matches import (
+    CT_EST,
+    CT_INV,
+    CT_REL,
+    CT_TRK,
+    ETH_TYPES,
+    IP_PROTOCOLS,
+    ND_TYPES,
+    port_matches,
+    prefix_match,
+)
 from controller.pipeline import FROM_FABRIC
 
 COOKIE = 0x03 << 56
@@ -32,9 +42,7 @@ BLOCKED_PRIORITY = 64000  # blocked sources go first, before conntrack and every
 ND_PRIORITY, DEFAULT_PRIORITY = 20, 10
 BLOCKED_ID = 0xFFFF  # cookie low bits of blocked-source flows
 CT_ZONE = 7
-CT_TRK, CT_EST, CT_REL, CT_INV = 0x20, 0x02, 0x04, 0x10
 PROTO = IP_PROTOCOLS
-ND_TYPES = (133, 134, 135, 136, 137)  # IPv6 cannot find neighbours without these
 
 
 def _longest_decreasing(prios: Sequence[int]) -> set[int]:

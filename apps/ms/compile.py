@@ -33,7 +33,17 @@ from controller.flows import (
     to_controller,
     write_metadata,
 )
-from controller.matches import ETH_TYPES, IP_PROTOCOLS, port_matches, prefix_match
+from controller.matches import (
+    CT_EST,
+    CT_REL,
+    CT_RPL,
+    CT_TRK,
+    ETH_TYPES,
+    IP_PROTOCOLS,
+    ND_TYPES,
+    port_matches,
+    prefix_match,
+)
 from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
 
 COOKIE = 0x04 << 56
@@ -41,10 +51,8 @@ CT_ZONE = 8
 GENERATION_REG = "reg0"  # the policy generation, frozen with each conntrack recirculation
 SRC_SHIFT, DST_SHIFT, ID_BITS = 8, 24, 0xFFFF
 SRC_MASK, DST_MASK = ID_BITS << SRC_SHIFT, ID_BITS << DST_SHIFT
-CT_TRK, CT_EST, CT_REL, CT_RPL = 0x20, 0x02, 0x04, 0x08
 REPLY = CT_TRK | CT_EST | CT_RPL
 ARP = 0x0806
-ND_TYPES = (133, 134, 135, 136, 137)
 
 # Priorities, per table.
 SKIP_FABRIC, ND_PASS, BOUND, CLAIMED, ARP_PASS = 65000, 400, 300, 200, 100
@@ -79,14 +87,21 @@ class Resolver:
 
     def __init__(self, world: World) -> None:
         self.world = world
+        # Each identity as the selectors see it, made once: labels, namespace labels, and
+        # Cilium's view (labels plus the namespace and its labels as labels).
+        self._labels = {n: ident.label_map() for n, ident in world.identities.items()}
+        self._ns_labels = {n: ident.namespace_map() for n, ident in world.identities.items()}
         self._cilium_views = {
-            number: {
-                **ident.label_map(),
+            n: {
+                **self._labels[n],
                 CILIUM_NAMESPACE_KEY: ident.namespace,
                 **{CILIUM_NS_LABEL_PREFIX + k: v for k, v in ident.namespace_labels},
             }
-            for number, ident in world.identities.items()
+            for n, ident in world.identities.items()
         }
+
+    def _view(self, number: int, cilium: bool) -> dict[str, str]:
+        return self._cilium_views[number] if cilium else self._labels[number]
 
     def selected(self, policy: Policy) -> set[int]:
         """Identities a policy applies to: its namespace, its selector."""
@@ -94,9 +109,7 @@ class Resolver:
             number
             for number, ident in self.world.identities.items()
             if ident.namespace == policy.namespace
-            and policy.selector.matches(
-                self._cilium_views[number] if policy.cilium else ident.label_map()
-            )
+            and policy.selector.matches(self._view(number, policy.cilium))
         }
 
     def peer_ids(self, peer: Peer) -> set[int]:
@@ -104,10 +117,9 @@ class Resolver:
         for number, ident in self.world.identities.items():
             if peer.namespace is not None and ident.namespace != peer.namespace:
                 continue
-            if peer.namespaces is not None and not peer.namespaces.matches(ident.namespace_map()):
+            if peer.namespaces is not None and not peer.namespaces.matches(self._ns_labels[number]):
                 continue
-            view = self._cilium_views[number] if peer.cilium else ident.label_map()
-            if peer.pods is None or peer.pods.matches(view):
+            if peer.pods is None or peer.pods.matches(self._view(number, peer.cilium)):
                 out.add(number)
         return out
 
@@ -334,11 +346,11 @@ class Compiler:
             if direction == "egress"
             else (apply(self._commit), goto(self.next))
         )
+        own_meta = src_meta(identity) if direction == "egress" else dst_meta(identity)
+        own_mask = SRC_MASK if direction == "egress" else DST_MASK
         out: list[Flow] = []
         for family in sorted(families):
             own = {"eth_type": ETH_TYPES[family]}
-            own_meta = src_meta(identity) if direction == "egress" else dst_meta(identity)
-            own_mask = SRC_MASK if direction == "egress" else DST_MASK
             if isolated:
                 out.append(self._flow(table, ISOLATED, {**own, "metadata": (own_meta, own_mask)}))
             for prio, entries, verdict in ((ALLOW, allow, passed), (DENY, deny, ())):

@@ -561,10 +561,7 @@ def _cilium_policy(doc: Document, path: tuple, namespace: str, name: str, spec: 
 
 
 def _where(doc: Document, where: tuple) -> str:
-    probe = where
-    while probe and probe not in doc.lines:
-        probe = probe[:-1]
-    line = doc.lines.get(probe)
+    line = doc.line_of(where)
     return f"{doc.path}:{line}" if line else str(doc.path)
 
 

@@ -20,13 +20,19 @@ def _lab_problem() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True)
-def _needs_lab():
+def require_lab() -> None:
+    """Skip without a lab locally; fail in CI. Module-scoped fixtures call it themselves, as
+    they are set up before the autouse check below runs."""
     problem = _lab_problem()
     if problem:
         if os.environ.get("CI"):
             pytest.fail(problem)
         pytest.skip(problem)
+
+
+@pytest.fixture(autouse=True)
+def _needs_lab():
+    require_lab()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import time
 import pytest
 import yaml
 
+from tests.integration.conftest import require_lab
 from topologies.harness import Controller, Lab
 from topologies.tree import TreeTopo
 
@@ -618,13 +619,7 @@ class Suite:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    from tests.integration.conftest import _lab_problem
-
-    problem = _lab_problem()
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+    require_lab()
     s = Suite(str(tmp_path_factory.mktemp("netpol")))
     try:
         for host in HOSTS.values():
