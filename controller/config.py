@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,6 +248,22 @@ def load_documents(path: str) -> list[Document]:
     return docs
 
 
+_PARSED: dict[tuple[str, Callable], tuple[tuple[int, int], list]] = {}
+
+
+def parsed_documents(path: str, parse: Callable[[Document], Iterable]) -> list:
+    """Everything `parse` makes of each YAML document in `path`, worked out again only when the
+    file changed: a reload that edits one file does not re-read the others."""
+    st = os.stat(path)
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _PARSED.get((path, parse))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    out = [item for doc in load_documents(path) for item in parse(doc)]
+    _PARSED[(path, parse)] = (stamp, out)
+    return out
+
+
 def register_schema(section: str, schema: dict) -> None:
     """An app states the schema of its config section (replacing any placeholder)."""
     SCHEMAS[section] = schema
@@ -277,6 +294,25 @@ class Config(Document):
     def depend(self, path: str) -> None:
         if path not in self.depends:
             self.depends.append(path)
+
+    def listed_files(self, section: str) -> list[tuple[int, str]]:
+        """(index in the section, file) for every file a list section names directly or
+        finds in a named folder (*.yaml and *.yml, in name order). All of them are watched:
+        a file added to or removed from a folder changes the folder."""
+        out = []
+        for i, entry in enumerate(self.section(section) or []):
+            path = self.resolve(entry)
+            if os.path.isdir(path):
+                self.depend(path)
+                names = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))
+                out += [(i, os.path.join(path, n)) for n in names]
+            elif os.path.exists(path):
+                out.append((i, path))
+            else:
+                raise self.error((section, i), f"{entry}: no such file or folder")
+        for _, path in out:
+            self.depend(path)
+        return out
 
 
 def load_config(path: str) -> Config:

@@ -23,13 +23,14 @@ from controller.config import Config, ConfigError
 from controller.desired import DesiredState
 from controller.discovery import LLDP_ETHERTYPE, LLDP_MAC, Discovery, lldp_frame
 from controller.flows import (
-    OF13,
     Flow,
     Group,
     Meter,
     apply,
     flow,
     goto,
+    output,
+    packet_out,
     to_controller,
     write_metadata,
 )
@@ -311,7 +312,7 @@ class Core:
         for port in ports:
             if port.live:
                 frame = lldp_frame(conn.dpid, port.port_no, port.hw_addr)
-                self._out[conn.dpid].append(packet_out(port.port_no, frame))
+                self._out[conn.dpid].append(packet_out(frame, [output(port.port_no)]))
 
     def _reconcile(self, conn: SwitchConn, why: str) -> None:
         """Full diff of everything we want against everything the switch holds."""
@@ -521,13 +522,3 @@ class Core:
     def ready(self, dpid: int) -> bool:
         conn = self.conns.get(dpid)
         return conn is not None and conn.phase == "ready"
-
-
-def packet_out(port: int, data: bytes):
-    return parser.OFPPacketOut(
-        OF13,
-        buffer_id=ofp.OFP_NO_BUFFER,
-        in_port=ofp.OFPP_CONTROLLER,
-        actions=[parser.OFPActionOutput(port)],
-        data=data,
-    )

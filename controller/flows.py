@@ -103,14 +103,31 @@ def set_field(name: str, value: Any) -> Action:
 
 
 def conntrack(
-    zone: int, table: int | None = None, commit: bool = False, force: bool = False
+    zone: int,
+    table: int | None = None,
+    commit: bool = False,
+    force: bool = False,
+    nested: Iterable[Action] = (),
 ) -> Action:
     """Send through connection tracking in `zone`; recirculate to `table` with ct_state set.
 
     `force` (with commit): an entry that holds this packet as a reply is replaced by one in
-    the packet's own direction (Open vSwitch's ct(commit,force))."""
+    the packet's own direction (Open vSwitch's ct(commit,force)). `nested`: `nat(...)` and,
+    with commit, `set_field("ct_mark", ...)`, done by conntrack itself."""
     flags = int(commit) | (2 if force else 0)
-    return ("ct", flags, zone, ofp.OFPTT_ALL if table is None else table)
+    return ("ct", flags, zone, ofp.OFPTT_ALL if table is None else table, tuple(nested))
+
+
+NAT_SRC, NAT_DST = 1 << 0, 1 << 1  # Open vSwitch's NX_NAT_F_SRC / NX_NAT_F_DST
+
+
+def nat(dst: str | None = None, port: int | None = None) -> Action:
+    """Inside ct(): rewrite the destination to `dst`[:`port`] (a new connection that is being
+    committed), or, with no arguments, apply the translation a tracked connection already has
+    (both directions)."""
+    if dst is None:
+        return ("nat", 0, None, None)
+    return ("nat", NAT_DST, str(ipaddress.IPv4Address(dst)), port)
 
 
 def apply(*actions: Action) -> Instruction:
@@ -314,7 +331,14 @@ def _of_action(action: Action):
     if kind == "pop_vlan":
         return parser.OFPActionPopVlan()
     if kind == "ct":
-        return parser.NXActionCT(action[1], None, action[2], action[3], 0, [])
+        return parser.NXActionCT(
+            action[1], None, action[2], action[3], 0, [_of_action(a) for a in action[4]]
+        )
+    if kind == "nat":
+        _, flags, ip, port = action
+        return parser.NXActionNAT(
+            flags, range_ipv4_min=ip or "", range_proto_min=port, range_proto_max=port
+        )
     raise ValueError(f"unknown action {action!r}")
 
 
@@ -412,6 +436,17 @@ def ct_flush_zone(zone: int):
     return parser.OFPExperimenter(OF13, NX_VENDOR_ID, NXT_CT_FLUSH_ZONE, struct.pack("!6xH", zone))
 
 
+def packet_out(data: bytes, actions: Iterable[Action], in_port: int = CONTROLLER):
+    """Send `data` through `actions`, as if it had arrived on `in_port`."""
+    return parser.OFPPacketOut(
+        OF13,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        in_port=in_port,
+        actions=[_of_action(a) for a in actions],
+        data=data,
+    )
+
+
 def barrier():
     return parser.OFPBarrierRequest(OF13)
 
@@ -431,7 +466,10 @@ def action_from_of(a) -> Action:
     if isinstance(a, parser.OFPActionPopVlan):
         return ("pop_vlan",)
     if isinstance(a, parser.NXActionCT):
-        return ("ct", a.flags, a.zone_ofs_nbits, a.recirc_table)
+        nested = tuple(action_from_of(n) for n in a.actions)
+        return ("ct", a.flags, a.zone_ofs_nbits, a.recirc_table, nested)
+    if isinstance(a, parser.NXActionNAT):
+        return ("nat", a.flags, a.range_ipv4_min or None, a.range_proto_min)
     return ("unknown", type(a).__name__)
 
 

@@ -4,7 +4,7 @@ Every switch gets the same tables in the same order. Each stage belongs to one a
 installs each stage's table-miss flow, so a stage whose app is not loaded passes packets on.
 
 >>> PIPELINE.table("forwarding")
-8
+9
 >>> [s.name for s in PIPELINE.stages][:3]
 ['classify', 'firewall', 'microseg']
 """
@@ -65,7 +65,8 @@ PIPELINE = Pipeline(
         Stage("microseg_dst", "microseg", "conntrack; replies to allowed connections pass"),
         Stage("microseg_egress", "microseg", "per source identity: deny, allow, default deny"),
         Stage("microseg_ingress", "microseg", "per destination identity; commit what passes"),
-        Stage("services", "canary", "virtual IPs and weighted backends"),
+        Stage("services", "canary", "virtual IPs: answer ARP, send through conntrack with NAT"),
+        Stage("services_track", "canary", "new connections pick a backend; MACs follow the NAT"),
         Stage(
             "forwarding",
             "l2_learning",

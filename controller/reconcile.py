@@ -112,8 +112,10 @@ def _phases(plan: Plan) -> tuple[list, list, list]:
     first, last = [], []
     for kind, mod in _MOD.items():
         add, modify, delete = _COMMANDS[kind]
-        first += [mod(o, add) for o in plan.adds[kind]] + [mod(o, modify) for o in plan.mods[kind]]
-        last += [mod(o, delete) for o in plan.deletes[kind]]
+        # A group may chain only to lower-numbered groups: adds go up, deletes come down.
+        adds, deletes = sorted(plan.adds[kind], key=number_of), plan.deletes[kind]
+        first += [mod(o, add) for o in adds] + [mod(o, modify) for o in plan.mods[kind]]
+        last += [mod(o, delete) for o in sorted(deletes, key=number_of, reverse=True)]
     flows = (
         [flow_mod(f, ofp.OFPFC_ADD) for f in plan.flow_adds]
         + [flow_mod(f, ofp.OFPFC_MODIFY_STRICT) for f in plan.flow_mods]

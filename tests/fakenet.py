@@ -8,6 +8,7 @@ switches. A frame visiting more switches than STORM_LIMIT is a broadcast storm: 
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.core import Core
+from controller.flows import action_from_of
 from controller.switch import FlowStat, PortInfo
 from tests.fakeswitch import FakeSwitch
 
@@ -36,15 +38,24 @@ def frame(dst: str, src: str, eth_type: int = 0x0800, payload: bytes = b"\x00" *
 
 
 def payload_for(eth_type: int, fields: dict) -> bytes:
-    """Just enough of an ARP or IP header for the controller to read addresses from a packet-in."""
+    """Enough of an ARP, IP, TCP or UDP header for the controller to read a packet-in and for
+    a packet-out of it to travel on with the same fields."""
     if eth_type == 0x0806:
+        sha = bytes.fromhex(fields.get("arp_sha", "00:00:00:00:00:00").replace(":", ""))
         spa = ipaddress.IPv4Address(fields.get("arp_spa", "0.0.0.0")).packed
+        tha = bytes.fromhex(fields.get("arp_tha", "00:00:00:00:00:00").replace(":", ""))
         tpa = ipaddress.IPv4Address(fields.get("arp_tpa", "0.0.0.0")).packed
-        return b"\x00\x01\x08\x00\x06\x04\x00\x01" + b"\x00" * 6 + spa + b"\x00" * 6 + tpa
+        op = fields.get("arp_op", 1).to_bytes(2, "big")
+        return b"\x00\x01\x08\x00\x06\x04" + op + sha + spa + tha + tpa
     if eth_type == 0x0800 and "ipv4_src" in fields:
         src = ipaddress.IPv4Address(fields["ipv4_src"]).packed
         dst = ipaddress.IPv4Address(fields.get("ipv4_dst", "0.0.0.0")).packed
-        return b"\x45" + b"\x00" * 8 + bytes([fields.get("ip_proto", 0)]) + b"\x00" * 2 + src + dst
+        proto = fields.get("ip_proto", 0)
+        ports = b""
+        if proto in (6, 17):
+            name = "tcp" if proto == 6 else "udp"
+            ports = struct.pack("!HH", fields.get(f"{name}_src", 0), fields.get(f"{name}_dst", 0))
+        return b"\x45" + b"\x00" * 8 + bytes([proto]) + b"\x00" * 2 + src + dst + ports
     if eth_type == 0x86DD and "ipv6_src" in fields:
         src = ipaddress.IPv6Address(fields["ipv6_src"]).packed
         dst = ipaddress.IPv6Address(fields.get("ipv6_dst", "::")).packed
@@ -53,18 +64,39 @@ def payload_for(eth_type: int, fields: dict) -> bytes:
 
 
 def fields_of(data: bytes) -> dict:
-    return {
+    """A frame's header fields, as a switch would match them (what payload_for writes)."""
+    out = {
         "eth_dst": data[0:6].hex(":"),
         "eth_src": data[6:12].hex(":"),
         "eth_type": int.from_bytes(data[12:14], "big"),
         "_data": data,
     }
+    if out["eth_type"] == 0x0806 and len(data) >= 42:
+        out |= {
+            "arp_op": int.from_bytes(data[20:22], "big"),
+            "arp_sha": data[22:28].hex(":"),
+            "arp_spa": str(ipaddress.IPv4Address(data[28:32])),
+            "arp_tha": data[32:38].hex(":"),
+            "arp_tpa": str(ipaddress.IPv4Address(data[38:42])),
+        }
+    elif out["eth_type"] == 0x0800 and len(data) >= 34:
+        proto = data[23]
+        out |= {
+            "ip_proto": proto,
+            "ipv4_src": str(ipaddress.IPv4Address(data[26:30])),
+            "ipv4_dst": str(ipaddress.IPv4Address(data[30:34])),
+        }
+        if proto in (6, 17) and len(data) >= 38:
+            name = "tcp" if proto == 6 else "udp"
+            out[f"{name}_src"], out[f"{name}_dst"] = struct.unpack_from("!HH", data, 34)
+    return out
 
 
 @dataclass
 class Delivery:
     hosts: list[str] = field(default_factory=list)
     visits: Counter = field(default_factory=Counter)
+    frames: list[tuple[str, dict]] = field(default_factory=list)  # (host, fields it got)
 
     @property
     def max_visits(self) -> int:
@@ -80,7 +112,7 @@ class FakeNetwork:
         self.connected: set[int] = set()
         self.now = 1000.0
         self.messages_sent: Counter = Counter()
-        self.connections: set[tuple] = set()
+        self.connections: dict = {}  # one conntrack for every bridge, as in one ovs-vswitchd
 
     # --- building ------------------------------------------------------------------------------
 
@@ -124,8 +156,9 @@ class FakeNetwork:
             self.now = min(end, self.now + step)
             self.deliver(self.core.tick(self.now))
 
-    def deliver(self, outbox: dict[int, list]) -> None:
-        """Apply the core's messages to the switches; answer requests; carry packet-outs."""
+    def deliver(self, outbox: dict[int, list], delivery: Delivery | None = None) -> None:
+        """Apply the core's messages to the switches; answer requests; carry packet-outs
+        (the hosts they reach are added to `delivery`)."""
         work = deque(outbox.items())
         while work:
             dpid, msgs = work.popleft()
@@ -135,13 +168,13 @@ class FakeNetwork:
             self.messages_sent[dpid] += len(msgs)
             sw.apply(msgs)
             for msg in msgs:
-                for reply in self._answer(dpid, msg):
+                for reply in self._answer(dpid, msg, delivery):
                     work.extend(reply.items())
             for xid, err_type, code in sw.errors:
                 work.extend(self.core.error(dpid, err_type, code, self.now, xid).items())
             sw.errors.clear()
 
-    def _answer(self, dpid: int, msg) -> list[dict]:
+    def _answer(self, dpid: int, msg, delivery: Delivery | None = None) -> list[dict]:
         sw, core, now = self.switches[dpid], self.core, self.now
         if isinstance(msg, parser.OFPPortDescStatsRequest):
             return [core.ports_reply(dpid, msg.xid, self.port_infos(dpid), False, now)]
@@ -156,35 +189,32 @@ class FakeNetwork:
         if isinstance(msg, parser.OFPMeterConfigStatsRequest):
             return [core.meters_reply(dpid, msg.xid, sw.meter_configs(), False, now)]
         if isinstance(msg, parser.OFPPacketOut):
-            port = msg.actions[0].port
-            return self._carry(dpid, port, fields_of(msg.data))
+            actions = tuple(action_from_of(a) for a in msg.actions)
+            pkt = fields_of(msg.data)
+            return self._forward(dpid, msg.in_port, pkt, delivery or Delivery(), actions)
         return []
 
     # --- data plane ----------------------------------------------------------------------------
 
-    def _carry(self, dpid: int, port: int, pkt: dict, delivery: Delivery | None = None):
-        """A frame leaves (dpid, port): hand it to whatever is wired there."""
-        wire = self.wires.get((dpid, port))
-        if wire is None or not self.switches[dpid].ports.get(port):
-            return []
-        if wire[0] == "host":
-            if delivery is not None:
-                delivery.hosts.append(wire[1])
-            return []
-        return self._forward(wire[1], wire[2], pkt, delivery or Delivery())
-
-    def _forward(self, dpid: int, in_port: int, pkt: dict, delivery: Delivery) -> list[dict]:
-        """Run a frame through the network from (dpid, in_port); return the core's replies."""
+    def _forward(
+        self, dpid: int, in_port: int, pkt: dict, delivery: Delivery, actions: tuple | None = None
+    ) -> list[dict]:
+        """Run a frame through the network from (dpid, in_port), or, for a packet-out, through
+        `actions` on `dpid` first; return the core's replies."""
         queue = deque([(dpid, in_port, pkt)])
         packet_ins = []
         while queue:
             d, p, frame_fields = queue.popleft()
-            if not self.switches[d].ports.get(p):
+            sw = self.switches[d]
+            if actions is None and not sw.ports.get(p):
                 continue
             delivery.visits[d] += 1
             if sum(delivery.visits.values()) > STORM_LIMIT:
                 raise StormError(f"frame {frame_fields} visited {dict(delivery.visits)}")
-            result = self.switches[d].lookup({**frame_fields, "in_port": p})
+            if actions is None:
+                result = sw.lookup({**frame_fields, "in_port": p})
+            else:
+                result, actions = sw.execute({**frame_fields, "in_port": p}, actions), None
             if d in self.connected:
                 for table, cookie, _ in result.to_controller:
                     packet_ins.append((d, p, frame_fields["_data"], table, cookie))
@@ -194,6 +224,7 @@ class FakeNetwork:
                     continue
                 if wire[0] == "host":
                     delivery.hosts.append(wire[1])
+                    delivery.frames.append((wire[1], sent))
                 elif self.switches[wire[1]].ports.get(wire[2]):
                     queue.append(
                         (wire[1], wire[2], {k: v for k, v in sent.items() if k != "in_port"})
@@ -205,9 +236,11 @@ class FakeNetwork:
         returns which hosts got it and where it went."""
         dpid, port = self.hosts[src]
         delivery = Delivery()
+        if eth_type == 0x0806:
+            fields.setdefault("arp_sha", src)
         pkt = {**fields_of(frame(dst, src, eth_type, payload_for(eth_type, fields))), **fields}
         for reply in self._forward(dpid, port, pkt, delivery):
-            self.deliver(reply)
+            self.deliver(reply, delivery)
         return delivery
 
     def converse(self, a: str, b: str) -> bool:

@@ -54,6 +54,21 @@ def _ct_key(pkt: dict) -> tuple:
     )
 
 
+@dataclass
+class Connection:
+    """A committed connection: its mark and, if translated, the destination it goes to."""
+
+    mark: int = 0
+    nat: tuple[str, int | None] | None = None
+
+    def reply_key(self, orig: tuple) -> tuple:
+        src, dst, proto, sport, dport = orig
+        if self.nat is not None:
+            dst = self.nat[0]
+            dport = self.nat[1] if self.nat[1] is not None else dport
+        return (dst, src, proto, dport, sport)
+
+
 class FakeSwitchError(AssertionError):
     """The controller sent something a careful switch refuses."""
 
@@ -198,7 +213,7 @@ class FakeSwitch:
         self.groups: dict[int, Group] = {}
         self.meters: dict[int, Meter] = {}
         self.received: list = []
-        self.connections: set[tuple] = set()  # (zone, 5-tuple) committed by ct
+        self.connections: dict[tuple, Connection] = {}  # (zone, 5-tuple) committed by ct
         self.ct_flushes = 0
         self.takes_bundles = True
         self._bundle: list | None = None
@@ -250,7 +265,8 @@ class FakeSwitch:
             self.packet_outs.append(msg)
         elif isinstance(msg, parser.OFPExperimenter) and msg.exp_type == NXT_CT_FLUSH_ZONE:
             (zone,) = struct.unpack("!6xH", msg.data)
-            self.connections.difference_update([c for c in self.connections if c[0] == zone])
+            for k in [k for k in self.connections if k[0] == zone]:
+                del self.connections[k]  # in place: a fake network's switches share it
             self.ct_flushes += 1
         elif isinstance(
             msg,
@@ -466,6 +482,17 @@ class FakeSwitch:
         self._walk({"metadata": 0, "ct_state": 0, "ct_zone": 0, **pkt}, 0, result)  # all start at 0
         return result
 
+    def execute(self, pkt: dict, actions: tuple) -> LookupResult:
+        """A packet-out: `actions` done on the packet, which arrived on pkt["in_port"]."""
+        result = LookupResult()
+        pkt = {"metadata": 0, "ct_state": 0, "ct_zone": 0, **pkt}
+        for action in actions:
+            if action[0] == "group" and action[1] not in self.groups:
+                raise FakeSwitchError(f"packet-out to group {action[1]}, which does not exist")
+            if self._act(action, pkt, result, 0, 0):
+                break
+        return result
+
     def _walk(self, pkt: dict, table: int | None, result: LookupResult) -> None:
         action_set: dict[str, tuple] = {}
         while table is not None:
@@ -498,24 +525,57 @@ class FakeSwitch:
             table = next_table
 
     def _conntrack(self, action: tuple, pkt: dict, result: LookupResult) -> bool:
-        """ct(): commit the connection, or look it up and recirculate with ct_state set."""
-        _, commit, zone, table = action
+        """ct(): look the packet up (and, with `nat`, translate it as its connection says),
+        commit it with its mark and translation, and recirculate with ct_state set."""
+        _, flags, zone, table, nested = action
+        nat = next((a for a in nested if a[0] == "nat"), None)
+        mark = next((a[2] for a in nested if a[:2] == ("set_field", "ct_mark")), None)
         key = _ct_key(pkt)
-        reverse = (key[1], key[0], key[2], key[4], key[3])
-        if commit:
-            self.connections.add((zone, key))
-            return False
-        if (zone, key) in self.connections:
-            state = CT_TRK | CT_EST
-        elif (zone, reverse) in self.connections:
-            state = CT_TRK | CT_EST | CT_RPL
-        else:
-            state = CT_TRK | CT_NEW
+        state, conn = self._ct_lookup(zone, key)
+        if conn is not None and nat is not None and conn.nat is not None:
+            self._translate(pkt, conn, reply=bool(state & CT_RPL))
+        if flags & 2 and state & CT_RPL:  # commit,force: the reply becomes an original
+            for k in [k for k, c in self.connections.items() if c is conn]:
+                del self.connections[k]
+            state, conn = CT_TRK | CT_NEW, None
+        if flags & 1 and not state & CT_RPL:
+            if conn is None:
+                conn = Connection()
+                if nat is not None and nat[2] is not None:
+                    conn.nat = (nat[2], nat[3])
+                self.connections[(zone, key)] = conn
+                if conn.nat is not None:
+                    self._translate(pkt, conn, reply=False)
+            if mark is not None:
+                conn.mark = mark
+        pkt["ct_mark"] = conn.mark if conn is not None else 0
         if table == ofp.OFPTT_ALL:
             pkt["ct_state"], pkt["ct_zone"] = state, zone
             return False
         self._walk({**pkt, "ct_state": state, "ct_zone": zone}, table, result)
         return True
+
+    def _ct_lookup(self, zone: int, key: tuple) -> tuple[int, Connection | None]:
+        conn = self.connections.get((zone, key))
+        if conn is not None:
+            return CT_TRK | CT_EST, conn
+        for (z, orig), c in self.connections.items():
+            if z == zone and key == c.reply_key(orig):
+                return CT_TRK | CT_EST | CT_RPL, c
+        return CT_TRK | CT_NEW, None
+
+    def _translate(self, pkt: dict, conn: Connection, reply: bool) -> None:
+        """Destination NAT: originals go to the new address, replies come from the old one."""
+        v = "ipv4"
+        proto = {6: "tcp", 17: "udp"}.get(pkt.get("ip_proto"), "")
+        orig = next(k for (z, k), c in self.connections.items() if c is conn)
+        if reply:
+            pkt[f"{v}_src"], pkt[f"{proto}_src"] = orig[1], orig[4]
+        else:
+            ip, port = conn.nat
+            pkt[f"{v}_dst"] = ip
+            if port is not None:
+                pkt[f"{proto}_dst"] = port
 
     def _act(self, action: tuple, pkt: dict, result: LookupResult, table: int, cookie: int):
         """Do one action; True when it recirculated the packet (nothing after it runs)."""
@@ -541,35 +601,33 @@ class FakeSwitch:
         elif kind == "pop_vlan":
             pkt.pop("vlan_vid", None)
 
-    def _live_bucket(self, g: Group):
-        for bucket in g.buckets:
-            if bucket.watch_port != ofp.OFPP_ANY and self.ports.get(bucket.watch_port):
-                return bucket
-            if (
-                bucket.watch_group != ofp.OFPG_ANY
-                and self._live_bucket(self.groups[bucket.watch_group]) is not None
-            ):
-                return bucket
-        return None
+    def _bucket_live(self, bucket) -> bool:
+        """A bucket that watches a port or group is live while they are; one that watches
+        nothing always is (fast-failover buckets must watch something: checked on add)."""
+        if bucket.watch_port != ofp.OFPP_ANY and not self.ports.get(bucket.watch_port):
+            return False
+        if bucket.watch_group != ofp.OFPG_ANY:
+            return any(self._bucket_live(b) for b in self.groups[bucket.watch_group].buckets)
+        return True
 
     def _group(self, gid: int, pkt: dict, result: LookupResult, table: int, cookie: int):
         g = self.groups[gid]
         if g.type in ("all", "indirect"):
             chosen = list(g.buckets)
-        elif g.type == "select":
-            total = sum(b.weight for b in g.buckets)
+        elif g.type == "select":  # in proportion to the weights of the live buckets
+            live = [b for b in g.buckets if self._bucket_live(b)]
+            total = sum(b.weight for b in live)
             chosen = []
             if total:
                 key = repr([(f, pkt.get(f)) for f in _HASH_FIELDS]).encode()
                 point = zlib.crc32(key) % total
-                for bucket in g.buckets:
+                for bucket in live:
                     if point < bucket.weight:
                         chosen = [bucket]
                         break
                     point -= bucket.weight
         else:
-            live = self._live_bucket(g)
-            chosen = [live] if live else []
+            chosen = [b for b in g.buckets if self._bucket_live(b)][:1]
         for bucket in chosen:
             copy = dict(pkt)
             for action in bucket.actions:

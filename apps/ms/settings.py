@@ -8,13 +8,12 @@ policy file reloads the config.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from dataclasses import dataclass, field
 
 from apps.ms.model import DEFAULT_NAMESPACE, Endpoint, NamedPort, labels_of
 from apps.ms.policy import Policy, check_unique, parse_policy
-from controller.config import Config, load_documents, register_schema
+from controller.config import Config, parsed_documents, register_schema
 
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -73,43 +72,10 @@ def parse_endpoints(config: Config) -> list[Endpoint]:
     return out
 
 
-def policy_files(config: Config) -> list[tuple[int, str]]:
-    """(index in `policies`, file) for every file named directly or found in a named folder."""
-    out = []
-    for i, entry in enumerate(config.section("policies") or []):
-        path = config.resolve(entry)
-        if os.path.isdir(path):
-            config.depend(path)  # a file added or removed changes the folder
-            names = sorted(n for n in os.listdir(path) if n.endswith((".yaml", ".yml")))
-            out += [(i, os.path.join(path, n)) for n in names]
-        elif os.path.exists(path):
-            out.append((i, path))
-        else:
-            raise config.error(("policies", i), f"{entry}: no such file or folder")
-    return out
-
-
-_PARSED: dict[str, tuple[tuple[int, int], list[Policy]]] = {}
-
-
-def _policies_in(path: str) -> list[Policy]:
-    """A file's policies; parsed again only when the file changed (a reload that edits one
-    label or one policy file does not re-read the others)."""
-    st = os.stat(path)
-    stamp = (st.st_mtime_ns, st.st_size)
-    cached = _PARSED.get(path)
-    if cached is not None and cached[0] == stamp:
-        return cached[1]
-    policies = [p for doc in load_documents(path) for p in parse_policy(doc)]
-    _PARSED[path] = (stamp, policies)
-    return policies
-
-
 def parse_microseg(section, config: Config) -> MicrosegSettings:
     """Everything checked; the first problem is raised, located."""
     settings = MicrosegSettings(parse_namespaces(config), parse_endpoints(config))
-    for _, path in policy_files(config):
-        config.depend(path)
-        settings.policies += _policies_in(path)
+    for _, path in config.listed_files("policies"):
+        settings.policies += parsed_documents(path, parse_policy)
     check_unique(settings.policies)
     return settings

@@ -1,0 +1,377 @@
+"""Weighted canaries behind virtual IPs: splits exact to the connection, failover in the switch.
+
+Run it with ``osken-manager apps/canary.py --config lab.yaml``; L2 learning comes along. The
+config's `services` put a VIP and port in front of weighted backends (endpoints by name), or
+take their split from Istio / Gateway API routing files (`routing`); see docs/canary.md.
+
+- Clients only ever see the VIP: the controller answers ARP for it, the switch translates the
+  destination to the chosen backend and the replies back, with conntrack NAT (apps/lb/compile.py).
+- Method "exact" (the default): each new connection's first packet comes to the controller,
+  which picks the backend by smooth weighted round-robin, so the split is exact to within one
+  connection whatever the clients' ports; the switch commits the choice and carries the rest
+  of the connection alone. Method "switch": a select group picks, with no controller in the
+  path, as closely as Open vSwitch's hashing allows.
+- Weight changes apply to the next new connection; established ones stay on their backend.
+- A backend whose port or link goes down leaves the split at once; `backup: true` backends take
+  over while no primary is up, first in the switch (fast-failover groups watching the way to
+  each primary), then in the controller's choices.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+
+from os_ken.lib.packet import arp, ethernet, packet
+from prometheus_client import Counter, Gauge
+
+from apps.lb.compile import (
+    COOKIE,
+    MAX_BACKENDS,
+    MAX_ROUTES,
+    PROTOCOLS,
+    Compiler,
+    commit_to,
+    vip_mac,
+)
+from apps.lb.settings import Backend, LbSettings, Service, parse_services
+from apps.lb.weights import SmoothWeighted
+from controller.app import PacketIn, SuiteApp
+from controller.config import ConfigError
+from controller.flows import group_action, output, packet_out
+from controller.shim import SuiteOSKenApp
+
+LOG = logging.getLogger("osken_suite.canary")
+REQUIRES = ["apps.l2_learning"]
+ARP_PROBE_INTERVAL = 2.0
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+
+def connection_of(data: bytes) -> tuple[str, str, int, int, int] | None:
+    """(source IP, destination IP, protocol, source port, destination port) of an IPv4
+    TCP or UDP frame, or None."""
+    if len(data) < 34 or struct.unpack_from("!H", data, 12)[0] != 0x0800:
+        return None
+    ihl = (data[14] & 0x0F) * 4
+    proto = data[23]
+    if proto not in (6, 17) or len(data) < 14 + ihl + 4:
+        return None
+    sport, dport = struct.unpack_from("!HH", data, 14 + ihl)
+    src = str(ipaddress.IPv4Address(data[26:30]))
+    dst = str(ipaddress.IPv4Address(data[30:34]))
+    return src, dst, proto, sport, dport
+
+
+def arp_frame(op: int, src_mac: str, src_ip: str, dst_mac: str, dst_ip: str) -> bytes:
+    pkt = packet.Packet()
+    pkt.add_protocol(
+        ethernet.ethernet(dst_mac if op == arp.ARP_REPLY else BROADCAST, src_mac, 0x0806)
+    )
+    pkt.add_protocol(
+        arp.arp(opcode=op, src_mac=src_mac, src_ip=src_ip, dst_mac=dst_mac, dst_ip=dst_ip)
+    )
+    pkt.serialize()
+    return bytes(pkt.data)
+
+
+class Canary(SuiteApp):
+    name = "canary"
+    config_section = "services"
+    cookie = COOKIE
+
+    def __init__(self, core) -> None:
+        super().__init__(core)
+        self.compiler = Compiler(core.pipeline)
+        self.settings = LbSettings()
+        self._checked: LbSettings | None = None
+        self.learned_macs: dict[str, str] = {}  # backend IP -> MAC, from its ARP replies
+        self.located: dict[str, tuple[int, int]] = {}  # MAC -> where it was last seen
+        self.rr: dict[tuple[str, int], SmoothWeighted] = {}
+        self.backup_rr: dict[str, SmoothWeighted] = {}
+        self._placed: object = None
+        self._by_address: dict[tuple[str, int, int], tuple[int, Service]] = {}
+        self._resolved_services: dict[str, Service] = {}
+        self._ff: dict[int, dict[tuple[str, str], int]] = {}  # dpid -> (service, backend) -> group
+        self._next_probe = 0.0
+        self.connections = Counter(
+            "osken_canary_connections",
+            "New connections sent to each backend",
+            ["service", "backend"],
+            registry=core.metrics.registry,
+        )
+        self.live_backends = Gauge(
+            "osken_canary_live_backends",
+            "Backends taking new connections, per service",
+            ["service"],
+            registry=core.metrics.registry,
+        )
+
+    # --- config --------------------------------------------------------------------------------
+
+    def check_config(self, section, config) -> None:
+        settings = parse_services(section, config)
+        for i, s in enumerate(settings.services):
+            if len(s.backends) > MAX_BACKENDS or len(s.routes) > MAX_ROUTES:
+                raise ConfigError(
+                    config.path or "<config>",
+                    config.line_of(("services", i)),
+                    f"services[{i}]",
+                    f"at most {MAX_BACKENDS} backends and {MAX_ROUTES} routes per service",
+                )
+        self._checked = settings
+
+    def configure(self, section, now: float) -> None:
+        old = {s.name: s for s in self.settings.services}
+        self.settings = self._checked if self._checked is not None else LbSettings()
+        for s in self.settings.services:
+            if old.get(s.name) != s:  # a new split starts a new rotation
+                for r in range(len(s.routes)):
+                    self.rr.pop((s.name, r), None)
+                self.backup_rr.pop(s.name, None)
+        self._by_address = {
+            (s.vip, PROTOCOLS[s.protocol], s.port): (i, s)
+            for i, s in enumerate(self.settings.services)
+        }
+        self._next_probe = now
+        self._install()
+        for s in self.settings.services:
+            LOG.info(
+                "canary: %s %s:%d/%s, method %s: %s",
+                s.name,
+                s.vip,
+                s.port,
+                s.protocol,
+                s.method,
+                "; ".join(self._describe(s, r) for r in range(len(s.routes))) or "backups only",
+            )
+
+    @staticmethod
+    def _describe(s: Service, r: int) -> str:
+        route = s.routes[r]
+        total = sum(w for _, w in route.split) or 1
+        split = ", ".join(f"{k} {float(w / total) * 100:.1f}%" for k, w in route.split)
+        who = "all clients" if route.sources is None else f"{len(route.sources)} sources"
+        return f"{who}: {split}"
+
+    # --- who can take traffic ------------------------------------------------------------------
+
+    def mac_of(self, b: Backend) -> str | None:
+        return b.mac or self.learned_macs.get(b.ip)
+
+    def _where(self, b: Backend) -> tuple[int, int] | None:
+        mac = self.mac_of(b)
+        return None if mac is None else self.located.get(mac)
+
+    def alive(self, b: Backend) -> bool:
+        """Ready (its MAC known) and not last seen at a port that is down. A backend never
+        seen yet counts as up: the fabric floods to find it."""
+        if self.mac_of(b) is None:
+            return False
+        where = self._where(b)
+        return where is None or where[1] in self.topology.live_ports(where[0])
+
+    def _watch(self, dpid: int, b: Backend) -> int | None:
+        """The port of `dpid` whose liveness says whether `b` is reachable that way."""
+        where = self._where(b)
+        if where is None:
+            return None
+        if where[0] == dpid:
+            return where[1]
+        return self.topology.next_hop_ports(where[0]).get(dpid)
+
+    def _refresh_locations(self) -> bool:
+        """Copy where the fabric last saw each backend; True if anything moved."""
+        hosts = self.topology.hosts()
+        changed = False
+        for s in self.settings.services:
+            for b in s.backends:
+                mac = self.mac_of(b)
+                if mac in hosts and self.located.get(mac) != hosts[mac]:
+                    self.located[mac] = hosts[mac]
+                    changed = True
+        return changed
+
+    # --- desired flows and groups --------------------------------------------------------------
+
+    def _install(self) -> None:
+        switches = tuple(self.topology.switches())
+        live = {b.key for s in self.settings.services for b in s.backends if self.alive(b)}
+        inputs = (
+            self.settings.services,
+            switches,
+            frozenset(live),
+            tuple(sorted(self.learned_macs.items())),
+            tuple(sorted(self.located.items())),
+            self.topology.version,
+        )
+        if inputs == self._placed:
+            return
+        self._placed = inputs
+        flows = {}
+        groups: dict[int, list] = {d: [] for d in switches}
+        self._ff = {d: {} for d in switches}
+        for index, s in enumerate(self.settings.services):
+            resolved = self._resolved_services[s.name] = self._resolved(s)
+            for f in self.compiler.service_flows(resolved):
+                flows[f.key] = f
+            for dpid in switches:
+                groups[dpid] += self._groups(index, resolved, dpid, live)
+            has_group = {r for r in range(len(s.routes)) if self._choices(s, r, live)}
+            for f in self.compiler.new_connection_flows(index, resolved, has_group.__contains__):
+                flows[f.key] = f
+            self.live_backends.labels(s.name).set(sum(b.key in live for b in s.backends))
+        self.desired.put(("lb", "flows"), {d: list(flows.values()) for d in switches})
+        self.desired.put_groups(("lb", "groups"), groups)
+
+    def _resolved(self, s: Service) -> Service:
+        """The service with learned MACs filled in."""
+        backends = tuple(Backend(b.endpoint, b.ip, self.mac_of(b), b.port) for b in s.backends)
+        return Service(s.name, s.vip, s.port, s.protocol, s.method, backends, s.routes, s.backups)
+
+    @staticmethod
+    def _backups(s: Service, live: set | None) -> dict[str, object]:
+        """Backup key -> weight, of those up (all, with live None). Backups that all have
+        weight 0 (nginx's `backup` servers have none) share evenly."""
+        weights = dict(s.backups) if any(w for _, w in s.backups) else {k: 1 for k, _ in s.backups}
+        return {k: w for k, w in weights.items() if w and (live is None or k in live)}
+
+    def _choices(self, s: Service, r: int, live: set) -> list[tuple[Backend, object]]:
+        """(backend, weight) pairs route `r` can use now: its primaries that are up, else the
+        backups that are."""
+        primaries = [(s.backend(k), w) for k, w in s.routes[r].split if w and k in live]
+        return primaries or [(s.backend(k), w) for k, w in self._backups(s, live).items()]
+
+    def _groups(self, index: int, s: Service, dpid: int, live: set) -> list:
+        backups = [s.backend(k) for k, _ in s.backups]
+        out, ff = [], {}
+        for b in s.backends:
+            if b.mac is None:
+                continue
+            g = self.compiler.failover_group(
+                index, s, b, [k for k in backups if k.mac], lambda x: self._watch(dpid, x)
+            )
+            if g is not None:
+                out.append(g)
+                ff[b.key] = g.group_id
+                self._ff[dpid][(s.name, b.key)] = g.group_id
+        if s.method == "switch":
+            for r in range(len(s.routes)):
+                choices = self._choices(s, r, live)
+                if choices:
+                    out.append(self.compiler.select_group(index, r, choices, self._via(ff)))
+        return out
+
+    def _via(self, ff: dict):
+        """How a switch commits a connection to a backend: through its fast-failover group
+        when it has one, else directly."""
+
+        def via(b: Backend):
+            if b.key in ff:
+                return group_action(ff[b.key])
+            return commit_to(b, self.compiler.track)
+
+        return via
+
+    # --- events --------------------------------------------------------------------------------
+
+    def on_packet_in(self, pkt: PacketIn, now: float) -> None:
+        if pkt.eth_type == 0x0806:
+            self._arp(pkt)
+        if pkt.cookie == COOKIE and pkt.table_id == self.compiler.track:
+            self._new_connection(pkt)
+
+    def _arp(self, pkt: PacketIn) -> None:
+        try:
+            a = packet.Packet(pkt.data).get_protocol(arp.arp)
+        except Exception:  # a malformed frame is not ours to answer
+            return
+        if a is None:
+            return
+        vip = next((s for s in self.settings.services if s.vip == a.dst_ip), None)
+        if a.opcode == arp.ARP_REQUEST and vip is not None and pkt.cookie == COOKIE:
+            frame = arp_frame(arp.ARP_REPLY, vip_mac(vip.vip), vip.vip, a.src_mac, a.src_ip)
+            self.core.send(pkt.dpid, [packet_out(frame, [output(pkt.in_port)])])
+            return
+        self._learn_mac(a.src_ip, a.src_mac)
+
+    def _learn_mac(self, ip: str, mac: str) -> None:
+        """A backend configured without a MAC is known by the one it answers ARP with."""
+        for s in self.settings.services:
+            for b in s.backends:
+                if b.ip == ip and b.mac is None and self.learned_macs.get(ip) != mac:
+                    LOG.info("canary: backend %s (%s) is at %s", b.endpoint, ip, mac)
+                    self.learned_macs[ip] = mac
+                    self._refresh_locations()
+                    self._install()
+                    return
+
+    def _new_connection(self, pkt: PacketIn) -> None:
+        conn = connection_of(pkt.data)
+        found = self._by_address.get((conn[1], conn[2], conn[4])) if conn else None
+        if found is None:
+            return
+        _, service = found
+        src = conn[0]
+        backend = self.pick(service, src)
+        if backend is None:
+            LOG.warning("canary: %s: no backend up for %s; connection dropped", service.name, src)
+            return
+        self.connections.labels(service.name, backend.endpoint).inc()
+        resolved = self._resolved_services[service.name].backend(backend.key)
+        ff = self._ff.get(pkt.dpid, {}).get((service.name, backend.key))
+        action = group_action(ff) if ff is not None else commit_to(resolved, self.compiler.track)
+        self.core.send(pkt.dpid, [packet_out(pkt.data, [action], pkt.in_port)])
+
+    def pick(self, s: Service, src: str) -> Backend | None:
+        """The backend for a new connection from `src`: the next turn of the first route that
+        takes `src`, among its primaries that are up; if none is up, the backups' next turn.
+        A client no route takes gets nothing."""
+        r = next((i for i, route in enumerate(s.routes) if route.takes(src)), None)
+        if r is None and s.routes:
+            return None
+        live = {b.key for b in s.backends if self.alive(b)}
+        if r is not None:
+            rr = self.rr.setdefault((s.name, r), SmoothWeighted(dict(s.routes[r].split)))
+            key = rr.pick(live)
+            if key is not None:
+                return s.backend(key)
+        backups = self._backups(s, live)
+        if not backups:
+            return None
+        rr = self.backup_rr.setdefault(s.name, SmoothWeighted(dict(self._backups(s, None))))
+        return s.backend(rr.pick(backups))
+
+    def on_topology_change(self, now: float) -> None:
+        self._refresh_locations()
+        self._install()
+
+    def on_switch_ready(self, dpid: int, now: float) -> None:
+        self._install()
+
+    def tick(self, now: float) -> None:
+        if self._refresh_locations():
+            self._install()
+        if now >= self._next_probe:
+            self._next_probe = now + ARP_PROBE_INTERVAL
+            self._probe_unknown()
+
+    def _probe_unknown(self) -> None:
+        """Ask, from the VIP, for backends whose MAC nobody told us: their reply comes back
+        to the VIP's ARP entry and to us."""
+        for s in self.settings.services:
+            for b in s.backends:
+                if self.mac_of(b) is not None:
+                    continue
+                frame = arp_frame(arp.ARP_REQUEST, vip_mac(s.vip), s.vip, "00:00:00:00:00:00", b.ip)
+                for dpid in self.topology.switches():
+                    if self.core.ready(dpid):
+                        ports = sorted(self.topology.edge_ports(dpid))
+                        if ports:
+                            self.core.send(dpid, [packet_out(frame, [output(p) for p in ports])])
+
+
+class CanaryApp(SuiteOSKenApp):
+    """os-ken entry point: hosts Canary in the shared controller core."""
+
+    suite_app = Canary

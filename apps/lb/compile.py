@@ -1,0 +1,212 @@
+"""Services as flows and groups: a virtual IP in front of weighted backends.
+
+Two tables. `services` answers ARP for the VIP (through the controller) and sends the
+service's packets, and its backends' replies, through conntrack zone 9 with NAT, so a tracked
+connection is translated both ways by the switch alone. `services_track` then:
+
+- for a packet of a connection we committed (ct_mark MARK): points the frame at the backend's
+  MAC (originals, already NATed to the backend's IP) or makes it come from the VIP's MAC
+  (replies, already un-NATed back to the VIP);
+- for a new connection to the VIP: asks the controller, which picks the backend (method
+  "exact"), or lets a select group pick (method "switch");
+- drops anything else sent to the VIP.
+
+A backend is chosen by committing the connection with nat(dst=backend) and the mark. That
+commit sits in a fast-failover group per (service, primary backend) on every switch, whose
+first bucket watches the port toward the backend and whose others fall back to the backups:
+when a switch sees that way go down, new connections move to a backup before the controller
+has heard of it. Established connections never move: conntrack holds their translation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+
+from apps.lb.settings import Backend, Service
+from apps.lb.weights import bucket_weights
+from controller.flows import (
+    Bucket,
+    Flow,
+    Group,
+    apply,
+    conntrack,
+    flow,
+    goto,
+    group,
+    group_action,
+    nat,
+    set_field,
+    to_controller,
+)
+from controller.matches import CT_NEW, CT_RPL, CT_TRK
+from controller.pipeline import Pipeline
+
+COOKIE = 0x05 << 56
+CT_ZONE = 9
+MARK = 0x5E  # ct_mark of the connections this app translated
+GROUP_BASE = 0x0500_0000
+MAX_BACKENDS = 127  # per service: group numbers 1..127 are its backends', 128.. its routes'
+MAX_ROUTES = 128
+PROTOCOLS = {"tcp": 6, "udp": 17}
+
+ARP_PRIORITY = 300
+STEER_PRIORITY = 300  # track: MACs of translated packets
+NEW_PRIORITY = 200  # track: new connections to a VIP (+ route order for "switch" sources)
+VIP_PRIORITY = 200  # services: to the VIP, or from a backend's service port
+DROP_PRIORITY = 100  # anything else addressed to a VIP
+PACKET_IN_BYTES = 0xFFFF  # the controller sends the whole packet back out
+
+
+def vip_mac(vip: str) -> str:
+    """The MAC the VIP answers ARP with: locally administered, derived from the address.
+
+    >>> vip_mac("10.0.100.10")
+    '02:5e:0a:00:64:0a'
+    """
+    return "02:5e:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(vip).packed)
+
+
+def ff_group_id(service_index: int, backend_index: int) -> int:
+    return GROUP_BASE + service_index * 256 + 1 + backend_index
+
+
+def select_group_id(service_index: int, route_index: int) -> int:
+    return GROUP_BASE + service_index * 256 + 128 + route_index
+
+
+def _l4(service: Service, direction: str, port: int) -> dict:
+    return {"ip_proto": PROTOCOLS[service.protocol], f"{service.protocol}_{direction}": port}
+
+
+def commit_to(backend: Backend, table: int):
+    """Commit a new connection to `backend`: translated, marked, then on to `table`."""
+    return conntrack(
+        CT_ZONE,
+        table,
+        commit=True,
+        nested=(nat(backend.ip, backend.port), set_field("ct_mark", MARK)),
+    )
+
+
+class Compiler:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.services_table = pipeline.table("services")
+        self.track = pipeline.table("services_track")
+        self.forwarding = pipeline.table("forwarding")
+
+    def _f(self, table: int, priority: int, match: dict, *instructions) -> Flow:
+        return flow(table, priority, match, *instructions, cookie=COOKIE)
+
+    def service_flows(self, service: Service) -> list[Flow]:
+        """Per switch, the same for all: catch the VIP, track it, steer replies back."""
+        vip = {"eth_type": 0x0800, "ipv4_dst": service.vip}
+        track = apply(conntrack(CT_ZONE, self.track, nested=(nat(),)))
+        flows = [
+            self._f(
+                self.services_table,
+                ARP_PRIORITY,
+                {"eth_type": 0x0806, "arp_tpa": service.vip},
+                apply(to_controller(128)),
+            ),
+            self._f(
+                self.services_table,
+                VIP_PRIORITY,
+                {**vip, **_l4(service, "dst", service.port)},
+                track,
+            ),
+            self._f(self.services_table, DROP_PRIORITY, vip),
+            self._f(self.track, DROP_PRIORITY, vip),
+            self._f(
+                self.track,
+                STEER_PRIORITY,
+                {
+                    "eth_type": 0x0800,
+                    "ipv4_src": service.vip,
+                    "ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL),
+                    "ct_mark": MARK,
+                },
+                apply(set_field("eth_src", vip_mac(service.vip))),
+                goto(self.forwarding),
+            ),
+        ]
+        for b in service.backends:
+            flows.append(
+                self._f(
+                    self.services_table,
+                    VIP_PRIORITY,
+                    {"eth_type": 0x0800, "ipv4_src": b.ip, **_l4(service, "src", b.port)},
+                    track,
+                )
+            )
+            if b.mac:
+                flows.append(
+                    self._f(
+                        self.track,
+                        STEER_PRIORITY,
+                        {
+                            "eth_type": 0x0800,
+                            "ipv4_dst": b.ip,
+                            "ct_state": (CT_TRK, CT_TRK | CT_RPL),
+                            "ct_mark": MARK,
+                        },
+                        apply(set_field("eth_dst", b.mac)),
+                        goto(self.forwarding),
+                    )
+                )
+        return flows
+
+    def new_connection_flows(self, index: int, service: Service, has_group) -> list[Flow]:
+        """New connections to the VIP: to the controller, or per route to its select group."""
+        match = {
+            "eth_type": 0x0800,
+            "ipv4_dst": service.vip,
+            **_l4(service, "dst", service.port),
+            "ct_state": (CT_TRK | CT_NEW, CT_TRK | CT_NEW | CT_RPL),
+            "ct_mark": 0,
+        }
+        if service.method == "exact":
+            return [self._f(self.track, NEW_PRIORITY, match, apply(to_controller(PACKET_IN_BYTES)))]
+        flows = []
+        n = len(service.routes)
+        for r, route in enumerate(service.routes):
+            if not has_group(r):
+                continue
+            act = apply(group_action(select_group_id(index, r)))
+            if route.sources is None:
+                flows.append(self._f(self.track, NEW_PRIORITY + n - r, match, act))
+                continue
+            for net in route.sources:
+                m = {**match, "ipv4_src": (str(net.network_address), str(net.netmask))}
+                flows.append(self._f(self.track, NEW_PRIORITY + n - r, m, act))
+        return flows
+
+    def failover_group(
+        self,
+        index: int,
+        service: Service,
+        backend: Backend,
+        backups: list[Backend],
+        watch: Callable[[Backend], int | None],
+    ) -> Group | None:
+        """This switch's fast-failover group for `backend`: it, else the first reachable
+        backup. None when the switch has no port to watch for it."""
+        port = watch(backend)
+        if port is None:
+            return None
+        buckets = [Bucket((commit_to(backend, self.track),), watch_port=port)]
+        for k in backups:
+            p = watch(k)
+            if p is not None and k.key != backend.key:
+                buckets.append(Bucket((commit_to(k, self.track),), watch_port=p))
+        return group(ff_group_id(index, service.backends.index(backend)), "ff", buckets)
+
+    def select_group(
+        self, index: int, r: int, choices: list[tuple[Backend, object]], via: Callable
+    ) -> Group:
+        """A route's split as a select group: Open vSwitch hashes each new flow to a bucket."""
+        weights = bucket_weights([w for _, w in choices])
+        buckets = [
+            Bucket((via(b),), weight=w) for (b, _), w in zip(choices, weights, strict=True) if w
+        ]
+        return group(select_group_id(index, r), "select", buckets)

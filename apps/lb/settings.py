@@ -1,0 +1,342 @@
+"""The `services` and `routing` config sections, resolved into what the switch enforces.
+
+A service is a virtual IP and port. Its split comes from its own `backends` list, or from
+routing documents (Istio VirtualService + DestinationRule, Gateway API HTTPRoute) that name it:
+a VirtualService by one of its `hosts` (short name) or, without hosts, by its own name; an
+HTTPRoute by a `parentRefs` name, a hostname or its own name. A route destination names a host:
+the backends of the service of that name, or else the endpoints labelled `app: <host>`; a
+subset narrows them by the DestinationRule's labels. A destination's weight is shared equally
+by its endpoints. `backup: true` backends take traffic only while no primary is up.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from apps.lb.routing import (
+    Destination,
+    DestinationRule,
+    HTTPRoute,
+    RouteRule,
+    RoutingDoc,
+    SourceMatch,
+    VirtualService,
+    parse_routing,
+    short_host,
+)
+from apps.ms.model import Endpoint
+from apps.ms.settings import parse_endpoints
+from controller.config import Config, parsed_documents, register_schema
+
+LOG = logging.getLogger("osken_suite.canary")
+Network = ipaddress.IPv4Network
+METHODS = ("exact", "switch")
+
+register_schema(
+    "services",
+    {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "vip", "port"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "vip": {"type": "string"},
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "protocol": {"enum": ["tcp", "udp", "TCP", "UDP"]},
+                "method": {"enum": list(METHODS)},
+                "backends": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["endpoint"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "endpoint": {"type": "string"},
+                            "weight": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+                            "backup": {"type": "boolean"},
+                            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                        },
+                    },
+                },
+            },
+        },
+    },
+)
+register_schema("routing", {"type": "array", "items": {"type": "string"}})
+
+
+@dataclass(frozen=True)
+class Backend:
+    endpoint: str
+    ip: str
+    mac: str | None
+    port: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.endpoint}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A first-match rule: the sources it takes (None: all) and its split (backend key, weight)."""
+
+    sources: tuple[Network, ...] | None
+    split: tuple[tuple[str, Fraction], ...]
+    origin: str
+
+    def takes(self, ip: str) -> bool:
+        if self.sources is None:
+            return True
+        addr = ipaddress.IPv4Address(ip)
+        return any(addr in net for net in self.sources)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    vip: str
+    port: int
+    protocol: str  # "tcp" or "udp"
+    method: str  # "exact": the controller picks each new connection; "switch": a select group
+    backends: tuple[Backend, ...]  # every backend any route or the backup list names
+    routes: tuple[Route, ...]
+    backups: tuple[tuple[str, Fraction], ...]
+
+    def backend(self, key: str) -> Backend:
+        return next(b for b in self.backends if b.key == key)
+
+    def route_for(self, src: str) -> Route | None:
+        return next((r for r in self.routes if r.takes(src)), None)
+
+
+@dataclass
+class LbSettings:
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    services: list[Service] = field(default_factory=list)
+
+
+def _endpoint(config: Config, where: tuple, name: str, endpoints: dict) -> Endpoint:
+    e = endpoints.get(name)
+    if e is None:
+        raise config.error(where, f"no endpoint named {name!r}")
+    if e.ip.version != 4:
+        raise config.error(where, f"endpoint {name!r} is IPv6; services are IPv4 only")
+    return e
+
+
+def _backend(e: Endpoint, port: int) -> Backend:
+    return Backend(e.name, str(e.ip), e.mac, port)
+
+
+def _listed(config: Config, i: int, spec: dict, endpoints: dict) -> tuple[list, list]:
+    """(primaries, backups) of a service's own `backends`: (Backend, weight) pairs."""
+    primaries, backups, seen = [], [], set()
+    for j, b in enumerate(spec.get("backends") or []):
+        at = ("services", i, "backends", j)
+        backend = _backend(
+            _endpoint(config, at + ("endpoint",), b["endpoint"], endpoints),
+            b.get("port", spec["port"]),
+        )
+        if backend.key in seen:
+            raise config.error(at, f"backend {backend.key} is listed twice")
+        seen.add(backend.key)
+        (backups if b.get("backup") else primaries).append((backend, Fraction(b.get("weight", 1))))
+    return primaries, backups
+
+
+class _Resolver:
+    """Route documents against the config: who is which host, subset and source."""
+
+    def __init__(self, config: Config, endpoints: dict, listed: dict, docs: list) -> None:
+        self.config = config
+        self.endpoints = endpoints
+        self.listed = listed  # service name -> its own primaries
+        self.subsets: dict[str, dict] = {}
+        for d in docs:
+            if isinstance(d, DestinationRule):
+                self.subsets.setdefault(short_host(d.host), {}).update(d.subsets)
+
+    def pool(self, service_port: int, dest: Destination, doc) -> list[Backend]:
+        host = short_host(dest.host)
+        if host in self.listed and self.listed[host]:
+            members = [b for b, _ in self.listed[host]]
+        else:
+            members = [
+                _backend(e, service_port)
+                for e in sorted(self.endpoints.values(), key=lambda e: e.name)
+                if ("app", host) in e.labels and e.ip.version == 4
+            ]
+        if dest.subset is not None:
+            labels = self.subsets.get(host, {}).get(dest.subset)
+            if labels is None:
+                raise doc.error(
+                    dest.where + ("destination", "subset"),
+                    f"no DestinationRule defines subset {dest.subset!r} of host {host!r}",
+                )
+            members = [b for b in members if set(labels) <= set(self.endpoints[b.endpoint].labels)]
+        if dest.port is not None:
+            members = [Backend(b.endpoint, b.ip, b.mac, dest.port) for b in members]
+        if not members and dest.weight:
+            raise doc.error(
+                dest.where,
+                f"{dest.host}{'/' + dest.subset if dest.subset else ''} has no endpoints "
+                f"(none listed as the service's backends, none labelled app: {host})",
+            )
+        return members
+
+    def sources(self, match: SourceMatch, service: dict) -> set[Network] | None:
+        """The client networks one match block takes; an empty set: it never matches."""
+        if match.port is not None and match.port != service["port"]:
+            return set()
+        vip = ipaddress.IPv4Address(service["vip"])
+        if match.destination_subnets is not None and not any(
+            vip in n for n in match.destination_subnets
+        ):
+            return set()
+        if match.labels is None and match.namespace is None:
+            return None if match.subnet is None else {match.subnet}
+        nets = set()
+        for e in self.endpoints.values():
+            if e.ip.version != 4:
+                continue
+            if match.labels is not None and not set(match.labels) <= set(e.labels):
+                continue
+            if match.namespace is not None and e.namespace != match.namespace:
+                continue
+            if match.subnet is not None and e.ip not in match.subnet:
+                continue
+            nets.add(ipaddress.IPv4Network(f"{e.ip}/32"))
+        return nets
+
+    def route(self, rule: RouteRule, service: dict, doc) -> tuple[Route | None, list]:
+        sources: set[Network] | None = set()
+        for m in rule.matches:
+            got = self.sources(m, service)
+            if got is None:
+                sources = None
+                break
+            sources |= got
+        if not rule.matches:
+            sources = None
+        if sources is not None and not sources:
+            LOG.info("%s: no client matches this rule here; it takes no traffic", rule.origin)
+            return None, []
+        split: dict[str, Fraction] = {}
+        backends = []
+        for dest in rule.destinations:
+            members = self.pool(service["port"], dest, doc)
+            for b in members:
+                split[b.key] = split.get(b.key, Fraction(0)) + dest.weight / len(members)
+                backends.append(b)
+        nets = None if sources is None else tuple(sorted(sources, key=lambda n: (n.prefixlen, n)))
+        return Route(nets, tuple(split.items()), rule.origin), backends
+
+
+def _attached(doc: RoutingDoc, name: str) -> bool:
+    if isinstance(doc, VirtualService):
+        return any(short_host(h) == name for h in doc.hosts) or (not doc.hosts and doc.name == name)
+    if isinstance(doc, HTTPRoute):
+        return (
+            name in doc.parents
+            or doc.name == name
+            or any(short_host(h) == name for h in doc.hostnames)
+        )
+    return False
+
+
+def _routing_in(doc) -> list[RoutingDoc]:
+    parsed = parse_routing(doc)
+    return [] if parsed is None else [parsed]
+
+
+def _routing_docs(config: Config) -> list[RoutingDoc]:
+    return [
+        d for _, path in config.listed_files("routing") for d in parsed_documents(path, _routing_in)
+    ]
+
+
+def _vip(config: Config, i: int, spec: dict, taken: dict) -> str:
+    try:
+        vip = str(ipaddress.IPv4Address(spec["vip"]))
+    except ValueError:
+        raise config.error(
+            ("services", i, "vip"), f"{spec['vip']!r} is not an IPv4 address"
+        ) from None
+    key = (vip, spec["port"], spec.get("protocol", "tcp").lower())
+    if key in taken:
+        raise config.error(("services", i), f"{vip}:{spec['port']} is also {taken[key]!r}")
+    taken[key] = spec["name"]
+    return vip
+
+
+def parse_services(section, config: Config) -> LbSettings:
+    """Everything checked and resolved; the first problem is raised, located."""
+    endpoints = {e.name: e for e in parse_endpoints(config)}
+    specs = section or []
+    names: set[str] = set()
+    listed: dict[str, list] = {}
+    backups: dict[str, list] = {}
+    for i, spec in enumerate(specs):
+        if spec["name"] in names:
+            raise config.error(("services", i, "name"), f"service {spec['name']!r} twice")
+        names.add(spec["name"])
+        listed[spec["name"]], backups[spec["name"]] = _listed(config, i, spec, endpoints)
+    docs = _routing_docs(config)
+    resolver = _Resolver(config, endpoints, listed, docs)
+    settings = LbSettings(endpoints)
+    used: set[int] = set()
+    vips: dict = {}
+    for i, spec in enumerate(specs):
+        vip = _vip(config, i, spec, vips)
+        mine = [(k, d) for k, d in enumerate(docs) if _attached(d, spec["name"])]
+        if len(mine) > 1:
+            first, second = mine[0][1], mine[1][1]
+            raise second.doc.error(
+                ("metadata", "name"),
+                f"{second.name} routes service {spec['name']!r}, and so does {first.name} "
+                f"({first.doc.path}); one routing document per service",
+            )
+        routes, members = [], [b for b, _ in listed[spec["name"]]]
+        if mine:
+            used.add(mine[0][0])
+            for rule in mine[0][1].rules:
+                route, backends = resolver.route(rule, spec, mine[0][1].doc)
+                if route is not None:
+                    routes.append(route)
+                    members += backends
+        elif listed[spec["name"]]:
+            split = tuple((b.key, w) for b, w in listed[spec["name"]])
+            routes.append(Route(None, split, f"services[{i}]"))
+        elif not backups[spec["name"]]:
+            raise config.error(
+                ("services", i), f"service {spec['name']!r} has no backends and no routing"
+            )
+        members += [b for b, _ in backups[spec["name"]]]
+        settings.services.append(
+            Service(
+                spec["name"],
+                vip,
+                spec["port"],
+                spec.get("protocol", "tcp").lower(),
+                spec.get("method", "exact"),
+                tuple({b.key: b for b in members}.values()),
+                tuple(routes),
+                tuple((b.key, w) for b, w in backups[spec["name"]]),
+            )
+        )
+    for k, d in enumerate(docs):
+        if k not in used and not isinstance(d, DestinationRule):
+            LOG.warning(
+                "%s: %s %s names no service in the config (by host, parent or name); "
+                "it routes nothing",
+                d.doc.path,
+                type(d).__name__,
+                d.name,
+            )
+    return settings

@@ -1,0 +1,319 @@
+"""Weighted services on fake switches: VIP ARP, NAT both ways, exact splits, pinning, failover."""
+
+import logging
+import os
+import textwrap
+from collections import Counter
+
+import pytest
+
+from apps.canary import Canary, arp_frame, connection_of
+from apps.l2_learning import L2Learning
+from apps.lb.compile import CT_ZONE, vip_mac
+from controller.config import ConfigError, load_config
+from controller.core import Core
+from tests.fakenet import BROADCAST
+from tests.unit.test_l2 import MACS, leaf_spine
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
+VIP = "10.0.100.10"
+VMAC = vip_mac(VIP)
+IP = {mac: f"10.0.0.{i}" for i, mac in enumerate(MACS, start=1)}
+# Leaf 201: clients c1, c2. Leaf 202: v1-a and a spare. Leaf 203: v2-a and v1-b (the backup).
+C1, C2, V1A, SPARE, V2A, V1B = MACS[:6]
+ENDPOINTS = textwrap.dedent(
+    f"""\
+    endpoints:
+      - {{name: c1, ip: {IP[C1]}, labels: {{role: client, tier: gold}}}}
+      - {{name: c2, ip: {IP[C2]}, labels: {{role: client}}}}
+      - {{name: v1-a, ip: {IP[V1A]}, mac: "{V1A}", labels: {{app: user-service, version: v1}}}}
+      - {{name: v2-a, ip: {IP[V2A]}, mac: "{V2A}", labels: {{app: user-service, version: v2}}}}
+      - {{name: v1-b, ip: {IP[V1B]}, labels: {{app: user-service, version: v1}}}}
+    """
+)
+
+
+def service(v1: int = 90, v2: int = 10, method: str = "exact", backup: bool = True) -> str:
+    lines = f"""\
+    services:
+      - name: user-service
+        vip: {VIP}
+        port: 80
+        method: {method}
+        backends:
+          - {{endpoint: v1-a, weight: {v1}}}
+          - {{endpoint: v2-a, weight: {v2}}}
+    """
+    if backup:
+        lines += "      - {endpoint: v1-b, weight: 0, backup: true}\n"
+    return textwrap.dedent(lines)
+
+
+def make(tmp_path, config: str, now: float = 1000.0):
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(ENDPOINTS + config)
+    core = Core()
+    core.add_app(L2Learning)
+    app = core.add_app(Canary)
+    core.configure(load_config(str(cfg)), now)
+    net = leaf_spine(core)
+    net.now = now
+    net.start()
+    for mac in (C1, C2, V1A, V2A, V1B):  # every host speaks once: the fabric learns it
+        net.send(mac, BROADCAST, 0x0806, arp_spa=IP[mac], arp_tpa="10.0.0.254")
+    net.advance(1.0)
+    return net, app, cfg
+
+
+def reload(net, cfg, config: str) -> None:
+    cfg.write_text(ENDPOINTS + config)
+    net.deliver(net.core.reload(lambda: load_config(str(cfg)), net.now))
+
+
+def connect(net, client=C1, sport=40000):
+    """A client's SYN to the VIP: which backend got it, and with which addresses."""
+    got = net.send(
+        client,
+        VMAC,
+        0x0800,
+        ipv4_src=IP[client],
+        ipv4_dst=VIP,
+        ip_proto=6,
+        tcp_src=sport,
+        tcp_dst=80,
+    )
+    assert len(got.frames) <= 1, got.frames
+    return got.frames[0] if got.frames else (None, None)
+
+
+def answer(net, backend, client=C1, sport=40000):
+    got = net.send(
+        backend,
+        client,
+        0x0800,
+        ipv4_src=IP[backend],
+        ipv4_dst=IP[client],
+        ip_proto=6,
+        tcp_src=80,
+        tcp_dst=sport,
+    )
+    return got.frames[0] if got.frames else (None, None)
+
+
+def test_the_vip_answers_arp_with_its_own_mac(tmp_path):
+    net, _, _ = make(tmp_path, service())
+    sw = net.switches[201]
+    before = len(sw.packet_outs)
+    got = net.send(C1, BROADCAST, 0x0806, arp_spa=IP[C1], arp_tpa=VIP)
+    replies = sw.packet_outs[before:]
+    assert got.hosts == [C1]  # only the asker hears the answer; the request goes no further
+    a = connection_of(replies[-1].data) if replies else None
+    assert a is None and replies[-1].data[6:12].hex(":") == VMAC
+    assert replies[-1].data == arp_frame(2, VMAC, VIP, C1, IP[C1])
+
+
+def test_connections_are_translated_both_ways_and_clients_only_see_the_vip(tmp_path):
+    net, _, _ = make(tmp_path, service(100, 0))
+    host, fields = connect(net)
+    assert host == V1A
+    assert (fields["ipv4_dst"], fields["tcp_dst"], fields["eth_dst"]) == (IP[V1A], 80, V1A)
+    assert fields["ipv4_src"] == IP[C1]  # the backend sees the real client
+    host, fields = answer(net, V1A)
+    assert host == C1
+    assert (fields["ipv4_src"], fields["tcp_src"], fields["eth_src"]) == (VIP, 80, VMAC)
+    # The rest of the connection is the switch's alone.
+    ins = sum(sw.packet_outs.__len__() for sw in net.switches.values())
+    assert connect(net)[0] == V1A
+    assert sum(len(sw.packet_outs) for sw in net.switches.values()) == ins
+    assert any(zone == CT_ZONE for zone, _ in net.connections)
+
+
+@pytest.mark.parametrize("weights", [(90, 10), (70, 30), (99, 1), (50, 50), (0, 100)])
+def test_the_exact_method_splits_new_connections_exactly(tmp_path, weights):
+    net, app, _ = make(tmp_path, service(*weights))
+    got = Counter(connect(net, sport=20000 + i)[0] for i in range(200))
+    assert got[V1A] == 2 * weights[0] and got[V2A] == 2 * weights[1]
+    assert app.connections.labels("user-service", "v1-a")._value.get() == 2 * weights[0]
+
+
+def test_a_weight_shift_moves_new_connections_and_never_established_ones(tmp_path):
+    net, _, cfg = make(tmp_path, service(90, 10))
+    first = {sport: connect(net, sport=sport)[0] for sport in range(30000, 30020)}
+    reload(net, cfg, service(0, 100))
+    assert {connect(net, sport=s)[0] for s in range(31000, 31010)} == {V2A}
+    for sport, backend in first.items():  # each stays where it began, both ways
+        assert connect(net, sport=sport)[0] == backend
+        assert answer(net, backend, sport=sport)[1]["ipv4_src"] == VIP
+
+
+def test_a_backend_whose_port_goes_down_leaves_and_backups_wait_for_all_primaries(tmp_path):
+    net, app, _ = make(tmp_path, service(50, 50))
+    net.set_link(202, 3, False)  # v1-a's cable
+    assert {connect(net, sport=s)[0] for s in range(100, 110)} == {V2A}
+    net.set_link(203, 3, False)  # v2-a's too: now the backup serves
+    assert {connect(net, sport=s)[0] for s in range(200, 210)} == {V1B}
+    assert app.live_backends.labels("user-service")._value.get() == 1
+    net.set_link(202, 3, True)
+    net.advance(2.0)  # the port's probation: then it is an edge port again
+    net.send(V1A, BROADCAST, 0x0806, arp_spa=IP[V1A], arp_tpa="10.0.0.254")
+    assert {connect(net, sport=s)[0] for s in range(300, 310)} == {V1A}
+
+
+def test_fast_failover_groups_watch_the_way_to_each_backend_and_fall_back_to_the_backup(tmp_path):
+    net, _, _ = make(tmp_path, service(50, 50))
+    groups = {g.type: g for g in net.switches[201].groups.values()}
+    ff = [g for g in net.switches[201].groups.values() if g.type == "ff"]
+    assert groups and len(ff) == 3  # one per backend the switch knows how to reach
+    v1 = next(g for g in ff if "10.0.0.3" in repr(g.buckets[0].actions))
+    assert v1.buckets[0].watch_port == 1  # leaf 201 reaches leaf 202 through spine 1
+    assert "10.0.0.6" in repr(v1.buckets[1].actions)  # then the backup
+
+
+def test_the_switch_method_uses_a_select_group_with_the_weights(tmp_path):
+    net, _, _ = make(tmp_path, service(90, 10, method="switch"))
+    select = [g for g in net.switches[201].groups.values() if g.type == "select"]
+    assert [b.weight for b in select[0].buckets] == [9, 1]
+    assert not net.switches[201].packet_outs or all(
+        connection_of(p.data) is None for p in net.switches[201].packet_outs
+    )
+    got = Counter(connect(net, sport=20000 + i)[0] for i in range(400))
+    assert set(got) == {V1A, V2A} and got[V1A] > 300  # hashed: near, not exact
+    host, fields = answer(net, got.most_common(1)[0][0], sport=20000)
+    assert fields is None or fields["ipv4_src"] == VIP
+
+
+def test_routing_files_from_the_seed_load_and_http_matches_are_rejected_by_name(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    config = f"""\
+    services:
+      - {{name: user-service, vip: {VIP}, port: 80}}
+    routing: [{os.path.join(DATA, "seed-routing", "traffic-routing.yml")}]
+    """
+    net, app, _ = make(tmp_path, textwrap.dedent(config))
+    s = app.settings.services[0]
+    assert [r.split for r in s.routes] == [(("v1-a:80", 45), ("v1-b:80", 45), ("v2-a:80", 10))]
+    assert "spec.http.0.match.0.headers" in caplog.text and "HTTP headers" in caplog.text
+    got = Counter(connect(net, sport=20000 + i)[0] for i in range(100))
+    assert got == Counter({V1A: 45, V1B: 45, V2A: 10})
+
+
+def test_source_matches_pick_the_route_first_match_wins(tmp_path):
+    (tmp_path / "vs.yaml").write_text(
+        textwrap.dedent(
+            """\
+            apiVersion: networking.istio.io/v1beta1
+            kind: VirtualService
+            metadata: {name: user-service}
+            spec:
+              hosts: [user-service.default.svc.cluster.local]
+              http:
+                - match: [{sourceLabels: {tier: gold}}]
+                  route: [{destination: {host: user-service, subset: v2}}]
+                - route:
+                    - {destination: {host: user-service, subset: v1}, weight: 100}
+                    - {destination: {host: user-service, subset: v2}, weight: 0}
+            ---
+            apiVersion: networking.istio.io/v1beta1
+            kind: DestinationRule
+            metadata: {name: user-service}
+            spec:
+              host: user-service
+              subsets:
+                - {name: v1, labels: {version: v1}}
+                - {name: v2, labels: {version: v2}}
+            """
+        )
+    )
+    config = f"services:\n  - {{name: user-service, vip: {VIP}, port: 80}}\nrouting: [vs.yaml]\n"
+    net, _, _ = make(tmp_path, config)
+    assert {connect(net, C1, s)[0] for s in range(100, 110)} == {V2A}  # gold: canary
+    assert {connect(net, C2, s)[0] for s in range(100, 110)} <= {V1A, V1B}
+
+
+def test_httproute_weights_are_relative_and_default_to_one(tmp_path):
+    (tmp_path / "route.yaml").write_text(
+        textwrap.dedent(
+            """\
+            apiVersion: gateway.networking.k8s.io/v1
+            kind: HTTPRoute
+            metadata: {name: web}
+            spec:
+              parentRefs: [{name: user-service}]
+              rules:
+                - backendRefs:
+                    - {name: v1-pool, port: 80}
+                    - {name: v2-pool, port: 80, weight: 3}
+                    - {name: spare-pool, port: 80, weight: 0}
+            """
+        )
+    )
+    endpoints = ENDPOINTS.replace("app: user-service, version: v1}}", "app: v1-pool}}", 1)
+    endpoints = endpoints.replace("app: user-service, version: v2", "app: v2-pool")
+    endpoints = endpoints.replace("app: user-service, version: v1}", "app: spare-pool}")
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(
+        endpoints + f"services:\n  - {{name: user-service, vip: {VIP}, port: 80}}\n"
+        "routing: [route.yaml]\n"
+    )
+    settings = Canary(Core()).check_config(None, None) if False else None
+    core = Core()
+    app = core.add_app(Canary)
+    config = load_config(str(cfg))
+    app.check_config(config.section("services"), config)
+    s = app._checked.services[0]
+    assert s.routes[0].split == (("v1-a:80", 1), ("v2-a:80", 3), ("v1-b:80", 0))
+    assert settings is None
+
+
+@pytest.mark.parametrize(
+    ("config", "where", "message"),
+    [
+        (
+            "services:\n  - {name: s, vip: 10.0.100.1, port: 80, backends: [{endpoint: nope}]}\n",
+            "services[0].backends[0].endpoint",
+            "no endpoint named 'nope'",
+        ),
+        (
+            "services:\n  - {name: s, vip: 10.0.100.300, port: 80, backends: [{endpoint: c1}]}\n",
+            "services[0].vip",
+            "not an IPv4 address",
+        ),
+        (
+            "services:\n  - {name: s, vip: 10.0.100.1, port: 80,"
+            " backends: [{endpoint: c1, weight: -1}]}\n",
+            "services[0].backends[0].weight",
+            "minimum",
+        ),
+        (
+            "services:\n  - {name: s, vip: 10.0.100.1, port: 80}\n",
+            "services[0]",
+            "no backends and no routing",
+        ),
+    ],
+)
+def test_bad_services_are_refused_and_located(tmp_path, config, where, message):
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(ENDPOINTS + config)
+    core = Core()
+    core.add_app(Canary)
+    with pytest.raises(ConfigError) as err:
+        core.check_config(load_config(str(cfg)))
+    assert err.value.where == where and message in str(err.value)
+
+
+def test_an_undefined_subset_is_refused_with_its_line(tmp_path):
+    (tmp_path / "vs.yaml").write_text(
+        "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n"
+        "metadata: {name: user-service}\nspec:\n  http:\n"
+        "    - route:\n        - destination: {host: user-service, subset: v9}\n"
+    )
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(
+        ENDPOINTS + f"services:\n  - {{name: user-service, vip: {VIP}, port: 80}}\n"
+        "routing: [vs.yaml]\n"
+    )
+    core = Core()
+    core.add_app(Canary)
+    with pytest.raises(ConfigError) as err:
+        core.check_config(load_config(str(cfg)))
+    assert err.value.line == 7 and "subset 'v9'" in str(err.value)
