@@ -39,7 +39,7 @@ from apps.lb.settings import Backend, LbSettings, Service, parse_services
 from apps.lb.weights import SmoothWeighted
 from controller.app import PacketIn, SuiteApp
 from controller.config import ConfigError
-from controller.flows import group_action, output, packet_out
+from controller.flows import Flow, group_action, output, packet_out
 from controller.shim import SuiteOSKenApp
 
 LOG = logging.getLogger("osken_suite.canary")
@@ -274,6 +274,27 @@ class Canary(SuiteApp):
         return via
 
     # --- events --------------------------------------------------------------------------------
+
+    def on_switch_synced(self, dpid: int, installed: list[Flow], now: float) -> None:
+        """Learned backend MACs live in the switch's steering flows: a restarted controller
+        takes them back, so connections in flight keep their way to the backend."""
+        backends = {b.ip for s in self.settings.services for b in s.backends if b.mac is None}
+        for f in installed:
+            if f.cookie != COOKIE or f.table != self.compiler.track:
+                continue
+            ip = f.match_dict().get("ipv4_dst")
+            mac = next(
+                (
+                    a[2]
+                    for ins in f.instructions
+                    if ins[0] == "apply"
+                    for a in ins[1]
+                    if a[:2] == ("set_field", "eth_dst")
+                ),
+                None,
+            )
+            if ip in backends and mac and ip not in self.learned_macs:
+                self.learned_macs[ip] = mac
 
     def on_packet_in(self, pkt: PacketIn, now: float) -> None:
         if pkt.eth_type == 0x0806:

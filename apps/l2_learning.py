@@ -5,8 +5,12 @@ Run alone: ``osken-manager apps/l2_learning.py`` gives full connectivity.
 - Sources are learned only at edge ports (no switch behind them), from a packet-in that the
   classify stage sends for an unknown (port, source MAC). The learned entry has an idle timeout,
   so a silent host ages out; the switch tells us and its flows go.
-- Each known MAC gets one forwarding entry on every switch, pointing along a shortest-path tree
-  rooted at its switch: paths across the fabric are installed before the first reply comes back.
+- Each known MAC gets one forwarding entry on every switch, pointing along shortest paths to its
+  switch: paths across the fabric are installed before the first reply comes back. Where a
+  switch has several equal-cost next hops (leaf-spine, fat-tree) the entry points at a select
+  group over all of them, built from the topology graph, so flows spread over every path; each
+  bucket watches its port, so a failed link is bypassed by the switch itself at once, before
+  the controller has recomputed anything.
 - Broadcast and unknown destinations flood along one spanning tree, never around a loop.
 - A host seen at a new edge port moves; a link that goes down moves the paths and the tree.
 """
@@ -19,7 +23,17 @@ from collections import defaultdict
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller.app import PacketIn, SuiteApp
-from controller.flows import Flow, apply, flow, goto, output, to_controller
+from controller.flows import (
+    Bucket,
+    Flow,
+    apply,
+    flow,
+    goto,
+    group,
+    group_action,
+    output,
+    to_controller,
+)
 from controller.shim import SuiteOSKenApp
 
 LOG = logging.getLogger("osken_suite.l2")
@@ -31,6 +45,7 @@ HOST_PRIORITY = 100  # forwarding: eth_dst known: next hop
 FLOOD_PRIORITY = 10  # forwarding: by in_port, out along the tree and to edge ports
 PACKET_IN_BYTES = 128  # headers are all we need to learn
 DEFAULT_MAC_AGE = 300
+ECMP_GROUP_BASE = 0x0200_0000  # + the destination switch's dpid (low 24 bits)
 
 
 class L2Learning(SuiteApp):
@@ -41,6 +56,7 @@ class L2Learning(SuiteApp):
     def __init__(self, core) -> None:
         super().__init__(core)
         self.hosts: dict[str, tuple[int, int]] = {}
+        self._ecmp: dict[tuple[int, int], int] = {}  # (switch, destination switch) -> group
         self.mac_age = DEFAULT_MAC_AGE
         self.classify = core.pipeline.table("classify")
         self.forwarding = core.pipeline.table("forwarding")
@@ -105,11 +121,31 @@ class L2Learning(SuiteApp):
 
     def _install_all(self) -> None:
         self._install_flood()
+        self._install_multipath()
         trees: dict[int, dict[int, int]] = {}
         for mac, (dpid, _port) in self.hosts.items():
             if dpid not in trees:
                 trees[dpid] = self.topology.next_hop_ports(dpid)
             self._install_host(mac, trees[dpid])
+
+    def _install_multipath(self) -> None:
+        """Per switch and destination switch with several equal-cost next hops: a select
+        group over them (named after the destination), each bucket watching its port."""
+        self._ecmp: dict[tuple[int, int], int] = {}
+        groups: dict[int, list] = defaultdict(list)
+        switches = self.topology.switches()
+        if len({d & 0xFFFFFF for d in switches}) != len(switches):
+            LOG.error("dpids differ only above their low 24 bits: no multipath groups")
+            switches = []
+        for dst in switches:
+            for src in switches:
+                ports = self.topology.equal_cost_next_hops(src, dst)
+                if len(ports) > 1:
+                    gid = ECMP_GROUP_BASE + (dst & 0xFFFFFF)
+                    buckets = [Bucket((output(p),), weight=1, watch_port=p) for p in ports]
+                    groups[src].append(group(gid, "select", buckets))
+                    self._ecmp[(src, dst)] = gid
+        self.desired.put_groups(("l2", "ecmp"), groups)
 
     def _install_host(self, mac: str, next_hops: dict[int, int]) -> None:
         """The learned entry at the host's port, and its forwarding entry on every switch."""
@@ -126,15 +162,14 @@ class L2Learning(SuiteApp):
                 flags=ofp.OFPFF_SEND_FLOW_REM,
             )
         )
-        flows[dpid].append(self._to(mac, port))
+        flows[dpid].append(self._to(mac, output(port)))
         for switch, out_port in next_hops.items():
-            flows[switch].append(self._to(mac, out_port))
+            gid = self._ecmp.get((switch, dpid))
+            flows[switch].append(self._to(mac, group_action(gid) if gid else output(out_port)))
         self.desired.put(("l2", "host", mac), flows)
 
-    def _to(self, mac: str, port: int) -> Flow:
-        return flow(
-            self.forwarding, HOST_PRIORITY, {"eth_dst": mac}, apply(output(port)), cookie=COOKIE
-        )
+    def _to(self, mac: str, action) -> Flow:
+        return flow(self.forwarding, HOST_PRIORITY, {"eth_dst": mac}, apply(action), cookie=COOKIE)
 
     def _install_flood(self) -> None:
         """Per switch: edge ports report unknown sources; floods follow the tree."""

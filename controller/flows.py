@@ -218,12 +218,14 @@ class Group:
 
 
 def group(group_id: int, type_: str, buckets: Iterable[Bucket]) -> Group:
-    """Canonical group: weights only for select, watches only for fast-failover, as switches say."""
+    """Canonical group: weights only for select, watches only for fast-failover and select (a
+    select bucket whose watched port is down is skipped), as Open vSwitch reports them."""
     norm = []
     for b in buckets:
         weight = b.weight if type_ == "select" else 0
-        watch_port = b.watch_port if type_ == "ff" else ofp.OFPP_ANY
-        watch_group = b.watch_group if type_ == "ff" else ofp.OFPG_ANY
+        watched = type_ in ("ff", "select")
+        watch_port = b.watch_port if watched else ofp.OFPP_ANY
+        watch_group = b.watch_group if watched else ofp.OFPG_ANY
         norm.append(Bucket(tuple(b.actions), weight, watch_port, watch_group))
     return Group(group_id, type_, tuple(norm))
 

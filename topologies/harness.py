@@ -10,6 +10,7 @@ started, by pid. It never runs `mn -c` or kills anything by name.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -273,13 +274,40 @@ class Lab:
                 return True
         return False
 
-    def serve(self, host: str, *specs: str) -> None:
-        """Start TCP/UDP servers in a host (e.g. "tcp:80", "udp:53"); stopped with the lab."""
+    def serve(self, host: str, *specs: str, name: str | None = None) -> None:
+        """Start TCP/UDP servers in a host (e.g. "tcp:80", "udp:53"); stopped with the lab.
+        TCP servers greet every connection with `name` (the host's name by default)."""
         proc = self.host(host).popen(
-            ["/usr/bin/python3", PROBE, "serve", *specs], stdout=subprocess.PIPE, text=True
+            ["/usr/bin/python3", PROBE, "serve", *specs, "--name", name or host],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         proc.stdout.readline()  # "serving ..." once every socket is bound
         self._servers.append(proc)
+
+    def spread(
+        self, src: str, ip: str, port: int, n: int, parallel: int = 10, timeout: float = 2.0
+    ) -> dict[str, int]:
+        """Open `n` new TCP connections from `src` to ip:port: how many each server greeted
+        ("fail": connections that did not open)."""
+        out = self.host(src).cmd(
+            f"/usr/bin/python3 {PROBE} spread {ip} {port} {n} --parallel {parallel} "
+            f"--timeout {timeout}"
+        )
+        return json.loads(out.strip().splitlines()[-1])
+
+    def hold(self, src: str, ip: str, port: int, n: int, seconds: float):
+        """Start `n` long connections from `src` that keep checking who answers; returns the
+        process once they are open. Its last output line is JSON (see probe.py hold)."""
+        proc = self.host(src).popen(
+            ["/usr/bin/python3", PROBE, "hold", ip, str(port), str(n), "--seconds", str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if proc.stdout.readline().strip() != "held":
+            proc.kill()
+            raise RuntimeError(f"{src} could not open {n} connections to {ip}:{port}")
+        return proc
 
     def connects(self, src: str, dst: str, proto: str, port: int, timeout: float = 1.0) -> bool:
         """Does a TCP connection open (or a UDP datagram come back) from src to dst:port?"""
