@@ -45,6 +45,7 @@ from controller.shim import SuiteOSKenApp
 LOG = logging.getLogger("osken_suite.canary")
 REQUIRES = ["apps.l2_learning"]
 ARP_PROBE_INTERVAL = 2.0
+MAX_LEARNED = 65536  # IP -> MAC entries kept from ARP
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 
@@ -85,7 +86,8 @@ class Canary(SuiteApp):
         self.compiler = Compiler(core.pipeline)
         self.settings = LbSettings()
         self._checked: LbSettings | None = None
-        self.learned_macs: dict[str, str] = {}  # backend IP -> MAC, from its ARP replies
+        # IP -> MAC of every host heard in ARP, so a backend added later is ready at once.
+        self.learned_macs: dict[str, str] = {}
         self.located: dict[str, tuple[int, int]] = {}  # MAC -> where it was last seen
         self.rr: dict[tuple[str, int], SmoothWeighted] = {}
         self.backup_rr: dict[str, SmoothWeighted] = {}
@@ -133,8 +135,9 @@ class Canary(SuiteApp):
             (s.vip, PROTOCOLS[s.protocol], s.port): (i, s)
             for i, s in enumerate(self.settings.services)
         }
-        self._next_probe = now
+        self._next_probe = now + ARP_PROBE_INTERVAL
         self._install()
+        self._probe_unknown()  # a new backend that never spoke is asked for its MAC at once
         for s in self.settings.services:
             LOG.info(
                 "canary: %s %s:%d/%s, method %s: %s",
@@ -201,7 +204,9 @@ class Canary(SuiteApp):
             self.settings.services,
             switches,
             frozenset(live),
-            tuple(sorted(self.learned_macs.items())),
+            tuple(
+                sorted((b.ip, self.mac_of(b)) for s in self.settings.services for b in s.backends)
+            ),
             tuple(sorted(self.located.items())),
             self.topology.version,
         )
@@ -317,15 +322,17 @@ class Canary(SuiteApp):
         self._learn_mac(a.src_ip, a.src_mac)
 
     def _learn_mac(self, ip: str, mac: str) -> None:
-        """A backend configured without a MAC is known by the one it answers ARP with."""
-        for s in self.settings.services:
-            for b in s.backends:
-                if b.ip == ip and b.mac is None and self.learned_macs.get(ip) != mac:
-                    LOG.info("canary: backend %s (%s) is at %s", b.endpoint, ip, mac)
-                    self.learned_macs[ip] = mac
-                    self._refresh_locations()
-                    self._install()
-                    return
+        """Hosts are known by the MAC they speak ARP with (a backend's configured MAC wins)."""
+        if self.learned_macs.get(ip) == mac or int(mac[:2], 16) & 1:
+            return
+        self.learned_macs.pop(ip, None)
+        if len(self.learned_macs) >= MAX_LEARNED:
+            del self.learned_macs[next(iter(self.learned_macs))]  # the oldest goes
+        self.learned_macs[ip] = mac
+        if any(b.ip == ip and b.mac is None for s in self.settings.services for b in s.backends):
+            LOG.info("canary: backend %s is at %s", ip, mac)
+            self._refresh_locations()
+            self._install()
 
     def _new_connection(self, pkt: PacketIn) -> None:
         conn = connection_of(pkt.data)
