@@ -1,0 +1,174 @@
+"""A lab for weighted services: leaf-spine, clients on one side, named backends on the others.
+
+Shared by the canary integration tests and scripts/bench_canary.py. Leaf-spine with 2 spines,
+3 leaves and 3 hosts per leaf; clients h11, h12, h13 and h33 open connections to the VIP;
+backends v1-a (h21), v2-a (h31), v3-a (h23), v0 (h32) and spare (h22, the backup) greet every
+connection with their host's name, so a client can count who answered.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import textwrap
+import threading
+import time
+from contextlib import contextmanager
+
+from topologies.harness import Controller, Lab, free_port, metric
+from topologies.leafspine import LeafSpineTopo
+
+VIP = "10.0.100.10"
+PORT = 80
+BACKENDS = {"v1-a": "h21", "v2-a": "h31", "v3-a": "h23", "v0": "h32", "spare": "h22"}
+IPS = {
+    "h21": "10.0.0.4",
+    "h22": "10.0.0.5",
+    "h23": "10.0.0.6",
+    "h31": "10.0.0.7",
+    "h32": "10.0.0.8",
+}
+CLIENTS = ["h11", "h12", "h13", "h33"]
+
+
+def service_config(weights: dict[str, int], method: str = "exact", backup: bool = True) -> str:
+    """The lab's config: every backend an endpoint (no MACs: learned), one weighted service."""
+    endpoints = "".join(f"  - {{name: {n}, ip: {IPS[h]}}}\n" for n, h in BACKENDS.items())
+    backends = "".join(f"      - {{endpoint: {n}, weight: {w}}}\n" for n, w in weights.items())
+    if backup:
+        backends += "      - {endpoint: spare, backup: true}\n"
+    service = textwrap.dedent(
+        f"""\
+        services:
+          - name: user-service
+            vip: {VIP}
+            port: {PORT}
+            method: {method}
+            backends:
+        """
+    )
+    return "endpoints:\n" + endpoints + service + backends
+
+
+class CanaryLab:
+    def __init__(self, ctl: Controller, lab: Lab, cfg, metrics_port: int) -> None:
+        self.ctl, self.lab, self.cfg, self.metrics_port = ctl, lab, cfg, metrics_port
+
+    def apply(self, text: str, timeout: float = 10.0) -> None:
+        """A new config, in force and with every backend ready (its MAC known)."""
+        before = len(re.findall("config reloaded", self.ctl.log()))
+        self.cfg.write_text(text)
+        if not self.ctl.wait_log("config reloaded", count=before + 1, timeout=timeout):
+            raise RuntimeError("the controller did not take the config:\n" + self.ctl.log()[-2000:])
+        want = text.count("{endpoint:")
+        deadline = time.time() + timeout
+        while (
+            metric(self.metrics_port, "osken_canary_live_backends", service="user-service") < want
+        ):
+            if time.time() > deadline:
+                raise RuntimeError("backends never became ready")
+            time.sleep(0.05)
+
+    def spread(self, n: int, parallel: int = 8) -> dict[str, int]:
+        """`n` new connections, shared by the clients, all at once: count per backend host."""
+        results: dict[str, dict] = {}
+
+        def run(client: str) -> None:
+            results[client] = self.lab.spread(client, VIP, PORT, n // len(CLIENTS), parallel)
+
+        threads = [threading.Thread(target=run, args=(c,)) for c in CLIENTS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        totals: dict[str, int] = {}
+        for got in results.values():
+            for k, v in got.items():
+                totals[k] = totals.get(k, 0) + v
+        return totals
+
+    def backend_failover(self, host: str, limit: float = 5.0) -> float:
+        """Take a backend's link down; seconds until new connections stop going to it (and
+        all of them open)."""
+        self.lab.link(host, self.leaf_of(host), "down")
+        start = time.time()
+        while time.time() - start < limit:
+            got = self.lab.spread("h11", VIP, PORT, 20, timeout=1.0)
+            if host not in got and "fail" not in got:
+                return time.time() - start
+        raise RuntimeError(f"{host} still got connections after {limit} s")
+
+    def restore(self, host: str) -> None:
+        """Its link up again, and the fabric has seen it speak."""
+        self.lab.link(host, self.leaf_of(host), "up")
+        if not self.lab.wait_ping(host, "h11", timeout=10):
+            raise RuntimeError(f"{host} did not come back")
+        time.sleep(1.0)
+
+    @staticmethod
+    def leaf_of(host: str) -> str:
+        return f"lf{host[1]}"
+
+    def spine_cut_loss(self, seconds: int = 4) -> tuple[int, int, float]:
+        """A 1 ms ping from leaf 1 to leaf 3 while the spine link it uses is cut: (pings sent,
+        pings lost, milliseconds of loss). The link is put back after."""
+        before = _tx("lf1")
+        self.lab.ping("h11", "h33", count=50, interval=0.01)
+        after = _tx("lf1")
+        busiest = max((1, 2), key=lambda p: after.get(p, 0) - before.get(p, 0))
+        spine = f"sp{busiest}"
+        ping = self.lab.host("h11").popen(
+            ["ping", "-i", "0.001", "-w", str(seconds), "-q", self.lab.host("h33").IP()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.5)
+        try:
+            self.lab.link("lf1", spine, "down")
+            out, _ = ping.communicate(timeout=seconds + 30)
+        finally:
+            self.lab.link("lf1", spine, "up")
+        m = re.search(r"(\d+) packets transmitted, (\d+) received.*time (\d+)ms", out, re.S)
+        if m is None:
+            raise RuntimeError(f"no ping summary: {out}")
+        sent, received, elapsed = map(int, m.groups())
+        return sent, sent - received, (sent - received) * elapsed / sent
+
+
+def _tx(switch: str) -> dict[int, int]:
+    """Packets sent per port of a switch."""
+    out = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", switch],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        int(m.group(1)): int(m.group(2))
+        for m in re.finditer(r"port\s+(\d+):.*?tx pkts=(\d+)", out, re.S)
+    }
+
+
+@contextmanager
+def canary_lab(folder, weights: dict[str, int] | None = None):
+    """Controller (canary app, metrics on) and the lab, servers running; all stopped after."""
+    cfg = folder / "lab.yaml"
+    cfg.write_text(service_config(weights or {"v1-a": 90, "v2-a": 10}))
+    port = free_port()
+    ctl = Controller(
+        ["apps/canary.py"],
+        config=str(cfg),
+        log_path=str(folder / "ctl.log"),
+        extra=["--prometheus-port", str(port)],
+    ).start()
+    lab = Lab(LeafSpineTopo(2, 3, 3), ctl.port)
+    try:
+        lab.start()
+        if lab.wait_connected(timeout=60) is None:
+            raise RuntimeError("the lab never connected")
+        for host in BACKENDS.values():
+            lab.serve(host, "tcp:80", name=host)
+        yield CanaryLab(ctl, lab, cfg, port)
+    finally:
+        lab.stop()
+        ctl.stop()
