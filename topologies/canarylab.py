@@ -15,7 +15,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from topologies.harness import Controller, Lab, free_port, metric
+from topologies.harness import Controller, Lab, free_port, metric, tx_packets
 from topologies.leafspine import LeafSpineTopo
 
 VIP = "10.0.100.10"
@@ -112,9 +112,9 @@ class CanaryLab:
     def spine_cut_loss(self, seconds: int = 4) -> tuple[int, int, float]:
         """A 1 ms ping from leaf 1 to leaf 3 while the spine link it uses is cut: (pings sent,
         pings lost, milliseconds of loss). The link is put back after."""
-        before = _tx("lf1")
+        before = tx_packets("lf1")
         self.lab.ping("h11", "h33", count=50, interval=0.01)
-        after = _tx("lf1")
+        after = tx_packets("lf1")
         busiest = max((1, 2), key=lambda p: after.get(p, 0) - before.get(p, 0))
         spine = f"sp{busiest}"
         ping = self.lab.host("h11").popen(
@@ -133,20 +133,6 @@ class CanaryLab:
             raise RuntimeError(f"no ping summary: {out}")
         sent, received, elapsed = map(int, m.groups())
         return sent, sent - received, (sent - received) * elapsed / sent
-
-
-def _tx(switch: str) -> dict[int, int]:
-    """Packets sent per port of a switch."""
-    out = subprocess.run(
-        ["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", switch],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {
-        int(m.group(1)): int(m.group(2))
-        for m in re.finditer(r"port\s+(\d+):.*?tx pkts=(\d+)", out, re.S)
-    }
 
 
 @contextmanager

@@ -140,6 +140,20 @@ def metric(port: int, name: str, **labels: str) -> float:
     )
 
 
+def tx_packets(switch: str) -> dict[int, int]:
+    """Packets each port of a switch has sent."""
+    out = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", switch],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        int(m.group(1)): int(m.group(2))
+        for m in re.finditer(r"port\s+(\d+):.*?tx pkts=(\d+)", out, re.S)
+    }
+
+
 def fresh_bridge(name: str, *ports: str) -> None:
     """An OVS bridge on the userspace datapath, OpenFlow 1.3, fail-secure, with these ports."""
     subprocess.run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", name], check=True)
@@ -365,6 +379,27 @@ class Lab:
                 break
             hops.append(node)
         return hops[:-1] if hops[-1] == dst else hops
+
+    def links_used(self, src: str, dst: str, count: int = 100) -> list[tuple[str, str, int]]:
+        """Switch-to-switch links a ping from src to dst really crosses, busiest first: (switch,
+        neighbour, packets it sent that way). Read from port counters, so it holds where
+        select groups spread flows over equal-cost paths."""
+        switches = [sw.name for sw in self.net.switches]
+        before = {sw: tx_packets(sw) for sw in switches}
+        self.ping(src, dst, count=count, interval=0.005)
+        used = []
+        for sw in switches:
+            after = tx_packets(sw)
+            for port, n in after.items():
+                sent = n - before[sw].get(port, 0)
+                intf = self.net.get(sw).intfs.get(port)
+                if intf is None or intf.link is None or sent < count // 2:
+                    continue
+                ends = (intf.link.intf1.node, intf.link.intf2.node)
+                peer = ends[1] if ends[0].name == sw else ends[0]
+                if peer.name in switches:
+                    used.append((sw, peer.name, sent))
+        return sorted(used, key=lambda u: -u[2])
 
     def dump_flows(self, switch: str) -> list[str]:
         """The switch's flows without counters, sorted: comparable before and after a restart."""
