@@ -5,9 +5,10 @@ Starts osken-manager with the suite's apps, builds a k=4 fat-tree (20 switches, 
 Mininet on OVS's userspace datapath, then shows: full connectivity, TCP across the fabric, a
 link failure on the path in use and the reroute, the link's return, the firewall (the seed's
 rules.json, a rate limit under a UDP flood, a source blocked by a live reload), zero trust (the
-seed's NetworkPolicy, unmodified, and a spoofed address that gains nothing) and what the
-controller reports on /metrics. Prints a short report, cleans up, exits 0 only if every check
-passed.
+seed's NetworkPolicy, unmodified, and a spoofed address that gains nothing), a canary behind a
+virtual IP (the seed's Istio VirtualService, then a live shift to 50/50 and a backend's link
+cut) and what the controller reports on /metrics. Prints a short report, cleans up, exits 0
+only if every check passed.
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from topologies.fattree import FatTreeTopo  # noqa: E402
 from topologies.harness import ROOT, Controller, Lab, free_port, metric, ping_counts  # noqa: E402
 
-APPS = ["apps/firewall.py", "apps/microseg.py"]  # both bring apps/l2_learning.py along
+APPS = ["apps/firewall.py", "apps/microseg.py", "apps/canary.py"]  # all bring L2 learning along
 RATE_PPS = 500
+CANARY_VIP = "10.0.100.10"
+CANARY_CLIENTS = ["h1", "h3", "h6", "h11"]  # not h15: the firewall scene blocks it
+CANARY_BACKENDS = {"h5": "v1-a", "h14": "v2-a", "h7": "v1-b"}
 CONFIG = f"""endpoints:                        # whom the seed policy speaks about
   - {{name: api, namespace: production, ip: 10.0.0.9, mac: "00:00:00:00:00:09",
      labels: {{app: api-server}}}}
@@ -37,7 +41,16 @@ CONFIG = f"""endpoints:                        # whom the seed policy speaks abo
      labels: {{app: database}}}}
   - {{name: batch, namespace: production, ip: 10.0.0.13, mac: "00:00:00:00:00:0d",
      labels: {{app: batch}}}}
+  - {{name: v1-a, ip: 10.0.0.5, labels: {{app: user-service, version: v1}}}}
+  - {{name: v2-a, ip: 10.0.0.14, labels: {{app: user-service, version: v2}}}}
+  - {{name: v1-b, ip: 10.0.0.7, labels: {{app: user-service, version: v1-standby}}}}
 policies: [policies]              # empty until the zero-trust scene puts the seed's policy in
+services:                         # the canary: VIP in front, split by the routing file
+  - name: user-service
+    vip: {CANARY_VIP}
+    port: 80
+    backends: [{{endpoint: v1-b, backup: true}}]
+routing: [routing]                # the seed's Istio VirtualService + DestinationRule
 firewall:
   default: allow
   rules_file: rules.json          # the seed's rules.json: 80 and 443 open, 22 closed
@@ -214,6 +227,67 @@ def zero_trust(lab: Lab, report: Report, ctl: Controller, cfg: str) -> None:
     )
 
 
+def canary_spread(lab: Lab, n: int) -> dict[str, int]:
+    """`n` new connections to the VIP, from four clients at once: count per backend."""
+    results: dict[str, dict] = {}
+
+    def run(client: str) -> None:
+        results[client] = lab.spread(client, CANARY_VIP, 80, n // len(CANARY_CLIENTS), 8)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in CANARY_CLIENTS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total: dict[str, int] = {}
+    for got in results.values():
+        for host, k in got.items():
+            name = CANARY_BACKENDS.get(host, host)
+            total[name] = total.get(name, 0) + k
+    return total
+
+
+def canary(lab: Lab, report: Report, ctl: Controller, cfg: str) -> None:
+    """The seed's VirtualService (90/10 over subsets v1/v2) in front of a VIP; then a live
+    shift to 50/50 while connections opened before it keep talking to their backend."""
+    for host, name in CANARY_BACKENDS.items():
+        lab.serve(host, "tcp:80", name=name)
+    routing = os.path.join(os.path.dirname(cfg), "routing", "traffic-routing.yml")
+    n = 1000
+    got = canary_spread(lab, n)
+    report.add(
+        "canary: the seed's VirtualService, 90/10",
+        got == {"v1-a": 900, "v2-a": 100},
+        f"{n} new connections to {CANARY_VIP}: "
+        + ", ".join(f"{k} {v * 100 / n:.1f}%" for k, v in sorted(got.items())),
+    )
+    held = lab.hold("h2", CANARY_VIP, 80, 10, seconds=6)
+    with open(routing) as fh:
+        text = fh.read()
+    with open(routing, "w") as fh:  # the operator's edit: the default route goes 50/50
+        fh.write(text.replace("weight: 90", "weight: 50").replace("weight: 10", "weight: 50"))
+    ctl.wait_log(r"v1-a:80 50.0%, v2-a:80 50.0%", timeout=10)
+    got = canary_spread(lab, n)
+    out, _ = held.communicate(timeout=30)
+    kept = json.loads(out.strip().splitlines()[-1])
+    report.add(
+        "canary: live shift to 50/50",
+        got == {"v1-a": 500, "v2-a": 500} and kept["moved"] == 0 and kept["broken"] == 0,
+        ", ".join(f"{k} {v * 100 / n:.1f}%" for k, v in sorted(got.items()))
+        + f"; {sum(kept['started'].values())} connections opened before the shift: "
+        f"{kept['moved']} moved, {kept['broken']} broke",
+    )
+    lab.link("h5", lab.host("h5").intfs[0].link.intf2.node.name, "down")
+    time.sleep(0.5)
+    got = canary_spread(lab, 200)
+    lab.link("h5", lab.host("h5").intfs[0].link.intf2.node.name, "up")
+    report.add(
+        "canary: v1-a's link down",
+        got == {"v2-a": 200},
+        "new connections: " + ", ".join(f"{k} {v}" for k, v in sorted(got.items())),
+    )
+
+
 def xdp_flood(lab: Lab, report: Report, ctl: Controller, metrics_port: int, dst: str) -> None:
     """A UDP flood at a denied port: dropped by XDP on the switch port, OpenFlow never sees it."""
     rule = "5"  # udp-9-flood: the seed's 3 rules, the rate limit, then this one
@@ -248,6 +322,11 @@ def main() -> int:
     with open(cfg, "w") as fh:
         fh.write(CONFIG)
     os.makedirs(os.path.join(folder, "policies"))
+    os.makedirs(os.path.join(folder, "routing"))
+    shutil.copy(
+        os.path.join(ROOT, "tests", "data", "seed-routing", "traffic-routing.yml"),
+        os.path.join(folder, "routing"),
+    )
     ctl = Controller(APPS, config=cfg, extra=["--prometheus-port", str(metrics_port)])
     with ctl, Lab(topo, ctl.port) as lab:
         connectivity(lab, report, "connectivity from a cold start", 60)
@@ -256,6 +335,7 @@ def main() -> int:
         firewall(lab, report, ctl, cfg, "h1", "h16")
         zero_trust(lab, report, ctl, cfg)
         xdp_flood(lab, report, ctl, metrics_port, "h16")
+        canary(lab, report, ctl, cfg)
         time.sleep(5.5)  # one stats interval: per-rule counters reach /metrics
         names = (
             "switches",
