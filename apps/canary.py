@@ -174,14 +174,15 @@ class Canary(SuiteApp):
         where = self._where(b)
         return where is None or where[1] in self.topology.live_ports(where[0])
 
-    def _watch(self, dpid: int, b: Backend) -> int | None:
-        """The port of `dpid` whose liveness says whether `b` is reachable that way."""
+    def _watch(self, dpid: int, b: Backend) -> list[int]:
+        """The ports of `dpid` that lead to `b`: its own port if it is here, else every
+        equal-cost next hop toward its switch. None known: []."""
         where = self._where(b)
         if where is None:
-            return None
+            return []
         if where[0] == dpid:
-            return where[1]
-        return self.topology.next_hop_ports(where[0]).get(dpid)
+            return [where[1]]
+        return self.topology.equal_cost_next_hops(dpid, where[0])
 
     def _refresh_locations(self) -> bool:
         """Copy where the fabric last saw each backend; True if anything moved."""

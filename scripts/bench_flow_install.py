@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ben
 from bulk_flows import bench_macs  # noqa: E402
 
 from controller.pipeline import PIPELINE  # noqa: E402
-from topologies.harness import Controller, fresh_bridge  # noqa: E402
+from topologies.harness import Controller, fresh_bridge, ofctl  # noqa: E402
 
 BRIDGE = "benchflows"
 
@@ -34,12 +34,7 @@ def vsctl(*args: str) -> None:
 
 
 def flow_count() -> int:
-    out = subprocess.run(
-        ["ovs-ofctl", "-O", "OpenFlow13", "dump-aggregate", BRIDGE],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = ofctl("dump-aggregate", BRIDGE)
     return int(re.search(r"flow_count=(\d+)", out).group(1))
 
 

@@ -229,22 +229,8 @@ def zero_trust(lab: Lab, report: Report, ctl: Controller, cfg: str) -> None:
 
 def canary_spread(lab: Lab, n: int) -> dict[str, int]:
     """`n` new connections to the VIP, from four clients at once: count per backend."""
-    results: dict[str, dict] = {}
-
-    def run(client: str) -> None:
-        results[client] = lab.spread(client, CANARY_VIP, 80, n // len(CANARY_CLIENTS), 8)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in CANARY_CLIENTS]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    total: dict[str, int] = {}
-    for got in results.values():
-        for host, k in got.items():
-            name = CANARY_BACKENDS.get(host, host)
-            total[name] = total.get(name, 0) + k
-    return total
+    got = lab.spread_from(CANARY_CLIENTS, CANARY_VIP, 80, n)
+    return {CANARY_BACKENDS.get(host, host): k for host, k in got.items()}
 
 
 def canary(lab: Lab, report: Report, ctl: Controller, cfg: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import subprocess
 import textwrap
-import threading
 import time
 from contextlib import contextmanager
 
@@ -71,21 +70,7 @@ class CanaryLab:
 
     def spread(self, n: int, parallel: int = 8) -> dict[str, int]:
         """`n` new connections, shared by the clients, all at once: count per backend host."""
-        results: dict[str, dict] = {}
-
-        def run(client: str) -> None:
-            results[client] = self.lab.spread(client, VIP, PORT, n // len(CLIENTS), parallel)
-
-        threads = [threading.Thread(target=run, args=(c,)) for c in CLIENTS]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        totals: dict[str, int] = {}
-        for got in results.values():
-            for k, v in got.items():
-                totals[k] = totals.get(k, 0) + v
-        return totals
+        return self.lab.spread_from(CLIENTS, VIP, PORT, n, parallel)
 
     def backend_failover(self, host: str, limit: float = 5.0) -> float:
         """Take a backend's link down; seconds until new connections stop going to it (and

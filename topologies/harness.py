@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -140,14 +141,19 @@ def metric(port: int, name: str, **labels: str) -> float:
     )
 
 
-def tx_packets(switch: str) -> dict[int, int]:
-    """Packets each port of a switch has sent."""
-    out = subprocess.run(
-        ["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", switch],
+def ofctl(command: str, switch: str, *args: str) -> str:
+    """ovs-ofctl's output for one command on one switch, in OpenFlow 1.3."""
+    return subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", *args, command, switch],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+
+
+def tx_packets(switch: str) -> dict[int, int]:
+    """Packets each port of a switch has sent."""
+    out = ofctl("dump-ports", switch)
     return {
         int(m.group(1)): int(m.group(2))
         for m in re.finditer(r"port\s+(\d+):.*?tx pkts=(\d+)", out, re.S)
@@ -299,6 +305,27 @@ class Lab:
         proc.stdout.readline()  # "serving ..." once every socket is bound
         self._servers.append(proc)
 
+    def spread_from(
+        self, clients: list[str], ip: str, port: int, n: int, parallel: int = 8
+    ) -> dict[str, int]:
+        """`n` new TCP connections to ip:port shared by `clients`, all at once: how many each
+        server greeted, in total."""
+        results: dict[str, dict] = {}
+
+        def run(client: str) -> None:
+            results[client] = self.spread(client, ip, port, n // len(clients), parallel)
+
+        threads = [threading.Thread(target=run, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        totals: dict[str, int] = {}
+        for got in results.values():
+            for name, count in got.items():
+                totals[name] = totals.get(name, 0) + count
+        return totals
+
     def spread(
         self, src: str, ip: str, port: int, n: int, parallel: int = 10, timeout: float = 2.0
     ) -> dict[str, int]:
@@ -403,10 +430,5 @@ class Lab:
 
     def dump_flows(self, switch: str) -> list[str]:
         """The switch's flows without counters, sorted: comparable before and after a restart."""
-        out = subprocess.run(
-            ["ovs-ofctl", "-O", "OpenFlow13", "--no-stats", "dump-flows", switch],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        out = ofctl("dump-flows", switch, "--no-stats")
         return sorted(line.strip() for line in out.splitlines() if "reply" not in line)

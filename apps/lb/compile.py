@@ -187,18 +187,18 @@ class Compiler:
         service: Service,
         backend: Backend,
         backups: list[Backend],
-        watch: Callable[[Backend], int | None],
+        watch: Callable[[Backend], list[int]],
     ) -> Group | None:
-        """This switch's fast-failover group for `backend`: it, else the first reachable
-        backup. None when the switch has no port to watch for it."""
-        port = watch(backend)
-        if port is None:
+        """This switch's fast-failover group for `backend`: it, while any port toward it is
+        up (one bucket per port), else the first backup that way. None when the switch has no
+        port to watch for it."""
+        ports = watch(backend)
+        if not ports:
             return None
-        buckets = [Bucket((commit_to(backend, self.track),), watch_port=port)]
+        buckets = [Bucket((commit_to(backend, self.track),), watch_port=p) for p in ports]
         for k in backups:
-            p = watch(k)
-            if p is not None and k.key != backend.key:
-                buckets.append(Bucket((commit_to(k, self.track),), watch_port=p))
+            if k.key != backend.key:
+                buckets += [Bucket((commit_to(k, self.track),), watch_port=p) for p in watch(k)]
         return group(ff_group_id(index, service.backends.index(backend)), "ff", buckets)
 
     def select_group(

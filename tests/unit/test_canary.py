@@ -165,7 +165,7 @@ def test_fast_failover_groups_watch_the_way_to_each_backend_and_fall_back_to_the
     assert len(ff) == 3  # one per backend the switch knows how to reach
     v1 = next(g for g in ff if "10.0.0.3" in repr(g.buckets[0].actions))
     assert v1.buckets[0].watch_port == 1  # leaf 201 reaches leaf 202 through spine 1
-    assert "10.0.0.6" in repr(v1.buckets[1].actions)  # then the backup
+    assert "10.0.0.6" in repr(v1.buckets[2].actions)  # then the backup
 
 
 def test_the_switch_method_uses_a_select_group_with_the_weights(tmp_path):
@@ -318,3 +318,22 @@ def test_an_undefined_subset_is_refused_with_its_line(tmp_path):
     with pytest.raises(ConfigError) as err:
         core.check_config(load_config(str(cfg)))
     assert err.value.line == 7 and "subset 'v9'" in str(err.value)
+
+
+def test_the_switch_sends_new_connections_to_the_backup_before_the_controller_knows(tmp_path):
+    net, _, _ = make(tmp_path, service(100, 0))
+    net.send(SPARE, BROADCAST, 0x0806, arp_spa=IP[SPARE], arp_tpa="10.0.0.254")
+    # v1-a's cable is cut; no port-status reaches the controller, which still picks v1-a.
+    # Its switch watches that port: the connection goes to the backup instead.
+    net.switches[202].ports[3] = False
+    assert connect(net, SPARE, sport=100)[0] == V1B
+    net.switches[202].ports[3] = True
+    assert connect(net, SPARE, sport=101)[0] == V1A
+
+
+def test_a_remote_backend_is_watched_on_every_equal_cost_way_toward_it(tmp_path):
+    net, _, _ = make(tmp_path, service(100, 0))
+    v1 = next(g for g in net.switches[201].groups.values() if g.type == "ff")
+    assert [b.watch_port for b in v1.buckets] == [1, 2, 1, 2]  # v1-a both ways, then v1-b
+    net.switches[201].ports[1] = False  # one spine link down: v1-a is still reachable
+    assert connect(net, sport=100)[0] == V1A
