@@ -167,6 +167,16 @@ def test_select_group_follows_bucket_weights():
     assert abs(counts[2] / 4000 - 0.90) < 0.02
 
 
+def test_select_group_skips_buckets_whose_watched_port_is_down():
+    sw = switch()
+    buckets = [Bucket((output(p),), weight=1, watch_port=p) for p in (2, 3)]
+    sw.apply([group_mod(group(1, "select", buckets))])
+    add(sw, flow(0, 1, {}, apply(group_action(1))))
+    sw.ports[2] = False
+    for i in range(50):
+        assert sw.lookup({**PKT, "ip_proto": 6, "tcp_src": 1024 + i}).ports() == [3]
+
+
 def test_fast_failover_follows_port_liveness():
     sw = switch()
     sw.apply(
