@@ -79,6 +79,7 @@ def arp_frame(op: int, src_mac: str, src_ip: str, dst_mac: str, dst_ip: str) -> 
 class Canary(SuiteApp):
     name = "canary"
     config_section = "services"
+    also_reads = ("routing",)
     cookie = COOKIE
 
     def __init__(self, core) -> None:

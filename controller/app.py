@@ -34,6 +34,7 @@ class SuiteApp:
 
     name = "app"
     config_section: str | None = None
+    also_reads: tuple[str, ...] = ()  # other config sections it reads through `config`
     cookie: int = 0  # high byte of every flow cookie this app installs; identifies its flows
 
     def __init__(self, core: Core) -> None:

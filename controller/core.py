@@ -111,12 +111,16 @@ class Core:
         for app in self.apps:
             if app.config_section:
                 app.check_config(config.section(app.config_section), config)
-        used = {a.config_section for a in self.apps} | {
-            "discovery",
-            "controller",
-            "namespaces",
-            "endpoints",
-        }
+        used = (
+            {a.config_section for a in self.apps}
+            | {s for a in self.apps for s in a.also_reads}
+            | {
+                "discovery",
+                "controller",
+                "namespaces",
+                "endpoints",
+            }
+        )
         for section in config.data:
             if warn and section not in used:
                 LOG.warning("%s: section %r is not used by any loaded app", config.path, section)

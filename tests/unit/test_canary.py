@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 import textwrap
 from collections import Counter
 
@@ -16,6 +17,7 @@ from tests.fakenet import BROADCAST
 from tests.unit.test_l2 import MACS, leaf_spine
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
+SEEDS = os.path.join(DATA, "..", "..", "..", "shared", "seeds")
 VIP = "10.0.100.10"
 VMAC = vip_mac(VIP)
 IP = {mac: f"10.0.0.{i}" for i, mac in enumerate(MACS, start=1)}
@@ -256,14 +258,12 @@ def test_httproute_weights_are_relative_and_default_to_one(tmp_path):
         endpoints + f"services:\n  - {{name: user-service, vip: {VIP}, port: 80}}\n"
         "routing: [route.yaml]\n"
     )
-    settings = Canary(Core()).check_config(None, None) if False else None
     core = Core()
     app = core.add_app(Canary)
     config = load_config(str(cfg))
     app.check_config(config.section("services"), config)
     s = app._checked.services[0]
     assert s.routes[0].split == (("v1-a:80", 1), ("v2-a:80", 3), ("v1-b:80", 0))
-    assert settings is None
 
 
 @pytest.mark.parametrize(
@@ -337,3 +337,39 @@ def test_a_remote_backend_is_watched_on_every_equal_cost_way_toward_it(tmp_path)
     assert [b.watch_port for b in v1.buckets] == [1, 2, 1, 2]  # v1-a both ways, then v1-b
     net.switches[201].ports[1] = False  # one spine link down: v1-a is still reachable
     assert connect(net, sport=100)[0] == V1A
+
+
+def test_seed_routing_files_are_the_seeds_verbatim():
+    if not os.path.isdir(SEEDS):
+        pytest.skip("shared/seeds is not beside this checkout")
+    seeds = ""
+    for name in sorted(os.listdir(SEEDS)):
+        with open(os.path.join(SEEDS, name)) as fh:
+            seeds += fh.read()
+    for name in os.listdir(os.path.join(DATA, "seed-routing")):
+        with open(os.path.join(DATA, "seed-routing", name)) as fh:
+            assert fh.read() in seeds, name
+
+
+def test_every_seed_routing_file_loads_and_says_what_it_cannot_enforce(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    folder = tmp_path / "routing"  # a fresh path: files already read elsewhere are not re-read
+    shutil.copytree(os.path.join(DATA, "seed-routing"), folder)
+    config = f"""\
+    services:
+      - {{name: user-service, vip: {VIP}, port: 80}}
+      - {{name: advanced-gateway, vip: 10.0.100.11, port: 8080, backends: [{{endpoint: v1-a}}]}}
+    routing: [{folder}]
+    """
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(ENDPOINTS + textwrap.dedent(config))
+    core = Core()
+    core.add_app(Canary)
+    core.check_config(load_config(str(cfg)))
+    text = caplog.text
+    assert "gateway-api.yml" in text and "spec.rules.0.matches.0.headers" in text
+    assert "istio-configuration.yml" in text and "spec.http.0.match.0.headers" in text
+    assert "AuthorizationPolicy is not a routing document" in text
+    assert "advanced-routing names no service" in text  # its hosts are service.example.com
+    assert "spec.trafficPolicy" in text  # connection pools are not the switch's to enforce
+    assert "not used by any loaded app" not in text
