@@ -4,7 +4,7 @@ Every switch gets the same tables in the same order. Each stage belongs to one a
 installs each stage's table-miss flow, so a stage whose app is not loaded passes packets on.
 
 >>> PIPELINE.table("forwarding")
-9
+10
 >>> [s.name for s in PIPELINE.stages][:3]
 ['classify', 'firewall', 'microseg']
 """
@@ -65,6 +65,7 @@ PIPELINE = Pipeline(
         Stage("microseg_dst", "microseg", "conntrack; replies to allowed connections pass"),
         Stage("microseg_egress", "microseg", "per source identity: deny, allow, default deny"),
         Stage("microseg_ingress", "microseg", "per destination identity; commit what passes"),
+        Stage("chains", "sfc", "service chains: steer a traffic class through VNFs in order"),
         Stage("services", "canary", "virtual IPs: answer ARP, send through conntrack with NAT"),
         Stage("services_track", "canary", "new connections pick a backend; MACs follow the NAT"),
         Stage(

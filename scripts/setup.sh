@@ -17,6 +17,7 @@ fi
 PACKAGES=(
     mininet openvswitch-switch openvswitch-common ethtool iproute2 iputils-ping iperf3 telnet
     tcpdump tzdata netsniff-ng nftables python3-venv python3-pip python3-bpfcc bpfcc-tools linux-headers-amd64
+    docker.io mmdebstrap
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -65,4 +66,17 @@ if ! ovs-appctl --timeout=2 version >/dev/null 2>&1; then
     ovs-vswitchd --pidfile --detach --log-file unix:/var/run/openvswitch/db.sock
 fi
 ovs-vsctl --timeout=5 show >/dev/null
+
+# --- Docker, for the VNF containers: its bridge and iptables handling off, so the lab is left
+# alone (Debian's client: /usr/local/bin may hold a newer one that speaks another API) --------
+if ! /usr/bin/docker info >/dev/null 2>&1; then
+    log "starting dockerd (--bridge=none --iptables=false)"
+    setsid /usr/sbin/dockerd --bridge=none --iptables=false --ip6tables=false --ip-forward=false \
+        --log-level=warn >>/var/log/osken-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do
+        /usr/bin/docker info >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    /usr/bin/docker info >/dev/null 2>&1 || log "dockerd did not start (see /var/log/osken-dockerd.log); VNFs will run as namespace hosts"
+fi
 log "ready"

@@ -97,6 +97,7 @@ class Delivery:
     hosts: list[str] = field(default_factory=list)
     visits: Counter = field(default_factory=Counter)
     frames: list[tuple[str, dict]] = field(default_factory=list)  # (host, fields it got)
+    bumps: list[tuple[int, int]] = field(default_factory=list)  # (switch, port) of VNFs crossed
 
     @property
     def max_visits(self) -> int:
@@ -113,6 +114,7 @@ class FakeNetwork:
         self.now = 1000.0
         self.messages_sent: Counter = Counter()
         self.connections: dict = {}  # one conntrack for every bridge, as in one ovs-vswitchd
+        self.port_names: dict[tuple[int, int], str] = {}
 
     # --- building ------------------------------------------------------------------------------
 
@@ -127,13 +129,24 @@ class FakeNetwork:
         self.wires[(d1, p1)] = ("switch", d2, p2)
         self.wires[(d2, p2)] = ("switch", d1, p1)
 
+    def add_bump(self, dpid: int, a: int, b: int, names: tuple[str, str], passes=None) -> None:
+        """A transparent VNF between two ports of a switch: what leaves one comes back in at
+        the other, if `passes` lets it (LLDP never crosses, as with a Linux bridge)."""
+        ok = passes or (lambda pkt: True)
+        self.wires[(dpid, a)] = ("bump", b, ok)
+        self.wires[(dpid, b)] = ("bump", a, ok)
+        self.port_names[(dpid, a)], self.port_names[(dpid, b)] = names
+
     def add_host(self, mac: str, dpid: int, port: int) -> None:
         self.hosts[mac] = (dpid, port)
         self.wires[(dpid, port)] = ("host", mac)
 
     def port_infos(self, dpid: int) -> list[PortInfo]:
         sw = self.switches[dpid]
-        return [PortInfo(p, f"s{dpid}-eth{p}", sw.hw_addr(p), live) for p, live in sw.ports.items()]
+        return [
+            PortInfo(p, self.port_names.get((dpid, p), f"s{dpid}-eth{p}"), sw.hw_addr(p), live)
+            for p, live in sw.ports.items()
+        ]
 
     # --- control channel -----------------------------------------------------------------------
 
@@ -225,6 +238,11 @@ class FakeNetwork:
                 if wire[0] == "host":
                     delivery.hosts.append(wire[1])
                     delivery.frames.append((wire[1], sent))
+                elif wire[0] == "bump":
+                    _, other, passes = wire
+                    if sent.get("eth_type") != 0x88CC and "vlan_vid" not in sent and passes(sent):
+                        delivery.bumps.append((d, out_port))
+                        queue.append((d, other, {k: v for k, v in sent.items() if k != "in_port"}))
                 elif self.switches[wire[1]].ports.get(wire[2]):
                     queue.append(
                         (wire[1], wire[2], {k: v for k, v in sent.items() if k != "in_port"})

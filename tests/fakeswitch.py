@@ -600,6 +600,8 @@ class FakeSwitch:
             self._group(action[1], pkt, result, table, cookie)
         elif kind == "pop_vlan":
             pkt.pop("vlan_vid", None)
+        elif kind == "push_vlan":
+            pkt["vlan_vid"] = 0x1000  # present, VID 0 until a set_field names it
 
     def _bucket_live(self, bucket) -> bool:
         """A bucket that watches a port or group is live while they are; one that watches

@@ -141,10 +141,10 @@ def metric(port: int, name: str, **labels: str) -> float:
     )
 
 
-def ofctl(command: str, switch: str, *args: str) -> str:
+def ofctl(command: str, switch: str, *args: str, options: tuple[str, ...] = ()) -> str:
     """ovs-ofctl's output for one command on one switch, in OpenFlow 1.3."""
     return subprocess.run(
-        ["ovs-ofctl", "-O", "OpenFlow13", *args, command, switch],
+        ["ovs-ofctl", "-O", "OpenFlow13", *options, command, switch, *args],
         capture_output=True,
         text=True,
         check=True,
@@ -430,5 +430,5 @@ class Lab:
 
     def dump_flows(self, switch: str) -> list[str]:
         """The switch's flows without counters, sorted: comparable before and after a restart."""
-        out = ofctl("dump-flows", switch, "--no-stats")
+        out = ofctl("dump-flows", switch, options=("--no-stats",))
         return sorted(line.strip() for line in out.splitlines() if "reply" not in line)

@@ -1,0 +1,184 @@
+"""Service chains as flows and groups: a traffic class steered through VNF replicas in order.
+
+A replica is a bump in the wire with ports "a" (toward clients) and "b" (toward servers).
+Forward traffic enters each hop's replica at "a" and leaves at "b"; replies go back through
+the hops in reverse, entering at "b". Per switch, in the `chains` table:
+
+- classification, for frames that entered the fabric here: the class (forward) goes to a
+  select group over the first hop's replicas, its replies to one over the last hop's;
+- a frame leaving a replica (matched by the port it leaves from and its class) goes on to the
+  next hop's select group, or, after the last, on through the pipeline to its destination;
+- a replica on another switch is reached with a VLAN tag naming (chain, hop, replica, side),
+  carried along the topology's tree to the replica's switch, which pops it and delivers;
+- anything else leaving a replica port is dropped (floods that wandered in).
+
+Select buckets watch the replica's port where it is local (a replica whose container stops
+loses its ports: the switch skips it at once) or the next hop toward it; the controller then
+rebuilds the groups without it. A hop with no replica left drops its class: a chain fails
+closed, never around its firewall.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import product
+
+from apps.chain.settings import MAX_HOPS, MAX_REPLICAS, Chain
+from controller.flows import (
+    Bucket,
+    Flow,
+    Group,
+    apply,
+    flow,
+    goto,
+    group,
+    group_action,
+    output,
+    set_field,
+)
+from controller.pipeline import FROM_FABRIC, Pipeline
+
+COOKIE = 0x06 << 56
+GROUP_BASE = 0x0600_0000
+VLAN_PRESENT = 0x1000
+TAG_PRIORITY = 400  # a tagged frame on its way to a replica
+EXIT_PRIORITY = 300  # a frame leaving a replica (minus the chain's index)
+CLASS_PRIORITY = 200  # classification at the edge (minus the chain's index)
+REPLICA_DROP = 100  # anything else leaving a replica
+ENTRY_PRIORITY = 250  # classify: replica ports and tagged frames skip the policy stages
+
+
+@dataclass(frozen=True)
+class Replica:
+    dpid: int
+    a: int  # port numbers on that switch
+    b: int
+
+
+def tag(chain: int, hop: int, replica: int, side: str) -> int:
+    """The VLAN id naming where a frame is going (1 to 1920).
+
+    >>> tag(0, 0, 0, "a"), tag(14, 3, 15, "b")
+    (1, 1920)
+    """
+    return 1 + (((chain * MAX_HOPS + hop) * MAX_REPLICAS + replica) * 2 + (side == "b"))
+
+
+def group_id(chain: int, hop: int, side: str) -> int:
+    return GROUP_BASE + (chain * MAX_HOPS + hop) * 2 + (side == "b")
+
+
+def class_matches(c: Chain, reverse: bool) -> list[dict]:
+    """The class as OpenFlow matches (one per source, destination and port combination)."""
+    sources, dests = (c.destinations, c.sources) if reverse else (c.sources, c.destinations)
+    l4 = {6: "tcp", 17: "udp"}[c.protocol] + ("_src" if reverse else "_dst")
+    out = []
+    for src, dst, port in product(sources or [None], dests or [None], c.ports or [None]):
+        m: dict = {"eth_type": 0x0800, "ip_proto": c.protocol}
+        if src is not None:
+            m["ipv4_src"] = (str(src.network_address), str(src.netmask))
+        if dst is not None:
+            m["ipv4_dst"] = (str(dst.network_address), str(dst.netmask))
+        if port is not None:
+            m[l4] = port
+        out.append(m)
+    return out
+
+
+class Compiler:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.classify = pipeline.table("classify")
+        self.table = pipeline.table("chains")
+        self.next = self.table + 1
+
+    def _f(self, table: int, priority: int, match: dict, *instructions) -> Flow:
+        return flow(table, priority, match, *instructions, cookie=COOKIE)
+
+    def entry_flows(self, replica_ports: Iterable[int]) -> list[Flow]:
+        """Classify: frames from replicas and tagged frames go straight to the chains table
+        (no host learning at a replica's port, no second policy check)."""
+        to_chains = goto(self.table)
+        flows = [
+            self._f(self.classify, ENTRY_PRIORITY, {"in_port": p}, to_chains) for p in replica_ports
+        ]
+        flows.append(
+            self._f(
+                self.classify,
+                ENTRY_PRIORITY + 10,
+                {"vlan_vid": (VLAN_PRESENT, VLAN_PRESENT)},
+                to_chains,
+            )
+        )
+        return flows
+
+    def _reach(self, dpid: int, target: Replica, side: str, vid: int, next_hops) -> tuple | None:
+        """Actions, and the port to watch, to get a frame from `dpid` into a replica's side."""
+        port = target.a if side == "a" else target.b
+        if target.dpid == dpid:
+            return (output(port),), port
+        nh = next_hops(target.dpid).get(dpid)
+        if nh is None:
+            return None
+        push = (("push_vlan", 0x8100), set_field("vlan_vid", VLAN_PRESENT | vid), output(nh))
+        return push, nh
+
+    def chain_flows(
+        self, dpid: int, index: int, c: Chain, hops: list[dict[int, Replica]], next_hops
+    ) -> tuple[list[Flow], list[Group]]:
+        """This switch's flows and groups for chain `index` (hops: replica number -> Replica)."""
+        flows: list[Flow] = []
+        groups: list[Group] = []
+        n = len(hops)
+        for h, replicas in enumerate(hops):
+            for side in ("a", "b"):
+                buckets = []
+                for r, rep in sorted(replicas.items()):
+                    got = self._reach(dpid, rep, side, tag(index, h, r, side), next_hops)
+                    if got is not None:
+                        buckets.append(Bucket(got[0], weight=1, watch_port=got[1]))
+                groups.append(group(group_id(index, h, side), "select", buckets))
+                for r, rep in replicas.items():  # tagged frames for a replica here, or on
+                    vid = VLAN_PRESENT | tag(index, h, r, side)
+                    if rep.dpid == dpid:
+                        actions = (("pop_vlan",), output(rep.a if side == "a" else rep.b))
+                    else:
+                        nh = next_hops(rep.dpid).get(dpid)
+                        if nh is None:
+                            continue
+                        actions = (output(nh),)
+                    flows.append(
+                        self._f(self.table, TAG_PRIORITY, {"vlan_vid": vid}, apply(*actions))
+                    )
+        for reverse in (False, True):
+            first = n - 1 if reverse else 0
+            enter = "b" if reverse else "a"
+            for m in class_matches(c, reverse):
+                edge = {**m, "metadata": (0, FROM_FABRIC)}
+                flows.append(
+                    self._f(
+                        self.table,
+                        CLASS_PRIORITY - index,
+                        edge,
+                        apply(group_action(group_id(index, first, enter))),
+                    )
+                )
+                for h, replicas in enumerate(hops):
+                    after = h - 1 if reverse else h + 1
+                    for rep in replicas.values():
+                        if rep.dpid != dpid:
+                            continue
+                        leaving = rep.a if reverse else rep.b
+                        if 0 <= after < n:
+                            then = apply(group_action(group_id(index, after, enter)))
+                        else:
+                            then = goto(self.next)
+                        flows.append(
+                            self._f(
+                                self.table, EXIT_PRIORITY - index, {**m, "in_port": leaving}, then
+                            )
+                        )
+        return flows, groups
+
+    def replica_drop_flows(self, ports: Iterable[int]) -> list[Flow]:
+        return [self._f(self.table, REPLICA_DROP, {"in_port": p}) for p in ports]

@@ -1,0 +1,154 @@
+"""Service function chaining: a traffic class steered through VNF deployments, in order.
+
+Run it with ``osken-manager apps/sfc.py --config lab.yaml``; L2 learning comes along. The
+config's `chains` name a class (client and server CIDRs or endpoint labels, protocol, ports)
+and the deployments it goes through (apps/chain/settings.py). The VNFs are plugged in by
+`scripts/vnf.py deploy FILE --bridge SWITCH` (vnf/): the controller finds each deployment's
+replicas by their port names, on whatever switch they are, and follows them as they come and go.
+
+- Forward traffic goes through each hop's replicas in order (a select group spreads flows over
+  a hop's replicas), then on to its destination; replies come back through the same hops in
+  reverse (apps/chain/compile.py).
+- A replica whose container stops loses its ports: the switch skips it at once (its bucket
+  watches the port) and the controller drops it from the groups.
+- A chain whose hop has no replica left drops its class (fails closed); removing a chain from
+  the config restores the direct path.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Gauge
+
+from apps.chain.compile import COOKIE, Compiler, Replica
+from apps.chain.settings import MAX_REPLICAS, Chain, parse_chains
+from controller.app import SuiteApp
+from controller.config import ConfigError
+from controller.shim import SuiteOSKenApp
+from vnf.naming import deployment_key, parse_port
+
+LOG = logging.getLogger("osken_suite.sfc")
+REQUIRES = ["apps.l2_learning"]
+
+
+class ServiceChains(SuiteApp):
+    name = "sfc"
+    config_section = "chains"
+    cookie = COOKIE
+
+    def __init__(self, core) -> None:
+        super().__init__(core)
+        self.compiler = Compiler(core.pipeline)
+        self.chains: list[Chain] = []
+        self._checked: list[Chain] | None = None
+        self._placed: object = None
+        self._empty: set[tuple[str, str]] = set()  # (chain, deployment) with no replica up
+        self.replica_gauge = Gauge(
+            "osken_sfc_replicas",
+            "Replicas in service, per deployment a chain goes through",
+            ["deployment"],
+            registry=core.metrics.registry,
+        )
+
+    def check_config(self, section, config) -> None:
+        chains = parse_chains(section, config)
+        for i, c in enumerate(chains):
+            if len(set(c.through)) != len(c.through):
+                raise ConfigError(
+                    config.path or "<config>",
+                    config.line_of(("chains", i, "through")),
+                    f"chains[{i}].through",
+                    "a deployment may appear once per chain",
+                )
+        self._checked = chains
+
+    def configure(self, section, now: float) -> None:
+        self.chains = self._checked if self._checked is not None else []
+        self._install()
+        for c in self.chains:
+            LOG.info("sfc: chain %s through %s", c.name, " -> ".join(c.through))
+
+    # --- replicas, from the switches' port names -----------------------------------------------
+
+    def replica_ports(self) -> dict[int, list[int]]:
+        """Every port named as a replica's, per switch, whole replica or not: frames from them
+        must never be taken for a host's (or flooded on)."""
+        return {
+            dpid: sorted(p.port_no for p in conn.ports.values() if parse_port(p.name))
+            for dpid, conn in self.core.conns.items()
+        }
+
+    def replicas(self) -> dict[str, dict[int, Replica]]:
+        """Deployment key -> replica number -> where both its ports are, live."""
+        sides: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
+        for dpid, conn in self.core.conns.items():
+            live = set(self.topology.live_ports(dpid))
+            for port in conn.ports.values():
+                parsed = parse_port(port.name)
+                if parsed and port.port_no in live:
+                    key, r, side = parsed
+                    sides.setdefault((key, r), {})[side] = (dpid, port.port_no)
+        out: dict[str, dict[int, Replica]] = {}
+        for (key, r), got in sides.items():
+            a, b = got.get("a"), got.get("b")
+            if a and b and a[0] == b[0] and r < MAX_REPLICAS:
+                out.setdefault(key, {})[r] = Replica(a[0], a[1], b[1])
+        return out
+
+    # --- desired flows -------------------------------------------------------------------------
+
+    def _install(self) -> None:
+        switches = tuple(self.topology.switches())
+        found = self.replicas()
+        inputs = (tuple(self.chains), switches, repr(sorted(found.items())), self.topology.version)
+        if inputs == self._placed:
+            return
+        self._placed = inputs
+        replica_ports = {
+            dpid: sorted(
+                {
+                    p
+                    for reps in found.values()
+                    for r in reps.values()
+                    if r.dpid == dpid
+                    for p in (r.a, r.b)
+                }
+            )
+            for dpid in switches
+        }
+        flows: dict[int, list] = {}
+        groups: dict[int, list] = {}
+        for dpid in switches:
+            flows[dpid] = self.compiler.entry_flows(replica_ports.get(dpid, []))
+            flows[dpid] += self.compiler.replica_drop_flows(replica_ports.get(dpid, []))
+            groups[dpid] = []
+        for index, c in enumerate(self.chains):
+            hops = [found.get(deployment_key(d), {}) for d in c.through]
+            for d, replicas in zip(c.through, hops, strict=True):
+                self.replica_gauge.labels(d).set(len(replicas))
+                if not replicas:
+                    LOG.warning(
+                        "sfc: chain %s: no replica of %s is up; its traffic is dropped", c.name, d
+                    )
+            for dpid in switches:
+                f, g = self.compiler.chain_flows(dpid, index, c, hops, self.topology.next_hop_ports)
+                flows[dpid] += f
+                groups[dpid] += g
+        self.desired.put(("sfc", "flows"), flows)
+        self.desired.put_groups(("sfc", "groups"), groups)
+
+    def on_topology_change(self, now: float) -> None:
+        self._install()
+
+    def on_switch_ready(self, dpid: int, now: float) -> None:
+        self._install()
+
+    def tick(self, now: float) -> None:
+        self._install()  # a replica's port renamed or re-plugged without a topology change
+
+
+class ServiceChainsApp(SuiteOSKenApp):
+    """os-ken entry point: hosts ServiceChains in the shared controller core."""
+
+    suite_app = ServiceChains

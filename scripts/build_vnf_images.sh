@@ -1,0 +1,60 @@
+#!/bin/bash
+# Build the VNF images here, with no registry: a Debian root filesystem made by mmdebstrap and
+# imported into Docker, then each VNF's code on top. Cached: an image is rebuilt only when its
+# inputs (this script, the package list, the VNF's files) change; the rootfs tarball is kept in
+# /var/cache/osken-vnf. The firewall is also tagged custom/virtual-firewall:latest, the image the
+# seed's Deployment names.
+#
+#   sudo scripts/build_vnf_images.sh            # prints the images it made or found
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DOCKER=/usr/bin/docker
+CACHE=${OSKEN_VNF_CACHE:-/var/cache/osken-vnf}
+SUITE=bookworm
+PACKAGES=python3-minimal,libpython3-stdlib,iproute2,nftables
+
+log() { echo "build_vnf_images: $*" >&2; }
+
+if ! $DOCKER info >/dev/null 2>&1; then
+    log "no Docker daemon (run scripts/setup.sh); nothing built"
+    exit 3
+fi
+
+base_key=$(printf '%s %s\n' "$SUITE" "$PACKAGES" | sha256sum | cut -c1-12)
+base=osken/vnf-base:$base_key
+if ! $DOCKER image inspect "$base" >/dev/null 2>&1; then
+    mkdir -p "$CACHE"
+    tarball=$CACHE/rootfs-$base_key.tar
+    if [ ! -s "$tarball" ]; then
+        log "making a $SUITE root filesystem with $PACKAGES (mmdebstrap)"
+        # The name must end in .tar: mmdebstrap picks its output format by the extension.
+        mmdebstrap --quiet --variant=apt --include="$PACKAGES" "$SUITE" "$CACHE/part-$base_key.tar"
+        mv "$CACHE/part-$base_key.tar" "$tarball"
+    fi
+    log "importing it as $base"
+    $DOCKER import "$tarball" "$base" >/dev/null
+fi
+echo "$base"
+
+build_vnf() {  # build_vnf NAME ALIAS: vnf/NAME/* on the base, as osken/NAME:<key> and ALIAS
+    local name=$1 alias=$2 key context image
+    key=$( (echo "$base"; cat "$0"; find "$ROOT/vnf/$name" -type f -not -name '*.pyc' \
+        -not -path '*__pycache__*' | sort | xargs cat) | sha256sum | cut -c1-12)
+    image=osken/$name:$key
+    if ! $DOCKER image inspect "$image" >/dev/null 2>&1; then
+        log "building $image"
+        context=$(mktemp -d)
+        cp "$ROOT/vnf/$name/agent.py" "$context/agent.py"
+        cat > "$context/Dockerfile" <<DOCKERFILE
+FROM $base
+COPY agent.py /opt/vnf/agent.py
+ENTRYPOINT ["/usr/bin/python3", "-u", "/opt/vnf/agent.py"]
+DOCKERFILE
+        $DOCKER build --quiet -t "$image" "$context" >/dev/null
+        rm -rf "$context"
+    fi
+    $DOCKER tag "$image" "$alias"
+    echo "$image $alias"
+}
+
+build_vnf firewall custom/virtual-firewall:latest

@@ -1,0 +1,189 @@
+"""VNFs in Mininet: the seed's Deployment as real containers in a chain, with real TCP.
+
+Linear lab: h1 on s1, h2 on s2. The seed's virtual-firewall (2 replicas) is plugged into s1;
+the chain sends h1 -> h2 on ports 80, 443 and 22 through it.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.integration.conftest import require_lab
+from topologies.harness import Controller, Lab, ofctl
+from topologies.linear import LinearTopo
+from vnf.deploy import Deployer
+from vnf.manifest import load_manifest
+from vnf.runtime import DockerRuntime
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
+SEED_VNF = os.path.join(DATA, "seed-vnf", "vnf-deployment.yml")
+ENDPOINTS = """\
+endpoints:
+  - {name: client, ip: 10.0.0.1, labels: {role: client}}
+  - {name: server, ip: 10.0.0.2, labels: {role: web}}
+"""
+CHAIN = """\
+chains:
+  - name: web-via-firewall
+    from_labels: {role: client}
+    to_labels: {role: web}
+    ports: [80, 443, 22]
+    through: [virtual-firewall]
+"""
+
+
+def require_docker() -> None:
+    if not DockerRuntime.available():
+        if os.environ.get("CI"):
+            pytest.fail("no Docker daemon (scripts/setup.sh starts one)")
+        pytest.skip("no Docker daemon")
+
+
+class Env:
+    def __init__(self, tmp, ctl, lab, deployer) -> None:
+        self.tmp, self.ctl, self.lab, self.deployer = tmp, ctl, lab, deployer
+
+    def reconfigure(self, text: str) -> None:
+        before = len(re.findall("config reloaded", self.ctl.log()))
+        (self.tmp / "lab.yaml").write_text(text)
+        assert self.ctl.wait_log("config reloaded", count=before + 1, timeout=10)
+
+    def open_ports(self) -> dict[int, bool]:
+        return {p: self.lab.connects("h1", "h2", "tcp", p, timeout=1.0) for p in (80, 443, 22)}
+
+    def wait_open(self, port: int, want: bool, timeout: float = 10.0) -> float:
+        start = time.time()
+        while time.time() - start < timeout:
+            if self.lab.connects("h1", "h2", "tcp", port, timeout=0.5) == want:
+                return time.time() - start
+        raise AssertionError(f"port {port} never became {'open' if want else 'closed'}")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    require_lab()
+    require_docker()
+    tmp = tmp_path_factory.mktemp("vnf")
+    (tmp / "lab.yaml").write_text(ENDPOINTS + CHAIN)
+    shutil.copy(SEED_VNF, tmp / "vnf.yml")
+    deployer = Deployer()
+    ctl = Controller(["apps/sfc.py"], config=str(tmp / "lab.yaml"), log_path=str(tmp / "ctl.log"))
+    ctl.start()
+    lab = Lab(LinearTopo(2), ctl.port)
+    try:
+        lab.start()
+        assert lab.wait_connected(timeout=30) is not None
+        lab.serve("h2", "tcp:80", "tcp:443", "tcp:22")
+        deployer.deploy(load_manifest(str(tmp / "vnf.yml")), "s1")
+        yield Env(tmp, ctl, lab, deployer)
+    finally:
+        if deployer.load("virtual-firewall"):
+            deployer.delete("virtual-firewall")
+        lab.stop()
+        ctl.stop()
+
+
+def test_replicas_run_with_the_seeds_limits(env):
+    status = env.deployer.status("virtual-firewall")
+    assert status["runtime"] == "docker" and len(status["replicas"]) == 2
+    for r in status["replicas"]:
+        state = r["state"]
+        assert state["running"] and r["ports_present"]
+        assert state["memory"] == 512 * 2**20 and state["nano_cpus"] == 500_000_000
+        inspect = json.loads(
+            subprocess.run(["/usr/bin/docker", "inspect", r["name"]], capture_output=True).stdout
+        )[0]["HostConfig"]
+        assert inspect["MemoryReservation"] == 256 * 2**20 and inspect["CapAdd"] == ["NET_ADMIN"]
+        cg = f"/sys/fs/cgroup/memory/docker/{state['id']}/memory.limit_in_bytes"
+        with open(cg) as fh:
+            assert int(fh.read()) == 512 * 2**20
+        with open(f"/sys/fs/cgroup/cpu/docker/{state['id']}/cpu.cfs_quota_us") as fh:
+            assert int(fh.read()) == 50_000  # of a 100 ms period: half a core
+        assert r["agent"]["ok"] and r["agent"]["rules"] == 3
+
+
+def test_the_seed_rules_are_enforced_by_the_vnf_inside_the_chain(env):
+    before = sum(ofctl_count("s1", p, "rx") for p in vnf_ports(env))
+    assert env.open_ports() == {80: True, 443: True, 22: False}
+    assert sum(ofctl_count("s1", p, "rx") for p in vnf_ports(env)) > before  # through them
+
+
+def test_a_changed_configmap_is_applied_without_a_restart_and_bad_rules_change_nothing(env):
+    started = [r["state"]["started"] for r in env.deployer.status("virtual-firewall")["replicas"]]
+    path = env.tmp / "vnf.yml"
+    seed = path.read_text()
+    try:
+        path.write_text(seed.replace('"port": 443', '"port": 8443'))  # 443 no longer allowed...
+        path.write_text(path.read_text().replace('"port": 22', '"port": 443'))  # ...but denied
+        env.deployer.deploy(load_manifest(str(path)), "s1")
+        env.wait_open(443, False)
+        assert env.open_ports() == {80: True, 443: False, 22: True}
+        path.write_text(seed.replace('"rules": [', '"rules": [ oops'))
+        env.deployer.deploy(load_manifest(str(path)), "s1")
+        time.sleep(1.5)
+        assert env.open_ports() == {80: True, 443: False, 22: True}  # the old rules hold
+        agents = [r["agent"] for r in env.deployer.status("virtual-firewall")["replicas"]]
+        assert all(not a["ok"] and "not JSON" in a["error"] for a in agents)
+    finally:
+        path.write_text(seed)
+        env.deployer.deploy(load_manifest(str(path)), "s1")
+    env.wait_open(22, False)
+    now = [r["state"]["started"] for r in env.deployer.status("virtual-firewall")["replicas"]]
+    assert now == started  # never restarted
+
+
+def test_a_killed_replica_is_taken_out_and_traffic_recovers_within_2_s(env):
+    victim = env.deployer.status("virtual-firewall")["replicas"][0]["name"]
+    subprocess.run(["/usr/bin/docker", "kill", victim], check=True, capture_output=True)
+    start = time.time()
+    ok_in_a_row = 0
+    while ok_in_a_row < 10:  # fresh connections, so flows hash anew each time
+        ok_in_a_row = ok_in_a_row + 1 if env.lab.connects("h1", "h2", "tcp", 80, 0.5) else 0
+        assert time.time() - start < 10
+    recovered = time.time() - start - 10 * 0.05  # less the ten checks' own time, roughly
+    assert recovered < 2.0, recovered
+    assert env.open_ports()[22] is False  # still through the firewall, never around it
+    env.deployer.deploy(load_manifest(str(env.tmp / "vnf.yml")), "s1")  # back to two
+    assert all(r["state"]["running"] for r in env.deployer.status("virtual-firewall")["replicas"])
+
+
+def test_removing_the_chain_restores_the_direct_path(env):
+    env.reconfigure(ENDPOINTS)
+    try:
+        env.wait_open(22, True)
+        before = sum(ofctl_count("s1", p, "rx") for p in vnf_ports(env))
+        assert env.open_ports() == {80: True, 443: True, 22: True}
+        assert sum(ofctl_count("s1", p, "rx") for p in vnf_ports(env)) == before  # not via VNFs
+    finally:
+        env.reconfigure(ENDPOINTS + CHAIN)
+    env.wait_open(22, False)
+
+
+def test_without_docker_the_replicas_run_as_namespace_hosts(env, tmp_path, caplog):
+    env.deployer.delete("virtual-firewall")
+    plain = Deployer(state_dir=str(tmp_path / "state"), use_docker=False)
+    try:
+        plain.deploy(load_manifest(str(env.tmp / "vnf.yml")), "s1")
+        assert "namespace host" in caplog.text
+        env.wait_open(80, True)
+        assert env.open_ports() == {80: True, 443: True, 22: False}
+        assert all(r["state"]["running"] for r in plain.status("virtual-firewall")["replicas"])
+    finally:
+        plain.delete("virtual-firewall")
+    env.deployer.deploy(load_manifest(str(env.tmp / "vnf.yml")), "s1")
+
+
+def vnf_ports(env) -> list[str]:
+    return [p for r in env.deployer.load("virtual-firewall")["replicas"] for p in r["ports"]]
+
+
+def ofctl_count(switch: str, port_name: str, direction: str) -> int:
+    """Packets the switch sent to ("tx") or got from ("rx") one port."""
+    out = ofctl("dump-ports", switch, port_name)
+    m = re.search(rf"{direction} pkts=(\d+)", out)
+    return int(m.group(1)) if m else 0

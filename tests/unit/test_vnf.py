@@ -1,0 +1,124 @@
+"""VNF manifests (the seed's Deployment and ConfigMap) and the firewall agent's rule compiler."""
+
+import os
+import textwrap
+
+import pytest
+
+from controller.config import ConfigError
+from vnf.firewall.agent import RuleError, compile_rules
+from vnf.manifest import load_manifest, resolved_env
+
+DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
+SEED_VNF = os.path.join(DATA, "seed-vnf", "vnf-deployment.yml")
+SEED = os.path.join(DATA, "..", "..", "..", "shared", "seeds", "000_2d555abd2b5a208a.txt")
+
+
+def test_the_seed_deployment_and_configmap_load_as_written():
+    m = load_manifest(SEED_VNF)
+    (d,) = m.deployments
+    c = d.container
+    assert (d.name, d.replicas, d.labels) == ("virtual-firewall", 2, (("app", "virtual-firewall"),))
+    assert (c.image, c.capabilities) == ("custom/virtual-firewall:latest", ("NET_ADMIN",))
+    assert (c.memory_limit, c.cpu_limit) == (512 * 2**20, 0.5)
+    assert (c.memory_request, c.cpu_request) == (256 * 2**20, 0.2)
+    assert c.env_from == (("FIREWALL_RULES", "firewall-config", "rules.json"),)
+    rules = resolved_env(d, m.configmaps)["FIREWALL_RULES"]
+    assert '"port": 22' in rules
+
+
+def test_the_seed_file_is_the_seeds_verbatim():
+    if not os.path.exists(SEED):
+        pytest.skip("shared/seeds is not beside this checkout")
+    with open(SEED) as fh, open(SEED_VNF) as mine:
+        assert mine.read() in fh.read()
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "vnf.yml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+BASE = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: fw}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: fw}}
+  template:
+    metadata: {labels: {app: fw}}
+    spec:
+      containers:
+        - name: firewall
+          image: custom/virtual-firewall:latest
+          env:
+            - name: FIREWALL_RULES
+              valueFrom: {configMapKeyRef: {name: cfg, key: rules.json}}
+          resources: {limits: {memory: 64Mi, cpu: 250m}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data: {rules.json: '{"rules": []}'}
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        (
+            "selector: {matchLabels: {app: fw}}",
+            "selector: {matchLabels: {app: other}}",
+            6,
+            "does not match the pod template",
+        ),
+        ("key: rules.json}", "key: missing.json}", 15, "has no key 'missing.json'"),
+        ("memory: 64Mi", "memory: 64 apples", 16, "not a memory quantity"),
+        ("cpu: 250m", "cpu: 2 cores", 16, "not a cpu quantity"),
+        ("replicas: 1", "replicas: -1", 5, "from 0 to 99"),
+    ],
+)
+def test_bad_manifests_are_refused_with_file_line_and_field(tmp_path, old, new, line, message):
+    assert old in BASE
+    with pytest.raises(ConfigError) as err:
+        load_manifest(write(tmp_path, BASE.replace(old, new)))
+    assert err.value.line == line and message in str(err.value)
+
+
+def test_seed_rules_compile_to_one_atomic_nft_transaction():
+    m = load_manifest(SEED_VNF)
+    script = compile_rules(m.configmaps["firewall-config"]["rules.json"])
+    assert script.startswith("table bridge osken_vnf {}\ndelete table bridge osken_vnf\n")
+    body = [line.strip() for line in script.splitlines()]
+    assert body.index("ether type ip meta l4proto tcp tcp dport 80 accept") < body.index(
+        "ether type ip meta l4proto tcp tcp dport 22 drop"
+    )
+    assert "ether type ip meta l4proto tcp tcp sport 443 accept" in body  # replies, stateless
+    assert "type filter hook forward priority 0; policy accept;" in body
+
+
+def test_a_default_deny_and_addresses():
+    script = compile_rules(
+        '{"default": "deny", "rules": [{"action": "allow", "protocol": "udp", "port": "5000-5010",'
+        ' "source": "10.0.0.0/8", "destination": "10.1.2.3"}]}'
+    )
+    assert "policy drop;" in script
+    assert "ip saddr 10.0.0.0/8 ip daddr 10.1.2.3/32 meta l4proto udp udp dport 5000-5010" in script
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ("{not json", "not JSON"),
+        ('{"rules": [{"action": "maybe"}]}', "rules[0].action"),
+        ('{"rules": [{"action": "deny", "protocol": "tcp", "port": 70000}]}', "rules[0].port"),
+        ('{"rules": [{"action": "deny", "protocol": "icmp", "port": 1}]}', "needs protocol"),
+        ('{"rules": [{"action": "deny", "source": "10.0.0.300"}]}', "rules[0].source"),
+        ('{"rules": [{"action": "deny", "colour": "red"}]}', "rules[0].colour: unknown"),
+    ],
+)
+def test_bad_rules_are_named(rules, message):
+    with pytest.raises(RuleError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        compile_rules(rules)

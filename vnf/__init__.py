@@ -1,0 +1,1 @@
+"""Virtual network functions as containers (or namespace hosts) wired into the OVS fabric."""
