@@ -1,0 +1,84 @@
+"""A lab for service chains: h1 on s1, h2 on s2, the seed's virtual-firewall plugged into s1.
+
+Shared by the VNF integration tests and scripts/bench_vnf.py. The controller runs apps/sfc.py;
+the chain sends h1 -> h2 on ports 80, 443 and 22 through the firewall VNF.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from contextlib import contextmanager
+
+from topologies.harness import ROOT, Controller, Lab
+from topologies.linear import LinearTopo
+from vnf.deploy import Deployer
+from vnf.manifest import load_manifest
+
+SEED_VNF = f"{ROOT}/tests/data/seed-vnf/vnf-deployment.yml"
+ENDPOINTS = """\
+endpoints:
+  - {name: client, ip: 10.0.0.1, labels: {role: client}}
+  - {name: server, ip: 10.0.0.2, labels: {role: web}}
+"""
+CHAIN = """\
+chains:
+  - name: web-via-firewall
+    from_labels: {role: client}
+    to_labels: {role: web}
+    ports: [80, 443, 22, 5201]
+    through: [virtual-firewall]
+"""
+
+
+class VnfLab:
+    def __init__(self, folder, ctl: Controller, lab: Lab, deployer: Deployer) -> None:
+        self.folder, self.ctl, self.lab, self.deployer = folder, ctl, lab, deployer
+        self.manifest_path = str(folder / "vnf.yml")
+
+    def deploy(self) -> None:
+        self.deployer.deploy(load_manifest(self.manifest_path), "s1")
+
+    def reconfigure(self, text: str) -> None:
+        before = len(re.findall("config reloaded", self.ctl.log()))
+        (self.folder / "lab.yaml").write_text(text)
+        if not self.ctl.wait_log("config reloaded", count=before + 1, timeout=10):
+            raise RuntimeError("the controller did not take the config")
+
+    def open_ports(self) -> dict[int, bool]:
+        return {p: self.lab.connects("h1", "h2", "tcp", p, timeout=1.0) for p in (80, 443, 22)}
+
+    def wait_open(self, port: int, want: bool, timeout: float = 10.0) -> float:
+        """Seconds until a connection to h2:port opens (or stops opening)."""
+        start = time.time()
+        while time.time() - start < timeout:
+            if self.lab.connects("h1", "h2", "tcp", port, timeout=0.5) == want:
+                return time.time() - start
+        raise AssertionError(f"port {port} never became {'open' if want else 'closed'}")
+
+
+@contextmanager
+def vnf_lab(folder, chain: bool = True, deploy: bool = True):
+    (folder / "lab.yaml").write_text(ENDPOINTS + (CHAIN if chain else ""))
+    shutil.copy(SEED_VNF, folder / "vnf.yml")
+    deployer = Deployer()
+    ctl = Controller(
+        ["apps/sfc.py"], config=str(folder / "lab.yaml"), log_path=str(folder / "ctl.log")
+    )
+    ctl.start()
+    lab = Lab(LinearTopo(2), ctl.port)
+    env = VnfLab(folder, ctl, lab, deployer)
+    try:
+        lab.start()
+        if lab.wait_connected(timeout=30) is None:
+            raise RuntimeError("the lab never connected")
+        lab.serve("h2", "tcp:80", "tcp:443", "tcp:22")
+        if deploy:
+            env.deploy()
+        yield env
+    finally:
+        if deployer.load("virtual-firewall"):
+            deployer.delete("virtual-firewall")
+        lab.stop()
+        ctl.stop()
