@@ -41,6 +41,11 @@ class Pipeline:
                 return table_id
         raise KeyError(f"no pipeline stage named {name!r}")
 
+    def after(self, name: str) -> int:
+        """The table that follows a stage: where an app sends what it has finished with, so a
+        stage added later in between is never skipped."""
+        return self.table(name) + 1
+
     @property
     def n_tables(self) -> int:
         return len(self.stages)

@@ -7,8 +7,9 @@ link failure on the path in use and the reroute, the link's return, the firewall
 rules.json, a rate limit under a UDP flood, a source blocked by a live reload), zero trust (the
 seed's NetworkPolicy, unmodified, and a spoofed address that gains nothing), a canary behind a
 virtual IP (the seed's Istio VirtualService, then a live shift to 50/50 and a backend's link
-cut) and what the controller reports on /metrics. Prints a short report, cleans up, exits 0
-only if every check passed.
+cut), a service chain through the seed's firewall VNF running as containers (a live ConfigMap
+edit, a replica killed) and what the controller reports on /metrics. Prints a short report,
+cleans up, exits 0 only if every check passed.
 """
 
 from __future__ import annotations
@@ -17,17 +18,22 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+import yaml
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from topologies.fattree import FatTreeTopo  # noqa: E402
 from topologies.harness import ROOT, Controller, Lab, free_port, metric, ping_counts  # noqa: E402
+from vnf.deploy import Deployer  # noqa: E402
+from vnf.manifest import load_manifest  # noqa: E402
 
-APPS = ["apps/firewall.py", "apps/microseg.py", "apps/canary.py"]  # all bring L2 learning along
+APPS = ["apps/firewall.py", "apps/microseg.py", "apps/canary.py", "apps/sfc.py"]  # + L2 learning
 RATE_PPS = 500
 CANARY_VIP = "10.0.100.10"
 CANARY_CLIENTS = ["h1", "h3", "h6", "h11"]  # not h15: the firewall scene blocks it
@@ -44,6 +50,8 @@ CONFIG = f"""endpoints:                        # whom the seed policy speaks abo
   - {{name: v1-a, ip: 10.0.0.5, labels: {{app: user-service, version: v1}}}}
   - {{name: v2-a, ip: 10.0.0.14, labels: {{app: user-service, version: v2}}}}
   - {{name: v1-b, ip: 10.0.0.7, labels: {{app: user-service, version: v1-standby}}}}
+  - {{name: shop, ip: 10.0.0.3, labels: {{role: shopper}}}}
+  - {{name: store, ip: 10.0.0.8, labels: {{role: storefront}}}}
 policies: [policies]              # empty until the zero-trust scene puts the seed's policy in
 services:                         # the canary: VIP in front, split by the routing file
   - name: user-service
@@ -51,6 +59,9 @@ services:                         # the canary: VIP in front, split by the routi
     port: 80
     backends: [{{endpoint: v1-b, backup: true}}]
 routing: [routing]                # the seed's Istio VirtualService + DestinationRule
+chains:                           # shop -> store web traffic through the seed's firewall VNF
+  - {{name: shop-via-firewall, from_labels: {{role: shopper}}, to_labels: {{role: storefront}},
+     ports: [80, 443, 22], through: [virtual-firewall]}}
 firewall:
   default: allow
   rules_file: rules.json          # the seed's rules.json: 80 and 443 open, 22 closed
@@ -274,6 +285,77 @@ def canary(lab: Lab, report: Report, ctl: Controller, cfg: str) -> None:
     )
 
 
+def chain(lab: Lab, report: Report, folder: str) -> None:
+    """The seed's vnf-deployment.yml as containers on shop's edge switch, in the chain."""
+    manifest = os.path.join(folder, "vnf-deployment.yml")
+    shutil.copy(os.path.join(ROOT, "tests", "data", "seed-vnf", "vnf-deployment.yml"), manifest)
+    deployer = Deployer()
+    shop, store = "h3", "h8"
+    edge = lab.host(shop).intfs[0].link.intf2.node.name
+    lab.serve(store, "tcp:80", "tcp:443", "tcp:22")
+
+    def open_ports() -> str:
+        got = {p: lab.connects(shop, store, "tcp", p) for p in (80, 443, 22)}
+        return ", ".join(f"{p} {'open' if ok else 'blocked'}" for p, ok in got.items()), got
+
+    def wait(port: int, want: bool) -> float:
+        start = time.time()
+        while time.time() - start < 10 and lab.connects(shop, store, "tcp", port, 0.5) != want:
+            pass
+        return time.time() - start
+
+    try:
+        start = time.time()
+        deployer.deploy(load_manifest(manifest), edge)
+        wait(80, True)
+        first = time.time() - start  # deploy, then the first connection through it
+        status = deployer.status("virtual-firewall")
+        text, got = open_ports()
+        limits = status["replicas"][0]["state"]
+        report.add(
+            "chain: the seed's Deployment as containers",
+            got == {80: True, 443: True, 22: False} and status["runtime"] == "docker",
+            f"{len(status['replicas'])} replicas on {edge} ({status['runtime']}, "
+            f"{limits.get('memory', 0) // 2**20} MiB, {limits.get('nano_cpus', 0) / 1e9:g} cpu); "
+            f"first connection through the chain {first:.1f} s after deploy; shop -> store {text}",
+        )
+        started = [r["state"]["started"] for r in status["replicas"]]
+        with open(manifest) as fh:  # the operator's edit: the ConfigMap denies 443 too
+            docs = list(yaml.safe_load_all(fh))
+        configmap = next(d for d in docs if d["kind"] == "ConfigMap")
+        rules = json.loads(configmap["data"]["rules.json"])
+        for rule in rules["rules"]:
+            if rule["port"] == 443:
+                rule["action"] = "deny"
+        configmap["data"]["rules.json"] = json.dumps(rules, indent=2)
+        with open(manifest, "w") as fh:
+            yaml.safe_dump_all(docs, fh, sort_keys=False)
+        deployer.deploy(load_manifest(manifest), edge)
+        wait(443, False)
+        text, got = open_ports()
+        now = [r["state"]["started"] for r in deployer.status("virtual-firewall")["replicas"]]
+        report.add(
+            "chain: ConfigMap edited (deny 443)",
+            got == {80: True, 443: False, 22: False} and now == started,
+            f"{text}; re-applied in place, containers not restarted",
+        )
+        victim = status["replicas"][0]["name"]
+        subprocess.run(["/usr/bin/docker", "kill", victim], capture_output=True, check=True)
+        start = time.time()
+        ok = 0
+        while ok < 5 and time.time() - start < 10:
+            ok = ok + 1 if lab.connects(shop, store, "tcp", 80, 0.5) else 0
+        report.add(
+            "chain: a replica killed",
+            ok == 5,
+            f"{victim} killed; connections through the other replica again after "
+            f"{time.time() - start:.1f} s",
+        )
+    finally:
+        if deployer.load("virtual-firewall"):
+            deployer.delete("virtual-firewall")
+
+
 def xdp_flood(lab: Lab, report: Report, ctl: Controller, metrics_port: int, dst: str) -> None:
     """A UDP flood at a denied port: dropped by XDP on the switch port, OpenFlow never sees it."""
     rule = "5"  # udp-9-flood: the seed's 3 rules, the rate limit, then this one
@@ -322,6 +404,7 @@ def main() -> int:
         zero_trust(lab, report, ctl, cfg)
         xdp_flood(lab, report, ctl, metrics_port, "h16")
         canary(lab, report, ctl, cfg)
+        chain(lab, report, folder)
         time.sleep(5.5)  # one stats interval: per-rule counters reach /metrics
         names = (
             "switches",

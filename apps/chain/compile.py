@@ -90,7 +90,7 @@ class Compiler:
     def __init__(self, pipeline: Pipeline) -> None:
         self.classify = pipeline.table("classify")
         self.table = pipeline.table("chains")
-        self.next = self.table + 1
+        self.next = pipeline.after("chains")
 
     def _f(self, table: int, priority: int, match: dict, *instructions) -> Flow:
         return flow(table, priority, match, *instructions, cookie=COOKIE)

@@ -218,7 +218,7 @@ class Compiler:
         self.dst = pipeline.table("microseg_dst")
         self.egress = pipeline.table("microseg_egress")
         self.ingress = pipeline.table("microseg_ingress")
-        self.next = pipeline.table("services")
+        self.next = pipeline.after("microseg_ingress")
 
     _commit = conntrack(CT_ZONE, commit=True, force=True)
 

@@ -139,3 +139,11 @@ def test_bad_chains_are_refused_and_located(tmp_path, chains, message):
     with pytest.raises(ConfigError) as err:
         core.check_config(load_config(str(cfg)))
     assert message in str(err.value) and err.value.line is not None
+
+
+def test_every_app_sends_on_to_the_next_stage_so_the_chains_stage_is_never_skipped():
+    from apps.microseg import Microseg
+
+    core = Core()
+    ms = core.add_app(Microseg)
+    assert ms.compiler.next == core.pipeline.table("chains")

@@ -122,3 +122,16 @@ def test_a_default_deny_and_addresses():
 def test_bad_rules_are_named(rules, message):
     with pytest.raises(RuleError, match=message.replace("[", r"\[").replace("]", r"\]")):
         compile_rules(rules)
+
+
+def test_the_vnf_tool_names_a_bad_file_and_exits_2(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "vnf_tool", os.path.join(os.path.dirname(DATA), "..", "scripts", "vnf.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    bad = write(tmp_path, BASE.replace("replicas: 1", "replicas: many"))
+    assert tool.main(["status", bad]) == 2
+    assert "vnf.yml:5: spec.replicas" in capsys.readouterr().err
