@@ -7,24 +7,14 @@ from apps.sfc import ServiceChains
 from controller.config import ConfigError, load_config
 from controller.core import Core
 from tests.fakenet import BROADCAST, FakeNetwork
+from topologies.vnflab import CHAIN, ENDPOINTS
 from vnf.naming import port_name
 
 C, S, OTHER = "00:00:00:00:00:01", "00:00:00:00:00:02", "00:00:00:00:00:03"
 IP = {C: "10.0.0.1", S: "10.0.0.2", OTHER: "10.0.0.3"}
-ENDPOINTS = """\
-endpoints:
-  - {name: client, ip: 10.0.0.1, labels: {role: client}}
-  - {name: server, ip: 10.0.0.2, labels: {role: web}}
-"""
-ONE_HOP = """\
-chains:
-  - name: web-via-fw
-    from_labels: {role: client}
-    to_labels: {role: web}
-    ports: [80, 443, 22]
-    through: [fw]
-"""
-TWO_HOPS = ONE_HOP.replace("through: [fw]", "through: [fw, ids]")
+ONE_HOP = CHAIN  # the Mininet lab's chain: client -> web on 80, 443, 22 through the firewall
+TWO_HOPS = CHAIN.replace("through: [virtual-firewall]", "through: [virtual-firewall, ids]")
+FW = "virtual-firewall"
 
 
 def no_ssh(pkt):
@@ -52,8 +42,8 @@ def make(tmp_path, config: str = ONE_HOP):
     def names(deployment, replica):
         return port_name(deployment, replica, "a"), port_name(deployment, replica, "b")
 
-    net.add_bump(1, 3, 4, names("fw", 0), no_ssh)
-    net.add_bump(2, 3, 4, names("fw", 1), no_ssh)
+    net.add_bump(1, 3, 4, names(FW, 0), no_ssh)
+    net.add_bump(2, 3, 4, names(FW, 1), no_ssh)
     net.add_bump(1, 5, 6, names("ids", 0))
     net.start()
     for mac in (C, S, OTHER):
@@ -74,7 +64,7 @@ def test_the_class_goes_through_a_replica_and_its_replies_come_back_through_one(
     back = tcp(net, C, S, reply=True)
     assert back.hosts == [C] and len(back.bumps) == 1
     assert all("vlan_vid" not in f for _, f in there.frames + back.frames)
-    assert app.replica_gauge.labels("fw")._value.get() == 2
+    assert app.replica_gauge.labels(FW)._value.get() == 2
 
 
 def test_the_vnf_decides_and_other_traffic_takes_the_direct_path(tmp_path):
