@@ -190,6 +190,13 @@ class Deployer:
                 self.runtime.stop(r["name"])
         os.remove(self._state_file(name))
         shutil.rmtree(self._config_dir(name), ignore_errors=True)
+        parents = (
+            os.path.dirname(self._config_dir(name)),
+            os.path.join(self.state_dir, "replicas"),
+        )
+        for folder in (*parents, self.state_dir):
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)  # the last deployment gone: leave nothing behind
         LOG.info("%s: deleted", name)
 
 
