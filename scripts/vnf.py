@@ -68,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"--- {replica}\n{text}", end="")
         else:
             for n in names:
-                deployer.delete(n)
-                print(f"{n}: deleted")
+                deployer.delete(n)  # it logs "<name>: deleted"
     except KeyError as exc:
         print(exc.args[0], file=sys.stderr)
         return 1
