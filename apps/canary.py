@@ -24,7 +24,6 @@ import logging
 import struct
 
 from os_ken.lib.packet import arp, ethernet, packet
-from prometheus_client import Counter, Gauge
 
 from apps.lb.compile import (
     COOKIE,
@@ -97,17 +96,15 @@ class Canary(SuiteApp):
         self._resolved_services: dict[str, Service] = {}
         self._ff: dict[int, dict[tuple[str, str], int]] = {}  # dpid -> (service, backend) -> group
         self._next_probe = 0.0
-        self.connections = Counter(
+        self.connections = core.metrics.counter(
             "osken_canary_connections",
             "New connections sent to each backend",
-            ["service", "backend"],
-            registry=core.metrics.registry,
+            ("service", "backend"),
         )
-        self.live_backends = Gauge(
+        self.live_backends = core.metrics.gauge(
             "osken_canary_live_backends",
             "Backends taking new connections, per service",
-            ["service"],
-            registry=core.metrics.registry,
+            ("service",),
         )
 
     # --- config --------------------------------------------------------------------------------

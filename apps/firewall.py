@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable
 
-from prometheus_client import Gauge
-
 from apps.fw.compile import BLOCKED_ID, COOKIE, Compiler
 from apps.fw.fastpath import FastPath
 from apps.fw.rules import FirewallSettings, Rule, parse_firewall
@@ -49,25 +47,17 @@ class Firewall(SuiteApp):
         self._rates_at = 0.0
         self._switches: list[int] = []
         self._placed: dict[Hashable, tuple] = {}  # rule key -> (priority, active, stateful, ...)
-        registry = core.metrics.registry
-        self.packets = Gauge(
-            "osken_firewall_rule_packets",
-            "Packets matched per firewall rule",
-            ["rule", "action", "description"],
-            registry=registry,
+        per_rule = ("rule", "action", "description")
+        gauge = core.metrics.gauge
+        self.packets = gauge(
+            "osken_firewall_rule_packets", "Packets matched per firewall rule", per_rule
         )
-        self.xdp_packets = Gauge(
+        self.xdp_packets = gauge(
             "osken_firewall_rule_xdp_packets",
             "Of those packets, the ones the XDP fast path dropped before the switch",
-            ["rule", "action", "description"],
-            registry=registry,
+            per_rule,
         )
-        self.bytes = Gauge(
-            "osken_firewall_rule_bytes",
-            "Bytes matched per firewall rule",
-            ["rule", "action", "description"],
-            registry=registry,
-        )
+        self.bytes = gauge("osken_firewall_rule_bytes", "Bytes matched per firewall rule", per_rule)
 
     # --- config --------------------------------------------------------------------------------
 

@@ -22,8 +22,6 @@ import logging
 import struct
 from collections.abc import Hashable
 
-from prometheus_client import Gauge
-
 from apps.ms.compile import BOUND, COOKIE, CT_ZONE, Compiler, verdicts
 from apps.ms.model import IdentityAllocator, World, build_world
 from apps.ms.settings import MicrosegSettings, parse_microseg
@@ -72,16 +70,14 @@ class Microseg(SuiteApp):
         self._policy_state: object = None  # what the verdicts were, to see them change
         self._flush_conntrack = False
         self.generation = 0
-        self.identities = Gauge(
+        self.identities = core.metrics.gauge(
             "osken_microseg_identities",
             "Security identities in force",
-            registry=core.metrics.registry,
         )
-        self.isolated = Gauge(
+        self.isolated = core.metrics.gauge(
             "osken_microseg_isolated_identities",
             "Identities in default deny, per direction",
-            ["direction"],
-            registry=core.metrics.registry,
+            ("direction",),
         )
 
     # --- config --------------------------------------------------------------------------------

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Gauge
-
 from apps.chain.compile import COOKIE, Compiler, Replica
 from apps.chain.settings import MAX_REPLICAS, Chain, parse_chains
 from controller.app import SuiteApp
@@ -44,11 +42,10 @@ class ServiceChains(SuiteApp):
         self._checked: list[Chain] | None = None
         self._placed: object = None
         self._empty: set[tuple[str, str]] = set()  # (chain, deployment) with no replica up
-        self.replica_gauge = Gauge(
+        self.replica_gauge = core.metrics.gauge(
             "osken_sfc_replicas",
             "Replicas in service, per deployment a chain goes through",
-            ["deployment"],
-            registry=core.metrics.registry,
+            ("deployment",),
         )
 
     def check_config(self, section, config) -> None:

@@ -38,6 +38,14 @@ class Metrics:
             "osken_config_reloads", "Config reloads", ["result"], registry=r
         )
 
+    def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        """A gauge of an app's, in this controller's registry."""
+        return Gauge(name, doc, list(labels), registry=self.registry)
+
+    def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        """A counter of an app's, in this controller's registry."""
+        return Counter(name, doc, list(labels), registry=self.registry)
+
     def serve(self, port: int, host: str = "127.0.0.1") -> bool:
         """Expose /metrics over HTTP; a busy port is logged, never fatal."""
         try:
