@@ -45,6 +45,10 @@ LOG = logging.getLogger("osken_suite.canary")
 REQUIRES = ["apps.l2_learning"]
 ARP_PROBE_INTERVAL = 2.0
 MAX_LEARNED = 65536  # IP -> MAC entries kept from ARP
+# A backend taken out of the config keeps its translation flows this long: its connections
+# end normally, and a client reusing a port whose conntrack entry still points at it (TIME_WAIT)
+# is not sent into a void.
+DRAIN_SECONDS = 300.0
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 
@@ -96,6 +100,7 @@ class Canary(SuiteApp):
         self._resolved_services: dict[str, Service] = {}
         self._ff: dict[int, dict[tuple[str, str], int]] = {}  # dpid -> (service, backend) -> group
         self._next_probe = 0.0
+        self.draining: list[tuple[Service, float]] = []  # what left the config, until when
         self.connections = core.metrics.counter(
             "osken_canary_connections",
             "New connections sent to each backend",
@@ -124,6 +129,7 @@ class Canary(SuiteApp):
     def configure(self, section, now: float) -> None:
         old = {s.name: s for s in self.settings.services}
         self.settings = self._checked if self._checked is not None else LbSettings()
+        self._drain(old, now)
         for s in self.settings.services:
             if old.get(s.name) != s:  # a new split starts a new rotation
                 for r in range(len(s.routes)):
@@ -146,6 +152,30 @@ class Canary(SuiteApp):
                 s.method,
                 "; ".join(self._describe(s, r) for r in range(len(s.routes))) or "backups only",
             )
+
+    def _drain(self, old: dict[str, Service], now: float) -> None:
+        """Backends (and whole services) the new config dropped keep steering what conntrack
+        still holds for them, for DRAIN_SECONDS; new connections never go to them."""
+        new = {s.name: {b.key for b in s.backends} for s in self.settings.services}
+        for name, s in old.items():
+            gone = tuple(
+                b
+                for b in self._resolved_services.get(name, s).backends
+                if b.key not in new.get(name, set()) and b.mac
+            )
+            if gone:
+                LOG.info(
+                    "canary: %s: %s drain for %.0f s",
+                    name,
+                    ", ".join(b.endpoint for b in gone),
+                    DRAIN_SECONDS,
+                )
+                self.draining.append(
+                    (
+                        Service(s.name, s.vip, s.port, s.protocol, s.method, gone, (), ()),
+                        now + DRAIN_SECONDS,
+                    )
+                )
 
     @staticmethod
     def _describe(s: Service, r: int) -> str:
@@ -208,6 +238,7 @@ class Canary(SuiteApp):
             ),
             tuple(sorted(self.located.items())),
             self.topology.version,
+            tuple(self.draining),
         )
         if inputs == self._placed:
             return
@@ -225,6 +256,9 @@ class Canary(SuiteApp):
             for f in self.compiler.new_connection_flows(index, resolved, has_group.__contains__):
                 flows[f.key] = f
             self.live_backends.labels(s.name).set(sum(b.key in live for b in s.backends))
+        for retired, _ in self.draining:  # what is in force now wins any shared entry
+            for f in self.compiler.service_flows(retired):
+                flows.setdefault(f.key, f)
         self.desired.put(("lb", "flows"), {d: list(flows.values()) for d in switches})
         self.desired.put_groups(("lb", "groups"), groups)
 
@@ -377,7 +411,9 @@ class Canary(SuiteApp):
         self._install()
 
     def tick(self, now: float) -> None:
-        if self._refresh_locations():
+        drained = [d for d in self.draining if d[1] > now]
+        if self._refresh_locations() or len(drained) != len(self.draining):
+            self.draining = drained
             self._install()
         if now >= self._next_probe:
             self._next_probe = now + ARP_PROBE_INTERVAL

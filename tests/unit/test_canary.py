@@ -375,3 +375,26 @@ def test_every_seed_routing_file_loads_and_says_what_it_cannot_enforce(tmp_path,
     assert "advanced-routing names no service" in text  # its hosts are service.example.com
     assert "spec.trafficPolicy" in text  # connection pools are not the switch's to enforce
     assert "not used by any loaded app" not in text
+
+
+def test_a_backend_taken_out_of_the_config_drains_then_its_flows_go(tmp_path):
+    from apps.canary import DRAIN_SECONDS
+
+    net, app, cfg = make(tmp_path, service(0, 100))
+    assert connect(net, sport=5000)[0] == V2A
+    only_v1 = service(100, 0).replace("      - {endpoint: v2-a, weight: 0}\n", "")
+    assert "v2-a" not in only_v1
+    reload(net, cfg, only_v1)
+    host, fields = connect(net, sport=5000)  # its open connection still reaches it
+    assert host == V2A and fields["ipv4_dst"] == IP[V2A]
+    assert answer(net, V2A, sport=5000)[1]["ipv4_src"] == VIP
+    assert connect(net, sport=5001)[0] == V1A  # new ones never do
+    net.advance(DRAIN_SECONDS + 1)
+    steering = [
+        f
+        for t in net.switches[201].tables
+        for e in t
+        for f in [e.flow]
+        if f.match_dict().get("ipv4_dst") == IP[V2A]
+    ]
+    assert steering == [] and app.draining == []
