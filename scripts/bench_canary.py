@@ -10,7 +10,8 @@ One run, in Mininet (topologies/canarylab.py), prints:
 - the time to open the connections each way (the exact method puts the controller on each
   connection's first packet);
 - failover: seconds until a dead backend gets no new connection (goal < 1 s), and the loss
-  of a 1 ms ping while a spine link is cut (goal < 50 ms), each as a ratio to its goal.
+  of a 1 ms ping while a spine link is cut (goal < 50 ms), and while an aggregation-core
+  link of a k=4 fat-tree is cut, each as a ratio to its goal.
 
     sudo .venv/bin/python scripts/bench_canary.py [--connections 2000]
 """
@@ -28,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from apps.lb.weights import ovs_select_shares  # noqa: E402
 from topologies.canarylab import BACKENDS, canary_lab, service_config  # noqa: E402
+from topologies.fattree import FatTreeTopo  # noqa: E402
+from topologies.harness import Controller, Lab  # noqa: E402
 
 WEIGHT_SETS = [
     {"v1-a": 90, "v2-a": 10},
@@ -105,7 +108,23 @@ def main() -> int:
             f"spine link cut under a 1 ms ping: {lost} of {sent} lost, {lost_ms:.1f} ms "
             f"(ratio to the 50 ms goal {lost_ms / 50:.2f})"
         )
+    fat_tree_cut()
     return 0
+
+
+def fat_tree_cut() -> None:
+    """The same on a k=4 fat-tree (L2 only): the aggregation-core link h1 -> h16 uses."""
+    ctl = Controller(["apps/l2_learning.py"])
+    with ctl, Lab(FatTreeTopo(4), ctl.port) as lab:
+        if lab.wait_connected(timeout=60) is None:
+            raise RuntimeError("the fat-tree never connected")
+        a, b, sent, lost, lost_ms = lab.cut_under_ping(
+            "h1", "h16", lambda x, y: x.startswith("c") or y.startswith("c")
+        )
+        print(
+            f"fat-tree k=4, link {a}-{b} cut under a 1 ms ping: {lost} of {sent} lost, "
+            f"{lost_ms:.1f} ms (ratio to the 50 ms goal {lost_ms / 50:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -9,12 +9,11 @@ connection with their host's name, so a client can count who answered.
 from __future__ import annotations
 
 import re
-import subprocess
 import textwrap
 import time
 from contextlib import contextmanager
 
-from topologies.harness import Controller, Lab, free_port, metric, tx_packets
+from topologies.harness import Controller, Lab, free_port, metric
 from topologies.leafspine import LeafSpineTopo
 
 VIP = "10.0.100.10"
@@ -97,27 +96,10 @@ class CanaryLab:
     def spine_cut_loss(self, seconds: int = 4) -> tuple[int, int, float]:
         """A 1 ms ping from leaf 1 to leaf 3 while the spine link it uses is cut: (pings sent,
         pings lost, milliseconds of loss). The link is put back after."""
-        before = tx_packets("lf1")
-        self.lab.ping("h11", "h33", count=50, interval=0.01)
-        after = tx_packets("lf1")
-        busiest = max((1, 2), key=lambda p: after.get(p, 0) - before.get(p, 0))
-        spine = f"sp{busiest}"
-        ping = self.lab.host("h11").popen(
-            ["ping", "-i", "0.001", "-w", str(seconds), "-q", self.lab.host("h33").IP()],
-            stdout=subprocess.PIPE,
-            text=True,
+        _, _, sent, lost, lost_ms = self.lab.cut_under_ping(
+            "h11", "h33", lambda a, b: "lf1" in (a, b) and "sp" in a + b, seconds
         )
-        time.sleep(1.5)
-        try:
-            self.lab.link("lf1", spine, "down")
-            out, _ = ping.communicate(timeout=seconds + 30)
-        finally:
-            self.lab.link("lf1", spine, "up")
-        m = re.search(r"(\d+) packets transmitted, (\d+) received.*time (\d+)ms", out, re.S)
-        if m is None:
-            raise RuntimeError(f"no ping summary: {out}")
-        sent, received, elapsed = map(int, m.groups())
-        return sent, sent - received, (sent - received) * elapsed / sent
+        return sent, lost, lost_ms
 
 
 @contextmanager

@@ -428,6 +428,30 @@ class Lab:
                     used.append((sw, peer.name, sent))
         return sorted(used, key=lambda u: -u[2])
 
+    def cut_under_ping(
+        self, src: str, dst: str, which, seconds: int = 4
+    ) -> tuple[str, str, int, int, float]:
+        """Ping src -> dst every millisecond and cut, 1.5 s in, the busiest link it uses for
+        which `which(switch, neighbour)` holds; put it back after. Returns (switch, neighbour,
+        pings sent, pings lost, milliseconds of loss at the rate ping really achieved)."""
+        a, b = next((x, y) for x, y, _ in self.links_used(src, dst) if which(x, y))
+        ping = self.host(src).popen(
+            ["ping", "-i", "0.001", "-w", str(seconds), "-q", self.host(dst).IP()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.5)
+        try:
+            self.link(a, b, "down")
+            out, _ = ping.communicate(timeout=seconds + 30)
+        finally:
+            self.link(a, b, "up")
+        m = re.search(r"(\d+) packets transmitted, (\d+) received.*time (\d+)ms", out, re.S)
+        if m is None:
+            raise RuntimeError(f"no ping summary: {out}")
+        sent, received, elapsed = map(int, m.groups())
+        return a, b, sent, sent - received, (sent - received) * elapsed / sent
+
     def dump_flows(self, switch: str) -> list[str]:
         """The switch's flows without counters, sorted: comparable before and after a restart."""
         out = ofctl("dump-flows", switch, options=("--no-stats",))
