@@ -60,6 +60,22 @@ def test_the_seed_rules_are_enforced_by_the_vnf_inside_the_chain(env):
     assert sum(ofctl_count("s1", p, "rx") for p in vnf_ports(env)) > before  # through them
 
 
+def test_each_connection_crosses_one_replica_both_ways(env):
+    """Both ends hash with Open vSwitch's symmetric L4 dp_hash over the same replicas in the
+    same order, so a connection and its replies meet the same replica (a stateful VNF's need)."""
+    replicas = env.deployer.load("virtual-firewall")["replicas"]
+    used = set()
+    for _ in range(20):
+        before = {p: ofctl_count("s1", p, "rx") for r in replicas for p in r["ports"]}
+        assert env.lab.connects("h1", "h2", "tcp", 80)
+        grew = {p for r in replicas for p in r["ports"] if ofctl_count("s1", p, "rx") > before[p]}
+        forward = [i for i, r in enumerate(replicas) if r["ports"][1] in grew]  # left by side b
+        back = [i for i, r in enumerate(replicas) if r["ports"][0] in grew]  # left by side a
+        assert forward == back and len(forward) == 1, (forward, back)
+        used.add(forward[0])
+    assert used == {0, 1}  # and the connections do spread
+
+
 def test_a_changed_configmap_is_applied_without_a_restart_and_bad_rules_change_nothing(env):
     started = [r["state"]["started"] for r in env.deployer.status("virtual-firewall")["replicas"]]
     path = env.folder / "vnf.yml"
