@@ -37,7 +37,6 @@ from apps.lb.compile import (
 from apps.lb.settings import Backend, LbSettings, Service, parse_services
 from apps.lb.weights import SmoothWeighted
 from controller.app import PacketIn, SuiteApp
-from controller.config import ConfigError
 from controller.flows import Flow, group_action, output, packet_out
 from controller.shim import SuiteOSKenApp
 
@@ -98,7 +97,8 @@ class Canary(SuiteApp):
         self._placed: object = None
         self._by_address: dict[tuple[str, int, int], tuple[int, Service]] = {}
         self._resolved_services: dict[str, Service] = {}
-        self._ff: dict[int, dict[tuple[str, str], int]] = {}  # dpid -> (service, backend) -> group
+        self._ff: dict[int, dict[str, dict[str, int]]] = {}  # dpid -> service -> backend -> group
+        self._live: set[str] = set()  # backends taking connections, as of the last _install
         self._next_probe = 0.0
         self.draining: list[tuple[Service, float]] = []  # what left the config, until when
         self.connections = core.metrics.counter(
@@ -118,10 +118,8 @@ class Canary(SuiteApp):
         settings = parse_services(section, config)
         for i, s in enumerate(settings.services):
             if len(s.backends) > MAX_BACKENDS or len(s.routes) > MAX_ROUTES:
-                raise ConfigError(
-                    config.path or "<config>",
-                    config.line_of(("services", i)),
-                    f"services[{i}]",
+                raise config.error(
+                    ("services", i),
                     f"at most {MAX_BACKENDS} backends and {MAX_ROUTES} routes per service",
                 )
         self._checked = settings
@@ -229,6 +227,7 @@ class Canary(SuiteApp):
     def _install(self) -> None:
         switches = tuple(self.topology.switches())
         live = {b.key for s in self.settings.services for b in s.backends if self.alive(b)}
+        self._live = live  # every input of liveness reaches _install; a new connection reads this
         inputs = (
             self.settings.services,
             switches,
@@ -282,7 +281,8 @@ class Canary(SuiteApp):
 
     def _groups(self, index: int, s: Service, dpid: int, live: set) -> list:
         backups = [s.backend(k) for k, _ in s.backups]
-        out, ff = [], {}
+        out: list = []
+        ff = self._ff[dpid][s.name] = {}
         for b in s.backends:
             if b.mac is None:
                 continue
@@ -292,7 +292,6 @@ class Canary(SuiteApp):
             if g is not None:
                 out.append(g)
                 ff[b.key] = g.group_id
-                self._ff[dpid][(s.name, b.key)] = g.group_id
         if s.method == "switch":
             for r in range(len(s.routes)):
                 choices = self._choices(s, r, live)
@@ -380,9 +379,8 @@ class Canary(SuiteApp):
             return
         self.connections.labels(service.name, backend.endpoint).inc()
         resolved = self._resolved_services[service.name].backend(backend.key)
-        ff = self._ff.get(pkt.dpid, {}).get((service.name, backend.key))
-        action = group_action(ff) if ff is not None else commit_to(resolved, self.compiler.track)
-        self.core.send(pkt.dpid, [packet_out(pkt.data, [action], pkt.in_port)])
+        via = self._via(self._ff.get(pkt.dpid, {}).get(service.name, {}))
+        self.core.send(pkt.dpid, [packet_out(pkt.data, [via(resolved)], pkt.in_port)])
 
     def pick(self, s: Service, src: str) -> Backend | None:
         """The backend for a new connection from `src`: the next turn of the first route that
@@ -391,7 +389,7 @@ class Canary(SuiteApp):
         r = next((i for i, route in enumerate(s.routes) if route.takes(src)), None)
         if r is None and s.routes:
             return None
-        live = {b.key for b in s.backends if self.alive(b)}
+        live = self._live
         if r is not None:
             rr = self.rr.setdefault((s.name, r), SmoothWeighted(dict(s.routes[r].split)))
             key = rr.pick(live)

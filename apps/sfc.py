@@ -22,7 +22,6 @@ import logging
 from apps.chain.compile import COOKIE, Compiler, Replica
 from apps.chain.settings import MAX_REPLICAS, Chain, parse_chains
 from controller.app import SuiteApp
-from controller.config import ConfigError
 from controller.shim import SuiteOSKenApp
 from vnf.naming import deployment_key, parse_port
 
@@ -52,11 +51,8 @@ class ServiceChains(SuiteApp):
         chains = parse_chains(section, config)
         for i, c in enumerate(chains):
             if len(set(c.through)) != len(c.through):
-                raise ConfigError(
-                    config.path or "<config>",
-                    config.line_of(("chains", i, "through")),
-                    f"chains[{i}].through",
-                    "a deployment may appear once per chain",
+                raise config.error(
+                    ("chains", i, "through"), "a deployment may appear once per chain"
                 )
         self._checked = chains
 
@@ -140,9 +136,6 @@ class ServiceChains(SuiteApp):
 
     def on_switch_ready(self, dpid: int, now: float) -> None:
         self._install()
-
-    def tick(self, now: float) -> None:
-        self._install()  # a replica's port renamed or re-plugged without a topology change
 
 
 class ServiceChainsApp(SuiteOSKenApp):

@@ -294,7 +294,7 @@ def chain(lab: Lab, report: Report, folder: str) -> None:
     edge = lab.host(shop).intfs[0].link.intf2.node.name
     lab.serve(store, "tcp:80", "tcp:443", "tcp:22")
 
-    def open_ports() -> str:
+    def open_ports() -> tuple[str, dict[int, bool]]:
         got = {p: lab.connects(shop, store, "tcp", p) for p in (80, 443, 22)}
         return ", ".join(f"{p} {'open' if ok else 'blocked'}" for p, ok in got.items()), got
 

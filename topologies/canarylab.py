@@ -8,7 +8,6 @@ connection with their host's name, so a client can count who answered.
 
 from __future__ import annotations
 
-import re
 import textwrap
 import time
 from contextlib import contextmanager
@@ -49,14 +48,12 @@ def service_config(weights: dict[str, int], method: str = "exact", backup: bool 
 
 
 class CanaryLab:
-    def __init__(self, ctl: Controller, lab: Lab, cfg, metrics_port: int) -> None:
-        self.ctl, self.lab, self.cfg, self.metrics_port = ctl, lab, cfg, metrics_port
+    def __init__(self, ctl: Controller, lab: Lab, metrics_port: int) -> None:
+        self.ctl, self.lab, self.metrics_port = ctl, lab, metrics_port
 
     def apply(self, text: str, timeout: float = 10.0) -> None:
         """A new config, in force and with every backend ready (its MAC known)."""
-        before = len(re.findall("config reloaded", self.ctl.log()))
-        self.cfg.write_text(text)
-        if not self.ctl.wait_log("config reloaded", count=before + 1, timeout=timeout):
+        if not self.ctl.rewrite_config(text, timeout):
             raise RuntimeError("the controller did not take the config:\n" + self.ctl.log()[-2000:])
         want = text.count("{endpoint:")
         deadline = time.time() + timeout
@@ -121,7 +118,7 @@ def canary_lab(folder, weights: dict[str, int] | None = None):
             raise RuntimeError("the lab never connected")
         for host in BACKENDS.values():
             lab.serve(host, "tcp:80", name=host)
-        yield CanaryLab(ctl, lab, cfg, port)
+        yield CanaryLab(ctl, lab, port)
     finally:
         lab.stop()
         ctl.stop()

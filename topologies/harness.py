@@ -115,6 +115,14 @@ class Controller:
             time.sleep(0.1)
         return False
 
+    def rewrite_config(self, text: str, timeout: float = 10.0) -> bool:
+        """Replace the config file it runs with; True once it has reloaded it (the file watch
+        picks the change up, no signal needed)."""
+        before = len(re.findall("config reloaded", self.log()))
+        with open(self.config, "w") as fh:
+            fh.write(text)
+        return self.wait_log("config reloaded", count=before + 1, timeout=timeout)
+
     def __enter__(self) -> Controller:
         return self.start()
 

@@ -6,7 +6,6 @@ the chain sends h1 -> h2 on ports 80, 443 and 22 through the firewall VNF.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -41,9 +40,7 @@ class VnfLab:
         self.deployer.deploy(load_manifest(self.manifest_path), "s1")
 
     def reconfigure(self, text: str) -> None:
-        before = len(re.findall("config reloaded", self.ctl.log()))
-        (self.folder / "lab.yaml").write_text(text)
-        if not self.ctl.wait_log("config reloaded", count=before + 1, timeout=10):
+        if not self.ctl.rewrite_config(text):
             raise RuntimeError("the controller did not take the config")
 
     def open_ports(self) -> dict[int, bool]:

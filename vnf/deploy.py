@@ -60,10 +60,11 @@ class Deployer:
         except (OSError, ValueError):
             return None
 
-    def names(self) -> list[str]:
-        if not os.path.isdir(self.state_dir):
-            return []
-        return sorted(f[:-5] for f in os.listdir(self.state_dir) if f.endswith(".json"))
+    def _existing(self, name: str) -> dict:
+        state = self.load(name)
+        if state is None:
+            raise KeyError(f"no deployment named {name!r} here")
+        return state
 
     def _config_dir(self, name: str) -> str:
         return os.path.join(self.state_dir, "configmaps", name)
@@ -131,9 +132,7 @@ class Deployer:
     def _wait_applied(self, d: Deployment, manifest: Manifest, state: dict, timeout=5.0) -> None:
         """Running replicas re-read their ConfigMaps by themselves; wait until each reports the
         new version (applied, or refused with the old rules kept), and say which."""
-        want = {
-            digest(t) for _, cm, key in d.container.env_from for t in [manifest.configmaps[cm][key]]
-        }
+        want = {digest(manifest.configmaps[cm][key]) for _, cm, key in d.container.env_from}
         deadline = time.time() + timeout
         while True:
             agents = [self.runtime.agent_status(r["name"]) or {} for r in state["replicas"]]
@@ -158,9 +157,7 @@ class Deployer:
         return all(self.runtime.state(r["name"])["running"] for r in state["replicas"])
 
     def status(self, name: str) -> dict:
-        state = self.load(name)
-        if state is None:
-            raise KeyError(f"no deployment named {name!r} here")
+        state = self._existing(name)
         with IPRoute() as ipr:
             for r in state["replicas"]:
                 r["state"] = self.runtime.state(r["name"])
@@ -169,18 +166,14 @@ class Deployer:
         return state
 
     def logs(self, name: str) -> dict[str, str]:
-        state = self.load(name)
-        if state is None:
-            raise KeyError(f"no deployment named {name!r} here")
+        state = self._existing(name)
         return {r["name"]: self.runtime.logs(r["name"]) for r in state["replicas"]}
 
     # --- delete --------------------------------------------------------------------------------
 
     def delete(self, name: str) -> None:
         """Stop every replica and remove its ports; only what this deployment made."""
-        state = self.load(name)
-        if state is None:
-            raise KeyError(f"no deployment named {name!r} here")
+        state = self._existing(name)
         with IPRoute() as ipr:
             for r in state["replicas"]:
                 for port in r["ports"]:

@@ -215,15 +215,13 @@ class _Resolver:
         return nets
 
     def route(self, rule: RouteRule, service: dict, doc) -> tuple[Route | None, list]:
-        sources: set[Network] | None = set()
+        sources: set[Network] | None = set() if rule.matches else None  # no match: every client
         for m in rule.matches:
             got = self.sources(m, service)
             if got is None:
                 sources = None
                 break
             sources |= got
-        if not rule.matches:
-            sources = None
         if sources is not None and not sources:
             LOG.info("%s: no client matches this rule here; it takes no traffic", rule.origin)
             return None, []
