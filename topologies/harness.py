@@ -226,7 +226,9 @@ class Lab:
     def start(self) -> Lab:
         from mininet.log import setLogLevel
         from mininet.net import Mininet
-        from mininet.node import OVSSwitch, RemoteController
+        from mininet.node import OVSSwitch
+
+        from topologies.lab import LabController
 
         setLogLevel("error")
         self._before_bridges, self._before_links = snapshot()
@@ -234,7 +236,7 @@ class Lab:
         clash = mine & self._before_bridges
         if clash:
             raise RuntimeError(f"bridges {sorted(clash)} already exist: another lab is running")
-        ctl = RemoteController("c0", ip="127.0.0.1", port=self.controller_port)
+        ctl = LabController("c0", ip="127.0.0.1", port=self.controller_port)
         self.net = Mininet(
             topo=self.topo, switch=OVSSwitch, controller=ctl, autoSetMacs=True, waitConnected=False
         )

@@ -10,10 +10,10 @@ import sys
 from mininet.topo import Topo
 
 try:
-    from topologies.lab import host_opts, switch_opts
+    from topologies.lab import controllers, host_opts, switch_opts
 except ImportError:  # `mn --custom` execs this file bare: put its checkout on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(inspect.getsourcefile(lambda: 0))))
-    from topologies.lab import host_opts, switch_opts
+    from topologies.lab import controllers, host_opts, switch_opts
 
 
 class LeafSpineTopo(Topo):
@@ -30,3 +30,4 @@ class LeafSpineTopo(Topo):
 
 
 topos = {"leafspine": LeafSpineTopo}
+__all__ = ["LeafSpineTopo", "controllers", "topos"]  # controllers: for mn --custom

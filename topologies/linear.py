@@ -11,10 +11,10 @@ import sys
 from mininet.topo import Topo
 
 try:
-    from topologies.lab import host_opts, switch_opts
+    from topologies.lab import controllers, host_opts, switch_opts
 except ImportError:  # `mn --custom` execs this file bare: put its checkout on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(inspect.getsourcefile(lambda: 0))))
-    from topologies.lab import host_opts, switch_opts
+    from topologies.lab import controllers, host_opts, switch_opts
 
 
 class LinearTopo(Topo):
@@ -29,3 +29,4 @@ class LinearTopo(Topo):
 
 
 topos = {"linear": LinearTopo}
+__all__ = ["LinearTopo", "controllers", "topos"]  # controllers: for mn --custom
