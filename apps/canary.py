@@ -88,7 +88,6 @@ class Canary(SuiteApp):
         super().__init__(core)
         self.compiler = Compiler(core.pipeline)
         self.settings = LbSettings()
-        self._checked: LbSettings | None = None
         # IP -> MAC of every host heard in ARP, so a backend added later is ready at once.
         self.learned_macs: dict[str, str] = {}
         self.located: dict[str, tuple[int, int]] = {}  # MAC -> where it was last seen
@@ -114,7 +113,7 @@ class Canary(SuiteApp):
 
     # --- config --------------------------------------------------------------------------------
 
-    def check_config(self, section, config) -> None:
+    def parse_config(self, section, config) -> LbSettings:
         settings = parse_services(section, config)
         for i, s in enumerate(settings.services):
             if len(s.backends) > MAX_BACKENDS or len(s.routes) > MAX_ROUTES:
@@ -122,11 +121,11 @@ class Canary(SuiteApp):
                     ("services", i),
                     f"at most {MAX_BACKENDS} backends and {MAX_ROUTES} routes per service",
                 )
-        self._checked = settings
+        return settings
 
-    def configure(self, section, now: float) -> None:
+    def configure(self, settings: LbSettings, now: float) -> None:
         old = {s.name: s for s in self.settings.services}
-        self.settings = self._checked if self._checked is not None else LbSettings()
+        self.settings = settings
         self._drain(old, now)
         for s in self.settings.services:
             if old.get(s.name) != s:  # a new split starts a new rotation

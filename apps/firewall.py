@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable
 
-from apps.fw.compile import BLOCKED_ID, COOKIE, Compiler
+from apps.fw.compile import BLOCKED_ID, COOKIE, MAX_RULES, Compiler
 from apps.fw.fastpath import FastPath
 from apps.fw.rules import FirewallSettings, Rule, parse_firewall
 from controller.app import SuiteApp
@@ -36,7 +36,6 @@ class Firewall(SuiteApp):
         self.table = core.pipeline.table("firewall")
         self.compiler = Compiler(self.table)
         self.settings = FirewallSettings()
-        self._checked: FirewallSettings | None = None
         self.rules: list[tuple[Hashable, int, Rule]] = []  # (key, priority, rule), in order
         self.active: dict[Hashable, bool] = {}
         self.counts: dict[tuple[int, int], tuple[int, int]] = {}  # (dpid, prio) -> packets, bytes
@@ -61,11 +60,17 @@ class Firewall(SuiteApp):
 
     # --- config --------------------------------------------------------------------------------
 
-    def check_config(self, section, config) -> None:
-        self._checked = parse_firewall(section, config)
+    def parse_config(self, section, config) -> FirewallSettings:
+        settings = parse_firewall(section, config)
+        if len(settings.rules) > MAX_RULES:
+            raise config.error(
+                ("firewall",),
+                f"{len(settings.rules)} rules (rules_file and rules together); at most "
+                f"{MAX_RULES} fit in the firewall table's priority range",
+            )
+        return settings
 
-    def configure(self, section, now: float) -> None:
-        settings = self._checked if self._checked is not None else FirewallSettings()
+    def configure(self, settings: FirewallSettings, now: float) -> None:
         if not self._edit_in_place(settings, now):
             self._replace(settings, now)
         self.fastpath.configure(settings.xdp)

@@ -61,7 +61,6 @@ class Microseg(SuiteApp):
         self.compiler = Compiler(core.pipeline)
         self.allocator = IdentityAllocator()
         self.settings = MicrosegSettings()
-        self._checked: MicrosegSettings | None = None
         self.world = World()
         self._verdicts = verdicts(self.world, [])
         self.bindings: dict[str, tuple[int, int]] = {}  # endpoint IP -> (dpid, port)
@@ -82,11 +81,19 @@ class Microseg(SuiteApp):
 
     # --- config --------------------------------------------------------------------------------
 
-    def check_config(self, section, config) -> None:
-        self._checked = parse_microseg(section, config)
+    def parse_config(self, section, config) -> MicrosegSettings:
+        settings = parse_microseg(section, config)
+        identities = {(e.namespace, e.labels) for e in settings.endpoints}
+        if len(identities) > IdentityAllocator.MAX:
+            raise config.error(
+                ("endpoints",),
+                f"{len(identities)} identities (namespace and labels); at most "
+                f"{IdentityAllocator.MAX} fit in a switch's register",
+            )
+        return settings
 
-    def configure(self, section, now: float) -> None:
-        self.settings = self._checked if self._checked is not None else MicrosegSettings()
+    def configure(self, settings: MicrosegSettings, now: float) -> None:
+        self.settings = settings
         self.world = build_world(self.settings.namespaces, self.settings.endpoints, self.allocator)
         self._decide()
         self._install_all()

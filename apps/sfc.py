@@ -38,7 +38,6 @@ class ServiceChains(SuiteApp):
         super().__init__(core)
         self.compiler = Compiler(core.pipeline)
         self.chains: list[Chain] = []
-        self._checked: list[Chain] | None = None
         self._placed: object = None
         self._empty: set[tuple[str, str]] = set()  # (chain, deployment) with no replica up
         self.replica_gauge = core.metrics.gauge(
@@ -47,17 +46,17 @@ class ServiceChains(SuiteApp):
             ("deployment",),
         )
 
-    def check_config(self, section, config) -> None:
+    def parse_config(self, section, config) -> list[Chain]:
         chains = parse_chains(section, config)
         for i, c in enumerate(chains):
             if len(set(c.through)) != len(c.through):
                 raise config.error(
                     ("chains", i, "through"), "a deployment may appear once per chain"
                 )
-        self._checked = chains
+        return chains
 
-    def configure(self, section, now: float) -> None:
-        self.chains = self._checked if self._checked is not None else []
+    def configure(self, chains: list[Chain], now: float) -> None:
+        self.chains = chains
         self._install()
         for c in self.chains:
             LOG.info("sfc: chain %s through %s", c.name, " -> ".join(c.through))

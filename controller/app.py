@@ -2,6 +2,12 @@
 
 An app reads the topology, states the flows it wants through `self.desired`, and reacts to events.
 Every hook gets `now` from the caller and never reads the clock, so tests control time.
+
+A config is taken in two steps: `parse_config` turns the app's section into a settings value
+(everything that can be wrong with the input is found here, and nothing in the app changes);
+`configure` applies a value that parsing returned. The core parses every app's section before it
+applies any, so a reload is all or nothing. An exception escaping any hook is caught by the core,
+logged and counted (`osken_app_errors_total{app,hook}`); the other apps still get the event.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from controller.flows import Flow
 
 if TYPE_CHECKING:
+    from controller.config import Config
     from controller.core import Core
 
 
@@ -42,11 +49,24 @@ class SuiteApp:
         self.topology = core.topology
         self.desired = core.desired
 
-    def check_config(self, section: Any, config) -> None:
-        """Raise ConfigError if the section is not usable. Runs before anything is applied."""
+    def parse_config(self, section: Any, config: Config) -> Any:
+        """This app's settings, as a value, from its section (None when the config has none).
 
-    def configure(self, section: Any, now: float) -> None:
-        """Apply a checked config section (at start and on every reload)."""
+        Runs before anything is applied, and again for `osken-manager --check`: it must not
+        change the app, the core or the switches. `config` is the whole config, for sections
+        named in `also_reads` and for located errors (`config.error(where, message)`).
+
+        Raises:
+            ConfigError: the section is not usable; the message names file, line and field.
+        """
+        return section
+
+    def configure(self, settings: Any, now: float) -> None:
+        """Apply what `parse_config` returned (at start and on every reload); `now` in seconds.
+
+        Apply only: whatever the input can get wrong belongs in `parse_config`. If this raises
+        anyway, the core rolls the desired state back and re-applies the previous settings.
+        """
 
     def on_switch_synced(self, dpid: int, installed: list[Flow], now: float) -> None:
         """A switch connected and reported its tables: recover any state they hold."""

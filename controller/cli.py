@@ -113,7 +113,7 @@ def check_config(path: str | None, modules: list):
             for _, cls in inspect.getmembers(module, inspect.isclass):
                 if issubclass(cls, SuiteOSKenApp) and cls.suite_app is not None:
                     core.add_app(cls.suite_app)
-        core.check_config(config, warn=False)  # the controller itself warns once, at start
+        core.parse(config, warn=False)  # the controller itself warns once, at start
     except ConfigError as exc:
         raise LaunchError(f"bad config: {exc}") from None
     return config

@@ -12,8 +12,12 @@ Settling is what lets a restarted controller repair a running network instead of
 from __future__ import annotations
 
 import logging
+import math
+import traceback
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
@@ -62,8 +66,37 @@ CORE_COOKIE = 0x01 << 56
 LLDP_PRIORITY = 65000
 FABRIC_PRIORITY = 150  # classify: a port to another switch: mark it, carry on
 RESYNC_DELAY = 1.0
+DEFAULT_PROBATION, DEFAULT_LLDP_INTERVAL = 1.0, 5.0  # seconds
 PACKET_IN_RATE, PACKET_IN_BURST = 1000, 200  # per switch, packets/s: a flood cannot drown us
 FIRST_XID = 0x8000_0000  # our requests' xids; os-ken numbers its own from 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A whole config, parsed (`Core.parse`): what `Core.apply` puts in force.
+
+    `probation` and `lldp_interval` are in seconds, `packet_in_limit` is (packets/s, burst);
+    `apps` maps each app's name to what its `parse_config` returned.
+    """
+
+    config: Config
+    probation: float
+    lldp_interval: float
+    packet_in_limit: tuple[int, int]
+    apps: dict[str, Any]
+
+
+class ApplyError(Exception):
+    """An app raised while a parsed config was being applied; everything was rolled back."""
+
+    def __init__(self, app: str, exc: Exception) -> None:
+        self.app, self.exc = app, exc
+        super().__init__(f"app {app} failed to apply it ({type(exc).__name__}: {exc})")
+
+
+class _AppFailed(Exception):
+    def __init__(self, app: str, exc: Exception) -> None:
+        self.app, self.exc = app, exc
 
 
 class Core:
@@ -71,8 +104,8 @@ class Core:
         self,
         pipeline: Pipeline = PIPELINE,
         metrics: Metrics | None = None,
-        probation: float = 1.0,
-        lldp_interval: float = 5.0,
+        probation: float = DEFAULT_PROBATION,
+        lldp_interval: float = DEFAULT_LLDP_INTERVAL,
     ) -> None:
         self.pipeline = pipeline
         self.metrics = metrics or Metrics()
@@ -82,6 +115,11 @@ class Core:
         self.apps: list[SuiteApp] = []
         self.conns: dict[int, SwitchConn] = {}
         self.config = Config()
+        self.candidate: Config | None = None  # the config a reload last read, applied or not
+        self.settings = Settings(
+            self.config, probation, lldp_interval, (PACKET_IN_RATE, PACKET_IN_BURST), {}
+        )
+        self._failures: dict[tuple[str, str, str, str], int] = {}
         self._out: Outbox = defaultdict(list)
         self._topology_version = self.topology.version
         self._last_connect = float("-inf")
@@ -102,72 +140,180 @@ class Core:
                 return app
         app = app_cls(self)
         self.apps.append(app)
+        # What it runs with until a config is applied: its settings for an empty config.
+        apps = {**self.settings.apps, app.name: app.parse_config(None, Config())}
+        self.settings = replace(self.settings, apps=apps)
         LOG.debug("app %s loaded", app.name)
         return app
 
-    def check_config(self, config: Config, warn: bool = True) -> None:
-        """Every app checks its section before anything changes (raises ConfigError)."""
+    def parse(self, config: Config, warn: bool = True) -> Settings:
+        """The whole config as a value, every app's section parsed; nothing changes yet.
+
+        Raises:
+            ConfigError: the first problem found, naming file, line and field. An app that
+                fails with any other exception while parsing is a bug: its traceback is
+                logged, `osken_app_errors_total{app,hook="parse_config"}` counts it, and it
+                is raised as a ConfigError naming the file and the app's section.
+        """
         self._check_discovery(config)
+        discovery = config.section("discovery") or {}
+        limits = config.section("controller") or {}
+        parsed: dict[str, Any] = {}
         for app in self.apps:
-            if app.config_section:
-                app.check_config(config.section(app.config_section), config)
+            section = config.section(app.config_section) if app.config_section else None
+            try:
+                parsed[app.name] = app.parse_config(section, config)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                self.report_failure(app, "parse_config", exc)
+                raise config.error(
+                    (app.config_section or app.name,),
+                    f"{app.name} could not read this ({type(exc).__name__}: {exc}); this is a "
+                    "bug in the controller, the log has its traceback",
+                ) from None
         used = (
             {a.config_section for a in self.apps}
             | {s for a in self.apps for s in a.also_reads}
-            | {
-                "discovery",
-                "controller",
-                "namespaces",
-                "endpoints",
-            }
+            | {"discovery", "controller", "namespaces", "endpoints"}
         )
         for section in config.data:
             if warn and section not in used:
                 LOG.warning("%s: section %r is not used by any loaded app", config.path, section)
+        return Settings(
+            config=config,
+            probation=float(discovery.get("probation", DEFAULT_PROBATION)),
+            lldp_interval=float(discovery.get("lldp_interval", DEFAULT_LLDP_INTERVAL)),
+            packet_in_limit=(
+                limits.get("packet_in_rate", PACKET_IN_RATE),
+                limits.get("packet_in_burst", PACKET_IN_BURST),
+            ),
+            apps=parsed,
+        )
 
     @staticmethod
     def _check_discovery(config: Config) -> None:
         section = config.section("discovery") or {}
-        if section.get("lldp_interval", 5.0) <= section.get("probation", 1.0):
+        if section.get("lldp_interval", DEFAULT_LLDP_INTERVAL) <= section.get(
+            "probation", DEFAULT_PROBATION
+        ):
             raise config.error(("discovery", "lldp_interval"), "must be longer than probation")
 
     def configure(self, config: Config, now: float) -> Outbox:
-        """Check the whole config, then apply it; on error the running config stays in force.
+        """Parse the whole config, then apply it (see `apply`).
 
-        The resulting changes go to each switch atomically: in a bundle where it takes them.
+        Raises:
+            ConfigError: the config is not usable; nothing changed.
+            ApplyError: applying failed and was rolled back; nothing changed.
         """
-        self.check_config(config)
-        self.config = config
-        section = config.section("discovery") or {}
-        self.discovery.probation = float(section.get("probation", self.discovery.probation))
-        self.discovery.interval = float(section.get("lldp_interval", self.discovery.interval))
-        limits = config.section("controller") or {}
-        self.packet_in_limit = (
-            limits.get("packet_in_rate", PACKET_IN_RATE),
-            limits.get("packet_in_burst", PACKET_IN_BURST),
-        )
-        self._limit_packet_ins(self.topology.switches())
-        for app in self.apps:
-            if app.config_section:
-                app.configure(config.section(app.config_section), now)
+        return self.apply(self.parse(config), now)
+
+    def apply(self, settings: Settings, now: float) -> Outbox:
+        """Put a parsed config in force: all of it, or (if an app fails) none of it.
+
+        Every app's `configure` runs inside one desired-state transaction. If one raises, the
+        desired state is rolled back, every app is given its previous settings again, and
+        nothing is sent. Otherwise the difference goes to each switch atomically: in a bundle
+        where it takes them. Returns the messages to send, per dpid.
+
+        Raises:
+            ApplyError: an app failed while applying (a bug: its traceback is logged and it is
+                counted in `osken_app_errors_total`); the running config stays in force.
+        """
+        previous = self.settings
+        queued = {dpid: len(msgs) for dpid, msgs in self._out.items()}
+        try:
+            with self.desired.transaction():
+                self._apply_core(settings)
+                for app in self.apps:
+                    self._configure_app(app, settings.apps[app.name], now)
+        except _AppFailed as failed:
+            for dpid in list(self._out):  # packet-outs the failed apply queued
+                del self._out[dpid][queued.get(dpid, 0) :]
+            self._apply_core(previous)
+            for app in self.apps:
+                try:
+                    self._configure_app(app, previous.apps.get(app.name), now)
+                except _AppFailed:
+                    LOG.error("app %s could not take its previous settings back", app.name)
+            raise ApplyError(failed.app, failed.exc) from None
+        self.settings = settings
+        self.config = settings.config
         self._atomic = True
         try:
             return self._finish(now)
         finally:
             self._atomic = False
 
-    def reload(self, config_loader, now: float) -> Outbox:
-        """SIGHUP or a changed file: load, check everything, apply atomically or not at all."""
+    def _apply_core(self, settings: Settings) -> None:
+        self.discovery.probation = settings.probation
+        self.discovery.interval = settings.lldp_interval
+        self.packet_in_limit = settings.packet_in_limit
+        self._limit_packet_ins(self.topology.switches())
+
+    def _configure_app(self, app: SuiteApp, settings: Any, now: float) -> None:
         try:
-            config = config_loader()
-            out = self.configure(config, now)
-        except ConfigError as exc:
+            app.configure(settings, now)
+        except Exception as exc:
+            self.report_failure(app, "configure", exc)
+            raise _AppFailed(app.name, exc) from exc
+
+    def reload(self, config_loader: Callable[[], Config], now: float) -> Outbox:
+        """SIGHUP or a changed file: load, parse everything, apply atomically or not at all.
+
+        Never raises: a rejected config is logged (file, line, field) and counted in
+        `osken_config_reloads_total{result="rejected"}`; the running config stays in force.
+        """
+        try:
+            config = self.candidate = config_loader()
+            out = self.apply(self.parse(config), now)
+        except (ConfigError, ApplyError) as exc:
             self.metrics.config_reloads.labels("rejected").inc()
             LOG.error("config reload rejected, the running config stays in force: %s", exc)
+            return {}
+        except Exception as exc:  # a bug in reading the config: still nothing changes
+            self.report_failure("core", "reload", exc)
+            self.metrics.config_reloads.labels("rejected").inc()
+            LOG.error("config reload rejected, the running config stays in force: %r", exc)
             return {}
         self.metrics.config_reloads.labels("applied").inc()
         LOG.info("config reloaded from %s", config.path)
         return out
+
+    # --- failure isolation ---------------------------------------------------------------------
+
+    def report_failure(self, app: SuiteApp | str, hook: str, exc: Exception) -> None:
+        """An exception caught in `app`'s (or the core's, app="core") `hook`: count it in
+        `osken_app_errors_total{app,hook}` and log it: with its traceback the first time, then
+        one line at the 10th, 100th... time, so a failure per packet cannot flood the log."""
+        name = app if isinstance(app, str) else app.name
+        self.metrics.app_errors.labels(name, hook).inc()
+        frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        where = f"{frame[0].filename}:{frame[0].lineno}" if frame else "?"
+        key = (name, hook, type(exc).__name__, where)
+        count = self._failures[key] = self._failures.get(key, 0) + 1
+        if count == 1:
+            LOG.error(
+                "app %s failed in %s; it goes on with the next event", name, hook, exc_info=exc
+            )
+        elif math.log10(count).is_integer():  # the 10th, 100th, ... time: a line, no flood
+            LOG.error(
+                "app %s has failed in %s %d times: %s: %s at %s",
+                name,
+                hook,
+                count,
+                type(exc).__name__,
+                exc,
+                where,
+            )
+
+    def _each(self, hook: str, *args) -> None:
+        """Call `hook` on every app in turn; one app's failure hides the event from no other."""
+        for app in self.apps:
+            try:
+                getattr(app, hook)(*args)
+            except Exception as exc:
+                self.report_failure(app, hook, exc)
 
     # --- switch lifecycle ----------------------------------------------------------------------
 
@@ -234,7 +380,10 @@ class Core:
             return {}
         if not more:
             del self._stats_waiters[xid]
-        app.on_flow_stats(dpid, list(stats), more, now)
+        try:
+            app.on_flow_stats(dpid, list(stats), more, now)
+        except Exception as exc:
+            self.report_failure(app, "on_flow_stats", exc)
         return self._finish(now)
 
     def groups_reply(
@@ -281,8 +430,7 @@ class Core:
             len(conn.groups),
             len(conn.meters),
         )
-        for app in self.apps:
-            app.on_switch_synced(dpid, list(conn.flows.values()), now)
+        self._each("on_switch_synced", dpid, list(conn.flows.values()), now)
         # Without the LLDP trap and table-miss entries discovery cannot work: add what is missing,
         # touch nothing else until the switch is ready.
         keys = [f.key for f in self._core_flows(dpid)]
@@ -383,8 +531,7 @@ class Core:
                 LOG.info("link found: switch %016x port %d", dpid, in_port)
             return self._finish(now)
         pkt = PacketIn(dpid, in_port, table_id, cookie, data, eth_dst, eth_src, eth_type)
-        for app in self.apps:
-            app.on_packet_in(pkt, now)
+        self._each("on_packet_in", pkt, now)
         return self._finish(now)
 
     def flow_removed(self, dpid: int, removed: Flow, reason: int, now: float) -> Outbox:
@@ -393,8 +540,7 @@ class Core:
             return {}
         if conn.flows.get(removed.key) is not None:
             del conn.flows[removed.key]
-        for app in self.apps:
-            app.on_flow_removed(dpid, removed, reason, now)
+        self._each("on_flow_removed", dpid, removed, reason, now)
         return self._finish(now)
 
     def error(self, dpid: int, err_type: int, code: int, now: float, xid: int = 0) -> Outbox:
@@ -434,8 +580,7 @@ class Core:
                 conn.phase = "ready"
             self._notify_topology(now)
             for conn in settling:
-                for app in self.apps:
-                    app.on_switch_ready(conn.dpid, now)
+                self._each("on_switch_ready", conn.dpid, now)
             for conn in settling:
                 self._reconcile(conn, "connect")
         for conn in self.conns.values():
@@ -444,8 +589,7 @@ class Core:
                 conn.flows = {}
                 conn.numbered = {kind: {} for kind in conn.numbered}
                 self._read(conn, ("flows", "groups", "meters"))
-        for app in self.apps:
-            app.tick(now)
+        self._each("tick", now)
         self._update_gauges()
         return self._finish(now)
 
@@ -459,8 +603,7 @@ class Core:
         if self.topology.version != self._topology_version:
             self._topology_version = self.topology.version
             self._mark_fabric_ports()
-            for app in self.apps:
-                app.on_topology_change(now)
+            self._each("on_topology_change", now)
 
     def _mark_fabric_ports(self) -> None:
         """Packets from another switch carry FROM_FABRIC, so ingress-only stages can skip them."""
@@ -515,11 +658,8 @@ class Core:
             m.set_flow_counts(dpid, counts, self.pipeline.n_tables)
 
     def shutdown(self) -> None:
-        for app in self.apps:
-            try:
-                app.shutdown()
-            except Exception:  # stopping must not fail half-way because of one app
-                LOG.exception("app %s failed to shut down cleanly", app.name)
+        """The controller is stopping: every app undoes what lives outside OpenFlow."""
+        self._each("shutdown")
 
     # --- introspection, for tests and the report -----------------------------------------------
 

@@ -4,18 +4,25 @@ An owner is any hashable name an app picks ("l2/host/00:00:00:00:00:01", "core/p
 replaces that owner's whole contribution and marks only the keys that really changed as dirty; the
 core then diffs just those keys against the switch. Two owners asking for the same entry with
 different contents is a bug in an app: the first owner keeps it and the conflict is reported.
+
+A config reload changes the desired state inside `transaction()`: every store it changes is
+journalled, so a reload that fails half-way is rolled back to exactly what was there before,
+at the cost of the entries it touched, not of the whole state.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from typing import Any
 
 from controller.flows import Flow, FlowKey, Group, Meter
 
 LOG = logging.getLogger("osken_suite.desired")
 NUMBERED = ("group", "meter")
+_ABSENT = object()
 
 
 class DesiredState:
@@ -30,6 +37,42 @@ class DesiredState:
         self._numbered_by_owner: dict[str, dict] = {k: {} for k in NUMBERED}
         self.dirty_numbered = {k: defaultdict(set) for k in NUMBERED}
         self.conflicts = 0
+        self._journal: list[tuple[MutableMapping, Any, Any]] | None = None
+
+    # --- transactions --------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Changes made inside stay only if the block ends normally; an exception rolls every
+        store back to what it held on entry (then propagates). Not reentrant.
+
+        Keys left dirty by a rolled-back change are harmless: diffing them finds nothing.
+        """
+        if self._journal is not None:
+            raise RuntimeError("DesiredState.transaction is not reentrant")
+        self._journal = []
+        try:
+            yield
+        except BaseException:
+            for store, key, old in reversed(self._journal):
+                if old is _ABSENT:
+                    store.pop(key, None)
+                else:
+                    store[key] = old
+            raise
+        finally:
+            self._journal = None
+
+    def _set(self, store: MutableMapping, key, value) -> None:
+        if self._journal is not None:
+            self._journal.append((store, key, store.get(key, _ABSENT)))
+        store[key] = value
+
+    def _del(self, store: MutableMapping, key) -> None:
+        if key in store:
+            if self._journal is not None:
+                self._journal.append((store, key, store[key]))
+            del store[key]
 
     # --- flows ---------------------------------------------------------------------------------
 
@@ -40,9 +83,9 @@ class DesiredState:
         for dpid in old.keys() | new.keys():
             self._replace_flows(owner, dpid, old.get(dpid, {}), new.get(dpid, {}))
         if any(new.values()):
-            self._flows_by_owner[owner] = {d: t for d, t in new.items() if t}
+            self._set(self._flows_by_owner, owner, {d: t for d, t in new.items() if t})
         else:
-            self._flows_by_owner.pop(owner, None)
+            self._del(self._flows_by_owner, owner)
 
     def drop(self, owner: Hashable) -> None:
         self.put(owner, {})
@@ -61,16 +104,17 @@ class DesiredState:
         table = self.flows[dpid]
         for key in old.keys() - new.keys():
             if self._flow_owner.get((dpid, key)) == owner:
-                del self._flow_owner[(dpid, key)]
-                del table[key]
+                self._del(self._flow_owner, (dpid, key))
+                self._del(table, key)
                 self.dirty_flows[dpid].add(key)
         for key, f in new.items():
             holder = self._flow_owner.get((dpid, key))
             if holder is None or holder == owner:
                 if table.get(key) != f:
-                    table[key] = f
+                    self._set(table, key, f)
                     self.dirty_flows[dpid].add(key)
-                self._flow_owner[(dpid, key)] = owner
+                if holder is None:
+                    self._set(self._flow_owner, (dpid, key), owner)
             elif table[key] != f:
                 self.conflicts += 1
                 LOG.error(
@@ -101,8 +145,8 @@ class DesiredState:
             table = store[dpid]
             for num in old.get(dpid, {}).keys() - new.get(dpid, {}).keys():
                 if holders.get((dpid, num)) == owner:
-                    del holders[(dpid, num)]
-                    del table[num]
+                    self._del(holders, (dpid, num))
+                    self._del(table, num)
                     dirty[dpid].add(num)
             for num, obj in new.get(dpid, {}).items():
                 holder = holders.get((dpid, num))
@@ -111,13 +155,14 @@ class DesiredState:
                     LOG.error("dpid %s: %r and %r both want %s %d", dpid, holder, owner, kind, num)
                     continue
                 if table.get(num) != obj:
-                    table[num] = obj
+                    self._set(table, num, obj)
                     dirty[dpid].add(num)
-                holders[(dpid, num)] = owner
+                if holder is None:
+                    self._set(holders, (dpid, num), owner)
         if any(new.values()):
-            by_owner[owner] = {d: t for d, t in new.items() if t}
+            self._set(by_owner, owner, {d: t for d, t in new.items() if t})
         else:
-            by_owner.pop(owner, None)
+            self._del(by_owner, owner)
 
     # --- queries -------------------------------------------------------------------------------
 

@@ -1,10 +1,30 @@
-"""Prometheus metrics for the controller (one registry per controller, so tests stay isolated)."""
+"""Prometheus metrics for the controller (one registry per controller, so tests stay isolated).
+
+The same HTTP port serves `/metrics` and any other path a part of the controller routes to it
+(`Metrics.route`), such as the liveness check `/livez`.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+
+Handler = Callable[[], tuple[int, str]]  # () -> (HTTP status, plain text body)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args) -> None:
+        """Scrapes are not news: no line per request."""
+
 
 LOG = logging.getLogger("osken_suite.metrics")
 
@@ -33,7 +53,15 @@ class Metrics:
         self.reconciles = Counter(
             "osken_reconciles", "Full table reconciliations with a switch", ["dpid"], registry=r
         )
+        self.app_errors = Counter(
+            "osken_app_errors",
+            "Exceptions raised by an app's hook (caught: the other apps still get the event)",
+            ["app", "hook"],
+            registry=r,
+        )
         self._sent: dict[tuple[int, type], object] = {}
+        self._routes: dict[str, Handler] = {}
+        self._metrics_app = make_wsgi_app(self.registry)
         self.config_reloads = Counter(
             "osken_config_reloads", "Config reloads", ["result"], registry=r
         )
@@ -46,16 +74,33 @@ class Metrics:
         """A counter of an app's, in this controller's registry."""
         return Counter(name, doc, list(labels), registry=self.registry)
 
+    def route(self, path: str, handler: Handler) -> None:
+        """Serve `handler`'s answer at `path` (e.g. "/livez") beside /metrics."""
+        self._routes[path] = handler
+
+    def wsgi(self, environ: dict, start_response: Callable) -> list[bytes]:
+        """The WSGI application: routed paths, then /metrics (prometheus_client) for the rest."""
+        handler = self._routes.get(environ.get("PATH_INFO", ""))
+        if handler is None:
+            return self._metrics_app(environ, start_response)
+        status, text = handler()
+        reason = {200: "OK", 503: "Service Unavailable"}.get(status, "")
+        start_response(f"{status} {reason}", [("Content-Type", "text/plain; charset=utf-8")])
+        return [text.encode()]
+
     def serve(self, port: int, host: str = "127.0.0.1") -> bool:
-        """Expose /metrics over HTTP; a busy port is logged, never fatal."""
+        """Serve over HTTP in a thread of its own; a busy port is logged, never fatal."""
         try:
-            start_http_server(port, addr=host, registry=self.registry)
+            server = make_server(
+                host, port, self.wsgi, server_class=_Server, handler_class=_QuietHandler
+            )
         except OSError as exc:
             LOG.warning(
                 "metrics: cannot listen on %s:%d (%s); continuing without them", host, port, exc
             )
             return False
-        LOG.info("metrics: http://%s:%d/metrics", host, port)
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+        LOG.info("http://%s:%d serves /metrics %s", host, port, " ".join(sorted(self._routes)))
         return True
 
     def count_sent(self, dpid: int, msgs: list) -> None:

@@ -3,14 +3,23 @@
 `CoreApp` is an os-ken context shared by every suite app, so however many apps are loaded there is
 one core, one topology and one connection per switch. Each app file defines a `SuiteOSKenApp`
 subclass naming its plain-Python `SuiteApp`; that is all os-ken sees of it.
+
+Failure policy: no exception leaves a handler. Under os-ken's native hub, `hub.TaskExit` is
+`Exception` itself, so any exception a handler raised ended the app's event loop for good,
+silently (the process stayed up, its port still accepted connections, and nothing was handled
+again). Every handler here is `guarded`: an exception is logged, counted
+(`osken_app_errors_total{app="core",hook=...}`) and the loop goes on. `GET /livez` on the metrics
+port answers 503 when the loop has not turned for `LIVENESS_TIMEOUT` seconds.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from os_ken.base import app_manager
@@ -19,8 +28,8 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from controller.config import Config, load_config
-from controller.core import Core
+from controller.config import Config, ConfigError, load_config
+from controller.core import ApplyError, Core
 from controller.flows import flow_from_stats, group_from_desc, meter_from_config
 from controller.metrics import Metrics
 from controller.switch import FlowStat, PortInfo
@@ -28,6 +37,7 @@ from controller.switch import FlowStat, PortInfo
 LOG = logging.getLogger("osken_suite.shim")
 TICK_SECONDS = 0.5
 CONFIG_POLL_SECONDS = 1.0
+LIVENESS_TIMEOUT = 5.0  # seconds without a tick handled: the event loop is not turning
 
 
 @dataclass
@@ -56,6 +66,19 @@ def port_info(p) -> PortInfo:
     return PortInfo(p.port_no, name.rstrip("\x00"), p.hw_addr, live)
 
 
+def guarded(handler: Callable) -> Callable:
+    """Wrap an event handler so that no exception leaves it (see the module's failure policy)."""
+
+    @functools.wraps(handler)
+    def run(self: CoreApp, ev) -> None:
+        try:
+            handler(self, ev)
+        except Exception as exc:
+            self.core.report_failure("core", handler.__name__.lstrip("_"), exc)
+
+    return run
+
+
 class CoreApp(app_manager.OSKenApp):
     OFP_VERSIONS = [ofp.OFP_VERSION]
     instance: CoreApp | None = None
@@ -67,13 +90,18 @@ class CoreApp(app_manager.OSKenApp):
         self.datapaths: dict[int, object] = {}
         self._config_mtimes: dict[str, int] = {}
         self._next_config_poll = 0.0
+        self._last_turn = time.monotonic()  # when the event loop last handled a tick
+        self.metrics.route("/livez", self.liveness)
         CoreApp.instance = self
 
     def start(self):
         thread = super().start()
         if RUNTIME.prometheus_port:
             self.metrics.serve(RUNTIME.prometheus_port, RUNTIME.prometheus_host)
-        self._send(self.core.configure(RUNTIME.config or Config(), time.time()))
+        try:
+            self._send(self.core.configure(RUNTIME.config or Config(), time.time()))
+        except (ConfigError, ApplyError) as exc:  # checked by osken-manager already: a bug
+            LOG.error("the config could not be applied; running without it: %s", exc)
         self._config_mtimes = self._watched()
         gc.freeze()
         hub.spawn(self._ticker)
@@ -81,6 +109,13 @@ class CoreApp(app_manager.OSKenApp):
 
     def add(self, app_cls) -> None:
         self.core.add_app(app_cls)
+
+    def liveness(self) -> tuple[int, str]:
+        """(HTTP status, text) for /livez: 200 while the event loop turns, else 503."""
+        idle = time.monotonic() - self._last_turn
+        if idle > LIVENESS_TIMEOUT:
+            return 503, f"event loop stalled: no tick handled for {idle:.1f} s\n"
+        return 200, f"ok: last tick handled {idle:.1f} s ago\n"
 
     def request_reload(self) -> None:
         """Safe from a signal handler: the reload runs in the core's event loop."""
@@ -108,8 +143,9 @@ class CoreApp(app_manager.OSKenApp):
     def _watched(self) -> dict[str, int]:
         """Modification times of every file the config in force depends on (-1: missing)."""
         paths = set(self.core.config.files())
-        if RUNTIME.config is not None:
-            paths.update(RUNTIME.config.files())
+        for config in (RUNTIME.config, self.core.candidate):  # a rejected one's files too, so
+            if config is not None:  # fixing a file it added reloads it
+                paths.update(config.files())
         out = {}
         for path in sorted(paths):
             try:
@@ -130,11 +166,14 @@ class CoreApp(app_manager.OSKenApp):
         gc.freeze()
 
     @set_ev_cls(EventReload)
+    @guarded
     def _on_reload(self, ev) -> None:
         self._reload("SIGHUP")
 
     @set_ev_cls(EventTick)
+    @guarded
     def _on_tick(self, ev) -> None:
+        self._last_turn = time.monotonic()
         now = time.time()
         self._send(self.core.tick(now))
         if now >= self._next_config_poll and self._config_mtimes:
@@ -145,6 +184,7 @@ class CoreApp(app_manager.OSKenApp):
     # --- OpenFlow events -----------------------------------------------------------------------
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    @guarded
     def _on_state(self, ev) -> None:
         dp = ev.datapath
         if dp.id is None:
@@ -161,6 +201,7 @@ class CoreApp(app_manager.OSKenApp):
         return bool(msg.flags & ofp.OFPMPF_REPLY_MORE)
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    @guarded
     def _on_ports(self, ev) -> None:
         msg = ev.msg
         ports = [port_info(p) for p in msg.body]
@@ -169,6 +210,7 @@ class CoreApp(app_manager.OSKenApp):
         )
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    @guarded
     def _on_flows(self, ev) -> None:
         msg = ev.msg
         stats = [FlowStat(None, s.packet_count, s.byte_count, raw=s) for s in msg.body]
@@ -177,6 +219,7 @@ class CoreApp(app_manager.OSKenApp):
         )
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    @guarded
     def _on_groups(self, ev) -> None:
         msg = ev.msg
         groups = [group_from_desc(d) for d in msg.body]
@@ -185,6 +228,7 @@ class CoreApp(app_manager.OSKenApp):
         )
 
     @set_ev_cls(ofp_event.EventOFPMeterConfigStatsReply, MAIN_DISPATCHER)
+    @guarded
     def _on_meters(self, ev) -> None:
         msg = ev.msg
         meters = [meter_from_config(c) for c in msg.body]
@@ -193,6 +237,7 @@ class CoreApp(app_manager.OSKenApp):
         )
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    @guarded
     def _on_port_status(self, ev) -> None:
         msg = ev.msg
         self._send(
@@ -200,6 +245,7 @@ class CoreApp(app_manager.OSKenApp):
         )
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    @guarded
     def _on_packet_in(self, ev) -> None:
         msg = ev.msg
         self._send(
@@ -214,6 +260,7 @@ class CoreApp(app_manager.OSKenApp):
         )
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    @guarded
     def _on_flow_removed(self, ev) -> None:
         msg = ev.msg
         self._send(
@@ -221,6 +268,7 @@ class CoreApp(app_manager.OSKenApp):
         )
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, MAIN_DISPATCHER)
+    @guarded
     def _on_error(self, ev) -> None:
         msg = ev.msg
         self._send(self.core.error(msg.datapath.id, msg.type, msg.code, time.time(), msg.xid))

@@ -36,6 +36,7 @@ from controller.pipeline import FROM_FABRIC
 
 COOKIE = 0x03 << 56
 RULE_TOP, RULE_BOTTOM, SPACING = 60000, 1000, 16
+MAX_RULES = RULE_TOP - RULE_BOTTOM  # each rule needs a priority of its own
 CT_PRIORITY = 63000  # send untracked IP packets through conntrack (stateful mode)
 CT_INVALID, CT_ESTABLISHED, CT_RELATED = 62002, 62001, 62000
 BLOCKED_PRIORITY = 64000  # blocked sources go first, before conntrack and every rule
@@ -93,7 +94,7 @@ def assign_priorities(keys: Sequence[Hashable], old: dict[Hashable, int]) -> dic
 
 
 def _renumber(keys: Sequence[Hashable]) -> dict[Hashable, int]:
-    spacing = min(SPACING, (RULE_TOP - RULE_BOTTOM) // max(len(keys), 1))
+    spacing = min(SPACING, MAX_RULES // max(len(keys), 1))
     if spacing < 1:
         raise ValueError(f"{len(keys)} rules do not fit in the firewall's priority range")
     return {k: RULE_TOP - i * spacing for i, k in enumerate(keys)}

@@ -261,8 +261,7 @@ def test_httproute_weights_are_relative_and_default_to_one(tmp_path):
     core = Core()
     app = core.add_app(Canary)
     config = load_config(str(cfg))
-    app.check_config(config.section("services"), config)
-    s = app._checked.services[0]
+    s = app.parse_config(config.section("services"), config).services[0]
     assert s.routes[0].split == (("v1-a:80", 1), ("v2-a:80", 3), ("v1-b:80", 0))
 
 
@@ -298,7 +297,7 @@ def test_bad_services_are_refused_and_located(tmp_path, config, where, message):
     core = Core()
     core.add_app(Canary)
     with pytest.raises(ConfigError) as err:
-        core.check_config(load_config(str(cfg)))
+        core.parse(load_config(str(cfg)))
     assert err.value.where == where and message in str(err.value)
 
 
@@ -316,7 +315,7 @@ def test_an_undefined_subset_is_refused_with_its_line(tmp_path):
     core = Core()
     core.add_app(Canary)
     with pytest.raises(ConfigError) as err:
-        core.check_config(load_config(str(cfg)))
+        core.parse(load_config(str(cfg)))
     assert err.value.line == 7 and "subset 'v9'" in str(err.value)
 
 
@@ -367,7 +366,7 @@ def test_every_seed_routing_file_loads_and_says_what_it_cannot_enforce(tmp_path,
     cfg.write_text(ENDPOINTS + textwrap.dedent(config))
     core = Core()
     core.add_app(Canary)
-    core.check_config(load_config(str(cfg)))
+    core.parse(load_config(str(cfg)))
     text = caplog.text
     assert "gateway-api.yml" in text and "spec.rules.0.matches.0.headers" in text
     assert "istio-configuration.yml" in text and "spec.http.0.match.0.headers" in text

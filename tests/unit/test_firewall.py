@@ -272,7 +272,7 @@ def test_errors_name_file_line_and_field(tmp_path, text, where):
     core = Core()
     core.add_app(Firewall)
     with pytest.raises(ConfigError) as info:
-        core.check_config(load_config(str(cfg)))
+        core.parse(load_config(str(cfg)))
     assert re.search(where, str(info.value)), str(info.value)
 
 
@@ -283,10 +283,10 @@ def test_rules_file_errors_name_that_file(tmp_path):
     core = Core()
     core.add_app(Firewall)
     with pytest.raises(ConfigError, match=r"rules.json:2: rules\[0\].port: ports need"):
-        core.check_config(load_config(str(cfg)))
+        core.parse(load_config(str(cfg)))
     (tmp_path / "rules.json").write_text('{"rules": [\n  {"action": "allow",}\n]}\n')
     with pytest.raises(ConfigError, match=r"rules.json:2: JSON syntax error"):
-        core.check_config(load_config(str(cfg)))
+        core.parse(load_config(str(cfg)))
 
 
 def test_schedule_opens_and_closes_on_time(tmp_path):

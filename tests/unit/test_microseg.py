@@ -470,7 +470,7 @@ def load_and_check(cfg):
     core = Core()
     core.add_app(L2Learning)
     core.add_app(Microseg)
-    core.check_config(load_config(str(cfg)))
+    core.parse(load_config(str(cfg)))
 
 
 def test_cilium_fields_beyond_l4_are_named(tmp_path):

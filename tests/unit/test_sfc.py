@@ -127,7 +127,7 @@ def test_bad_chains_are_refused_and_located(tmp_path, chains, message):
     core = Core()
     core.add_app(ServiceChains)
     with pytest.raises(ConfigError) as err:
-        core.check_config(load_config(str(cfg)))
+        core.parse(load_config(str(cfg)))
     assert message in str(err.value) and err.value.line is not None
 
 
