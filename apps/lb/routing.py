@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 
+from apps.lb import schemas
 from controller.config import ConfigError, Document
 
 LOG = logging.getLogger("osken_suite.canary")
@@ -385,9 +386,9 @@ def _httproute(doc: Document, meta: dict, spec: dict) -> HTTPRoute:
 
 
 _KINDS = {
-    (ISTIO_GROUP, "VirtualService"): _virtual_service,
-    (ISTIO_GROUP, "DestinationRule"): _destination_rule,
-    (GATEWAY_GROUP, "HTTPRoute"): _httproute,
+    (ISTIO_GROUP, "VirtualService"): (_virtual_service, schemas.VIRTUAL_SERVICE),
+    (ISTIO_GROUP, "DestinationRule"): (_destination_rule, schemas.DESTINATION_RULE),
+    (GATEWAY_GROUP, "HTTPRoute"): (_httproute, schemas.HTTP_ROUTE),
 }
 
 
@@ -397,10 +398,12 @@ def parse_routing(doc: Document) -> RoutingDoc | None:
     if not isinstance(data, dict):
         raise doc.error((), "a routing document must be a mapping")
     api, kind = str(data.get("apiVersion", "")), data.get("kind")
-    parse = next((f for (g, k), f in _KINDS.items() if api.startswith(g) and kind == k), None)
-    if parse is None:
+    found = next((f for (g, k), f in _KINDS.items() if api.startswith(g) and kind == k), None)
+    if found is None:
         LOG.info("%s: %s %s is not a routing document; skipped", doc.path, api, kind)
         return None
+    parse, schema = found
+    doc.validate(schema)
     meta = _mapping(doc, data.get("metadata"), ("metadata",))
     if not meta.get("name"):
         raise doc.error(("metadata",), "metadata.name is required")

@@ -1,0 +1,241 @@
+"""JSON Schemas of the routing documents users bring: the shapes their APIs define.
+
+Each document is checked against its kind's schema before it is read, so a value of the wrong
+type (a path written as a string, a port written as a name) is refused with file, line and field
+instead of failing half-way through. The schemas give types only: which fields the switch can
+honour is decided afterwards (apps/lb/routing.py), so an L7 field of the right shape is still
+rejected by name, and unknown fields are still reported by the reader at their place.
+
+Sources: Istio's networking/v1 API reference (VirtualService, DestinationRule), and the Gateway
+API v1 reference (HTTPRoute: PortNumber is an integer 1-65535, matches are objects; weight ranges
+are checked by the reader). Kubernetes' map[string]string labels accept numbers and booleans
+here, as the config's `endpoints` do, and are read as strings.
+"""
+
+from __future__ import annotations
+
+_STRING = {"type": "string"}
+_STRINGS = {"type": "array", "items": _STRING}
+_OBJECT = {"type": "object"}
+_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+_LABELS = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+_STRING_MATCH = {
+    "type": "object",
+    "properties": {"exact": _STRING, "prefix": _STRING, "regex": _STRING},
+}
+_STRING_MATCHES = {"type": "object", "additionalProperties": _STRING_MATCH}
+_METADATA = {
+    "type": "object",
+    "properties": {
+        "name": _STRING,
+        "namespace": _STRING,
+        "labels": _LABELS,
+        "annotations": _LABELS,
+    },
+}
+
+# --- Istio networking.istio.io ---------------------------------------------------------------
+
+_ISTIO_DESTINATION = {
+    "type": "object",
+    "properties": {
+        "host": _STRING,
+        "subset": _STRING,
+        "port": {"type": "object", "properties": {"number": _PORT}},
+    },
+}
+_ISTIO_ROUTE = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "destination": _ISTIO_DESTINATION,
+            "weight": {"type": "integer"},
+            "headers": _OBJECT,
+        },
+    },
+}
+_ISTIO_HTTP_MATCH = {
+    "type": "object",
+    "properties": {
+        "name": _STRING,
+        "uri": _STRING_MATCH,
+        "scheme": _STRING_MATCH,
+        "method": _STRING_MATCH,
+        "authority": _STRING_MATCH,
+        "headers": _STRING_MATCHES,
+        "withoutHeaders": _STRING_MATCHES,
+        "queryParams": _STRING_MATCHES,
+        "ignoreUriCase": {"type": "boolean"},
+        "port": _PORT,
+        "sourceLabels": _LABELS,
+        "sourceNamespace": _STRING,
+        "gateways": _STRINGS,
+        "statPrefix": _STRING,
+    },
+}
+_ISTIO_L4_MATCH = {
+    "type": "object",
+    "properties": {
+        "destinationSubnets": _STRINGS,
+        "port": _PORT,
+        "sourceLabels": _LABELS,
+        "sourceNamespace": _STRING,
+        "sourceSubnet": _STRING,
+        "gateways": _STRINGS,
+    },
+}
+
+
+def _istio_rules(match: dict) -> dict:
+    return {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "name": _STRING,
+                "match": {"type": "array", "items": match},
+                "route": _ISTIO_ROUTE,
+                "timeout": _STRING,
+            },
+        },
+    }
+
+
+VIRTUAL_SERVICE = {
+    "type": "object",
+    "properties": {
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "properties": {
+                "hosts": _STRINGS,
+                "gateways": _STRINGS,
+                "exportTo": _STRINGS,
+                "http": _istio_rules(_ISTIO_HTTP_MATCH),
+                "tcp": _istio_rules(_ISTIO_L4_MATCH),
+                "tls": _istio_rules(_ISTIO_L4_MATCH),
+            },
+        },
+    },
+}
+
+DESTINATION_RULE = {
+    "type": "object",
+    "properties": {
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "properties": {
+                "host": _STRING,
+                "trafficPolicy": _OBJECT,
+                "exportTo": _STRINGS,
+                "workloadSelector": _OBJECT,
+                "subsets": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": _STRING,
+                            "labels": _LABELS,
+                            "trafficPolicy": _OBJECT,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+# --- Gateway API gateway.networking.k8s.io -----------------------------------------------------
+
+_NAME_VALUE_MATCH = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name", "value"],
+        "properties": {
+            "type": {"enum": ["Exact", "RegularExpression"]},
+            "name": _STRING,
+            "value": _STRING,
+        },
+    },
+}
+_FILTERS = {"type": "array", "items": {"type": "object", "properties": {"type": _STRING}}}
+
+HTTP_ROUTE = {
+    "type": "object",
+    "properties": {
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "properties": {
+                "parentRefs": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "group": _STRING,
+                            "kind": _STRING,
+                            "namespace": _STRING,
+                            "name": _STRING,
+                            "sectionName": _STRING,
+                            "port": _PORT,
+                        },
+                    },
+                },
+                "hostnames": _STRINGS,
+                "rules": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": _STRING,
+                            "matches": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "path": {
+                                            "type": "object",
+                                            "properties": {
+                                                "type": {
+                                                    "enum": [
+                                                        "Exact",
+                                                        "PathPrefix",
+                                                        "RegularExpression",
+                                                    ]
+                                                },
+                                                "value": _STRING,
+                                            },
+                                        },
+                                        "headers": _NAME_VALUE_MATCH,
+                                        "queryParams": _NAME_VALUE_MATCH,
+                                        "method": _STRING,
+                                    },
+                                },
+                            },
+                            "filters": _FILTERS,
+                            "backendRefs": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "group": _STRING,
+                                        "kind": _STRING,
+                                        "name": _STRING,
+                                        "namespace": _STRING,
+                                        "port": _PORT,
+                                        "weight": {"type": "integer"},
+                                        "filters": _FILTERS,
+                                    },
+                                },
+                            },
+                            "timeouts": _OBJECT,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
