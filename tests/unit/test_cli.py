@@ -108,3 +108,19 @@ def test_reload_on_file_change_and_sighup_keeps_running_config_on_error(tmp_path
         assert ctl.wait_log(r"SIGHUP: reloading", timeout=10)
         assert ctl.wait_log(r"config reloaded from", count=2, timeout=10)
         assert ctl.proc.poll() is None
+
+
+def test_a_route_of_the_wrong_shape_at_start_is_one_line_and_exit_2(tmp_path):
+    """It was a traceback and exit 1 (issue 12, item 6)."""
+    (tmp_path / "route.yaml").write_text(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\n"
+        "spec:\n  rules:\n    - matches: [{path: /}]\n      backendRefs: [{name: web}]\n"
+    )
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("routing: [route.yaml]\n")
+    result = run("apps/canary.py", "--config", str(cfg), "--prometheus-port", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"osken-manager: bad config: {tmp_path}/route.yaml:6: spec.rules[0].matches[0].path: "
+        "'/' is not of type 'object'"
+    ]
