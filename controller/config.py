@@ -40,6 +40,18 @@ class _StrictLoader(_LOADER):  # type: ignore[misc, valid-type]
 
 
 _LABELS = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+# What every Kubernetes-style document shares (TypeMeta, ObjectMeta): checked before its kind is.
+OBJECT_HEADER = {
+    "type": "object",
+    "properties": {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
+        },
+    },
+}
 
 SCHEMAS: dict[str, dict] = {
     # Shared by the policy apps: the hosts and namespaces that policies speak about.
@@ -138,6 +150,15 @@ def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) 
             _line_map(item, path + (i,), lines, file)
 
 
+def _compose(text: str) -> yaml.Node | None:
+    """The node tree of a text already parsed as data, for its line numbers. JSON that libyaml
+    refuses (a surrogate pair escape, valid in JSON) goes to PyYAML's own, laxer, scanner."""
+    try:
+        return yaml.compose(text, Loader=_LOADER)
+    except yaml.YAMLError:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 def dotted(path) -> str:
     out = ""
     for part in path:
@@ -163,10 +184,9 @@ class Document:
     def lines(self) -> dict[tuple, int]:
         if self._lines is None:
             self._lines = {}
-            if self.text:
-                node = yaml.compose(self.text, Loader=_LOADER)
-                if node is not None:
-                    _line_map(node, (), self._lines, self.path or "<config>")
+            node = _compose(self.text) if self.text else None
+            if node is not None:
+                _line_map(node, (), self._lines, self.path or "<config>")
         return self._lines
 
     def line_of(self, where: tuple) -> int | None:
@@ -202,10 +222,18 @@ def _read(path: str) -> str:
         raise ConfigError(path, None, "", f"cannot read: {exc.strerror}") from None
 
 
-def _syntax_error(path: str, exc: yaml.YAMLError) -> ConfigError:
+def _syntax_error(path: str, text: str, exc: yaml.YAMLError) -> ConfigError:
+    """A located ConfigError for a YAML error: from its mark, or (a character the reader
+    refuses, such as a control character) from its position in the text."""
     mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    return ConfigError(path, mark.line + 1 if mark else None, "", f"syntax error: {problem}")
+    if mark is not None:
+        line = mark.line + 1
+    else:
+        line = text.count("\n", 0, getattr(exc, "position", 0)) + 1
+    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+    if not getattr(exc, "problem", None) and hasattr(exc, "character"):
+        problem = f"{problem} (character {exc.character!r})"
+    return ConfigError(path, line, "", f"syntax error: {problem}")
 
 
 def load_document(path: str, json_only: bool = False) -> Document:
@@ -222,22 +250,23 @@ def load_document(path: str, json_only: bool = False) -> Document:
         _ = Document(path, None, text).lines  # raises, naming the line and the field
         raise AssertionError("a duplicate key the line map did not find") from None
     except yaml.YAMLError as exc:
-        raise _syntax_error(path, exc) from None
+        raise _syntax_error(path, text, exc) from None
     return Document(path, data, text)
 
 
-def load_documents(path: str) -> list[Document]:
-    """Every non-empty document of a multi-document YAML file, each knowing its own lines.
+def load_documents(path: str, text: str | None = None) -> list[Document]:
+    """Every non-empty document of a multi-document YAML file (or of `text`, read from it),
+    each knowing its own lines.
 
     Policy files are small and their errors must point, so lines are mapped up front here
     (which also rejects duplicate keys).
     """
-    text = _read(path)
+    text = _read(path) if text is None else text
     try:
         datas = list(yaml.load_all(text, Loader=_LOADER))
         nodes = list(yaml.compose_all(text, Loader=_LOADER))
     except yaml.YAMLError as exc:
-        raise _syntax_error(path, exc) from None
+        raise _syntax_error(path, text, exc) from None
     docs = []
     for data, node in zip(datas, nodes, strict=True):
         if data is None:
@@ -248,19 +277,19 @@ def load_documents(path: str) -> list[Document]:
     return docs
 
 
-_PARSED: dict[tuple[str, Callable], tuple[tuple[int, int], list]] = {}
+_PARSED: dict[tuple[str, Callable], tuple[str, list]] = {}
 
 
 def parsed_documents(path: str, parse: Callable[[Document], Iterable]) -> list:
     """Everything `parse` makes of each YAML document in `path`, worked out again only when the
-    file changed: a reload that edits one file does not re-read the others."""
-    st = os.stat(path)
-    stamp = (st.st_mtime_ns, st.st_size)
+    file's text changed: a reload that edits one file does not parse the others again. (Text,
+    not modification time: two edits within the clock's tick, of the same size, still count.)"""
+    text = _read(path)
     cached = _PARSED.get((path, parse))
-    if cached is not None and cached[0] == stamp:
+    if cached is not None and cached[0] == text:
         return cached[1]
-    out = [item for doc in load_documents(path) for item in parse(doc)]
-    _PARSED[(path, parse)] = (stamp, out)
+    out = [item for doc in load_documents(path, text) for item in parse(doc)]
+    _PARSED[(path, parse)] = (text, out)
     return out
 
 

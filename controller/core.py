@@ -526,6 +526,8 @@ class Core:
             return {}
         conn.packet_ins.inc()
         eth_dst, eth_src, eth_type = parse_eth(data)
+        if not eth_src:  # shorter than an Ethernet header: nothing any app could read
+            return {}
         if eth_type == LLDP_ETHERTYPE:
             if self.discovery.heard(dpid, in_port, data, now):
                 LOG.info("link found: switch %016x port %d", dpid, in_port)

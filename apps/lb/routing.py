@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from apps.lb import schemas
-from controller.config import ConfigError, Document
+from controller.config import OBJECT_HEADER, ConfigError, Document
 
 LOG = logging.getLogger("osken_suite.canary")
 Network = ipaddress.IPv4Network
@@ -397,6 +397,7 @@ def parse_routing(doc: Document) -> RoutingDoc | None:
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error((), "a routing document must be a mapping")
+    doc.validate(OBJECT_HEADER)
     api, kind = str(data.get("apiVersion", "")), data.get("kind")
     found = next((f for (g, k), f in _KINDS.items() if api.startswith(g) and kind == k), None)
     if found is None:

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 
 from apps.ms.model import DEFAULT_NAMESPACE, Selector
-from controller.config import ConfigError, Document
+from controller.config import OBJECT_HEADER, ConfigError, Document
 
 LOG = logging.getLogger("osken_suite.microseg")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -290,6 +290,7 @@ def parse_policy(doc: Document) -> list[Policy]:
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error((), "a policy document must be a mapping")
+    doc.validate(OBJECT_HEADER)
     kind = data.get("kind")
     if kind not in KINDS:
         raise doc.error(
