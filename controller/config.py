@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,13 +151,26 @@ def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) 
             _line_map(item, path + (i,), lines, file)
 
 
+_NOT_YAML = re.compile("[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _compose(text: str) -> yaml.Node | None:
-    """The node tree of a text already parsed as data, for its line numbers. JSON that libyaml
-    refuses (a surrogate pair escape, valid in JSON) goes to PyYAML's own, laxer, scanner."""
-    try:
-        return yaml.compose(text, Loader=_LOADER)
-    except yaml.YAMLError:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+    """The node tree of a text already parsed as data, for its line numbers only.
+
+    Valid JSON is not always YAML that libyaml takes: a surrogate pair escape goes to PyYAML's
+    own scanner, characters YAML does not allow (DEL, C1 controls) are blanked first (lines stay
+    where they were). None if nothing composes it.
+    """
+    for loader, source in (
+        (_LOADER, text),
+        (yaml.SafeLoader, text),
+        (yaml.SafeLoader, _NOT_YAML.sub("?", text)),
+    ):
+        try:
+            return yaml.compose(source, Loader=loader)
+        except yaml.YAMLError:
+            continue
+    return None
 
 
 def dotted(path) -> str:

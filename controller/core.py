@@ -87,16 +87,11 @@ class Settings:
 
 
 class ApplyError(Exception):
-    """An app raised while a parsed config was being applied; everything was rolled back."""
+    """An app (or the core, app="core") raised while a parsed config was being applied."""
 
     def __init__(self, app: str, exc: Exception) -> None:
         self.app, self.exc = app, exc
         super().__init__(f"app {app} failed to apply it ({type(exc).__name__}: {exc})")
-
-
-class _AppFailed(Exception):
-    def __init__(self, app: str, exc: Exception) -> None:
-        self.app, self.exc = app, exc
 
 
 class Core:
@@ -227,16 +222,16 @@ class Core:
                 self._apply_core(settings)
                 for app in self.apps:
                     self._configure_app(app, settings.apps[app.name], now)
-        except _AppFailed as failed:
+        except ApplyError:
             for dpid in list(self._out):  # packet-outs the failed apply queued
                 del self._out[dpid][queued.get(dpid, 0) :]
             self._apply_core(previous)
             for app in self.apps:
                 try:
-                    self._configure_app(app, previous.apps.get(app.name), now)
-                except _AppFailed:
+                    self._configure_app(app, previous.apps[app.name], now)
+                except ApplyError:
                     LOG.error("app %s could not take its previous settings back", app.name)
-            raise ApplyError(failed.app, failed.exc) from None
+            raise
         self.settings = settings
         self.config = settings.config
         self._atomic = True
@@ -246,17 +241,21 @@ class Core:
             self._atomic = False
 
     def _apply_core(self, settings: Settings) -> None:
-        self.discovery.probation = settings.probation
-        self.discovery.interval = settings.lldp_interval
-        self.packet_in_limit = settings.packet_in_limit
-        self._limit_packet_ins(self.topology.switches())
+        try:
+            self.discovery.probation = settings.probation
+            self.discovery.interval = settings.lldp_interval
+            self.packet_in_limit = settings.packet_in_limit
+            self._limit_packet_ins(self.topology.switches())
+        except Exception as exc:
+            self.report_failure("core", "configure", exc)
+            raise ApplyError("core", exc) from exc
 
     def _configure_app(self, app: SuiteApp, settings: Any, now: float) -> None:
         try:
             app.configure(settings, now)
         except Exception as exc:
             self.report_failure(app, "configure", exc)
-            raise _AppFailed(app.name, exc) from exc
+            raise ApplyError(app.name, exc) from exc
 
     def reload(self, config_loader: Callable[[], Config], now: float) -> Outbox:
         """SIGHUP or a changed file: load, parse everything, apply atomically or not at all.

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import product
 
-from apps.chain.settings import MAX_HOPS, MAX_REPLICAS, Chain
+from apps.chain.settings import MAX_CHAINS, MAX_HOPS, MAX_REPLICAS, Chain
 from controller.flows import (
     Bucket,
     Flow,
@@ -44,7 +44,7 @@ GROUP_BASE = 0x0600_0000
 VLAN_PRESENT = 0x1000
 TAG_PRIORITY = 400  # a tagged frame on its way to a replica
 EXIT_PRIORITY = 300  # a frame leaving a replica (minus the chain's index)
-CLASS_PRIORITY = 200  # classification at the edge (minus the chain's index)
+CLASS_PRIORITY = 200  # classification at the edge (see class_priority)
 REPLICA_DROP = 100  # anything else leaving a replica
 ENTRY_PRIORITY = 250  # classify: replica ports and tagged frames skip the policy stages
 
@@ -63,6 +63,19 @@ def tag(chain: int, hop: int, replica: int, side: str) -> int:
     (1, 1920)
     """
     return 1 + (((chain * MAX_HOPS + hop) * MAX_REPLICAS + replica) * 2 + (side == "b"))
+
+
+def class_priority(chain: int, reverse: bool) -> int:
+    """Where a chain's classification sits: chains in config order, then every chain's replies.
+
+    A frame can be in both directions of a class (a client whose source port is a service
+    port, talking to another member): it is taken as forward, never left to the switch's
+    choice between equal priorities.
+
+    >>> class_priority(0, False), class_priority(14, False), class_priority(0, True)
+    (200, 186, 185)
+    """
+    return CLASS_PRIORITY - chain - (MAX_CHAINS if reverse else 0)
 
 
 def group_id(chain: int, hop: int, side: str) -> int:
@@ -158,7 +171,7 @@ class Compiler:
                 flows.append(
                     self._f(
                         self.table,
-                        CLASS_PRIORITY - index,
+                        class_priority(index, reverse),
                         edge,
                         apply(group_action(group_id(index, first, enter))),
                     )

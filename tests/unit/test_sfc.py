@@ -137,3 +137,19 @@ def test_every_app_sends_on_to_the_next_stage_so_the_chains_stage_is_never_skipp
     core = Core()
     ms = core.add_app(Microseg)
     assert ms.compiler.next == core.pipeline.table("chains")
+
+
+def test_a_frame_in_both_directions_of_a_class_is_forward_not_the_switchs_choice(tmp_path):
+    """Any client to the server's 80: a frame from the server's port 80 to another server's 80
+    is both a request and a reply. Equal priorities made the switch choose (found by fuzzing);
+    forward comes first."""
+    anyone = CHAIN.replace("    from_labels: {role: client}\n", "")
+    net, app, _ = make(tmp_path, anyone)  # the strict fake switch refuses equal-priority overlaps
+    classify = [
+        f
+        for f in net.switches[1].flows()
+        if f.table == app.compiler.table and "in_port" not in dict(f.match)
+    ]
+    forward = {f.priority for f in classify if dict(f.match).get("tcp_dst") == 80}
+    replies = {f.priority for f in classify if dict(f.match).get("tcp_src") == 80}
+    assert forward and replies and min(forward) > max(replies)
