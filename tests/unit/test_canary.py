@@ -550,3 +550,15 @@ def test_udp_to_its_own_service_is_served_both_ways(tmp_path):
         assert_served(V1A, sport, *result, port=53, proto="udp")
         got[result[0]] += 1
     assert got == {V1A: 5, V2A: 5}
+
+
+def test_a_host_posing_as_a_backend_to_its_service_gets_its_own_packet_back_not_the_backend(
+    tmp_path,
+):
+    """Without microseg's port binding a host can claim a backend's address; the hairpin
+    path then sends the packet back out the port it came in on, to the impostor."""
+    net, _, _ = make(tmp_path, service(100, 0, backup=False))
+    fields = {"ipv4_src": IP[V1A], "ipv4_dst": VIP, "ip_proto": 6, "tcp_src": 48000, "tcp_dst": 80}
+    out = net.send(C1, VMAC, 0x0800, **fields)
+    assert out.hosts == [C1]
+    assert out.frames[0][1]["ipv4_src"] == VIP
