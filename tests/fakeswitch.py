@@ -40,7 +40,7 @@ from controller.flows import (
     meter_from_config,
     of_instruction,
 )
-from controller.matches import CT_DNAT, CT_EST, CT_INV, CT_NEW, CT_RPL, CT_SNAT, CT_TRK
+from controller.matches import CT_DNAT, CT_EST, CT_NEW, CT_RPL, CT_SNAT, CT_TRK
 
 
 def _ct_key(pkt: dict) -> tuple:
@@ -555,9 +555,7 @@ class FakeSwitch:
             state, conn = CT_TRK | CT_NEW, None
         if flags & 1 and not state & CT_RPL and conn is None:
             conn = self._commit(zone, _ct_key(pkt), nat)
-            if conn is None:  # no free reply key: the packet is invalid
-                state = CT_TRK | CT_INV
-            else:
+            if conn is not None:  # else no free reply key: new, untranslated, not committed
                 state |= self._translate(pkt, conn, reply=False)
         if flags & 1 and conn is not None and mark is not None:
             conn.mark = mark
@@ -585,7 +583,8 @@ class FakeSwitch:
     def _commit(self, zone: int, key: tuple, nat: tuple | None) -> Connection | None:
         """A new connection in `zone`; with nat(src=...) or nat(dst=...), its reply key is
         the translation's, with the original source port moved along its range (1-511,
-        600-1023 or 1024-65535, at most 128 tries) if another connection has that key."""
+        600-1023 or 1024-65535, at most 128 tries) if another connection has that key; None
+        when no key is free (nothing is committed)."""
         reply = list(_reverse(key))
         kind = nat[1] if nat is not None and nat[2] is not None else 0
         if kind & (NAT_SRC | NAT_DST) == NAT_SRC | NAT_DST:

@@ -264,6 +264,16 @@ def test_snat_moves_the_source_port_when_its_reply_key_is_taken():
     assert (low["tcp_src"], again["tcp_src"]) == (511, 1)  # wraps within 1-511
 
 
+def test_a_snat_with_no_free_reply_key_leaves_the_packet_new_and_untranslated():
+    """Open vSwitch's nat_res_exhaustion: nothing committed, the packet goes on as it was."""
+    commit = conntrack(1, 2, commit=True, nested=(nat(src="10.0.100.10", port=5000),))
+    sw = ct_switch(flow(1, 0, {}, apply(commit)), flow(2, 0, {}, apply(output(2))))
+    assert sent(sw, TCP)["tcp_src"] == 5000
+    other = sent(sw, {**TCP, "ipv4_src": "10.0.0.3"})
+    assert (other["ipv4_src"], other["tcp_src"]) == ("10.0.0.3", 40000)
+    assert other["ct_state"] == CT_TRK | CT_NEW and len(sw.connections) == 1
+
+
 def test_one_nat_takes_src_or_dst_not_both():
     with pytest.raises(ValueError):
         nat("10.0.0.9", 80, src="10.0.100.10")
