@@ -4,6 +4,7 @@ The lab is topologies/canarylab.py: leaf-spine, four clients, five named backend
 """
 
 import json
+import re
 import time
 
 import pytest
@@ -126,3 +127,24 @@ def test_a_backend_calling_another_service_it_serves_and_udp_are_served(env):
         for name in ("v1-a", "v2-a")
     }
     assert served == {"v1-a": 10, "v2-a": 10}, served
+
+
+def test_hairpin_connections_outlive_a_controller_restart_that_changes_nothing(env):
+    """The hairpin flows read back from the switches are the ones the controller wants: a
+    restarted controller adds and modifies no flow, and connections to itself keep flowing.
+    (It may delete some: what earlier tests retired still drains, and a restart forgets
+    draining.)"""
+    lab, ctl = env.lab, env.ctl
+    env.apply(service_config({"v1-a": 50, "v2-a": 50}))
+    held = lab.hold("h21", VIP, PORT, 10, seconds=8)
+    before = len(re.findall(r"reconciled \(connect\)", ctl.log()))
+    ctl.kill()
+    time.sleep(1.0)
+    ctl.start()
+    switches = len(lab.topo.switches())
+    assert ctl.wait_log(r"reconciled \(connect\)", count=before + switches, timeout=30)
+    reconciled = re.findall(r"reconciled \(connect\): \+(\d+) ~(\d+) -", ctl.log())[before:]
+    assert reconciled == [("0", "0")] * switches, ctl.log()[-3000:]
+    out, _ = held.communicate(timeout=30)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"started": {"h21": 5, "h31": 5}, "moved": 0, "broken": 0}, result
