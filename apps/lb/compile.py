@@ -20,8 +20,8 @@ has heard of it. Established connections never move: conntrack holds their trans
 Hairpin: a backend that calls its own service and is given itself. After the destination
 NAT its packet goes from the backend to the backend, which the backend's kernel would drop
 (a source address of its own), and back out the port it came in on, which OpenFlow does
-only when told OFPP_IN_PORT. So such a packet (source and destination both the backend's
-address, in_port irrelevant) is committed a second time, in zone SNAT_ZONE with
+only when told OFPP_IN_PORT. So such a packet (known by its addresses: source and
+destination both the backend's) is committed a second time, in zone SNAT_ZONE with
 nat(src=VIP), and sent back out its in_port: the backend serves a connection from the VIP.
 Its replies, sent to the VIP, come through SNAT_ZONE first and then zone CT_ZONE (the
 reverse order of the translations), and go back out their in_port as from the VIP. One ct()
@@ -99,10 +99,14 @@ def _l4(service: Service, direction: str, port: int) -> dict:
     return {"ip_proto": PROTOCOLS[service.protocol], f"{service.protocol}_{direction}": port}
 
 
+def _vip_number(service: Service) -> int:
+    return int(ipaddress.IPv4Address(service.vip))
+
+
 def service_tag(service: Service):
     """Set SERVICE_REG to the service's VIP: the hairpin commit reads it after the
     recirculation (a packet-out, which starts with clear registers, sets it too)."""
-    return set_field(SERVICE_REG, int(ipaddress.IPv4Address(service.vip)))
+    return set_field(SERVICE_REG, _vip_number(service))
 
 
 def commit_to(backend: Backend, table: int):
@@ -143,6 +147,17 @@ class Compiler:
             ),
             self._f(self.services_table, DROP_PRIORITY, vip),
             self._f(self.track, DROP_PRIORITY, vip),
+            # A hairpin reply whose source translation is undone: now the destination's.
+            self._f(
+                self.track,
+                HAIRPIN_PRIORITY,
+                {
+                    "eth_type": 0x0800,
+                    "ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL),
+                    "ct_mark": HAIRPIN_MARK,
+                },
+                apply(track),
+            ),
             self._f(
                 self.track,
                 STEER_PRIORITY,
@@ -187,7 +202,7 @@ class Compiler:
         """A backend's connections to its own service that were given the backend itself:
         the second translation, to the VIP, both ways, and out the port they came in on."""
         ip = {"eth_type": 0x0800}
-        tagged = {SERVICE_REG: int(ipaddress.IPv4Address(service.vip))}
+        tagged = {SERVICE_REG: _vip_number(service)}
         original = {"ct_state": (CT_TRK, CT_TRK | CT_RPL)}
         reply = {"ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL)}
         as_vip = (set_field("eth_src", vip_mac(service.vip)), set_field("eth_dst", b.mac))
@@ -233,13 +248,7 @@ class Compiler:
                 },
                 apply(*as_vip, output(IN_PORT)),
             ),
-            # The reply, its source translation undone: now the destination translation.
-            self._f(
-                self.track,
-                HAIRPIN_PRIORITY,
-                {**ip, **reply, "ct_mark": HAIRPIN_MARK},
-                apply(conntrack(CT_ZONE, self.track, nested=(nat(),))),
-            ),
+            # The reply, both translations undone: from the VIP, back out its in_port.
             self._f(
                 self.track,
                 HAIRPIN_PRIORITY,
