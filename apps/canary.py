@@ -32,6 +32,7 @@ from apps.lb.compile import (
     PROTOCOLS,
     Compiler,
     commit_to,
+    service_tag,
     vip_mac,
 )
 from apps.lb.settings import Backend, LbSettings, Service, parse_services
@@ -379,7 +380,8 @@ class Canary(SuiteApp):
         self.connections.labels(service.name, backend.endpoint).inc()
         resolved = self._resolved_services[service.name].backend(backend.key)
         via = self._via(self._ff.get(pkt.dpid, {}).get(service.name, {}))
-        self.core.send(pkt.dpid, [packet_out(pkt.data, [via(resolved)], pkt.in_port)])
+        actions = [service_tag(service), via(resolved)]  # the tag: in case it is a hairpin
+        self.core.send(pkt.dpid, [packet_out(pkt.data, actions, pkt.in_port)])
 
     def pick(self, s: Service, src: str) -> Backend | None:
         """The backend for a new connection from `src`: the next turn of the first route that

@@ -121,13 +121,19 @@ def conntrack(
 NAT_SRC, NAT_DST = 1 << 0, 1 << 1  # Open vSwitch's NX_NAT_F_SRC / NX_NAT_F_DST
 
 
-def nat(dst: str | None = None, port: int | None = None) -> Action:
-    """Inside ct(): rewrite the destination to `dst`[:`port`] (a new connection that is being
-    committed), or, with no arguments, apply the translation a tracked connection already has
-    (both directions)."""
-    if dst is None:
+def nat(dst: str | None = None, port: int | None = None, src: str | None = None) -> Action:
+    """Inside ct(): rewrite the destination to `dst`[:`port`] or the source to `src`[:`port`]
+    (a new connection that is being committed), or, with no arguments, apply the translation
+    a tracked connection already has (both directions). One of src and dst: Open vSwitch
+    refuses both in one nat (ovs-actions(7)); two translations take two ct() in two zones.
+
+    Raises ValueError for both, or for an address that is not IPv4."""
+    if dst is not None and src is not None:
+        raise ValueError("nat takes src or dst, not both")
+    if dst is None and src is None:
         return ("nat", 0, None, None)
-    return ("nat", NAT_DST, str(ipaddress.IPv4Address(dst)), port)
+    flag = NAT_DST if dst is not None else NAT_SRC
+    return ("nat", flag, str(ipaddress.IPv4Address(dst or src)), port)
 
 
 def apply(*actions: Action) -> Instruction:
@@ -338,8 +344,15 @@ def _of_action(action: Action):
         )
     if kind == "nat":
         _, flags, ip, port = action
+        # os-ken pads no NAT action to 8 bytes, but says it did: keep the ranges 8 bytes long
+        # (an address and ports, or an address as a one-address range), or the actions after
+        # it in the ct() are misread.
         return parser.NXActionNAT(
-            flags, range_ipv4_min=ip or "", range_proto_min=port, range_proto_max=port
+            flags,
+            range_ipv4_min=ip or "",
+            range_ipv4_max=ip if ip and port is None else "",
+            range_proto_min=port,
+            range_proto_max=port,
         )
     raise ValueError(f"unknown action {action!r}")
 

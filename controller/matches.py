@@ -18,6 +18,7 @@ IP_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ND_TYPES = (133, 134, 135, 136, 137)  # ICMPv6 neighbour discovery: IPv6 cannot work without it
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20  # ct_state
+CT_SNAT, CT_DNAT = 0x40, 0x80  # ct_state: the packet was translated (source, destination)
 
 
 def port_masks(lo: int, hi: int) -> list[tuple[int, int]]:

@@ -29,6 +29,8 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.flows import (
+    NAT_DST,
+    NAT_SRC,
     NXT_CT_FLUSH_ZONE,
     Flow,
     Group,
@@ -38,7 +40,7 @@ from controller.flows import (
     meter_from_config,
     of_instruction,
 )
-from controller.matches import CT_EST, CT_NEW, CT_RPL, CT_TRK
+from controller.matches import CT_DNAT, CT_EST, CT_NEW, CT_RPL, CT_SNAT, CT_TRK
 
 
 def _ct_key(pkt: dict) -> tuple:
@@ -54,19 +56,23 @@ def _ct_key(pkt: dict) -> tuple:
     )
 
 
+def _reverse(key: tuple) -> tuple:
+    src, dst, proto, sport, dport = key
+    return (dst, src, proto, dport, sport)
+
+
 @dataclass
 class Connection:
-    """A committed connection: its mark and, if translated, the destination it goes to."""
+    """A committed connection as Open vSwitch's conntrack keeps it (lib/conntrack.c): the key
+    of its original direction as first seen, the key its replies carry, its mark and the one
+    translation it was committed with (NAT_SRC or NAT_DST; a ct action takes one nat, and
+    ofp-actions rejects both flags at once). Untranslated, the reply key is the original
+    reversed; packets are translated to the reverse of the other direction's key."""
 
+    orig: tuple
+    reply: tuple
     mark: int = 0
-    nat: tuple[str, int | None] | None = None
-
-    def reply_key(self, orig: tuple) -> tuple:
-        src, dst, proto, sport, dport = orig
-        if self.nat is not None:
-            dst = self.nat[0]
-            dport = self.nat[1] if self.nat[1] is not None else dport
-        return (dst, src, proto, dport, sport)
+    nat: int = 0
 
 
 class FakeSwitchError(AssertionError):
@@ -526,28 +532,33 @@ class FakeSwitch:
 
     def _conntrack(self, action: tuple, pkt: dict, result: LookupResult) -> bool:
         """ct(): look the packet up (and, with `nat`, translate it as its connection says),
-        commit it with its mark and translation, and recirculate with ct_state set."""
+        commit it with its mark and translation, and recirculate with ct_state set.
+
+        As Open vSwitch's userspace conntrack does (lib/conntrack.c, process_one): ct_state
+        starts over in each zone; a packet already translated in this zone is looked up by
+        its key reversed; a new connection committed with nat(src=...) or nat(dst=...) gets a
+        reply key that no other connection of the zone has, keeping the source port if it
+        can (nat_get_unique_tuple); a nat with an address on an existing connection applies
+        the translation the connection already has."""
         _, flags, zone, table, nested = action
         nat = next((a for a in nested if a[0] == "nat"), None)
         mark = next((a[2] for a in nested if a[:2] == ("set_field", "ct_mark")), None)
-        key = _ct_key(pkt)
-        state, conn = self._ct_lookup(zone, key)
-        if conn is not None and nat is not None and conn.nat is not None:
-            self._translate(pkt, conn, reply=bool(state & CT_RPL))
+        natted = pkt.get("ct_zone") == zone and pkt.get("ct_state", 0) & (CT_SNAT | CT_DNAT)
+        state, conn = self._ct_lookup(zone, _ct_key(pkt), bool(natted))
+        if natted:
+            state |= pkt["ct_state"] & (CT_SNAT | CT_DNAT)
+        elif conn is not None and nat is not None:
+            state |= self._translate(pkt, conn, reply=bool(state & CT_RPL))
         if flags & 2 and state & CT_RPL:  # commit,force: the reply becomes an original
             for k in [k for k, c in self.connections.items() if c is conn]:
                 del self.connections[k]
             state, conn = CT_TRK | CT_NEW, None
-        if flags & 1 and not state & CT_RPL:
-            if conn is None:
-                conn = Connection()
-                if nat is not None and nat[2] is not None:
-                    conn.nat = (nat[2], nat[3])
-                self.connections[(zone, key)] = conn
-                if conn.nat is not None:
-                    self._translate(pkt, conn, reply=False)
-            if mark is not None:
-                conn.mark = mark
+        if flags & 1 and not state & CT_RPL and conn is None:
+            conn = self._commit(zone, _ct_key(pkt), nat)
+            if conn is not None:  # else no free reply key: new, untranslated, not committed
+                state |= self._translate(pkt, conn, reply=False)
+        if flags & 1 and conn is not None and mark is not None:
+            conn.mark = mark
         pkt["ct_mark"] = conn.mark if conn is not None else 0
         if table == ofp.OFPTT_ALL:
             pkt["ct_state"], pkt["ct_zone"] = state, zone
@@ -555,27 +566,63 @@ class FakeSwitch:
         self._walk({**pkt, "ct_state": state, "ct_zone": zone}, table, result)
         return True
 
-    def _ct_lookup(self, zone: int, key: tuple) -> tuple[int, Connection | None]:
+    def _ct_lookup(
+        self, zone: int, key: tuple, natted: bool = False
+    ) -> tuple[int, Connection | None]:
+        if natted:  # already translated here: its key reversed is the other direction's
+            state, conn = self._ct_lookup(zone, _reverse(key))
+            return (state ^ CT_RPL, conn) if conn is not None else (state, None)
         conn = self.connections.get((zone, key))
         if conn is not None:
             return CT_TRK | CT_EST, conn
-        for (z, orig), c in self.connections.items():
-            if z == zone and key == c.reply_key(orig):
+        for (z, _), c in self.connections.items():
+            if z == zone and key == c.reply:
                 return CT_TRK | CT_EST | CT_RPL, c
         return CT_TRK | CT_NEW, None
 
-    def _translate(self, pkt: dict, conn: Connection, reply: bool) -> None:
-        """Destination NAT: originals go to the new address, replies come from the old one."""
-        v = "ipv4"
-        proto = {6: "tcp", 17: "udp"}.get(pkt.get("ip_proto"), "")
-        orig = next(k for (z, k), c in self.connections.items() if c is conn)
-        if reply:
-            pkt[f"{v}_src"], pkt[f"{proto}_src"] = orig[1], orig[4]
-        else:
-            ip, port = conn.nat
-            pkt[f"{v}_dst"] = ip
-            if port is not None:
-                pkt[f"{proto}_dst"] = port
+    def _commit(self, zone: int, key: tuple, nat: tuple | None) -> Connection | None:
+        """A new connection in `zone`; with nat(src=...) or nat(dst=...), its reply key is
+        the translation's, with the original source port moved along its range (1-511,
+        600-1023 or 1024-65535, at most 128 tries) if another connection has that key; None
+        when no key is free (nothing is committed)."""
+        reply = list(_reverse(key))
+        kind = nat[1] if nat is not None and nat[2] is not None else 0
+        if kind & (NAT_SRC | NAT_DST) == NAT_SRC | NAT_DST:
+            raise FakeSwitchError(f"{nat}: nat takes src or dst, not both")
+        if kind:
+            side = 1 if kind & NAT_SRC else 0  # the reply's destination, or its source
+            reply[side] = nat[2]
+            if nat[3] is not None:
+                reply[3 + side] = nat[3]
+            taken = {k for (z, o), c in self.connections.items() if z == zone for k in (o, c.reply)}
+            start = reply[4]
+            lo, hi = (1, 511) if start < 512 else (600, 1023) if start < 1024 else (1024, 65535)
+            if kind & NAT_SRC and nat[3] is not None:
+                lo = hi = start  # a source port given: that one or none
+            for i in range(min(128, hi - lo + 1)):
+                reply[4] = lo + (start - lo + i) % (hi - lo + 1)
+                if tuple(reply) not in taken:
+                    break
+            else:
+                return None
+        conn = Connection(key, tuple(reply), nat=kind)
+        self.connections[(zone, key)] = conn
+        return conn
+
+    @staticmethod
+    def _translate(pkt: dict, conn: Connection, reply: bool) -> int:
+        """Rewrite the packet to the reverse of the other direction's key (nat_packet);
+        the ct_state bit that says so (+snat or +dnat), 0 for an untranslated connection."""
+        if not conn.nat:
+            return 0
+        v = "ipv4" if "ipv4_src" in pkt else "ipv6"
+        proto = {6: "tcp", 17: "udp", 132: "sctp"}.get(pkt.get("ip_proto"), "")
+        src, dst, _, sport, dport = _reverse(conn.orig if reply else conn.reply)
+        pkt[f"{v}_src"], pkt[f"{v}_dst"] = src, dst
+        if proto:
+            pkt[f"{proto}_src"], pkt[f"{proto}_dst"] = sport, dport
+        snat = bool(conn.nat & NAT_SRC) != reply  # un-translating a DNAT rewrites the source
+        return CT_SNAT if snat else CT_DNAT
 
     def _act(self, action: tuple, pkt: dict, result: LookupResult, table: int, cookie: int):
         """Do one action; True when it recirculated the packet (nothing after it runs)."""

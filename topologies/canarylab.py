@@ -12,7 +12,7 @@ import textwrap
 import time
 from contextlib import contextmanager
 
-from topologies.harness import Controller, Lab, free_port, metric
+from topologies.harness import PROBE, Controller, Lab, free_port, metric
 from topologies.leafspine import LeafSpineTopo
 
 VIP = "10.0.100.10"
@@ -55,11 +55,12 @@ class CanaryLab:
     def __init__(self, ctl: Controller, lab: Lab, metrics_port: int) -> None:
         self.ctl, self.lab, self.metrics_port = ctl, lab, metrics_port
 
-    def apply(self, text: str, timeout: float = 10.0) -> None:
-        """A new config, in force and with every backend ready (its MAC known)."""
+    def apply(self, text: str, timeout: float = 10.0, want: int | None = None) -> None:
+        """A new config, in force and with user-service's backends ready (their MACs known):
+        `want` of them, by default every "{endpoint:" in the text."""
         if not self.ctl.rewrite_config(text, timeout):
             raise RuntimeError("the controller did not take the config:\n" + self.ctl.log()[-2000:])
-        want = text.count("{endpoint:")
+        want = text.count("{endpoint:") if want is None else want
         deadline = time.time() + timeout
         while (
             metric(self.metrics_port, "osken_canary_live_backends", service="user-service") < want
@@ -71,6 +72,15 @@ class CanaryLab:
     def spread(self, n: int, parallel: int = 8) -> dict[str, int]:
         """`n` new connections, shared by the clients, all at once: count per backend host."""
         return self.lab.spread_from(CLIENTS, VIP, PORT, n, parallel)
+
+    def udp_answered(self, src: str, ip: str, port: int, n: int) -> int:
+        """`n` datagrams from `src` to ip:port, each from a new socket (a new connection):
+        how many were answered from ip:port."""
+        out = self.lab.host(src).cmd(
+            f"for i in $(seq {n}); do /usr/bin/python3 {PROBE} udp {ip} {port} && echo answered;"
+            " done"
+        )
+        return out.count("answered")
 
     def backend_failover(self, host: str, limit: float = 5.0) -> float:
         """Take a backend's link down; seconds until new connections stop going to it (and

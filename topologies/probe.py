@@ -4,7 +4,7 @@
 probe.py serve tcp:80 udp:53 [--name v1]   # TCP: greet "ok v1", then answer "v1" to each
                                             # message; UDP: echo. Until killed
 probe.py tcp 10.0.0.2 80 [--timeout 1]      # exit 0 if a TCP connection opens
-probe.py udp 10.0.0.2 53 [--timeout 1]      # exit 0 if a datagram comes back
+probe.py udp 10.0.0.2 53 [--timeout 1]      # exit 0 if it is echoed from 10.0.0.2:53
 probe.py matrix 10.0.0.2,10.0.0.3 tcp:80 udp:81  # all at once: "ip proto:port ok|fail" lines
 probe.py spread 10.0.100.10 80 2000 [--parallel 20]  # N new connections: JSON count per server
 probe.py hold 10.0.100.10 80 20 [--seconds 5]  # keep N connections talking: JSON of any that
@@ -154,9 +154,10 @@ def probe_udp(ip: str, port: int, timeout: float) -> int:
         s.settimeout(timeout)
         s.sendto(b"probe", (ip, port))
         try:
-            return 0 if s.recvfrom(64)[0] == b"probe" else 1
+            data, peer = s.recvfrom(64)
         except OSError:
             return 1
+        return 0 if (data, peer) == (b"probe", (ip, port)) else 1  # the answer, from ip:port
 
 
 def matrix(targets: str, specs: list[str], timeout: float) -> int:

@@ -16,12 +16,26 @@ commit sits in a fast-failover group per (service, primary backend) on every swi
 first bucket watches the port toward the backend and whose others fall back to the backups:
 when a switch sees that way go down, new connections move to a backup before the controller
 has heard of it. Established connections never move: conntrack holds their translation.
+
+Hairpin: a backend that calls its own service and is given itself. After the destination
+NAT its packet goes from the backend to the backend, which the backend's kernel would drop
+(a source address of its own), and back out the port it came in on, which OpenFlow does
+only when told OFPP_IN_PORT. So such a packet (known by its addresses: source and
+destination both the backend's) is committed a second time, in zone SNAT_ZONE with
+nat(src=VIP), and sent back out its in_port: the backend serves a connection from the VIP.
+Its replies, sent to the VIP, come through SNAT_ZONE first and then zone CT_ZONE (the
+reverse order of the translations), and go back out their in_port as from the VIP. One ct()
+takes one nat (Open vSwitch refuses src and dst together), hence the second zone, as OVN
+does for its load balancers' hairpin traffic. The service's VIP rides along in SERVICE_REG
+(registers survive recirculation) so that the second commit knows which VIP to take.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+
+from os_ken.ofproto.ofproto_v1_3 import OFPP_IN_PORT as IN_PORT
 
 from apps.lb.settings import Backend, Service
 from apps.lb.weights import bucket_weights
@@ -36,6 +50,7 @@ from controller.flows import (
     group,
     group_action,
     nat,
+    output,
     set_field,
     to_controller,
 )
@@ -44,16 +59,21 @@ from controller.pipeline import Pipeline
 
 COOKIE = 0x05 << 56
 CT_ZONE = 9
+SNAT_ZONE = 10  # hairpin connections' second translation: the backend's own address to the VIP
 MARK = 0x5E  # ct_mark of the connections this app translated
+HAIRPIN_MARK = 0x5F  # ct_mark of their SNAT_ZONE entries
+SERVICE_REG = "reg1"  # the VIP, as an integer, of the service whose packet this is (hairpin)
 GROUP_BASE = 0x0500_0000
 MAX_BACKENDS = 127  # per service: group numbers 1..127 are its backends', 128.. its routes'
 MAX_ROUTES = 128
 PROTOCOLS = {"tcp": 6, "udp": 17}
 
 ARP_PRIORITY = 300
+HAIRPIN_PRIORITY = 350  # services, track: a backend's own connection to its service
 STEER_PRIORITY = 300  # track: MACs of translated packets
 NEW_PRIORITY = 200  # track: new connections to a VIP (+ route order for "switch" sources)
-VIP_PRIORITY = 200  # services: to the VIP, or from a backend's service port
+VIP_PRIORITY = 200  # services: to the VIP
+REPLY_PRIORITY = 190  # services: from a backend's service port (its replies to the VIP: above)
 DROP_PRIORITY = 100  # anything else addressed to a VIP
 PACKET_IN_BYTES = 0xFFFF  # the controller sends the whole packet back out
 
@@ -79,6 +99,16 @@ def _l4(service: Service, direction: str, port: int) -> dict:
     return {"ip_proto": PROTOCOLS[service.protocol], f"{service.protocol}_{direction}": port}
 
 
+def _vip_number(service: Service) -> int:
+    return int(ipaddress.IPv4Address(service.vip))
+
+
+def service_tag(service: Service):
+    """Set SERVICE_REG to the service's VIP: the hairpin commit reads it after the
+    recirculation (a packet-out, which starts with clear registers, sets it too)."""
+    return set_field(SERVICE_REG, _vip_number(service))
+
+
 def commit_to(backend: Backend, table: int):
     """Commit a new connection to `backend`: translated, marked, then on to `table`."""
     return conntrack(
@@ -101,7 +131,7 @@ class Compiler:
     def service_flows(self, service: Service) -> list[Flow]:
         """Per switch, the same for all: catch the VIP, track it, steer replies back."""
         vip = {"eth_type": 0x0800, "ipv4_dst": service.vip}
-        track = apply(conntrack(CT_ZONE, self.track, nested=(nat(),)))
+        track = conntrack(CT_ZONE, self.track, nested=(nat(),))
         flows = [
             self._f(
                 self.services_table,
@@ -113,10 +143,21 @@ class Compiler:
                 self.services_table,
                 VIP_PRIORITY,
                 {**vip, **_l4(service, "dst", service.port)},
-                track,
+                apply(service_tag(service), track),
             ),
             self._f(self.services_table, DROP_PRIORITY, vip),
             self._f(self.track, DROP_PRIORITY, vip),
+            # A hairpin reply whose source translation is undone: now the destination's.
+            self._f(
+                self.track,
+                HAIRPIN_PRIORITY,
+                {
+                    "eth_type": 0x0800,
+                    "ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL),
+                    "ct_mark": HAIRPIN_MARK,
+                },
+                apply(track),
+            ),
             self._f(
                 self.track,
                 STEER_PRIORITY,
@@ -134,9 +175,9 @@ class Compiler:
             flows.append(
                 self._f(
                     self.services_table,
-                    VIP_PRIORITY,
+                    REPLY_PRIORITY,
                     {"eth_type": 0x0800, "ipv4_src": b.ip, **_l4(service, "src", b.port)},
-                    track,
+                    apply(track),
                 )
             )
             if b.mac:
@@ -154,7 +195,75 @@ class Compiler:
                         goto(self.forwarding),
                     )
                 )
+                flows += self.hairpin_flows(service, b)
         return flows
+
+    def hairpin_flows(self, service: Service, b: Backend) -> list[Flow]:
+        """A backend's connections to its own service that were given the backend itself:
+        the second translation, to the VIP, both ways, and out the port they came in on."""
+        ip = {"eth_type": 0x0800}
+        tagged = {SERVICE_REG: _vip_number(service)}
+        original = {"ct_state": (CT_TRK, CT_TRK | CT_RPL)}
+        reply = {"ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL)}
+        as_vip = (set_field("eth_src", vip_mac(service.vip)), set_field("eth_dst", b.mac))
+        snat = conntrack(
+            SNAT_ZONE,
+            self.track,
+            commit=True,
+            nested=(nat(src=service.vip), set_field("ct_mark", HAIRPIN_MARK)),
+        )
+        return [
+            # Its reply to the VIP: undo the source translation first.
+            self._f(
+                self.services_table,
+                HAIRPIN_PRIORITY,
+                {**ip, "ipv4_src": b.ip, **_l4(service, "src", b.port), "ipv4_dst": service.vip},
+                apply(service_tag(service), conntrack(SNAT_ZONE, self.track, nested=(nat(),))),
+            ),
+            # From the backend to the backend after the destination NAT: from the VIP instead.
+            self._f(
+                self.track,
+                HAIRPIN_PRIORITY,
+                {
+                    **ip,
+                    "ipv4_src": b.ip,
+                    "ipv4_dst": b.ip,
+                    **_l4(service, "dst", b.port),
+                    **tagged,
+                    **original,
+                    "ct_mark": MARK,
+                },
+                apply(snat),
+            ),
+            self._f(
+                self.track,
+                HAIRPIN_PRIORITY,
+                {
+                    **ip,
+                    "ipv4_src": service.vip,
+                    "ipv4_dst": b.ip,
+                    **_l4(service, "dst", b.port),
+                    **original,
+                    "ct_mark": HAIRPIN_MARK,
+                },
+                apply(*as_vip, output(IN_PORT)),
+            ),
+            # The reply, both translations undone: from the VIP, back out its in_port.
+            self._f(
+                self.track,
+                HAIRPIN_PRIORITY,
+                {
+                    **ip,
+                    "ipv4_src": service.vip,
+                    **_l4(service, "src", service.port),
+                    "ipv4_dst": b.ip,
+                    **tagged,
+                    **reply,
+                    "ct_mark": MARK,
+                },
+                apply(*as_vip, output(IN_PORT)),
+            ),
+        ]
 
     def new_connection_flows(self, index: int, service: Service, has_group) -> list[Flow]:
         """New connections to the VIP: to the controller, or per route to its select group."""

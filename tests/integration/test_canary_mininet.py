@@ -4,12 +4,14 @@ The lab is topologies/canarylab.py: leaf-spine, four clients, five named backend
 """
 
 import json
+import re
 import time
 
 import pytest
 
 from tests.integration.conftest import require_lab
-from topologies.canarylab import BACKENDS, VIP, canary_lab, service_config
+from topologies.canarylab import BACKENDS, PORT, VIP, canary_lab, service_config
+from topologies.harness import metric
 
 CONNECTIONS = 2000
 
@@ -78,3 +80,71 @@ def test_a_cut_spine_link_loses_under_50_ms_of_a_1_ms_ping(env):
     sent, lost, lost_ms = env.spine_cut_loss()
     assert sent > 1000, sent  # it really was about one ping a millisecond
     assert lost_ms < 50, (lost, sent)
+
+
+# --- a backend that calls its own service (hairpin) --------------------------------------------
+
+
+def test_a_backend_calling_its_own_service_is_served_every_time_and_the_split_holds(env):
+    """v1-a (h21) opens 20 connections to its own service: at 50/50 the 10 it is given itself
+    open too, and alone it serves all 20; so for the switch method and for a backup."""
+    lab = env.lab
+    env.apply(service_config({"v1-a": 50, "v2-a": 50}))
+    assert lab.spread("h21", VIP, PORT, 20) == {"h21": 10, "h31": 10}
+    env.apply(service_config({"v1-a": 50, "v3-a": 50}))  # the other backend on h21's switch
+    assert lab.spread("h21", VIP, PORT, 20) == {"h21": 10, "h23": 10}
+    env.apply(service_config({"v1-a": 100}))
+    assert lab.spread("h21", VIP, PORT, 20) == {"h21": 20}
+    env.apply(service_config({"v1-a": 50, "v2-a": 50}, method="switch"))
+    got = lab.spread("h21", VIP, PORT, 40)
+    assert "fail" not in got and sum(got.values()) == 40 and got.get("h21", 0) > 0, got
+    env.apply(service_config({"v1-a": 50, "v2-a": 50}))
+    try:
+        lab.link("h21", "lf2", "down")  # every primary down: the backup h22 serves itself
+        lab.link("h31", "lf3", "down")
+        time.sleep(0.3)
+        assert lab.spread("h22", VIP, PORT, 20) == {"h22": 20}
+    finally:
+        env.restore("h21")
+        env.restore("h31")
+
+
+def test_a_backend_calling_another_service_it_serves_and_udp_are_served(env):
+    other = "10.0.100.11"
+    config = service_config({"v1-a": 50, "v2-a": 50}) + (
+        f"  - {{name: other, vip: {other}, port: {PORT}, backends: [{{endpoint: v1-a}}]}}\n"
+        f"  - name: dns\n    vip: {other}\n    port: 53\n    protocol: udp\n"
+        "    backends: [{endpoint: v1-a, weight: 50}, {endpoint: v2-a, weight: 50}]\n"
+    )
+    env.apply(config, want=3)
+    for host in ("h21", "h31"):
+        env.lab.serve(host, "udp:53")
+    assert env.lab.spread("h21", other, PORT, 20) == {"h21": 20}
+    assert env.lab.spread("h31", other, PORT, 20) == {"h21": 20}
+    assert env.udp_answered("h21", other, 53, 20) == 20
+    served = {
+        name: metric(env.metrics_port, "osken_canary_connections", service="dns", backend=name)
+        for name in ("v1-a", "v2-a")
+    }
+    assert served == {"v1-a": 10, "v2-a": 10}, served
+
+
+def test_hairpin_connections_outlive_a_controller_restart_that_changes_nothing(env):
+    """The hairpin flows read back from the switches are the ones the controller wants: a
+    restarted controller adds and modifies no flow, and connections to itself keep flowing.
+    (It may delete some: what earlier tests retired still drains, and a restart forgets
+    draining.)"""
+    lab, ctl = env.lab, env.ctl
+    env.apply(service_config({"v1-a": 50, "v2-a": 50}))
+    held = lab.hold("h21", VIP, PORT, 10, seconds=8)
+    before = len(re.findall(r"reconciled \(connect\)", ctl.log()))
+    ctl.kill()
+    time.sleep(1.0)
+    ctl.start()
+    switches = len(lab.topo.switches())
+    assert ctl.wait_log(r"reconciled \(connect\)", count=before + switches, timeout=30)
+    reconciled = re.findall(r"reconciled \(connect\): \+(\d+) ~(\d+) -", ctl.log())[before:]
+    assert reconciled == [("0", "0")] * switches, ctl.log()[-3000:]
+    out, _ = held.communicate(timeout=30)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"started": {"h21": 5, "h31": 5}, "moved": 0, "broken": 0}, result

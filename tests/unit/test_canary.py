@@ -397,3 +397,167 @@ def test_a_backend_taken_out_of_the_config_drains_then_its_flows_go(tmp_path):
         if f.match_dict().get("ipv4_dst") == IP[V2A]
     ]
     assert steering == [] and app.draining == []
+
+
+# --- a backend that calls its own service (hairpin) --------------------------------------------
+
+
+def serve(net, backend, got):
+    """The backend answers the frame it got, as its kernel would: to the sender's address,
+    port and MAC. Returns (host, fields) of what came out of the fabric."""
+    proto = "tcp" if got["ip_proto"] == 6 else "udp"
+    fields = {
+        "ipv4_src": got["ipv4_dst"],
+        "ipv4_dst": got["ipv4_src"],
+        "ip_proto": got["ip_proto"],
+        f"{proto}_src": got[f"{proto}_dst"],
+        f"{proto}_dst": got[f"{proto}_src"],
+    }
+    out = net.send(backend, got["eth_src"], 0x0800, **fields)
+    assert len(out.frames) <= 1, out.frames
+    return out.frames[0] if out.frames else (None, None)
+
+
+def call(net, client, sport, vip=VIP, port=80, proto=6):
+    """A client's first packet to a service, then the backend's answer to what it got:
+    (backend host, what it got, client host, what the client got back)."""
+    name = "tcp" if proto == 6 else "udp"
+    fields = {
+        "ipv4_src": IP[client],
+        "ipv4_dst": vip,
+        "ip_proto": proto,
+        f"{name}_src": sport,
+        f"{name}_dst": port,
+    }
+    out = net.send(client, vip_mac(vip), 0x0800, **fields)
+    assert len(out.frames) <= 1, out.frames
+    if not out.frames:
+        return None, None, None, None
+    host, got = out.frames[0]
+    back_host, back = serve(net, host, got)
+    return host, got, back_host, back
+
+
+def assert_served(client, sport, host, got, back_host, back, vip=VIP, port=80, proto="tcp"):
+    """The connection reached a backend and its answer reached the client from the VIP; a
+    backend that is the client saw it come from the VIP, any other from the client."""
+    assert host is not None, "the connection reached no backend"
+    assert got[f"{proto}_dst"] == port and got["ipv4_dst"] == IP[host] and got["eth_dst"] == host
+    if host == client:
+        assert (got["ipv4_src"], got["eth_src"]) == (vip, vip_mac(vip))
+    else:
+        assert (got["ipv4_src"], got[f"{proto}_src"]) == (IP[client], sport)
+    assert back_host == client, f"the answer went to {back_host}"
+    assert (back["ipv4_src"], back[f"{proto}_src"], back["eth_src"]) == (vip, port, vip_mac(vip))
+    assert (back["ipv4_dst"], back[f"{proto}_dst"], back["eth_dst"]) == (IP[client], sport, client)
+
+
+SPARE_ENDPOINT = f'  - {{name: spare, ip: {IP[SPARE]}, mac: "{SPARE}"}}\n'
+
+
+@pytest.mark.parametrize(
+    ("other", "where"), [("v2-a", "another switch"), ("spare", "the same switch")]
+)
+def test_a_backend_calling_its_own_service_is_served_every_time_and_the_split_holds(
+    tmp_path, other, where
+):
+    """The item: 50/50, 20 new connections from v1-a: the 10 given to v1-a itself are served
+    too (from the VIP, out the port they came in on), and the split stays 10/10."""
+    config = service(50, 50, backup=False).replace("endpoint: v2-a", f"endpoint: {other}")
+    net, app, _ = make(tmp_path, SPARE_ENDPOINT + config)
+    net.send(SPARE, BROADCAST, 0x0806, arp_spa=IP[SPARE], arp_tpa="10.0.0.254")
+    other_mac = V2A if other == "v2-a" else SPARE
+    got = Counter()
+    for sport in range(41000, 41020):
+        result = call(net, V1A, sport)
+        assert_served(V1A, sport, *result)
+        got[result[0]] += 1
+        # The rest of the connection: the same translation, both ways, with no packet-in.
+        ins = sum(len(sw.packet_outs) for sw in net.switches.values())
+        assert call(net, V1A, sport)[0] == result[0]
+        assert sum(len(sw.packet_outs) for sw in net.switches.values()) == ins
+    assert got == {V1A: 10, other_mac: 10}, where
+    assert app.connections.labels("user-service", "v1-a")._value.get() == 10
+
+
+@pytest.mark.parametrize("method", ["exact", "switch"])
+def test_a_sole_backend_serves_every_connection_from_itself(tmp_path, method):
+    net, _, _ = make(tmp_path, service(100, 0, method=method, backup=False))
+    for sport in range(42000, 42020):
+        assert_served(V1A, sport, *call(net, V1A, sport))
+
+
+def test_the_switch_method_serves_hairpin_connections_and_keeps_hashing(tmp_path):
+    net, _, _ = make(tmp_path, service(50, 50, method="switch", backup=False))
+    got = Counter()
+    for sport in range(43000, 43060):
+        result = call(net, V1A, sport)
+        assert_served(V1A, sport, *result)
+        got[result[0]] += 1
+    assert set(got) == {V1A, V2A}
+
+
+def test_a_backup_that_calls_the_service_while_it_serves_is_served_by_itself(tmp_path):
+    net, _, _ = make(tmp_path, service(50, 50))
+    net.set_link(202, 3, False)  # both primaries' cables: the backup v1-b serves
+    net.set_link(203, 3, False)
+    for sport in range(44000, 44010):
+        result = call(net, V1B, sport)
+        assert result[0] == V1B
+        assert_served(V1B, sport, *result)
+
+
+def test_the_switchs_own_failover_to_a_backup_that_is_the_client_is_served(tmp_path):
+    """v1-a's cable is cut and no port-status reaches the controller, which still picks
+    v1-a; the switch's fast-failover group commits to the backup, the client itself."""
+    config = service(100, 0, backup=False) + "      - {endpoint: spare, backup: true}\n"
+    net, _, _ = make(tmp_path, SPARE_ENDPOINT + config)
+    net.send(SPARE, BROADCAST, 0x0806, arp_spa=IP[SPARE], arp_tpa="10.0.0.254")
+    net.advance(1.0)  # the controller places it: the switch's groups fall back to it
+    net.switches[202].ports[3] = False
+    result = call(net, SPARE, 45000)
+    assert result[0] == SPARE
+    assert_served(SPARE, 45000, *result)
+
+
+def test_a_backend_that_is_a_client_of_another_service_is_translated_to_that_services_vip(
+    tmp_path,
+):
+    """v1-a serves both services on the same port; each hairpin comes from its own VIP."""
+    other = "10.0.100.11"
+    config = service(50, 50, backup=False) + (
+        f"  - {{name: other-service, vip: {other}, port: 80, backends: [{{endpoint: v1-a}}]}}\n"
+    )
+    net, app, _ = make(tmp_path, config)
+    for sport in range(46000, 46004):
+        assert_served(V1A, sport, *call(net, V1A, sport, vip=other), vip=other)
+        assert_served(V2A, sport, *call(net, V2A, sport, vip=other), vip=other)
+    got = Counter()
+    for sport in range(46100, 46110):
+        result = call(net, V1A, sport)
+        assert_served(V1A, sport, *result)
+        got[result[0]] += 1
+    assert got == {V1A: 5, V2A: 5}
+
+
+def test_udp_to_its_own_service_is_served_both_ways(tmp_path):
+    config = service(50, 50, backup=False).replace("port: 80\n", "port: 53\n    protocol: udp\n")
+    net, _, _ = make(tmp_path, config)
+    got = Counter()
+    for sport in range(47000, 47010):
+        result = call(net, V1A, sport, port=53, proto=17)
+        assert_served(V1A, sport, *result, port=53, proto="udp")
+        got[result[0]] += 1
+    assert got == {V1A: 5, V2A: 5}
+
+
+def test_a_host_posing_as_a_backend_to_its_service_gets_its_own_packet_back_not_the_backend(
+    tmp_path,
+):
+    """Without microseg's port binding a host can claim a backend's address; the hairpin
+    path then sends the packet back out the port it came in on, to the impostor."""
+    net, _, _ = make(tmp_path, service(100, 0, backup=False))
+    fields = {"ipv4_src": IP[V1A], "ipv4_dst": VIP, "ip_proto": 6, "tcp_src": 48000, "tcp_dst": 80}
+    out = net.send(C1, VMAC, 0x0800, **fields)
+    assert out.hosts == [C1]
+    assert out.frames[0][1]["ipv4_src"] == VIP

@@ -8,15 +8,18 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from controller.flows import (
     Bucket,
     apply,
+    conntrack,
     flow,
     flow_mod,
     goto,
     group,
     group_action,
     group_mod,
+    nat,
     output,
     set_field,
 )
+from controller.matches import CT_DNAT, CT_EST, CT_NEW, CT_RPL, CT_SNAT, CT_TRK
 from tests.fakeswitch import FakeSwitch, FakeSwitchError
 
 PKT = {
@@ -210,3 +213,129 @@ def test_deleting_a_group_removes_flows_that_use_it():
     add(sw, flow(0, 1, {}, apply(group_action(1))))
     sw.apply([group_mod(group(1, "all", []), ofp.OFPGC_DELETE)])
     assert sw.flow_count() == 0 and not sw.groups
+
+
+# --- conntrack with NAT, as Open vSwitch's userspace conntrack does it -------------------------
+
+TCP = {**PKT, "ip_proto": 6, "tcp_src": 40000, "tcp_dst": 80}
+
+
+def ct_switch(*flows):
+    """Table 0: everything through ct in zone 1 with `nat`, recirculating to table 1."""
+    sw = switch(n_tables=3)
+    add(sw, flow(0, 0, {}, apply(conntrack(1, 1, nested=(nat(),)))), *flows)
+    return sw
+
+
+def sent(sw, pkt):
+    result = sw.lookup(pkt)
+    assert len(result.outputs) == 1, result
+    return result.outputs[0][1]
+
+
+def test_snat_keeps_the_source_port_and_replies_are_translated_back():
+    commit = conntrack(1, 2, commit=True, nested=(nat(src="10.0.100.10"),))
+    sw = ct_switch(
+        flow(1, 10, {"ct_state": (CT_TRK | CT_NEW, CT_TRK | CT_NEW)}, apply(commit)),
+        flow(1, 5, {"ct_state": (CT_TRK | CT_EST, CT_TRK | CT_EST)}, goto(2)),
+        flow(2, 0, {}, apply(output(2))),
+    )
+    out = sent(sw, TCP)
+    assert (out["ipv4_src"], out["tcp_src"], out["ipv4_dst"]) == ("10.0.100.10", 40000, "10.0.0.2")
+    assert out["ct_state"] & CT_SNAT
+    reply = {**TCP, "ipv4_src": "10.0.0.2", "tcp_src": 80, "ipv4_dst": "10.0.100.10"}
+    back = sent(sw, {**reply, "tcp_dst": 40000})
+    assert (back["ipv4_dst"], back["tcp_dst"], back["ipv4_src"]) == ("10.0.0.1", 40000, "10.0.0.2")
+    assert back["ct_state"] & (CT_RPL | CT_DNAT) == CT_RPL | CT_DNAT  # un-SNAT: the destination
+    assert sent(sw, TCP)["ipv4_src"] == "10.0.100.10"  # established: the same translation
+
+
+def test_snat_moves_the_source_port_when_its_reply_key_is_taken():
+    commit = conntrack(1, 2, commit=True, nested=(nat(src="10.0.100.10"),))
+    sw = ct_switch(
+        flow(1, 0, {}, apply(commit)),
+        flow(2, 0, {}, apply(output(2))),
+    )
+    first = sent(sw, TCP)
+    other = sent(sw, {**TCP, "ipv4_src": "10.0.0.3"})  # another client, the same source port
+    assert first["tcp_src"] == 40000 and other["tcp_src"] == 40001
+    low = sent(sw, {**TCP, "tcp_src": 511})
+    again = sent(sw, {**TCP, "ipv4_src": "10.0.0.3", "tcp_src": 511})
+    assert (low["tcp_src"], again["tcp_src"]) == (511, 1)  # wraps within 1-511
+
+
+def test_a_snat_with_no_free_reply_key_leaves_the_packet_new_and_untranslated():
+    """Open vSwitch's nat_res_exhaustion: nothing committed, the packet goes on as it was."""
+    commit = conntrack(1, 2, commit=True, nested=(nat(src="10.0.100.10", port=5000),))
+    sw = ct_switch(flow(1, 0, {}, apply(commit)), flow(2, 0, {}, apply(output(2))))
+    assert sent(sw, TCP)["tcp_src"] == 5000
+    other = sent(sw, {**TCP, "ipv4_src": "10.0.0.3"})
+    assert (other["ipv4_src"], other["tcp_src"]) == ("10.0.0.3", 40000)
+    assert other["ct_state"] == CT_TRK | CT_NEW and len(sw.connections) == 1
+
+
+def test_one_nat_takes_src_or_dst_not_both():
+    with pytest.raises(ValueError):
+        nat("10.0.0.9", 80, src="10.0.100.10")
+    sw = ct_switch(
+        flow(1, 0, {}, apply(conntrack(1, 2, commit=True, nested=(("nat", 3, "10.0.0.9", None),))))
+    )
+    with pytest.raises(FakeSwitchError):
+        sw.lookup(TCP)
+
+
+def test_a_packet_translated_in_a_zone_is_found_again_there_by_its_reversed_key():
+    dnat = conntrack(1, 2, commit=True, nested=(nat("10.0.0.9", 8080),))
+    again = conntrack(1, 2)  # no nat: the translated packet meets its own connection
+    sw = ct_switch(
+        flow(1, 0, {}, apply(dnat)),
+        flow(2, 10, {"ct_state": (CT_TRK | CT_NEW, CT_TRK | CT_NEW)}, apply(again)),
+        flow(2, 5, {"ct_state": (CT_TRK | CT_EST, CT_TRK | CT_EST | CT_RPL)}, apply(output(2))),
+    )
+    out = sent(sw, TCP)
+    assert (out["ipv4_dst"], out["tcp_dst"]) == ("10.0.0.9", 8080)
+    assert len(sw.connections) == 1  # the second ct() created nothing
+
+
+def test_two_translations_take_two_zones_and_replies_undo_them_in_reverse():
+    """Destination NAT in zone 1, then source NAT in zone 2; replies: zone 2, then zone 1."""
+    dnat = conntrack(1, 1, commit=True, nested=(nat("10.0.0.1", 80), set_field("ct_mark", 1)))
+    snat = conntrack(2, 2, commit=True, nested=(nat(src="10.0.100.10"), set_field("ct_mark", 2)))
+    sw = switch(n_tables=3)
+    to_vip = {"eth_type": 0x0800, "ipv4_dst": "10.0.100.10"}
+    add(
+        sw,
+        flow(
+            0, 10, {**to_vip, "ip_proto": 6, "tcp_dst": 80}, apply(conntrack(1, 1, nested=(nat(),)))
+        ),
+        flow(0, 5, to_vip, apply(conntrack(2, 1, nested=(nat(),)))),
+        flow(1, 10, {"ct_state": (CT_TRK | CT_NEW, CT_TRK | CT_NEW), "ct_mark": 0}, apply(dnat)),
+        flow(1, 5, {"ct_state": (CT_TRK, CT_TRK | CT_RPL), "ct_mark": 1}, apply(snat)),
+        flow(
+            1,
+            5,
+            {"ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL), "ct_mark": 2},
+            apply(conntrack(1, 2, nested=(nat(),))),
+        ),
+        flow(2, 0, {}, apply(output(ofp.OFPP_IN_PORT))),
+    )
+    syn = {**TCP, "ipv4_src": "10.0.0.1", "ipv4_dst": "10.0.100.10"}
+    out = sent(sw, syn)
+    assert out["ipv4_src"] == "10.0.100.10" and out["ipv4_dst"] == "10.0.0.1"
+    assert (out["tcp_src"], out["tcp_dst"]) == (40000, 80)
+    back = sent(
+        sw,
+        {
+            **out,
+            "ipv4_src": "10.0.0.1",
+            "ipv4_dst": "10.0.100.10",
+            "tcp_src": 80,
+            "tcp_dst": 40000,
+            "ct_state": 0,
+            "ct_mark": 0,
+            "ct_zone": 0,
+        },
+    )
+    assert (back["ipv4_src"], back["tcp_src"]) == ("10.0.100.10", 80)
+    assert (back["ipv4_dst"], back["tcp_dst"]) == ("10.0.0.1", 40000)
+    assert sorted(zone for zone, _ in sw.connections) == [1, 2]
