@@ -100,6 +100,80 @@ def test_a_changed_configmap_is_applied_without_a_restart_and_bad_rules_change_n
     assert now == started  # never restarted
 
 
+def test_a_syn_from_an_allowed_port_to_a_denied_one_does_not_pass(env):
+    """`nmap --source-port 80`: a stateless filter lets replies out by their source port; a
+    stateful one judges each new connection by where it goes."""
+    sent = [(80, 22, "S"), (443, 22, "S"), (80, 80, "S"), (40001, 443, "S")]
+    assert env.crossing("h1", "h2", "tcp", sent) == {(80, 80), (40001, 443)}
+
+
+def test_tcp_packets_of_no_connection_do_not_pass_either_way(env):
+    """Conntrack's view: a connection opens with a SYN; a bare ACK, a FIN, an RST or a SYN-ACK
+    that answers nothing is dropped, even on an allowed port, in both directions."""
+    to_server = [(40010, 80, "A"), (40011, 80, "SA"), (40012, 443, "F"), (40013, 80, "R")]
+    to_client = [(80, 40020, "SA"), (443, 40021, "A"), (80, 40022, "PA")]
+    seen = {
+        "to server": env.crossing("h1", "h2", "tcp", [*to_server, (40014, 80, "S")]),
+        "to client": env.crossing("h2", "h1", "tcp", to_client),
+    }
+    assert seen == {"to server": {(40014, 80)}, "to client": set()}
+    assert env.open_ports() == {80: True, 443: True, 22: False}  # real connections still do
+
+
+UDP_CHAIN = """\
+  - name: dns-via-firewall
+    from_labels: {role: client}
+    to_labels: {role: web}
+    protocol: udp
+    ports: [53, 123]
+    through: [virtual-firewall]
+"""
+DENY_BUT_WEB_AND_DNS = """\
+{"default": "deny", "rules": [
+  {"action": "allow", "protocol": "tcp", "port": 80},
+  {"action": "allow", "protocol": "tcp", "port": 443},
+  {"action": "allow", "protocol": "udp", "port": 53}
+]}
+"""
+
+
+def test_udp_replies_pass_by_conntrack_never_by_source_port(env):
+    env.lab.serve("h2", "udp:53", "udp:123")
+    env.reconfigure(ENDPOINTS + CHAIN + UDP_CHAIN)
+    env.set_rules(DENY_BUT_WEB_AND_DNS)
+    try:
+        env.wait_open(53, True, proto="udp")  # a request and its answer, once steered
+        assert not env.lab.connects("h1", "h2", "udp", 123)  # the default: deny
+        seen = {
+            "to server": env.crossing("h1", "h2", "udp", [(53, 123, ""), (40030, 53, "")]),
+            "to client": env.crossing("h2", "h1", "udp", [(53, 40031, "")]),  # asked nothing
+        }
+        assert seen == {"to server": {(40030, 53)}, "to client": set()}
+        assert env.open_ports() == {80: True, 443: True, 22: False}
+    finally:
+        env.set_rules(None)
+        env.reconfigure(ENDPOINTS + CHAIN)
+
+
+def test_a_rules_change_applies_to_open_connections_too(env):
+    """A reply passes only while its connection is allowed: revoking port 443 stops the
+    connections already open to it (port 80's go on)."""
+    web = env.lab.hold("h1", "10.0.0.2", 80, 4, seconds=6)
+    tls = env.lab.hold("h1", "10.0.0.2", 443, 4, seconds=6)
+    try:
+        env.set_rules(
+            '{"rules": [{"action": "allow", "protocol": "tcp", "port": 80},'
+            ' {"action": "deny", "protocol": "tcp", "port": 443}]}'
+        )
+        web_out, tls_out = (
+            json.loads(p.communicate(timeout=20)[0].splitlines()[-1]) for p in (web, tls)
+        )
+    finally:
+        env.set_rules(None)
+    assert web_out["broken"] == 0 and tls_out["broken"] == 4, (web_out, tls_out)
+    env.wait_open(443, True)
+
+
 def test_a_killed_replica_is_taken_out_and_traffic_recovers_within_2_s(env):
     victim = env.deployer.status("virtual-firewall")["replicas"][0]["name"]
     subprocess.run(["/usr/bin/docker", "kill", victim], check=True, capture_output=True)
