@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from topologies.harness import ROOT, Controller, Lab
@@ -72,23 +73,13 @@ class VnfLab:
             f"Ether(src='{a.MAC()}', dst='{b.MAC()}')/IP(src='{a.IP()}', dst='{b.IP()}')/{x}"
             for x in l4
         )
-        sniff = b.popen(
-            ["tcpdump", "-i", f"{dst}-eth0", "-n", "-l", "--immediate-mode"]
-            + [f"{proto} and src host {a.IP()} and dst host {b.IP()}"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        send = f"from scapy.all import Ether, IP, TCP, UDP, sendp; sendp([{frames}], "
+        out = captured(
+            b.popen,
+            f"{dst}-eth0",
+            f"{proto} and src host {a.IP()} and dst host {b.IP()}",
+            lambda: a.cmd(f"{sys.executable} -c \"{send}iface='{src}-eth0', verbose=False)\""),
         )
-        try:
-            while "listening on" not in sniff.stderr.readline():
-                if sniff.poll() is not None:
-                    raise RuntimeError(f"tcpdump on {dst} did not start")
-            send = f"from scapy.all import Ether, IP, TCP, UDP, sendp; sendp([{frames}], "
-            a.cmd(f"{sys.executable} -c \"{send}iface='{src}-eth0', verbose=False)\"")
-            time.sleep(1.0)  # what crosses does so in milliseconds
-        finally:
-            sniff.terminate()
-            out = sniff.communicate(timeout=5)[0]
         seen = re.findall(r"\.(\d+) > [\d.]+\.(\d+): ", out)
         return {(int(s), int(d)) for s, d in seen}
 
@@ -107,6 +98,28 @@ class VnfLab:
             if self.lab.connects("h1", "h2", proto, port, timeout=0.5) == want:
                 return time.time() - start
         raise AssertionError(f"{proto} {port} never became {'open' if want else 'closed'}")
+
+
+def captured(popen, iface: str, bpf: str, send: Callable[[], object]) -> str:
+    """tcpdump's lines for the frames on `iface` that match `bpf` while `send()` runs and for a
+    second after (what crosses does so in milliseconds). `popen` starts tcpdump: a Mininet
+    host's, or subprocess.Popen for an interface of the root namespace."""
+    sniff = popen(
+        ["tcpdump", "-i", iface, "-n", "-l", "--immediate-mode", bpf],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while "listening on" not in sniff.stderr.readline():
+            if sniff.poll() is not None:
+                raise RuntimeError(f"tcpdump on {iface} did not start")
+        send()
+        time.sleep(1.0)
+    finally:
+        sniff.terminate()
+        out = sniff.communicate(timeout=5)[0]
+    return out
 
 
 @contextmanager
