@@ -113,13 +113,15 @@ def compile_rules(text: str) -> str:
 
 # Before any rule: packets that belong to no connection never pass (conntrack's invalid state,
 # a TCP connection that does not open with a SYN: a bare ACK, a SYN-ACK to nobody), and ICMP
-# errors about a tracked connection are judged with it (they pass while it exists).
+# errors about a connection conntrack tracks pass.
 STATE_LINES = (
     "ct state invalid drop",
     "ct state new meta l4proto tcp tcp flags & (fin|syn|rst|ack) != syn drop",
     "ct state related accept",
 )
-# The bridge passes ARP and unicast IPv4 (judged by the inet table); nothing else.
+# The bridge passes ARP and unicast IPv4 (judged by the inet table), nothing else: IPv6 or a
+# VLAN-tagged frame would go unjudged, and a broadcast or multicast would loop (a bridge
+# between two ports of one switch sends every flood straight back in).
 BRIDGE_LINES = (
     "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 drop",
     "ether type arp accept",
@@ -264,11 +266,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     wire()
     text, origin = rules_text()
-    if not apply(text, origin):  # no good rules yet: a firewall that cannot filter passes nothing
+    if not apply(text, origin):  # nothing in force: a firewall that cannot filter passes nothing
         _run("nft", "-f", "-", stdin=FAIL_CLOSED)
-        print(
-            "vnf: no valid rules: dropping everything until there are", file=sys.stderr, flush=True
-        )
+        print("vnf: no rules in force: dropping everything until there are", file=sys.stderr)
     if "--once" in sys.argv:
         return 0
     enforced = bridge_netfilter() is None
