@@ -6,8 +6,13 @@ the chain sends h1 -> h2 on ports 80, 443 and 22 through the firewall VNF.
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
+import sys
+import textwrap
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 from topologies.harness import ROOT, Controller, Lab
@@ -39,6 +44,45 @@ class VnfLab:
     def deploy(self) -> None:
         self.deployer.deploy(load_manifest(self.manifest_path), "s1")
 
+    def set_rules(self, rules_json: str | None) -> None:
+        """Deploy the seed's Deployment with these rules.json contents (None: the seed's own);
+        the replicas re-apply them without a restart."""
+        with open(SEED_VNF) as fh:
+            seed = fh.read()
+        if rules_json is not None:
+            head = seed[: seed.index("rules.json: |\n") + len("rules.json: |\n")]
+            seed = head + textwrap.indent(rules_json.strip() + "\n", " " * 4)
+        with open(self.manifest_path, "w") as fh:
+            fh.write(seed)
+        self.deploy()
+
+    def crossing(
+        self, src: str, dst: str, proto: str, packets: list[tuple[int, int, str]]
+    ) -> set[tuple[int, int]]:
+        """Which of `packets` (source port, destination port, TCP flags such as "S", "SA", "A";
+        "" for UDP), sent as raw frames from `src` to `dst`, reach `dst`: built with scapy on
+        src, seen by tcpdump on dst. Returns their (source port, destination port)."""
+        a, b = self.lab.host(src), self.lab.host(dst)
+        l4 = [
+            f"TCP(sport={s}, dport={d}, flags='{f}', seq=1000, ack=1000)"
+            if proto == "tcp"
+            else f"UDP(sport={s}, dport={d})/b'probe'"
+            for s, d, f in packets
+        ]
+        frames = ", ".join(
+            f"Ether(src='{a.MAC()}', dst='{b.MAC()}')/IP(src='{a.IP()}', dst='{b.IP()}')/{x}"
+            for x in l4
+        )
+        send = f"from scapy.all import Ether, IP, TCP, UDP, sendp; sendp([{frames}], "
+        out = captured(
+            b.popen,
+            f"{dst}-eth0",
+            f"{proto} and src host {a.IP()} and dst host {b.IP()}",
+            lambda: a.cmd(f"{sys.executable} -c \"{send}iface='{src}-eth0', verbose=False)\""),
+        )
+        seen = re.findall(r"\.(\d+) > [\d.]+\.(\d+): ", out)
+        return {(int(s), int(d)) for s, d in seen}
+
     def reconfigure(self, text: str) -> None:
         if not self.ctl.rewrite_config(text):
             raise RuntimeError("the controller did not take the config")
@@ -46,13 +90,36 @@ class VnfLab:
     def open_ports(self) -> dict[int, bool]:
         return {p: self.lab.connects("h1", "h2", "tcp", p, timeout=1.0) for p in (80, 443, 22)}
 
-    def wait_open(self, port: int, want: bool, timeout: float = 10.0) -> float:
-        """Seconds until a connection to h2:port opens (or stops opening)."""
+    def wait_open(self, port: int, want: bool, timeout: float = 10.0, proto: str = "tcp") -> float:
+        """Seconds until a connection to h2:port opens (or stops opening); for UDP, until a
+        datagram comes back (or stops coming back)."""
         start = time.time()
         while time.time() - start < timeout:
-            if self.lab.connects("h1", "h2", "tcp", port, timeout=0.5) == want:
+            if self.lab.connects("h1", "h2", proto, port, timeout=0.5) == want:
                 return time.time() - start
-        raise AssertionError(f"port {port} never became {'open' if want else 'closed'}")
+        raise AssertionError(f"{proto} {port} never became {'open' if want else 'closed'}")
+
+
+def captured(popen, iface: str, bpf: str, send: Callable[[], object]) -> str:
+    """tcpdump's lines for the frames on `iface` that match `bpf` while `send()` runs and for a
+    second after (what crosses does so in milliseconds). `popen` starts tcpdump: a Mininet
+    host's, or subprocess.Popen for an interface of the root namespace."""
+    sniff = popen(
+        ["tcpdump", "-i", iface, "-n", "-l", "--immediate-mode", bpf],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while "listening on" not in sniff.stderr.readline():
+            if sniff.poll() is not None:
+                raise RuntimeError(f"tcpdump on {iface} did not start")
+        send()
+        time.sleep(1.0)
+    finally:
+        sniff.terminate()
+        out = sniff.communicate(timeout=5)[0]
+    return out
 
 
 @contextmanager

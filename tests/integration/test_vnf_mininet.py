@@ -11,10 +11,12 @@ import subprocess
 import time
 
 import pytest
+from scapy.all import ICMP, IP, TCP, Dot1Q, Ether, IPv6, sendp
 
 from tests.integration.conftest import require_lab
 from topologies.harness import ofctl
-from topologies.vnflab import CHAIN, ENDPOINTS, vnf_lab
+from topologies.vnflab import CHAIN, ENDPOINTS, captured, vnf_lab
+from vnf import runtime
 from vnf.deploy import Deployer
 from vnf.manifest import load_manifest
 from vnf.runtime import DockerRuntime
@@ -98,6 +100,155 @@ def test_a_changed_configmap_is_applied_without_a_restart_and_bad_rules_change_n
     env.wait_open(22, False)
     now = [r["state"]["started"] for r in env.deployer.status("virtual-firewall")["replicas"]]
     assert now == started  # never restarted
+
+
+def test_a_syn_from_an_allowed_port_to_a_denied_one_does_not_pass(env):
+    """`nmap --source-port 80`: a stateless filter lets replies out by their source port; a
+    stateful one judges each new connection by where it goes."""
+    sent = [(80, 22, "S"), (443, 22, "S"), (80, 80, "S"), (40001, 443, "S")]
+    assert env.crossing("h1", "h2", "tcp", sent) == {(80, 80), (40001, 443)}
+
+
+def test_tcp_packets_of_no_connection_do_not_pass_either_way(env):
+    """Conntrack's view: a connection opens with a SYN; a bare ACK, a FIN, an RST or a SYN-ACK
+    that answers nothing is dropped, even on an allowed port, in both directions."""
+    to_server = [(40010, 80, "A"), (40011, 80, "SA"), (40012, 443, "F"), (40013, 80, "R")]
+    to_client = [(80, 40020, "SA"), (443, 40021, "A"), (80, 40022, "PA")]
+    seen = {
+        "to server": env.crossing("h1", "h2", "tcp", [*to_server, (40014, 80, "S")]),
+        "to client": env.crossing("h2", "h1", "tcp", to_client),
+    }
+    assert seen == {"to server": {(40014, 80)}, "to client": set()}
+    assert env.open_ports() == {80: True, 443: True, 22: False}  # real connections still do
+
+
+UDP_CHAIN = """\
+  - name: dns-via-firewall
+    from_labels: {role: client}
+    to_labels: {role: web}
+    protocol: udp
+    ports: [53, 123]
+    through: [virtual-firewall]
+"""
+DENY_BUT_WEB_AND_DNS = """\
+{"default": "deny", "rules": [
+  {"action": "allow", "protocol": "tcp", "port": 80},
+  {"action": "allow", "protocol": "tcp", "port": 443},
+  {"action": "allow", "protocol": "udp", "port": 53}
+]}
+"""
+
+
+def test_udp_replies_pass_by_conntrack_never_by_source_port(env):
+    env.lab.serve("h2", "udp:53", "udp:123")
+    env.reconfigure(ENDPOINTS + CHAIN + UDP_CHAIN)
+    env.set_rules(DENY_BUT_WEB_AND_DNS)
+    try:
+        env.wait_open(53, True, proto="udp")  # a request and its answer, once steered
+        assert not env.lab.connects("h1", "h2", "udp", 123)  # the default: deny
+        seen = {
+            "to server": env.crossing("h1", "h2", "udp", [(53, 123, ""), (40030, 53, "")]),
+            "to client": env.crossing("h2", "h1", "udp", [(53, 40031, "")]),  # asked nothing
+        }
+        assert seen == {"to server": {(40030, 53)}, "to client": set()}
+        assert env.open_ports() == {80: True, 443: True, 22: False}
+    finally:
+        env.set_rules(None)
+        env.reconfigure(ENDPOINTS + CHAIN)
+
+
+def test_a_rules_change_applies_to_open_connections_too(env):
+    """A reply passes only while its connection is allowed: revoking port 443 stops the
+    connections already open to it (port 80's go on)."""
+    web = env.lab.hold("h1", "10.0.0.2", 80, 4, seconds=6)
+    tls = env.lab.hold("h1", "10.0.0.2", 443, 4, seconds=6)
+    try:
+        env.set_rules(
+            '{"rules": [{"action": "allow", "protocol": "tcp", "port": 80},'
+            ' {"action": "deny", "protocol": "tcp", "port": 443}]}'
+        )
+        web_out, tls_out = (
+            json.loads(p.communicate(timeout=20)[0].splitlines()[-1]) for p in (web, tls)
+        )
+    finally:
+        env.set_rules(None)
+    assert web_out["broken"] == 0 and tls_out["broken"] == 4, (web_out, tls_out)
+    env.wait_open(443, True)
+
+
+def through_replica(env, into: str, frame, bpf: str) -> str:
+    """The VNF alone, no switch: `frame` sent into replica 0 by its switch-side port `into`
+    ("a" or "b"); tcpdump's lines for what leaves it by the other one and matches `bpf`."""
+    a, b = env.deployer.load("virtual-firewall")["replicas"][0]["ports"]
+    send_on, watch = (a, b) if into == "a" else (b, a)
+    return captured(
+        subprocess.Popen, watch, bpf, lambda: sendp(frame, iface=send_on, verbose=False)
+    )
+
+
+def lab_frames(env, reply: bool = False):
+    """Ether/IP from h1 to h2 (from h2 to h1 if `reply`), with their real addresses."""
+    src, dst = (env.lab.host(h) for h in (("h2", "h1") if reply else ("h1", "h2")))
+    return Ether(src=src.MAC(), dst=dst.MAC()) / IP(src=src.IP(), dst=dst.IP())
+
+
+def test_icmp_errors_pass_for_a_tracked_connection_only(env):
+    syn = TCP(sport=40050, dport=80, flags="S", seq=1000)
+    assert "Flags [S]" in through_replica(env, "a", lab_frames(env) / syn, "tcp port 40050")
+
+    def unreachable(quoting) -> bool:
+        error = (
+            ICMP(type=3, code=3)
+            / IP(src=env.lab.host("h1").IP(), dst=env.lab.host("h2").IP())
+            / quoting
+        )
+        frame = lab_frames(env, reply=True) / error
+        return "unreachable" in through_replica(env, "b", frame, "icmp")
+
+    seen = {
+        "about the connection": unreachable(syn),
+        "about nothing": unreachable(TCP(sport=40051, dport=80, flags="S", seq=1000)),
+    }
+    assert seen == {"about the connection": True, "about nothing": False}
+
+
+def test_only_ipv4_and_arp_cross_the_vnf(env):
+    """The rules are IPv4: IPv6, or IPv4 behind a VLAN tag, would go unjudged, so neither
+    crosses (even with the seed's default, allow)."""
+    ether, ip = lab_frames(env), lab_frames(env)[IP]
+    mac = Ether(src=ether.src, dst=ether.dst)
+    frames = {
+        "ipv4": (ether / TCP(sport=40060, dport=80, flags="S"), "tcp port 40060"),
+        "ipv6": (mac / IPv6(src="fd00::1", dst="fd00::2") / TCP(sport=40061, dport=80), "ip6"),
+        "vlan": (
+            mac / Dot1Q(vlan=5) / ip / TCP(sport=40062, dport=80),
+            "port 40062 or (vlan and port 40062)",
+        ),
+    }
+    seen = {k: "Flags [S]" in through_replica(env, "a", f, bpf) for k, (f, bpf) in frames.items()}
+    assert seen == {"ipv4": True, "ipv6": False, "vlan": False}
+
+
+def test_without_br_netfilter_the_vnf_passes_nothing(env, monkeypatch):
+    """No conntrack, no rules: with net.bridge.bridge-nf-call-iptables off in its namespace,
+    bridged IPv4 would never reach the rules, so the agent fails closed and says why."""
+    env.deployer.delete("virtual-firewall")
+    monkeypatch.setattr(runtime, "SYSCTLS", ("net.bridge.bridge-nf-call-iptables=0",))
+    try:
+        env.deploy()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            agents = [r["agent"] for r in env.deployer.status("virtual-firewall")["replicas"]]
+            if all(agents):
+                break
+            time.sleep(0.2)
+        assert all(not a["ok"] and "bridge-nf-call-iptables" in a["error"] for a in agents)
+        assert env.open_ports() == {80: False, 443: False, 22: False}
+    finally:
+        env.deployer.delete("virtual-firewall")
+        monkeypatch.undo()
+        env.deploy()
+    env.wait_open(80, True)
 
 
 def test_a_killed_replica_is_taken_out_and_traffic_recovers_within_2_s(env):

@@ -1,11 +1,13 @@
 """VNF manifests (the seed's Deployment and ConfigMap) and the firewall agent's rule compiler."""
 
+import json
 import os
 import textwrap
 
 import pytest
 
 from controller.config import ConfigError
+from vnf.firewall import agent
 from vnf.firewall.agent import RuleError, compile_rules
 from vnf.manifest import load_manifest, resolved_env
 
@@ -91,12 +93,27 @@ def test_seed_rules_compile_to_one_atomic_nft_transaction():
     m = load_manifest(SEED_VNF)
     script = compile_rules(m.configmaps["firewall-config"]["rules.json"])
     assert script.startswith("table bridge osken_vnf {}\ndelete table bridge osken_vnf\n")
+    assert "table inet osken_vnf {}\ndelete table inet osken_vnf\n" in script  # same transaction
     body = [line.strip() for line in script.splitlines()]
-    assert body.index("ether type ip meta l4proto tcp tcp dport 80 accept") < body.index(
-        "ether type ip meta l4proto tcp tcp dport 22 drop"
+    rule = "ct direction {} meta nfproto ipv4 meta l4proto tcp tcp {} {} {}".format
+    assert (
+        body.index("ct state invalid drop")
+        < body.index("ct state new meta l4proto tcp tcp flags & (fin|syn|rst|ack) != syn drop")
+        < body.index("ct state related accept")
+        < body.index(rule("original", "dport", 80, "accept"))
+        < body.index(rule("reply", "sport", 80, "accept"))
+        < body.index(rule("original", "dport", 22, "drop"))
+        < body.index(rule("reply", "sport", 22, "drop"))
     )
-    assert "ether type ip meta l4proto tcp tcp sport 443 accept" in body  # replies, stateless
-    assert "type filter hook forward priority 0; policy accept;" in body
+    # a source port alone never lets a packet through: only a reply of an allowed connection
+    assert all(line.startswith("ct direction reply") for line in body if " sport " in line)
+    assert body.count("type filter hook forward priority 0; policy accept;") == 1  # the rules'
+    assert body.count("type filter hook forward priority 0; policy drop;") == 1  # the bridge's
+    assert body[body.index("table bridge osken_vnf {") + 3 :][:3] == [
+        "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 drop",
+        "ether type arp accept",
+        "ether type ip accept",  # and nothing else: no IPv6, no VLAN tags
+    ]
 
 
 def test_a_default_deny_and_addresses():
@@ -104,8 +121,31 @@ def test_a_default_deny_and_addresses():
         '{"default": "deny", "rules": [{"action": "allow", "protocol": "udp", "port": "5000-5010",'
         ' "source": "10.0.0.0/8", "destination": "10.1.2.3"}]}'
     )
-    assert "policy drop;" in script
-    assert "ip saddr 10.0.0.0/8 ip daddr 10.1.2.3/32 meta l4proto udp udp dport 5000-5010" in script
+    assert "policy drop;" in script.split("table inet")[-1]
+    udp = "meta l4proto udp udp"
+    assert (
+        f"original meta nfproto ipv4 ip saddr 10.0.0.0/8 ip daddr 10.1.2.3/32 {udp} dport" in script
+    )
+    assert f"reply meta nfproto ipv4 ip saddr 10.1.2.3/32 ip daddr 10.0.0.0/8 {udp} sport" in script
+
+
+def test_br_netfilter_is_turned_on_where_it_may_be(tmp_path, monkeypatch):
+    switch = tmp_path / "bridge-nf-call-iptables"
+    switch.write_text("0\n")
+    monkeypatch.setattr(agent, "BRIDGE_NF", str(switch))
+    assert agent.bridge_netfilter() is None and switch.read_text() == "1"
+
+
+def test_without_br_netfilter_the_agent_fails_closed_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(agent, "BRIDGE_NF", str(tmp_path))  # a folder: cannot be read or set
+    monkeypatch.setattr(agent, "STATUS", str(tmp_path / "status.json"))
+    scripts = []
+    monkeypatch.setattr(agent, "_run", lambda *cmd, stdin=None: scripts.append(stdin))
+    assert not agent.apply('{"rules": []}', "test")
+    assert scripts == [agent.FAIL_CLOSED]
+    assert "policy accept" not in agent.FAIL_CLOSED and "accept\n" not in agent.FAIL_CLOSED
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert not status["ok"] and "bridge-nf-call-iptables is off" in status["error"]
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,16 @@ and nftables, so it uses the standard library alone.
   atomically (one nft transaction), without a restart.
 - Bad rules: the old rules stay in force (at start, with none yet, everything is dropped);
   the error goes to stderr (docker logs) and to /run/vnf/status.json, as does every apply.
-- The kernel here has no bridge conntrack, so filtering is stateless: for each allow rule with
-  a port, replies (that port as the source, addresses swapped) are allowed too.
+- Stateful: bridged IPv4 crosses the inet family's forward hook with conntrack (br_netfilter,
+  `net.bridge.bridge-nf-call-iptables=1` in this namespace; the deploy tool sets it, and the
+  agent refuses to pass traffic while it is off). Each rule judges a connection by its first
+  packet's direction: packets of the original direction match it as written, replies (conntrack
+  direction reply) with addresses and ports swapped. So a reply passes because its connection
+  was allowed, never by its own source port; a rules change applies at once to every
+  connection, open ones too. ICMP errors of a tracked connection (conntrack state related) pass
+  with it; packets that belong to nothing (conntrack state invalid, a TCP connection that does
+  not start with a SYN) never pass.
+- Only IPv4 and ARP cross (the rules are IPv4): IPv6 and every other EtherType is dropped.
 
     FIREWALL_RULES='{"rules": [...]}' agent.py [--once]   # --once: apply and exit (tests)
 """
@@ -35,6 +43,7 @@ import time
 TABLE = "osken_vnf"
 STATUS = os.environ.get("VNF_STATUS_FILE", "/run/vnf/status.json")
 PORTS = ("eth0", "eth1")
+BRIDGE_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 PROTOCOLS = ("tcp", "udp", "icmp", "any")
 
 
@@ -77,9 +86,7 @@ def compile_rules(text: str) -> str:
     default = doc.get("default", os.environ.get("FIREWALL_DEFAULT", "allow"))
     if default not in ("allow", "deny"):
         raise RuleError(f"default: {default!r} is not allow or deny")
-    # Broadcast and multicast never cross: a bridge between two ports of one switch would
-    # otherwise loop every flood straight back in. Chains carry unicast IPv4 only.
-    lines = ["ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 drop", "ether type arp accept"]
+    lines = list(STATE_LINES)
     for i, rule in enumerate(doc["rules"]):
         where = f"rules[{i}]"
         if not isinstance(rule, dict):
@@ -99,25 +106,50 @@ def compile_rules(text: str) -> str:
         src = _net(rule.get("source"), where, "source")
         dst = _net(rule.get("destination"), where, "destination")
         verdict = "accept" if action == "allow" else "drop"
-        lines.append(_match(proto, src, dst, "dport", port) + verdict)
-        if action == "allow" and port:  # stateless: the replies of what is allowed
-            lines.append(_match(proto, dst, src, "sport", port) + "accept")
-    policy = "accept" if default == "allow" else "drop"
-    body = "\n".join(f"    {line}" for line in lines)
-    return (
-        f"table bridge {TABLE} {{}}\n"
-        f"delete table bridge {TABLE}\n"
-        f"table bridge {TABLE} {{\n"
-        f"  chain forward {{\n"
-        f"    type filter hook forward priority 0; policy {policy};\n"
-        f"{body}\n"
-        f"  }}\n"
-        f"}}\n"
-    )
+        lines.append("ct direction original " + _match(proto, src, dst, "dport", port) + verdict)
+        lines.append("ct direction reply " + _match(proto, dst, src, "sport", port) + verdict)
+    return _script(BRIDGE_LINES, lines, "accept" if default == "allow" else "drop")
+
+
+# Before any rule: packets that belong to no connection never pass (conntrack's invalid state,
+# a TCP connection that does not open with a SYN: a bare ACK, a SYN-ACK to nobody), and ICMP
+# errors about a connection conntrack tracks pass.
+STATE_LINES = (
+    "ct state invalid drop",
+    "ct state new meta l4proto tcp tcp flags & (fin|syn|rst|ack) != syn drop",
+    "ct state related accept",
+)
+# The bridge passes ARP and unicast IPv4 (judged by the inet table), nothing else: IPv6 or a
+# VLAN-tagged frame would go unjudged, and a broadcast or multicast would loop (a bridge
+# between two ports of one switch sends every flood straight back in).
+BRIDGE_LINES = (
+    "ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 drop",
+    "ether type arp accept",
+    "ether type ip accept",
+)
+
+
+def _script(bridge_lines, inet_lines, policy: str) -> str:
+    """One nft transaction replacing both tables: the bridge's forward chain (which frames may
+    cross, else drop) and the inet one (the rules, with conntrack, ending in `policy`)."""
+    out = []
+    for family, lines, tail in (("bridge", bridge_lines, "drop"), ("inet", inet_lines, policy)):
+        body = "".join(f"    {line}\n" for line in lines)
+        out.append(
+            f"table {family} {TABLE} {{}}\n"
+            f"delete table {family} {TABLE}\n"
+            f"table {family} {TABLE} {{\n"
+            f"  chain forward {{\n"
+            f"    type filter hook forward priority 0; policy {tail};\n"
+            f"{body}"
+            f"  }}\n"
+            f"}}\n"
+        )
+    return "".join(out)
 
 
 def _match(proto: str, src, dst, direction: str, port: str | None) -> str:
-    out = "ether type ip "
+    out = "meta nfproto ipv4 "
     if src is not None:
         out += f"ip saddr {src} "
     if dst is not None:
@@ -178,8 +210,36 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def bridge_netfilter() -> str | None:
+    """None when bridged IPv4 crosses the inet hooks here, else why it does not.
+
+    br_netfilter's switch is per network namespace; the agent turns it on where it may (as a
+    namespace host). In a container /proc/sys is read-only: the deploy tool sets it there
+    (`docker run --sysctl`)."""
+    try:
+        with open(BRIDGE_NF) as fh:
+            if fh.read().strip() == "1":
+                return None
+        with open(BRIDGE_NF, "w") as fh:
+            fh.write("1")
+        return None
+    except OSError as exc:
+        return (
+            f"net.bridge.bridge-nf-call-iptables is off and cannot be turned on ({exc.strerror}):"
+            " no rule would see bridged IPv4, so nothing passes"
+        )
+
+
 def apply(text: str, origin: str) -> bool:
+    """Put the rules of `text` in force. False if they are refused (the rules in force stay)
+    or cannot be enforced (br_netfilter off: then nothing passes)."""
     version = digest(text)
+    problem = bridge_netfilter()
+    if problem:
+        _run("nft", "-f", "-", stdin=FAIL_CLOSED)
+        print(f"vnf: {problem}", file=sys.stderr, flush=True)
+        report(ok=False, error=problem, digest=version)
+        return False
     try:
         script = compile_rules(text)
         _run("nft", "-f", "-", stdin=script)
@@ -199,29 +259,25 @@ def apply(text: str, origin: str) -> bool:
     return True
 
 
-FAIL_CLOSED = (
-    f"table bridge {TABLE} {{}}\ndelete table bridge {TABLE}\n"
-    f"table bridge {TABLE} {{ chain forward {{ type filter hook forward priority 0; "
-    "policy drop; } }\n"
-)
+FAIL_CLOSED = _script((), (), "drop")
 
 
 def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     wire()
     text, origin = rules_text()
-    if not apply(text, origin):  # no good rules yet: a firewall that cannot filter passes nothing
+    if not apply(text, origin):  # nothing in force: a firewall that cannot filter passes nothing
         _run("nft", "-f", "-", stdin=FAIL_CLOSED)
-        print(
-            "vnf: no valid rules: dropping everything until there are", file=sys.stderr, flush=True
-        )
+        print("vnf: no rules in force: dropping everything until there are", file=sys.stderr)
     if "--once" in sys.argv:
         return 0
+    enforced = bridge_netfilter() is None
     while True:
         time.sleep(0.5)
         new, origin = rules_text()
-        if new != text:
-            text = new
+        now = bridge_netfilter() is None
+        if new != text or now != enforced:
+            text, enforced = new, now
             apply(text, origin)
 
 
