@@ -1,6 +1,7 @@
 """`osken-manager`: the classic launcher, which os-ken 4 no longer ships.
 
     osken-manager [--ofp-tcp-listen-port 6653] [--config lab.yaml] [--verbose] APP...
+    osken-manager --ctl-privkey key.pem --ctl-cert cert.pem --ca-certs ca.pem APP...  # TLS
 
 APP is a file path (apps/firewall.py) or a module (apps.firewall). Everything that can be checked
 before starting is checked first: an unknown app, a bad config or a busy port gives one line on
@@ -18,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -47,7 +49,42 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="accepted for compatibility; link discovery is always on",
     )
+    tls = p.add_argument_group(
+        "OpenFlow over TLS (with --ctl-privkey and --ctl-cert, only TLS is accepted)"
+    )
+    tls.add_argument("--ctl-privkey", metavar="PEM", help="the controller's private key")
+    tls.add_argument("--ctl-cert", metavar="PEM", help="the controller's certificate")
+    tls.add_argument(
+        "--ca-certs", metavar="PEM", help="switches must present a certificate signed by these"
+    )
+    tls.add_argument("--ofp-ssl-listen-port", type=int, default=6653, metavar="PORT")
     return p.parse_args(argv)
+
+
+def tls_options(args: argparse.Namespace) -> list[str]:
+    """os-ken's options for OpenFlow over TLS, after checking the files load; [] for plain TCP.
+
+    Raises:
+        LaunchError: only one of key and certificate given, or a file that does not load.
+    """
+    if not (args.ctl_privkey or args.ctl_cert):
+        if args.ca_certs:
+            raise LaunchError("--ca-certs needs --ctl-privkey and --ctl-cert")
+        return []
+    if not (args.ctl_privkey and args.ctl_cert):
+        raise LaunchError("OpenFlow over TLS needs both --ctl-privkey and --ctl-cert")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(args.ctl_cert, args.ctl_privkey)
+        if args.ca_certs:
+            context.load_verify_locations(args.ca_certs)
+    except (OSError, ssl.SSLError) as exc:
+        raise LaunchError(f"TLS: cannot load the key, certificate or CA: {exc}") from None
+    if not args.ca_certs:
+        LOG.warning("TLS without --ca-certs: any switch can connect and claim any dpid")
+    options = ["--ctl-privkey", args.ctl_privkey, "--ctl-cert", args.ctl_cert]
+    options += ["--ca-certs", args.ca_certs] if args.ca_certs else []
+    return options + ["--ofp-ssl-listen-port", str(args.ofp_ssl_listen_port)]
 
 
 def module_name(app: str) -> str:
@@ -157,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
     _install_signals()
     modules = import_apps(args.apps)
     config = check_config(args.config, modules)
-    check_port(args.ofp_listen_host, args.ofp_tcp_listen_port)
+    tls = tls_options(args)
+    port = args.ofp_ssl_listen_port if tls else args.ofp_tcp_listen_port
+    check_port(args.ofp_listen_host, port)
 
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
@@ -171,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
             str(args.ofp_tcp_listen_port),
             "--ofp-listen-host",
             args.ofp_listen_host,
+            *tls,
         ],
         project="os_ken",
     )
@@ -184,7 +224,12 @@ def run(args: argparse.Namespace) -> int:
     manager.load_apps([m.__name__ for m in modules] + ["os_ken.controller.ofp_handler"])
     contexts = manager.create_contexts()
     threads = manager.instantiate_apps(**contexts)
-    LOG.info("listening for OpenFlow 1.3 on %s:%d", args.ofp_listen_host, args.ofp_tcp_listen_port)
+    LOG.info(
+        "listening for OpenFlow 1.3%s on %s:%d",
+        " over TLS" if tls else "",
+        args.ofp_listen_host,
+        port,
+    )
     while all(t.is_alive() for t in threads):
         time.sleep(0.5)
     LOG.error("an os-ken thread ended unexpectedly; stopping")

@@ -217,9 +217,12 @@ def remove_leftovers(topo, before_bridges: set[str], before_links: set[str]) -> 
 class Lab:
     """A Mininet network on OVS's userspace datapath, pointed at a controller on localhost."""
 
-    def __init__(self, topo, controller_port: int) -> None:
+    def __init__(self, topo, controller_port: int, protocol: str = "tcp") -> None:
+        """`protocol`: how the switches reach the controller, "tcp" or "ssl" (OpenFlow over
+        TLS; Open vSwitch's own key and certificates are set with `ovs-vsctl set-ssl`)."""
         self.topo = topo
         self.controller_port = controller_port
+        self.protocol = protocol
         self.net = None
         self._servers: list = []
 
@@ -236,7 +239,7 @@ class Lab:
         clash = mine & self._before_bridges
         if clash:
             raise RuntimeError(f"bridges {sorted(clash)} already exist: another lab is running")
-        ctl = LabController("c0", ip="127.0.0.1", port=self.controller_port)
+        ctl = LabController("c0", ip="127.0.0.1", port=self.controller_port, protocol=self.protocol)
         self.net = Mininet(
             topo=self.topo, switch=OVSSwitch, controller=ctl, autoSetMacs=True, waitConnected=False
         )

@@ -57,8 +57,8 @@ def lab():
     """A factory: start a Mininet lab; every one started is torn down, leaving nothing behind."""
     started = []
 
-    def start(topo, port):
-        lab_ = Lab(topo, port)
+    def start(topo, port, **kwargs):
+        lab_ = Lab(topo, port, **kwargs)
         started.append(lab_)
         return lab_.start()
 

@@ -124,3 +124,18 @@ def test_a_route_of_the_wrong_shape_at_start_is_one_line_and_exit_2(tmp_path):
         f"osken-manager: bad config: {tmp_path}/route.yaml:6: spec.rules[0].matches[0].path: "
         "'/' is not of type 'object'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ctl-privkey", "key.pem"], "needs both --ctl-privkey and --ctl-cert"),
+        (["--ca-certs", "ca.pem"], "--ca-certs needs --ctl-privkey and --ctl-cert"),
+        (["--ctl-privkey", "nope.pem", "--ctl-cert", "nope.pem"], "TLS: cannot load"),
+    ],
+)
+def test_tls_flags_that_cannot_work_are_one_line_and_exit_2(tmp_path, flags, message):
+    result = run("apps/l2_learning.py", "--prometheus-port", "0", *flags)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
