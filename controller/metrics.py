@@ -33,6 +33,12 @@ class Metrics:
         self.reconciles = Counter(
             "osken_reconciles", "Full table reconciliations with a switch", ["dpid"], registry=r
         )
+        self.lldp_refused = Counter(
+            "osken_lldp_refused",
+            "LLDP frames discovery refused, by the port they came in on and why",
+            ["dpid", "port", "reason"],
+            registry=r,
+        )
         self._sent: dict[tuple[int, type], object] = {}
         self.config_reloads = Counter(
             "osken_config_reloads", "Config reloads", ["result"], registry=r
