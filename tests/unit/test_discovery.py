@@ -21,25 +21,10 @@ from controller.lldp import (
 )
 from controller.topology import Topology
 from tests.fakenet import BROADCAST
+from tests.lldp_frames import unsigned_frame, with_port
 from tests.unit.test_l2 import MACS, leaf_spine
 
 MAC = "02:00:00:00:00:01"
-
-
-def unsigned_frame(dpid: int, port: int) -> bytes:
-    """The frame the controller sent before probes were signed: chassis, port id, TTL, End."""
-
-    def tlv(kind: int, value: bytes) -> bytes:
-        return struct.pack("!H", (kind << 9) | len(value)) + value
-
-    return (
-        bytes.fromhex("0180c200000e020000000001")
-        + b"\x88\xcc"
-        + tlv(1, b"\x07dpid:%016x" % dpid)
-        + tlv(2, b"\x02" + struct.pack("!I", port))
-        + tlv(3, b"\x00\x78")
-        + tlv(0, b"")
-    )
 
 
 def two_switches(**kwargs) -> tuple[Topology, Discovery]:
@@ -125,6 +110,14 @@ def test_forged_frames_make_no_link_and_are_counted_by_port_and_reason(frame, re
         assert not d.heard(2, 3, frame, now=10.0 + i * 0.1)
     assert t.links == set()
     assert refused(d, 2, 3, reason) == 5
+
+
+def test_a_genuine_probe_edited_to_claim_another_port_is_refused():
+    t, d = two_switches()
+    edited = with_port(d.probe(1, 1, MAC, now=10.0), 2)
+    assert parse_lldp(edited).port == 2
+    assert not d.heard(2, 1, edited, now=10.0)
+    assert refused(d, 2, 1, BAD_SIGNATURE) == 1 and t.links == set()
 
 
 def test_a_forged_frame_cannot_move_an_existing_link():
@@ -310,7 +303,7 @@ def test_discovery_settles_ports_after_probation_and_finds_links():
 
 def test_a_host_forging_lldp_in_the_fabric_changes_nothing():
     """The issue's scenario on the fake leaf-spine: a host on leaf 201 claims to be leaf 202's
-    port toward a host there, with an unsigned frame, a wrongly keyed one, and a replay."""
+    port toward a host there, with an unsigned frame, an edited genuine one, and a replay."""
     net = leaf_spine(leaves=2)
     net.start()
     attacker, victim, claimed, far = MACS[0], MACS[1], MACS[2], MACS[3]
@@ -318,10 +311,7 @@ def test_a_host_forging_lldp_in_the_fabric_changes_nothing():
         net.send(mac, BROADCAST, 0x0806)
     core, links = net.core, set(net.core.topology.links)
     genuine = core.discovery.probe(202, 3, MAC, net.now)  # as if captured at the claimed host
-    forged = [
-        unsigned_frame(202, 3),
-        lldp_frame(b"x" * 32, 202, 3, MAC, int(net.now * 1e9), 1, core.discovery.probe_round),
-    ]
+    forged = [unsigned_frame(202, 3), with_port(core.discovery.probe(202, 4, MAC, net.now), 3)]
     for _ in range(3 * CONFIRM_ROUNDS):
         for frame in [*forged, genuine]:
             net.inject(attacker, frame)
