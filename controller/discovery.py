@@ -77,7 +77,7 @@ class Discovery:
     probation: float = 1.0
     interval: float = 5.0
     link_timeout: float = 16.0
-    key: bytes | None = None
+    key: bytes | None = field(default=None, repr=False)  # a secret: never in a log line
     metrics: Metrics = field(default_factory=Metrics)
     port_since: dict[Port, float] = field(default_factory=dict)
     link_seen: dict[Link, float] = field(default_factory=dict)

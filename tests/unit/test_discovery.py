@@ -331,4 +331,5 @@ def test_a_host_forging_lldp_in_the_fabric_changes_nothing():
 def test_the_core_signs_with_an_injected_key():
     core = Core(lldp_key=b"r" * 32)
     assert core.discovery.key == b"r" * 32
+    assert repr(b"r" * 32) not in repr(core.discovery)
     assert Core().discovery.key != Core().discovery.key
