@@ -25,7 +25,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller.app import PacketIn, SuiteApp
 from controller.config import Config, ConfigError
 from controller.desired import DesiredState
-from controller.discovery import LLDP_ETHERTYPE, LLDP_MAC, Discovery, lldp_frame
+from controller.discovery import Discovery
 from controller.flows import (
     Flow,
     Group,
@@ -38,6 +38,7 @@ from controller.flows import (
     to_controller,
     write_metadata,
 )
+from controller.lldp import LLDP_ETHERTYPE, LLDP_MAC
 from controller.metrics import Metrics
 from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
 from controller.reconcile import (
@@ -101,11 +102,19 @@ class Core:
         metrics: Metrics | None = None,
         probation: float = DEFAULT_PROBATION,
         lldp_interval: float = DEFAULT_LLDP_INTERVAL,
+        lldp_key: bytes | None = None,
     ) -> None:
+        """`lldp_key` signs discovery's probes: random per run unless replicas share one."""
         self.pipeline = pipeline
         self.metrics = metrics or Metrics()
         self.topology = Topology()
-        self.discovery = Discovery(self.topology, probation=probation, interval=lldp_interval)
+        self.discovery = Discovery(
+            self.topology,
+            probation=probation,
+            interval=lldp_interval,
+            key=lldp_key,
+            metrics=self.metrics,
+        )
         self.desired = DesiredState()
         self.apps: list[SuiteApp] = []
         self.conns: dict[int, SwitchConn] = {}
@@ -435,7 +444,7 @@ class Core:
         keys = [f.key for f in self._core_flows(dpid)]
         plan = diff_flows(conn.flows, self.desired.flows[dpid], keys)
         self._send_plan(conn, plan)
-        self._probe(conn, conn.ports.values())
+        self._probe(conn, conn.ports.values(), now)
 
     def _limit_packet_ins(self, dpids: Iterable[int]) -> None:
         """OpenFlow's controller meter caps packet-ins per switch; data traffic is untouched."""
@@ -458,11 +467,11 @@ class Core:
         ]
         return [trap] + misses
 
-    def _probe(self, conn: SwitchConn, ports: Iterable[PortInfo]) -> None:
-        """Send an LLDP frame out of each live port, so neighbours report the link to us."""
+    def _probe(self, conn: SwitchConn, ports: Iterable[PortInfo], now: float) -> None:
+        """Send a signed LLDP frame out of each live port, so neighbours report the link to us."""
         for port in ports:
             if port.live:
-                frame = lldp_frame(conn.dpid, port.port_no, port.hw_addr)
+                frame = self.discovery.probe(conn.dpid, port.port_no, port.hw_addr, now)
                 self._out[conn.dpid].append(packet_out(frame, [output(port.port_no)]))
 
     def _reconcile(self, conn: SwitchConn, why: str) -> None:
@@ -510,7 +519,7 @@ class Core:
             LOG.info("switch %016x port %d (%s) up", dpid, port.port_no, port.name)
             self.topology.set_port(dpid, port.port_no, True)
             self.discovery.port_up(dpid, port.port_no, now)
-            self._probe(conn, [port])
+            self._probe(conn, [port], now)
         elif not port.live and (was is None or was.live):
             LOG.info("switch %016x port %d (%s) down", dpid, port.port_no, port.name)
             self.topology.set_port(dpid, port.port_no, False)
@@ -569,7 +578,7 @@ class Core:
         if self.discovery.due(now):
             for conn in self.conns.values():
                 if conn.phase != "syncing":
-                    self._probe(conn, conn.ports.values())
+                    self._probe(conn, conn.ports.values(), now)
         self.discovery.expire(now, set(self.conns))
         settling = [c for c in self.conns.values() if c.phase == "settling"]
         if (

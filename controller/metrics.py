@@ -59,6 +59,12 @@ class Metrics:
             ["app", "hook"],
             registry=r,
         )
+        self.lldp_refused = Counter(
+            "osken_lldp_refused",
+            "LLDP frames discovery refused, by the port they came in on and why",
+            ["dpid", "port", "reason"],
+            registry=r,
+        )
         self._sent: dict[tuple[int, type], object] = {}
         self._routes: dict[str, Handler] = {}
         self._metrics_app = make_wsgi_app(self.registry)

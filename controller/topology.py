@@ -34,6 +34,11 @@ class Link:
     b: int
     b_port: int
 
+    @property
+    def ends(self) -> frozenset[tuple[int, int]]:
+        """Its two (dpid, port) ends."""
+        return frozenset(((self.a, self.a_port), (self.b, self.b_port)))
+
     def port_on(self, dpid: int) -> int:
         return self.a_port if dpid == self.a else self.b_port
 
@@ -117,7 +122,7 @@ class Topology:
         if not (self.ports.get(d1, {}).get(p1) and self.ports.get(d2, {}).get(p2)):
             return False
         # A port has one peer: a newer sighting replaces a stale link on either port.
-        for old in [lk for lk in self.links if self._shares_port(lk, link)]:
+        for old in [lk for lk in self.links if lk.ends & link.ends]:
             self._drop_link(old)
         self.links.add(link)
         self._rebuild_edge(link.a, link.b)
@@ -128,11 +133,6 @@ class Topology:
         if link in self.links:
             self._drop_link(link)
             self.version += 1
-
-    @staticmethod
-    def _shares_port(x: Link, y: Link) -> bool:
-        ends = {(x.a, x.a_port), (x.b, x.b_port)}
-        return bool(ends & {(y.a, y.a_port), (y.b, y.b_port)})
 
     def _drop_link(self, link: Link) -> None:
         self.links.discard(link)

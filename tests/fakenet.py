@@ -252,11 +252,18 @@ class FakeNetwork:
     def send(self, src: str, dst: str, eth_type: int = 0x0800, **fields) -> Delivery:
         """Host `src` sends one frame to `dst` (with any extra header fields, e.g. ip_proto);
         returns which hosts got it and where it went."""
-        dpid, port = self.hosts[src]
-        delivery = Delivery()
         if eth_type == 0x0806:
             fields.setdefault("arp_sha", src)
         pkt = {**fields_of(frame(dst, src, eth_type, payload_for(eth_type, fields))), **fields}
+        return self._from_host(src, pkt)
+
+    def inject(self, src: str, data: bytes) -> Delivery:
+        """Host `src` sends a frame it crafted byte by byte (e.g. a forged LLDP frame)."""
+        return self._from_host(src, fields_of(data))
+
+    def _from_host(self, src: str, pkt: dict) -> Delivery:
+        dpid, port = self.hosts[src]
+        delivery = Delivery()
         for reply in self._forward(dpid, port, pkt, delivery):
             self.deliver(reply, delivery)
         return delivery

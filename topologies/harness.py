@@ -136,7 +136,7 @@ def ping_counts(output: str) -> tuple[int, int]:
     return (int(m.group(2)), int(m.group(1))) if m else (0, 0)
 
 
-def metric(port: int, name: str, **labels: str) -> float:
+def metric(port: int, name: str, /, **labels: str) -> float:
     """Sum of the samples of `name` on a controller's /metrics whose labels include `labels`."""
     from prometheus_client.parser import text_string_to_metric_families
 

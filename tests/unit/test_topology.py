@@ -1,6 +1,5 @@
 """The topology service answers deterministically: same graph, same paths, same tree."""
 
-from controller.discovery import Discovery, lldp_frame, parse_lldp
 from controller.topology import Topology
 
 
@@ -63,38 +62,3 @@ def test_edge_ports_exclude_links_and_unsettled_ports():
     t.settle_port(1, 3)
     t.settle_port(1, 1)
     assert t.edge_ports(1) == {3}
-
-
-def test_lldp_frames_parse_and_garbage_does_not():
-    data = lldp_frame(0x0000000000000201, 7, "02:00:00:00:00:01")
-    assert parse_lldp(data) == (0x201, 7)
-    assert parse_lldp(data[:20]) is None
-    assert parse_lldp(b"\x00" * 60) is None
-    assert parse_lldp(data[:14] + b"\xff\xff\xff") is None
-
-
-def test_discovery_settles_ports_after_probation_and_finds_links():
-    t = Topology()
-    t.add_switch(1, {1: True, 2: True})
-    t.add_switch(2, {1: True})
-    d = Discovery(t, probation=1.0)
-    for port in (1, 2):
-        d.port_up(1, port, 0.0)
-    d.port_up(2, 1, 0.0)
-    assert d.heard(2, 1, lldp_frame(1, 1, "02:00:00:00:00:01"), 0.1)
-    d.expire(0.5, {1, 2})
-    assert t.edge_ports(1) == set()
-    d.expire(1.0, {1, 2})
-    assert t.edge_ports(1) == {2} and t.edge_ports(2) == set()
-
-
-def test_links_age_out_only_between_connected_switches():
-    t = Topology()
-    t.add_switch(1, {1: True})
-    t.add_switch(2, {1: True})
-    d = Discovery(t, link_timeout=10.0)
-    d.heard(2, 1, lldp_frame(1, 1, "02:00:00:00:00:01"), 0.0)
-    d.expire(20.0, {1})  # switch 2 is disconnected: its data plane still carries the link
-    assert len(t.links) == 1
-    d.expire(20.0, {1, 2})
-    assert len(t.links) == 0
