@@ -123,11 +123,12 @@ class RyuModuleGone(ImportError):
 
 
 def gone(fullname: str) -> RyuModuleGone | None:
-    """The error for `fullname` (a `ryu.*` name) if os-ken has no such module, else None."""
-    rest = fullname.removeprefix("ryu.")
+    """The error for `fullname` (`ryu.X` or `os_ken.X`) if os-ken has no module X, else None;
+    its text names `ryu.X`, what the app asked for."""
+    rest = fullname.partition(".")[2]
     for key, (what, instead) in GONE.items():
         if rest == key or rest.startswith(key + "."):
-            return RyuModuleGone(f"{fullname} ({what}); instead, {instead}", name=fullname)
+            return RyuModuleGone(f"ryu.{rest} ({what}); instead, {instead}", name=f"ryu.{rest}")
     return None
 
 
@@ -163,7 +164,14 @@ class RyuAlias(importlib.abc.MetaPathFinder):
         self.used = False
 
     def find_spec(self, fullname: str, path, target=None) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "ryu" and not fullname.startswith("ryu."):
+        top = fullname.partition(".")[0]
+        if top == "os_ken" and self.used:
+            # `from ryu.app import wsgi` asks for os_ken.app.wsgi: an aliased package's __name__
+            # is os-ken's, and importlib builds a from-import's name from it.
+            error = gone(fullname)
+            if error is not None:
+                raise error
+        if top != "ryu":
             return None
         if not self.used:
             self.used = True

@@ -1,0 +1,271 @@
+"""Classic Ryu apps under osken-manager, unmodified (issue 19): the import alias, the one-line
+errors for what os-ken 4 dropped, the refused mix with suite apps, ryu-manager's flags."""
+
+import importlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from controller import ryu_compat
+from controller.cli import LaunchError, import_apps
+from tests.unit.test_cli import MANAGER, ROOT, free_port, run
+
+DATA = os.path.join(ROOT, "tests", "data")
+SEED_APP = os.path.join(DATA, "seed-ryu", "sdn-controller.py")
+MONITOR_APP = os.path.join(DATA, "ryu-apps", "monitor_switch.py")
+SEED = os.path.join(ROOT, "..", "shared", "seeds", "000_2d555abd2b5a208a.txt")
+
+
+@pytest.fixture
+def alias():
+    """The alias as osken-manager installs it; afterwards the process is as before."""
+    before = set(sys.modules)
+    finder = ryu_compat.install()
+    yield finder
+    sys.meta_path.remove(finder)
+    for name in set(sys.modules) - before:
+        if name == "ryu" or name.startswith("ryu."):
+            del sys.modules[name]
+
+
+def start(*args: str) -> tuple[subprocess.Popen, int]:
+    """osken-manager in the background, once it accepts OpenFlow connections."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*MANAGER, *args, "--ofp-tcp-listen-port", str(port), "--prometheus-port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 20
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"osken-manager did not start: {proc.communicate()[0]}")
+
+
+def stop(proc: subprocess.Popen) -> tuple[int, float, str]:
+    """SIGTERM: (exit status, seconds to exit, everything it printed)."""
+    began = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    return proc.returncode, time.monotonic() - began, out
+
+
+def write_app(tmp_path, source: str, name: str = "classic.py") -> str:
+    path = tmp_path / name
+    path.write_text(source)
+    return str(path)
+
+
+# --- the seed's app ------------------------------------------------------------------------------
+
+
+def test_seed_app_is_the_seeds_verbatim():
+    if not os.path.exists(SEED):
+        pytest.skip("shared/seeds is not beside this checkout")
+    with open(SEED) as fh:
+        seed = fh.read()
+    with open(SEED_APP) as fh:
+        app = fh.read()
+    assert app.startswith("# sdn-controller.py") and "class SimpleFirewall(" in app
+    assert "\n" + app + "\n" in seed
+
+
+def test_seed_app_starts_unmodified_and_sigterm_exits_0_within_2_s():
+    proc, _ = start(SEED_APP)
+    code, took, out = stop(proc)
+    assert code == 0 and took < 2, out
+    assert "instantiating app sdn-controller of SimpleFirewall" in out
+    assert "Traceback" not in out
+
+
+# --- the alias -----------------------------------------------------------------------------------
+
+
+def test_ryu_modules_are_os_kens_own(alias):
+    import os_ken.base.app_manager
+    import os_ken.controller.ofp_event
+    import os_ken.exception
+    import os_ken.lib.hub
+    import os_ken.lib.packet.packet
+    from ryu.base import app_manager  # os-ken's is imported already: taken from the package
+    from ryu.controller import ofp_event
+    from ryu.exception import RyuException
+    from ryu.lib import hub
+    from ryu.lib.packet import packet
+
+    assert app_manager is os_ken.base.app_manager
+    assert app_manager.RyuApp is os_ken.base.app_manager.OSKenApp
+    assert ofp_event.EventOFPPacketIn is os_ken.controller.ofp_event.EventOFPPacketIn
+    assert RyuException is os_ken.exception.OSKenException
+    assert hub is os_ken.lib.hub and packet is os_ken.lib.packet.packet
+    assert packet.__spec__.name == "os_ken.lib.packet.packet"  # os-ken's module is left intact
+    assert importlib.import_module("ryu.lib.packet.packet") is packet
+    assert alias.used
+
+
+def test_every_renamed_name_is_served(alias):
+    for name, pairs in ryu_compat.RENAMED.items():
+        module = importlib.import_module(f"ryu.{name}")
+        for ryu_name, osken_name in pairs:
+            assert getattr(module, ryu_name) is getattr(module, osken_name)
+
+
+@pytest.mark.parametrize("key", sorted(ryu_compat.GONE))
+def test_every_gone_module_is_absent_from_os_ken_and_named_with_its_replacement(alias, key):
+    assert importlib.util.find_spec(f"os_ken.{key}") is None  # the table claims nothing os-ken has
+    with pytest.raises(ryu_compat.RyuModuleGone) as raised:
+        importlib.import_module(f"ryu.{key}")
+    assert str(raised.value).startswith(f"ryu.{key} (") and "; instead, " in str(raised.value)
+    package, _, leaf = f"ryu.{key}".rpartition(".")
+    with pytest.raises(ryu_compat.RyuModuleGone, match=rf"^ryu\.{key} \("):
+        __import__(package, fromlist=[leaf])  # from ryu.app import wsgi
+
+
+def test_a_name_in_neither_is_an_ordinary_missing_module(alias):
+    with pytest.raises(ModuleNotFoundError, match="No module named 'ryu.no_such_module'"):
+        importlib.import_module("ryu.no_such_module")
+
+
+def test_suite_apps_never_see_the_alias():
+    import_apps(["apps/l2_learning.py"])
+    assert not any(isinstance(f, ryu_compat.RyuAlias) for f in sys.meta_path)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("ryu")
+
+
+def test_a_classic_app_keeps_the_alias_for_its_lazy_imports():
+    try:
+        [module] = import_apps([MONITOR_APP])
+        assert any(isinstance(f, ryu_compat.RyuAlias) for f in sys.meta_path)
+        assert module.MonitorSwitch13.__mro__[1].__name__ == "OSKenApp"
+        assert importlib.import_module("ryu.topology.api").__name__ == "os_ken.topology.api"
+    finally:
+        for finder in [f for f in sys.meta_path if isinstance(f, ryu_compat.RyuAlias)]:
+            sys.meta_path.remove(finder)
+
+
+def test_require_app_by_its_ryu_name_loads_os_kens_app_once(tmp_path):
+    app = write_app(
+        tmp_path,
+        "from ryu.base import app_manager\n"
+        "from ryu.topology import api\n"  # os-ken's api requires os_ken.topology.switches
+        "app_manager.require_app('ryu.topology.switches')\n"
+        "class Watcher(app_manager.RyuApp):\n"
+        "    pass\n",
+    )
+    proc, _ = start(app)
+    code, _, out = stop(proc)
+    assert code == 0 and out.count("of Switches") == 1, out
+
+
+# --- what os-ken 4 dropped -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source, module, instead",
+    [
+        ("from ryu.app.wsgi import WSGIApplication, route\n", "ryu.app.wsgi", "HTTP"),
+        ("from ryu.app import wsgi\n", "ryu.app.wsgi", "HTTP"),
+        ("import ryu.app.ofctl_rest\n", "ryu.app.ofctl_rest", "os_ken.app.ofctl.api"),
+        ("from ryu.app import simple_switch_13\n", "ryu.app.simple_switch_13", "copy the file"),
+        ("from ryu.cmd import manager\n", "ryu.cmd", "osken-manager"),
+    ],
+)
+def test_an_app_importing_what_os_ken_lacks_is_one_line_naming_it_and_exit_2(
+    tmp_path, source, module, instead
+):
+    app = write_app(
+        tmp_path, source + "from ryu.base import app_manager\nclass A(app_manager.RyuApp): ...\n"
+    )
+    result = run(app, "--prometheus-port", "0")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"osken-manager: app {app!r} imports {module} (")
+    assert instead in line
+
+
+def test_require_app_of_what_os_ken_lacks_is_one_line_and_exit_2(tmp_path):
+    app = write_app(
+        tmp_path,
+        "from ryu.base import app_manager\n"
+        "app_manager.require_app('ryu.app.ofctl_rest')\n"
+        "class A(app_manager.RyuApp):\n  pass\n",
+    )
+    result = run(app, "--prometheus-port", "0")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("osken-manager: an app requires ryu.app.ofctl_rest (")
+
+
+# --- classic beside suite apps -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_classic_and_suite_apps_together_are_refused_in_one_line(order):
+    result = run(*[SEED_APP, "apps/firewall.py"][::order], "--prometheus-port", "0")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "classic app SimpleFirewall" in line and "FirewallApp" in line
+    assert "run it alone" in line
+
+
+def test_check_no_mix_passes_classic_alone_and_suite_alone():
+    with pytest.raises(LaunchError, match="classic app MonitorSwitch13"):
+        import_apps([MONITOR_APP, "apps/l2_learning.py"])
+    for finder in [f for f in sys.meta_path if isinstance(f, ryu_compat.RyuAlias)]:
+        sys.meta_path.remove(finder)
+    ryu_compat.check_no_mix(import_apps(["apps/firewall.py"]))
+
+
+# --- ryu-manager's flags -------------------------------------------------------------------------
+
+OPTIONS_APP = (
+    "from ryu import cfg\n"
+    "from ryu.base import app_manager\n"
+    "cfg.CONF.register_opts([cfg.IntOpt('greeting_count', default=1)])\n"
+    "class Greeter(app_manager.RyuApp):\n"
+    "    def __init__(self, *args, **kwargs):\n"
+    "        super().__init__(*args, **kwargs)\n"
+    "        self.logger.info('greeting_count=%d observe_links=%s',\n"
+    "                         self.CONF.greeting_count, self.CONF.observe_links)\n"
+)
+
+
+def test_config_file_and_observe_links_reach_the_apps_options(tmp_path):
+    app = write_app(tmp_path, OPTIONS_APP)
+    conf = tmp_path / "app.conf"
+    conf.write_text("[DEFAULT]\ngreeting_count = 3\n")
+    proc, _ = start(app, "--config-file", str(conf), "--observe-links", "--verbose")
+    code, _, out = stop(proc)
+    assert code == 0 and "greeting_count=3 observe_links=True" in out, out
+    proc, _ = start(app)
+    code, _, out = stop(proc)
+    assert code == 0 and "greeting_count=1 observe_links=False" in out, out
+
+
+@pytest.mark.parametrize(
+    "text, problem", [(None, "Failed to find"), ("greeting_count\n[x\n", "Failed to parse")]
+)
+def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path, text, problem):
+    app = write_app(tmp_path, OPTIONS_APP)
+    conf = tmp_path / "app.conf"
+    if text is not None:
+        conf.write_text(text)
+    result = run(app, "--config-file", str(conf), "--prometheus-port", "0")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("osken-manager: bad config file: ") and problem in line
+    assert str(conf) in line
