@@ -5,7 +5,8 @@
 APP is a file path (apps/firewall.py) or a module (apps.firewall). Everything that can be checked
 before starting is checked first: an unknown app, a bad config or a busy port gives one line on
 stderr and exit status 2. SIGTERM or SIGINT exits 0 at once (os-ken's native hub cannot stop its
-threads, so we do not wait for them); SIGHUP reloads the config.
+threads, so we do not wait for them); SIGHUP reloads the config. Apps written for Ryu run
+unmodified, alone (controller/ryu_compat.py, docs/coming-from-ryu.md).
 """
 
 from __future__ import annotations

@@ -11,6 +11,12 @@ import sys
 import time
 
 import pytest
+from os_ken.controller import ofp_event
+from os_ken.lib.packet import arp, ethernet
+from os_ken.lib.packet import packet as packet_lib
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+from os_ken.ofproto.ofproto_protocol import ProtocolDesc
 
 from controller import ryu_compat
 from controller.cli import LaunchError, import_apps
@@ -89,6 +95,62 @@ def test_seed_app_starts_unmodified_and_sigterm_exits_0_within_2_s():
     assert code == 0 and took < 2, out
     assert "instantiating app sdn-controller of SimpleFirewall" in out
     assert "Traceback" not in out
+
+
+class RecordingDatapath(ProtocolDesc):
+    """What a Ryu app sees of a switch: ofproto, ofproto_parser, id, send_msg (recorded)."""
+
+    def __init__(self, dpid: int) -> None:
+        super().__init__(ofp.OFP_VERSION)
+        self.id = dpid
+        self.sent: list = []
+
+    def send_msg(self, msg) -> None:
+        self.sent.append(msg)
+
+
+def arp_frame(src: str, dst: str, opcode: int) -> bytes:
+    pkt = packet_lib.Packet()
+    pkt.add_protocol(ethernet.ethernet(dst=dst, src=src, ethertype=0x0806))
+    pkt.add_protocol(arp.arp(opcode=opcode, src_mac=src, src_ip="10.0.0.1", dst_ip="10.0.0.2"))
+    pkt.serialize()
+    return bytes(pkt.data)
+
+
+def test_seed_app_handles_packet_ins_as_it_does_under_ryu(alias):
+    spec = importlib.util.spec_from_file_location("seed_sdn_controller", SEED_APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    app = module.SimpleFirewall()
+    dp = RecordingDatapath(1)
+    app.switch_features_handler(ofp_event.EventOFPSwitchFeatures(parser.OFPSwitchFeatures(dp)))
+    [miss] = dp.sent
+    assert (miss.priority, dict(miss.match.items())) == (0, {})
+    assert miss.instructions[0].actions[0].port == ofp.OFPP_CONTROLLER
+
+    a, b = "00:00:00:00:00:01", "00:00:00:00:00:02"
+    for in_port, frame in [
+        (1, arp_frame(a, "ff:ff:ff:ff:ff:ff", arp.ARP_REQUEST)),
+        (2, arp_frame(b, a, arp.ARP_REPLY)),
+    ]:
+        msg = parser.OFPPacketIn(
+            dp,
+            buffer_id=ofp.OFP_NO_BUFFER,
+            total_len=len(frame),
+            reason=ofp.OFPR_NO_MATCH,
+            table_id=0,
+            cookie=0,
+            match=parser.OFPMatch(in_port=in_port),
+            data=frame,
+        )
+        app.packet_in_handler(ofp_event.EventOFPPacketIn(msg))
+    flood, learned = dp.sent[1:]
+    assert isinstance(flood, parser.OFPPacketOut) and flood.data.startswith(bytes(6 * [0xFF]))
+    assert flood.actions[0].port == ofp.OFPP_FLOOD
+    assert isinstance(learned, parser.OFPFlowMod) and learned.priority == 1
+    assert dict(learned.match.items()) == {"in_port": 2, "eth_dst": a, "eth_src": b}
+    assert learned.instructions[0].actions[0].port == 1
+    assert app.mac_to_port == {1: {a: 1, b: 2}}
 
 
 # --- the alias -----------------------------------------------------------------------------------
