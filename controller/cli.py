@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from os_ken.topology import switches as _switches  # noqa: F401 (registers --observe-links)
     from oslo_config import cfg as oslo_cfg
 
-    from controller import shim
+    from controller import ryu_compat, shim
 
     oslo_args = [
         "--ofp-tcp-listen-port",
@@ -214,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
     manager = AppManager.get_instance()
     manager.load_apps([m.__name__ for m in modules] + ["os_ken.controller.ofp_handler"])
     contexts = manager.create_contexts()
-    threads = manager.instantiate_apps(**contexts)
+    with ryu_compat.eventlet_start_order():
+        threads = manager.instantiate_apps(**contexts)
     LOG.info("listening for OpenFlow 1.3 on %s:%d", args.ofp_listen_host, args.ofp_tcp_listen_port)
     while all(t.is_alive() for t in threads):
         time.sleep(0.5)

@@ -24,6 +24,7 @@ and what to use instead, for osken-manager's one-line error.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -31,6 +32,7 @@ import importlib.util
 import inspect
 import logging
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 
 LOG = logging.getLogger("osken_suite.ryu_compat")
@@ -140,7 +142,8 @@ class _Alias(importlib.abc.Loader):
         self._spec: importlib.machinery.ModuleSpec | None = None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        module = importlib.import_module(self.target)
+        __import__(self.target)  # not importlib.import_module: see resolve_required
+        module = sys.modules[self.target]
         self._spec = module.__spec__  # importlib overwrites __spec__; exec_module puts it back
         return module
 
@@ -208,10 +211,22 @@ def uninstall_if_unused(finder: RyuAlias) -> None:
 
 
 def resolve_required(modules: list[ModuleType]) -> None:
-    """Rewrite the `ryu.*` names apps gave `require_app` to their `os_ken.*` names, so os-ken
-    loads one app per module (`require_app("ryu.topology.switches")` and os-ken's own
-    `require_app("os_ken.topology.switches")` are the same Switches app). Raises `RyuModuleGone`
-    for a required module os-ken does not have."""
+    """Give the apps what `require_app` put on this module, and rewrite the `ryu.*` names apps
+    gave `require_app` to their `os_ken.*` names.
+
+    os-ken's `ryu.topology.api` and `ryu.app.ofctl.api` call `require_app(..., api_style=True)`
+    as they are imported, which puts the name on the module two frames up the stack: the app that
+    imports them, but through the alias that frame is `_Alias.create_module`, so the names land on
+    this module. os-ken loads every required app once, whichever app names it, so they go to the
+    first app. Renaming makes os-ken load one app per module (`require_app("ryu.topology.switches")`
+    and os-ken's own `require_app("os_ken.topology.switches")` are the same Switches app).
+
+    Raises:
+        RyuModuleGone: a required module os-ken does not have.
+    """
+    stray = sys.modules[__name__].__dict__.pop("_REQUIRED_APP", [])
+    if stray and modules:
+        modules[0]._REQUIRED_APP = [*getattr(modules[0], "_REQUIRED_APP", []), *stray]
     for module in modules:
         required = getattr(module, "_REQUIRED_APP", None)
         if not required:
@@ -222,6 +237,44 @@ def resolve_required(modules: list[ModuleType]) -> None:
                 if error is not None:
                     raise error
                 required[i] = "os_ken" + name.removeprefix("ryu")
+
+
+def active() -> bool:
+    """Whether an app imported `ryu` in this process."""
+    return any(isinstance(f, RyuAlias) and f.used for f in sys.meta_path)
+
+
+@contextlib.contextmanager
+def eventlet_start_order() -> Iterator[None]:
+    """While apps are instantiated, hold the threads they spawn; start them all at the end.
+
+    Under ryu-manager's eventlet hub a green thread spawned in an app's `__init__` first runs when
+    the main thread yields, after every app exists. os-ken's native hub starts a real thread at
+    once, so a Ryu app's monitor thread that asks another app (`get_link` asks os-ken's Switches)
+    before that app is instantiated loses the request and waits forever. Only for Ryu apps
+    (`active()`) on the native hub; the threads are os-ken's own `hub.HubThread`s, returned
+    unstarted to the app that spawned them.
+    """
+    from os_ken.lib import hub
+
+    if not active() or hub.HUB_TYPE != "native":
+        yield
+        return
+    held: list = []
+    spawn = hub.spawn
+
+    def hold(func, *args, **kwargs):
+        thread = hub.HubThread(func, args, kwargs)
+        held.append(thread)
+        return thread
+
+    hub.spawn = hold
+    try:
+        yield
+    finally:
+        hub.spawn = spawn
+        for thread in held:
+            thread.start()
 
 
 class MixError(Exception):

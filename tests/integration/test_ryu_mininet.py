@@ -47,7 +47,7 @@ def test_seed_ryu_app_connects_every_host_and_sigterm_exits_0(controller, lab, t
 
 
 def test_own_classic_app_handles_packet_ins_and_runs_its_hub_thread(controller, lab):
-    ctl = controller([MONITOR_APP])
+    ctl = controller([MONITOR_APP], extra=["--observe-links"])
     topo = LeafSpineTopo(1, 3, 2)  # loop-free: the app floods like the seed's
     net = lab(topo, ctl.port)
     assert net.wait_connected(timeout=60) is not None, ctl.log()[-3000:]
@@ -60,5 +60,9 @@ def test_own_classic_app_handles_packet_ins_and_runs_its_hub_thread(controller, 
     assert ctl.wait_log(r"flow-stats dpid=\d+ flows=([2-9]|\d\d+) packets=[1-9]", timeout=10), log[
         -3000:
     ]
+    # --observe-links reaches os-ken's Switches app (required through ryu.topology.api), which
+    # then finds links; without the flag it sends no LLDP and finds none. (It does not always
+    # find all six directions of the three links: os-ken's discovery, not this launcher.)
+    assert ctl.wait_log(r"links=[1-6]\n", timeout=15), ctl.log()[-3000:]
     assert "Traceback" not in ctl.log()
     assert stop_within(ctl, 2.0) == 0

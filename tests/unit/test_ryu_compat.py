@@ -21,6 +21,7 @@ from os_ken.ofproto.ofproto_protocol import ProtocolDesc
 from controller import ryu_compat
 from controller.cli import LaunchError, import_apps
 from tests.unit.test_cli import MANAGER, ROOT, free_port, run
+from topologies.harness import Controller
 
 DATA = os.path.join(ROOT, "tests", "data")
 SEED_APP = os.path.join(DATA, "seed-ryu", "sdn-controller.py")
@@ -231,6 +232,44 @@ def test_require_app_by_its_ryu_name_loads_os_kens_app_once(tmp_path):
     proc, _ = start(app)
     code, _, out = stop(proc)
     assert code == 0 and out.count("of Switches") == 1, out
+
+
+@pytest.mark.parametrize(
+    "api, service",
+    [("ryu.topology.api", "of Switches"), ("ryu.app.ofctl.api", "of OfctlService")],
+)
+def test_an_api_module_imported_through_the_alias_loads_the_app_it_requires(tmp_path, api, service):
+    # os-ken's api modules require_app(..., api_style=True) as they are imported, which names
+    # the module two frames up: through the alias that is the alias's own frame, not the app
+    app = write_app(
+        tmp_path,
+        f"import {api}\n"  # as `from ryu.topology.api import get_link`: through the alias
+        "from ryu.base import app_manager\n"
+        "class Consumer(app_manager.RyuApp):\n"
+        "    pass\n",
+    )
+    proc, _ = start(app)
+    code, _, out = stop(proc)
+    assert code == 0 and out.count(service) == 1, out
+
+
+def test_a_thread_spawned_in_init_runs_once_every_app_exists_as_under_eventlet(tmp_path):
+    # os-ken's Switches app is instantiated after this one: asked from a thread that started at
+    # once, the request is lost and get_link never returns
+    app = write_app(
+        tmp_path,
+        "from ryu.base import app_manager\n"
+        "from ryu.lib import hub\n"
+        "from ryu.topology.api import get_link\n"
+        "class Early(app_manager.RyuApp):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        self.thread = hub.spawn(self._ask)\n"
+        "    def _ask(self):\n"
+        "        self.logger.info('links=%d', len(get_link(self)))\n",
+    )
+    with Controller([app], log_path=str(tmp_path / "ctl.log")) as ctl:
+        assert ctl.wait_log(r"links=0", timeout=10), ctl.log()
 
 
 # --- what os-ken 4 dropped -----------------------------------------------------------------------

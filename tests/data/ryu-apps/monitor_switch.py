@@ -1,10 +1,12 @@
 """A classic Ryu app, written against Ryu's API only (it never names os_ken): an OpenFlow 1.3
 learning switch that logs every packet-in it decodes and, from a `ryu.lib.hub` thread, polls
-every switch's flow statistics. The tests run it under osken-manager unmodified.
+every switch's flow statistics and counts the links Ryu's topology discovery found (with
+`--observe-links`). The tests run it under osken-manager unmodified.
 
 Log lines the tests read:
     packet-in dpid=<n> in_port=<n> <eth_src> -> <eth_dst> <arp|ipv4|...>
     flow-stats dpid=<n> flows=<n> packets=<n>
+    links=<n>
 """
 
 from ryu.base import app_manager
@@ -19,6 +21,7 @@ from ryu.exception import RyuException
 from ryu.lib import hub
 from ryu.lib.packet import arp, ether_types, ethernet, ipv4, packet
 from ryu.ofproto import ofproto_v1_3
+from ryu.topology.api import get_link
 
 POLL_SECONDS = 1.0
 
@@ -107,6 +110,7 @@ class MonitorSwitch13(app_manager.RyuApp):
             for datapath in list(self.datapaths.values()):
                 parser = datapath.ofproto_parser
                 datapath.send_msg(parser.OFPFlowStatsRequest(datapath))
+            self.logger.info("links=%d", len(get_link(self)))
             hub.sleep(POLL_SECONDS)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
