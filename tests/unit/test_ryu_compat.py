@@ -4,9 +4,6 @@ errors for what os-ken 4 dropped, the refused mix with suite apps, ryu-manager's
 import importlib
 import importlib.util
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 
@@ -20,7 +17,7 @@ from os_ken.ofproto.ofproto_protocol import ProtocolDesc
 
 from controller import ryu_compat
 from controller.cli import LaunchError, import_apps
-from tests.unit.test_cli import MANAGER, ROOT, free_port, run
+from tests.unit.test_cli import ROOT, run
 from topologies.harness import Controller
 
 DATA = os.path.join(ROOT, "tests", "data")
@@ -41,33 +38,14 @@ def alias():
             del sys.modules[name]
 
 
-def start(*args: str) -> tuple[subprocess.Popen, int]:
-    """osken-manager in the background, once it accepts OpenFlow connections."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [*MANAGER, *args, "--ofp-tcp-listen-port", str(port), "--prometheus-port", "0"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 20
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"osken-manager did not start: {proc.communicate()[0]}")
-
-
-def stop(proc: subprocess.Popen) -> tuple[int, float, str]:
-    """SIGTERM: (exit status, seconds to exit, everything it printed)."""
+def run_and_stop(tmp_path, *apps: str, extra: tuple[str, ...] = ()) -> tuple[int, float, str]:
+    """Start osken-manager until it accepts OpenFlow connections, then SIGTERM it:
+    (exit status, seconds it took to exit, its log)."""
+    log = tmp_path / f"ctl{len(list(tmp_path.glob('ctl*.log')))}.log"  # one per run
+    ctl = Controller(list(apps), log_path=str(log), extra=list(extra)).start()
     began = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=10)
-    return proc.returncode, time.monotonic() - began, out
+    code = ctl.stop()
+    return code, time.monotonic() - began, ctl.log()
 
 
 def write_app(tmp_path, source: str, name: str = "classic.py") -> str:
@@ -90,9 +68,8 @@ def test_seed_app_is_the_seeds_verbatim():
     assert "\n" + app + "\n" in seed
 
 
-def test_seed_app_starts_unmodified_and_sigterm_exits_0_within_2_s():
-    proc, _ = start(SEED_APP)
-    code, took, out = stop(proc)
+def test_seed_app_starts_unmodified_and_sigterm_exits_0_within_2_s(tmp_path):
+    code, took, out = run_and_stop(tmp_path, SEED_APP)
     assert code == 0 and took < 2, out
     assert "instantiating app sdn-controller of SimpleFirewall" in out
     assert "Traceback" not in out
@@ -229,8 +206,7 @@ def test_require_app_by_its_ryu_name_loads_os_kens_app_once(tmp_path):
         "class Watcher(app_manager.RyuApp):\n"
         "    pass\n",
     )
-    proc, _ = start(app)
-    code, _, out = stop(proc)
+    code, _, out = run_and_stop(tmp_path, app)
     assert code == 0 and out.count("of Switches") == 1, out
 
 
@@ -248,8 +224,7 @@ def test_an_api_module_imported_through_the_alias_loads_the_app_it_requires(tmp_
         "class Consumer(app_manager.RyuApp):\n"
         "    pass\n",
     )
-    proc, _ = start(app)
-    code, _, out = stop(proc)
+    code, _, out = run_and_stop(tmp_path, app)
     assert code == 0 and out.count(service) == 1, out
 
 
@@ -349,11 +324,11 @@ def test_config_file_and_observe_links_reach_the_apps_options(tmp_path):
     app = write_app(tmp_path, OPTIONS_APP)
     conf = tmp_path / "app.conf"
     conf.write_text("[DEFAULT]\ngreeting_count = 3\n")
-    proc, _ = start(app, "--config-file", str(conf), "--observe-links", "--verbose")
-    code, _, out = stop(proc)
+    code, _, out = run_and_stop(
+        tmp_path, app, extra=("--config-file", str(conf), "--observe-links", "--verbose")
+    )
     assert code == 0 and "greeting_count=3 observe_links=True" in out, out
-    proc, _ = start(app)
-    code, _, out = stop(proc)
+    code, _, out = run_and_stop(tmp_path, app)
     assert code == 0 and "greeting_count=1 observe_links=False" in out, out
 
 
