@@ -14,12 +14,19 @@ It serves only `ryu` and names under it, and what it serves *is* the os-ken modu
 receives os-ken's events. On the first `ryu` import the Ryu spelling of each renamed name is added
 beside the os-ken one (`os_ken.base.app_manager.RyuApp is OSKenApp`; eagerly, since
 `from ryu.base import app_manager` takes an already imported submodule straight from its package,
-past any finder); nothing of os-ken is replaced and no file of the
-user's is edited. A Ryu installed beside is shadowed on purpose: it no longer starts on current
-Python, and two copies of the framework would split its registries.
+past any finder). Nothing of os-ken is replaced (but `hub.spawn` while the apps are instantiated,
+below) and no file of the user's is edited. A Ryu
+installed beside is shadowed on purpose: it no longer starts on current Python, and two copies of
+the framework would split its registries.
 
-A module os-ken does not have raises `RyuModuleGone` (an `ImportError`) whose text names the module
-and what to use instead, for osken-manager's one-line error.
+Also here, for osken-manager:
+- `RyuModuleGone` (an `ImportError`) for a module os-ken does not have: its text names the module
+  and what to use instead, for the launcher's one-line error;
+- `resolve_required`: `require_app` names under `ryu`, and those os-ken's api modules put on the
+  wrong module when imported through the alias;
+- `eventlet_start_order`: threads Ryu apps spawn in `__init__` start once every app exists
+  (`hub.spawn` holds them while `AppManager.instantiate_apps` runs);
+- `check_no_mix`: classic apps are refused beside suite apps (docs/coming-from-ryu.md says why).
 """
 
 from __future__ import annotations
