@@ -6,7 +6,8 @@
 APP is a file path (apps/firewall.py) or a module (apps.firewall). Everything that can be checked
 before starting is checked first: an unknown app, a bad config or a busy port gives one line on
 stderr and exit status 2. SIGTERM or SIGINT exits 0 at once (os-ken's native hub cannot stop its
-threads, so we do not wait for them); SIGHUP reloads the config.
+threads, so we do not wait for them); SIGHUP reloads the config. Apps written for Ryu run
+unmodified, alone (controller/ryu_compat.py, docs/coming-from-ryu.md).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ofp-listen-host", default="0.0.0.0")
     p.add_argument("--config", help="YAML config file (see docs/config.md)")
     p.add_argument(
+        "--config-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="oslo.config INI file for os-ken and Ryu app options, as ryu-manager's (repeatable)",
+    )
+    p.add_argument(
         "--prometheus-port",
         type=int,
         default=9302,
@@ -47,7 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--observe-links",
         action="store_true",
-        help="accepted for compatibility; link discovery is always on",
+        help="os-ken's LLDP link discovery, for classic apps; suite apps always discover links",
     )
     tls = p.add_argument_group(
         "OpenFlow over TLS (with --ctl-privkey and --ctl-cert, only TLS is accepted)"
@@ -108,9 +116,13 @@ def import_app(app: str):
     """Import an app module and return it; it must define an os-ken app class of its own."""
     from os_ken.base.app_manager import OSKenApp
 
+    from controller.ryu_compat import RyuModuleGone
+
     name = module_name(app)
     try:
         module = importlib.import_module(name)
+    except RyuModuleGone as exc:
+        raise LaunchError(f"app {app!r} imports {exc}") from None
     except ImportError as exc:
         raise LaunchError(f"unknown app {app!r}: {exc}") from None
     except Exception as exc:  # a broken app file: say which and why, in one line
@@ -126,7 +138,12 @@ def import_app(app: str):
 
 
 def import_apps(apps: list[str]) -> list:
-    """Import every app and, first, the apps it names in REQUIRES; each module once."""
+    """Import every app and, first, the apps it names in REQUIRES; each module once. Apps that
+    import `ryu` get it aliased to os-ken (controller/ryu_compat.py); classic apps cannot be
+    mixed with suite apps."""
+    from controller import ryu_compat
+
+    alias = ryu_compat.install()
     modules: list = []
     for app in apps:
         module = import_app(app)
@@ -134,6 +151,14 @@ def import_apps(apps: list[str]) -> list:
             m = module if dep is None else import_app(dep)
             if all(m is not other for other in modules):
                 modules.append(m)
+    ryu_compat.uninstall_if_unused(alias)
+    try:
+        ryu_compat.resolve_required(modules)
+        ryu_compat.check_no_mix(modules)
+    except ryu_compat.RyuModuleGone as exc:
+        raise LaunchError(f"an app requires {exc}") from None
+    except ryu_compat.MixError as exc:
+        raise LaunchError(str(exc)) from None
     return modules
 
 
@@ -201,19 +226,25 @@ def run(args: argparse.Namespace) -> int:
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
     from os_ken.controller import controller as _ofp_controller  # noqa: F401 (registers options)
+    from os_ken.topology import switches as _switches  # noqa: F401 (registers --observe-links)
+    from oslo_config import cfg as oslo_cfg
 
-    from controller import shim
+    from controller import ryu_compat, shim
 
-    cfg.CONF(
-        args=[
-            "--ofp-tcp-listen-port",
-            str(args.ofp_tcp_listen_port),
-            "--ofp-listen-host",
-            args.ofp_listen_host,
-            *tls,
-        ],
-        project="os_ken",
-    )
+    oslo_args = [
+        "--ofp-tcp-listen-port",
+        str(args.ofp_tcp_listen_port),
+        "--ofp-listen-host",
+        args.ofp_listen_host,
+        *(["--observe-links"] if args.observe_links else []),
+        *tls,
+    ]
+    for path in args.config_file:
+        oslo_args += ["--config-file", path]
+    try:
+        cfg.CONF(args=oslo_args, project="os_ken")
+    except oslo_cfg.Error as exc:
+        raise LaunchError(f"bad config file: {exc}") from None
     shim.RUNTIME.config = config
     shim.RUNTIME.prometheus_port = args.prometheus_port
 
@@ -223,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
     manager = AppManager.get_instance()
     manager.load_apps([m.__name__ for m in modules] + ["os_ken.controller.ofp_handler"])
     contexts = manager.create_contexts()
-    threads = manager.instantiate_apps(**contexts)
+    with ryu_compat.eventlet_start_order():
+        threads = manager.instantiate_apps(**contexts)
     LOG.info(
         "listening for OpenFlow 1.3%s on %s:%d",
         " over TLS" if tls else "",
