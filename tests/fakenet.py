@@ -7,7 +7,8 @@ switches. A frame visiting more switches than STORM_LIMIT is a broadcast storm: 
 Hosts and VNFs treat VLAN-tagged frames as the lab's do (measured on the VNF lab, see
 docs/security.md, "Hosts and VLAN tags"): a host, a Linux network namespace with no 802.1Q
 device, discards a frame tagged with a non-zero VID (the kernel marks it PACKET_OTHERHOST) and
-takes a priority-tagged one (VID 0) as untagged; the firewall VNF's bridge passes no tagged frame.
+takes a priority-tagged one (VID 0) as untagged; the firewall VNF passes a tagged frame whatever
+its rules say.
 """
 
 from __future__ import annotations
@@ -127,8 +128,8 @@ class Delivery:
     visits: Counter = field(default_factory=Counter)
     frames: list[tuple[str, dict]] = field(default_factory=list)  # (host, fields on its wire)
     bumps: list[tuple[int, int]] = field(default_factory=list)  # (switch, port) of VNFs crossed
-    walks: list[tuple[int, int, list[int]]] = field(default_factory=list)  # (switch, in_port,
-    # tables the frame went through there, in order)
+    # (switch, in_port, the tables the frame went through there in order), one per arrival
+    walks: list[tuple[int, int, list[int]]] = field(default_factory=list)
 
     @property
     def max_visits(self) -> int:
@@ -162,7 +163,9 @@ class FakeNetwork:
 
     def add_bump(self, dpid: int, a: int, b: int, names: tuple[str, str], passes=None) -> None:
         """A transparent VNF between two ports of a switch: what leaves one comes back in at
-        the other, if `passes` lets it (LLDP never crosses, as with a Linux bridge)."""
+        the other, if `passes` lets it (LLDP never crosses, as with a Linux bridge). A tagged
+        frame crosses unjudged, as in the seed firewall VNF: its rules match IPv4 by
+        Ethernet type, which for a tagged frame is 802.1Q."""
         ok = passes or (lambda pkt: True)
         self.wires[(dpid, a)] = ("bump", b, ok)
         self.wires[(dpid, b)] = ("bump", a, ok)
@@ -273,7 +276,7 @@ class FakeNetwork:
                     delivery.frames.append((wire[1], sent))
                 elif wire[0] == "bump":
                     _, other, passes = wire
-                    if sent.get("eth_type") != 0x88CC and "vlan_vid" not in sent and passes(sent):
+                    if sent.get("eth_type") != 0x88CC and ("vlan_vid" in sent or passes(sent)):
                         delivery.bumps.append((d, out_port))
                         queue.append((d, other, {k: v for k, v in sent.items() if k != "in_port"}))
                 elif self.switches[wire[1]].ports.get(wire[2]):

@@ -171,6 +171,20 @@ def test_an_802_1ad_tag_from_a_host_is_dropped_too(env):
     assert classify_tag_drops("s1") - before >= 3
 
 
+SENDER = """
+import json, sys
+from scapy.all import IP, TCP, Dot1AD, Dot1Q, Ether, sendp
+
+frames = []
+for tags, sport, dport in json.loads(sys.argv[1]):
+    f = Ether(src="00:00:00:00:00:01", dst="00:00:00:00:00:02")
+    for i, vid in enumerate(tags):
+        f = f / (Dot1AD if i == 0 and sys.argv[2] == str(0x88A8) else Dot1Q)(vlan=vid)
+    frames.append(f / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=sport, dport=dport, flags="S"))
+sendp(frames * 3, iface="h1-eth0", inter=0.005, verbose=False)
+"""
+
+
 def real_answers(env, every: list[Case], tpid: int = 0x8100) -> dict[Case, Answer]:
     """Send each case's SYN from h1 three times (scapy: the kernel has no 802.1Q devices) and
     read tcpdump on h2 and on every replica port (frames that came out of a VNF)."""
@@ -188,20 +202,9 @@ def real_answers(env, every: list[Case], tpid: int = 0x8100) -> dict[Case, Answe
             if not line:
                 raise RuntimeError(f"tcpdump did not start: {said.decode()}")
             said += line
-    frames = [
-        "Ether(src='00:00:00:00:00:01', dst='00:00:00:00:00:02')"
-        + "".join(
-            f"/{'Dot1AD' if i == 0 and tpid == 0x88A8 else 'Dot1Q'}(vlan={v})"
-            for i, v in enumerate(c.tags)
-        )
-        + f"/IP(src='10.0.0.1', dst='10.0.0.2')/TCP(sport={c.sport}, dport={c.dport}, flags='S')"
-        for c in every
-    ]
-    script = (
-        "from scapy.all import Ether, Dot1Q, Dot1AD, IP, TCP, sendp; "
-        f"sendp([{', '.join(frames)}] * 3, iface='h1-eth0', inter=0.005, verbose=False)"
-    )
-    env.lab.host("h1").cmd(f'{sys.executable} -c "{script}"')
+    spec = json.dumps([[c.tags, c.sport, c.dport] for c in every])
+    sender = env.lab.host("h1").popen([sys.executable, "-c", SENDER, spec, str(tpid)])
+    assert sender.wait(timeout=60) == 0
     time.sleep(1.0)
     seen = []
     for proc in captures:
