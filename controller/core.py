@@ -64,8 +64,12 @@ LOG = logging.getLogger("osken_suite.core")
 
 Outbox = dict[int, list]
 CORE_COOKIE = 0x01 << 56
+# Classify, in order: LLDP to the controller; a port to another switch: mark it FROM_FABRIC and
+# carry on, tagged or not (the chains' VLAN transport); a VLAN-tagged frame from any other port:
+# drop, before any app's entry (docs/security.md, "Hosts and VLAN tags").
 LLDP_PRIORITY = 65000
-FABRIC_PRIORITY = 150  # classify: a port to another switch: mark it, carry on
+FABRIC_PRIORITY = 64000
+EDGE_TAG_PRIORITY = 63000
 RESYNC_DELAY = 1.0
 DEFAULT_PROBATION, DEFAULT_LLDP_INTERVAL = 1.0, 5.0  # seconds
 PACKET_IN_RATE, PACKET_IN_BURST = 1000, 200  # per switch, packets/s: a flood cannot drown us
@@ -454,18 +458,25 @@ class Core:
             self.desired.put_meters(("core", "packet-in", dpid), {dpid: meter})
 
     def _core_flows(self, dpid: int) -> list[Flow]:
+        classify = self.pipeline.table("classify")
         trap = flow(
-            0,
+            classify,
             LLDP_PRIORITY,
             {"eth_type": LLDP_ETHERTYPE, "eth_dst": LLDP_MAC},
             apply(to_controller()),
+            cookie=CORE_COOKIE,
+        )
+        tagged = flow(
+            classify,
+            EDGE_TAG_PRIORITY,
+            {"vlan_vid": (ofp.OFPVID_PRESENT, ofp.OFPVID_PRESENT)},
             cookie=CORE_COOKIE,
         )
         misses = [
             Flow(f.table, f.priority, f.match, f.instructions, CORE_COOKIE)
             for f in self.pipeline.miss_flows()
         ]
-        return [trap] + misses
+        return [trap, tagged] + misses
 
     def _probe(self, conn: SwitchConn, ports: Iterable[PortInfo], now: float) -> None:
         """Send a signed LLDP frame out of each live port, so neighbours report the link to us."""
@@ -616,7 +627,8 @@ class Core:
             self._each("on_topology_change", now)
 
     def _mark_fabric_ports(self) -> None:
-        """Packets from another switch carry FROM_FABRIC, so ingress-only stages can skip them."""
+        """Packets from another switch carry FROM_FABRIC, so ingress-only stages can skip them;
+        these entries outrank the edge tag drop, so the chains' tagged frames cross switches."""
         classify = self.pipeline.table("classify")
         mark = (write_metadata(FROM_FABRIC, FROM_FABRIC), goto(classify + 1))
         self.desired.put(

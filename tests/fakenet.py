@@ -3,6 +3,12 @@
 Frames travel for real through the fake switches' tables: out of one port, into the peer's. LLDP
 packet-outs reach neighbours, packet-ins reach the core, and the core's replies are applied to the
 switches. A frame visiting more switches than STORM_LIMIT is a broadcast storm: the test fails.
+
+Hosts and VNFs treat VLAN-tagged frames as the lab's do (measured on the VNF lab, see
+docs/security.md, "Hosts and VLAN tags"): a host, a Linux network namespace with no 802.1Q
+device, discards a frame tagged with a non-zero VID (the kernel marks it PACKET_OTHERHOST) and
+takes a priority-tagged one (VID 0) as untagged; the firewall VNF passes a tagged frame whatever
+its rules say.
 """
 
 from __future__ import annotations
@@ -28,10 +34,22 @@ class StormError(AssertionError):
     pass
 
 
-def frame(dst: str, src: str, eth_type: int = 0x0800, payload: bytes = b"\x00" * 46) -> bytes:
+TPID = 0x8100  # 802.1Q; 0x88A8 (802.1ad) is read as a tag too, as Open vSwitch does
+TAG_TYPES = (0x8100, 0x88A8)
+
+
+def frame(
+    dst: str,
+    src: str,
+    eth_type: int = 0x0800,
+    payload: bytes = b"\x00" * 46,
+    tags: tuple[int, ...] = (),
+) -> bytes:
+    """An Ethernet frame; `tags` are 802.1Q VIDs, outermost first."""
     return (
         bytes.fromhex(dst.replace(":", ""))
         + bytes.fromhex(src.replace(":", ""))
+        + b"".join(struct.pack("!HH", TPID, vid & 0xFFF) for vid in tags)
         + eth_type.to_bytes(2, "big")
         + payload
     )
@@ -64,13 +82,19 @@ def payload_for(eth_type: int, fields: dict) -> bytes:
 
 
 def fields_of(data: bytes) -> dict:
-    """A frame's header fields, as a switch would match them (what payload_for writes)."""
-    out = {
-        "eth_dst": data[0:6].hex(":"),
-        "eth_src": data[6:12].hex(":"),
-        "eth_type": int.from_bytes(data[12:14], "big"),
-        "_data": data,
-    }
+    """A frame's header fields, as a switch would match them (what payload_for writes): the
+    outermost VLAN tag as `vlan_vid` (OFPVID_PRESENT | VID), any below it in "_inner_vlans",
+    and `eth_type` the type after the tags, as in OpenFlow 1.3."""
+    out = {"eth_dst": data[0:6].hex(":"), "eth_src": data[6:12].hex(":"), "_data": data}
+    vids = []
+    while int.from_bytes(data[12:14], "big") in TAG_TYPES:
+        vids.append(ofp.OFPVID_PRESENT | int.from_bytes(data[14:16], "big") & 0xFFF)
+        data = data[:12] + data[16:]
+    if vids:
+        out["vlan_vid"] = vids[0]
+    if vids[1:]:
+        out["_inner_vlans"] = tuple(vids[1:])
+    out["eth_type"] = int.from_bytes(data[12:14], "big")
     if out["eth_type"] == 0x0806 and len(data) >= 42:
         out |= {
             "arp_op": int.from_bytes(data[20:22], "big"),
@@ -92,12 +116,20 @@ def fields_of(data: bytes) -> dict:
     return out
 
 
+def host_takes(fields: dict) -> bool:
+    """Does a lab host take this frame in? Untagged and priority-tagged (VID 0) frames, yes; a
+    tagged one, no: it has no 802.1Q device (Linux, net/core/dev.c, __netif_receive_skb_core)."""
+    return fields.get("vlan_vid", ofp.OFPVID_NONE) & 0xFFF == 0
+
+
 @dataclass
 class Delivery:
-    hosts: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)  # hosts that took the frame in
     visits: Counter = field(default_factory=Counter)
-    frames: list[tuple[str, dict]] = field(default_factory=list)  # (host, fields it got)
+    frames: list[tuple[str, dict]] = field(default_factory=list)  # (host, fields on its wire)
     bumps: list[tuple[int, int]] = field(default_factory=list)  # (switch, port) of VNFs crossed
+    # (switch, in_port, the tables the frame went through there in order), one per arrival
+    walks: list[tuple[int, int, list[int]]] = field(default_factory=list)
 
     @property
     def max_visits(self) -> int:
@@ -131,7 +163,9 @@ class FakeNetwork:
 
     def add_bump(self, dpid: int, a: int, b: int, names: tuple[str, str], passes=None) -> None:
         """A transparent VNF between two ports of a switch: what leaves one comes back in at
-        the other, if `passes` lets it (LLDP never crosses, as with a Linux bridge)."""
+        the other, if `passes` lets it (LLDP never crosses, as with a Linux bridge). A tagged
+        frame crosses unjudged, as in the seed firewall VNF: its rules match IPv4 by
+        Ethernet type, which for a tagged frame is 802.1Q."""
         ok = passes or (lambda pkt: True)
         self.wires[(dpid, a)] = ("bump", b, ok)
         self.wires[(dpid, b)] = ("bump", a, ok)
@@ -226,6 +260,7 @@ class FakeNetwork:
                 raise StormError(f"frame {frame_fields} visited {dict(delivery.visits)}")
             if actions is None:
                 result = sw.lookup({**frame_fields, "in_port": p})
+                delivery.walks.append((d, p, [f.table for f in result.matched]))
             else:
                 result, actions = sw.execute({**frame_fields, "in_port": p}, actions), None
             if d in self.connected:
@@ -236,11 +271,12 @@ class FakeNetwork:
                 if wire is None:
                     continue
                 if wire[0] == "host":
-                    delivery.hosts.append(wire[1])
+                    if host_takes(sent):
+                        delivery.hosts.append(wire[1])
                     delivery.frames.append((wire[1], sent))
                 elif wire[0] == "bump":
                     _, other, passes = wire
-                    if sent.get("eth_type") != 0x88CC and "vlan_vid" not in sent and passes(sent):
+                    if sent.get("eth_type") != 0x88CC and ("vlan_vid" in sent or passes(sent)):
                         delivery.bumps.append((d, out_port))
                         queue.append((d, other, {k: v for k, v in sent.items() if k != "in_port"}))
                 elif self.switches[wire[1]].ports.get(wire[2]):
@@ -249,13 +285,15 @@ class FakeNetwork:
                     )
         return [self.core.packet_in(d, p, data, t, c, self.now) for d, p, data, t, c in packet_ins]
 
-    def send(self, src: str, dst: str, eth_type: int = 0x0800, **fields) -> Delivery:
-        """Host `src` sends one frame to `dst` (with any extra header fields, e.g. ip_proto);
-        returns which hosts got it and where it went."""
+    def send(
+        self, src: str, dst: str, eth_type: int = 0x0800, tags: tuple[int, ...] = (), **fields
+    ) -> Delivery:
+        """Host `src` sends one frame to `dst` (with any extra header fields, e.g. ip_proto, and
+        802.1Q `tags`, outermost first); returns which hosts got it and where it went."""
         if eth_type == 0x0806:
             fields.setdefault("arp_sha", src)
-        pkt = {**fields_of(frame(dst, src, eth_type, payload_for(eth_type, fields))), **fields}
-        return self._from_host(src, pkt)
+        data = frame(dst, src, eth_type, payload_for(eth_type, fields), tags)
+        return self._from_host(src, {**fields_of(data), **fields})
 
     def inject(self, src: str, data: bytes) -> Delivery:
         """Host `src` sends a frame it crafted byte by byte (e.g. a forged LLDP frame)."""

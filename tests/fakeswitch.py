@@ -12,6 +12,10 @@ would reject, and on some things a real switch allows but that are always bugs i
 - a fast-failover bucket that watches nothing.
 
 Packets are dicts of OXM fields, e.g. {"in_port": 1, "eth_dst": "...", "eth_type": 0x0800}.
+VLAN tags follow OpenFlow 1.3 as Open vSwitch implements it: `vlan_vid` is the outermost tag
+(OFPVID_PRESENT | VID; absent: untagged, which a vlan_vid match of OFPVID_NONE selects),
+`eth_type` the type after every tag, and "_inner_vlans" the tags below the outer one, so a
+push_vlan onto a tagged frame keeps its tag underneath and a pop_vlan uncovers it.
 Select groups pick a bucket by a hash of the packet's flow fields, in proportion to the weights;
 fast-failover groups take the first bucket whose watched port is live.
 """
@@ -171,10 +175,10 @@ def covers(filt: dict, entry: dict) -> bool:
 
 def packet_matches(match: dict, pkt: dict) -> bool:
     for name, value in match.items():
-        if name not in pkt:
+        if name not in pkt and name != "vlan_vid":
             return False
         v, m = _value_mask(value)
-        if (to_int(pkt[name]) & m) != (v & m):
+        if (to_int(pkt.get(name, ofp.OFPVID_NONE)) & m) != (v & m):
             return False
     return True
 
@@ -646,9 +650,16 @@ class FakeSwitch:
         elif kind == "group":
             self._group(action[1], pkt, result, table, cookie)
         elif kind == "pop_vlan":
+            inner = pkt.pop("_inner_vlans", ())
             pkt.pop("vlan_vid", None)
+            if inner:
+                pkt["vlan_vid"] = inner[0]
+                if inner[1:]:
+                    pkt["_inner_vlans"] = inner[1:]
         elif kind == "push_vlan":
-            pkt["vlan_vid"] = 0x1000  # present, VID 0 until a set_field names it
+            if "vlan_vid" in pkt:
+                pkt["_inner_vlans"] = (pkt["vlan_vid"], *pkt.get("_inner_vlans", ()))
+            pkt["vlan_vid"] = ofp.OFPVID_PRESENT  # VID 0 until a set_field names it
 
     def _bucket_live(self, bucket) -> bool:
         """A bucket that watches a port or group is live while they are; one that watches

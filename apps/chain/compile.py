@@ -10,7 +10,13 @@ the hops in reverse, entering at "b". Per switch, in the `chains` table:
   next hop's select group, or, after the last, on through the pipeline to its destination;
 - a replica on another switch is reached with a VLAN tag naming (chain, hop, replica, side),
   carried along the topology's tree to the replica's switch, which pops it and delivers;
-- anything else leaving a replica port is dropped (floods that wandered in).
+- anything else leaving a replica port is dropped (floods that wandered in), and so is a
+  tagged frame whose tag no chain names here.
+
+Tags are the chains' transport between switches only: the core accepts a tagged frame only on
+an inter-switch port (marked FROM_FABRIC) and drops one from any other port in classify, so a
+host can never enter a tag, and every tagged frame reaches this table through the stages before
+it, which skip FROM_FABRIC frames (docs/security.md, "Hosts and VLAN tags").
 
 Select buckets watch the replica's port where it is local (a replica whose container stops
 loses its ports: the switch skips it at once) or the next hop toward it; the controller then
@@ -43,10 +49,11 @@ COOKIE = 0x06 << 56
 GROUP_BASE = 0x0600_0000
 VLAN_PRESENT = 0x1000
 TAG_PRIORITY = 400  # a tagged frame on its way to a replica
+STRAY_TAG_PRIORITY = 390  # any other tagged frame
 EXIT_PRIORITY = 300  # a frame leaving a replica (minus the chain's index)
 CLASS_PRIORITY = 200  # classification at the edge (see class_priority)
 REPLICA_DROP = 100  # anything else leaving a replica
-ENTRY_PRIORITY = 250  # classify: replica ports and tagged frames skip the policy stages
+ENTRY_PRIORITY = 250  # classify: frames from replica ports skip the policy stages
 
 
 @dataclass(frozen=True)
@@ -109,21 +116,15 @@ class Compiler:
         return flow(table, priority, match, *instructions, cookie=COOKIE)
 
     def entry_flows(self, replica_ports: Iterable[int]) -> list[Flow]:
-        """Classify: frames from replicas and tagged frames go straight to the chains table
-        (no host learning at a replica's port, no second policy check)."""
+        """Classify: frames from replicas go straight to the chains table (no host learning at
+        a replica's port, no second policy check); in the chains table, a tagged frame no tag
+        entry claims is dropped, never delivered."""
         to_chains = goto(self.table)
         flows = [
             self._f(self.classify, ENTRY_PRIORITY, {"in_port": p}, to_chains) for p in replica_ports
         ]
-        flows.append(
-            self._f(
-                self.classify,
-                ENTRY_PRIORITY + 10,
-                {"vlan_vid": (VLAN_PRESENT, VLAN_PRESENT)},
-                to_chains,
-            )
-        )
-        return flows
+        stray = {"vlan_vid": (VLAN_PRESENT, VLAN_PRESENT)}
+        return [*flows, self._f(self.table, STRAY_TAG_PRIORITY, stray)]
 
     def _reach(self, dpid: int, target: Replica, side: str, vid: int, next_hops) -> tuple | None:
         """Actions, and the port to watch, to get a frame from `dpid` into a replica's side."""

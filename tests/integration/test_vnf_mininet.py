@@ -7,13 +7,16 @@ the chain sends h1 -> h2 on ports 80, 443 and 22 through it.
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
 from scapy.all import ICMP, IP, TCP, Dot1Q, Ether, IPv6, sendp
 
 from tests.integration.conftest import require_lab
+from tests.vlanlab import Answer, Case, cases, expected, fake_answer, fake_vnf_lab
 from topologies.harness import ofctl
 from topologies.vnflab import CHAIN, ENDPOINTS, captured, vnf_lab
 from vnf import runtime
@@ -292,6 +295,92 @@ def test_without_docker_the_replicas_run_as_namespace_hosts(env, tmp_path, caplo
     finally:
         plain.delete("virtual-firewall")
     env.deployer.deploy(load_manifest(env.manifest_path), "s1")
+
+
+def test_tagged_frames_from_a_host_go_nowhere_and_the_fake_network_agrees(env, tmp_path):
+    """Every tag stack (the chain's own VIDs 1-4 included) on TCP 22, 80 and 8080 from h1, and
+    the untagged frames as a control: Open vSwitch, the fake network and the promise agree."""
+    env.wait_open(22, False)  # the replicas' rules are in force
+    tagged_drops = classify_tag_drops("s1")
+    every = cases()
+    real = real_answers(env, every)
+    fake = fake_vnf_lab(tmp_path)
+    wrong = [
+        (str(c), real[c], fake_answer(fake, c), expected(c))
+        for c in every
+        if not real[c] == fake_answer(fake, c) == expected(c)
+    ]
+    assert wrong == []  # (case, Open vSwitch, fake, promise)
+    sent_tagged = 3 * sum(1 for c in every if c.tags)
+    assert classify_tag_drops("s1") - tagged_drops >= sent_tagged  # the core's entry did it
+
+
+def test_an_802_1ad_tag_from_a_host_is_dropped_too(env):
+    before = classify_tag_drops("s1")
+    case = Case((5,), 8080, 43000)
+    assert real_answers(env, [case], tpid=0x88A8)[case] == Answer(False, False, False)
+    assert classify_tag_drops("s1") - before >= 3
+
+
+SENDER = """
+import json, sys
+from scapy.all import IP, TCP, Dot1AD, Dot1Q, Ether, sendp
+
+frames = []
+for tags, sport, dport in json.loads(sys.argv[1]):
+    f = Ether(src="00:00:00:00:00:01", dst="00:00:00:00:00:02")
+    for i, vid in enumerate(tags):
+        f = f / (Dot1AD if i == 0 and sys.argv[2] == str(0x88A8) else Dot1Q)(vlan=vid)
+    frames.append(f / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=sport, dport=dport, flags="S"))
+sendp(frames * 3, iface="h1-eth0", inter=0.005, verbose=False)
+"""
+
+
+def real_answers(env, every: list[Case], tpid: int = 0x8100) -> dict[Case, Answer]:
+    """Send each case's SYN from h1 three times (scapy: the kernel has no 802.1Q devices) and
+    read tcpdump on h2 and on every replica port (frames that came out of a VNF)."""
+    replica_ports = vnf_ports(env)
+    h2 = env.lab.host("h2")
+    captures = [h2.popen(tcpdump("h2-eth0"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+    captures += [
+        subprocess.Popen(tcpdump(p, "in"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for p in replica_ports
+    ]
+    for proc in captures:
+        said = b""
+        while b"listening on" not in said:
+            line = proc.stderr.readline()
+            if not line:
+                raise RuntimeError(f"tcpdump did not start: {said.decode()}")
+            said += line
+    spec = json.dumps([[c.tags, c.sport, c.dport] for c in every])
+    sender = env.lab.host("h1").popen([sys.executable, "-c", SENDER, spec, str(tpid)])
+    assert sender.wait(timeout=60) == 0
+    time.sleep(1.0)
+    seen = []
+    for proc in captures:
+        proc.send_signal(signal.SIGINT)
+        seen.append(proc.communicate(timeout=10)[0].decode())
+    at_h2, out_of_vnfs = seen[0], "".join(seen[1:])
+    return {
+        c: Answer(
+            f"10.0.0.1.{c.sport} > 10.0.0.2.{c.dport}:" in at_h2,
+            f"10.0.0.2.{c.dport} > 10.0.0.1.{c.sport}:" in at_h2,
+            f"10.0.0.1.{c.sport} > 10.0.0.2.{c.dport}:" in out_of_vnfs,
+        )
+        for c in every
+    }
+
+
+def tcpdump(interface: str, direction: str = "inout") -> list[str]:
+    """Every frame, tagged or not, headers only; stops at SIGINT (or after 60 s)."""
+    return ["timeout", "60", "tcpdump", "-l", "-n", "-e", "-Q", direction, "-i", interface]
+
+
+def classify_tag_drops(switch: str) -> int:
+    """Packets the core's classify entry for tagged frames has dropped."""
+    flows = ofctl("dump-flows", switch, "table=0,vlan_tci=0x1000/0x1000")
+    return sum(int(n) for n in re.findall(r"n_packets=(\d+).*actions=drop", flows))
 
 
 def vnf_ports(env) -> list[str]:
