@@ -113,8 +113,9 @@ class Firewall(SuiteApp):
             i for i, (a, b) in enumerate(zip(settings.rules, old.rules, strict=True)) if a is not b
         ]
         texts = {k[0] for k, _, _ in self.rules}
-        if len(edited) > 64 or any(settings.rules[i].text in texts for i in edited):
-            return False  # many edits, or a duplicate: the general path keeps order exact
+        new_texts = [settings.rules[i].text for i in edited]
+        if len(edited) > 64 or len(set(new_texts)) < len(new_texts) or texts & set(new_texts):
+            return False  # many edits, or a repeated rule: the general path keeps order exact
         self.settings = settings
         switches = self.topology.switches()
         for i in edited:

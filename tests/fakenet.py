@@ -7,8 +7,8 @@ switches. A frame visiting more switches than STORM_LIMIT is a broadcast storm: 
 Hosts and VNFs treat VLAN-tagged frames as the lab's do (measured on the VNF lab, see
 docs/security.md, "Hosts and VLAN tags"): a host, a Linux network namespace with no 802.1Q
 device, discards a frame tagged with a non-zero VID (the kernel marks it PACKET_OTHERHOST) and
-takes a priority-tagged one (VID 0) as untagged; the firewall VNF passes a tagged frame whatever
-its rules say.
+takes a priority-tagged one (VID 0) as untagged; the firewall VNF lets only untagged IPv4 and ARP
+cross (vnf/firewall/agent.py), so a tagged frame never crosses it.
 """
 
 from __future__ import annotations
@@ -163,9 +163,8 @@ class FakeNetwork:
 
     def add_bump(self, dpid: int, a: int, b: int, names: tuple[str, str], passes=None) -> None:
         """A transparent VNF between two ports of a switch: what leaves one comes back in at
-        the other, if `passes` lets it (LLDP never crosses, as with a Linux bridge). A tagged
-        frame crosses unjudged, as in the seed firewall VNF: its rules match IPv4 by
-        Ethernet type, which for a tagged frame is 802.1Q."""
+        the other, if `passes` lets it. LLDP never crosses (as with a Linux bridge), nor does
+        a tagged frame (the firewall VNF's bridge chain passes only untagged IPv4 and ARP)."""
         ok = passes or (lambda pkt: True)
         self.wires[(dpid, a)] = ("bump", b, ok)
         self.wires[(dpid, b)] = ("bump", a, ok)
@@ -276,7 +275,7 @@ class FakeNetwork:
                     delivery.frames.append((wire[1], sent))
                 elif wire[0] == "bump":
                     _, other, passes = wire
-                    if sent.get("eth_type") != 0x88CC and ("vlan_vid" in sent or passes(sent)):
+                    if sent.get("eth_type") != 0x88CC and "vlan_vid" not in sent and passes(sent):
                         delivery.bumps.append((d, out_port))
                         queue.append((d, other, {k: v for k, v in sent.items() if k != "in_port"}))
                 elif self.switches[wire[1]].ports.get(wire[2]):

@@ -12,7 +12,14 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 
 from apps.fw.schedule import DAYS, Schedule, check_timezone, parse_clock
-from controller.config import Config, Document, dotted, load_document, register_schema
+from controller.config import (
+    Config,
+    ConfigError,
+    Document,
+    dotted,
+    load_document,
+    register_schema,
+)
 
 PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "any")
 ACTIONS = ("allow", "deny", "rate_limit")
@@ -374,7 +381,12 @@ def parse_firewall(section: dict | None, config: Config) -> FirewallSettings:
     if "rules_file" in section:
         path = config.resolve(section["rules_file"])
         config.depend(path)
-        rules += load_rules_file(path)
+        try:
+            rules += load_rules_file(path)
+        except ConfigError as exc:
+            if exc.line is not None:
+                raise
+            raise config.error(("firewall", "rules_file"), exc.message) from None
     rules += parse_rules(config, ("firewall", "rules"), section.get("rules", []))
     blocked = tuple(
         _network(config, ("firewall", "blocked_ips", i), text)

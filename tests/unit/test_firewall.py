@@ -458,3 +458,28 @@ def test_offload_plan_takes_only_what_xdp_can_enforce_exactly():
     }
     _, stateful = plan(rules, (), 0xFFFF, stateful=True)
     assert all("stateful" in reason for _, _, reason in stateful)
+
+
+def test_two_rules_edited_into_the_same_rule_and_back(tmp_path):
+    """Two edited rules that became one text shared a key, and editing them back raised
+    KeyError while applying (found by fuzzing)."""
+    base = "firewall:\n  rules:\n" + "".join(
+        f"    - {{action: deny, protocol: tcp, port: {p}}}\n" for p in (22, 23, 24)
+    )
+    same = base.replace("port: 22}", "port: 25}").replace("port: 23}", "port: 25}")
+    net, fw, cfg = lab(tmp_path, base)
+    for text in (same, base, same):
+        reload(net, cfg, text)
+        assert net.core.config is net.core.candidate  # applied, not refused
+    keys = [k for k, _, _ in fw.rules]
+    assert len(set(keys)) == len(keys) == 3
+    assert not tcp(net, A, B, 25) and tcp(net, A, B, 22) and not tcp(net, A, B, 24)
+
+
+def test_a_rules_file_that_cannot_be_read_is_refused_at_the_line_naming_it(tmp_path):
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("firewall:\n  default: allow\n  rules_file: nope.json\n")
+    core = Core()
+    core.add_app(Firewall)
+    with pytest.raises(ConfigError, match=r"lab.yaml:3: firewall.rules_file: cannot read"):
+        core.parse(load_config(str(cfg)))
