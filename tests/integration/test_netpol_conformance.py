@@ -18,8 +18,8 @@ import signal
 import time
 
 import pytest
-import yaml
 
+from controller.config import dump_documents
 from tests.integration.conftest import require_lab
 from topologies.harness import Controller, Lab
 from topologies.tree import TreeTopo
@@ -56,7 +56,7 @@ def lab_config(labels: dict[str, str] | None = None) -> str:
 
 def _document(api: str, kind: str, name: str, namespace: str, spec: dict) -> str:
     meta = {"name": name, "namespace": namespace}
-    return yaml.safe_dump({"apiVersion": api, "kind": kind, "metadata": meta, "spec": spec})
+    return dump_documents([{"apiVersion": api, "kind": kind, "metadata": meta, "spec": spec}])
 
 
 def np(name: str, namespace: str, spec: dict) -> str:
