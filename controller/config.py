@@ -64,7 +64,9 @@ def dump_documents(docs: list) -> str:
     return yaml.dump_all(docs, Dumper=yamlcore.CCoreDumper, sort_keys=False)
 
 
-_LABELS = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+# Label values are strings, as in Kubernetes (map[string]string): an unquoted 1.10 or 010 would
+# read as the number 1.1 or 10 and silently stop matching the label "1.10" or "010".
+LABELS = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
 
 SCHEMAS: dict[str, dict] = {
     # Shared by the policy apps: the hosts and namespaces that policies speak about.
@@ -74,7 +76,7 @@ SCHEMAS: dict[str, dict] = {
             "type": "object",
             "required": ["name"],
             "additionalProperties": False,
-            "properties": {"name": {"type": "string"}, "labels": _LABELS},
+            "properties": {"name": {"type": "string"}, "labels": LABELS},
         },
     },
     "endpoints": {
@@ -88,7 +90,7 @@ SCHEMAS: dict[str, dict] = {
                 "namespace": {"type": "string"},
                 "ip": {"type": "string"},
                 "mac": {"type": "string"},
-                "labels": _LABELS,
+                "labels": LABELS,
                 "ports": {
                     "type": "array",
                     "items": {

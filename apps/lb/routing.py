@@ -158,7 +158,12 @@ def _list(doc: Document, value, where: tuple) -> list:
 
 
 def _labels(doc: Document, value, where: tuple) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((str(k), str(v)) for k, v in _mapping(doc, value, where).items()))
+    """A label map; values are strings (map<string, string>), never numbers read from `1.10`."""
+    labels = _mapping(doc, value, where)
+    for key, v in labels.items():
+        if not isinstance(v, str):
+            raise doc.error(where + (key,), f"{v!r} is not a string: quote label values")
+    return tuple(sorted((str(k), v) for k, v in labels.items()))
 
 
 def _network(doc: Document, value, where: tuple) -> Network:

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 from apps.ms.model import DEFAULT_NAMESPACE, Selector
-from controller.config import ConfigError, Document
+from controller.config import LABELS, ConfigError, Document
 
 LOG = logging.getLogger("osken_suite.microseg")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -42,10 +42,7 @@ _SELECTOR = {
     "type": ["object", "null"],
     "additionalProperties": False,
     "properties": {
-        "matchLabels": {
-            "type": ["object", "null"],
-            "additionalProperties": {"type": ["string", "number", "boolean"]},
-        },
+        "matchLabels": LABELS,
         "matchExpressions": {
             "type": ["array", "null"],
             "items": {

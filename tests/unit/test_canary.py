@@ -11,7 +11,8 @@ import pytest
 from apps.canary import Canary, arp_frame, connection_of
 from apps.l2_learning import L2Learning
 from apps.lb.compile import CT_ZONE, vip_mac
-from controller.config import ConfigError, load_config
+from apps.lb.routing import parse_routing
+from controller.config import ConfigError, load_config, load_documents
 from controller.core import Core
 from tests.fakenet import BROADCAST
 from tests.unit.test_l2 import MACS, leaf_spine
@@ -398,3 +399,18 @@ def test_a_backend_taken_out_of_the_config_drains_then_its_flows_go(tmp_path):
         if f.match_dict().get("ipv4_dst") == IP[V2A]
     ]
     assert steering == [] and app.draining == []
+
+
+@pytest.mark.parametrize(
+    "labels", ["{version: 2}", "{version: 1.10}", "{canary: true}"], ids=["int", "float", "bool"]
+)
+def test_subset_label_values_must_be_strings(tmp_path, labels):
+    path = tmp_path / "dr.yaml"
+    path.write_text(
+        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+        "metadata: {name: d}\nspec:\n  host: h\n  subsets:\n"
+        f"    - {{name: a, labels: {labels}}}\n"
+    )
+    (doc,) = load_documents(str(path))
+    with pytest.raises(ConfigError, match=r"dr.yaml:7: spec.subsets\[0\].labels.\w+: .* quote"):
+        parse_routing(doc)

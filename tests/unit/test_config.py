@@ -172,3 +172,15 @@ def test_a_1_1_boolean_is_refused_where_a_boolean_is_wanted(tmp_path):
 def test_dump_documents_reads_back_unchanged():
     docs = [{"a": "yes", "b": "0o10", "c": "1e3", "d": "20:21", "e": True, "f": [1, None]}]
     assert list(yaml.load_all(dump_documents(docs), Loader=Loader)) == docs
+
+
+def test_label_values_are_strings_as_in_kubernetes(tmp_path):
+    """`version: 1.10` would read as the number 1.1 and silently match "1.1", not "1.10"."""
+    msg = error_of(
+        tmp_path, "endpoints:\n  - name: a\n    ip: 10.0.0.1\n    labels: {version: 1.10}\n"
+    )
+    assert msg.endswith("lab.yaml:4: endpoints[0].labels.version: 1.1 is not of type 'string'")
+    cfg = load_config(
+        write(tmp_path, "endpoints:\n  - {name: a, ip: 10.0.0.1, labels: {x: yes}}\n")
+    )
+    assert cfg.section("endpoints")[0]["labels"] == {"x": "yes"}

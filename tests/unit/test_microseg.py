@@ -577,6 +577,11 @@ def test_a_label_change_sends_only_the_flows_that_depend_on_it(tmp_path):
             r"policies.yaml:5: spec.policyTypes",
             "is too long",
         ),
+        (  # label values are strings: 1.10 read as a number would be 1.1
+            "spec:\n  podSelector: {matchLabels: {version: 1.10}}\n",
+            r"policies.yaml:5: spec.podSelector.matchLabels.version",
+            "1.1 is not of type 'string'",
+        ),
         (  # null selectors are absent ones: this peer selects nothing, as the API server says
             "spec:\n  ingress: [{from: [{podSelector: null, namespaceSelector: null}]}]\n",
             r"policies.yaml:5: spec.ingress\[0\].from\[0\]",
