@@ -33,7 +33,9 @@ LOG = logging.getLogger("osken_suite.microseg")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CILIUM_NAMESPACE_KEY = "io.kubernetes.pod.namespace"
 CILIUM_NS_LABEL_PREFIX = "io.cilium.k8s.namespace.labels."
-_PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # IANA_SVC_NAME
+# IANA_SVC_NAME, as Kubernetes' IsValidPortName: 1-15 characters of a-z, 0-9 and '-', at least
+# one letter, no '-' at either end nor two in a row.
+_PORT_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])(?!.*--)[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 # --- schemas: the shape of each kind (unknown fields are errors) -------------------------------
 

@@ -414,3 +414,16 @@ def test_subset_label_values_must_be_strings(tmp_path, labels):
     (doc,) = load_documents(str(path))
     with pytest.raises(ConfigError, match=r"dr.yaml:7: spec.subsets\[0\].labels.\w+: .* quote"):
         parse_routing(doc)
+
+
+def test_an_httproute_has_at_most_16_rules(tmp_path):
+    """The Gateway API CRD: rules maxItems 16 (and 16 backendRefs per rule)."""
+    path = tmp_path / "route.yaml"
+    rules = "".join(f"    - backendRefs: [{{name: b{i}, port: 80}}]\n" for i in range(17))
+    path.write_text(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n"
+        f"metadata: {{name: r}}\nspec:\n  rules:\n{rules}"
+    )
+    (doc,) = load_documents(str(path))
+    with pytest.raises(ConfigError, match=r"route.yaml:5: spec.rules: at most 16 rules"):
+        parse_routing(doc)

@@ -577,6 +577,16 @@ def test_a_label_change_sends_only_the_flows_that_depend_on_it(tmp_path):
             r"policies.yaml:5: spec.policyTypes",
             "is too long",
         ),
+        (  # IANA_SVC_NAME: at most 15 characters
+            "spec:\n  ingress: [{ports: [{port: a-very-long-port-name}]}]\n",
+            r"policies.yaml:5: spec.ingress\[0\].ports\[0\].port",
+            "neither a port number nor a valid port name",
+        ),
+        (  # IANA_SVC_NAME: no two hyphens in a row
+            "spec:\n  ingress: [{ports: [{port: web--http}]}]\n",
+            r"policies.yaml:5: spec.ingress\[0\].ports\[0\].port",
+            "neither a port number nor a valid port name",
+        ),
         (  # label values are strings: 1.10 read as a number would be 1.1
             "spec:\n  podSelector: {matchLabels: {version: 1.10}}\n",
             r"policies.yaml:5: spec.podSelector.matchLabels.version",
