@@ -386,6 +386,22 @@ def test_cilium_cidr_except_still_holds_for_non_endpoints(tmp_path):
     assert not send(net, "x-a", "z-b")
 
 
+@pytest.mark.parametrize(
+    ("entities", "reached"),
+    [
+        ("[world]", {"z-b"}),
+        ("[cluster]", set(NAMES) - {"x-a", "z-b"}),
+        ("[all]", set(NAMES) - {"x-a"}),
+        ("[none]", set()),
+    ],
+)
+def test_cilium_entities_split_endpoints_from_the_world(tmp_path, entities, reached):
+    """world: addresses that are no endpoint (z-b here); cluster: every endpoint; all: both."""
+    policy = CILIUM_CIDR.replace("SECTION", "egress").replace("PEERS", f"toEntities: {entities}")
+    net, _, _ = make(tmp_path, policy, outside=("z-b",))
+    assert {b for (a, b) in allowed(matrix(net)) if a == "x-a"} == reached
+
+
 def test_kubernetes_ipblock_still_selects_endpoints_inside_it(tmp_path):
     """Unlike Cilium's CIDR rules, ipBlock matches pod addresses too (upstream e2e tests do)."""
     net, _, _ = make(
