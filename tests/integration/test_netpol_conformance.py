@@ -587,7 +587,11 @@ class Suite:
         self.ctl = Controller(
             ["apps/microseg.py"], config=self.cfg, log_path=os.path.join(tmp, "controller.log")
         ).start()
-        self.lab = Lab(TreeTopo(depth=2, fanout=3), self.ctl.port).start()
+        try:
+            self.lab = Lab(TreeTopo(depth=2, fanout=3), self.ctl.port).start()
+        except BaseException:  # e.g. another lab's bridges: the controller must not outlive us
+            self.ctl.stop()
+            raise
         self.reloads = 0
 
     def stop(self) -> None:
