@@ -1,5 +1,11 @@
 """The `--config` file: YAML read with line numbers, checked with JSON Schema, errors that point.
 
+Every YAML input of the suite (configs, policies, routing documents, VNF manifests) is read here,
+with YAML 1.2 core-schema semantics, as Kubernetes users write it: `20:21` and `22:00` are
+strings (YAML 1.1 made them the base-60 integers 1221 and 1320), `yes`/`no`/`on`/`off` are
+strings, `010` is ten and `0o10` eight; `<<` merge keys work as in Kubernetes' reader; a
+duplicate key is an error. docs/semantics.md has the table, tests/unit/test_config.py the cases.
+
 Every error names the file, the line and the field, e.g.
 ``lab.yaml:7: l2.mac_age: -3 is less than the minimum of 1``. Sections belong to apps; an app
 registers the schema of its section, and later issues add theirs.
@@ -22,25 +28,45 @@ from typing import Any
 
 import jsonschema
 import yaml
+import yamlcore
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: much faster
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _DuplicateKey(Exception):
-    """Raised while loading; the slow path then finds and locates the duplicate."""
+    """Raised while loading; the line map then finds and locates the duplicate."""
 
 
-class _StrictLoader(_LOADER):  # type: ignore[misc, valid-type]
-    """The fast loader, refusing duplicate keys as it goes (YAML would keep the last silently)."""
+class Loader(yamlcore.CCoreLoader):
+    """YAML 1.2 core schema (yamlcore's resolver on libyaml's parser), `<<` merge keys, and no
+    duplicate keys (YAML would keep the last silently).
+
+    Merge keys are not in the 1.2 core schema, but Kubernetes' reader (go-yaml) honours them, so
+    a manifest that uses them means here what it means there; explicit keys beat merged ones.
+    """
+
+    flatten_mapping = yaml.constructor.SafeConstructor.flatten_mapping
 
     def construct_mapping(self, node, deep=False):
-        keys = [k.value for k, _ in node.value]
+        keys = [k.value for k, _ in node.value if k.tag != MERGE_TAG]
         if len(set(keys)) != len(keys):
             raise _DuplicateKey
-        return super().construct_mapping(node, deep)
+        self.flatten_mapping(node)  # merged keys first, so the explicit ones win
+        return yaml.constructor.BaseConstructor.construct_mapping(self, node, deep)
 
 
-_LABELS = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
+Loader.add_implicit_resolver(MERGE_TAG, re.compile(r"^<<$"), ["<"])
+
+
+def dump_documents(docs: list) -> str:
+    """Documents as YAML that `Loader` reads back unchanged (strings that would read as another
+    type under YAML 1.2, like '0o10' or '1e3', are quoted)."""
+    return yaml.dump_all(docs, Dumper=yamlcore.CCoreDumper, sort_keys=False)
+
+
+# Label values are strings, as in Kubernetes (map[string]string): an unquoted 1.10 or 010 would
+# read as the number 1.1 or 10 and silently stop matching the label "1.10" or "010".
+LABELS = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
 # What every Kubernetes-style document shares (TypeMeta, ObjectMeta): checked before its kind is.
 OBJECT_HEADER = {
     "type": "object",
@@ -62,7 +88,7 @@ SCHEMAS: dict[str, dict] = {
             "type": "object",
             "required": ["name"],
             "additionalProperties": False,
-            "properties": {"name": {"type": "string"}, "labels": _LABELS},
+            "properties": {"name": {"type": "string"}, "labels": LABELS},
         },
     },
     "endpoints": {
@@ -76,7 +102,7 @@ SCHEMAS: dict[str, dict] = {
                 "namespace": {"type": "string"},
                 "ip": {"type": "string"},
                 "mac": {"type": "string"},
-                "labels": _LABELS,
+                "labels": LABELS,
                 "ports": {
                     "type": "array",
                     "items": {
@@ -162,7 +188,7 @@ def _compose(text: str) -> yaml.Node | None:
     where they were). None if nothing composes it.
     """
     for loader, source in (
-        (_LOADER, text),
+        (Loader, text),
         (yaml.SafeLoader, text),
         (yaml.SafeLoader, _NOT_YAML.sub("?", text)),
     ):
@@ -259,7 +285,7 @@ def load_document(path: str, json_only: bool = False) -> Document:
         except json.JSONDecodeError as exc:
             raise ConfigError(path, exc.lineno, "", f"JSON syntax error: {exc.msg}") from None
     try:
-        data = json.loads(text) if json_only else yaml.load(text, Loader=_StrictLoader)
+        data = json.loads(text) if json_only else yaml.load(text, Loader=Loader)
     except _DuplicateKey:
         _ = Document(path, None, text).lines  # raises, naming the line and the field
         raise AssertionError("a duplicate key the line map did not find") from None
@@ -273,21 +299,23 @@ def load_documents(path: str, text: str | None = None) -> list[Document]:
     each knowing its own lines.
 
     Policy files are small and their errors must point, so lines are mapped up front here
-    (which also rejects duplicate keys).
+    (which also rejects duplicate keys, located), from the same nodes the data is built from.
     """
     text = _read(path) if text is None else text
+    loader = Loader(text)
+    docs = []
     try:
-        datas = list(yaml.load_all(text, Loader=_LOADER))
-        nodes = list(yaml.compose_all(text, Loader=_LOADER))
+        while loader.check_node():
+            node = loader.get_node()
+            lines: dict[tuple, int] = {}
+            _line_map(node, (), lines, path)
+            data = loader.construct_document(node)
+            if data is not None:
+                docs.append(Document(path, data, text, lines))
     except yaml.YAMLError as exc:
         raise _syntax_error(path, text, exc) from None
-    docs = []
-    for data, node in zip(datas, nodes, strict=True):
-        if data is None:
-            continue
-        lines: dict[tuple, int] = {}
-        _line_map(node, (), lines, path)
-        docs.append(Document(path, data, text, lines))
+    finally:
+        loader.dispose()
     return docs
 
 
@@ -401,10 +429,14 @@ def _validate_items(cfg: Config, section: str, schema: dict) -> None:
 
 
 def _locate(err: jsonschema.ValidationError) -> tuple[tuple, str]:
-    """Where the error is and what to say; an unknown key is reported at the key itself."""
+    """Where the error is and what to say; an unknown key is reported at the key itself, and a
+    number or boolean where a string belongs says to quote it (YAML read `1.10` as a number)."""
     where = tuple(err.absolute_path)
     if err.validator == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})), key=str)
         if extra:
             return where + (extra[0],), "unknown key"
+    expected = err.validator_value if err.validator == "type" else None
+    if expected in ("string", ["string"]) and isinstance(err.instance, int | float):
+        return where, f"{err.instance!r} is not a string: quote it"
     return where, err.message

@@ -24,10 +24,9 @@ import tempfile
 import threading
 import time
 
-import yaml
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from controller.config import dump_documents, load_documents  # noqa: E402
 from topologies.fattree import FatTreeTopo  # noqa: E402
 from topologies.harness import ROOT, Controller, Lab, free_port, metric, ping_counts  # noqa: E402
 from vnf.deploy import Deployer  # noqa: E402
@@ -320,8 +319,7 @@ def chain(lab: Lab, report: Report, folder: str) -> None:
             f"first connection through the chain {first:.1f} s after deploy; shop -> store {text}",
         )
         started = [r["state"]["started"] for r in status["replicas"]]
-        with open(manifest) as fh:  # the operator's edit: the ConfigMap denies 443 too
-            docs = list(yaml.safe_load_all(fh))
+        docs = [d.data for d in load_documents(manifest)]  # the operator's edit: deny 443 too
         configmap = next(d for d in docs if d["kind"] == "ConfigMap")
         rules = json.loads(configmap["data"]["rules.json"])
         for rule in rules["rules"]:
@@ -329,7 +327,7 @@ def chain(lab: Lab, report: Report, folder: str) -> None:
                 rule["action"] = "deny"
         configmap["data"]["rules.json"] = json.dumps(rules, indent=2)
         with open(manifest, "w") as fh:
-            yaml.safe_dump_all(docs, fh, sort_keys=False)
+            fh.write(dump_documents(docs))
         deployer.deploy(load_manifest(manifest), edge)
         wait(443, False)
         text, got = open_ports()

@@ -18,12 +18,11 @@ import ipaddress
 from dataclasses import dataclass
 
 from apps.ms.settings import parse_endpoints
-from controller.config import Config, register_schema
+from controller.config import LABELS, Config, register_schema
 
 MAX_CHAINS, MAX_HOPS, MAX_REPLICAS = 15, 4, 16  # what the VLAN tag of a hop can name
 
 _NETS = {"type": "array", "items": {"type": "string"}}
-_LABELS = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
 register_schema(
     "chains",
     {
@@ -36,9 +35,9 @@ register_schema(
             "properties": {
                 "name": {"type": "string", "minLength": 1},
                 "from": _NETS,
-                "from_labels": _LABELS,
+                "from_labels": LABELS,
                 "to": _NETS,
-                "to_labels": _LABELS,
+                "to_labels": LABELS,
                 "protocol": {"enum": ["tcp", "udp"]},
                 "ports": {
                     "type": "array",
@@ -75,9 +74,7 @@ def _side(config: Config, i: int, spec: dict, key: str, endpoints) -> tuple | No
             raise config.error(("chains", i, key, j), f"{text!r} is not an IPv4 CIDR") from None
     labels = spec.get(f"{key}_labels")
     if labels is not None:
-        want = {
-            (str(k), str(v).lower() if isinstance(v, bool) else str(v)) for k, v in labels.items()
-        }
+        want = {(str(k), v) for k, v in labels.items()}
         chosen = [e for e in endpoints if want <= set(e.labels) and e.ip.version == 4]
         if not chosen:
             raise config.error(("chains", i, f"{key}_labels"), "no endpoint has these labels")

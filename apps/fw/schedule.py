@@ -10,6 +10,8 @@ True
 True
 >>> s.active(1795737600.0 + 24 * 3600 + 3 * 3600)           # Saturday 03:00
 False
+>>> s.describe()
+'fri 22:00-02:00 UTC'
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ class Schedule:
 
     def describe(self) -> str:
         days = ",".join(DAYS[d] for d in sorted(self.days))
-        return (
-            f"{days} {self.start // 60:02d}:{self.start % 60:02d}-"
-            f"{self.end // 60:02d}:{self.end % 60:02d} {self.timezone}"
-        )
+        return f"{days} {_clock(self.start)}-{_clock(self.end)} {self.timezone}"
+
+
+def _clock(seconds: int) -> str:
+    """Seconds after midnight as HH:MM, or HH:MM:SS when the seconds are not zero."""
+    text = f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}"
+    return text + (f":{seconds % 60:02d}" if seconds % 60 else "")
 
 
 def parse_clock(text: str) -> int | None:

@@ -28,6 +28,7 @@ Network = ipaddress.IPv4Network
 ISTIO_GROUP = "networking.istio.io/"
 GATEWAY_GROUP = "gateway.networking.k8s.io/"
 GATEWAY_MAX_WEIGHT = 1_000_000
+GATEWAY_MAX_ITEMS = 16  # rules per HTTPRoute, backendRefs per rule (the CRD's maxItems)
 
 # Fields a switch cannot see or do, per place; naming them is the whole point.
 _HTTP_MATCH_L7 = {
@@ -159,7 +160,12 @@ def _list(doc: Document, value, where: tuple) -> list:
 
 
 def _labels(doc: Document, value, where: tuple) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((str(k), str(v)) for k, v in _mapping(doc, value, where).items()))
+    """A label map; values are strings (map<string, string>), never numbers read from `1.10`."""
+    labels = _mapping(doc, value, where)
+    for key, v in labels.items():
+        if not isinstance(v, str):
+            raise doc.error(where + (key,), f"{v!r} is not a string: quote label values")
+    return tuple(sorted((str(k), v) for k, v in labels.items()))
 
 
 def _network(doc: Document, value, where: tuple) -> Network:
@@ -321,7 +327,10 @@ def _is_default_match(match: dict) -> bool:
 
 def _httproute_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
     rules = []
-    for i, rule in enumerate(_list(doc, spec.get("rules"), ("spec", "rules"))):
+    listed = _list(doc, spec.get("rules"), ("spec", "rules"))
+    if len(listed) > GATEWAY_MAX_ITEMS:
+        raise doc.error(("spec", "rules"), f"at most {GATEWAY_MAX_ITEMS} rules per HTTPRoute")
+    for i, rule in enumerate(listed):
         at = ("spec", "rules", i)
         rule = _mapping(doc, rule, at)
         if rule.get("filters"):
@@ -342,8 +351,10 @@ def _httproute_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
         if rejected:
             continue
         refs = _list(doc, rule.get("backendRefs"), at + ("backendRefs",))
-        if len(refs) > 16:
-            raise doc.error(at + ("backendRefs",), "at most 16 backendRefs per rule")
+        if len(refs) > GATEWAY_MAX_ITEMS:
+            raise doc.error(
+                at + ("backendRefs",), f"at most {GATEWAY_MAX_ITEMS} backendRefs per rule"
+            )
         destinations = []
         for j, ref in enumerate(refs):
             where = at + ("backendRefs", j)

@@ -8,17 +8,18 @@ rejected by name, and unknown fields are still reported by the reader at their p
 
 Sources: Istio's networking/v1 API reference (VirtualService, DestinationRule), and the Gateway
 API v1 reference (HTTPRoute: PortNumber is an integer 1-65535, matches are objects; weight ranges
-are checked by the reader). Kubernetes' map[string]string labels accept numbers and booleans
-here, as the config's `endpoints` do, and are read as strings.
+are checked by the reader). Labels are Kubernetes' map[string]string: strings only, as
+everywhere in the suite (controller.config.LABELS).
 """
 
 from __future__ import annotations
+
+from controller.config import LABELS
 
 _STRING = {"type": "string"}
 _STRINGS = {"type": "array", "items": _STRING}
 _OBJECT = {"type": "object"}
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
-_LABELS = {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}
 _STRING_MATCH = {
     "type": "object",
     "properties": {"exact": _STRING, "prefix": _STRING, "regex": _STRING},
@@ -29,8 +30,8 @@ _METADATA = {
     "properties": {
         "name": _STRING,
         "namespace": _STRING,
-        "labels": _LABELS,
-        "annotations": _LABELS,
+        "labels": LABELS,
+        "annotations": LABELS,
     },
 }
 
@@ -68,7 +69,7 @@ _ISTIO_HTTP_MATCH = {
         "queryParams": _STRING_MATCHES,
         "ignoreUriCase": {"type": "boolean"},
         "port": _PORT,
-        "sourceLabels": _LABELS,
+        "sourceLabels": LABELS,
         "sourceNamespace": _STRING,
         "gateways": _STRINGS,
         "statPrefix": _STRING,
@@ -79,7 +80,7 @@ _ISTIO_L4_MATCH = {
     "properties": {
         "destinationSubnets": _STRINGS,
         "port": _PORT,
-        "sourceLabels": _LABELS,
+        "sourceLabels": LABELS,
         "sourceNamespace": _STRING,
         "sourceSubnet": _STRING,
         "gateways": _STRINGS,
@@ -137,7 +138,7 @@ DESTINATION_RULE = {
                         "type": "object",
                         "properties": {
                             "name": _STRING,
-                            "labels": _LABELS,
+                            "labels": LABELS,
                             "trafficPolicy": _OBJECT,
                         },
                     },

@@ -60,7 +60,8 @@ CT_PASS, SYN_JUDGED, DST_CLASSIFY, TRACKED, TRACK = 500, 510, 100, 20, 10
 TCP_SYN, TCP_ACK = 0x002, 0x010
 DENY, ALLOW, ISOLATED, COMMIT = 3000, 2000, 1000, 1
 
-# A condition on the far end: ("any",), ("id", n), ("net", network), ("ip", address).
+# A condition on the far end: ("any",), ("id", n), ("net", network), ("ip", address), or
+# ("world", network): an address in the network that is no endpoint's (identity 0).
 Cond = tuple
 L4 = tuple | None  # None: any IP traffic; (protocol, (lo, hi) or None)
 
@@ -132,7 +133,7 @@ class Resolver:
             if peer.kind == "endpoints":
                 out += [("id", n) for n in sorted(self.peer_ids(peer))]
             elif peer.kind == "world":
-                out.append(("id", 0))
+                out += [("world", n) for n in peer.nets] if peer.nets else [("id", 0)]
             else:
                 out += [("net", n) for n in peer.nets]
         return out
@@ -144,6 +145,8 @@ class Resolver:
             return [e for m in world.members.values() for e in m]
         if cond[0] == "id":
             return list(world.members.get(cond[1], ()))
+        if cond[0] == "world":
+            return []
         return [e for e in world.endpoints.values() if e.ip in cond[1]]
 
 
@@ -366,10 +369,11 @@ class Compiler:
         meta, mask = own_meta, own_mask
         base: dict = {}
         kind = entry.peer[0]
-        if kind == "id":
-            meta |= src_meta(entry.peer[1]) if far == "src" else dst_meta(entry.peer[1])
+        if kind in ("id", "world"):
+            number = entry.peer[1] if kind == "id" else 0
+            meta |= src_meta(number) if far == "src" else dst_meta(number)
             mask |= SRC_MASK if far == "src" else DST_MASK
-        elif kind in ("net", "ip"):
+        if kind in ("net", "ip", "world"):
             net = ipaddress.ip_network(entry.peer[1])
             if net.version != family:
                 return []

@@ -21,14 +21,8 @@ Labels = tuple[tuple[str, str], ...]
 
 
 def labels_of(mapping: Mapping | None) -> Labels:
-    """Labels as a sorted tuple of string pairs (hashable, order-free)."""
-    return tuple(sorted((str(k), _text(v)) for k, v in (mapping or {}).items()))
-
-
-def _text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    """Labels (checked: string values) as a sorted tuple of pairs (hashable, order-free)."""
+    return tuple(sorted((str(k), v) for k, v in (mapping or {}).items()))
 
 
 @dataclass(frozen=True)
@@ -47,11 +41,9 @@ class Selector:
         """From a checked LabelSelector; `key_map` rewrites keys (Cilium's source prefixes)."""
         spec = spec or {}
         fix = key_map or (lambda k: k)
-        labels = tuple(
-            sorted((fix(str(k)), _text(v)) for k, v in (spec.get("matchLabels") or {}).items())
-        )
+        labels = tuple(sorted((fix(str(k)), v) for k, v in (spec.get("matchLabels") or {}).items()))
         exprs = tuple(
-            (fix(str(e["key"])), e["operator"], tuple(_text(v) for v in e.get("values") or ()))
+            (fix(str(e["key"])), e["operator"], tuple(e.get("values") or ()))
             for e in spec.get("matchExpressions") or ()
         )
         return cls(labels, exprs)

@@ -5,12 +5,16 @@ directions it isolates, and allow (and, for Cilium, deny) rules made of peers an
 differences between the two languages are settled here, once:
 
 - Kubernetes: `protocol` defaults to TCP; `ingress: [{}]` allows everything; a peer
-  `podSelector` alone means the policy's namespace; Ingress isolation is implied, Egress only
-  when an `egress` section exists (unless `policyTypes` says otherwise).
+  `podSelector` alone means the policy's namespace; a null field is an absent one; an absent or
+  empty `policyTypes` means Ingress, plus Egress when `egress` has rules (the API server's
+  SetDefaults_NetworkPolicy); `ipBlock` covers every address in it, endpoints included.
 - Cilium: a missing protocol means TCP, UDP and SCTP; an empty rule matches nothing; a rule with
   only `toPorts` matches every peer; `fromEndpoints` stays in the policy's namespace unless the
   selector names `k8s:io.kubernetes.pod.namespace`; a direction with rules (allow or deny) is
-  default-deny unless `enableDefaultDeny` says otherwise; deny rules beat every allow.
+  default-deny unless `enableDefaultDeny` says otherwise; deny rules beat every allow; CIDR
+  rules (`fromCIDR`, `toCIDRSet`...) select only peers that are not endpoints.
+
+docs/semantics.md lists every such rule with its upstream source and its test.
 
 Every problem is a ConfigError naming the file, the line and the field.
 """
@@ -23,13 +27,15 @@ import re
 from dataclasses import dataclass
 
 from apps.ms.model import DEFAULT_NAMESPACE, Selector
-from controller.config import OBJECT_HEADER, ConfigError, Document
+from controller.config import LABELS, OBJECT_HEADER, ConfigError, Document
 
 LOG = logging.getLogger("osken_suite.microseg")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CILIUM_NAMESPACE_KEY = "io.kubernetes.pod.namespace"
 CILIUM_NS_LABEL_PREFIX = "io.cilium.k8s.namespace.labels."
-_PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # IANA_SVC_NAME
+# IANA_SVC_NAME, as Kubernetes' IsValidPortName: 1-15 characters of a-z, 0-9 and '-', at least
+# one letter, no '-' at either end nor two in a row.
+_PORT_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])(?!.*--)[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 # --- schemas: the shape of each kind (unknown fields are errors) -------------------------------
 
@@ -38,10 +44,7 @@ _SELECTOR = {
     "type": ["object", "null"],
     "additionalProperties": False,
     "properties": {
-        "matchLabels": {
-            "type": ["object", "null"],
-            "additionalProperties": {"type": ["string", "number", "boolean"]},
-        },
+        "matchLabels": LABELS,
         "matchExpressions": {
             "type": ["array", "null"],
             "items": {
@@ -111,7 +114,11 @@ NETWORK_POLICY = {
             "additionalProperties": False,
             "properties": {
                 "podSelector": _SELECTOR,
-                "policyTypes": {"type": "array", "items": {"enum": ["Ingress", "Egress"]}},
+                "policyTypes": {
+                    "type": ["array", "null"],
+                    "maxItems": 2,
+                    "items": {"enum": ["Ingress", "Egress"]},
+                },
                 "ingress": {"type": ["array", "null"], "items": _k8s_rule("from")},
                 "egress": {"type": ["array", "null"], "items": _k8s_rule("to")},
             },
@@ -240,11 +247,11 @@ class PortSpec:
 class Peer:
     """Who is at the other end: endpoints by selector, address blocks, or non-endpoints."""
 
-    kind: str  # "endpoints", "cidr", "world"
+    kind: str  # "endpoints", "cidr" (any address in nets), "world" (non-endpoints)
     pods: Selector | None = None  # None: every endpoint (of the namespaces below)
     namespaces: Selector | None = None  # with namespace None: None means every namespace
     namespace: str | None = None  # a fixed namespace (the policy's own)
-    nets: tuple[Network, ...] = ()  # cidr minus excepts, as disjoint prefixes
+    nets: tuple[Network, ...] = ()  # cidr minus excepts, as disjoint prefixes; for "world": within
     cilium: bool = False  # pods selector reads Cilium's label view (namespace as a label)
 
 
@@ -401,23 +408,25 @@ def _k8s_peers(doc: Document, where: tuple, specs, namespace: str) -> tuple[Peer
     out = []
     for i, spec in enumerate(specs):
         at = where + (i,)
-        if "ipBlock" in spec:
-            if "podSelector" in spec or "namespaceSelector" in spec:
+        # A null field is an absent one, as when the API server decodes JSON into Go pointers.
+        given = {k: v for k, v in spec.items() if v is not None}
+        if "ipBlock" in given:
+            if "podSelector" in given or "namespaceSelector" in given:
                 raise doc.error(at + ("ipBlock",), "ipBlock cannot go with a selector")
-            block = spec["ipBlock"]
+            block = given["ipBlock"]
             out.append(
                 Peer("cidr", nets=_nets(doc, at + ("ipBlock",), block["cidr"], block.get("except")))
             )
             continue
-        if "podSelector" not in spec and "namespaceSelector" not in spec:
+        if "podSelector" not in given and "namespaceSelector" not in given:
             raise doc.error(at, "a peer needs podSelector, namespaceSelector or ipBlock")
         pods = (
-            _selector(doc, at + ("podSelector",), spec["podSelector"])
-            if "podSelector" in spec
+            _selector(doc, at + ("podSelector",), given["podSelector"])
+            if "podSelector" in given
             else None
         )
-        if "namespaceSelector" in spec:
-            namespaces = _selector(doc, at + ("namespaceSelector",), spec["namespaceSelector"])
+        if "namespaceSelector" in given:
+            namespaces = _selector(doc, at + ("namespaceSelector",), given["namespaceSelector"])
             out.append(Peer("endpoints", pods=pods, namespaces=namespaces))
         else:
             out.append(Peer("endpoints", pods=pods, namespace=namespace))
@@ -426,8 +435,8 @@ def _k8s_peers(doc: Document, where: tuple, specs, namespace: str) -> tuple[Peer
 
 def _network_policy(doc: Document, namespace: str, name: str, spec: dict) -> Policy:
     types = spec.get("policyTypes")
-    if types is None:
-        types = ["Ingress"] + (["Egress"] if "egress" in spec else [])
+    if not types:  # SetDefaults_NetworkPolicy: len(PolicyTypes) == 0, len(Egress) != 0
+        types = ["Ingress"] + (["Egress"] if spec.get("egress") else [])
     rules = {}
     for direction, peers_key in (("ingress", "from"), ("egress", "to")):
         parsed = []
@@ -500,13 +509,15 @@ def _cilium_rule(doc: Document, where: tuple, rule: dict, side: str, namespace: 
     for i, sel in enumerate(rule.get(f"{side}Endpoints") or []):
         l3 = True
         peers.append(_cilium_selector_peer(doc, where + (f"{side}Endpoints", i), sel, namespace))
+    # CIDR rules select peers that are not endpoints (Cilium's layer 3 docs: "if the remote
+    # peer is not an endpoint"); an endpoint's address inside the CIDR is not selected.
     for i, cidr in enumerate(rule.get(f"{side}CIDR") or []):
         l3 = True
-        peers.append(Peer("cidr", nets=_nets(doc, where + (f"{side}CIDR", i), cidr, None)))
+        peers.append(Peer("world", nets=_nets(doc, where + (f"{side}CIDR", i), cidr, None)))
     for i, item in enumerate(rule.get(f"{side}CIDRSet") or []):
         l3 = True
         at = where + (f"{side}CIDRSet", i)
-        peers.append(Peer("cidr", nets=_nets(doc, at, item["cidr"], item.get("except"))))
+        peers.append(Peer("world", nets=_nets(doc, at, item["cidr"], item.get("except"))))
     for i, entity in enumerate(rule.get(f"{side}Entities") or []):
         l3 = True
         if entity not in CILIUM_ENTITIES:

@@ -11,7 +11,8 @@ import pytest
 from apps.canary import Canary, arp_frame, connection_of
 from apps.l2_learning import L2Learning
 from apps.lb.compile import CT_ZONE, vip_mac
-from controller.config import ConfigError, load_config
+from apps.lb.routing import parse_routing
+from controller.config import ConfigError, load_config, load_documents
 from controller.core import Core
 from tests.fakenet import BROADCAST
 from tests.unit.test_l2 import MACS, leaf_spine
@@ -561,3 +562,31 @@ def test_a_host_posing_as_a_backend_to_its_service_gets_its_own_packet_back_not_
     out = net.send(C1, VMAC, 0x0800, **fields)
     assert out.hosts == [C1]
     assert out.frames[0][1]["ipv4_src"] == VIP
+
+
+@pytest.mark.parametrize(
+    "labels", ["{version: 2}", "{version: 1.10}", "{canary: true}"], ids=["int", "float", "bool"]
+)
+def test_subset_label_values_must_be_strings(tmp_path, labels):
+    path = tmp_path / "dr.yaml"
+    path.write_text(
+        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+        "metadata: {name: d}\nspec:\n  host: h\n  subsets:\n"
+        f"    - {{name: a, labels: {labels}}}\n"
+    )
+    (doc,) = load_documents(str(path))
+    with pytest.raises(ConfigError, match=r"dr.yaml:7: spec.subsets\[0\].labels.\w+: .* quote"):
+        parse_routing(doc)
+
+
+def test_an_httproute_has_at_most_16_rules(tmp_path):
+    """The Gateway API CRD: rules maxItems 16 (and 16 backendRefs per rule)."""
+    path = tmp_path / "route.yaml"
+    rules = "".join(f"    - backendRefs: [{{name: b{i}, port: 80}}]\n" for i in range(17))
+    path.write_text(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n"
+        f"metadata: {{name: r}}\nspec:\n  rules:\n{rules}"
+    )
+    (doc,) = load_documents(str(path))
+    with pytest.raises(ConfigError, match=r"route.yaml:5: spec.rules: at most 16 rules"):
+        parse_routing(doc)

@@ -1,8 +1,11 @@
 """Config errors name the file, the line and the field."""
 
-import pytest
+import math
 
-from controller.config import ConfigError, load_config
+import pytest
+import yaml
+
+from controller.config import ConfigError, Loader, dump_documents, load_config, load_documents
 
 
 def write(tmp_path, text):
@@ -87,3 +90,97 @@ def test_list_items_checked_once_but_a_changed_item_is_checked_again(tmp_path):
     assert error_of(tmp_path, bad).endswith(
         "lab.yaml:3: endpoints[1].ports[0].port: 70000 is greater than the maximum of 65535"
     )
+
+
+# --- YAML 1.2 core schema: every input reads as Kubernetes users write it (docs/semantics.md) --
+
+# (scalar as written, value under YAML 1.2 core). The comment is what YAML 1.1 (PyYAML's
+# SafeLoader, used before) made of it.
+YAML_12_SCALARS = [
+    ("20:21", "20:21"),  # 1.1: 1221 (base 60)
+    ("22:00", "22:00"),  # 1.1: 1320
+    ("1:30:00", "1:30:00"),  # 1.1: 5400
+    ("yes", "yes"),  # 1.1: True
+    ("no", "no"),  # 1.1: False
+    ("on", "on"),  # 1.1: True
+    ("off", "off"),  # 1.1: False
+    ("Yes", "Yes"),  # 1.1: True
+    ("010", 10),  # 1.1: 8 (octal)
+    ("0o10", 8),  # 1.1: the string '0o10'
+    ("0x10", 16),
+    ("0b10", "0b10"),  # 1.1: 2
+    ("1_000", "1_000"),  # 1.1: 1000
+    ("1e3", 1000.0),  # 1.1 (PyYAML): the string '1e3'
+    ("2001-12-14", "2001-12-14"),  # 1.1: a datetime.date
+    ("=", "="),  # 1.1 (PyYAML): an error (the 'value' type)
+    ("true", True),
+    ("False", False),
+    ("~", None),
+    ("null", None),
+    ("", None),
+    (".inf", float("inf")),
+    ("-.Inf", float("-inf")),
+    ("'20:21'", "20:21"),
+    ("'yes'", "yes"),
+]
+
+
+@pytest.mark.parametrize(("written", "value"), YAML_12_SCALARS)
+def test_yaml_reads_with_1_2_core_semantics(written, value):
+    data = yaml.load(f"v: {written}\n", Loader=Loader)
+    assert data["v"] == value and type(data["v"]) is type(value)
+
+
+def test_yaml_nan_reads_as_nan():
+    assert math.isnan(yaml.load("v: .nan\n", Loader=Loader)["v"])
+
+
+def test_merge_keys_merge_and_explicit_keys_win(tmp_path):
+    text = "base: &b {a: 1, c: 2}\nx:\n  <<: *b\n  c: 3\ny:\n  <<: [*b, {d: 4}]\n"
+    assert yaml.load(text, Loader=Loader) == {
+        "base": {"a": 1, "c": 2},
+        "x": {"a": 1, "c": 3},
+        "y": {"a": 1, "c": 2, "d": 4},
+    }
+    (tmp_path / "p.yaml").write_text(text)
+    assert load_documents(str(tmp_path / "p.yaml"))[0].data["x"] == {"a": 1, "c": 3}
+
+
+def test_a_merge_of_a_scalar_is_refused_with_its_line(tmp_path):
+    assert "lab.yaml:2: syntax error" in error_of(tmp_path, "l2:\n  <<: 5\n")
+
+
+def test_duplicate_keys_in_policy_files_are_located(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("a: 1\n---\nkind: x\nspec:\n  b: 1\n  b: 2\n")
+    with pytest.raises(ConfigError, match=r"p.yaml:6: spec.b: duplicate key"):
+        load_documents(str(path))
+
+
+def test_duplicate_key_is_refused_even_if_a_merge_brings_the_same_key(tmp_path):
+    msg = error_of(tmp_path, "x: &x {mac_age: 1}\nl2:\n  <<: *x\n  mac_age: 2\n  mac_age: 3\n")
+    assert msg.endswith("lab.yaml:5: l2.mac_age: duplicate key")
+
+
+def test_a_1_1_boolean_is_refused_where_a_boolean_is_wanted(tmp_path):
+    import apps.fw.rules  # noqa: F401  (registers the firewall section's schema)
+
+    msg = error_of(tmp_path, "firewall:\n  stateful: yes\n")
+    assert msg.endswith("lab.yaml:2: firewall.stateful: 'yes' is not of type 'boolean'")
+
+
+def test_dump_documents_reads_back_unchanged():
+    docs = [{"a": "yes", "b": "0o10", "c": "1e3", "d": "20:21", "e": True, "f": [1, None]}]
+    assert list(yaml.load_all(dump_documents(docs), Loader=Loader)) == docs
+
+
+def test_label_values_are_strings_as_in_kubernetes(tmp_path):
+    """`version: 1.10` would read as the number 1.1 and silently match "1.1", not "1.10"."""
+    msg = error_of(
+        tmp_path, "endpoints:\n  - name: a\n    ip: 10.0.0.1\n    labels: {version: 1.10}\n"
+    )
+    assert msg.endswith("lab.yaml:4: endpoints[0].labels.version: 1.1 is not a string: quote it")
+    cfg = load_config(
+        write(tmp_path, "endpoints:\n  - {name: a, ip: 10.0.0.1, labels: {x: yes}}\n")
+    )
+    assert cfg.section("endpoints")[0]["labels"] == {"x": "yes"}

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from apps.firewall import Firewall
-from apps.fw.rules import load_rules_file
+from apps.fw.rules import load_rules_file, parse_firewall
 from apps.l2_learning import L2Learning
 from controller.config import ConfigError, load_config
 from controller.core import Core
@@ -260,6 +260,18 @@ def test_invalid_reload_changes_nothing(tmp_path):
             r"lab.yaml:3: firewall.rules\[0\].port: ports need protocol tcp or udp",
         ),
         ("firewall:\n  default: maybe\n", r"lab.yaml:2: firewall.default: 'maybe' is not one of"),
+        (  # YAML 1.1 read this as port 1221 (base 60); in YAML 1.2 it is no port
+            "firewall:\n  rules:\n    - {action: deny, protocol: tcp, port: 20:21}\n",
+            r"lab.yaml:3: firewall.rules\[0\].port: '20:21' is not a port or a range like",
+        ),
+        (
+            "firewall:\n  rules:\n    - {action: deny, protocol: tcp, source_port: 1:30:00}\n",
+            r"lab.yaml:3: firewall.rules\[0\].source_port: '1:30:00' is not a port or a range",
+        ),
+        (
+            "firewall:\n  stateful: on\n",
+            r"lab.yaml:2: firewall.stateful: 'on' is not of type 'boolean'",
+        ),
         (
             "firewall:\n  rules:\n    - {action: rate_limit, protocol: udp}\n",
             r"lab.yaml:3: firewall.rules\[0\].action: action rate_limit and a rate_limit block",
@@ -318,6 +330,20 @@ def test_schedule_opens_and_closes_on_time(tmp_path):
     assert not tcp(net, A, B, 5432)
     at(22, 0, 1, day=1)  # Saturday evening: not a scheduled day
     assert not tcp(net, A, B, 5432)
+
+
+def test_unquoted_times_are_times_of_day(tmp_path):
+    """`start: 22:00` unquoted: YAML 1.1 made it the integer 1320 (and `02:00` a string); read
+    as YAML 1.2 both are the times they look like."""
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(
+        "firewall:\n  rules:\n    - {action: allow, protocol: tcp, port: 5432,\n"
+        "       schedule: {days: [fri], start: 22:00, end: 02:00:30}}\n"
+    )
+    config = load_config(str(cfg))
+    (rule,) = parse_firewall(config.section("firewall"), config).rules
+    assert (rule.schedule.start, rule.schedule.end) == (22 * 3600, 2 * 3600 + 30)
+    assert rule.describe() == "allow tcp port 5432 during fri 22:00-02:00:30 UTC"
 
 
 def test_restart_inside_the_window_restores_the_rule(tmp_path):

@@ -36,10 +36,16 @@ ENDPOINTS = textwrap.dedent(
 )
 
 
-def make(tmp_path, policies: str = "", extra: str = "", now: float = 1000.0):
+def make(tmp_path, policies: str = "", extra: str = "", now: float = 1000.0, outside=()):
+    """`outside` names hosts that are on the network but are no endpoint (not in the config)."""
     (tmp_path / "policies.yaml").write_text(textwrap.dedent(policies))
     cfg = tmp_path / "lab.yaml"
-    cfg.write_text(ENDPOINTS + "policies: [policies.yaml]\n" + extra)
+    endpoints = "".join(
+        line
+        for line in ENDPOINTS.splitlines(True)
+        if not any(f"{{name: {n}," in line for n in outside)
+    )
+    cfg.write_text(endpoints + "policies: [policies.yaml]\n" + extra)
     core = Core()
     core.add_app(L2Learning)
     ms = core.add_app(Microseg)
@@ -242,6 +248,57 @@ def test_named_port_resolves_on_the_destination(tmp_path):
     assert send(net, "z-a", "x-a", port=80) and not send(net, "z-a", "x-a", port=81)
 
 
+@pytest.mark.parametrize(
+    ("spec", "isolated"),
+    [
+        ("{}", {"ingress"}),  # no policyTypes, no egress: Ingress
+        ("{egress: []}", {"ingress"}),  # an empty egress list is no egress rule
+        ("{egress: }", {"ingress"}),  # null: absent
+        ("{egress: [{to: [{podSelector: {}}]}]}", {"ingress", "egress"}),
+        ("{policyTypes: []}", {"ingress"}),  # empty policyTypes: defaulted, not "nothing"
+        ("{policyTypes: , egress: []}", {"ingress"}),
+        ("{policyTypes: [], egress: [{ports: [{port: 53}]}]}", {"ingress", "egress"}),
+        ("{policyTypes: [Egress]}", {"egress"}),
+        ("{policyTypes: [Egress], ingress: []}", {"egress"}),
+        ("{policyTypes: [Ingress, Egress]}", {"ingress", "egress"}),
+    ],
+)
+def test_policy_types_default_as_the_api_server_does(tmp_path, spec, isolated):
+    """SetDefaults_NetworkPolicy: len(policyTypes) == 0 gives Ingress, plus Egress when
+    len(egress) != 0. The policy selects x-a; its rules (if any) allow only what is asked."""
+    net, _, _ = make(
+        tmp_path,
+        f"""\
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {{name: p, namespace: x}}
+    spec: {{podSelector: {{matchLabels: {{pod: a}}}}, {spec[1:]}
+    """,
+    )
+    got = set()
+    if not send(net, "z-a", "x-a", "tcp", 81):
+        got.add("ingress")
+    if not send(net, "x-a", "z-a", "tcp", 81):
+        got.add("egress")
+    assert got == isolated
+
+
+def test_a_null_peer_selector_is_an_absent_one(tmp_path):
+    """`namespaceSelector: null` beside a podSelector: the policy's own namespace, not all."""
+    net, _, _ = make(
+        tmp_path,
+        """\
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: p, namespace: x}
+    spec:
+      podSelector: {matchLabels: {pod: a}}
+      ingress: [{from: [{podSelector: {matchLabels: {pod: b}}, namespaceSelector: null}]}]
+    """,
+    )
+    assert {a for (a, b) in allowed(matrix(net)) if b == "x-a"} == {"x-b"}
+
+
 def test_allow_all_rule_versus_no_rules(tmp_path):
     policy = """\
     apiVersion: networking.k8s.io/v1
@@ -280,6 +337,88 @@ def test_cilium_deny_beats_every_allow_and_missing_protocol_means_any(tmp_path):
     )
     assert not send(net, "y-a", "x-a", "tcp", 80) and not send(net, "y-a", "x-a", "udp", 80)
     assert send(net, "y-a", "x-a", "tcp", 81) and send(net, "z-a", "x-a", "tcp", 80)
+
+
+CILIUM_CIDR = """\
+    apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: cidr, namespace: x}
+    spec:
+      endpointSelector: {matchLabels: {pod: a}}
+      SECTION:
+        - PEERS
+"""
+
+
+@pytest.mark.parametrize(
+    "peers",
+    [
+        "toCIDR: [10.0.0.0/16]",
+        "toCIDRSet: [{cidr: 10.0.0.0/16}]",
+        "toCIDRSet: [{cidr: 10.0.0.0/16, except: [10.0.0.5/32]}]",
+    ],
+)
+def test_cilium_egress_cidr_reaches_only_addresses_that_are_not_endpoints(tmp_path, peers):
+    """z-b is on the network but no endpoint: inside the CIDR. x-b, y-a... are endpoints inside
+    it too, and a CIDR rule does not select them (Cilium's layer 3 policy docs)."""
+    policy = CILIUM_CIDR.replace("SECTION", "egress").replace("PEERS", peers)
+    net, _, _ = make(tmp_path, policy, outside=("z-b",))
+    assert send(net, "x-a", "z-b", "tcp", 80) and send(net, "x-a", "z-b", "udp", 53)
+    assert {b for (a, b) in allowed(matrix(net)) if a == "x-a"} == {"z-b"}
+    assert send(net, "z-b", "x-a")  # x-a's ingress is not isolated
+
+
+@pytest.mark.parametrize(
+    "peers",
+    ["fromCIDR: [10.0.0.0/16]", "fromCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]"],
+)
+def test_cilium_ingress_cidr_admits_only_addresses_that_are_not_endpoints(tmp_path, peers):
+    policy = CILIUM_CIDR.replace("SECTION", "ingress").replace("PEERS", peers)
+    net, _, _ = make(tmp_path, policy, outside=("z-b",))
+    assert send(net, "z-b", "x-a")
+    assert {a for (a, b) in allowed(matrix(net)) if b == "x-a"} == {"z-b"}
+
+
+def test_cilium_cidr_except_still_holds_for_non_endpoints(tmp_path):
+    peers = "toCIDRSet: [{cidr: 10.0.0.0/16, except: [10.0.0.6/32]}]"
+    policy = CILIUM_CIDR.replace("SECTION", "egress").replace("PEERS", peers)
+    net, _, _ = make(tmp_path, policy, outside=("z-b",))
+    assert not send(net, "x-a", "z-b")
+
+
+@pytest.mark.parametrize(
+    ("entities", "reached"),
+    [
+        ("[world]", {"z-b"}),
+        ("[cluster]", set(NAMES) - {"x-a", "z-b"}),
+        ("[all]", set(NAMES) - {"x-a"}),
+        ("[none]", set()),
+    ],
+)
+def test_cilium_entities_split_endpoints_from_the_world(tmp_path, entities, reached):
+    """world: addresses that are no endpoint (z-b here); cluster: every endpoint; all: both."""
+    policy = CILIUM_CIDR.replace("SECTION", "egress").replace("PEERS", f"toEntities: {entities}")
+    net, _, _ = make(tmp_path, policy, outside=("z-b",))
+    assert {b for (a, b) in allowed(matrix(net)) if a == "x-a"} == reached
+
+
+def test_kubernetes_ipblock_still_selects_endpoints_inside_it(tmp_path):
+    """Unlike Cilium's CIDR rules, ipBlock matches pod addresses too (upstream e2e tests do)."""
+    net, _, _ = make(
+        tmp_path,
+        """\
+    apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: cidr, namespace: x}
+    spec:
+      podSelector: {matchLabels: {pod: a}}
+      policyTypes: [Egress]
+      egress: [{to: [{ipBlock: {cidr: 10.0.0.0/30}}]}]
+    """,
+        outside=("z-b",),
+    )
+    assert {b for (a, b) in allowed(matrix(net)) if a == "x-a"} == {"x-b", "y-a"}
+    assert not send(net, "x-a", "z-b")
 
 
 def test_cilium_seed_policies_work_as_written(tmp_path):
@@ -443,6 +582,36 @@ def test_a_label_change_sends_only_the_flows_that_depend_on_it(tmp_path):
             "spec:\n  ingress: [{ports: [{port: 80, endPort: 70}]}]\n",
             r"policies.yaml:5: spec.ingress\[0\].ports\[0\].endPort",
             "between 80 and 65535",
+        ),
+        (  # YAML 1.1 read this as the port 1350 (base 60); in YAML 1.2 it is no port
+            "spec:\n  ingress:\n    - ports:\n        - port: 22:30\n",
+            r"policies.yaml:7: spec.ingress\[0\].ports\[0\].port",
+            "'22:30' is neither a port number nor a valid port name",
+        ),
+        (
+            "spec:\n  policyTypes: [Ingress, Egress, Ingress]\n",
+            r"policies.yaml:5: spec.policyTypes",
+            "is too long",
+        ),
+        (  # IANA_SVC_NAME: at most 15 characters
+            "spec:\n  ingress: [{ports: [{port: a-very-long-port-name}]}]\n",
+            r"policies.yaml:5: spec.ingress\[0\].ports\[0\].port",
+            "neither a port number nor a valid port name",
+        ),
+        (  # IANA_SVC_NAME: no two hyphens in a row
+            "spec:\n  ingress: [{ports: [{port: web--http}]}]\n",
+            r"policies.yaml:5: spec.ingress\[0\].ports\[0\].port",
+            "neither a port number nor a valid port name",
+        ),
+        (  # label values are strings: 1.10 read as a number would be 1.1
+            "spec:\n  podSelector: {matchLabels: {version: 1.10}}\n",
+            r"policies.yaml:5: spec.podSelector.matchLabels.version",
+            "1.1 is not a string: quote it",
+        ),
+        (  # null selectors are absent ones: this peer selects nothing, as the API server says
+            "spec:\n  ingress: [{from: [{podSelector: null, namespaceSelector: null}]}]\n",
+            r"policies.yaml:5: spec.ingress\[0\].from\[0\]",
+            "a peer needs podSelector, namespaceSelector or ipBlock",
         ),
     ],
 )
