@@ -216,6 +216,12 @@ def test_a_malformed_named_file_is_refused_where_it_is_not_as_a_bug(tmp_path, ca
 # --- a config the switch cannot hold is applied, and never reaches the switch -------------------
 
 
+def fresh_network():
+    """The fuzz lab's network, built anew: these cases leave services draining and switches
+    holding what the shim would never have sent, so they must not share the cached one."""
+    return network.__wrapped__()
+
+
 def serialize_errors(outbox: dict) -> list[str]:
     """What the shim's _send would raise on: it serializes every message before sending."""
     errors = []
@@ -254,7 +260,7 @@ UNSENDABLE = {
 )
 @pytest.mark.parametrize("edit", UNSENDABLE.values(), ids=UNSENDABLE.keys())
 def test_a_value_the_switch_cannot_hold_is_refused_or_sent(edit):
-    net, cfg = network(), os.path.join(lab_folder(), "lab.yaml")
+    net, cfg = fresh_network(), os.path.join(lab_folder(), "lab.yaml")
     core = net.core
     old, new = edit
     assert old in BASE["lab.yaml"]
@@ -330,7 +336,7 @@ HISTORY = {
 )
 @pytest.mark.parametrize("case", HISTORY.values(), ids=HISTORY.keys())
 def test_a_config_refused_at_start_is_refused_on_reload_whatever_came_before(case):
-    net, cfg = network(), os.path.join(lab_folder(), "lab.yaml")
+    net, cfg = fresh_network(), os.path.join(lab_folder(), "lab.yaml")
     core = net.core
     anchor, (first, second) = case
     assert anchor in BASE["lab.yaml"]
