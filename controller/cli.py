@@ -262,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
         args.ofp_listen_host,
         port,
     )
+    # The shared contexts (the suite's core) run event loops of their own: watch them too.
+    threads += [t for c in contexts.values() for t in getattr(c, "threads", [])]
     while all(t.is_alive() for t in threads):
         time.sleep(0.5)
     LOG.error("an os-ken thread ended unexpectedly; stopping")

@@ -30,7 +30,16 @@ import jsonschema
 import yaml
 import yamlcore
 
+from controller.inputs import check_plain, check_yaml, read_text
+
 MERGE_TAG = "tag:yaml.org,2002:merge"
+# JSON Schema's "integer" takes 1000.0; the switch's fields cannot, so here it means an int.
+Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    ),
+)
 
 
 class _DuplicateKey(Exception):
@@ -246,20 +255,12 @@ class Document:
         `prefix` and `lines_from` check a part of a larger document and report it in place.
         """
         errors = sorted(
-            jsonschema.Draft202012Validator(schema).iter_errors(self.data),
+            Validator(schema).iter_errors(self.data),
             key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))),
         )
         if errors:
             where, message = _locate(errors[0])
             raise (lines_from or self).error(prefix + where, message)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise ConfigError(path, None, "", f"cannot read: {exc.strerror}") from None
 
 
 def _syntax_error(path: str, text: str, exc: yaml.YAMLError) -> ConfigError:
@@ -278,20 +279,22 @@ def _syntax_error(path: str, text: str, exc: yaml.YAMLError) -> ConfigError:
 
 def load_document(path: str, json_only: bool = False) -> Document:
     """Read a YAML (or, with json_only, strict JSON) file; syntax errors carry their line."""
-    text = _read(path)
-    if json_only:
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(path, exc.lineno, "", f"JSON syntax error: {exc.msg}") from None
+    text = read_text(path)
+    check_yaml(path, text, Loader)  # JSON is YAML: its depth is checked the same way
     try:
         data = json.loads(text) if json_only else yaml.load(text, Loader=Loader)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(path, exc.lineno, "", f"JSON syntax error: {exc.msg}") from None
+    except RecursionError:  # JSON that YAML could not read, nested past Python's stack
+        raise ConfigError(path, 1, "", "nested too deeply") from None
     except _DuplicateKey:
         _ = Document(path, None, text).lines  # raises, naming the line and the field
         raise AssertionError("a duplicate key the line map did not find") from None
     except yaml.YAMLError as exc:
         raise _syntax_error(path, text, exc) from None
-    return Document(path, data, text)
+    doc = Document(path, data, text)
+    check_plain(path, data, doc.line_of)
+    return doc
 
 
 def load_documents(path: str, text: str | None = None) -> list[Document]:
@@ -301,7 +304,8 @@ def load_documents(path: str, text: str | None = None) -> list[Document]:
     Policy files are small and their errors must point, so lines are mapped up front here
     (which also rejects duplicate keys, located), from the same nodes the data is built from.
     """
-    text = _read(path) if text is None else text
+    text = read_text(path) if text is None else text
+    check_yaml(path, text, Loader)
     loader = Loader(text)
     docs = []
     try:
@@ -312,6 +316,7 @@ def load_documents(path: str, text: str | None = None) -> list[Document]:
             data = loader.construct_document(node)
             if data is not None:
                 docs.append(Document(path, data, text, lines))
+                check_plain(path, data, docs[-1].line_of)
     except yaml.YAMLError as exc:
         raise _syntax_error(path, text, exc) from None
     finally:
@@ -326,7 +331,7 @@ def parsed_documents(path: str, parse: Callable[[Document], Iterable]) -> list:
     """Everything `parse` makes of each YAML document in `path`, worked out again only when the
     file's text changed: a reload that edits one file does not parse the others again. (Text,
     not modification time: two edits within the clock's tick, of the same size, still count.)"""
-    text = _read(path)
+    text = read_text(path)
     cached = _PARSED.get((path, parse))
     if cached is not None and cached[0] == text:
         return cached[1]
@@ -416,10 +421,10 @@ def _validate_items(cfg: Config, section: str, schema: dict) -> None:
     a reload that edits one of a thousand endpoints checks one."""
     cache_key = (section, id(schema))  # a schema registered later starts afresh
     seen = _VALID_ITEMS.get(cache_key, set())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = Validator(schema)
     valid = set()
     for i, item in enumerate(cfg.data[section]):
-        key = json.dumps(item, sort_keys=True, default=str)
+        key = json.dumps(item, sort_keys=True)  # plain JSON (inputs.check_plain): exact
         if key not in seen:
             error = next(iter(validator.iter_errors(item)), None)
             if error is not None:

@@ -37,6 +37,7 @@ from controller.switch import FlowStat, PortInfo
 LOG = logging.getLogger("osken_suite.shim")
 TICK_SECONDS = 0.5
 CONFIG_POLL_SECONDS = 1.0
+CONFIG_SETTLE_SECONDS = 2.0  # a changed file reloads once it has stayed unchanged this long
 LIVENESS_TIMEOUT = 5.0  # seconds without a tick handled: the event loop is not turning
 
 
@@ -74,7 +75,10 @@ def guarded(handler: Callable) -> Callable:
         try:
             handler(self, ev)
         except Exception as exc:
-            self.core.report_failure("core", handler.__name__.lstrip("_"), exc)
+            try:
+                self.core.report_failure("core", handler.__name__.lstrip("_"), exc)
+            except Exception:  # reporting failed too (out of memory): still keep the loop
+                os.write(2, f"osken-manager: {handler.__name__} failed: {exc!r}\n".encode())
 
     return run
 
@@ -88,7 +92,8 @@ class CoreApp(app_manager.OSKenApp):
         self.metrics = Metrics()
         self.core = Core(metrics=self.metrics)
         self.datapaths: dict[int, object] = {}
-        self._config_mtimes: dict[str, int] = {}
+        self._config_mtimes: dict[str, tuple[int, int]] = {}
+        self._changed: tuple[dict, float] | None = None  # what the files became, seen when
         self._next_config_poll = 0.0
         self._last_turn = time.monotonic()  # when the event loop last handled a tick
         self.metrics.route("/livez", self.liveness)
@@ -140,8 +145,8 @@ class CoreApp(app_manager.OSKenApp):
 
     # --- config --------------------------------------------------------------------------------
 
-    def _watched(self) -> dict[str, int]:
-        """Modification times of every file the config in force depends on (-1: missing)."""
+    def _watched(self) -> dict[str, tuple[int, int]]:
+        """(modification time, size) of every file the config depends on ((-1, -1): missing)."""
         paths = set(self.core.config.files())
         for config in (RUNTIME.config, self.core.candidate):  # a rejected one's files too, so
             if config is not None:  # fixing a file it added reloads it
@@ -149,12 +154,14 @@ class CoreApp(app_manager.OSKenApp):
         out = {}
         for path in sorted(paths):
             try:
-                out[path] = os.stat(path).st_mtime_ns
+                st = os.stat(path)
+                out[path] = (st.st_mtime_ns, st.st_size)
             except OSError:
-                out[path] = -1
+                out[path] = (-1, -1)
         return out
 
     def _reload(self, why: str) -> None:
+        """Reload now (see Core.reload); the files as read become the ones watched."""
         path = self.core.config.path or (RUNTIME.config.path if RUNTIME.config else None)
         if not path:
             LOG.info("%s: no --config given, nothing to reload", why)
@@ -178,8 +185,20 @@ class CoreApp(app_manager.OSKenApp):
         self._send(self.core.tick(now))
         if now >= self._next_config_poll and self._config_mtimes:
             self._next_config_poll = now + CONFIG_POLL_SECONDS
-            if self._watched() != self._config_mtimes:
-                self._reload("config file changed")
+            self._poll_config(now)
+
+    def _poll_config(self, now: float) -> None:
+        """Reload once the files have changed and then stayed as they are for
+        CONFIG_SETTLE_SECONDS: a file still being written (`cat new > lab.yaml`, an editor's
+        in-place save, a slow copy) is never read half-written. SIGHUP reloads at once."""
+        seen = self._watched()
+        if seen == self._config_mtimes:
+            self._changed = None
+        elif self._changed is None or self._changed[0] != seen:
+            self._changed = (seen, now)
+        elif now - self._changed[1] >= CONFIG_SETTLE_SECONDS:
+            self._changed = None
+            self._reload("config file changed")
 
     # --- OpenFlow events -----------------------------------------------------------------------
 

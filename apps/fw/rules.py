@@ -9,6 +9,7 @@ one; a rule with no address applies to both families.
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field, replace
 
 from apps.fw.schedule import DAYS, Schedule, check_timezone, parse_clock
@@ -23,6 +24,7 @@ from controller.config import (
 
 PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "any")
 ACTIONS = ("allow", "deny", "rate_limit")
+UINT32 = 2**32 - 1  # a meter band's rate and burst (OpenFlow 1.3, ofp_meter_band)
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _PORT = {"type": ["integer", "string"]}
@@ -55,12 +57,12 @@ _RULE = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "max_tokens": {"type": "integer", "minimum": 1},
-                "tokens_per_fill": {"type": "integer", "minimum": 1},
+                "max_tokens": {"type": "integer", "minimum": 1, "maximum": UINT32},
+                "tokens_per_fill": {"type": "integer", "minimum": 1, "maximum": UINT32},
                 "fill_interval": {"type": ["string", "number"]},
-                "pps": {"type": "integer", "minimum": 1},
-                "kbps": {"type": "integer", "minimum": 1},
-                "burst": {"type": "integer", "minimum": 0},
+                "pps": {"type": "integer", "minimum": 1, "maximum": UINT32},
+                "kbps": {"type": "integer", "minimum": 1, "maximum": UINT32},
+                "burst": {"type": "integer", "minimum": 0, "maximum": UINT32},
             },
         },
     },
@@ -243,6 +245,8 @@ def _rate_limit(doc: Document, where: tuple, spec: dict) -> RateLimit:
                 where + ("fill_interval",), f"{spec['fill_interval']!r} is not a duration like 60s"
             )
         rate = spec["tokens_per_fill"] / interval
+        if rate > UINT32:
+            raise doc.error(where, f"{rate:.3g} tokens/s is more than a meter can do ({UINT32})")
         if rate < 1:
             raise doc.error(where, f"{rate:.3g} tokens/s is below the 1 packet/s a meter can do")
         return RateLimit("pktps", round(rate), spec["max_tokens"])
@@ -357,13 +361,14 @@ def parse_rules(doc: Document, where: tuple, specs: list) -> list[Rule]:
     """Every rule of a list. A rule written exactly as last time, at the same place, is reused
     as it was: a one-rule edit of a 10,000-rule file parses one rule."""
     old_specs, old_rules = _LAST.get((doc.path, where), ([], []))
+    texts = [json.dumps(spec, sort_keys=True) for spec in specs]  # exact: true is not 1
     rules = [
         old_rules[i]
-        if i < len(old_specs) and old_specs[i] == spec
+        if i < len(old_specs) and old_specs[i] == text
         else parse_rule(doc, where + (i,), spec)
-        for i, spec in enumerate(specs)
+        for i, (text, spec) in enumerate(zip(texts, specs, strict=True))
     ]
-    _LAST[(doc.path, where)] = (specs, rules)
+    _LAST[(doc.path, where)] = (texts, rules)
     return rules
 
 

@@ -40,6 +40,7 @@ def parse_endpoints(config: Config) -> list[Endpoint]:
     out: list[Endpoint] = []
     names: set[str] = set()
     ips: dict[str, str] = {}
+    macs: dict[str, str] = {}
     for i, spec in enumerate(config.section("endpoints") or []):
         at = ("endpoints", i)
         if spec["name"] in names:
@@ -55,6 +56,10 @@ def parse_endpoints(config: Config) -> list[Endpoint]:
         mac = spec.get("mac")
         if mac is not None and not _MAC.match(mac):
             raise config.error(at + ("mac",), f"{mac!r} is not a MAC address")
+        if mac is not None and mac.lower() in macs:
+            raise config.error(at + ("mac",), f"{mac} is also endpoint {macs[mac.lower()]!r}'s MAC")
+        if mac is not None:
+            macs[mac.lower()] = spec["name"]
         ports = tuple(
             NamedPort(p.get("name", ""), p["port"], p.get("protocol", "TCP").lower())
             for p in spec.get("ports") or ()
