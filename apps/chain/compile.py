@@ -43,6 +43,7 @@ from controller.flows import (
     output,
     set_field,
 )
+from controller.matches import prefix_match
 from controller.pipeline import FROM_FABRIC, Pipeline
 
 COOKIE = 0x06 << 56
@@ -97,9 +98,9 @@ def class_matches(c: Chain, reverse: bool) -> list[dict]:
     for src, dst, port in product(sources or [None], dests or [None], c.ports or [None]):
         m: dict = {"eth_type": 0x0800, "ip_proto": c.protocol}
         if src is not None:
-            m["ipv4_src"] = (str(src.network_address), str(src.netmask))
+            m.update(prefix_match("ipv4_src", src))  # 0.0.0.0/0 is no match, as OVS reads it
         if dst is not None:
-            m["ipv4_dst"] = (str(dst.network_address), str(dst.netmask))
+            m.update(prefix_match("ipv4_dst", dst))
         if port is not None:
             m[l4] = port
         out.append(m)

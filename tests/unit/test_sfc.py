@@ -153,3 +153,15 @@ def test_a_frame_in_both_directions_of_a_class_is_forward_not_the_switchs_choice
     forward = {f.priority for f in classify if dict(f.match).get("tcp_dst") == 80}
     replies = {f.priority for f in classify if dict(f.match).get("tcp_src") == 80}
     assert forward and replies and min(forward) > max(replies)
+
+
+def test_a_class_from_anywhere_matches_no_source_field(tmp_path):
+    """0.0.0.0/0 is no match at all (Open vSwitch reports a zero-mask field as absent, so a
+    restarted controller would not recognise a flow that spelled it out)."""
+    anywhere = CHAIN.replace("    from_labels: {role: client}\n", "    from: [0.0.0.0/0]\n")
+    net, app, _ = make(tmp_path, anywhere)
+    chains = [dict(f.match) for f in net.switches[1].flows() if f.table == app.compiler.table]
+    forward = [m for m in chains if "tcp_dst" in m]
+    replies = [m for m in chains if "tcp_src" in m]
+    assert forward and replies
+    assert not any("ipv4_src" in m for m in forward) and not any("ipv4_dst" in m for m in replies)
