@@ -11,6 +11,7 @@ import re
 import subprocess
 import threading
 
+from controller.core import FABRIC_PRIORITY
 from tests.lldp_frames import unsigned_frame, with_port
 from topologies.harness import ROOT, free_port, metric, ofctl, ping_counts
 from topologies.leafspine import LeafSpineTopo
@@ -30,7 +31,7 @@ def port_of(net, switch: str, host: str) -> int:
 def fabric_ports(switch: str) -> set[int]:
     """Ports the controller marks as leading to another switch (its FROM_FABRIC flows)."""
     flows = ofctl("dump-flows", switch, options=("--no-stats", "--no-names"))
-    return {int(p) for p in re.findall(r"priority=150,in_port=(\d+)", flows)}
+    return {int(p) for p in re.findall(rf"priority={FABRIC_PRIORITY},in_port=(\d+)", flows)}
 
 
 def test_forged_and_replayed_lldp_from_a_host_change_no_link(controller, lab, tmp_path):
