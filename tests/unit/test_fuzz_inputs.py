@@ -33,6 +33,7 @@ from controller.config import ConfigError, load_config
 from controller.core import Core
 from tests.fakenet import BROADCAST, frame, payload_for
 from tests.unit.test_l2 import MACS, leaf_spine
+from tests.unit.test_reload import desired_snapshot
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 IP = {mac: f"10.0.0.{i}" for i, mac in enumerate(MACS, start=1)}
@@ -208,13 +209,6 @@ def text_mutation(draw, name: str) -> str:
 MUTATED_FILE = st.sampled_from(TREE_FILES).flatmap(
     lambda name: st.tuples(st.just(name), tree_mutation(name) | text_mutation(name))
 )
-
-
-def desired_snapshot(core: Core) -> tuple:
-    d = core.desired
-    flows = {dpid: dict(t) for dpid, t in d.flows.items() if t}
-    numbered = {k: {dpid: dict(t) for dpid, t in v.items() if t} for k, v in d.numbered.items()}
-    return flows, numbered
 
 
 @cache
