@@ -92,7 +92,7 @@ class CoreApp(app_manager.OSKenApp):
         self.metrics = Metrics()
         self.core = Core(metrics=self.metrics)
         self.datapaths: dict[int, object] = {}
-        self._config_mtimes: dict[str, tuple[int, int]] = {}
+        self._config_stamps: dict[str, tuple[int, int]] = {}
         self._changed: tuple[dict, float] | None = None  # what the files became, seen when
         self._next_config_poll = 0.0
         self._last_turn = time.monotonic()  # when the event loop last handled a tick
@@ -107,7 +107,7 @@ class CoreApp(app_manager.OSKenApp):
             self._send(self.core.configure(RUNTIME.config or Config(), time.time()))
         except (ConfigError, ApplyError) as exc:  # checked by osken-manager already: a bug
             LOG.error("the config could not be applied; running without it: %s", exc)
-        self._config_mtimes = self._watched()
+        self._config_stamps = self._watched()
         gc.freeze()
         hub.spawn(self._ticker)
         return thread
@@ -168,7 +168,7 @@ class CoreApp(app_manager.OSKenApp):
             return
         LOG.info("%s: reloading %s", why, path)
         self._send(self.core.reload(lambda: load_config(path), time.time()))
-        self._config_mtimes = self._watched()
+        self._config_stamps = self._watched()
         # What a config builds lives until the next one: keep the collector from rescanning it.
         gc.freeze()
 
@@ -183,7 +183,7 @@ class CoreApp(app_manager.OSKenApp):
         self._last_turn = time.monotonic()
         now = time.time()
         self._send(self.core.tick(now))
-        if now >= self._next_config_poll and self._config_mtimes:
+        if now >= self._next_config_poll and self._config_stamps:
             self._next_config_poll = now + CONFIG_POLL_SECONDS
             self._poll_config(now)
 
@@ -192,7 +192,7 @@ class CoreApp(app_manager.OSKenApp):
         CONFIG_SETTLE_SECONDS: a file still being written (`cat new > lab.yaml`, an editor's
         in-place save, a slow copy) is never read half-written. SIGHUP reloads at once."""
         seen = self._watched()
-        if seen == self._config_mtimes:
+        if seen == self._config_stamps:
             self._changed = None
         elif self._changed is None or self._changed[0] != seen:
             self._changed = (seen, now)
