@@ -32,10 +32,21 @@ class LaunchError(Exception):
     """Something that stops a start; its text is the one line the user sees."""
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 0-65535 (argparse reports anything else as a usage error, exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return port
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="osken-manager", description=__doc__.split("\n\n")[0])
     p.add_argument("apps", nargs="+", metavar="APP", help="app file path or module name")
-    p.add_argument("--ofp-tcp-listen-port", type=int, default=6653)
+    p.add_argument("--ofp-tcp-listen-port", type=port_number, default=6653)
     p.add_argument("--ofp-listen-host", default="0.0.0.0")
     p.add_argument("--config", help="YAML config file (see docs/config.md)")
     p.add_argument(
@@ -47,7 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--prometheus-port",
-        type=int,
+        type=port_number,
         default=9302,
         help="serve /metrics on this port of 127.0.0.1 (0: off)",
     )
@@ -65,7 +76,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     tls.add_argument(
         "--ca-certs", metavar="PEM", help="switches must present a certificate signed by these"
     )
-    tls.add_argument("--ofp-ssl-listen-port", type=int, default=6653, metavar="PORT")
+    tls.add_argument("--ofp-ssl-listen-port", type=port_number, default=6653, metavar="PORT")
     return p.parse_args(argv)
 
 
@@ -222,6 +233,10 @@ def run(args: argparse.Namespace) -> int:
     tls = tls_options(args)
     port = args.ofp_ssl_listen_port if tls else args.ofp_tcp_listen_port
     check_port(args.ofp_listen_host, port)
+    if args.prometheus_port:
+        if args.prometheus_port == port:
+            raise LaunchError(f"--prometheus-port {port} is the OpenFlow port too")
+        check_port("127.0.0.1", args.prometheus_port)
 
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager

@@ -46,10 +46,11 @@ def read_text(path: str) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise _error(path, None, f"cannot read: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise _error(path, None, "cannot read: not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _error(path, None, "cannot read: not a regular file")
         if info.st_size > MAX_BYTES:
             raise _error(path, None, f"cannot read: larger than {MAX_BYTES >> 20} MiB")
         try:

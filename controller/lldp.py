@@ -132,10 +132,10 @@ def parse_lldp(data: bytes) -> Probe:
     dpid = port = auth = None
     for tlv_type, value in _tlvs(data):
         if tlv_type == 1 and value[1:].startswith(_CHASSIS_PREFIX):
-            try:
-                dpid = int(value[1 + len(_CHASSIS_PREFIX) :], 16)
-            except ValueError:
-                raise Refused(MALFORMED, f"chassis id {value[1:]!r} is not a dpid") from None
+            text = value[1 + len(_CHASSIS_PREFIX) :]
+            if len(text) != 16 or not all(c in b"0123456789abcdef" for c in text):
+                raise Refused(MALFORMED, f"chassis id {value[1:]!r} is not a dpid")
+            dpid = int(text, 16)  # 16 hex digits, as probes write it: always 64 bits
         elif tlv_type == 2 and len(value) == 5 and value[0] == 2:
             port = struct.unpack_from("!I", value, 1)[0]
         elif tlv_type == 127 and value[:4] == OUI + bytes([SUBTYPE_AUTH]):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Link:
     """A switch-to-switch link, stored once with the lower dpid first."""
 

@@ -139,3 +139,27 @@ def test_tls_flags_that_cannot_work_are_one_line_and_exit_2(tmp_path, flags, mes
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--ofp-tcp-listen-port", "99999"],
+        ["--ofp-tcp-listen-port", "-1"],
+        ["--prometheus-port", "99999"],
+        ["--prometheus-port", "7001", "--ofp-tcp-listen-port", "7001"],
+    ],
+)
+def test_ports_that_cannot_work_are_refused_at_start_with_exit_2(flags):
+    """They were a traceback and exit 1, or a controller that stopped after starting."""
+    result = run("apps/l2_learning.py", *flags)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "port" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_folder_given_as_the_config_is_one_line(tmp_path):
+    result = run("apps/l2_learning.py", "--config", str(tmp_path), "--prometheus-port", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"osken-manager: bad config: {tmp_path}: cannot read: not a regular file"
+    ]

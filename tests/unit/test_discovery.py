@@ -77,6 +77,19 @@ def test_garbage_is_refused_and_never_raises_anything_else():
         parse_lldp(b"\x00" * 60)
 
 
+@pytest.mark.parametrize("chassis", [b"-1", b"1" * 20, b"+0000000000000001", b"0x1"])
+def test_a_chassis_id_that_is_no_64_bit_dpid_is_refused(chassis):
+    """int(x, 16) took '-1' and 20 digits; signing them raised struct.error past discovery."""
+    probe = lldp_frame(b"k" * 32, 1, 1, MAC, stamp=1, seq=1, probe_round=1)
+    forged = probe.replace(b"\x07dpid:%016x" % 1, b"\x07dpid:" + chassis)
+    forged = forged.replace(
+        struct.pack("!H", (1 << 9) | 22), struct.pack("!H", (1 << 9) | (6 + len(chassis)))
+    )
+    with pytest.raises(Refused) as exc:
+        parse_lldp(forged)
+    assert exc.value.reason == MALFORMED
+
+
 def test_an_authentication_tlv_of_the_wrong_size_is_malformed():
     frame = lldp_frame(b"k" * 32, 1, 1, MAC, stamp=1, seq=1, probe_round=1)
     at = frame.index(bytes.fromhex("0a5ec001")) - 2  # the TLV header before OUI and subtype

@@ -62,3 +62,12 @@ def test_edge_ports_exclude_links_and_unsettled_ports():
     t.settle_port(1, 3)
     t.settle_port(1, 1)
     assert t.edge_ports(1) == {3}
+
+
+def test_parallel_cables_between_two_switches_are_one_edge_with_both_links():
+    """Links could not be sorted (no order), so a second cable raised while discovered."""
+    t = Topology()
+    for d in (1, 2):
+        t.add_switch(d, {1: True, 2: True})
+    assert t.add_link(1, 1, 2, 1) and t.add_link(1, 2, 2, 2)
+    assert len(t.graph.edges[1, 2]["links"]) == 2 and t.port_towards(1, 2) == 1
