@@ -22,9 +22,11 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.core import Core
-from controller.flows import action_from_of
+from controller.flows import group_from_desc, meter_from_config
+from controller.shim import port_info
 from controller.switch import FlowStat, PortInfo
 from tests.fakeswitch import FakeSwitch
+from tests.ofwire import Request, multipart_reply, port_body
 
 STORM_LIMIT = 500
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -212,8 +214,7 @@ class FakeNetwork:
                 continue
             sw = self.switches[dpid]
             self.messages_sent[dpid] += len(msgs)
-            sw.apply(msgs)
-            for msg in msgs:
+            for msg in sw.apply(msgs):
                 for reply in self._answer(dpid, msg, delivery):
                     work.extend(reply.items())
             for xid, err_type, code in sw.errors:
@@ -221,29 +222,36 @@ class FakeNetwork:
             sw.errors.clear()
 
     def _answer(self, dpid: int, msg, delivery: Delivery | None = None) -> list[dict]:
+        """The core's answer to what the switch replies to `msg` (as it decoded it). Replies
+        are bytes parsed by os-ken and read as controller/shim.py reads them."""
         sw, core, now = self.switches[dpid], self.core, self.now
-        if isinstance(msg, parser.OFPPortDescStatsRequest):
-            return [core.ports_reply(dpid, msg.xid, self.port_infos(dpid), False, now)]
-        if isinstance(msg, parser.OFPFlowStatsRequest):
-            stats = [
-                FlowStat(None, s.packet_count, s.byte_count, raw=s)
-                for s in sw.flow_stats(msg.table_id, msg.cookie, msg.cookie_mask)
-            ]
-            return [core.flows_reply(dpid, msg.xid, stats, False, now)]
-        if isinstance(msg, parser.OFPGroupDescStatsRequest):
-            return [core.groups_reply(dpid, msg.xid, sw.group_descs(), False, now)]
-        if isinstance(msg, parser.OFPMeterConfigStatsRequest):
-            return [core.meters_reply(dpid, msg.xid, sw.meter_configs(), False, now)]
         if isinstance(msg, parser.OFPPacketOut):
-            actions = tuple(action_from_of(a) for a in msg.actions)
             pkt = fields_of(msg.data)
-            return self._forward(dpid, msg.in_port, pkt, delivery or Delivery(), actions)
+            return self._forward(dpid, msg.in_port, pkt, delivery or Delivery(), msg.actions)
+        if not isinstance(msg, Request) or msg.mp_type is None:
+            return []
+        if msg.mp_type == ofp.OFPMP_PORT_DESC:
+            reply = multipart_reply(ofp.OFPMP_PORT_DESC, msg.xid, self._port_bodies(dpid))
+            return [core.ports_reply(dpid, msg.xid, [port_info(p) for p in reply.body], False, now)]
+        if msg.mp_type == ofp.OFPMP_FLOW:
+            reply = sw.flow_stats_reply(msg.xid, msg.table_id, msg.cookie, msg.cookie_mask)
+            stats = [FlowStat(None, s.packet_count, s.byte_count, raw=s) for s in reply.body]
+            return [core.flows_reply(dpid, msg.xid, stats, False, now)]
+        if msg.mp_type == ofp.OFPMP_GROUP_DESC:
+            groups = [group_from_desc(d) for d in sw.group_desc_reply(msg.xid).body]
+            return [core.groups_reply(dpid, msg.xid, groups, False, now)]
+        if msg.mp_type == ofp.OFPMP_METER_CONFIG:
+            meters = [meter_from_config(c) for c in sw.meter_config_reply(msg.xid).body]
+            return [core.meters_reply(dpid, msg.xid, meters, False, now)]
         return []
+
+    def _port_bodies(self, dpid: int) -> list[bytes]:
+        return [port_body(p.port_no, p.hw_addr, p.name, p.live) for p in self.port_infos(dpid)]
 
     # --- data plane ----------------------------------------------------------------------------
 
     def _forward(
-        self, dpid: int, in_port: int, pkt: dict, delivery: Delivery, actions: tuple | None = None
+        self, dpid: int, in_port: int, pkt: dict, delivery: Delivery, actions: list | None = None
     ) -> list[dict]:
         """Run a frame through the network from (dpid, in_port), or, for a packet-out, through
         `actions` on `dpid` first; return the core's replies."""

@@ -1,15 +1,29 @@
-"""An in-memory OpenFlow 1.3 switch that is stricter than a real one.
+"""An in-memory OpenFlow 1.3 switch that reads the controller's bytes with its own eyes.
 
-It takes the same os-ken message objects the controller sends, keeps multi-table flow state and
-groups, and answers "where does this packet go?". It raises FakeSwitchError on what a real switch
-would reject, and on some things a real switch allows but that are always bugs in a controller:
+Every message the controller hands it is serialised as a connection would send it and decoded
+from those bytes (tests/ofwire.py: os-ken's parsers and an OXM codec of its own), never through
+controller/flows.py; its tables, groups and meters are its own model of what it decoded, and the
+packets it walks through them (tests/fakenet.py) see only that model. What it reports (flow
+stats, group and meter descriptions) goes back as bytes too, read by the controller's decoder
+exactly as the os-ken shim reads a real switch's replies: `flows()`, `groups`, `meters`,
+`flow_stats()`, `group_descs()` and `meter_configs()` are that read-back view.
 
-- two overlapping flows of equal priority in one table (as if CHECK_OVERLAP were always set);
-- goto to the same or an earlier table, or past the last one;
-- a flow or bucket using a group or meter that does not exist; adding a group twice;
-- MODIFY_STRICT of a flow that is not there; an empty apply-actions; repeated instructions;
-- a match field without its prerequisite (ipv4_src without eth_type=0x0800, ...);
-- a fast-failover bucket that watches nothing.
+What Open vSwitch refuses it refuses, by raising FakeSwitchError:
+- a goto to the same or an earlier table, or past the last one; a table that does not exist;
+- a flow or bucket using a group or meter that does not exist; adding a group or meter twice;
+- a match field without its prerequisite (ipv4_src without eth_type=0x0800, ...); a field
+  twice; a masked value with bits outside its mask;
+- a ct(nat) in a flow that does not match IPv4 or IPv6 (OFPBAC_MATCH_INCONSISTENT); a nat with
+  both src and dst; a set_field of vlan_vid without OFPVID_PRESENT (OFPBAC_BAD_SET_ARGUMENT);
+- repeated instructions; a fast-failover bucket that watches nothing.
+and, as OpenFlow 1.3 says (6.4), a flow-mod with OFPFF_CHECK_OVERLAP that overlaps a flow of
+the same priority in its table (a packet could match both; identical matches included) fails
+with an OFPET_FLOW_MOD_FAILED / OFPFMFC_OVERLAP error to the controller, and nothing changes.
+
+Stricter than a switch, because these are always controller bugs, it also raises on:
+- a flow added without CHECK_OVERLAP that overlaps one of the same priority in its table and
+  has different instructions (which of the two a packet meets is undefined);
+- MODIFY_STRICT of a flow that is not there; an empty apply-actions.
 
 Packets are dicts of OXM fields, e.g. {"in_port": 1, "eth_dst": "...", "eth_type": 0x0800}.
 VLAN tags follow OpenFlow 1.3 as Open vSwitch implements it: `vlan_vid` is the outermost tag
@@ -18,33 +32,52 @@ VLAN tags follow OpenFlow 1.3 as Open vSwitch implements it: `vlan_vid` is the o
 push_vlan onto a tagged frame keeps its tag underneath and a pop_vlan uncovers it.
 Select groups pick a bucket by a hash of the packet's flow fields, in proportion to the weights;
 fast-failover groups take the first bucket whose watched port is live.
+
+`contract`, when set, is called with each flow as the controller reads it back, on every
+flow-mod the switch models (ADD and MODIFY): the one place a pipeline contract plugs in.
 """
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import struct
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.flows import (
-    NAT_DST,
-    NAT_SRC,
-    NXT_CT_FLUSH_ZONE,
-    Flow,
-    Group,
-    Meter,
-    flow_from_stats,
-    group_from_desc,
-    meter_from_config,
-    of_instruction,
+from controller.flows import Flow, Group, Meter, flow_from_stats, group_from_desc, meter_from_config
+from tests.ofwire import (
+    NX_VENDOR_ID,
+    Match,
+    Request,
+    WireError,
+    decode_match,
+    flow_stats_body,
+    group_desc_body,
+    meter_config_body,
+    multipart_reply,
+    parse_msg,
+    to_wire,
 )
-from controller.matches import CT_DNAT, CT_EST, CT_NEW, CT_RPL, CT_SNAT, CT_TRK
+
+# Open vSwitch's numbers (include/openflow/nicira-ext.h, lib/packets.h), not the controller's.
+NXT_CT_FLUSH_ZONE = 29
+NX_CT_F_COMMIT, NX_CT_F_FORCE = 1 << 0, 1 << 1
+NX_NAT_F_SRC, NX_NAT_F_DST = 1 << 0, 1 << 1
+CT_NEW, CT_EST, CT_RPL, CT_TRK = 0x01, 0x02, 0x08, 0x20
+CT_SNAT, CT_DNAT = 0x40, 0x80
+ALL_ONES = (1 << 128) - 1
+IP_TYPES = (0x0800, 0x86DD)
+NAT_ADDRESSES_TRIED = 256
+
+
+class FakeSwitchError(WireError):
+    """The controller sent something a careful switch refuses."""
 
 
 def _ct_key(pkt: dict) -> tuple:
@@ -65,22 +98,48 @@ def _reverse(key: tuple) -> tuple:
     return (dst, src, proto, dport, sport)
 
 
+@dataclass(frozen=True)
+class Nat:
+    """A nat() as decoded from NXActionNAT: NX_NAT_F_SRC or NX_NAT_F_DST (0: apply what the
+    connection has), an address range and a port range (absent maxima equal the minima, as in
+    Open vSwitch's decode_NXAST_RAW_NAT)."""
+
+    kind: int
+    addr_min: str | None
+    addr_max: str | None
+    port_min: int | None
+    port_max: int | None
+
+    @classmethod
+    def of(cls, a) -> Nat:
+        lo = a.range_ipv4_min or a.range_ipv6_min or None
+        hi = a.range_ipv4_max or a.range_ipv6_max or lo
+        pmax = a.range_proto_max if a.range_proto_max is not None else a.range_proto_min
+        kind = a.flags & (NX_NAT_F_SRC | NX_NAT_F_DST)
+        if kind == NX_NAT_F_SRC | NX_NAT_F_DST:
+            raise FakeSwitchError(f"{a}: nat takes src or dst, not both")
+        return cls(kind if lo is not None else 0, lo, hi, a.range_proto_min, pmax)
+
+    def addresses(self) -> list[str]:
+        lo, hi = ipaddress.ip_address(self.addr_min), ipaddress.ip_address(self.addr_max)
+        if hi < lo:
+            raise FakeSwitchError(f"nat range {lo}-{hi} is empty")
+        n = min(int(hi) - int(lo) + 1, NAT_ADDRESSES_TRIED)
+        return [str(lo + i) for i in range(n)]
+
+
 @dataclass
 class Connection:
     """A committed connection as Open vSwitch's conntrack keeps it (lib/conntrack.c): the key
     of its original direction as first seen, the key its replies carry, its mark and the one
-    translation it was committed with (NAT_SRC or NAT_DST; a ct action takes one nat, and
-    ofp-actions rejects both flags at once). Untranslated, the reply key is the original
-    reversed; packets are translated to the reverse of the other direction's key."""
+    translation it was committed with (NX_NAT_F_SRC or NX_NAT_F_DST). Untranslated, the reply
+    key is the original reversed; packets are translated to the reverse of the other
+    direction's key."""
 
     orig: tuple
     reply: tuple
     mark: int = 0
     nat: int = 0
-
-
-class FakeSwitchError(AssertionError):
-    """The controller sent something a careful switch refuses."""
 
 
 _PREREQS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -130,70 +189,124 @@ _HASH_FIELDS = (
 )
 
 
-def to_int(value: Any) -> int:
-    """Any match value (MAC, IPv4, IPv6 string or int) as an integer."""
-    if isinstance(value, int):
-        return value
-    text = str(value)
+@lru_cache(maxsize=65536)
+def _text_int(text: str) -> int:
     if text.count(":") == 5 and len(text) == 17:
         return int(text.replace(":", ""), 16)
     return int(ipaddress.ip_address(text))
 
 
-ALL_ONES = (1 << 128) - 1
+def to_int(value: Any) -> int:
+    """A packet field's value (MAC, IPv4 or IPv6 text, or an int) as an integer."""
+    return value if isinstance(value, int) else _text_int(str(value))
 
 
-def _value_mask(value: Any) -> tuple[int, int]:
-    """(value, mask) as integers; an exact match has every mask bit set."""
-    if isinstance(value, tuple):
-        return to_int(value[0]), to_int(value[1])
-    return to_int(value), ALL_ONES
+def _mask(oxm) -> int:
+    return ALL_ONES if oxm.mask is None else oxm.mask
 
 
-def _compatible(a: Any, b: Any) -> bool:
-    """Could one packet field value satisfy both match values?"""
-    va, ma = _value_mask(a)
-    vb, mb = _value_mask(b)
-    return (va & ma & mb) == (vb & ma & mb)
+def overlaps(m1: Match, m2: Match) -> bool:
+    """Could one packet match both? A field only one of them matches is a wildcard in the
+    other, so they differ only where both match a field and their masks share a differing bit
+    (Open vSwitch's classifier_rule_overlaps)."""
+    for name in m1.keys() & m2.keys():
+        a, b = m1[name], m2[name]
+        if (a.value ^ b.value) & _mask(a) & _mask(b):
+            return False
+    return True
 
 
-def overlaps(m1: dict, m2: dict) -> bool:
-    return all(_compatible(m1[f], m2[f]) for f in m1.keys() & m2.keys())
-
-
-def covers(filt: dict, entry: dict) -> bool:
+def covers(filt: Match, entry: Match) -> bool:
     """Does a non-strict filter select this entry? Each filter field must be at least as wide."""
-    for name, fval in filt.items():
-        if name not in entry:
-            return False
-        fv, fm = _value_mask(fval)
-        ev, em = _value_mask(entry[name])
-        if fm & ~em or (ev & fm) != (fv & fm):
+    for name, f in filt.items():
+        e = entry.get(name)
+        if e is None or _mask(f) & ~_mask(e) or (e.value ^ f.value) & _mask(f):
             return False
     return True
 
 
-def packet_matches(match: dict, pkt: dict) -> bool:
-    for name, value in match.items():
-        if name not in pkt and name != "vlan_vid":
+def packet_matches(match: Match, pkt: dict) -> bool:
+    for name, oxm in match.items():
+        if name in pkt:
+            value = to_int(pkt[name])
+        elif name == "vlan_vid":
+            value = ofp.OFPVID_NONE
+        else:
             return False
-        v, m = _value_mask(value)
-        if (to_int(pkt.get(name, ofp.OFPVID_NONE)) & m) != (v & m):
+        if (value & _mask(oxm)) != oxm.value:
             return False
     return True
 
 
-@dataclass
+def _actions_of(instructions: list) -> list:
+    """Every action of apply- and write-actions instructions, nested ones (in ct) not."""
+    return [
+        a
+        for i in instructions
+        if isinstance(i, parser.OFPInstructionActions) and i.type != ofp.OFPIT_CLEAR_ACTIONS
+        for a in i.actions
+    ]
+
+
+@dataclass(eq=False)
 class Entry:
-    flow: Flow
+    """One flow entry as the switch decoded it: its own match model and os-ken's instruction
+    objects parsed from the flow-mod's bytes."""
+
+    table: int
+    priority: int
+    match: Match
+    instructions: list
+    instruction_bytes: bytes
+    cookie: int = 0
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    flags: int = 0
     packets: int = 0
+    _flow: Flow | None = field(default=None, repr=False)
+
+    def stats_body(self) -> bytes:
+        return flow_stats_body(
+            self.table,
+            self.priority,
+            self.idle_timeout,
+            self.hard_timeout,
+            self.flags,
+            self.cookie,
+            self.packets,
+            self.match,
+            self.instructions,
+        )
+
+    @property
+    def flow(self) -> Flow:
+        """The entry as the controller reads it back: its flow-stats bytes, parsed by os-ken
+        and decoded by controller.flows.flow_from_stats (as controller/shim.py does)."""
+        if self._flow is None:
+            body = self.stats_body()
+            self._flow = flow_from_stats(parser.OFPFlowStats.parser(body, 0))
+        return self._flow
+
+
+@dataclass(frozen=True)
+class GroupEntry:
+    group_id: int
+    type: int  # OFPGT_*
+    buckets: tuple  # os-ken OFPBucket objects as parsed
+
+
+@dataclass(frozen=True)
+class MeterEntry:
+    meter_id: int
+    flags: int  # OFPMF_*
+    bands: tuple  # os-ken band objects as parsed
 
 
 @dataclass
 class LookupResult:
     outputs: list[tuple[int, dict]] = field(default_factory=list)  # (port, packet as sent)
     to_controller: list[tuple[int, int, dict]] = field(default_factory=list)  # (table, cookie, pkt)
-    matched: list[Flow] = field(default_factory=list)
+    matched: list[Entry] = field(default_factory=list)
 
     def ports(self) -> list[int]:
         return [p for p, _ in self.outputs]
@@ -205,6 +318,13 @@ def _check_add_or_modify(kind: str, number: int, exists: bool, adding: bool) -> 
         raise FakeSwitchError(f"{kind} {number} already exists")
     if not adding and not exists:
         raise FakeSwitchError(f"{kind} {number} does not exist")
+
+
+def _action_key(action) -> tuple:
+    """Where a write-actions action goes in the action set: one per type, set_field per field."""
+    if isinstance(action, parser.OFPActionSetField):
+        return ("set_field", action.key)
+    return (type(action).__name__,)
 
 
 class FakeSwitch:
@@ -220,28 +340,35 @@ class FakeSwitch:
         self.ports: dict[int, bool] = dict(ports or {})
         self.hw_prefix = hw_prefix
         self.tables: list[list[Entry]] = [[] for _ in range(n_tables)]
-        self.groups: dict[int, Group] = {}
-        self.meters: dict[int, Meter] = {}
-        self.received: list = []
+        self.group_table: dict[int, GroupEntry] = {}
+        self.meter_table: dict[int, MeterEntry] = {}
+        self.received: list = []  # the controller's messages, as handed over
         self.connections: dict[tuple, Connection] = {}  # (zone, 5-tuple) committed by ct
         self.ct_flushes = 0
         self.takes_bundles = True
         self._bundle: list | None = None
         self.commits = 0
         self.errors: list[tuple[int, int, int]] = []  # (xid, type, code) not yet reported
-        self.packet_outs: list = []
+        self.packet_outs: list = []  # OFPPacketOut as decoded from the bytes
+        self.contract: Callable[[Flow], None] | None = None
 
     # --- messages in ---------------------------------------------------------------------------
 
-    def apply(self, msgs) -> None:
+    def apply(self, msgs) -> list:
+        """Take the controller's messages, each as the bytes it would put on the wire; the
+        messages as this switch decoded them."""
+        decoded = []
         for msg in msgs:
             self.received.append(msg)
-            self._apply_one(msg)
+            decoded.append(parse_msg(to_wire(msg)))
+            self._apply_one(decoded[-1], msg.xid)
+        return decoded
 
-    def _bundle_msg(self, msg) -> None:
-        """OpenFlow 1.3 bundles: collect, then apply all at once, or nothing if any fails."""
+    def _bundle_msg(self, msg, xid) -> None:
+        """OpenFlow 1.3 bundles (ONF EXT-230): collect, then apply all at once, or nothing if
+        any fails."""
         if not self.takes_bundles:
-            self.errors.append((msg.xid, ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_EXPERIMENTER))
+            self.errors.append((xid, ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_BAD_EXPERIMENTER))
             return
         if isinstance(msg, parser.ONFBundleAddMsg):
             if self._bundle is None:
@@ -250,75 +377,96 @@ class FakeSwitch:
         elif msg.type == ofp.ONF_BCT_OPEN_REQUEST:
             self._bundle = []
         elif msg.type == ofp.ONF_BCT_COMMIT_REQUEST:
-            saved = (copy.deepcopy(self.tables), dict(self.groups), dict(self.meters))
+            saved = ([list(t) for t in self.tables], dict(self.group_table), dict(self.meter_table))
             pending, self._bundle = self._bundle or [], None
+            errors = len(self.errors)
             try:
                 for inner in pending:
-                    self._apply_one(inner)
+                    self._apply_one(inner, xid)
             except FakeSwitchError:
-                self.tables, self.groups, self.meters = saved
+                self.tables, self.group_table, self.meter_table = saved
                 raise
+            if len(self.errors) > errors:  # a refused message fails the whole bundle
+                self.tables, self.group_table, self.meter_table = saved
+                return
             self.commits += 1
         else:
             self._bundle = None
 
-    def _apply_one(self, msg) -> None:
+    def _apply_one(self, msg, xid) -> None:
         if isinstance(msg, (parser.ONFBundleCtrlMsg, parser.ONFBundleAddMsg)):
-            self._bundle_msg(msg)
+            self._bundle_msg(msg, xid)
         elif isinstance(msg, parser.OFPFlowMod):
-            self._flow_mod(msg)
+            self._flow_mod(msg, xid)
         elif isinstance(msg, parser.OFPGroupMod):
             self._group_mod(msg)
         elif isinstance(msg, parser.OFPMeterMod):
             self._meter_mod(msg)
         elif isinstance(msg, parser.OFPPacketOut):
             self.packet_outs.append(msg)
-        elif isinstance(msg, parser.OFPExperimenter) and msg.exp_type == NXT_CT_FLUSH_ZONE:
+        elif (
+            isinstance(msg, parser.OFPExperimenter)
+            and msg.experimenter == NX_VENDOR_ID
+            and msg.exp_type == NXT_CT_FLUSH_ZONE
+        ):
             (zone,) = struct.unpack("!6xH", msg.data)
             for k in [k for k in self.connections if k[0] == zone]:
                 del self.connections[k]  # in place: a fake network's switches share it
             self.ct_flushes += 1
-        elif isinstance(
-            msg,
-            (
-                parser.OFPBarrierRequest,
-                parser.OFPFlowStatsRequest,
-                parser.OFPGroupDescStatsRequest,
-                parser.OFPPortDescStatsRequest,
-                parser.OFPMeterConfigStatsRequest,
-            ),
-        ):
-            pass
+        elif isinstance(msg, Request):
+            pass  # answered by the network (tests/fakenet.py), from the replies below
         else:
             raise FakeSwitchError(f"unexpected message {type(msg).__name__}")
 
-    def _check_flow(self, msg) -> Flow:
-        if not 0 <= msg.table_id < self.n_tables:
+    def _decode_flow(self, msg) -> Entry:
+        """The entry a flow-mod describes, checked as Open vSwitch checks it (ofpacts_check)."""
+        if not 0 <= msg.table_id < self.n_tables and msg.table_id != ofp.OFPTT_ALL:
             raise FakeSwitchError(f"table {msg.table_id} does not exist")
-        kinds = [type(i).__name__ + str(getattr(i, "type", "")) for i in msg.instructions]
+        match, match_len = decode_match(msg.buf, ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE)
+        for name in match:
+            if name in _PREREQS:
+                need, values = _PREREQS[name]
+                have = match.get(need)
+                if have is None or have.mask is not None or have.value not in values:
+                    raise FakeSwitchError(f"{name} needs {need} in {values}, match is {match}")
+        start = ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE + match_len
+        return Entry(
+            msg.table_id,
+            msg.priority,
+            match,
+            list(msg.instructions),
+            bytes(msg.buf[start:]),
+            msg.cookie,
+            msg.idle_timeout,
+            msg.hard_timeout,
+            msg.flags,
+        )
+
+    def _admit(self, entry: Entry) -> None:
+        """Every check a flow to be installed (ADD, MODIFY) passes: the switch's own, then the
+        pipeline contract, if one is set."""
+        kinds = [(type(i).__name__, getattr(i, "type", None)) for i in entry.instructions]
         if len(kinds) != len(set(kinds)):
-            raise FakeSwitchError(f"repeated instruction in {msg.instructions}")
-        for ins in msg.instructions:
+            raise FakeSwitchError(f"repeated instruction in {entry.instructions}")
+        for ins in entry.instructions:
             if isinstance(ins, parser.OFPInstructionActions):
                 if ins.type == ofp.OFPIT_APPLY_ACTIONS and not ins.actions:
                     raise FakeSwitchError("empty apply-actions")
                 for action in ins.actions:
-                    self._check_action(action)
+                    self._check_action(action, entry.match)
             elif isinstance(ins, parser.OFPInstructionGotoTable):
-                if not msg.table_id < ins.table_id < self.n_tables:
-                    raise FakeSwitchError(f"goto {ins.table_id} from table {msg.table_id}")
-            elif isinstance(ins, parser.OFPInstructionMeter) and ins.meter_id not in self.meters:
+                if not entry.table < ins.table_id < self.n_tables:
+                    raise FakeSwitchError(f"goto {ins.table_id} from table {entry.table}")
+            elif (
+                isinstance(ins, parser.OFPInstructionMeter) and ins.meter_id not in self.meter_table
+            ):
                 raise FakeSwitchError(f"meter {ins.meter_id} does not exist")
-        match = dict(msg.match._fields2)
-        for name in match:
-            if name in _PREREQS:
-                need, values = _PREREQS[name]
-                if match.get(need) not in values:
-                    raise FakeSwitchError(f"{name} needs {need} in {values}, match is {match}")
-        return flow_from_stats(msg)
+        if self.contract is not None:
+            self.contract(entry.flow)
 
-    def _check_action(self, action) -> None:
-        if isinstance(action, parser.OFPActionGroup) and action.group_id not in self.groups:
+    def _check_action(self, action, match: Match | None) -> None:
+        """One action as Open vSwitch checks it; `match` is the flow's (None in a bucket)."""
+        if isinstance(action, parser.OFPActionGroup) and action.group_id not in self.group_table:
             raise FakeSwitchError(f"group {action.group_id} does not exist")
         if (
             isinstance(action, parser.OFPActionOutput)
@@ -326,155 +474,184 @@ class FakeSwitch:
             and action.port not in _SPECIAL_PORTS
         ):
             raise FakeSwitchError(f"output to unknown port {action.port}")
+        if (
+            isinstance(action, parser.OFPActionSetField)
+            and action.key == "vlan_vid"
+            and not action.value & ofp.OFPVID_PRESENT
+        ):
+            raise FakeSwitchError(f"{action}: vlan_vid without OFPVID_PRESENT")
+        for nested in action.actions if isinstance(action, parser.NXActionCT) else ():
+            if isinstance(nested, parser.NXActionNAT):
+                Nat.of(nested)
+                # Flows only: Open vSwitch checks a bucket's actions against no match.
+                eth_type = match.get("eth_type") if match is not None else None
+                if match is not None and (eth_type is None or eth_type.value not in IP_TYPES):
+                    raise FakeSwitchError(f"ct(nat) in a flow matching no IP: {match}")
 
-    def _flow_mod(self, msg) -> None:
+    def _flow_mod(self, msg, xid) -> None:
         cmd = msg.command
         if cmd == ofp.OFPFC_ADD:
-            f = self._check_flow(msg)
-            table = self.tables[f.table]
-            for i, entry in enumerate(table):
-                if entry.flow.priority == f.priority:
-                    if entry.flow.match == f.match:
-                        table[i] = Entry(f)
-                        return
-                    # OpenFlow leaves the choice between such entries undefined: harmless only
-                    # when they would do the same thing.
-                    if entry.flow.instructions != f.instructions and overlaps(
-                        dict(entry.flow.match), dict(f.match)
-                    ):
-                        raise FakeSwitchError(f"{f} overlaps {entry.flow} at equal priority")
-            table.append(Entry(f))
-            table.sort(key=lambda e: -e.flow.priority)
+            self._add(self._decode_flow(msg), xid)
         elif cmd in (ofp.OFPFC_MODIFY, ofp.OFPFC_MODIFY_STRICT):
-            f = self._check_flow(msg)
-            hits = self._select(msg, strict=cmd == ofp.OFPFC_MODIFY_STRICT)
+            new = self._decode_flow(msg)
+            self._admit(new)
+            hits = self._select(msg, new.match, strict=cmd == ofp.OFPFC_MODIFY_STRICT)
             if not hits and cmd == ofp.OFPFC_MODIFY_STRICT:
-                raise FakeSwitchError(f"MODIFY_STRICT of a flow that is not there: {f}")
-            for entry in hits:
-                old = entry.flow
-                entry.flow = Flow(
-                    old.table,
-                    old.priority,
-                    old.match,
-                    f.instructions,
-                    f.cookie,
-                    old.idle_timeout,
-                    old.hard_timeout,
-                    old.flags,
+                raise FakeSwitchError(f"MODIFY_STRICT of a flow that is not there: {new}")
+            for table, i in hits:
+                # OpenFlow 1.3 (and Open vSwitch): instructions change; cookie, timeouts,
+                # flags and counters stay.
+                old = self.tables[table][i]
+                self.tables[table][i] = replace(
+                    old,
+                    instructions=new.instructions,
+                    instruction_bytes=new.instruction_bytes,
+                    _flow=None,
                 )
         elif cmd in (ofp.OFPFC_DELETE, ofp.OFPFC_DELETE_STRICT):
-            hits = self._select(msg, strict=cmd == ofp.OFPFC_DELETE_STRICT)
-            for entry in hits:
-                self.tables[entry.flow.table].remove(entry)
+            match = self._decode_flow(msg).match
+            hits = self._select(msg, match, strict=cmd == ofp.OFPFC_DELETE_STRICT)
+            for table, i in reversed(hits):
+                del self.tables[table][i]
         else:
             raise FakeSwitchError(f"unknown flow-mod command {cmd}")
 
-    def _select(self, msg, strict: bool) -> list[Entry]:
-        filt = dict(msg.match._fields2)
-        wanted = flow_from_stats(msg).match
+    def _add(self, new: Entry, xid) -> None:
+        if new.table == ofp.OFPTT_ALL:
+            raise FakeSwitchError("flow add to OFPTT_ALL")
+        self._admit(new)
+        table = self.tables[new.table]
+        same = [
+            (i, e)
+            for i, e in enumerate(table)
+            if e.priority == new.priority and overlaps(e.match, new.match)
+        ]
+        if new.flags & ofp.OFPFF_CHECK_OVERLAP and same:
+            self.errors.append((xid, ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_OVERLAP))
+            return
+        for i, entry in same:
+            if entry.match == new.match:
+                table[i] = new
+                return
+        for _, entry in same:
+            if entry.instruction_bytes != new.instruction_bytes:
+                raise FakeSwitchError(
+                    f"{new.flow} overlaps {entry.flow} at equal priority with other instructions"
+                )
+        table.append(new)
+        table.sort(key=lambda e: -e.priority)
+
+    def _select(self, msg, match: Match, strict: bool) -> list[tuple[int, int]]:
+        """(table, index) of the entries a MODIFY or DELETE names, in table order."""
         tables = range(self.n_tables) if msg.table_id == ofp.OFPTT_ALL else [msg.table_id]
+        deleting = msg.command in (ofp.OFPFC_DELETE, ofp.OFPFC_DELETE_STRICT)
         hits = []
         for t in tables:
-            for entry in self.tables[t]:
-                f = entry.flow
+            for i, e in enumerate(self.tables[t]):
                 if strict:
-                    if f.priority != msg.priority or f.match != wanted:
+                    if e.priority != msg.priority or e.match != match:
                         continue
-                elif not covers(filt, dict(f.match)):
+                elif not covers(match, e.match):
                     continue
-                if msg.command in (ofp.OFPFC_DELETE, ofp.OFPFC_DELETE_STRICT) and not self._uses(
-                    f, msg.out_port, msg.out_group
-                ):
+                if deleting and not self._uses(e, msg.out_port, msg.out_group):
                     continue
-                if msg.cookie_mask and (f.cookie & msg.cookie_mask) != (
-                    msg.cookie & msg.cookie_mask
-                ):
+                if (e.cookie ^ msg.cookie) & msg.cookie_mask:
                     continue
-                hits.append(entry)
+                hits.append((t, i))
         return hits
 
     @staticmethod
-    def _uses(f: Flow, out_port: int, out_group: int) -> bool:
-        actions = [a for ins in f.instructions if ins[0] in ("apply", "write") for a in ins[1]]
+    def _uses(e: Entry, out_port: int, out_group: int) -> bool:
+        actions = _actions_of(e.instructions)
         if out_port != ofp.OFPP_ANY and not any(
-            a[0] == "output" and a[1] == out_port for a in actions
+            isinstance(a, parser.OFPActionOutput) and a.port == out_port for a in actions
         ):
             return False
         return out_group == ofp.OFPG_ANY or any(
-            a[0] == "group" and a[1] == out_group for a in actions
+            isinstance(a, parser.OFPActionGroup) and a.group_id == out_group for a in actions
         )
 
     def _group_mod(self, msg) -> None:
         if msg.command == ofp.OFPGC_DELETE:
-            ids = list(self.groups) if msg.group_id == ofp.OFPG_ALL else [msg.group_id]
+            ids = list(self.group_table) if msg.group_id == ofp.OFPG_ALL else [msg.group_id]
             for gid in ids:
-                if self.groups.pop(gid, None) is not None:
+                if self.group_table.pop(gid, None) is not None:
                     for table in self.tables:
-                        table[:] = [e for e in table if not self._uses(e.flow, ofp.OFPP_ANY, gid)]
+                        table[:] = [e for e in table if not self._uses(e, ofp.OFPP_ANY, gid)]
             return
         _check_add_or_modify(
-            "group", msg.group_id, msg.group_id in self.groups, msg.command == ofp.OFPGC_ADD
+            "group", msg.group_id, msg.group_id in self.group_table, msg.command == ofp.OFPGC_ADD
         )
         for bucket in msg.buckets:
             for action in bucket.actions:
-                self._check_action(action)
+                self._check_action(action, None)
             if (
                 msg.type == ofp.OFPGT_FF
                 and bucket.watch_port == ofp.OFPP_ANY
                 and bucket.watch_group == ofp.OFPG_ANY
             ):
                 raise FakeSwitchError("fast-failover bucket watches no port or group")
-        self.groups[msg.group_id] = group_from_desc(msg)
+        self.group_table[msg.group_id] = GroupEntry(msg.group_id, msg.type, tuple(msg.buckets))
 
     def _meter_mod(self, msg) -> None:
         if msg.command == ofp.OFPMC_DELETE:
-            self.meters.pop(msg.meter_id, None)
+            ids = list(self.meter_table) if msg.meter_id == ofp.OFPM_ALL else [msg.meter_id]
+            for mid in ids:
+                self.meter_table.pop(mid, None)
             return
         _check_add_or_modify(
-            "meter", msg.meter_id, msg.meter_id in self.meters, msg.command == ofp.OFPMC_ADD
+            "meter", msg.meter_id, msg.meter_id in self.meter_table, msg.command == ofp.OFPMC_ADD
         )
         if len(msg.bands) != 1 or not msg.bands[0].rate:
             raise FakeSwitchError(f"meter {msg.meter_id} needs one band with a rate")
-        self.meters[msg.meter_id] = meter_from_config(msg)
+        if not msg.flags & (ofp.OFPMF_KBPS | ofp.OFPMF_PKTPS):
+            raise FakeSwitchError(f"meter {msg.meter_id} has no unit (kbps or pktps)")
+        self.meter_table[msg.meter_id] = MeterEntry(msg.meter_id, msg.flags, tuple(msg.bands))
 
-    # --- what a switch reports -----------------------------------------------------------------
+    # --- what a switch reports, as bytes the controller's decoder reads ------------------------
+
+    def flow_stats_reply(self, xid=0, table=ofp.OFPTT_ALL, cookie=0, cookie_mask=0):
+        """An OFPFlowStatsReply of the entries selected, as os-ken parses the bytes."""
+        bodies = [
+            e.stats_body()
+            for t in self.tables
+            for e in t
+            if table in (ofp.OFPTT_ALL, e.table) and not (e.cookie ^ cookie) & cookie_mask
+        ]
+        return multipart_reply(ofp.OFPMP_FLOW, xid, bodies)
+
+    def group_desc_reply(self, xid=0):
+        bodies = [
+            group_desc_body(g.type, g.group_id, list(g.buckets)) for g in self.group_table.values()
+        ]
+        return multipart_reply(ofp.OFPMP_GROUP_DESC, xid, bodies)
+
+    def meter_config_reply(self, xid=0):
+        bodies = [
+            meter_config_body(m.flags, m.meter_id, list(m.bands)) for m in self.meter_table.values()
+        ]
+        return multipart_reply(ofp.OFPMP_METER_CONFIG, xid, bodies)
+
+    def flow_stats(self, table: int = ofp.OFPTT_ALL, cookie: int = 0, cookie_mask: int = 0):
+        """The tables as OFPFlowStats entries with their packet counts, as a switch reports them."""
+        return self.flow_stats_reply(0, table, cookie, cookie_mask).body
 
     def flows(self) -> list[Flow]:
         return [e.flow for table in self.tables for e in table]
 
-    def flow_stats(self, table: int = ofp.OFPTT_ALL, cookie: int = 0, cookie_mask: int = 0):
-        """The tables as OFPFlowStats entries with their packet counts, as a switch reports them."""
-        out = []
-        for table_entries in self.tables:
-            for entry in table_entries:
-                f = entry.flow
-                if table not in (ofp.OFPTT_ALL, f.table) or (f.cookie & cookie_mask) != (
-                    cookie & cookie_mask
-                ):
-                    continue
-                out.append(
-                    parser.OFPFlowStats(
-                        table_id=f.table,
-                        duration_sec=0,
-                        duration_nsec=0,
-                        priority=f.priority,
-                        idle_timeout=f.idle_timeout,
-                        hard_timeout=f.hard_timeout,
-                        flags=f.flags,
-                        cookie=f.cookie,
-                        packet_count=entry.packets,
-                        byte_count=entry.packets * 64,
-                        match=parser.OFPMatch(**dict(f.match)),
-                        instructions=[of_instruction(i) for i in f.instructions],
-                    )
-                )
-        return out
-
     def meter_configs(self) -> list[Meter]:
-        return list(self.meters.values())
+        return [meter_from_config(c) for c in self.meter_config_reply().body]
 
     def group_descs(self) -> list[Group]:
-        return list(self.groups.values())
+        return [group_from_desc(d) for d in self.group_desc_reply().body]
+
+    @property
+    def groups(self) -> dict[int, Group]:
+        return {g.group_id: g for g in self.group_descs()}
+
+    @property
+    def meters(self) -> dict[int, Meter]:
+        return {m.meter_id: m for m in self.meter_configs()}
 
     def hw_addr(self, port: int) -> str:
         return f"{self.hw_prefix}:{self.dpid & 0xFF:02x}:00:{port & 0xFF:02x}"
@@ -492,49 +669,56 @@ class FakeSwitch:
         self._walk({"metadata": 0, "ct_state": 0, "ct_zone": 0, **pkt}, 0, result)  # all start at 0
         return result
 
-    def execute(self, pkt: dict, actions: tuple) -> LookupResult:
-        """A packet-out: `actions` done on the packet, which arrived on pkt["in_port"]."""
+    def execute(self, pkt: dict, actions: list) -> LookupResult:
+        """A packet-out: os-ken `actions` (as decoded) done on the packet, which arrived on
+        pkt["in_port"]."""
         result = LookupResult()
         pkt = {"metadata": 0, "ct_state": 0, "ct_zone": 0, **pkt}
         for action in actions:
-            if action[0] == "group" and action[1] not in self.groups:
-                raise FakeSwitchError(f"packet-out to group {action[1]}, which does not exist")
+            if (
+                isinstance(action, parser.OFPActionGroup)
+                and action.group_id not in self.group_table
+            ):
+                raise FakeSwitchError(
+                    f"packet-out to group {action.group_id}, which does not exist"
+                )
             if self._act(action, pkt, result, 0, 0):
                 break
         return result
 
     def _walk(self, pkt: dict, table: int | None, result: LookupResult) -> None:
-        action_set: dict[str, tuple] = {}
+        action_set: dict[tuple, Any] = {}
         while table is not None:
-            entry = next(
-                (e for e in self.tables[table] if packet_matches(dict(e.flow.match), pkt)), None
-            )
+            entry = next((e for e in self.tables[table] if packet_matches(e.match, pkt)), None)
             if entry is None:
                 return  # no table-miss entry: dropped
             entry.packets += 1
-            result.matched.append(entry.flow)
+            result.matched.append(entry)
             next_table = None
-            for ins in entry.flow.instructions:
-                if ins[0] == "apply":
-                    for action in ins[1]:
-                        if self._act(action, pkt, result, table, entry.flow.cookie):
-                            return  # recirculated: the copy went on from there
-                elif ins[0] == "write":
-                    for action in ins[1]:
-                        action_set[action[0] if action[0] != "set_field" else action[1]] = action
-                elif ins[0] == "clear":
-                    action_set.clear()
-                elif ins[0] == "meta":
+            for ins in entry.instructions:
+                if isinstance(ins, parser.OFPInstructionActions):
+                    if ins.type == ofp.OFPIT_APPLY_ACTIONS:
+                        for action in ins.actions:
+                            if self._act(action, pkt, result, table, entry.cookie):
+                                return  # recirculated: the copy went on from there
+                    elif ins.type == ofp.OFPIT_WRITE_ACTIONS:
+                        for action in ins.actions:
+                            action_set[_action_key(action)] = action
+                    else:
+                        action_set.clear()
+                elif isinstance(ins, parser.OFPInstructionWriteMetadata):
                     meta = pkt.get("metadata", 0)
-                    pkt["metadata"] = (meta & ~ins[2]) | (ins[1] & ins[2])
-                elif ins[0] == "goto":
-                    next_table = ins[1]
+                    pkt["metadata"] = (meta & ~ins.metadata_mask) | (
+                        ins.metadata & ins.metadata_mask
+                    )
+                elif isinstance(ins, parser.OFPInstructionGotoTable):
+                    next_table = ins.table_id
             if next_table is None:
                 for action in action_set.values():
-                    self._act(action, pkt, result, table, entry.flow.cookie)
+                    self._act(action, pkt, result, table, entry.cookie)
             table = next_table
 
-    def _conntrack(self, action: tuple, pkt: dict, result: LookupResult) -> bool:
+    def _conntrack(self, action, pkt: dict, result: LookupResult) -> bool:
         """ct(): look the packet up (and, with `nat`, translate it as its connection says),
         commit it with its mark and translation, and recirculate with ct_state set.
 
@@ -544,24 +728,33 @@ class FakeSwitch:
         reply key that no other connection of the zone has, keeping the source port if it
         can (nat_get_unique_tuple); a nat with an address on an existing connection applies
         the translation the connection already has."""
-        _, flags, zone, table, nested = action
-        nat = next((a for a in nested if a[0] == "nat"), None)
-        mark = next((a[2] for a in nested if a[:2] == ("set_field", "ct_mark")), None)
+        if action.zone_src:
+            raise FakeSwitchError(f"{action}: a zone from a field is not modelled")
+        zone, table, flags = action.zone_ofs_nbits, action.recirc_table, action.flags
+        nat = next((Nat.of(a) for a in action.actions if isinstance(a, parser.NXActionNAT)), None)
+        mark = next(
+            (
+                a.value
+                for a in action.actions
+                if isinstance(a, parser.OFPActionSetField) and a.key == "ct_mark"
+            ),
+            None,
+        )
         natted = pkt.get("ct_zone") == zone and pkt.get("ct_state", 0) & (CT_SNAT | CT_DNAT)
         state, conn = self._ct_lookup(zone, _ct_key(pkt), bool(natted))
         if natted:
             state |= pkt["ct_state"] & (CT_SNAT | CT_DNAT)
         elif conn is not None and nat is not None:
             state |= self._translate(pkt, conn, reply=bool(state & CT_RPL))
-        if flags & 2 and state & CT_RPL:  # commit,force: the reply becomes an original
+        if flags & NX_CT_F_FORCE and state & CT_RPL:  # commit,force: the reply becomes original
             for k in [k for k, c in self.connections.items() if c is conn]:
                 del self.connections[k]
             state, conn = CT_TRK | CT_NEW, None
-        if flags & 1 and not state & CT_RPL and conn is None:
+        if flags & NX_CT_F_COMMIT and not state & CT_RPL and conn is None:
             conn = self._commit(zone, _ct_key(pkt), nat)
             if conn is not None:  # else no free reply key: new, untranslated, not committed
                 state |= self._translate(pkt, conn, reply=False)
-        if flags & 1 and conn is not None and mark is not None:
+        if flags & NX_CT_F_COMMIT and conn is not None and mark is not None:
             conn.mark = mark
         pkt["ct_mark"] = conn.mark if conn is not None else 0
         if table == ofp.OFPTT_ALL:
@@ -584,30 +777,39 @@ class FakeSwitch:
                 return CT_TRK | CT_EST | CT_RPL, c
         return CT_TRK | CT_NEW, None
 
-    def _commit(self, zone: int, key: tuple, nat: tuple | None) -> Connection | None:
-        """A new connection in `zone`; with nat(src=...) or nat(dst=...), its reply key is
-        the translation's, with the original source port moved along its range (1-511,
-        600-1023 or 1024-65535, at most 128 tries) if another connection has that key; None
-        when no key is free (nothing is committed)."""
+    def _commit(self, zone: int, key: tuple, nat: Nat | None) -> Connection | None:
+        """A new connection in `zone`; with nat(src=...) or nat(dst=...), its reply key is the
+        translation's: the first address of the range, and the first port of the port range
+        (a source NAT keeps the source port when the range holds it) with a free key. Without
+        a source port range, the original source port moves along its class (1-511, 600-1023
+        or 1024-65535, at most 128 tries) if another connection has that key. None when no
+        key is free (nothing is committed)."""
         reply = list(_reverse(key))
-        kind = nat[1] if nat is not None and nat[2] is not None else 0
-        if kind & (NAT_SRC | NAT_DST) == NAT_SRC | NAT_DST:
-            raise FakeSwitchError(f"{nat}: nat takes src or dst, not both")
+        kind = nat.kind if nat is not None else 0
         if kind:
-            side = 1 if kind & NAT_SRC else 0  # the reply's destination, or its source
-            reply[side] = nat[2]
-            if nat[3] is not None:
-                reply[3 + side] = nat[3]
+            side = 1 if kind & NX_NAT_F_SRC else 0  # the reply's destination, or its source
             taken = {k for (z, o), c in self.connections.items() if z == zone for k in (o, c.reply)}
             start = reply[4]
-            lo, hi = (1, 511) if start < 512 else (600, 1023) if start < 1024 else (1024, 65535)
-            if kind & NAT_SRC and nat[3] is not None:
-                lo = hi = start  # a source port given: that one or none
-            for i in range(min(128, hi - lo + 1)):
-                reply[4] = lo + (start - lo + i) % (hi - lo + 1)
-                if tuple(reply) not in taken:
-                    break
+            if kind & NX_NAT_F_SRC and nat.port_min is not None:
+                lo, hi = nat.port_min, nat.port_max
+                start = start if lo <= start <= hi else lo
+            elif start < 512:
+                lo, hi = 1, 511
             else:
+                lo, hi = (600, 1023) if start < 1024 else (1024, 65535)
+            if kind & NX_NAT_F_DST and nat.port_min is not None:
+                reply[3] = nat.port_min
+            found = False
+            for address in nat.addresses():
+                reply[side] = address
+                for i in range(min(128, hi - lo + 1)):
+                    reply[4] = lo + (start - lo + i) % (hi - lo + 1)
+                    if tuple(reply) not in taken:
+                        found = True
+                        break
+                if found:
+                    break
+            if not found:
                 return None
         conn = Connection(key, tuple(reply), nat=kind)
         self.connections[(zone, key)] = conn
@@ -625,16 +827,15 @@ class FakeSwitch:
         pkt[f"{v}_src"], pkt[f"{v}_dst"] = src, dst
         if proto:
             pkt[f"{proto}_src"], pkt[f"{proto}_dst"] = sport, dport
-        snat = bool(conn.nat & NAT_SRC) != reply  # un-translating a DNAT rewrites the source
+        snat = bool(conn.nat & NX_NAT_F_SRC) != reply  # un-translating a DNAT rewrites the source
         return CT_SNAT if snat else CT_DNAT
 
-    def _act(self, action: tuple, pkt: dict, result: LookupResult, table: int, cookie: int):
-        """Do one action; True when it recirculated the packet (nothing after it runs)."""
-        kind = action[0]
-        if kind == "ct":
+    def _act(self, action, pkt: dict, result: LookupResult, table: int, cookie: int) -> bool:
+        """Do one (os-ken, decoded) action; True when it recirculated the packet."""
+        if isinstance(action, parser.NXActionCT):
             return self._conntrack(action, pkt, result)
-        if kind == "output":
-            port = action[1]
+        if isinstance(action, parser.OFPActionOutput):
+            port = action.port
             if port == ofp.OFPP_CONTROLLER:
                 result.to_controller.append((table, cookie, dict(pkt)))
             elif port == ofp.OFPP_IN_PORT:
@@ -645,21 +846,24 @@ class FakeSwitch:
                         result.outputs.append((p, dict(pkt)))
             elif port != pkt.get("in_port") and self.ports.get(port):
                 result.outputs.append((port, dict(pkt)))
-        elif kind == "set_field":
-            pkt[action[1]] = action[2]
-        elif kind == "group":
-            self._group(action[1], pkt, result, table, cookie)
-        elif kind == "pop_vlan":
+        elif isinstance(action, parser.OFPActionSetField):
+            pkt[action.key] = action.value
+        elif isinstance(action, parser.OFPActionGroup):
+            self._group(action.group_id, pkt, result, table, cookie)
+        elif isinstance(action, parser.OFPActionPopVlan):
             inner = pkt.pop("_inner_vlans", ())
             pkt.pop("vlan_vid", None)
             if inner:
                 pkt["vlan_vid"] = inner[0]
                 if inner[1:]:
                     pkt["_inner_vlans"] = inner[1:]
-        elif kind == "push_vlan":
+        elif isinstance(action, parser.OFPActionPushVlan):
             if "vlan_vid" in pkt:
                 pkt["_inner_vlans"] = (pkt["vlan_vid"], *pkt.get("_inner_vlans", ()))
             pkt["vlan_vid"] = ofp.OFPVID_PRESENT  # VID 0 until a set_field names it
+        else:
+            raise FakeSwitchError(f"action {action} is not modelled")
+        return False
 
     def _bucket_live(self, bucket) -> bool:
         """A bucket that watches a port or group is live while they are; one that watches
@@ -667,14 +871,15 @@ class FakeSwitch:
         if bucket.watch_port != ofp.OFPP_ANY and not self.ports.get(bucket.watch_port):
             return False
         if bucket.watch_group != ofp.OFPG_ANY:
-            return any(self._bucket_live(b) for b in self.groups[bucket.watch_group].buckets)
+            watched = self.group_table[bucket.watch_group]
+            return any(self._bucket_live(b) for b in watched.buckets)
         return True
 
     def _group(self, gid: int, pkt: dict, result: LookupResult, table: int, cookie: int):
-        g = self.groups[gid]
-        if g.type in ("all", "indirect"):
+        g = self.group_table[gid]
+        if g.type in (ofp.OFPGT_ALL, ofp.OFPGT_INDIRECT):
             chosen = list(g.buckets)
-        elif g.type == "select":  # in proportion to the weights of the live buckets
+        elif g.type == ofp.OFPGT_SELECT:  # in proportion to the weights of the live buckets
             live = [b for b in g.buckets if self._bucket_live(b)]
             total = sum(b.weight for b in live)
             chosen = []
