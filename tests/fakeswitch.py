@@ -360,8 +360,13 @@ class FakeSwitch:
         decoded = []
         for msg in msgs:
             self.received.append(msg)
-            decoded.append(parse_msg(to_wire(msg)))
-            self._apply_one(decoded[-1], msg.xid)
+            try:
+                decoded.append(parse_msg(to_wire(msg)))
+                self._apply_one(decoded[-1], msg.xid)
+            except FakeSwitchError:
+                raise
+            except WireError as e:  # bytes Open vSwitch would not decode
+                raise FakeSwitchError(f"{type(msg).__name__}: {e}") from e
         return decoded
 
     def _bundle_msg(self, msg, xid) -> None:

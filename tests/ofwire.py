@@ -6,8 +6,9 @@ instruction, action, bucket and band parsers) and the OXM codec below, into its 
 replies (flow stats, group and meter descriptions, port descriptions) are encoded here as a
 switch would and parsed back by os-ken, so the controller's decoder reads real bytes too.
 
-Matches are kept as {field: Oxm} with the value already masked and an all-ones mask dropped, as
-Open vSwitch stores them (lib/match.c): two spellings of one match are one model.
+Matches are kept as {field: Oxm} as Open vSwitch stores them (lib/match.c, lib/nx-match.c): an
+all-ones mask is an exact match, a zero mask no match on the field, and a value with bits outside
+its mask is refused (OFPBMC_BAD_WILDCARDS): two spellings of one match are one model.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def decode_match(buf: bytes, offset: int) -> tuple[Match, int]:
         m = None if mask is None else int.from_bytes(mask, "big")
         if m is not None and v & ~m:
             raise WireError(f"{name}: value {v:#x} has bits outside mask {m:#x}")
+        pos += field_len
+        if m == 0:
+            continue  # a zero mask matches anything: the field is wildcarded, not kept
         if m == (1 << 8 * len(value)) - 1:
             m = None
         fields[name] = Oxm(num, v, m, len(value))
-        pos += field_len
     return fields, length + (-length) % 8
 
 
