@@ -63,20 +63,39 @@ def _is_full_mask(name: str, mask: Any) -> bool:
         return int(ipaddress.IPv4Address(mask)) == 0xFFFFFFFF
     if name in _IPV6_FIELDS:
         return int(ipaddress.IPv6Address(mask)) == (1 << 128) - 1
-    return False
+    return int(mask) == (1 << 8 * len(ofp.oxm_from_user(name, _oxm_sample(name))[1])) - 1
+
+
+@lru_cache(maxsize=65536)
+def _norm_masked(name: str, val: Any, mask: Any) -> Any:
+    """A masked field as Open vSwitch keeps and reports it (lib/match.c): the value with the
+    bits outside the mask cleared (a switch refuses them: OFPBMC_BAD_WILDCARDS), an all-ones
+    mask as an exact match, and None for a zero mask, which matches anything."""
+    if _is_full_mask(name, mask):
+        return _norm_scalar(name, val)
+    val, mask = _norm_scalar(name, val), _norm_scalar(name, mask)
+    if name in _MAC_FIELDS:
+        v, m = int(val.replace(":", ""), 16), int(mask.replace(":", ""), 16)
+        masked: Any = (v & m).to_bytes(6, "big").hex(":")
+    elif name in _IPV4_FIELDS or name in _IPV6_FIELDS:
+        v, m = int(ipaddress.ip_address(val)), int(ipaddress.ip_address(mask))
+        masked = str(ipaddress.ip_address(val).__class__(v & m))
+    else:
+        m = mask
+        masked = val & mask
+    return None if m == 0 else (masked, mask)
 
 
 def norm_match(fields: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> Match:
-    """Sort fields and fold exact masks so equal matches compare equal whatever their spelling."""
+    """Sort fields and normalise masks as a switch does, so equal matches compare equal
+    whatever their spelling and a match reads back from Open vSwitch as it was asked for."""
     items = fields.items() if isinstance(fields, Mapping) else fields
     out = []
     for name, value in items:
         if isinstance(value, tuple):
-            val, mask = value
-            if _is_full_mask(name, mask):
-                out.append((name, _norm_scalar(name, val)))
-            else:
-                out.append((name, (_norm_scalar(name, val), _norm_scalar(name, mask))))
+            norm = _norm_masked(name, *value)
+            if norm is not None:
+                out.append((name, norm))
         else:
             out.append((name, _norm_scalar(name, value)))
     return tuple(sorted(out))
@@ -266,13 +285,19 @@ def meter_from_config(c) -> Meter:
 # --- to OpenFlow ------------------------------------------------------------------------------
 
 
+def _oxm_sample(name: str) -> Any:
+    """A zero value of the field's type, as os-ken's OXM encoder takes it."""
+    if name in _MAC_FIELDS:
+        return "00:00:00:00:00:00"
+    if name in _IPV4_FIELDS or name in _IPV6_FIELDS:
+        return "::" if name in _IPV6_FIELDS else "0.0.0.0"
+    return 0
+
+
 @cache
 def _oxm_number(name: str) -> int:
     """The OXM field number, which also gives the order prerequisites need on the wire."""
-    sample = "00:00:00:00:00:00" if name in _MAC_FIELDS else 0
-    if name in _IPV4_FIELDS or name in _IPV6_FIELDS:
-        sample = "::" if name in _IPV6_FIELDS else "0.0.0.0"
-    number = ofp.oxm_from_user(name, sample)[0]
+    number = ofp.oxm_from_user(name, _oxm_sample(name))[0]
     return number[0] if isinstance(number, tuple) else number  # as os-ken orders them
 
 

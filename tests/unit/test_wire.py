@@ -168,15 +168,77 @@ def test_open_vswitch_reads_our_bytes_as_we_mean_them(tmp_path, name):
     assert ovs_reads(tmp_path, msg) == expected
 
 
+class Bytes:
+    """A message that is just its bytes, as a connection would carry them."""
+
+    def __init__(self, data: bytes) -> None:
+        self.buf, self.xid = data, 0
+
+    def serialize(self) -> None:
+        pass
+
+
+def raw_flow(match: dict, actions: list) -> parser.OFPFlowMod:
+    """A flow-mod built with os-ken alone, past the controller's normalisation."""
+    return parser.OFPFlowMod(
+        DATAPATH,
+        table_id=0,
+        priority=1,
+        match=parser.OFPMatch(**match),
+        instructions=[parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)],
+    )
+
+
 def test_open_vswitch_refuses_what_the_fake_refuses(tmp_path):
     """A vlan_vid set-field without OFPVID_PRESENT, a value with bits outside its mask: Open
     vSwitch's decoder refuses both, and so does the fake switch."""
-    no_present = flow(0, 1, IP4, apply(set_field("vlan_vid", 5), output(1)))
-    loose = flow(0, 1, {**IP4, "ipv4_src": ("10.0.0.1", "255.255.255.0")}, apply(output(1)))
-    for f, ovs_error in ((no_present, "OFPBAC_BAD_SET_ARGUMENT"), (loose, "OFPBMC_BAD_WILDCARDS")):
-        assert ovs_error in ovs_reads(tmp_path, flow_mod(f))
+    out = parser.OFPActionOutput(1)
+    no_present = raw_flow(IP4, [parser.OFPActionSetField(vlan_vid=5), out])
+    loose = Bytes(
+        to_wire(raw_flow({**IP4, "ipv4_src": ("10.0.0.0", "255.255.255.0")}, [out])).replace(
+            bytes([10, 0, 0, 0, 255, 255, 255, 0]), bytes([10, 0, 0, 1, 255, 255, 255, 0])
+        )
+    )  # os-ken's OFPMatch clears bits outside a mask itself: these bytes do not
+    for msg, ovs_error in (
+        (no_present, "OFPBAC_BAD_SET_ARGUMENT"),
+        (loose, "OFPBMC_BAD_WILDCARDS"),
+    ):
+        assert ovs_error in ovs_reads(tmp_path, msg)
         with pytest.raises(FakeSwitchError):
-            FakeSwitch(1, 2, {1: True}).apply([flow_mod(f)])
+            FakeSwitch(1, 2, {1: True}).apply([msg])
+
+
+@pytest.mark.parametrize(
+    ("match", "ovs", "canonical"),
+    [
+        (
+            ("ipv4_src", ("10.0.0.1", "255.255.255.0")),
+            "nw_src=10.0.0.0/24",
+            ("10.0.0.0", "255.255.255.0"),
+        ),
+        (("ipv4_src", ("10.0.0.1", "0.0.0.0")), "", None),
+        (("reg0", (5, 0xFFFFFFFF)), "reg0=0x5", 5),
+        (("metadata", (7, 4)), "metadata=0x4/0x4", (4, 4)),
+        (
+            ("eth_src", ("02:00:00:00:00:01", "ff:ff:ff:ff:ff:ff")),
+            "dl_src=02:00:00:00:00:01",
+            "02:00:00:00:00:01",
+        ),
+    ],
+)
+def test_a_match_is_normalised_as_open_vswitch_keeps_it(tmp_path, match, ovs, canonical):
+    """Bits outside a mask cleared (else Open vSwitch refuses the flow), an all-ones mask
+    exact, a zero mask no field at all: what we ask for reads back the same from a switch."""
+    name, value = match
+    f = flow(0, 1, {**IP4, name: value}, apply(output(1)))
+    assert dict(f.match).get(name) == canonical
+    assert (
+        ovs_reads(tmp_path, flow_mod(f))
+        == f"ADD priority=1,ip{ovs and ','}{ovs} out_port:0 actions=output:1"
+    )
+    sw = FakeSwitch(1, 1, {1: True})
+    sw.apply([flow_mod(f)])
+    assert sw.flows() == [f]
 
 
 # --- the fake's own model of what it decoded --------------------------------------------------
@@ -204,16 +266,8 @@ def test_the_fake_reads_a_vlan_set_field_with_its_present_bit():
 def raw_nat_flow(**ranges) -> parser.OFPFlowMod:
     """A flow-mod built with os-ken alone: commit every IPv4 packet in zone 1 with a source NAT
     over `ranges` (NXActionNAT's fields), then out of port 2."""
-    ct = parser.NXActionCT(
-        1, None, 1, 1, 0, [parser.NXActionNAT(1, **ranges)]
-    )  # flags=commit, zone 1, table 1
-    return parser.OFPFlowMod(
-        DATAPATH,
-        table_id=0,
-        priority=1,
-        match=parser.OFPMatch(eth_type=0x0800),
-        instructions=[parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [ct])],
-    )
+    ct = parser.NXActionCT(1, None, 1, 1, 0, [parser.NXActionNAT(1, **ranges)])  # commit, zone 1
+    return raw_flow(IP4, [ct])
 
 
 def test_the_fake_takes_nat_address_and_port_ranges_from_the_wire():
