@@ -505,12 +505,25 @@ def action_from_of(a) -> Action:
         return ("push_vlan", a.ethertype)
     if isinstance(a, parser.OFPActionPopVlan):
         return ("pop_vlan",)
-    if isinstance(a, parser.NXActionCT):
+    if isinstance(a, parser.NXActionCT) and not a.zone_src and not a.alg:
         nested = tuple(action_from_of(n) for n in a.actions)
         return ("ct", a.flags, a.zone_ofs_nbits, a.recirc_table, nested)
-    if isinstance(a, parser.NXActionNAT):
+    if isinstance(a, parser.NXActionNAT) and _is_our_nat(a):
         return ("nat", a.flags, a.range_ipv4_min or None, a.range_proto_min)
-    return ("unknown", type(a).__name__)
+    return ("unknown", repr(a))  # nothing we send: never equal to what we want
+
+
+def _is_our_nat(a) -> bool:
+    """Is this NXActionNAT one `nat()` makes: IPv4, src or dst, one address and one port at
+    most (an absent maximum is the minimum, as Open vSwitch decodes it)?"""
+    ip, port = a.range_ipv4_min or None, a.range_proto_min
+    pmax = a.range_proto_max if a.range_proto_max is not None else port
+    return (
+        (a.range_ipv4_max or ip) == ip
+        and pmax == port
+        and not a.range_ipv6_min
+        and not a.flags & ~(NAT_SRC | NAT_DST)
+    )
 
 
 def instruction_from_of(i) -> Instruction:

@@ -345,3 +345,23 @@ def test_flows_read_back_from_the_fakes_bytes_equal_what_we_asked_for(name):
     sw = FakeSwitch(1, 3, {p: True for p in range(1, 4)})
     sw.apply([msg])
     assert sw.flows() == [flow_from_stats(msg)]
+
+
+@pytest.mark.parametrize(
+    ("ranges", "port"),
+    [
+        ({"range_ipv4_min": "10.0.100.10", "range_proto_min": 5000, "range_proto_max": 5001}, 5000),
+        ({"range_ipv4_min": "10.0.100.10", "range_ipv4_max": "10.0.100.11"}, None),
+    ],
+)
+def test_a_nat_range_on_a_switch_never_reads_back_as_our_single_translation(ranges, port):
+    """A switch holding nat(src=10.0.100.10:5000-5001) (or 10.0.100.10-10.0.100.11) does not
+    hold what nat(src="10.0.100.10", port=5000) (or no port) asks for: the reconciler must see
+    a difference and put ours back."""
+    sw = FakeSwitch(1, 2, {1: True, 2: True})
+    sw.apply([raw_nat_flow(**ranges)])
+    ours = flow(
+        0, 1, IP4, apply(conntrack(1, 1, True, nested=(nat(src="10.0.100.10", port=port),)))
+    )
+    ((read,),) = [sw.flows()]
+    assert read.key == ours.key and read != ours
