@@ -4,9 +4,12 @@ from collections import Counter
 
 import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.flows import (
+    OF13,
     Bucket,
+    WireFlowMod,
     apply,
     conntrack,
     flow,
@@ -17,6 +20,7 @@ from controller.flows import (
     group_mod,
     nat,
     output,
+    packet_out,
     set_field,
 )
 from controller.matches import CT_DNAT, CT_EST, CT_NEW, CT_RPL, CT_SNAT, CT_TRK
@@ -127,6 +131,59 @@ def test_delete_strict_and_non_strict():
     assert {f.priority for f in sw.flows()} == {5, 6} and sw.flow_count() == 2
     sw.apply([flow_mod(flow(0, 0, {"in_port": 1}), ofp.OFPFC_DELETE)])
     assert sw.flows() == [c]
+
+
+def test_modify_changes_instructions_and_keeps_cookie_and_counters():
+    """OpenFlow 1.3 (and Open vSwitch, ofp-flow.c): a MODIFY's cookie selects nothing and is not
+    written; only the instructions change."""
+    sw = switch()
+    add(sw, flow(0, 5, {"in_port": 1}, apply(output(2)), cookie=7))
+    sw.lookup(PKT)
+    sw.apply(
+        [flow_mod(flow(0, 5, {"in_port": 1}, apply(output(3)), cookie=9), ofp.OFPFC_MODIFY_STRICT)]
+    )
+    ((stats,),) = [sw.flow_stats()]
+    assert (stats.cookie, stats.packet_count) == (7, 1) and sw.lookup(PKT).ports() == [3]
+
+
+class _Lying(WireFlowMod):
+    """A flow-mod whose Python objects say one thing and whose bytes another."""
+
+    @property
+    def instructions(self) -> list:
+        return [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [parser.OFPActionOutput(4)])]
+
+
+def test_the_switch_goes_by_the_bytes_not_the_objects():
+    sw = switch()
+    sw.apply([_Lying(flow(0, 5, {"in_port": 1}, apply(output(2))), ofp.OFPFC_ADD)])
+    assert sw.lookup(PKT).ports() == [2]
+    assert sw.flows() == [flow(0, 5, {"in_port": 1}, apply(output(2)))]
+
+
+def test_a_refused_flow_mod_in_a_bundle_leaves_every_table_as_it_was():
+    sw = switch()
+    add(sw, flow(0, 5, {"in_port": 1}, apply(output(2))))
+    bundle = [
+        flow_mod(flow(0, 5, {"in_port": 2}, apply(output(3)))),
+        flow_mod(flow(0, 5, {"eth_type": 0x0800}, apply(output(3)), flags=ofp.OFPFF_CHECK_OVERLAP)),
+    ]
+    msgs = [parser.ONFBundleCtrlMsg(OF13, 1, ofp.ONF_BCT_OPEN_REQUEST, 0, [])]
+    msgs += [parser.ONFBundleAddMsg(OF13, 1, 0, m, []) for m in bundle]
+    msgs += [parser.ONFBundleCtrlMsg(OF13, 1, ofp.ONF_BCT_COMMIT_REQUEST, 0, [])]
+    sw.apply(msgs)
+    assert [e[1:] for e in sw.errors] == [(ofp.OFPET_FLOW_MOD_FAILED, ofp.OFPFMFC_OVERLAP)]
+    assert sw.flows() == [flow(0, 5, {"in_port": 1}, apply(output(2)))] and sw.commits == 0
+
+
+def test_a_packet_out_is_done_with_the_actions_decoded_from_its_bytes():
+    sw = switch()
+    (decoded,) = sw.apply(
+        [packet_out(b"\x00" * 60, [set_field("eth_dst", "00:00:00:00:00:09"), output(3)], 1)]
+    )
+    assert sw.packet_outs == [decoded] and decoded.in_port == 1
+    ((port, pkt),) = sw.execute(dict(PKT), decoded.actions).outputs
+    assert (port, pkt["eth_dst"]) == (3, "00:00:00:00:00:09")
 
 
 def test_all_group_copies_to_every_bucket():
@@ -343,3 +400,22 @@ def test_two_translations_take_two_zones_and_replies_undo_them_in_reverse():
     assert (back["ipv4_src"], back["tcp_src"]) == ("10.0.100.10", 80)
     assert (back["ipv4_dst"], back["tcp_dst"]) == ("10.0.0.1", 40000)
     assert sorted(zone for zone, _ in sw.connections) == [1, 2]
+
+
+def test_the_contract_hook_sees_every_flow_the_switch_models():
+    """`contract` is where a pipeline contract plugs in: called with each added or modified
+    flow as the controller reads it back; what it raises refuses the flow-mod."""
+    sw, seen = switch(), []
+
+    def contract(f):
+        seen.append(f)
+        if f.table == 2:
+            raise FakeSwitchError(f"{f}: table 2 takes no flows")
+
+    sw.contract = contract
+    ours = flow(0, 5, {"in_port": 1}, apply(output(2)))
+    add(sw, ours)
+    sw.apply([flow_mod(ours, ofp.OFPFC_MODIFY_STRICT)])
+    with pytest.raises(FakeSwitchError, match="table 2"):
+        add(sw, flow(2, 5, {}, apply(output(2))))
+    assert seen[:2] == [ours, ours] and sw.flow_count() == 1
