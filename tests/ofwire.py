@@ -136,43 +136,33 @@ def parse_msg(buf: bytes):
     return msg
 
 
-def _actions(buf: bytes, offset: int, end: int) -> list:
+def _parse_list(item_parser, buf: bytes, offset: int, end: int) -> list:
+    """Consecutive variable-length items (actions, buckets, bands), each knowing its `len`."""
     out = []
     while offset < end:
-        action = parser.OFPAction.parser(buf, offset)
-        out.append(action)
-        offset += action.len
+        item = item_parser(buf, offset)
+        out.append(item)
+        offset += item.len
     return out
 
 
-def _group_mod(buf: bytes, xid: int):
-    command, gtype, group_id = struct.unpack_from("!HBxI", buf, ofp.OFP_HEADER_SIZE)
-    buckets, offset = [], ofp.OFP_GROUP_MOD_SIZE
-    while offset < len(buf):
-        bucket = parser.OFPBucket.parser(buf, offset)
-        buckets.append(bucket)
-        offset += bucket.len
-    msg = parser.OFPGroupMod(DATAPATH, command, gtype, group_id, buckets)
-    msg.xid = xid
-    return msg
+def _mod_parser(cls, head: str, size: int, item_parser):
+    """A parser of group-mods or meter-mods: `head` (after the header) holds the constructor's
+    arguments in wire order, then come the items (buckets, bands) up to the end."""
 
+    def parse(buf: bytes, xid: int):
+        fields = struct.unpack_from(head, buf, ofp.OFP_HEADER_SIZE)
+        msg = cls(DATAPATH, *fields, _parse_list(item_parser, buf, size, len(buf)))
+        msg.xid = xid
+        return msg
 
-def _meter_mod(buf: bytes, xid: int):
-    command, flags, meter_id = struct.unpack_from("!HHI", buf, ofp.OFP_HEADER_SIZE)
-    bands, offset = [], ofp.OFP_METER_MOD_SIZE
-    while offset < len(buf):
-        band = parser.OFPMeterBandHeader.parser(buf, offset)
-        bands.append(band)
-        offset += band.len
-    msg = parser.OFPMeterMod(DATAPATH, command, flags, meter_id, bands)
-    msg.xid = xid
-    return msg
+    return parse
 
 
 def _packet_out(buf: bytes, xid: int):
     buffer_id, in_port, actions_len = struct.unpack_from("!IIH6x", buf, ofp.OFP_HEADER_SIZE)
     start = ofp.OFP_PACKET_OUT_SIZE
-    actions = _actions(buf, start, start + actions_len)
+    actions = _parse_list(parser.OFPAction.parser, buf, start, start + actions_len)
     msg = parser.OFPPacketOut(DATAPATH, buffer_id, in_port, actions, buf[start + actions_len :])
     msg.xid = xid
     return msg
@@ -208,8 +198,12 @@ def _multipart_request(buf: bytes, xid: int) -> Request:
 _PARSERS = {
     ofp.OFPT_BARRIER_REQUEST: _barrier,
     ofp.OFPT_MULTIPART_REQUEST: _multipart_request,
-    ofp.OFPT_GROUP_MOD: _group_mod,
-    ofp.OFPT_METER_MOD: _meter_mod,
+    ofp.OFPT_GROUP_MOD: _mod_parser(
+        parser.OFPGroupMod, "!HBxI", ofp.OFP_GROUP_MOD_SIZE, parser.OFPBucket.parser
+    ),  # command, type, group_id
+    ofp.OFPT_METER_MOD: _mod_parser(
+        parser.OFPMeterMod, "!HHI", ofp.OFP_METER_MOD_SIZE, parser.OFPMeterBandHeader.parser
+    ),  # command, flags, meter_id
     ofp.OFPT_PACKET_OUT: _packet_out,
 }
 
