@@ -32,7 +32,7 @@ from controller.flows import (
     set_field,
     write_metadata,
 )
-from controller.matches import CT_NEW, CT_TRK
+from controller.matches import CT_NEW, CT_TRK, port_masks
 from tests.fakeswitch import FakeSwitch, FakeSwitchError
 from tests.ofwire import DATAPATH, to_wire
 
@@ -106,6 +106,23 @@ CASES = {
         "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,nw_src=10.1.0.0/16 cookie:0xabc out_port:0 "
         "actions=set_field:00:00:00:00:00:09->eth_dst,set_field:10.0.0.9->ip_dst,"
         "set_field:4103->vlan_vid,set_field:0x3->reg0,write_metadata:0x8/0xff,goto_table:2",
+    ),
+    "a port range as value/mask pairs (controller.matches.port_masks), a masked ct_state": (
+        flow_mod(
+            flow(
+                2,
+                30,
+                {
+                    **IP4,
+                    "ip_proto": 6,
+                    "tcp_dst": port_masks(1024, 2047)[0],
+                    "ct_state": (CT_TRK, CT_TRK | CT_NEW),
+                },
+                apply(output(1)),
+            )
+        ),
+        "ADD table:2 priority=30,ct_state=-new+trk,tcp,tp_dst=0x400/0xfc00 out_port:0 "
+        "actions=output:1",
     ),
     "meter in kbps with a burst": (
         meter_mod(Meter(3, "kbps", 1000, 100)),
@@ -337,7 +354,9 @@ def test_same_priority_overlap_without_the_flag_is_a_controller_bug_unless_the_s
     assert sw.flow_count() == 3
 
 
-@pytest.mark.parametrize("name", [n for n in CASES if n.startswith(("ct", "snat", "masks"))])
+@pytest.mark.parametrize(
+    "name", [n for n in CASES if n.startswith(("ct", "snat", "masks", "a port"))]
+)
 def test_flows_read_back_from_the_fakes_bytes_equal_what_we_asked_for(name):
     """The controller's normalisation agrees with the switch's: masks, prefixes, ct_state,
     NAT, vlan set-field, metadata survive a trip through the stats reply's bytes unchanged."""
