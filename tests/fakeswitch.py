@@ -794,31 +794,39 @@ class FakeSwitch:
         if kind:
             side = 1 if kind & NX_NAT_F_SRC else 0  # the reply's destination, or its source
             taken = {k for (z, o), c in self.connections.items() if z == zone for k in (o, c.reply)}
-            start = reply[4]
-            if kind & NX_NAT_F_SRC and nat.port_min is not None:
-                lo, hi = nat.port_min, nat.port_max
-                start = start if lo <= start <= hi else lo
-            elif start < 512:
-                lo, hi = 1, 511
-            else:
-                lo, hi = (600, 1023) if start < 1024 else (1024, 65535)
             if kind & NX_NAT_F_DST and nat.port_min is not None:
                 reply[3] = nat.port_min
-            found = False
+            ports = self._nat_ports(reply[4], nat if kind & NX_NAT_F_SRC else None)
             for address in nat.addresses():
                 reply[side] = address
-                for i in range(min(128, hi - lo + 1)):
-                    reply[4] = lo + (start - lo + i) % (hi - lo + 1)
+                for port in ports:
+                    reply[4] = port
                     if tuple(reply) not in taken:
-                        found = True
                         break
-                if found:
-                    break
-            if not found:
+                else:
+                    continue
+                break
+            else:
                 return None
         conn = Connection(key, tuple(reply), nat=kind)
         self.connections[(zone, key)] = conn
         return conn
+
+    @staticmethod
+    def _nat_ports(start: int | None, snat: Nat | None) -> list[int | None]:
+        """The reply destination ports to try, in order: a source NAT's port range from the
+        original source port (or the range's first), else the original source port along its
+        class; just None for a packet without ports (ICMP)."""
+        if start is None:
+            return [None]
+        if snat is not None and snat.port_min is not None:
+            lo, hi = snat.port_min, snat.port_max
+            start = start if lo <= start <= hi else lo
+        elif start < 512:
+            lo, hi = 1, 511
+        else:
+            lo, hi = (600, 1023) if start < 1024 else (1024, 65535)
+        return [lo + (start - lo + i) % (hi - lo + 1) for i in range(min(128, hi - lo + 1))]
 
     @staticmethod
     def _translate(pkt: dict, conn: Connection, reply: bool) -> int:

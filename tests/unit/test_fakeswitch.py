@@ -332,6 +332,13 @@ def test_a_snat_with_no_free_reply_key_leaves_the_packet_new_and_untranslated():
     assert other["ct_state"] == CT_TRK | CT_NEW and len(sw.connections) == 1
 
 
+def test_snat_of_a_packet_without_ports_translates_the_address():
+    commit = conntrack(1, 2, commit=True, nested=(nat(src="10.0.100.10"),))
+    sw = ct_switch(flow(1, 0, IP4, apply(commit)), flow(2, 0, {}, apply(output(2))))
+    out = sent(sw, {**PKT, "ip_proto": 1})
+    assert out["ipv4_src"] == "10.0.100.10" and out["ct_state"] & CT_SNAT
+
+
 def test_one_nat_takes_src_or_dst_not_both():
     with pytest.raises(ValueError):
         nat("10.0.0.9", 80, src="10.0.100.10")
