@@ -53,10 +53,10 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller.flows import Flow, Group, Meter, flow_from_stats, group_from_desc, meter_from_config
 from tests.ofwire import (
     NX_VENDOR_ID,
+    FlowMod,
     Match,
     Request,
     WireError,
-    decode_match,
     flow_stats_body,
     group_desc_body,
     meter_config_body,
@@ -401,7 +401,7 @@ class FakeSwitch:
     def _apply_one(self, msg, xid) -> None:
         if isinstance(msg, (parser.ONFBundleCtrlMsg, parser.ONFBundleAddMsg)):
             self._bundle_msg(msg, xid)
-        elif isinstance(msg, parser.OFPFlowMod):
+        elif isinstance(msg, FlowMod):
             self._flow_mod(msg, xid)
         elif isinstance(msg, parser.OFPGroupMod):
             self._group_mod(msg)
@@ -423,24 +423,22 @@ class FakeSwitch:
         else:
             raise FakeSwitchError(f"unexpected message {type(msg).__name__}")
 
-    def _decode_flow(self, msg) -> Entry:
-        """The entry a flow-mod describes, checked as Open vSwitch checks it (ofpacts_check)."""
+    def _decode_flow(self, msg: FlowMod) -> Entry:
+        """The entry a flow-mod describes, its match checked as Open vSwitch checks it."""
         if not 0 <= msg.table_id < self.n_tables and msg.table_id != ofp.OFPTT_ALL:
             raise FakeSwitchError(f"table {msg.table_id} does not exist")
-        match, match_len = decode_match(msg.buf, ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE)
-        for name in match:
+        for name in msg.match:
             if name in _PREREQS:
                 need, values = _PREREQS[name]
-                have = match.get(need)
+                have = msg.match.get(need)
                 if have is None or have.mask is not None or have.value not in values:
-                    raise FakeSwitchError(f"{name} needs {need} in {values}, match is {match}")
-        start = ofp.OFP_FLOW_MOD_SIZE - ofp.OFP_MATCH_SIZE + match_len
+                    raise FakeSwitchError(f"{name} needs {need} in {values}, match is {msg.match}")
         return Entry(
             msg.table_id,
             msg.priority,
-            match,
-            list(msg.instructions),
-            bytes(msg.buf[start:]),
+            msg.match,
+            msg.instructions,
+            msg.instruction_bytes,
             msg.cookie,
             msg.idle_timeout,
             msg.hard_timeout,
