@@ -2,7 +2,9 @@
 
 Frames travel for real through the fake switches' tables: out of one port, into the peer's. LLDP
 packet-outs reach neighbours, packet-ins reach the core, and the core's replies are applied to the
-switches. A frame visiting more switches than STORM_LIMIT is a broadcast storm: the test fails.
+switches. Switches read the core's messages as bytes; their answers to its requests (port, flow,
+group and meter descriptions) are bytes parsed by os-ken and read as controller/shim.py reads a
+real switch's. A frame visiting more switches than STORM_LIMIT is a broadcast storm: the test fails.
 
 Hosts and VNFs treat VLAN-tagged frames as the lab's do (measured on the VNF lab, see
 docs/security.md, "Hosts and VLAN tags"): a host, a Linux network namespace with no 802.1Q
