@@ -10,7 +10,8 @@ exactly as the os-ken shim reads a real switch's replies: `flows()`, `groups`, `
 
 What Open vSwitch refuses it refuses, by raising FakeSwitchError:
 - a goto to the same or an earlier table, or past the last one; a table that does not exist;
-- a flow or bucket using a group or meter that does not exist; adding a group or meter twice;
+- a flow or bucket using a group or meter that does not exist; adding a group or meter twice
+  (deleting a group or meter deletes the flows that use it, as in Open vSwitch);
 - a match field without its prerequisite (ipv4_src without eth_type=0x0800, ...); a field
   twice; a masked value with bits outside its mask;
 - a ct(nat) in a flow that does not match IPv4 or IPv6 (OFPBAC_MATCH_INCONSISTENT); a nat with
@@ -574,6 +575,13 @@ class FakeSwitch:
             isinstance(a, parser.OFPActionGroup) and a.group_id == out_group for a in actions
         )
 
+    @staticmethod
+    def _metered(e: Entry, meter_id: int) -> bool:
+        return any(
+            isinstance(i, parser.OFPInstructionMeter) and i.meter_id == meter_id
+            for i in e.instructions
+        )
+
     def _group_mod(self, msg) -> None:
         if msg.command == ofp.OFPGC_DELETE:
             ids = list(self.group_table) if msg.group_id == ofp.OFPG_ALL else [msg.group_id]
@@ -599,8 +607,10 @@ class FakeSwitch:
     def _meter_mod(self, msg) -> None:
         if msg.command == ofp.OFPMC_DELETE:
             ids = list(self.meter_table) if msg.meter_id == ofp.OFPM_ALL else [msg.meter_id]
-            for mid in ids:
-                self.meter_table.pop(mid, None)
+            for mid in ids:  # Open vSwitch deletes the flows that use it (ofproto.c)
+                if self.meter_table.pop(mid, None) is not None:
+                    for table in self.tables:
+                        table[:] = [e for e in table if not self._metered(e, mid)]
             return
         _check_add_or_modify(
             "meter", msg.meter_id, msg.meter_id in self.meter_table, msg.command == ofp.OFPMC_ADD

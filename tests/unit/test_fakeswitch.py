@@ -9,6 +9,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller.flows import (
     OF13,
     Bucket,
+    Meter,
     WireFlowMod,
     apply,
     conntrack,
@@ -18,6 +19,8 @@ from controller.flows import (
     group,
     group_action,
     group_mod,
+    meter,
+    meter_mod,
     nat,
     output,
     packet_out,
@@ -184,6 +187,16 @@ def test_a_packet_out_is_done_with_the_actions_decoded_from_its_bytes():
     assert sw.packet_outs == [decoded] and decoded.in_port == 1
     ((port, pkt),) = sw.execute(dict(PKT), decoded.actions).outputs
     assert (port, pkt["eth_dst"]) == (3, "00:00:00:00:00:09")
+
+
+def test_deleting_a_meter_removes_flows_that_use_it():
+    sw = switch()
+    sw.apply([meter_mod(Meter(3, "pktps", 100))])
+    add(
+        sw, flow(0, 1, {}, meter(3), apply(output(2))), flow(0, 2, {"in_port": 1}, apply(output(2)))
+    )
+    sw.apply([meter_mod(Meter(3, "pktps", 100), ofp.OFPMC_DELETE)])
+    assert [f.priority for f in sw.flows()] == [2] and not sw.meters
 
 
 def test_all_group_copies_to_every_bucket():
