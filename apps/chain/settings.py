@@ -17,8 +17,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from apps.ms.settings import parse_endpoints
 from controller.config import LABELS, Config, register_schema
+from controller.endpoints import parse_endpoints
 
 MAX_CHAINS, MAX_HOPS, MAX_REPLICAS = 15, 4, 16  # what the VLAN tag of a hop can name
 

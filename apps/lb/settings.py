@@ -27,9 +27,8 @@ from apps.lb.routing import (
     parse_routing,
     short_host,
 )
-from apps.ms.model import Endpoint
-from apps.ms.settings import parse_endpoints
 from controller.config import Config, parsed_documents, register_schema
+from controller.endpoints import Endpoint, parse_endpoints
 
 LOG = logging.getLogger("osken_suite.canary")
 Network = ipaddress.IPv4Network
