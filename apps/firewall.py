@@ -167,10 +167,8 @@ class Firewall(SuiteApp):
         """Names of the ports where traffic enters the network (host-facing switch ports)."""
         names = set()
         for dpid in self.topology.switches():
-            conn = self.core.conns.get(dpid)
-            for port in self.topology.edge_ports(dpid) if conn else ():
-                if port in conn.ports:
-                    names.add(conn.ports[port].name)
+            ports = self.core.ports(dpid)
+            names.update(ports[p].name for p in self.topology.edge_ports(dpid) if p in ports)
         return names
 
     def _update_fastpath(self) -> None:

@@ -67,16 +67,16 @@ class ServiceChains(SuiteApp):
         """Every port named as a replica's, per switch, whole replica or not: frames from them
         must never be taken for a host's (or flooded on)."""
         return {
-            dpid: sorted(p.port_no for p in conn.ports.values() if parse_port(p.name))
-            for dpid, conn in self.core.conns.items()
+            dpid: sorted(p.port_no for p in self.core.ports(dpid).values() if parse_port(p.name))
+            for dpid in self.core.connected()
         }
 
     def replicas(self) -> dict[str, dict[int, Replica]]:
         """Deployment key -> replica number -> where both its ports are, live."""
         sides: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
-        for dpid, conn in self.core.conns.items():
+        for dpid in self.core.connected():
             live = set(self.topology.live_ports(dpid))
-            for port in conn.ports.values():
+            for port in self.core.ports(dpid).values():
                 parsed = parse_port(port.name)
                 if parsed and port.port_no in live:
                     key, r, side = parsed

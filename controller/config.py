@@ -30,6 +30,7 @@ import jsonschema
 import yaml
 import yamlcore
 
+from controller.errors import ConfigError, dotted
 from controller.inputs import check_plain, check_yaml, read_text
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -158,15 +159,6 @@ SCHEMAS: dict[str, dict] = {
 }
 
 
-class ConfigError(Exception):
-    """A config problem, located: str() gives 'file:line: field: what is wrong'."""
-
-    def __init__(self, path: str, line: int | None, where: str, message: str) -> None:
-        self.path, self.line, self.where, self.message = path, line, where, message
-        loc = f"{path}:{line}" if line else path
-        super().__init__(f"{loc}: {where + ': ' if where else ''}{message}")
-
-
 def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) -> None:
     """Record the line of every key and item; reject duplicate keys (YAML keeps one silently)."""
     lines[path] = node.start_mark.line + 1
@@ -206,13 +198,6 @@ def _compose(text: str) -> yaml.Node | None:
         except yaml.YAMLError:
             continue
     return None
-
-
-def dotted(path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.app import PacketIn, SuiteApp
+from controller.app import CoreView, PacketIn, SuiteApp
 from controller.config import Config, ConfigError
 from controller.desired import DesiredState
 from controller.discovery import Discovery
@@ -135,6 +135,15 @@ class Core:
         self._atomic = False  # set while a config is applied: changes go in bundles
         self.packet_in_limit = (PACKET_IN_RATE, PACKET_IN_BURST)
         self._stats_waiters: dict[int, SuiteApp] = {}
+        self.view = CoreView(
+            self.pipeline,
+            self.topology,
+            self.desired,
+            self.metrics,
+            self.conns,
+            self.send,
+            self.request_flow_stats,
+        )
 
     @property
     def settle_time(self) -> float:
@@ -146,7 +155,7 @@ class Core:
         for app in self.apps:
             if type(app) is app_cls:
                 return app
-        app = app_cls(self)
+        app = app_cls(self.view)
         self.apps.append(app)
         # What it runs with until a config is applied: its settings for an empty config.
         apps = {**self.settings.apps, app.name: app.parse_config(None, Config())}
