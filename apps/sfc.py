@@ -18,20 +18,21 @@ replicas by their port names, on whatever switch they are, and follows them as t
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 
 from apps.chain.compile import COOKIE, Compiler, Replica
-from apps.chain.settings import MAX_REPLICAS, Chain, parse_chains
+from apps.chain.settings import CHAINS_SCHEMA, MAX_REPLICAS, Chain, parse_chains
 from controller.app import SuiteApp
-from controller.shim import SuiteOSKenApp
 from vnf.naming import deployment_key, parse_port
 
 LOG = logging.getLogger("osken_suite.sfc")
-REQUIRES = ["apps.l2_learning"]
 
 
 class ServiceChains(SuiteApp):
     name = "sfc"
     config_section = "chains"
+    config_schemas = MappingProxyType({"chains": CHAINS_SCHEMA})
+    requires = ("apps.l2_learning",)  # forwarding comes from the L2 app
     cookie = COOKIE
 
     def __init__(self, core) -> None:
@@ -135,9 +136,3 @@ class ServiceChains(SuiteApp):
 
     def on_switch_ready(self, dpid: int, now: float) -> None:
         self._install()
-
-
-class ServiceChainsApp(SuiteOSKenApp):
-    """os-ken entry point: hosts ServiceChains in the shared controller core."""
-
-    suite_app = ServiceChains

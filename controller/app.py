@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 from controller.config import Config
 from controller.desired import DesiredState
@@ -108,7 +108,13 @@ class SuiteApp:
 
     name = "app"
     config_section: str | None = None
-    also_reads: tuple[str, ...] = ()  # other config sections it reads through `config`
+    # Every config section it reads (its own and any other it reads through `config`) -> the
+    # section's JSON Schema (controller/config.py's Validator: Draft 2020-12, ints are ints).
+    # The core checks them before `parse_config` runs; the core's own sections
+    # (controller/sections.py) are checked for every app and need no entry.
+    config_schemas: ClassVar[Mapping[str, dict]] = MappingProxyType({})
+    # Apps this one needs loaded too, as module names: osken-manager loads them first.
+    requires: ClassVar[tuple[str, ...]] = ()
     cookie: int = 0  # high byte of every flow cookie this app installs; identifies its flows
 
     def __init__(self, core: CoreView) -> None:

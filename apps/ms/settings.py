@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from apps.ms.policy import Policy, check_unique, parse_policy
-from controller.config import Config, parsed_documents, register_schema
+from controller.config import Config, DocumentCache
 from controller.endpoints import Endpoint, labels_of, parse_endpoints
 
-register_schema("policies", {"type": "array", "items": {"type": "string"}})
+POLICIES_SCHEMA = {"type": "array", "items": {"type": "string"}}  # files or folders
 
 
 @dataclass
@@ -32,10 +32,11 @@ def parse_namespaces(config: Config) -> dict[str, tuple]:
     return out
 
 
-def parse_microseg(section, config: Config) -> MicrosegSettings:
-    """Everything checked; the first problem is raised, located."""
+def parse_microseg(section, config: Config, documents: DocumentCache) -> MicrosegSettings:
+    """Everything checked; the first problem is raised, located. `documents` keeps what the
+    policy files parsed to, so a reload parses again only the files that changed."""
     settings = MicrosegSettings(parse_namespaces(config), parse_endpoints(config))
     for _, path in config.listed_files("policies"):
-        settings.policies += parsed_documents(path, parse_policy)
+        settings.policies += documents.parsed(path, parse_policy)
     check_unique(settings.policies)
     return settings
