@@ -33,9 +33,7 @@ def error_of(tmp_path, text, apps=(L2Learning,)):
 
 
 def test_valid_config_loads(tmp_path):
-    cfg = check(
-        write(tmp_path, "l2:\n  mac_age: 60\nendpoints:\n  - {name: a, ip: 10.0.0.1}\n")
-    )
+    cfg = check(write(tmp_path, "l2:\n  mac_age: 60\nendpoints:\n  - {name: a, ip: 10.0.0.1}\n"))
     assert cfg.section("l2") == {"mac_age": 60}
     assert cfg.section("firewall") is None
 
@@ -192,7 +190,5 @@ def test_label_values_are_strings_as_in_kubernetes(tmp_path):
         tmp_path, "endpoints:\n  - name: a\n    ip: 10.0.0.1\n    labels: {version: 1.10}\n"
     )
     assert msg.endswith("lab.yaml:4: endpoints[0].labels.version: 1.1 is not a string: quote it")
-    cfg = check(
-        write(tmp_path, "endpoints:\n  - {name: a, ip: 10.0.0.1, labels: {x: yes}}\n")
-    )
+    cfg = check(write(tmp_path, "endpoints:\n  - {name: a, ip: 10.0.0.1, labels: {x: yes}}\n"))
     assert cfg.section("endpoints")[0]["labels"] == {"x": "yes"}
