@@ -127,7 +127,7 @@ class SuiteApp:
 
         Runs before anything is applied, and again for `osken-manager --check`: it must not
         change the app, the core or the switches. `config` is the whole config, for sections
-        named in `also_reads` and for located errors (`config.error(where, message)`).
+        in `config_schemas` and for located errors (`config.error(where, message)`).
 
         Raises:
             ConfigError: the section is not usable; the message names file, line and field.
