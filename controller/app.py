@@ -1,7 +1,15 @@
 """The interface every suite app implements: plain Python, driven by the core, no os-ken inside.
 
-An app reads the topology, states the flows it wants through `self.desired`, and reacts to events.
-Every hook gets `now` from the caller and never reads the clock, so tests control time.
+An app is one `SuiteApp` subclass in its own file, and that is all the file needs: its name, the
+config sections it reads with their JSON Schemas, and the apps it requires are class data
+(`name`, `config_section`, `config_schemas`, `requires`); its behaviour is the hooks below.
+`osken-manager path/to/app.py` (or `package.module`) loads it, and the apps it requires first,
+into the one shared core (controller/host.py); the pipeline declares its table.
+
+An app reads the core through a `CoreView` (`self.core`): the pipeline, the topology, the
+desired state, metrics, each switch's ports, and two requests (packet-outs, flow counters). It
+states the flows it wants through `self.desired`, and reacts to events. Every hook gets `now`
+from the caller and never reads the clock, so tests control time.
 
 A config is taken in two steps: `parse_config` turns the app's section into a settings value
 (everything that can be wrong with the input is found here, and nothing in the app changes);
