@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import struct
+from types import MappingProxyType
 
 from os_ken.lib.packet import arp, ethernet, packet
 
@@ -35,14 +36,20 @@ from apps.lb.compile import (
     service_tag,
     vip_mac,
 )
-from apps.lb.settings import Backend, LbSettings, Service, parse_services
+from apps.lb.settings import (
+    ROUTING_SCHEMA,
+    SERVICES_SCHEMA,
+    Backend,
+    LbSettings,
+    Service,
+    parse_services,
+)
 from apps.lb.weights import SmoothWeighted
 from controller.app import PacketIn, SuiteApp
+from controller.config import DocumentCache
 from controller.flows import Flow, group_action, output, packet_out
-from controller.shim import SuiteOSKenApp
 
 LOG = logging.getLogger("osken_suite.canary")
-REQUIRES = ["apps.l2_learning"]
 ARP_PROBE_INTERVAL = 2.0
 MAX_LEARNED = 65536  # IP -> MAC entries kept from ARP
 # A backend taken out of the config keeps its translation flows this long: its connections
@@ -82,12 +89,14 @@ def arp_frame(op: int, src_mac: str, src_ip: str, dst_mac: str, dst_ip: str) -> 
 class Canary(SuiteApp):
     name = "canary"
     config_section = "services"
-    also_reads = ("routing",)
+    config_schemas = MappingProxyType({"services": SERVICES_SCHEMA, "routing": ROUTING_SCHEMA})
+    requires = ("apps.l2_learning",)  # forwarding comes from the L2 app
     cookie = COOKIE
 
     def __init__(self, core) -> None:
         super().__init__(core)
         self.compiler = Compiler(core.pipeline)
+        self.documents = DocumentCache()  # routing files parsed at earlier loads
         self.settings = LbSettings()
         # IP -> MAC of every host heard in ARP, so a backend added later is ready at once.
         self.learned_macs: dict[str, str] = {}
@@ -115,7 +124,7 @@ class Canary(SuiteApp):
     # --- config --------------------------------------------------------------------------------
 
     def parse_config(self, section, config) -> LbSettings:
-        settings = parse_services(section, config)
+        settings = parse_services(section, config, self.documents)
         for i, s in enumerate(settings.services):
             if len(s.backends) > MAX_BACKENDS or len(s.routes) > MAX_ROUTES:
                 raise config.error(
@@ -431,9 +440,3 @@ class Canary(SuiteApp):
                         ports = sorted(self.topology.edge_ports(dpid))
                         if ports:
                             self.core.send(dpid, [packet_out(frame, [output(p) for p in ports])])
-
-
-class CanaryApp(SuiteOSKenApp):
-    """os-ken entry point: hosts Canary in the shared controller core."""
-
-    suite_app = Canary

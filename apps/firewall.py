@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
+from types import MappingProxyType
 
 from apps.fw.compile import BLOCKED_ID, COOKIE, MAX_RULES, Compiler
 from apps.fw.fastpath import FastPath
-from apps.fw.rules import FirewallSettings, Rule, parse_firewall
+from apps.fw.rules import FIREWALL_SCHEMA, FirewallSettings, Rule, RuleCache, parse_firewall
 from controller.app import SuiteApp
-from controller.shim import SuiteOSKenApp
 
 LOG = logging.getLogger("osken_suite.firewall")
-REQUIRES = ["apps.l2_learning"]  # forwarding comes from the L2 app; osken-manager loads it too
 APP_MASK = 0xFF << 56
 
 
 class Firewall(SuiteApp):
     name = "firewall"
     config_section = "firewall"
+    config_schemas = MappingProxyType({"firewall": FIREWALL_SCHEMA})
+    requires = ("apps.l2_learning",)  # forwarding comes from the L2 app
     cookie = COOKIE
 
     def __init__(self, core) -> None:
@@ -36,6 +37,7 @@ class Firewall(SuiteApp):
         self.table = core.pipeline.table("firewall")
         self.compiler = Compiler(self.table)
         self.settings = FirewallSettings()
+        self.rule_cache = RuleCache()  # rules parsed at earlier loads, for this app's reloads
         self.rules: list[tuple[Hashable, int, Rule]] = []  # (key, priority, rule), in order
         self.active: dict[Hashable, bool] = {}
         self.counts: dict[tuple[int, int], tuple[int, int]] = {}  # (dpid, prio) -> packets, bytes
@@ -61,7 +63,7 @@ class Firewall(SuiteApp):
     # --- config --------------------------------------------------------------------------------
 
     def parse_config(self, section, config) -> FirewallSettings:
-        settings = parse_firewall(section, config)
+        settings = parse_firewall(section, config, self.rule_cache)
         if len(settings.rules) > MAX_RULES:
             raise config.error(
                 ("firewall",),
@@ -98,8 +100,8 @@ class Firewall(SuiteApp):
     def _edit_in_place(self, settings: FirewallSettings, now: float) -> bool:
         """Rules edited where they stand: each new rule takes its predecessor's priority.
 
-        Unchanged rules are the very objects of the last load (rules.parse_rules), so the
-        edited ones are found by identity, and the work is per edited rule, not per rule.
+        A rule is edited when its text or its place changed (compared by value: `Rule.text` is
+        the rule as written); the work is per edited rule, not per rule.
         """
         old = self.settings
         if (len(settings.rules), settings.default, settings.blocked, settings.stateful) != (
@@ -110,7 +112,9 @@ class Firewall(SuiteApp):
         ) or not self.rules:
             return False
         edited = [
-            i for i, (a, b) in enumerate(zip(settings.rules, old.rules, strict=True)) if a is not b
+            i
+            for i, (a, b) in enumerate(zip(settings.rules, old.rules, strict=True))
+            if (a.text, a.origin) != (b.text, b.origin)
         ]
         texts = {k[0] for k, _, _ in self.rules}
         new_texts = [settings.rules[i].text for i in edited]
@@ -167,10 +171,8 @@ class Firewall(SuiteApp):
         """Names of the ports where traffic enters the network (host-facing switch ports)."""
         names = set()
         for dpid in self.topology.switches():
-            conn = self.core.conns.get(dpid)
-            for port in self.topology.edge_ports(dpid) if conn else ():
-                if port in conn.ports:
-                    names.add(conn.ports[port].name)
+            ports = self.core.ports(dpid)
+            names.update(ports[p].name for p in self.topology.edge_ports(dpid) if p in ports)
         return names
 
     def _update_fastpath(self) -> None:
@@ -265,9 +267,3 @@ class Firewall(SuiteApp):
                     packets,
                 )
             self._logged[rule_id] = packets
-
-
-class FirewallApp(SuiteOSKenApp):
-    """os-ken entry point: hosts Firewall in the shared controller core."""
-
-    suite_app = Firewall

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from types import MappingProxyType
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
@@ -34,7 +35,6 @@ from controller.flows import (
     output,
     to_controller,
 )
-from controller.shim import SuiteOSKenApp
 
 LOG = logging.getLogger("osken_suite.l2")
 
@@ -46,11 +46,17 @@ FLOOD_PRIORITY = 10  # forwarding: by in_port, out along the tree and to edge po
 PACKET_IN_BYTES = 128  # headers are all we need to learn
 DEFAULT_MAC_AGE = 300
 ECMP_GROUP_BASE = 0x0200_0000  # + the destination switch's dpid (low 24 bits)
+L2_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"mac_age": {"type": "integer", "minimum": 1, "maximum": 65535}},
+}
 
 
 class L2Learning(SuiteApp):
     name = "l2_learning"
     config_section = "l2"
+    config_schemas = MappingProxyType({"l2": L2_SCHEMA})
     cookie = COOKIE
 
     def __init__(self, core) -> None:
@@ -201,9 +207,3 @@ class L2Learning(SuiteApp):
             ]
             flows[dpid] = mine
         self.desired.put(("l2", "flood"), flows)
-
-
-class L2LearningApp(SuiteOSKenApp):
-    """os-ken entry point: hosts L2Learning in the shared controller core."""
-
-    suite_app = L2Learning

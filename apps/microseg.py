@@ -21,16 +21,16 @@ import ipaddress
 import logging
 import struct
 from collections.abc import Hashable
+from types import MappingProxyType
 
 from apps.ms.compile import BOUND, COOKIE, CT_ZONE, Compiler, verdicts
 from apps.ms.model import IdentityAllocator, World, build_world
-from apps.ms.settings import MicrosegSettings, parse_microseg
+from apps.ms.settings import POLICIES_SCHEMA, MicrosegSettings, parse_microseg
 from controller.app import PacketIn, SuiteApp
+from controller.config import DocumentCache
 from controller.flows import Flow, ct_flush_zone
-from controller.shim import SuiteOSKenApp
 
 LOG = logging.getLogger("osken_suite.microseg")
-REQUIRES = ["apps.l2_learning"]
 SPOOF_LOG_INTERVAL = 10.0
 
 
@@ -54,11 +54,14 @@ def claimed_source(data: bytes) -> str | None:
 class Microseg(SuiteApp):
     name = "microseg"
     config_section = "policies"
+    config_schemas = MappingProxyType({"policies": POLICIES_SCHEMA})
+    requires = ("apps.l2_learning",)  # forwarding comes from the L2 app
     cookie = COOKIE
 
     def __init__(self, core) -> None:
         super().__init__(core)
         self.compiler = Compiler(core.pipeline)
+        self.documents = DocumentCache()  # policy files parsed at earlier loads
         self.allocator = IdentityAllocator()
         self.settings = MicrosegSettings()
         self.world = World()
@@ -82,7 +85,7 @@ class Microseg(SuiteApp):
     # --- config --------------------------------------------------------------------------------
 
     def parse_config(self, section, config) -> MicrosegSettings:
-        settings = parse_microseg(section, config)
+        settings = parse_microseg(section, config, self.documents)
         identities = {(e.namespace, e.labels) for e in settings.endpoints}
         if len(identities) > IdentityAllocator.MAX:
             raise config.error(
@@ -250,9 +253,3 @@ class Microseg(SuiteApp):
                 LOG.info("microseg: %s unbound: switch %016x port %d is gone", ip, dpid, port)
                 del self.bindings[ip]
         self._install_all()
-
-
-class MicrosegApp(SuiteOSKenApp):
-    """os-ken entry point: hosts Microseg in the shared controller core."""
-
-    suite_app = Microseg

@@ -18,20 +18,21 @@ replicas by their port names, on whatever switch they are, and follows them as t
 from __future__ import annotations
 
 import logging
+from types import MappingProxyType
 
 from apps.chain.compile import COOKIE, Compiler, Replica
-from apps.chain.settings import MAX_REPLICAS, Chain, parse_chains
+from apps.chain.settings import CHAINS_SCHEMA, MAX_REPLICAS, Chain, parse_chains
 from controller.app import SuiteApp
-from controller.shim import SuiteOSKenApp
 from vnf.naming import deployment_key, parse_port
 
 LOG = logging.getLogger("osken_suite.sfc")
-REQUIRES = ["apps.l2_learning"]
 
 
 class ServiceChains(SuiteApp):
     name = "sfc"
     config_section = "chains"
+    config_schemas = MappingProxyType({"chains": CHAINS_SCHEMA})
+    requires = ("apps.l2_learning",)  # forwarding comes from the L2 app
     cookie = COOKIE
 
     def __init__(self, core) -> None:
@@ -67,16 +68,16 @@ class ServiceChains(SuiteApp):
         """Every port named as a replica's, per switch, whole replica or not: frames from them
         must never be taken for a host's (or flooded on)."""
         return {
-            dpid: sorted(p.port_no for p in conn.ports.values() if parse_port(p.name))
-            for dpid, conn in self.core.conns.items()
+            dpid: sorted(p.port_no for p in self.core.ports(dpid).values() if parse_port(p.name))
+            for dpid in self.core.connected()
         }
 
     def replicas(self) -> dict[str, dict[int, Replica]]:
         """Deployment key -> replica number -> where both its ports are, live."""
         sides: dict[tuple[str, int], dict[str, tuple[int, int]]] = {}
-        for dpid, conn in self.core.conns.items():
+        for dpid in self.core.connected():
             live = set(self.topology.live_ports(dpid))
-            for port in conn.ports.values():
+            for port in self.core.ports(dpid).values():
                 parsed = parse_port(port.name)
                 if parsed and port.port_no in live:
                     key, r, side = parsed
@@ -135,9 +136,3 @@ class ServiceChains(SuiteApp):
 
     def on_switch_ready(self, dpid: int, now: float) -> None:
         self._install()
-
-
-class ServiceChainsApp(SuiteOSKenApp):
-    """os-ken entry point: hosts ServiceChains in the shared controller core."""
-
-    suite_app = ServiceChains

@@ -1,7 +1,15 @@
 """The interface every suite app implements: plain Python, driven by the core, no os-ken inside.
 
-An app reads the topology, states the flows it wants through `self.desired`, and reacts to events.
-Every hook gets `now` from the caller and never reads the clock, so tests control time.
+An app is one `SuiteApp` subclass in its own file, and that is all the file needs: its name, the
+config sections it reads with their JSON Schemas, and the apps it requires are class data
+(`name`, `config_section`, `config_schemas`, `requires`); its behaviour is the hooks below.
+`osken-manager path/to/app.py` (or `package.module`) loads it, and the apps it requires first,
+into the one shared core (controller/host.py); the pipeline declares its table.
+
+An app reads the core through a `CoreView` (`self.core`): the pipeline, the topology, the
+desired state, metrics, each switch's ports, and two requests (packet-outs, flow counters). It
+states the flows it wants through `self.desired`, and reacts to events. Every hook gets `now`
+from the caller and never reads the clock, so tests control time.
 
 A config is taken in two steps: `parse_config` turns the app's section into a settings value
 (everything that can be wrong with the input is found here, and nothing in the app changes);
@@ -12,14 +20,18 @@ logged and counted (`osken_app_errors_total{app,hook}`); the other apps still ge
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
+from controller.config import Config
+from controller.desired import DesiredState
 from controller.flows import Flow
-
-if TYPE_CHECKING:
-    from controller.config import Config
-    from controller.core import Core
+from controller.metrics import Metrics
+from controller.pipeline import Pipeline
+from controller.switch import PortInfo, SwitchConn
+from controller.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -36,15 +48,84 @@ class PacketIn:
     eth_type: int
 
 
+class CoreView:
+    """What an app sees of the core: read-only state, and the few requests it may make.
+
+    Apps get one as `self.core` (and its `topology` and `desired` as attributes of their own).
+    They never hold the core itself: switch connections, sync phases, xids and installed flows
+    are the core's business.
+
+    Attributes:
+        pipeline: the tables and their stages (`pipeline.table("firewall")` is a table id).
+        topology: switches, links, ports and hosts (controller/topology.py); read, do not edit,
+            except for hosts an app has learned.
+        desired: where an app states the flows, groups and meters it wants, under its owner key
+            (controller/desired.py).
+        metrics: the Prometheus registry, to make an app's own counters and gauges.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        topology: Topology,
+        desired: DesiredState,
+        metrics: Metrics,
+        conns: Mapping[int, SwitchConn],
+        send: Callable[[int, list], None],
+        request_flow_stats: Callable[[SuiteApp, int, int, int, int], None],
+    ) -> None:
+        self.pipeline = pipeline
+        self.topology = topology
+        self.desired = desired
+        self.metrics = metrics
+        self._conns = conns
+        self._send = send
+        self._request_flow_stats = request_flow_stats
+
+    def connected(self) -> list[int]:
+        """The dpids of every connected switch, in any phase, ascending."""
+        return sorted(self._conns)
+
+    def ready(self, dpid: int) -> bool:
+        """Whether switch `dpid` is connected, synced and settled (its flows are kept in sync)."""
+        conn = self._conns.get(dpid)
+        return conn is not None and conn.phase == "ready"
+
+    def ports(self, dpid: int) -> Mapping[int, PortInfo]:
+        """Port number -> PortInfo (name, hardware address, live) of switch `dpid`, as the
+        switch last reported them; empty for a switch that is not connected. Read-only."""
+        conn = self._conns.get(dpid)
+        return MappingProxyType(conn.ports) if conn is not None else MappingProxyType({})
+
+    def send(self, dpid: int, msgs: list) -> None:
+        """Queue messages that are not flows (packet-outs, a conntrack flush) for switch `dpid`;
+        they go out when the current event is handled. Flows go through `desired`."""
+        self._send(dpid, msgs)
+
+    def request_flow_stats(
+        self, app: SuiteApp, dpid: int, table: int, cookie: int = 0, cookie_mask: int = 0
+    ) -> None:
+        """Ask switch `dpid` for the counters of `table`'s flows whose cookie matches
+        (`cookie`/`cookie_mask`, OpenFlow 1.3 ofp_flow_stats_request); the reply arrives, maybe
+        in parts, at `app.on_flow_stats`. Nothing happens for a switch that is not connected."""
+        self._request_flow_stats(app, dpid, table, cookie, cookie_mask)
+
+
 class SuiteApp:
     """Base class: override the hooks you need. `config_section` names the config key you read."""
 
     name = "app"
     config_section: str | None = None
-    also_reads: tuple[str, ...] = ()  # other config sections it reads through `config`
+    # Every config section it reads (its own and any other it reads through `config`) -> the
+    # section's JSON Schema (controller/config.py's Validator: Draft 2020-12, ints are ints).
+    # The core checks them before `parse_config` runs; the core's own sections
+    # (controller/sections.py) are checked for every app and need no entry.
+    config_schemas: ClassVar[Mapping[str, dict]] = MappingProxyType({})
+    # Apps this one needs loaded too, as module names: osken-manager loads them first.
+    requires: ClassVar[tuple[str, ...]] = ()
     cookie: int = 0  # high byte of every flow cookie this app installs; identifies its flows
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: CoreView) -> None:
         self.core = core
         self.topology = core.topology
         self.desired = core.desired
@@ -54,7 +135,7 @@ class SuiteApp:
 
         Runs before anything is applied, and again for `osken-manager --check`: it must not
         change the app, the core or the switches. `config` is the whole config, for sections
-        named in `also_reads` and for located errors (`config.error(where, message)`).
+        in `config_schemas` and for located errors (`config.error(where, message)`).
 
         Raises:
             ConfigError: the section is not usable; the message names file, line and field.

@@ -25,6 +25,7 @@ import sys
 import time
 
 EXIT_USAGE = 2
+OFP_HANDLER = "os_ken.controller.ofp_handler"
 LOG = logging.getLogger("osken_suite.cli")
 
 
@@ -123,8 +124,24 @@ def module_name(app: str) -> str:
     return ".".join(parts)
 
 
+def suite_apps(module) -> list[type]:
+    """The suite apps a module defines (SuiteApp subclasses of its own), in source order."""
+    from controller.app import SuiteApp
+
+    own = [
+        c
+        for c in vars(module).values()
+        if inspect.isclass(c)
+        and issubclass(c, SuiteApp)
+        and c is not SuiteApp
+        and c.__module__ == module.__name__
+    ]
+    return sorted(own, key=lambda c: inspect.getsourcelines(c)[1])
+
+
 def import_app(app: str):
-    """Import an app module and return it; it must define an os-ken app class of its own."""
+    """Import an app module and return it; it must define a suite app (a SuiteApp subclass)
+    or an os-ken app class of its own."""
     from os_ken.base.app_manager import OSKenApp
 
     from controller.ryu_compat import RyuModuleGone
@@ -143,22 +160,23 @@ def import_app(app: str):
         for _, c in inspect.getmembers(module, inspect.isclass)
         if issubclass(c, OSKenApp) and c.__module__ == module.__name__
     ]
-    if not own:
-        raise LaunchError(f"unknown app {app!r}: it defines no os-ken app class")
+    if not own and not suite_apps(module):
+        raise LaunchError(f"unknown app {app!r}: it defines no suite app or os-ken app class")
     return module
 
 
 def import_apps(apps: list[str]) -> list:
-    """Import every app and, first, the apps it names in REQUIRES; each module once. Apps that
-    import `ryu` get it aliased to os-ken (controller/ryu_compat.py); classic apps cannot be
-    mixed with suite apps."""
+    """Import every app and, first, the apps its suite apps name in `requires`; each module
+    once. Apps that import `ryu` get it aliased to os-ken (controller/ryu_compat.py); classic
+    apps cannot be mixed with suite apps."""
     from controller import ryu_compat
 
     alias = ryu_compat.install()
     modules: list = []
     for app in apps:
         module = import_app(app)
-        for dep in [*getattr(module, "REQUIRES", ()), None]:
+        required = [name for cls in suite_apps(module) for name in cls.requires]
+        for dep in [*required, None]:
             m = module if dep is None else import_app(dep)
             if all(m is not other for other in modules):
                 modules.append(m)
@@ -177,15 +195,12 @@ def check_config(path: str | None, modules: list):
     """Load the config and let every suite app check its section, before anything starts."""
     from controller.config import Config, ConfigError, load_config
     from controller.core import Core
-    from controller.shim import SuiteOSKenApp
 
     try:
         config = load_config(path) if path else Config()
         core = Core()
-        for module in modules:
-            for _, cls in inspect.getmembers(module, inspect.isclass):
-                if issubclass(cls, SuiteOSKenApp) and cls.suite_app is not None:
-                    core.add_app(cls.suite_app)
+        for cls in [c for module in modules for c in suite_apps(module)]:
+            core.add_app(cls)
         core.parse(config, warn=False)  # the controller itself warns once, at start
     except ConfigError as exc:
         raise LaunchError(f"bad config: {exc}") from None
@@ -201,21 +216,19 @@ def check_port(host: str, port: int) -> None:
             raise LaunchError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def _install_signals() -> None:
-    def stop(signum, _frame):
-        from controller.shim import CoreApp
+def _install_signals(running: list) -> None:
+    """SIGTERM/SIGINT stop, SIGHUP reloads; `running` holds the suite's CoreApp once made."""
 
+    def stop(signum, _frame):
         LOG.info("%s: stopping", signal.Signals(signum).name)
-        if CoreApp.instance is not None:
-            CoreApp.instance.core.shutdown()
+        for core_app in running:
+            core_app.core.shutdown()
         logging.shutdown()
         os._exit(0)
 
     def reload(_signum, _frame):
-        from controller.shim import CoreApp
-
-        if CoreApp.instance is not None:
-            CoreApp.instance.request_reload()
+        for core_app in running:
+            core_app.request_reload()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -227,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    _install_signals()
+    running: list = []  # the suite's CoreApp, once os-ken has made it
+    _install_signals(running)
     modules = import_apps(args.apps)
     config = check_config(args.config, modules)
     tls = tls_options(args)
@@ -260,15 +274,19 @@ def run(args: argparse.Namespace) -> int:
         cfg.CONF(args=oslo_args, project="os_ken")
     except oslo_cfg.Error as exc:
         raise LaunchError(f"bad config file: {exc}") from None
-    shim.RUNTIME.config = config
-    shim.RUNTIME.prometheus_port = args.prometheus_port
-
     # A controller keeps tens of thousands of long-lived flow objects; the default thresholds
     # would rescan them all many times a second under a packet-in storm.
     gc.set_threshold(50_000, 50, 100)
+    suite = [cls for module in modules for cls in suite_apps(module)]
+    classic = [m.__name__ for m in modules if not suite_apps(m)]
     manager = AppManager.get_instance()
-    manager.load_apps([m.__name__ for m in modules] + ["os_ken.controller.ofp_handler"])
+    # Suite apps are plain Python: one os-ken app (controller/host.py) hosts them all.
+    manager.load_apps(classic + (["controller.host"] if suite else []) + [OFP_HANDLER])
     contexts = manager.create_contexts()
+    if suite:
+        core_app = contexts[shim.CONTEXT]
+        core_app.setup(shim.RuntimeOptions(config, args.prometheus_port), suite)
+        running.append(core_app)
     with ryu_compat.eventlet_start_order():
         threads = manager.instantiate_apps(**contexts)
     LOG.info(

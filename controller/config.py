@@ -7,8 +7,9 @@ strings, `010` is ten and `0o10` eight; `<<` merge keys work as in Kubernetes' r
 duplicate key is an error. docs/semantics.md has the table, tests/unit/test_config.py the cases.
 
 Every error names the file, the line and the field, e.g.
-``lab.yaml:7: l2.mac_age: -3 is less than the minimum of 1``. Sections belong to apps; an app
-registers the schema of its section, and later issues add theirs.
+``lab.yaml:7: l2.mac_age: -3 is less than the minimum of 1``. Sections belong to the core or to
+an app, which declares their schemas as class data (`SuiteApp.config_schemas`);
+`SectionChecker` checks them, and `Core.parse` decides which sections a config may have.
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "lab.yaml")
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ import jsonschema
 import yaml
 import yamlcore
 
+from controller.errors import ConfigError, dotted
 from controller.inputs import check_plain, check_yaml, read_text
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -89,83 +91,6 @@ OBJECT_HEADER = {
     },
 }
 
-SCHEMAS: dict[str, dict] = {
-    # Shared by the policy apps: the hosts and namespaces that policies speak about.
-    "namespaces": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": {"name": {"type": "string"}, "labels": LABELS},
-        },
-    },
-    "endpoints": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "required": ["name", "ip"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string"},
-                "namespace": {"type": "string"},
-                "ip": {"type": "string"},
-                "mac": {"type": "string"},
-                "labels": LABELS,
-                "ports": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["port"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string"},
-                            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                            "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
-                        },
-                    },
-                },
-            },
-        },
-    },
-    "l2": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {"mac_age": {"type": "integer", "minimum": 1, "maximum": 65535}},
-    },
-    "discovery": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "probation": {"type": "number", "minimum": 0, "maximum": 60},
-            "lldp_interval": {"type": "number", "minimum": 0.1, "maximum": 3600},
-        },
-    },
-    "controller": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "packet_in_rate": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
-            "packet_in_burst": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
-        },
-    },
-    # Sections whose apps arrive with later issues: the contract names them, their apps will
-    # tighten these schemas.
-    "firewall": {"type": "object"},
-    "policies": {"type": "array", "items": {"type": "string"}},
-    "services": {"type": "array", "items": {"type": "object"}},
-    "routing": {"type": "array", "items": {"type": "string"}},
-}
-
-
-class ConfigError(Exception):
-    """A config problem, located: str() gives 'file:line: field: what is wrong'."""
-
-    def __init__(self, path: str, line: int | None, where: str, message: str) -> None:
-        self.path, self.line, self.where, self.message = path, line, where, message
-        loc = f"{path}:{line}" if line else path
-        super().__init__(f"{loc}: {where + ': ' if where else ''}{message}")
-
 
 def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], file: str) -> None:
     """Record the line of every key and item; reject duplicate keys (YAML keeps one silently)."""
@@ -206,13 +131,6 @@ def _compose(text: str) -> yaml.Node | None:
         except yaml.YAMLError:
             continue
     return None
-
-
-def dotted(path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 @dataclass
@@ -324,25 +242,31 @@ def load_documents(path: str, text: str | None = None) -> list[Document]:
     return docs
 
 
-_PARSED: dict[tuple[str, Callable], tuple[str, list]] = {}
+class DocumentCache:
+    """What a parser made of each YAML file, kept until the file's text changes.
 
+    Owned by whoever parses (an app keeps one for its lifetime), so a reload that edits one
+    file does not parse the others again, and `--check`, with an app of its own, parses afresh.
+    (Text, not modification time: two edits within the clock's tick, of the same size, still
+    count.)
+    """
 
-def parsed_documents(path: str, parse: Callable[[Document], Iterable]) -> list:
-    """Everything `parse` makes of each YAML document in `path`, worked out again only when the
-    file's text changed: a reload that edits one file does not parse the others again. (Text,
-    not modification time: two edits within the clock's tick, of the same size, still count.)"""
-    text = read_text(path)
-    cached = _PARSED.get((path, parse))
-    if cached is not None and cached[0] == text:
-        return cached[1]
-    out = [item for doc in load_documents(path, text) for item in parse(doc)]
-    _PARSED[(path, parse)] = (text, out)
-    return out
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[str, Callable], tuple[str, list]] = {}
 
+    def parsed(self, path: str, parse: Callable[[Document], Iterable]) -> list:
+        """Everything `parse` makes of each YAML document in `path`, in order.
 
-def register_schema(section: str, schema: dict) -> None:
-    """An app states the schema of its config section (replacing any placeholder)."""
-    SCHEMAS[section] = schema
+        Raises:
+            ConfigError: the file cannot be read or parsed, or `parse` refused a document.
+        """
+        text = read_text(path)
+        cached = self._parsed.get((path, parse))
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        out = [item for doc in load_documents(path, text) for item in parse(doc)]
+        self._parsed[(path, parse)] = (text, out)
+        return out
 
 
 @dataclass
@@ -392,45 +316,72 @@ class Config(Document):
 
 
 def load_config(path: str) -> Config:
-    """Read and check a config file; raise ConfigError naming the file, line and field."""
+    """Read a config file: YAML whose top level is a mapping of sections.
+
+    Only the file is checked here; its sections are checked against the schemas of the core
+    and of the loaded apps by `Core.parse` (`SectionChecker`), so what is valid depends on the
+    apps loaded, never on the modules imported.
+
+    Raises:
+        ConfigError: unreadable, not YAML, or not a mapping; naming the file, line and field.
+    """
     doc = load_document(path)
     cfg = Config(path, doc.data, doc.text)
     if not isinstance(cfg.data, dict):
         raise cfg.error((), "the top level must be a mapping of sections")
-    shallow = {k: _without_items(v) for k, v in SCHEMAS.items()}
-    cfg.validate({"type": "object", "properties": shallow, "additionalProperties": False})
-    for section, schema in SCHEMAS.items():
-        if shallow[section] is not schema and section in cfg.data:
-            _validate_items(cfg, section, schema["items"])
     return cfg
 
 
-def _without_items(schema: dict) -> dict:
-    """A list section's schema minus its items, which _validate_items checks one at a time."""
+class SectionChecker:
+    """Checks a config's sections against their JSON Schemas, located (file, line, field).
+
+    A list section's items are checked one at a time, and those valid at this checker's last
+    check are not checked again: a reload that edits one of a thousand endpoints checks one.
+    One checker per core: what it remembers lives exactly as long as the core.
+    """
+
+    def __init__(self) -> None:
+        self._valid: dict[str, tuple[Mapping, set[str]]] = {}  # section -> (schema, items)
+
+    def check(self, config: Config, schemas: Mapping[str, Mapping]) -> None:
+        """Check every section named in `schemas` that `config` has; other sections are the
+        caller's to judge. The first error, outermost first, is raised.
+
+        Raises:
+            ConfigError: naming the file, the line and the field.
+        """
+        present = {k: v for k, v in config.data.items() if k in schemas}
+        shallow = {k: _without_items(schemas[k]) for k in present}
+        Document(config.path, present).validate(
+            {"type": "object", "properties": shallow}, lines_from=config
+        )
+        for section in present:
+            if shallow[section] is not schemas[section]:
+                self._check_items(config, section, schemas[section])
+
+    def _check_items(self, config: Config, section: str, schema: Mapping) -> None:
+        last_schema, seen = self._valid.get(section, (None, set()))
+        if last_schema is not schema:
+            seen = set()
+        validator = Validator(schema["items"])
+        valid = set()
+        for i, item in enumerate(config.data[section]):
+            key = json.dumps(item, sort_keys=True)  # plain JSON (inputs.check_plain): exact
+            if key not in seen:
+                error = next(iter(validator.iter_errors(item)), None)
+                if error is not None:
+                    Document(config.path, item).validate(
+                        schema["items"], (section, i), lines_from=config
+                    )
+            valid.add(key)
+        self._valid[section] = (schema, valid)
+
+
+def _without_items(schema: Mapping) -> Mapping:
+    """A list section's schema minus its items, which _check_items checks one at a time."""
     if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
         return {k: v for k, v in schema.items() if k != "items"}
     return schema
-
-
-# (section, its item schema) -> the items (as JSON) found valid at the last load
-_VALID_ITEMS: dict[tuple[str, int], set[str]] = {}
-
-
-def _validate_items(cfg: Config, section: str, schema: dict) -> None:
-    """Each item of a list section against its schema, except those valid at the last load:
-    a reload that edits one of a thousand endpoints checks one."""
-    cache_key = (section, id(schema))  # a schema registered later starts afresh
-    seen = _VALID_ITEMS.get(cache_key, set())
-    validator = Validator(schema)
-    valid = set()
-    for i, item in enumerate(cfg.data[section]):
-        key = json.dumps(item, sort_keys=True)  # plain JSON (inputs.check_plain): exact
-        if key not in seen:
-            error = next(iter(validator.iter_errors(item)), None)
-            if error is not None:
-                Document(cfg.path, item).validate(schema, (section, i), lines_from=cfg)
-        valid.add(key)
-    _VALID_ITEMS[cache_key] = valid
 
 
 def _locate(err: jsonschema.ValidationError) -> tuple[tuple, str]:

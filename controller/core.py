@@ -15,15 +15,15 @@ import logging
 import math
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.app import PacketIn, SuiteApp
-from controller.config import Config, ConfigError
+from controller.app import CoreView, PacketIn, SuiteApp
+from controller.config import Config, ConfigError, SectionChecker
 from controller.desired import DesiredState
 from controller.discovery import Discovery
 from controller.flows import (
@@ -49,6 +49,7 @@ from controller.reconcile import (
     messages,
     number_of,
 )
+from controller.sections import CORE_SCHEMAS, SUITE_SECTIONS
 from controller.switch import (
     SYNC_PARTS,
     FlowStat,
@@ -135,6 +136,16 @@ class Core:
         self._atomic = False  # set while a config is applied: changes go in bundles
         self.packet_in_limit = (PACKET_IN_RATE, PACKET_IN_BURST)
         self._stats_waiters: dict[int, SuiteApp] = {}
+        self._sections = SectionChecker()  # remembers the list items it found valid
+        self.view = CoreView(
+            self.pipeline,
+            self.topology,
+            self.desired,
+            self.metrics,
+            self.conns,
+            self.send,
+            self.request_flow_stats,
+        )
 
     @property
     def settle_time(self) -> float:
@@ -143,10 +154,23 @@ class Core:
     # --- apps and config -------------------------------------------------------------------------
 
     def add_app(self, app_cls: type[SuiteApp]) -> SuiteApp:
+        """Load an app (once: loading its class again returns the loaded one).
+
+        Raises:
+            ValueError: it declares a schema for a section that the core or a loaded app
+                declares differently (two owners for one section).
+        """
         for app in self.apps:
             if type(app) is app_cls:
                 return app
-        app = app_cls(self)
+        owners = self.schemas()
+        for section, schema in app_cls.config_schemas.items():
+            if section in owners and owners[section] is not schema:
+                raise ValueError(
+                    f"app {app_cls.name} declares config section {section!r}, "
+                    "which has another owner"
+                )
+        app = app_cls(self.view)
         self.apps.append(app)
         # What it runs with until a config is applied: its settings for an empty config.
         apps = {**self.settings.apps, app.name: app.parse_config(None, Config())}
@@ -163,6 +187,7 @@ class Core:
                 logged, `osken_app_errors_total{app,hook="parse_config"}` counts it, and it
                 is raised as a ConfigError naming the file and the app's section.
         """
+        self._check_sections(config, warn)
         self._check_discovery(config)
         discovery = config.section("discovery") or {}
         limits = config.section("controller") or {}
@@ -180,14 +205,6 @@ class Core:
                     f"{app.name} could not read this ({type(exc).__name__}: {exc}); this is a "
                     "bug in the controller, the log has its traceback",
                 ) from None
-        used = (
-            {a.config_section for a in self.apps}
-            | {s for a in self.apps for s in a.also_reads}
-            | {"discovery", "controller", "namespaces", "endpoints"}
-        )
-        for section in config.data:
-            if warn and section not in used:
-                LOG.warning("%s: section %r is not used by any loaded app", config.path, section)
         return Settings(
             config=config,
             probation=float(discovery.get("probation", DEFAULT_PROBATION)),
@@ -198,6 +215,36 @@ class Core:
             ),
             apps=parsed,
         )
+
+    def schemas(self) -> dict[str, Mapping]:
+        """Section -> JSON Schema, for the core's sections and every loaded app's."""
+        out = dict(CORE_SCHEMAS)
+        for app in self.apps:
+            out.update(app.config_schemas)
+        return out
+
+    def _check_sections(self, config: Config, warn: bool) -> None:
+        """Every section is the core's or a loaded app's (checked against its schema), or a
+        suite app's that is not loaded (a warning naming it); anything else is unknown.
+
+        Raises:
+            ConfigError: an unknown section, or one its schema refuses; located.
+        """
+        schemas = self.schemas()
+        read = set(schemas) | {a.config_section for a in self.apps if a.config_section}
+        for section in config.data:
+            if section in read:
+                continue
+            if section not in SUITE_SECTIONS:
+                raise config.error((section,), "unknown key")
+            if warn:
+                LOG.warning(
+                    "%s: section %r is read by %s, which is not loaded: not checked, no effect",
+                    config.path,
+                    section,
+                    SUITE_SECTIONS[section],
+                )
+        self._sections.check(config, schemas)
 
     @staticmethod
     def _check_discovery(config: Config) -> None:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 import os
 import stat
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from controller.config import ConfigError
+from controller.errors import ConfigError, dotted
 
 MAX_BYTES = 64 << 20
 MAX_DEPTH = 64
@@ -31,8 +30,6 @@ _PLAIN = (str, int, float, bool, type(None))
 
 
 def _error(path: str, line: int | None, message: str, where: str = "") -> ConfigError:
-    from controller.config import ConfigError
-
     return ConfigError(path, line, where, message)
 
 
@@ -123,8 +120,6 @@ def check_plain(path: str, data: Any, line_of) -> None:
     Raises:
         ConfigError: located at the first offending value.
     """
-    from controller.config import dotted
-
     stack: list[tuple[tuple, Any]] = [((), data)]
     while stack:
         where, value = stack.pop()

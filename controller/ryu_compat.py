@@ -294,14 +294,18 @@ def check_no_mix(modules: list[ModuleType]) -> None:
     flows it did not ask for, so the two would fight over table 0. Raises `MixError`."""
     from os_ken.base.app_manager import OSKenApp
 
-    from controller.shim import SuiteOSKenApp
+    from controller.app import SuiteApp
 
     classic: list[str] = []
     suite: list[str] = []
     for module in modules:
         for _, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, OSKenApp) and cls.__module__ == module.__name__:
-                (suite if issubclass(cls, SuiteOSKenApp) else classic).append(cls.__name__)
+            if cls.__module__ != module.__name__:
+                continue
+            if issubclass(cls, SuiteApp):
+                suite.append(cls.__name__)
+            elif issubclass(cls, OSKenApp):
+                classic.append(cls.__name__)
     if classic and suite:
         raise MixError(
             f"classic app {', '.join(classic)} programs the switches itself and cannot share them "

@@ -1,8 +1,9 @@
 """The thin os-ken layer: turn os-ken events into Core calls and send back what the core returns.
 
 `CoreApp` is an os-ken context shared by every suite app, so however many apps are loaded there is
-one core, one topology and one connection per switch. Each app file defines a `SuiteOSKenApp`
-subclass naming its plain-Python `SuiteApp`; that is all os-ken sees of it.
+one core, one topology and one connection per switch. os-ken sees one app of the suite,
+`controller.host.SuiteHost`, which declares the context; osken-manager hands the context the
+plain-Python `SuiteApp` classes it loads (`CoreApp.setup`). An app file holds only its SuiteApp.
 
 Failure policy: no exception leaves a handler. Under os-ken's native hub, `hub.TaskExit` is
 `Exception` itself, so any exception a handler raised ended the app's event loop for good,
@@ -28,6 +29,7 @@ from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_c
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
+from controller.app import SuiteApp
 from controller.config import Config, ConfigError, load_config
 from controller.core import ApplyError, Core
 from controller.flows import flow_from_stats, group_from_desc, meter_from_config
@@ -41,16 +43,17 @@ CONFIG_SETTLE_SECONDS = 2.0  # a changed file reloads once it has stayed unchang
 LIVENESS_TIMEOUT = 5.0  # seconds without a tick handled: the event loop is not turning
 
 
-@dataclass
+CONTEXT = "suite"  # the name of CoreApp among os-ken's contexts
+
+
+@dataclass(frozen=True)
 class RuntimeOptions:
-    """Set by osken-manager before os-ken instantiates the apps."""
+    """What osken-manager checked before os-ken starts the apps: the config, and where to
+    serve /metrics (port 0: nowhere)."""
 
     config: Config | None = None
     prometheus_port: int = 0
     prometheus_host: str = "127.0.0.1"
-
-
-RUNTIME = RuntimeOptions()
 
 
 class EventTick(event.EventBase):
@@ -84,8 +87,9 @@ def guarded(handler: Callable) -> Callable:
 
 
 class CoreApp(app_manager.OSKenApp):
+    """The os-ken context that holds the one Core and turns os-ken events into its calls."""
+
     OFP_VERSIONS = [ofp.OFP_VERSION]
-    instance: CoreApp | None = None
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -97,23 +101,27 @@ class CoreApp(app_manager.OSKenApp):
         self._next_config_poll = 0.0
         self._last_turn = time.monotonic()  # when the event loop last handled a tick
         self.metrics.route("/livez", self.liveness)
-        CoreApp.instance = self
+        self.options = RuntimeOptions()
+
+    def setup(self, options: RuntimeOptions, apps: list[type[SuiteApp]]) -> None:
+        """Before os-ken starts it: the checked options, and the suite apps to host, in order
+        (a class loaded twice is loaded once)."""
+        self.options = options
+        for app_cls in apps:
+            self.core.add_app(app_cls)
 
     def start(self):
         thread = super().start()
-        if RUNTIME.prometheus_port:
-            self.metrics.serve(RUNTIME.prometheus_port, RUNTIME.prometheus_host)
+        if self.options.prometheus_port:
+            self.metrics.serve(self.options.prometheus_port, self.options.prometheus_host)
         try:
-            self._send(self.core.configure(RUNTIME.config or Config(), time.time()))
+            self._send(self.core.configure(self.options.config or Config(), time.time()))
         except (ConfigError, ApplyError) as exc:  # checked by osken-manager already: a bug
             LOG.error("the config could not be applied; running without it: %s", exc)
         self._config_stamps = self._watched()
         gc.freeze()
         hub.spawn(self._ticker)
         return thread
-
-    def add(self, app_cls) -> None:
-        self.core.add_app(app_cls)
 
     def liveness(self) -> tuple[int, str]:
         """(HTTP status, text) for /livez: 200 while the event loop turns, else 503."""
@@ -148,7 +156,7 @@ class CoreApp(app_manager.OSKenApp):
     def _watched(self) -> dict[str, tuple[int, int]]:
         """(modification time, size) of every file the config depends on ((-1, -1): missing)."""
         paths = set(self.core.config.files())
-        for config in (RUNTIME.config, self.core.candidate):  # a rejected one's files too, so
+        for config in (self.options.config, self.core.candidate):  # a rejected one's files too, so
             if config is not None:  # fixing a file it added reloads it
                 paths.update(config.files())
         out = {}
@@ -162,7 +170,8 @@ class CoreApp(app_manager.OSKenApp):
 
     def _reload(self, why: str) -> None:
         """Reload now (see Core.reload); the files as read become the ones watched."""
-        path = self.core.config.path or (RUNTIME.config.path if RUNTIME.config else None)
+        started = self.options.config
+        path = self.core.config.path or (started.path if started else None)
         if not path:
             LOG.info("%s: no --config given, nothing to reload", why)
             return
@@ -291,16 +300,3 @@ class CoreApp(app_manager.OSKenApp):
     def _on_error(self, ev) -> None:
         msg = ev.msg
         self._send(self.core.error(msg.datapath.id, msg.type, msg.code, time.time(), msg.xid))
-
-
-class SuiteOSKenApp(app_manager.OSKenApp):
-    """Base of every app file's os-ken entry point: registers `suite_app` with the shared core."""
-
-    OFP_VERSIONS = [ofp.OFP_VERSION]
-    _CONTEXTS = {"suite": CoreApp}
-    suite_app: type | None = None
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if self.suite_app is not None:
-            kwargs["suite"].add(self.suite_app)

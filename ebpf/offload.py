@@ -21,12 +21,39 @@ import ipaddress
 from bisect import bisect_left, insort
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Protocol
 
-from apps.fw.rules import IPNet, Rule
 from controller.matches import IP_PROTOCOLS, port_masks
+from controller.matches import Network as IPNet
 
 PROTO = IP_PROTOCOLS
 MAX_PORTS_PER_RULE = 256  # a range with a source prefix is expanded port by port up to this
+
+
+class Rule(Protocol):
+    """What the planner reads of a firewall rule; the firewall's own rules
+    (`apps.fw.rules.Rule`) have this shape. Ports are inclusive (low, high) ranges."""
+
+    @property
+    def action(self) -> str: ...  # "allow", "deny" or "rate_limit"
+    @property
+    def protocol(self) -> str: ...  # "tcp", "udp", "icmp", "icmpv6" or "any"
+    @property
+    def source(self) -> IPNet | None: ...
+    @property
+    def destination(self) -> IPNet | None: ...
+    @property
+    def dst_ports(self) -> tuple[int, int] | None: ...
+    @property
+    def src_ports(self) -> tuple[int, int] | None: ...
+    @property
+    def icmp_type(self) -> int | None: ...
+    @property
+    def schedule(self) -> object | None: ...  # a rule with one comes and goes: never offloaded
+    @property
+    def families(self) -> tuple[int, ...]: ...  # IP versions it applies to
+
+    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)

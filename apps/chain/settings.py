@@ -17,42 +17,39 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from apps.ms.settings import parse_endpoints
-from controller.config import LABELS, Config, register_schema
+from controller.config import LABELS, Config
+from controller.endpoints import parse_endpoints
 
 MAX_CHAINS, MAX_HOPS, MAX_REPLICAS = 15, 4, 16  # what the VLAN tag of a hop can name
 
 _NETS = {"type": "array", "items": {"type": "string"}}
-register_schema(
-    "chains",
-    {
-        "type": "array",
-        "maxItems": MAX_CHAINS,
-        "items": {
-            "type": "object",
-            "required": ["name", "through"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string", "minLength": 1},
-                "from": _NETS,
-                "from_labels": LABELS,
-                "to": _NETS,
-                "to_labels": LABELS,
-                "protocol": {"enum": ["tcp", "udp"]},
-                "ports": {
-                    "type": "array",
-                    "items": {"type": "integer", "minimum": 1, "maximum": 65535},
-                },
-                "through": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": MAX_HOPS,
-                    "items": {"type": "string", "minLength": 1},
-                },
+CHAINS_SCHEMA = {
+    "type": "array",
+    "maxItems": MAX_CHAINS,
+    "items": {
+        "type": "object",
+        "required": ["name", "through"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "from": _NETS,
+            "from_labels": LABELS,
+            "to": _NETS,
+            "to_labels": LABELS,
+            "protocol": {"enum": ["tcp", "udp"]},
+            "ports": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": 65535},
+            },
+            "through": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": MAX_HOPS,
+                "items": {"type": "string", "minLength": 1},
             },
         },
     },
-)
+}
 
 
 @dataclass(frozen=True)

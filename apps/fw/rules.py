@@ -19,7 +19,6 @@ from controller.config import (
     Document,
     dotted,
     load_document,
-    register_schema,
 )
 
 PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "any")
@@ -95,7 +94,6 @@ RULES_FILE_SCHEMA = {
     "additionalProperties": False,
     "properties": {"rules": {"type": "array"}},
 }
-register_schema("firewall", FIREWALL_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -268,7 +266,6 @@ _PLAIN = {
     "source_port": (int, str),
     "icmp_type": int,
 }
-_PARSED: dict[str, Rule] = {}  # rule text -> parsed rule: reloads re-parse only what changed
 
 
 def _plainly_valid(spec: dict) -> bool:
@@ -288,21 +285,32 @@ def _plainly_valid(spec: dict) -> bool:
     )
 
 
-def parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
+@dataclass
+class RuleCache:
+    """Rules parsed at earlier loads, so a reload parses again only what changed. Its owner
+    (the firewall app) keeps one for its lifetime; without one, everything is parsed afresh."""
+
+    by_text: dict[str, Rule] = field(default_factory=dict)  # rule as written -> rule
+    lists: dict[tuple, tuple[list, list[Rule]]] = field(default_factory=dict)  # (file, path) ->
+    # the last specs there, as JSON, and their rules
+
+
+def parse_rule(doc: Document, where: tuple, spec: dict, cache: RuleCache | None = None) -> Rule:
     """One rule, checked; `where` is its path in `doc` for error messages."""
+    cache = cache or RuleCache()
     if not isinstance(spec, dict):
         raise doc.error(where, "a rule must be a mapping of fields")
     text = repr(spec)  # str/int/list/dict only, so repr is exact, and fast
     origin = (doc.path, where)
-    known = _PARSED.get(text)
+    known = cache.by_text.get(text)
     if known is not None:
         return known if known.origin == origin else replace(known, origin=origin)
     if not _plainly_valid(spec):
         Document(doc.path, spec, None).validate(_RULE, prefix=where, lines_from=doc)
     rule = replace(_parse_rule(doc, where, spec), origin=origin, text=text)
-    if len(_PARSED) > 200_000:
-        _PARSED.clear()
-    _PARSED[text] = rule
+    if len(cache.by_text) > 200_000:
+        cache.by_text.clear()
+    cache.by_text[text] = rule
     return rule
 
 
@@ -354,45 +362,48 @@ def _parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
     )
 
 
-_LAST: dict[tuple, tuple[list, list[Rule]]] = {}  # (file, path) -> last specs and their rules
-
-
-def parse_rules(doc: Document, where: tuple, specs: list) -> list[Rule]:
+def parse_rules(
+    doc: Document, where: tuple, specs: list, cache: RuleCache | None = None
+) -> list[Rule]:
     """Every rule of a list. A rule written exactly as last time, at the same place, is reused
     as it was: a one-rule edit of a 10,000-rule file parses one rule."""
-    old_specs, old_rules = _LAST.get((doc.path, where), ([], []))
+    cache = cache or RuleCache()
+    old_specs, old_rules = cache.lists.get((doc.path, where), ([], []))
     texts = [json.dumps(spec, sort_keys=True) for spec in specs]  # exact: true is not 1
     rules = [
         old_rules[i]
         if i < len(old_specs) and old_specs[i] == text
-        else parse_rule(doc, where + (i,), spec)
+        else parse_rule(doc, where + (i,), spec, cache)
         for i, (text, spec) in enumerate(zip(texts, specs, strict=True))
     ]
-    _LAST[(doc.path, where)] = (texts, rules)
+    cache.lists[(doc.path, where)] = (texts, rules)
     return rules
 
 
-def load_rules_file(path: str) -> list[Rule]:
+def load_rules_file(path: str, cache: RuleCache | None = None) -> list[Rule]:
     """The seed's rules.json format, unchanged: {"rules": [{action, protocol, port, source}]}."""
     doc = load_document(path, json_only=path.endswith(".json"))
     doc.validate(RULES_FILE_SCHEMA)
-    return parse_rules(doc, ("rules",), doc.data["rules"])
+    return parse_rules(doc, ("rules",), doc.data["rules"], cache)
 
 
-def parse_firewall(section: dict | None, config: Config) -> FirewallSettings:
-    """The whole `firewall:` section; files it names become dependencies of the config."""
+def parse_firewall(
+    section: dict | None, config: Config, cache: RuleCache | None = None
+) -> FirewallSettings:
+    """The whole `firewall:` section; files it names become dependencies of the config.
+    `cache` (the caller's, kept across reloads) spares parsing rules that did not change."""
     section = section or {}
     rules: list[Rule] = []
     if "rules_file" in section:
         path = config.resolve(section["rules_file"])
         config.depend(path)
         try:
-            rules += load_rules_file(path)
+            rules += load_rules_file(path, cache)
         except ConfigError as exc:
             if exc.line is not None:
                 raise
             raise config.error(("firewall", "rules_file"), exc.message) from None
-    rules += parse_rules(config, ("firewall", "rules"), section.get("rules", []))
+    rules += parse_rules(config, ("firewall", "rules"), section.get("rules", []), cache)
     blocked = tuple(
         _network(config, ("firewall", "blocked_ips", i), text)
         for i, text in enumerate(section.get("blocked_ips", []))

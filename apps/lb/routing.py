@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from apps.lb import schemas
+from apps.lb.schemas import HTTP_MATCH_L7, ISTIO_RULE_L7
 from controller.config import OBJECT_HEADER, ConfigError, Document
 
 LOG = logging.getLogger("osken_suite.canary")
@@ -27,37 +28,8 @@ Network = ipaddress.IPv4Network
 
 ISTIO_GROUP = "networking.istio.io/"
 GATEWAY_GROUP = "gateway.networking.k8s.io/"
-GATEWAY_MAX_WEIGHT = 1_000_000
 GATEWAY_MAX_ITEMS = 16  # rules per HTTPRoute, backendRefs per rule (the CRD's maxItems)
 
-# Fields a switch cannot see or do, per place; naming them is the whole point.
-_HTTP_MATCH_L7 = {
-    "uri": "the request URI",
-    "scheme": "the URI scheme",
-    "method": "the HTTP method",
-    "authority": "the HTTP authority (Host)",
-    "headers": "HTTP headers",
-    "queryParams": "query parameters",
-    "withoutHeaders": "HTTP headers",
-    "ignoreUriCase": "the request URI",
-    "gateways": "mesh gateways",
-}
-_ISTIO_RULE_L7 = {
-    "redirect",
-    "directResponse",
-    "delegate",
-    "rewrite",
-    "timeout",
-    "retries",
-    "fault",
-    "mirror",
-    "mirrors",
-    "mirrorPercentage",
-    "mirror_percent",
-    "mirrorPercent",
-    "corsPolicy",
-    "headers",
-}
 _HTTPROUTE_MATCH_L7 = {"headers", "queryParams", "method"}
 
 
@@ -143,29 +115,9 @@ def _reject(doc: Document, where: tuple, what: str) -> None:
     )
 
 
-def _mapping(doc: Document, value, where: tuple) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise doc.error(where, "must be a mapping")
-    return value
-
-
-def _list(doc: Document, value, where: tuple) -> list:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise doc.error(where, "must be a list")
-    return value
-
-
-def _labels(doc: Document, value, where: tuple) -> tuple[tuple[str, str], ...]:
-    """A label map; values are strings (map<string, string>), never numbers read from `1.10`."""
-    labels = _mapping(doc, value, where)
-    for key, v in labels.items():
-        if not isinstance(v, str):
-            raise doc.error(where + (key,), f"{v!r} is not a string: quote label values")
-    return tuple(sorted((str(k), v) for k, v in labels.items()))
+def _labels(value: dict | None) -> tuple[tuple[str, str], ...]:
+    """A label map (string values: the schema's LABELS) as sorted pairs."""
+    return tuple(sorted((str(k), v) for k, v in (value or {}).items()))
 
 
 def _network(doc: Document, value, where: tuple) -> Network:
@@ -175,47 +127,30 @@ def _network(doc: Document, value, where: tuple) -> Network:
         raise doc.error(where, f"{value!r} is not an IPv4 address or subnet") from None
 
 
-def _weight(doc: Document, value, where: tuple, default: int, maximum: int | None) -> Fraction:
-    if value is None:
-        return Fraction(default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise doc.error(where, f"weight must be a whole number >= 0, not {value!r}")
-    if maximum is not None and value > maximum:
-        raise doc.error(where, f"weight must be at most {maximum}")
-    return Fraction(value)
+def _weight(value: int | None, default: int) -> Fraction:
+    """A weight the schema checked (a whole number >= 0), or `default` when none is given."""
+    return Fraction(default if value is None else value)
 
 
 # --- Istio -------------------------------------------------------------------------------------
 
 
-def _istio_match(doc: Document, block, where: tuple, l4: bool) -> SourceMatch | None:
+def _istio_match(doc: Document, block: dict, where: tuple) -> SourceMatch | None:
     """A match block as source conditions, or None (and a warning) if it needs L7."""
-    block = _mapping(doc, block, where)
     for key in block:
-        if key in _HTTP_MATCH_L7:
-            _reject(doc, where + (key,), f"a match on {_HTTP_MATCH_L7[key]}")
+        if key in HTTP_MATCH_L7:
+            _reject(doc, where + (key,), f"a match on {HTTP_MATCH_L7[key]}")
             return None
-    known = {"name", "sourceLabels", "sourceNamespace", "port", "statPrefix"}
-    if l4:
-        known |= {"destinationSubnets", "sourceSubnet"}
-    for key in block:
-        if key not in known:
-            raise doc.error(where + (key,), "unknown key")
     port = block.get("port")
-    if port is not None and (not isinstance(port, int) or not 1 <= port <= 65535):
-        raise doc.error(where + ("port",), f"{port!r} is not a port number")
     subnet = block.get("sourceSubnet")
     dsts = block.get("destinationSubnets")
     return SourceMatch(
-        labels=_labels(doc, block["sourceLabels"], where + ("sourceLabels",))
-        if "sourceLabels" in block
-        else None,
+        labels=_labels(block["sourceLabels"]) if "sourceLabels" in block else None,
         namespace=block.get("sourceNamespace"),
         subnet=_network(doc, subnet, where + ("sourceSubnet",)) if subnet is not None else None,
         port=port,
         destination_subnets=tuple(
-            _network(doc, d, where + ("destinationSubnets", i))
-            for i, d in enumerate(_list(doc, dsts, where + ("destinationSubnets",)))
+            _network(doc, d, where + ("destinationSubnets", i)) for i, d in enumerate(dsts)
         )
         if dsts is not None
         else None,
@@ -223,26 +158,15 @@ def _istio_match(doc: Document, block, where: tuple, l4: bool) -> SourceMatch | 
 
 
 def _istio_destinations(doc: Document, routes, where: tuple) -> tuple[Destination, ...] | None:
-    routes = _list(doc, routes, where)
+    routes = routes or []
     out = []
     for i, r in enumerate(routes):
         at = where + (i,)
-        r = _mapping(doc, r, at)
-        for key in r:
-            if key == "headers":
-                _reject(doc, at + (key,), "a header rewrite")
-                return None
-            if key not in ("destination", "weight"):
-                raise doc.error(at + (key,), "unknown key")
-        dest = _mapping(doc, r.get("destination"), at + ("destination",))
-        if "host" not in dest:
-            raise doc.error(at + ("destination",), "a destination needs a host")
-        for key in dest:
-            if key not in ("host", "subset", "port"):
-                raise doc.error(at + ("destination", key), "unknown key")
-        port = _mapping(doc, dest.get("port"), at + ("destination", "port")).get("number")
-        if port is not None and (not isinstance(port, int) or not 1 <= port <= 65535):
-            raise doc.error(at + ("destination", "port", "number"), f"{port!r} is not a port")
+        if "headers" in r:
+            _reject(doc, at + ("headers",), "a header rewrite")
+            return None
+        dest = r["destination"]
+        port = (dest.get("port") or {}).get("number")
         # A sole destination takes everything; among several a missing weight is 0.
         default = 1 if len(routes) == 1 else 0
         out.append(
@@ -250,7 +174,7 @@ def _istio_destinations(doc: Document, routes, where: tuple) -> tuple[Destinatio
                 str(dest["host"]),
                 dest.get("subset"),
                 port,
-                _weight(doc, r.get("weight"), at + ("weight",), default, None),
+                _weight(r.get("weight"), default),
                 at,
             )
         )
@@ -264,19 +188,15 @@ def _istio_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
         _reject(doc, ("spec", "tls"), "TLS routes choose by SNI")
     rules = []
     for kind in ("http", "tcp"):
-        for i, rule in enumerate(_list(doc, spec.get(kind), ("spec", kind))):
+        for i, rule in enumerate(spec.get(kind) or []):
             at = ("spec", kind, i)
-            rule = _mapping(doc, rule, at)
-            extra = [k for k in rule if k in _ISTIO_RULE_L7]
+            extra = [k for k in rule if k in ISTIO_RULE_L7]
             if extra:
                 _reject(doc, at + (extra[0],), f"an HTTP action ({extra[0]})")
                 continue
-            for key in rule:
-                if key not in ("name", "match", "route"):
-                    raise doc.error(at + (key,), "unknown key")
             matches = [
-                _istio_match(doc, m, at + ("match", j), l4=kind == "tcp")
-                for j, m in enumerate(_list(doc, rule.get("match"), at + ("match",)))
+                _istio_match(doc, m, at + ("match", j))
+                for j, m in enumerate(rule.get("match") or [])
             ]
             if None in matches:
                 continue
@@ -290,17 +210,12 @@ def _istio_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
 
 
 def _virtual_service(doc: Document, meta: dict, spec: dict) -> VirtualService:
-    for key in spec:
-        if key not in ("hosts", "gateways", "http", "tcp", "tls", "exportTo"):
-            raise doc.error(("spec", key), "unknown key")
-    hosts = tuple(str(h) for h in _list(doc, spec.get("hosts"), ("spec", "hosts")))
+    hosts = tuple(spec.get("hosts") or ())
     return VirtualService(meta["name"], meta.get("namespace"), hosts, _istio_rules(doc, spec), doc)
 
 
 def _destination_rule(doc: Document, meta: dict, spec: dict) -> DestinationRule:
-    if "host" not in spec:
-        raise doc.error(("spec",), "a DestinationRule needs a host")
-    policy = _mapping(doc, spec.get("trafficPolicy"), ("spec", "trafficPolicy"))
+    policy = spec.get("trafficPolicy")
     if policy:
         LOG.warning(
             "%s: spec.trafficPolicy (%s): connection pools and outlier detection are not "
@@ -309,11 +224,8 @@ def _destination_rule(doc: Document, meta: dict, spec: dict) -> DestinationRule:
             ", ".join(sorted(policy)),
         )
     subsets = {}
-    for i, s in enumerate(_list(doc, spec.get("subsets"), ("spec", "subsets"))):
-        s = _mapping(doc, s, ("spec", "subsets", i))
-        if "name" not in s:
-            raise doc.error(("spec", "subsets", i), "a subset needs a name")
-        subsets[str(s["name"])] = _labels(doc, s.get("labels"), ("spec", "subsets", i, "labels"))
+    for s in spec.get("subsets") or []:
+        subsets[s["name"]] = _labels(s.get("labels"))
     return DestinationRule(meta["name"], str(spec["host"]), subsets, doc)
 
 
@@ -327,18 +239,16 @@ def _is_default_match(match: dict) -> bool:
 
 def _httproute_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
     rules = []
-    listed = _list(doc, spec.get("rules"), ("spec", "rules"))
+    listed = spec.get("rules") or []
     if len(listed) > GATEWAY_MAX_ITEMS:
         raise doc.error(("spec", "rules"), f"at most {GATEWAY_MAX_ITEMS} rules per HTTPRoute")
     for i, rule in enumerate(listed):
         at = ("spec", "rules", i)
-        rule = _mapping(doc, rule, at)
         if rule.get("filters"):
             _reject(doc, at + ("filters",), "HTTP filters (header edits, redirects, rewrites)")
             continue
         rejected = False
-        for j, match in enumerate(_list(doc, rule.get("matches"), at + ("matches",))):
-            match = _mapping(doc, match, at + ("matches", j))
+        for j, match in enumerate(rule.get("matches") or []):
             l7 = [k for k in match if k in _HTTPROUTE_MATCH_L7]
             if l7:
                 _reject(doc, at + ("matches", j, l7[0]), f"a match on the request's {l7[0]}")
@@ -350,7 +260,7 @@ def _httproute_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
                 break
         if rejected:
             continue
-        refs = _list(doc, rule.get("backendRefs"), at + ("backendRefs",))
+        refs = rule.get("backendRefs") or []
         if len(refs) > GATEWAY_MAX_ITEMS:
             raise doc.error(
                 at + ("backendRefs",), f"at most {GATEWAY_MAX_ITEMS} backendRefs per rule"
@@ -358,9 +268,6 @@ def _httproute_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
         destinations = []
         for j, ref in enumerate(refs):
             where = at + ("backendRefs", j)
-            ref = _mapping(doc, ref, where)
-            if "name" not in ref:
-                raise doc.error(where, "a backendRef needs a name")
             if ref.get("kind", "Service") != "Service":
                 raise doc.error(where + ("kind",), f"backends of kind {ref['kind']!r}")
             if ref.get("filters"):
@@ -373,7 +280,7 @@ def _httproute_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
                     str(ref["name"]),
                     None,
                     port,
-                    _weight(doc, ref.get("weight"), where + ("weight",), 1, GATEWAY_MAX_WEIGHT),
+                    _weight(ref.get("weight"), 1),
                     where,
                 )
             )
@@ -386,11 +293,8 @@ def _httproute_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
 
 
 def _httproute(doc: Document, meta: dict, spec: dict) -> HTTPRoute:
-    parents = tuple(
-        str(_mapping(doc, p, ("spec", "parentRefs", i)).get("name", ""))
-        for i, p in enumerate(_list(doc, spec.get("parentRefs"), ("spec", "parentRefs")))
-    )
-    hostnames = tuple(str(h) for h in _list(doc, spec.get("hostnames"), ("spec", "hostnames")))
+    parents = tuple(p.get("name", "") for p in spec.get("parentRefs") or [])
+    hostnames = tuple(spec.get("hostnames") or ())
     return HTTPRoute(
         meta["name"], meta.get("namespace"), parents, hostnames, _httproute_rules(doc, spec), doc
     )
@@ -416,10 +320,10 @@ def parse_routing(doc: Document) -> RoutingDoc | None:
         return None
     parse, schema = found
     doc.validate(schema)
-    meta = _mapping(doc, data.get("metadata"), ("metadata",))
+    meta = data.get("metadata") or {}
     if not meta.get("name"):
         raise doc.error(("metadata",), "metadata.name is required")
-    spec = _mapping(doc, data.get("spec"), ("spec",))
+    spec = data.get("spec") or {}
     try:
         return parse(doc, meta, spec)
     except ConfigError:

@@ -2,9 +2,10 @@
 
 Each document is checked against its kind's schema before it is read, so a value of the wrong
 type (a path written as a string, a port written as a name) is refused with file, line and field
-instead of failing half-way through. The schemas give types only: which fields the switch can
-honour is decided afterwards (apps/lb/routing.py), so an L7 field of the right shape is still
-rejected by name, and unknown fields are still reported by the reader at their place.
+instead of failing half-way through. The schemas give the shapes: types, required fields, ranges,
+and the fields each object may have (anything else is an "unknown key" at its line). Which
+fields the switch can honour is decided afterwards (apps/lb/routing.py): the L7 fields below are
+known here, so that the reader can reject them by name.
 
 Sources: Istio's networking/v1 API reference (VirtualService, DestinationRule), and the Gateway
 API v1 reference (HTTPRoute: PortNumber is an integer 1-65535, matches are objects; weight ranges
@@ -15,6 +16,37 @@ everywhere in the suite (controller.config.LABELS).
 from __future__ import annotations
 
 from controller.config import LABELS
+
+GATEWAY_MAX_WEIGHT = 1_000_000
+
+# Fields a switch cannot see or do, per place; naming them is the whole point.
+HTTP_MATCH_L7 = {
+    "uri": "the request URI",
+    "scheme": "the URI scheme",
+    "method": "the HTTP method",
+    "authority": "the HTTP authority (Host)",
+    "headers": "HTTP headers",
+    "queryParams": "query parameters",
+    "withoutHeaders": "HTTP headers",
+    "ignoreUriCase": "the request URI",
+    "gateways": "mesh gateways",
+}
+ISTIO_RULE_L7 = {
+    "redirect",
+    "directResponse",
+    "delegate",
+    "rewrite",
+    "timeout",
+    "retries",
+    "fault",
+    "mirror",
+    "mirrors",
+    "mirrorPercentage",
+    "mirror_percent",
+    "mirrorPercent",
+    "corsPolicy",
+    "headers",
+}
 
 _STRING = {"type": "string"}
 _STRINGS = {"type": "array", "items": _STRING}
@@ -39,6 +71,8 @@ _METADATA = {
 
 _ISTIO_DESTINATION = {
     "type": "object",
+    "required": ["host"],
+    "additionalProperties": False,
     "properties": {
         "host": _STRING,
         "subset": _STRING,
@@ -49,15 +83,18 @@ _ISTIO_ROUTE = {
     "type": "array",
     "items": {
         "type": "object",
+        "required": ["destination"],
+        "additionalProperties": False,
         "properties": {
             "destination": _ISTIO_DESTINATION,
-            "weight": {"type": "integer"},
+            "weight": {"type": "integer", "minimum": 0},
             "headers": _OBJECT,
         },
     },
 }
 _ISTIO_HTTP_MATCH = {
     "type": "object",
+    "additionalProperties": False,
     "properties": {
         "name": _STRING,
         "uri": _STRING_MATCH,
@@ -88,19 +125,35 @@ _ISTIO_L4_MATCH = {
 }
 
 
-def _istio_rules(match: dict) -> dict:
-    return {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "properties": {
-                "name": _STRING,
-                "match": {"type": "array", "items": match},
-                "route": _ISTIO_ROUTE,
-                "timeout": _STRING,
-            },
+# A TCP match: the L4 fields, and the HTTP ones, which the reader rejects by name.
+_ISTIO_TCP_MATCH = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **{key: {} for key in HTTP_MATCH_L7},
+        **_ISTIO_L4_MATCH["properties"],
+        "name": _STRING,
+        "statPrefix": _STRING,
+    },
+}
+
+
+def _istio_rules(match: dict, closed: bool = True) -> dict:
+    """Rules of an Istio route list; `closed`: no fields but the known ones (and the L7 ones,
+    which the reader rejects by name)."""
+    rule = {
+        "type": "object",
+        "properties": {
+            **{key: {} for key in ISTIO_RULE_L7},
+            "name": _STRING,
+            "match": {"type": "array", "items": match},
+            "route": _ISTIO_ROUTE,
+            "timeout": _STRING,
         },
     }
+    if closed:
+        rule["additionalProperties"] = False
+    return {"type": "array", "items": rule}
 
 
 VIRTUAL_SERVICE = {
@@ -109,13 +162,14 @@ VIRTUAL_SERVICE = {
         "metadata": _METADATA,
         "spec": {
             "type": "object",
+            "additionalProperties": False,
             "properties": {
                 "hosts": _STRINGS,
                 "gateways": _STRINGS,
                 "exportTo": _STRINGS,
                 "http": _istio_rules(_ISTIO_HTTP_MATCH),
-                "tcp": _istio_rules(_ISTIO_L4_MATCH),
-                "tls": _istio_rules(_ISTIO_L4_MATCH),
+                "tcp": _istio_rules(_ISTIO_TCP_MATCH),
+                "tls": _istio_rules(_ISTIO_L4_MATCH, closed=False),  # refused whole: TLS
             },
         },
     },
@@ -127,6 +181,7 @@ DESTINATION_RULE = {
         "metadata": _METADATA,
         "spec": {
             "type": "object",
+            "required": ["host"],
             "properties": {
                 "host": _STRING,
                 "trafficPolicy": _OBJECT,
@@ -136,6 +191,7 @@ DESTINATION_RULE = {
                     "type": "array",
                     "items": {
                         "type": "object",
+                        "required": ["name"],
                         "properties": {
                             "name": _STRING,
                             "labels": LABELS,
@@ -221,13 +277,18 @@ HTTP_ROUTE = {
                                 "type": "array",
                                 "items": {
                                     "type": "object",
+                                    "required": ["name"],
                                     "properties": {
                                         "group": _STRING,
                                         "kind": _STRING,
                                         "name": _STRING,
                                         "namespace": _STRING,
                                         "port": _PORT,
-                                        "weight": {"type": "integer"},
+                                        "weight": {
+                                            "type": "integer",
+                                            "minimum": 0,
+                                            "maximum": GATEWAY_MAX_WEIGHT,
+                                        },
                                         "filters": _FILTERS,
                                     },
                                 },

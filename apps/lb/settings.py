@@ -27,47 +27,43 @@ from apps.lb.routing import (
     parse_routing,
     short_host,
 )
-from apps.ms.model import Endpoint
-from apps.ms.settings import parse_endpoints
-from controller.config import Config, parsed_documents, register_schema
+from controller.config import Config, DocumentCache
+from controller.endpoints import Endpoint, parse_endpoints
 
 LOG = logging.getLogger("osken_suite.canary")
 Network = ipaddress.IPv4Network
 METHODS = ("exact", "switch")
 
-register_schema(
-    "services",
-    {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "required": ["name", "vip", "port"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string", "minLength": 1},
-                "vip": {"type": "string"},
-                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                "protocol": {"enum": ["tcp", "udp", "TCP", "UDP"]},
-                "method": {"enum": list(METHODS)},
-                "backends": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["endpoint"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "endpoint": {"type": "string"},
-                            "weight": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
-                            "backup": {"type": "boolean"},
-                            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-                        },
+SERVICES_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name", "vip", "port"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "vip": {"type": "string"},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "protocol": {"enum": ["tcp", "udp", "TCP", "UDP"]},
+            "method": {"enum": list(METHODS)},
+            "backends": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["endpoint"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "endpoint": {"type": "string"},
+                        "weight": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+                        "backup": {"type": "boolean"},
+                        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
                     },
                 },
             },
         },
     },
-)
-register_schema("routing", {"type": "array", "items": {"type": "string"}})
+}
+ROUTING_SCHEMA = {"type": "array", "items": {"type": "string"}}  # files or folders
 
 
 @dataclass(frozen=True)
@@ -253,9 +249,9 @@ def _routing_in(doc) -> list[RoutingDoc]:
     return [] if parsed is None else [parsed]
 
 
-def _routing_docs(config: Config) -> list[RoutingDoc]:
+def _routing_docs(config: Config, documents: DocumentCache) -> list[RoutingDoc]:
     return [
-        d for _, path in config.listed_files("routing") for d in parsed_documents(path, _routing_in)
+        d for _, path in config.listed_files("routing") for d in documents.parsed(path, _routing_in)
     ]
 
 
@@ -273,8 +269,9 @@ def _vip(config: Config, i: int, spec: dict, taken: dict) -> str:
     return vip
 
 
-def parse_services(section, config: Config) -> LbSettings:
-    """Everything checked and resolved; the first problem is raised, located."""
+def parse_services(section, config: Config, documents: DocumentCache) -> LbSettings:
+    """Everything checked and resolved; the first problem is raised, located. `documents`
+    keeps what the routing files parsed to, so a reload parses again only those that changed."""
     endpoints = {e.name: e for e in parse_endpoints(config)}
     specs = section or []
     names: set[str] = set()
@@ -285,7 +282,7 @@ def parse_services(section, config: Config) -> LbSettings:
             raise config.error(("services", i, "name"), f"service {spec['name']!r} twice")
         names.add(spec["name"])
         listed[spec["name"]], backups[spec["name"]] = _listed(config, i, spec, endpoints)
-    docs = _routing_docs(config)
+    docs = _routing_docs(config, documents)
     resolver = _Resolver(config, endpoints, listed, docs)
     settings = LbSettings(endpoints)
     used: set[int] = set()

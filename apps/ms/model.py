@@ -11,18 +11,12 @@ is compiled per identity (as Cilium and Antrea do), never per pair of endpoints.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from controller.endpoints import Endpoint, Labels, labels_of
+
 NAME_LABEL = "kubernetes.io/metadata.name"  # every namespace carries its own name as a label
-DEFAULT_NAMESPACE = "default"
-Labels = tuple[tuple[str, str], ...]
-
-
-def labels_of(mapping: Mapping | None) -> Labels:
-    """Labels (checked: string values) as a sorted tuple of pairs (hashable, order-free)."""
-    return tuple(sorted((str(k), v) for k, v in (mapping or {}).items()))
 
 
 @dataclass(frozen=True)
@@ -66,33 +60,6 @@ class Selector:
             if op == "DoesNotExist" and present:
                 return False
         return True
-
-
-@dataclass(frozen=True)
-class NamedPort:
-    name: str
-    port: int
-    protocol: str  # "tcp", "udp" or "sctp"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    name: str
-    namespace: str
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address
-    mac: str | None
-    labels: Labels
-    ports: tuple[NamedPort, ...] = ()
-
-    @property
-    def family(self) -> int:
-        return self.ip.version
-
-    def named_port(self, name: str, protocol: str) -> int | None:
-        for p in self.ports:
-            if p.name == name and p.protocol == protocol:
-                return p.port
-        return None
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ import logging
 import re
 from dataclasses import dataclass
 
-from apps.ms.model import DEFAULT_NAMESPACE, Selector
+from apps.ms.model import Selector
 from controller.config import LABELS, OBJECT_HEADER, ConfigError, Document
+from controller.endpoints import DEFAULT_NAMESPACE
 
 LOG = logging.getLogger("osken_suite.microseg")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

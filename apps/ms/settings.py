@@ -7,17 +7,13 @@ policy file reloads the config.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from dataclasses import dataclass, field
 
-from apps.ms.model import DEFAULT_NAMESPACE, Endpoint, NamedPort, labels_of
 from apps.ms.policy import Policy, check_unique, parse_policy
-from controller.config import Config, parsed_documents, register_schema
+from controller.config import Config, DocumentCache
+from controller.endpoints import Endpoint, labels_of, parse_endpoints
 
-_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-
-register_schema("policies", {"type": "array", "items": {"type": "string"}})
+POLICIES_SCHEMA = {"type": "array", "items": {"type": "string"}}  # files or folders
 
 
 @dataclass
@@ -36,51 +32,11 @@ def parse_namespaces(config: Config) -> dict[str, tuple]:
     return out
 
 
-def parse_endpoints(config: Config) -> list[Endpoint]:
-    out: list[Endpoint] = []
-    names: set[str] = set()
-    ips: dict[str, str] = {}
-    macs: dict[str, str] = {}
-    for i, spec in enumerate(config.section("endpoints") or []):
-        at = ("endpoints", i)
-        if spec["name"] in names:
-            raise config.error(at + ("name",), f"endpoint {spec['name']!r} twice")
-        names.add(spec["name"])
-        try:
-            ip = ipaddress.ip_address(spec["ip"])
-        except ValueError:
-            raise config.error(at + ("ip",), f"{spec['ip']!r} is not an IP address") from None
-        if str(ip) in ips:
-            raise config.error(at + ("ip",), f"{ip} is also endpoint {ips[str(ip)]!r}'s address")
-        ips[str(ip)] = spec["name"]
-        mac = spec.get("mac")
-        if mac is not None and not _MAC.match(mac):
-            raise config.error(at + ("mac",), f"{mac!r} is not a MAC address")
-        if mac is not None and mac.lower() in macs:
-            raise config.error(at + ("mac",), f"{mac} is also endpoint {macs[mac.lower()]!r}'s MAC")
-        if mac is not None:
-            macs[mac.lower()] = spec["name"]
-        ports = tuple(
-            NamedPort(p.get("name", ""), p["port"], p.get("protocol", "TCP").lower())
-            for p in spec.get("ports") or ()
-        )
-        out.append(
-            Endpoint(
-                spec["name"],
-                spec.get("namespace", DEFAULT_NAMESPACE),
-                ip,
-                mac.lower() if mac else None,
-                labels_of(spec.get("labels")),
-                ports,
-            )
-        )
-    return out
-
-
-def parse_microseg(section, config: Config) -> MicrosegSettings:
-    """Everything checked; the first problem is raised, located."""
+def parse_microseg(section, config: Config, documents: DocumentCache) -> MicrosegSettings:
+    """Everything checked; the first problem is raised, located. `documents` keeps what the
+    policy files parsed to, so a reload parses again only the files that changed."""
     settings = MicrosegSettings(parse_namespaces(config), parse_endpoints(config))
     for _, path in config.listed_files("policies"):
-        settings.policies += parsed_documents(path, parse_policy)
+        settings.policies += documents.parsed(path, parse_policy)
     check_unique(settings.policies)
     return settings

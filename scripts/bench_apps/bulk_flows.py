@@ -10,7 +10,6 @@ import time
 
 from controller.app import SuiteApp
 from controller.flows import apply, flow, output
-from controller.shim import SuiteOSKenApp
 
 LOG = logging.getLogger("osken_suite.bench")
 
@@ -28,7 +27,3 @@ class BulkFlows(SuiteApp):
         flows = [flow(forwarding, 100, {"eth_dst": m}, apply(output(1))) for m in macs]
         LOG.info("bulk: handing %d flows to the core at %.6f", len(flows), time.time())
         self.desired.put(("bench", dpid), {dpid: flows})
-
-
-class BulkFlowsApp(SuiteOSKenApp):
-    suite_app = BulkFlows

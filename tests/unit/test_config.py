@@ -5,7 +5,19 @@ import math
 import pytest
 import yaml
 
+from apps.l2_learning import L2Learning
 from controller.config import ConfigError, Loader, dump_documents, load_config, load_documents
+from controller.core import Core
+
+
+def check(path, apps=(L2Learning,)):
+    """Read a config and check its sections as the controller does, with `apps` loaded."""
+    config = load_config(path)
+    core = Core()
+    for app in apps:
+        core.add_app(app)
+    core.parse(config, warn=False)
+    return config
 
 
 def write(tmp_path, text):
@@ -14,22 +26,20 @@ def write(tmp_path, text):
     return str(path)
 
 
-def error_of(tmp_path, text):
+def error_of(tmp_path, text, apps=(L2Learning,)):
     with pytest.raises(ConfigError) as info:
-        load_config(write(tmp_path, text))
+        check(write(tmp_path, text), apps)
     return str(info.value)
 
 
 def test_valid_config_loads(tmp_path):
-    cfg = load_config(
-        write(tmp_path, "l2:\n  mac_age: 60\nendpoints:\n  - {name: a, ip: 10.0.0.1}\n")
-    )
+    cfg = check(write(tmp_path, "l2:\n  mac_age: 60\nendpoints:\n  - {name: a, ip: 10.0.0.1}\n"))
     assert cfg.section("l2") == {"mac_age": 60}
     assert cfg.section("firewall") is None
 
 
 def test_empty_config_is_fine(tmp_path):
-    assert load_config(write(tmp_path, "")).data == {}
+    assert check(write(tmp_path, "")).data == {}
 
 
 def test_unknown_top_level_key(tmp_path):
@@ -58,11 +68,11 @@ def test_duplicate_keys_are_errors(tmp_path):
 
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
-        load_config(str(tmp_path / "nope.yaml"))
+        check(str(tmp_path / "nope.yaml"))
 
 
 def test_discovery_and_controller_sections(tmp_path):
-    cfg = load_config(
+    cfg = check(
         write(
             tmp_path,
             "discovery: {probation: 0.5, lldp_interval: 2}\n"
@@ -84,8 +94,8 @@ def test_list_items_checked_once_but_a_changed_item_is_checked_again(tmp_path):
         "endpoints:\n  - {name: a, ip: 10.0.0.1}\n"
         "  - {name: b, ip: 10.0.0.2, ports: [{port: 80}]}\n"
     )
-    load_config(write(tmp_path, good))
-    load_config(write(tmp_path, good))
+    check(write(tmp_path, good))
+    check(write(tmp_path, good))
     bad = good.replace("port: 80", "port: 70000")
     assert error_of(tmp_path, bad).endswith(
         "lab.yaml:3: endpoints[1].ports[0].port: 70000 is greater than the maximum of 65535"
@@ -163,9 +173,9 @@ def test_duplicate_key_is_refused_even_if_a_merge_brings_the_same_key(tmp_path):
 
 
 def test_a_1_1_boolean_is_refused_where_a_boolean_is_wanted(tmp_path):
-    import apps.fw.rules  # noqa: F401  (registers the firewall section's schema)
+    from apps.firewall import Firewall
 
-    msg = error_of(tmp_path, "firewall:\n  stateful: yes\n")
+    msg = error_of(tmp_path, "firewall:\n  stateful: yes\n", (Firewall,))
     assert msg.endswith("lab.yaml:2: firewall.stateful: 'yes' is not of type 'boolean'")
 
 
@@ -180,7 +190,5 @@ def test_label_values_are_strings_as_in_kubernetes(tmp_path):
         tmp_path, "endpoints:\n  - name: a\n    ip: 10.0.0.1\n    labels: {version: 1.10}\n"
     )
     assert msg.endswith("lab.yaml:4: endpoints[0].labels.version: 1.1 is not a string: quote it")
-    cfg = load_config(
-        write(tmp_path, "endpoints:\n  - {name: a, ip: 10.0.0.1, labels: {x: yes}}\n")
-    )
+    cfg = check(write(tmp_path, "endpoints:\n  - {name: a, ip: 10.0.0.1, labels: {x: yes}}\n"))
     assert cfg.section("endpoints")[0]["labels"] == {"x": "yes"}

@@ -5,11 +5,14 @@ import os
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apps.firewall import Firewall
+from apps.fw import rules
 from apps.fw.rules import load_rules_file, parse_firewall
 from apps.l2_learning import L2Learning
-from controller.config import ConfigError, load_config
+from controller.config import ConfigError, Validator, load_config
 from controller.core import Core
 from controller.matches import port_masks
 from tests.fakenet import BROADCAST
@@ -509,3 +512,48 @@ def test_a_rules_file_that_cannot_be_read_is_refused_at_the_line_naming_it(tmp_p
     core.add_app(Firewall)
     with pytest.raises(ConfigError, match=r"lab.yaml:3: firewall.rules_file: cannot read"):
         core.parse(load_config(str(cfg)))
+
+
+def test_a_one_rule_edit_is_found_by_value_not_by_a_cache_elsewhere(tmp_path):
+    """Each firewall app keeps its own parse cache; the small-edit path compares rules by what
+    they say and where, so it holds when nothing was cached (another core parsed the rules)."""
+    rules = [f"    - {{action: deny, protocol: tcp, port: {p}}}" for p in range(100, 140)]
+    text = "firewall:\n  rules:\n" + "\n".join(rules) + "\n"
+    net, fw, cfg = lab(tmp_path, text)
+    other = Core().add_app(Firewall)
+    parsed = other.parse_config(load_config(str(cfg)).section("firewall"), load_config(str(cfg)))
+    assert all(a is not b for a, b in zip(parsed.rules, fw.settings.rules, strict=True))
+    fw.rule_cache.by_text.clear()
+    fw.rule_cache.lists.clear()
+    before = {d: len(sw.received) for d, sw in net.switches.items()}
+    edited = fw._edit_in_place
+    calls = []
+    fw._edit_in_place = lambda settings, now: calls.append(edited(settings, now)) or calls[-1]
+    reload(net, cfg, text.replace("port: 120}", "port: 9120}"))
+    assert calls == [True]  # the small-edit path took it
+    for dpid, sw in net.switches.items():
+        assert len(flow_mods(sw.received[before[dpid] :])) == 4, dpid
+    assert not tcp(net, A, B, 9120) and tcp(net, A, B, 120)
+
+
+_RULE_VALUES = st.one_of(
+    st.sampled_from(["allow", "deny", "rate_limit", "tcp", "udp", "icmp", "any", "10.0.0.0/8"]),
+    st.integers(-5, 300),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+    st.text(max_size=4),
+    st.just({"pps": 10}),
+)
+_RULE_KEYS = st.sampled_from(
+    ["action", "protocol", "source", "destination", "port", "source_port", "icmp_type", "name"]
+    + ["destination_port", "schedule", "rate_limit", "colour"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_RULE_KEYS, _RULE_VALUES, max_size=6))
+def test_the_rule_fast_path_never_passes_what_the_schema_refuses(spec):
+    """`_plainly_valid` only spares jsonschema's cost: whatever it passes, the schema passes."""
+    if rules._plainly_valid(spec):
+        assert not list(Validator(rules._RULE).iter_errors(spec)), spec

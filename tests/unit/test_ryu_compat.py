@@ -294,7 +294,7 @@ def test_classic_and_suite_apps_together_are_refused_in_one_line(order):
     result = run(*[SEED_APP, "apps/firewall.py"][::order], "--prometheus-port", "0")
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert "classic app SimpleFirewall" in line and "FirewallApp" in line
+    assert "classic app SimpleFirewall" in line and "suite apps (L2Learning, Firewall)" in line
     assert "run it alone" in line
 
 

@@ -4,7 +4,6 @@ Used by tests/integration/test_failure_isolation.py as `osken-manager ... faulty
 """
 
 from controller.app import SuiteApp
-from controller.shim import SuiteOSKenApp
 
 
 class Faulty(SuiteApp):
@@ -14,7 +13,3 @@ class Faulty(SuiteApp):
         raise RuntimeError("faulty app")
 
     on_packet_in = on_topology_change = on_switch_ready = on_switch_synced = tick = _fail
-
-
-class FaultyApp(SuiteOSKenApp):
-    suite_app = Faulty
