@@ -46,6 +46,13 @@ class _DuplicateKey(Exception):
     """Raised while loading; the line map then finds and locates the duplicate."""
 
 
+def _unique_keys(pairs: list) -> dict:
+    """json.loads' object hook: a duplicate key is an error, as in YAML (JSON keeps the last)."""
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise _DuplicateKey
+    return dict(pairs)
+
+
 class Loader(yamlcore.CCoreLoader):
     """YAML 1.2 core schema (yamlcore's resolver on libyaml's parser), `<<` merge keys, and no
     duplicate keys (YAML would keep the last silently).
@@ -282,7 +289,11 @@ def load_document(path: str, json_only: bool = False) -> Document:
     text = read_text(path)
     check_yaml(path, text, Loader)  # JSON is YAML: its depth is checked the same way
     try:
-        data = json.loads(text) if json_only else yaml.load(text, Loader=Loader)
+        data = (
+            json.loads(text, object_pairs_hook=_unique_keys)
+            if json_only
+            else yaml.load(text, Loader=Loader)
+        )
     except json.JSONDecodeError as exc:
         raise ConfigError(path, exc.lineno, "", f"JSON syntax error: {exc.msg}") from None
     except RecursionError:  # JSON that YAML could not read, nested past Python's stack
