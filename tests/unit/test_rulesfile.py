@@ -122,7 +122,8 @@ def test_a_files_default_is_read_by_both(tmp_path):
 @pytest.mark.parametrize(
     ("text", "where"),
     [
-        ('{"rules": [], "rules": []}', "rules"),
+        ('{"rules": [], "rules": []}', ""),
+        ('{"rules": [{"action": "deny", "action": "allow"}]}', ""),
         ('{"rules": [], "colour": 1}', "colour"),
         ('{"rules": [], "default": "maybe"}', "default"),
         ('{"rules": {}}', ""),

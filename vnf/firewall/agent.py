@@ -11,10 +11,10 @@ and nftables, so it uses the standard library alone.
 - Rules: the seed's rules.json format (`{"rules": [{action, protocol, port, source,
   destination}...], "default": "allow"|"deny"}`), first match decides, read by rulesfile.py
   exactly as the controller's firewall app reads it. What a bridge of IPv4 cannot enforce
-  (IPv6 addresses, icmpv6, schedules, rate limits, ICMP types) is refused by name. Read from the file named
-  by FIREWALL_RULES_FILE when it exists (a ConfigMap mounted as a folder, which the deploy tool
-  keeps up to date), else from FIREWALL_RULES. The file is watched: a change is applied at once,
-  atomically (one nft transaction), without a restart.
+  (IPv6 addresses, icmpv6, schedules, rate limits, ICMP types) is refused by name. Read from
+  the file named by FIREWALL_RULES_FILE when it exists (a ConfigMap mounted as a folder, which
+  the deploy tool keeps up to date), else from FIREWALL_RULES. The file is watched: a change
+  is applied at once, atomically (one nft transaction), without a restart.
 - Bad rules: the old rules stay in force (at start, with none yet, everything is dropped);
   the error goes to stderr (docker logs) and to /run/vnf/status.json, as does every apply.
 - Stateful: bridged IPv4 crosses the inet family's forward hook with conntrack (br_netfilter,

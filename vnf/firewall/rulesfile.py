@@ -101,27 +101,27 @@ class RulesFile:
     default: str | None = None
 
 
-def _refuse_duplicates(pairs: list) -> dict:
-    seen: dict = {}
-    for key, value in pairs:
-        if key in seen:
-            raise RuleFormatError((key,), "duplicate key")
-        seen[key] = value
-    return seen
-
-
 def loads(text: str) -> RulesFile:
     """Parse a rules.json text (the top level only; see parse_rule for each rule).
 
     Raises RuleFormatError: not JSON (with its line), a duplicate key, not {"rules": [...]},
     a `default` other than allow or deny, or another top-level key.
     """
+    duplicated: list[str] = []
+
+    def unique(pairs: list) -> dict:
+        keys = [key for key, _ in pairs]
+        duplicated.extend(key for i, key in enumerate(keys) if key in keys[:i])
+        return dict(pairs)
+
     try:
-        data = json.loads(text, object_pairs_hook=_refuse_duplicates)
+        data = json.loads(text, object_pairs_hook=unique)
     except json.JSONDecodeError as exc:
         raise RuleFormatError((), f"not JSON: line {exc.lineno}: {exc.msg}") from None
     except RecursionError:
         raise RuleFormatError((), "nested too deeply") from None
+    if duplicated:  # after the syntax: a syntax error is the first thing to fix
+        raise RuleFormatError((), f"duplicate key {duplicated[0]!r}")
     return parse_document(data)
 
 
