@@ -160,10 +160,11 @@ def lldp_tlvs(data: bytes) -> Iterator[tuple[int, bytes]]:
 
 
 def arp_frame(op: int, src_mac: str, src_ip: str, dst_mac: str, dst_ip: str) -> bytes:
-    """An untagged Ethernet/IPv4 ARP frame (RFC 826): a request is broadcast, a reply goes to
-    dst_mac. Raises ValueError for a malformed MAC or IPv4 address."""
+    """An untagged Ethernet/IPv4 ARP frame (RFC 826), padded to Ethernet's 60-byte minimum: a
+    request is broadcast, a reply goes to dst_mac. Raises ValueError for a malformed MAC or
+    IPv4 address."""
     eth_dst = dst_mac if op == ARP_REPLY else BROADCAST
-    return (
+    frame = (
         _mac(eth_dst)
         + _mac(src_mac)
         + _U16.pack(ETH_TYPE_ARP)
@@ -176,6 +177,7 @@ def arp_frame(op: int, src_mac: str, src_ip: str, dst_mac: str, dst_ip: str) -> 
             ipaddress.IPv4Address(dst_ip).packed,
         )
     )
+    return frame + bytes(60 - len(frame))
 
 
 def _mac(text: str) -> bytes:
