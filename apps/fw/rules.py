@@ -23,7 +23,7 @@ from controller.config import (
 from vnf.firewall import rulesfile
 from vnf.firewall.rulesfile import RuleFields, RuleFormatError
 
-PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "any")
+PROTOCOLS = rulesfile.PROTOCOLS
 ACTIONS = ("allow", "deny", "rate_limit")
 UINT32 = 2**32 - 1  # a meter band's rate and burst (OpenFlow 1.3, ofp_meter_band)
 IPNet = rulesfile.IPNet
