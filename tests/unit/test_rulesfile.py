@@ -3,6 +3,8 @@ rules to both, and a refusal names the same rule and field."""
 
 import json
 import os
+import shutil
+import subprocess
 
 import pytest
 from hypothesis import given, settings
@@ -164,3 +166,17 @@ def test_any_rule_gets_one_verdict_from_both(tmp_path_factory, rule):
     assert app_ok == vnf_ok, (app, vnf)  # all IPv4 here: what both enforce
     if not app_ok:  # the same rule; with several faults each may name a different one first
         assert app.startswith("rules[0]") and vnf.startswith("rules[0]"), (app, vnf)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("unshare"),
+    reason="needs root, nft and unshare",
+)
+def test_every_rule_both_accept_is_one_nft_takes():
+    """nft checks (-c, nothing applied) the VNF's script in a throwaway network namespace."""
+    rules = [rule for rule, where in SAME if where is None]
+    script = compile_rules(rules_json(*rules))
+    done = subprocess.run(
+        ["unshare", "-n", "nft", "-c", "-f", "-"], input=script, text=True, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr
