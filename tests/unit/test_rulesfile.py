@@ -180,3 +180,14 @@ def test_every_rule_both_accept_is_one_nft_takes():
         ["unshare", "-n", "nft", "-c", "-f", "-"], input=script, text=True, capture_output=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_vnf_names_the_line_too(tmp_path):
+    text = '{"default": "deny",\n "rules": [\n  {"action": "deny"},\n  {"action": "deny",\n'
+    text += '   "port": 0.5}]}'
+    with pytest.raises(RuleError) as err:
+        compile_rules(text)
+    assert err.value.at("rules.json") == (
+        "rules.json:5: rules[1].port: 0.5 is not a port or a range like 8000-8080"
+    )
+    assert app_verdict(tmp_path, text) == (False, "rules[1].port")

@@ -59,7 +59,16 @@ NOT_ENFORCED = {
 
 
 class RuleError(ValueError):
-    pass
+    """Rules refused: str() names the rule and field ('rules[3].port: ...'); `line` is where
+    that is in the text (None when unknown)."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+    def at(self, origin: str) -> str:
+        """'origin:line: rules[3].port: ...', the way the controller locates its errors."""
+        return f"{origin}:{self.line}: {self}" if self.line else f"{origin}: {self}"
 
 
 def _rule(spec, where: tuple) -> rulesfile.RuleFields:
@@ -84,7 +93,7 @@ def compile_rules(text: str) -> str:
         doc = rulesfile.loads(text)
         rules = [_rule(spec, ("rules", i)) for i, spec in enumerate(doc.rules)]
     except rulesfile.RuleFormatError as exc:
-        raise RuleError(str(exc)) from None
+        raise RuleError(str(exc), rulesfile.line_of(text, exc.where)) from None
     default = doc.default or os.environ.get("FIREWALL_DEFAULT", "allow")
     if default not in rulesfile.DEFAULTS:
         raise RuleError(f"FIREWALL_DEFAULT: {default!r} is not allow or deny")
@@ -237,9 +246,9 @@ def apply(text: str, origin: str) -> bool:
         _run("nft", "-f", "-", stdin=script)
     except RuleError as exc:
         print(
-            f"vnf: {origin}: {exc}; the previous rules stay in force", file=sys.stderr, flush=True
+            f"vnf: {exc.at(origin)}; the previous rules stay in force", file=sys.stderr, flush=True
         )
-        report(ok=False, error=f"{origin}: {exc}", digest=version)
+        report(ok=False, error=exc.at(origin), digest=version)
         return False
     except subprocess.CalledProcessError as exc:
         print(f"vnf: nft refused the rules: {exc.stderr.strip()}", file=sys.stderr, flush=True)

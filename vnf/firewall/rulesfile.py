@@ -125,6 +125,48 @@ def loads(text: str) -> RulesFile:
     return parse_document(data)
 
 
+def line_of(text: str, where: tuple) -> int | None:
+    """The line (1-based) of `where` (a key's or an item's path) in a JSON text that parses,
+    or of the nearest enclosing key or item it can find; None for the top level."""
+    for depth in range(len(where), 0, -1):
+        try:
+            at = _position(text, _skip(text, 0), where[:depth])
+        except (ValueError, IndexError, RecursionError):
+            return None
+        if at is not None:
+            return text.count("\n", 0, at) + 1
+    return None
+
+
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _position(text: str, i: int, path: tuple) -> int | None:
+    """Where the key or item at `path` starts, in the JSON value that starts at i."""
+    decoder = json.JSONDecoder()
+    if not path:
+        return i
+    opening, n = text[i], 0
+    if opening not in "{[":
+        return None
+    i = _skip(text, i + 1)
+    while text[i] not in "}]":
+        start = i
+        if opening == "{":
+            key, end = decoder.raw_decode(text, i)
+            i = _skip(text, _skip(text, end) + 1)  # past the colon: the value
+            if key == path[0]:
+                return start if len(path) == 1 else _position(text, i, path[1:])
+        elif n == path[0]:
+            return _position(text, i, path[1:])
+        i = _skip(text, decoder.raw_decode(text, i)[1])
+        i, n = (_skip(text, i + 1) if text[i] == "," else i), n + 1
+    return None
+
+
 def parse_document(data) -> RulesFile:
     """The top level of an already parsed rules.json. Raises RuleFormatError."""
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
