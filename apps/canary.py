@@ -19,12 +19,8 @@ take their split from Istio / Gateway API routing files (`routing`); see docs/ca
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import struct
 from types import MappingProxyType
-
-from os_ken.lib.packet import arp, ethernet, packet
 
 from apps.lb.compile import (
     COOKIE,
@@ -48,6 +44,14 @@ from apps.lb.weights import SmoothWeighted
 from controller.app import PacketIn, SuiteApp
 from controller.config import DocumentCache
 from controller.flows import Flow, group_action, output, packet_out
+from controller.packets import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    ETH_TYPE_ARP,
+    arp_frame,
+    connection_of,
+    parse_arp,
+)
 
 LOG = logging.getLogger("osken_suite.canary")
 ARP_PROBE_INTERVAL = 2.0
@@ -56,34 +60,6 @@ MAX_LEARNED = 65536  # IP -> MAC entries kept from ARP
 # end normally, and a client reusing a port whose conntrack entry still points at it (TIME_WAIT)
 # is not sent into a void.
 DRAIN_SECONDS = 300.0
-BROADCAST = "ff:ff:ff:ff:ff:ff"
-
-
-def connection_of(data: bytes) -> tuple[str, str, int, int, int] | None:
-    """(source IP, destination IP, protocol, source port, destination port) of an IPv4
-    TCP or UDP frame, or None."""
-    if len(data) < 34 or struct.unpack_from("!H", data, 12)[0] != 0x0800:
-        return None
-    ihl = (data[14] & 0x0F) * 4
-    proto = data[23]
-    if proto not in (6, 17) or len(data) < 14 + ihl + 4:
-        return None
-    sport, dport = struct.unpack_from("!HH", data, 14 + ihl)
-    src = str(ipaddress.IPv4Address(data[26:30]))
-    dst = str(ipaddress.IPv4Address(data[30:34]))
-    return src, dst, proto, sport, dport
-
-
-def arp_frame(op: int, src_mac: str, src_ip: str, dst_mac: str, dst_ip: str) -> bytes:
-    pkt = packet.Packet()
-    pkt.add_protocol(
-        ethernet.ethernet(dst_mac if op == arp.ARP_REPLY else BROADCAST, src_mac, 0x0806)
-    )
-    pkt.add_protocol(
-        arp.arp(opcode=op, src_mac=src_mac, src_ip=src_ip, dst_mac=dst_mac, dst_ip=dst_ip)
-    )
-    pkt.serialize()
-    return bytes(pkt.data)
 
 
 class Canary(SuiteApp):
@@ -343,21 +319,18 @@ class Canary(SuiteApp):
                 self.learned_macs[ip] = mac
 
     def on_packet_in(self, pkt: PacketIn, now: float) -> None:
-        if pkt.eth_type == 0x0806:
+        if pkt.eth_type == ETH_TYPE_ARP:
             self._arp(pkt)
         if pkt.cookie == COOKIE and pkt.table_id == self.compiler.track:
             self._new_connection(pkt)
 
     def _arp(self, pkt: PacketIn) -> None:
-        try:
-            a = packet.Packet(pkt.data).get_protocol(arp.arp)
-        except Exception:  # a malformed frame is not ours to answer
-            return
-        if a is None:
+        a = parse_arp(pkt.data)
+        if a is None:  # not Ethernet/IPv4 ARP, or cut short: not ours to answer
             return
         vip = next((s for s in self.settings.services if s.vip == a.dst_ip), None)
-        if a.opcode == arp.ARP_REQUEST and vip is not None and pkt.cookie == COOKIE:
-            frame = arp_frame(arp.ARP_REPLY, vip_mac(vip.vip), vip.vip, a.src_mac, a.src_ip)
+        if a.opcode == ARP_REQUEST and vip is not None and pkt.cookie == COOKIE:
+            frame = arp_frame(ARP_REPLY, vip_mac(vip.vip), vip.vip, a.src_mac, a.src_ip)
             self.core.send(pkt.dpid, [packet_out(frame, [output(pkt.in_port)])])
             return
         self._learn_mac(a.src_ip, a.src_mac)
@@ -434,7 +407,7 @@ class Canary(SuiteApp):
             for b in s.backends:
                 if self.mac_of(b) is not None:
                     continue
-                frame = arp_frame(arp.ARP_REQUEST, vip_mac(s.vip), s.vip, "00:00:00:00:00:00", b.ip)
+                frame = arp_frame(ARP_REQUEST, vip_mac(s.vip), s.vip, "00:00:00:00:00:00", b.ip)
                 for dpid in self.topology.switches():
                     if self.core.ready(dpid):
                         ports = sorted(self.topology.edge_ports(dpid))

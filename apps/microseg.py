@@ -17,9 +17,7 @@ labels, and the policy files, read unmodified (docs/microseg.md).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import struct
 from collections.abc import Hashable
 from types import MappingProxyType
 
@@ -29,26 +27,10 @@ from apps.ms.settings import POLICIES_SCHEMA, MicrosegSettings, parse_microseg
 from controller.app import PacketIn, SuiteApp
 from controller.config import DocumentCache
 from controller.flows import Flow, ct_flush_zone
+from controller.packets import source_ip
 
 LOG = logging.getLogger("osken_suite.microseg")
 SPOOF_LOG_INTERVAL = 10.0
-
-
-def claimed_source(data: bytes) -> str | None:
-    """The source address a frame claims: ARP's sender address or the IP source."""
-    if len(data) < 14:
-        return None
-    (eth_type,) = struct.unpack_from("!H", data, 12)
-    try:
-        if eth_type == 0x0806 and len(data) >= 32:
-            return str(ipaddress.IPv4Address(data[28:32]))
-        if eth_type == 0x0800 and len(data) >= 34:
-            return str(ipaddress.IPv4Address(data[26:30]))
-        if eth_type == 0x86DD and len(data) >= 38:
-            return str(ipaddress.IPv6Address(data[22:38]))
-    except ValueError:
-        return None
-    return None
 
 
 class Microseg(SuiteApp):
@@ -207,7 +189,7 @@ class Microseg(SuiteApp):
     def on_packet_in(self, pkt: PacketIn, now: float) -> None:
         if pkt.cookie != COOKIE or pkt.table_id != self.compiler.src:
             return
-        ip = claimed_source(pkt.data)
+        ip = source_ip(pkt.data)
         endpoint = self.world.by_ip.get(ip) if ip else None
         if endpoint is None or ip in self.bindings:
             return

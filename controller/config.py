@@ -48,6 +48,22 @@ class _DuplicateKey(Exception):
     """Raised while loading; the line map then finds and locates the duplicate."""
 
 
+def _strict_json(text: str) -> Any:
+    """json.loads, but a duplicate key is an error, as in YAML (JSON keeps the last): raised
+    as _DuplicateKey once the whole text has parsed, so a syntax error is reported first."""
+    duplicated = []
+
+    def unique(pairs: list) -> dict:
+        if len({key for key, _ in pairs}) != len(pairs):
+            duplicated.append(pairs)
+        return dict(pairs)
+
+    data = json.loads(text, object_pairs_hook=unique)
+    if duplicated:
+        raise _DuplicateKey
+    return data
+
+
 class Loader(yamlcore.CCoreLoader):
     """YAML 1.2 core schema (yamlcore's resolver on libyaml's parser), `<<` merge keys, and no
     duplicate keys (YAML would keep the last silently).
@@ -163,6 +179,11 @@ class Document:
             probe = probe[:-1]
         return self.lines.get(probe)
 
+    def located(self, where: tuple) -> str:
+        """'file:line' of `where` (or of the nearest enclosing key), or 'file' with no line."""
+        line = self.line_of(where)
+        return f"{self.path}:{line}" if line else str(self.path)
+
     def error(self, where: tuple, message: str) -> ConfigError:
         """A ConfigError located at `where` (or the nearest enclosing key that has a line)."""
         return ConfigError(self.path or "<config>", self.line_of(where), dotted(where), message)
@@ -200,7 +221,7 @@ def load_document(path: str, json_only: bool = False) -> Document:
     text = read_text(path)
     check_yaml(path, text, Loader)  # JSON is YAML: its depth is checked the same way
     try:
-        data = json.loads(text) if json_only else yaml.load(text, Loader=Loader)
+        data = _strict_json(text) if json_only else yaml.load(text, Loader=Loader)
     except json.JSONDecodeError as exc:
         raise ConfigError(path, exc.lineno, "", f"JSON syntax error: {exc.msg}") from None
     except RecursionError:  # JSON that YAML could not read, nested past Python's stack

@@ -40,6 +40,7 @@ from controller.flows import (
 )
 from controller.lldp import LLDP_ETHERTYPE, LLDP_MAC
 from controller.metrics import Metrics
+from controller.packets import parse_eth
 from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
 from controller.reconcile import (
     apply_plan,
@@ -56,7 +57,6 @@ from controller.switch import (
     PortInfo,
     SwitchConn,
     flow_stats_request,
-    parse_eth,
     table_requests,
 )
 from controller.topology import Topology

@@ -29,7 +29,10 @@ import hmac
 import struct
 from dataclasses import dataclass
 
-LLDP_ETHERTYPE = 0x88CC
+from controller.packets import ETH_TYPE_LLDP, Malformed, lldp_tlvs
+
+LLDP_ETHERTYPE = ETH_TYPE_LLDP
+_ETHERTYPE = struct.pack("!H", ETH_TYPE_LLDP)
 LLDP_MAC = "01:80:c2:00:00:0e"
 KEY_BYTES = 32
 TAG_BYTES = 16
@@ -107,30 +110,19 @@ def lldp_frame(
     return dst + src + struct.pack("!H", LLDP_ETHERTYPE) + body
 
 
-def _tlvs(data: bytes):
-    """(type, value) of each TLV up to the End TLV; Refused if one runs past the frame."""
-    offset = 14
-    while offset + 2 <= len(data):
-        header = struct.unpack_from("!H", data, offset)[0]
-        tlv_type, length = header >> 9, header & 0x1FF
-        if tlv_type == 0:
-            return
-        if offset + 2 + length > len(data):
-            raise Refused(MALFORMED, f"TLV type {tlv_type} at byte {offset} runs past the frame")
-        yield tlv_type, data[offset + 2 : offset + 2 + length]
-        offset += 2 + length
-    raise Refused(MALFORMED, "no End TLV")
-
-
 def parse_lldp(data: bytes) -> Probe:
     """The probe an LLDP frame carries, not yet checked against a key.
 
     Raises Refused (MALFORMED or UNSIGNED) for anything that is not one of our frames.
     """
-    if len(data) < 14 or struct.unpack_from("!H", data, 12)[0] != LLDP_ETHERTYPE:
+    if len(data) < 14 or data[12:14] != _ETHERTYPE:
         raise Refused(MALFORMED, "not an LLDP frame")
+    try:
+        tlvs = list(lldp_tlvs(data))
+    except Malformed as exc:
+        raise Refused(MALFORMED, str(exc)) from None
     dpid = port = auth = None
-    for tlv_type, value in _tlvs(data):
+    for tlv_type, value in tlvs:
         if tlv_type == 1 and value[1:].startswith(_CHASSIS_PREFIX):
             text = value[1 + len(_CHASSIS_PREFIX) :]
             if len(text) != 16 or not all(c in b"0123456789abcdef" for c in text):

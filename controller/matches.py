@@ -13,8 +13,25 @@ from __future__ import annotations
 
 import ipaddress
 
-ETH_TYPES = {4: 0x0800, 6: 0x86DD}
-IP_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
+from controller.packets import (
+    ETH_TYPE_IP,
+    ETH_TYPE_IPV6,
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_SCTP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+)
+
+ETH_TYPES = {4: ETH_TYPE_IP, 6: ETH_TYPE_IPV6}
+IP_PROTOCOLS = {
+    "tcp": IPPROTO_TCP,
+    "udp": IPPROTO_UDP,
+    "sctp": IPPROTO_SCTP,
+    "icmp": IPPROTO_ICMP,
+    "icmpv6": IPPROTO_ICMPV6,
+}
+PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ND_TYPES = (133, 134, 135, 136, 137)  # ICMPv6 neighbour discovery: IPv6 cannot work without it
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20  # ct_state

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -90,13 +89,3 @@ def flow_stats_request(table: int = ofp.OFPTT_ALL, cookie: int = 0, cookie_mask:
     return parser.OFPFlowStatsRequest(
         OF13, 0, table, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, cookie_mask, parser.OFPMatch()
     )
-
-
-def parse_eth(data: bytes) -> tuple[str, str, int]:
-    """(dst, src, ethertype) of a frame, looking through one VLAN tag; cheap on the hot path."""
-    if len(data) < 14:
-        return "", "", 0
-    eth_type = struct.unpack_from("!H", data, 12)[0]
-    if eth_type == 0x8100 and len(data) >= 18:
-        eth_type = struct.unpack_from("!H", data, 16)[0]
-    return data[0:6].hex(":"), data[6:12].hex(":"), eth_type

@@ -32,6 +32,7 @@ from apps.fw.compile import Compiler  # noqa: E402
 from apps.fw.rules import load_rules_file  # noqa: E402
 from controller.pipeline import PIPELINE  # noqa: E402
 from topologies.harness import Controller, fresh_bridge  # noqa: E402
+from topologies.wait import until  # noqa: E402
 
 BRIDGE = "benchfw"
 TABLE = PIPELINE.table("firewall")
@@ -52,13 +53,11 @@ def table_count(bridge: str) -> int:
     return int(re.search(r"flow_count=(\d+)", out).group(1))
 
 
-def until(check, timeout: float = 120.0) -> float:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return time.time()
-        time.sleep(0.002)
-    raise RuntimeError("timed out")
+def when(check, timeout: float = 120.0) -> float:
+    """time.time() once check() is true, polled every 2 ms. Raises RuntimeError on timeout."""
+    if not until(check, timeout, interval=0.002):
+        raise RuntimeError("timed out")
+    return time.time()
 
 
 def make_rules(n: int) -> list[dict]:
@@ -89,7 +88,7 @@ def edits(ctl: Controller, folder: str, rules: list[dict], times: int) -> list[f
         start = time.time()
         ctl.proc.send_signal(signal.SIGHUP)
         want = f"tp_dst={60000 + n}"  # asked of OVS by match, so each poll is quick
-        done = until(lambda w=want: w in ofctl("dump-flows", BRIDGE, f"table={TABLE},tcp,{w}"))
+        done = when(lambda w=want: w in ofctl("dump-flows", BRIDGE, f"table={TABLE},tcp,{w}"))
         out.append(done - start)
         time.sleep(0.3)
     return out
@@ -113,7 +112,7 @@ def main() -> int:
             small = make_rules(100)
             write_rules(folder, small)
             ctl.proc.send_signal(signal.SIGHUP)
-            until(lambda: table_count(BRIDGE) > 100)
+            when(lambda: table_count(BRIDGE) > 100)
             small_edits = edits(ctl, folder, small, 5)
 
             rules = make_rules(args.rules)
@@ -125,7 +124,7 @@ def main() -> int:
             )
             start = time.time()
             ctl.proc.send_signal(signal.SIGHUP)
-            core_s = until(lambda: table_count(BRIDGE) >= expected) - start
+            core_s = when(lambda: table_count(BRIDGE) >= expected) - start
             dump = [
                 line.strip()
                 for line in ofctl("--no-stats", "dump-flows", BRIDGE, f"table={TABLE}").splitlines()
@@ -138,7 +137,7 @@ def main() -> int:
         fresh_bridge(BRIDGE)
         start = time.time()
         ofctl("add-flows", BRIDGE, flows_file)
-        ofctl_s = until(lambda: table_count(BRIDGE) >= len(dump)) - start
+        ofctl_s = when(lambda: table_count(BRIDGE) >= len(dump)) - start
     finally:
         vsctl("--if-exists", "del-br", BRIDGE)
     n = len(rules)

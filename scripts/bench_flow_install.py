@@ -25,6 +25,7 @@ from bulk_flows import bench_macs  # noqa: E402
 
 from controller.pipeline import PIPELINE  # noqa: E402
 from topologies.harness import Controller, fresh_bridge, ofctl  # noqa: E402
+from topologies.wait import until  # noqa: E402
 
 BRIDGE = "benchflows"
 
@@ -39,11 +40,8 @@ def flow_count() -> int:
 
 
 def wait_count(target: int, timeout: float = 120) -> float:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if flow_count() >= target:
-            return time.time()
-        time.sleep(0.01)
+    if until(lambda: flow_count() >= target, timeout, interval=0.01):
+        return time.time()
     raise RuntimeError(f"switch never reached {target} flows (has {flow_count()})")
 
 

@@ -38,6 +38,7 @@ from controller.config import load_config  # noqa: E402
 from controller.core import Core  # noqa: E402
 from tests.fakenet import FakeNetwork  # noqa: E402
 from topologies.harness import Controller, fresh_bridge  # noqa: E402
+from topologies.wait import until  # noqa: E402
 
 NAMESPACES = 4
 NAME_LABEL = "kubernetes.io/metadata.name"
@@ -145,9 +146,7 @@ def on_open_vswitch(cfg: str, rounds: int) -> list[float]:
             )
             if not ctl.wait_log(r"reconciled \(connect\)", timeout=60):
                 raise RuntimeError(ctl.log()[-2000:])
-            deadline = time.time() + 30
-            while ep0_identity() is None and time.time() < deadline:
-                time.sleep(0.1)
+            until(lambda: ep0_identity() is not None, 30, interval=0.1)
             for r in range(rounds):
                 before = ep0_identity()
                 relabel(cfg, text, r)

@@ -36,7 +36,9 @@ if ! $DOCKER image inspect "$base" >/dev/null 2>&1; then
 fi
 echo "$base"
 
-build_vnf() {  # build_vnf NAME ALIAS: vnf/NAME/* on the base, as osken/NAME:<key> and ALIAS
+build_vnf() {  # build_vnf NAME ALIAS: vnf/NAME/*.py on the base, as osken/NAME:<key> and ALIAS
+    # Every file of vnf/NAME is in the key and in the image (the agent and the rules.json parser
+    # it shares with the controller's firewall app), beside agent.py in /opt/vnf.
     local name=$1 alias=$2 key context image
     key=$( (echo "$base"; cat "$0"; find "$ROOT/vnf/$name" -type f -not -name '*.pyc' \
         -not -path '*__pycache__*' | sort | xargs cat) | sha256sum | cut -c1-12)
@@ -44,10 +46,11 @@ build_vnf() {  # build_vnf NAME ALIAS: vnf/NAME/* on the base, as osken/NAME:<ke
     if ! $DOCKER image inspect "$image" >/dev/null 2>&1; then
         log "building $image"
         context=$(mktemp -d)
-        cp "$ROOT/vnf/$name/agent.py" "$context/agent.py"
+        find "$ROOT/vnf/$name" -maxdepth 1 -name '*.py' -not -name '__init__.py' \
+            -exec cp {} "$context/" \;
         cat > "$context/Dockerfile" <<DOCKERFILE
 FROM $base
-COPY agent.py /opt/vnf/agent.py
+COPY *.py /opt/vnf/
 ENTRYPOINT ["/usr/bin/python3", "-u", "/opt/vnf/agent.py"]
 DOCKERFILE
         $DOCKER build --quiet -t "$image" "$context" >/dev/null

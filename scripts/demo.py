@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from controller.config import dump_documents, load_documents  # noqa: E402
 from topologies.fattree import FatTreeTopo  # noqa: E402
 from topologies.harness import ROOT, Controller, Lab, free_port, metric, ping_counts  # noqa: E402
+from topologies.wait import until  # noqa: E402
 from vnf.deploy import Deployer  # noqa: E402
 from vnf.manifest import load_manifest  # noqa: E402
 
@@ -299,8 +300,7 @@ def chain(lab: Lab, report: Report, folder: str) -> None:
 
     def wait(port: int, want: bool) -> float:
         start = time.time()
-        while time.time() - start < 10 and lab.connects(shop, store, "tcp", port, 0.5) != want:
-            pass
+        until(lambda: lab.connects(shop, store, "tcp", port, 0.5) == want, 10, interval=0)
         return time.time() - start
 
     try:

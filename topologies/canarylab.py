@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from topologies.harness import PROBE, Controller, Lab, free_port, metric
 from topologies.leafspine import LeafSpineTopo
+from topologies.wait import until
 
 VIP = "10.0.100.10"
 PORT = 80
@@ -61,13 +62,13 @@ class CanaryLab:
         if not self.ctl.rewrite_config(text, timeout):
             raise RuntimeError("the controller did not take the config:\n" + self.ctl.log()[-2000:])
         want = text.count("{endpoint:") if want is None else want
-        deadline = time.time() + timeout
-        while (
-            metric(self.metrics_port, "osken_canary_live_backends", service="user-service") < want
-        ):
-            if time.time() > deadline:
-                raise RuntimeError("backends never became ready")
-            time.sleep(0.05)
+
+        def ready() -> bool:
+            live = metric(self.metrics_port, "osken_canary_live_backends", service="user-service")
+            return live >= want
+
+        if not until(ready, timeout):
+            raise RuntimeError("backends never became ready")
 
     def spread(self, n: int, parallel: int = 8) -> dict[str, int]:
         """`n` new connections, shared by the clients, all at once: count per backend host."""

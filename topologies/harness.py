@@ -22,6 +22,8 @@ import threading
 import time
 import urllib.request
 
+from topologies.wait import seconds_until, until
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = os.path.join(ROOT, "topologies", "probe.py")
 
@@ -32,15 +34,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    """True if something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
 def wait_listening(port: int, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
+    return bool(until(lambda: listening(port), timeout))
 
 
 class Controller:
@@ -108,12 +112,7 @@ class Controller:
             return ""
 
     def wait_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> bool:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if len(re.findall(pattern, self.log())) >= count:
-                return True
-            time.sleep(0.1)
-        return False
+        return bool(until(lambda: len(re.findall(pattern, self.log())) >= count, timeout, 0.1))
 
     def rewrite_config(self, text: str, timeout: float = 10.0) -> bool:
         """Replace the config file it runs with; True once it has reloaded it (the file watch
@@ -285,12 +284,12 @@ class Lab:
 
     def wait_connected(self, timeout: float = 30.0) -> float | None:
         """Seconds until one pingall has no loss, or None if that never happens in time."""
-        start = time.time()
-        while time.time() - start < timeout:
+
+        def clean() -> bool:
             lost, sent = self.pingall()
-            if sent and not lost:
-                return time.time() - start
-        return None
+            return bool(sent and not lost)
+
+        return seconds_until(clean, timeout, interval=0)
 
     def ping(self, src: str, dst: str, count: int = 3, interval: float = 0.2) -> tuple[int, int]:
         """(received, sent) for `count` pings from src to dst."""
@@ -301,11 +300,7 @@ class Lab:
 
     def wait_ping(self, src: str, dst: str, timeout: float = 30.0) -> bool:
         """Ping once at a time until one gets through; False if none did within `timeout`."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.ping(src, dst, count=1)[0] == 1:
-                return True
-        return False
+        return bool(until(lambda: self.ping(src, dst, count=1)[0] == 1, timeout, interval=0))
 
     def serve(self, host: str, *specs: str, name: str | None = None) -> None:
         """Start TCP/UDP servers in a host (e.g. "tcp:80", "udp:53"); stopped with the lab.

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 from topologies.harness import ROOT, Controller, Lab
 from topologies.linear import LinearTopo
+from topologies.wait import seconds_until
 from vnf.deploy import Deployer
 from vnf.manifest import load_manifest
 
@@ -93,10 +94,11 @@ class VnfLab:
     def wait_open(self, port: int, want: bool, timeout: float = 10.0, proto: str = "tcp") -> float:
         """Seconds until a connection to h2:port opens (or stops opening); for UDP, until a
         datagram comes back (or stops coming back)."""
-        start = time.time()
-        while time.time() - start < timeout:
-            if self.lab.connects("h1", "h2", proto, port, timeout=0.5) == want:
-                return time.time() - start
+        took = seconds_until(
+            lambda: self.lab.connects("h1", "h2", proto, port, timeout=0.5) == want, timeout, 0
+        )
+        if took is not None:
+            return took
         raise AssertionError(f"{proto} {port} never became {'open' if want else 'closed'}")
 
 

@@ -43,7 +43,8 @@ from controller.flows import (
     output,
     set_field,
 )
-from controller.matches import prefix_match
+from controller.matches import PROTOCOL_NAMES, prefix_match
+from controller.packets import ETH_TYPE_8021Q, ETH_TYPE_IP
 from controller.pipeline import FROM_FABRIC, Pipeline
 
 COOKIE = 0x06 << 56
@@ -93,10 +94,10 @@ def group_id(chain: int, hop: int, side: str) -> int:
 def class_matches(c: Chain, reverse: bool) -> list[dict]:
     """The class as OpenFlow matches (one per source, destination and port combination)."""
     sources, dests = (c.destinations, c.sources) if reverse else (c.sources, c.destinations)
-    l4 = {6: "tcp", 17: "udp"}[c.protocol] + ("_src" if reverse else "_dst")
+    l4 = PROTOCOL_NAMES[c.protocol] + ("_src" if reverse else "_dst")
     out = []
     for src, dst, port in product(sources or [None], dests or [None], c.ports or [None]):
-        m: dict = {"eth_type": 0x0800, "ip_proto": c.protocol}
+        m: dict = {"eth_type": ETH_TYPE_IP, "ip_proto": c.protocol}
         if src is not None:
             m.update(prefix_match("ipv4_src", src))  # 0.0.0.0/0 is no match, as OVS reads it
         if dst is not None:
@@ -135,7 +136,11 @@ class Compiler:
         nh = next_hops(target.dpid).get(dpid)
         if nh is None:
             return None
-        push = (("push_vlan", 0x8100), set_field("vlan_vid", VLAN_PRESENT | vid), output(nh))
+        push = (
+            ("push_vlan", ETH_TYPE_8021Q),
+            set_field("vlan_vid", VLAN_PRESENT | vid),
+            output(nh),
+        )
         return push, nh
 
     def chain_flows(

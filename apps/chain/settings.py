@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from controller.config import LABELS, Config
 from controller.endpoints import parse_endpoints
+from controller.matches import IP_PROTOCOLS
 
 MAX_CHAINS, MAX_HOPS, MAX_REPLICAS = 15, 4, 16  # what the VLAN tag of a hop can name
 
@@ -93,7 +94,7 @@ def parse_chains(section, config: Config) -> list[Chain]:
                 spec["name"],
                 _side(config, i, spec, "from", endpoints),
                 _side(config, i, spec, "to", endpoints),
-                {"tcp": 6, "udp": 17}[spec.get("protocol", "tcp")],
+                IP_PROTOCOLS[spec.get("protocol", "tcp")],
                 tuple(sorted(set(ports))) if ports else None,
                 tuple(spec["through"]),
             )

@@ -187,7 +187,7 @@ class Compiler:
                     flow(
                         self.table,
                         ND_PRIORITY,
-                        {**self._ingress(6), "ip_proto": 58, "icmpv6_type": nd},
+                        {**self._ingress(6), "ip_proto": PROTO["icmpv6"], "icmpv6_type": nd},
                         go_on,
                         cookie=COOKIE,
                     )

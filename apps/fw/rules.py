@@ -8,7 +8,6 @@ one; a rule with no address applies to both families.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from dataclasses import dataclass, field, replace
 
@@ -20,11 +19,13 @@ from controller.config import (
     dotted,
     load_document,
 )
+from vnf.firewall import rulesfile
+from vnf.firewall.rulesfile import RuleFields, RuleFormatError
 
-PROTOCOLS = ("tcp", "udp", "icmp", "icmpv6", "any")
+PROTOCOLS = rulesfile.PROTOCOLS
 ACTIONS = ("allow", "deny", "rate_limit")
 UINT32 = 2**32 - 1  # a meter band's rate and burst (OpenFlow 1.3, ofp_meter_band)
-IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPNet = rulesfile.IPNet
 
 _PORT = {"type": ["integer", "string"]}
 _RULE = {
@@ -88,12 +89,6 @@ FIREWALL_SCHEMA = {
         },
     },
 }
-RULES_FILE_SCHEMA = {
-    "type": "object",
-    "required": ["rules"],
-    "additionalProperties": False,
-    "properties": {"rules": {"type": "array"}},
-}
 
 
 @dataclass(frozen=True)
@@ -106,31 +101,14 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
-class Rule:
-    action: str
-    protocol: str = "any"
-    source: IPNet | None = None
-    destination: IPNet | None = None
-    dst_ports: tuple[int, int] | None = None
-    src_ports: tuple[int, int] | None = None
-    icmp_type: int | None = None
+class Rule(RuleFields):
+    """A rule of the shared rules.json format (vnf/firewall/rulesfile.py) plus what only the
+    app enforces: a schedule and a rate limit."""
+
     schedule: Schedule | None = None
     rate_limit: RateLimit | None = None
-    name: str = ""
     origin: tuple = field(default=(), compare=False)  # (file, path in it), for logs
     text: str = field(default="", compare=False)  # the spec as written: its identity
-
-    @property
-    def families(self) -> tuple[int, ...]:
-        """IP versions this rule applies to."""
-        for net in (self.source, self.destination):
-            if net is not None:
-                return (net.version,)
-        if self.protocol == "icmp":
-            return (4,)
-        if self.protocol == "icmpv6":
-            return (6,)
-        return (4, 6)
 
     def located(self) -> str:
         """Where the rule was written: 'lab.yaml firewall.rules[3]'."""
@@ -192,27 +170,9 @@ def parse_duration(value) -> float | None:
 
 def _network(doc: Document, where: tuple, text: str) -> IPNet:
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
-    except ValueError:
-        raise doc.error(where, f"{text!r} is not an IP address or CIDR") from None
-
-
-def _ports(doc: Document, where: tuple, value) -> tuple[int, int]:
-    if isinstance(value, int):
-        lo = hi = value
-    else:
-        text = str(value).strip()
-        lo_text, _, hi_text = text.partition("-")
-        try:
-            lo, hi = int(lo_text), int(hi_text or lo_text)
-        except ValueError:
-            raise doc.error(where, f"{value!r} is not a port or a range like 8000-8080") from None
-    for port in (lo, hi):
-        if not 0 <= port <= 65535:
-            raise doc.error(where, f"port {port} is out of range 0-65535")
-    if lo > hi:
-        raise doc.error(where, f"range {lo}-{hi} is empty")
-    return lo, hi
+        return rulesfile.parse_network(text, where)
+    except RuleFormatError as exc:
+        raise doc.error(exc.where, exc.message) from None
 
 
 def _schedule(doc: Document, where: tuple, spec: dict) -> Schedule:
@@ -315,50 +275,21 @@ def parse_rule(doc: Document, where: tuple, spec: dict, cache: RuleCache | None 
 
 
 def _parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
-    action, protocol = spec["action"], spec.get("protocol", "any")
-    source = _network(doc, where + ("source",), spec["source"]) if "source" in spec else None
-    dest = None
-    if "destination" in spec:
-        dest = _network(doc, where + ("destination",), spec["destination"])
-    if source is not None and dest is not None and source.version != dest.version:
-        raise doc.error(where + ("destination",), "source and destination mix IPv4 and IPv6")
-    for net, key in ((source, "source"), (dest, "destination")):
-        if (
-            net is not None
-            and protocol in ("icmp", "icmpv6")
-            and net.version != (4 if protocol == "icmp" else 6)
-        ):
-            raise doc.error(where + (key,), f"{protocol} does not go with IPv{net.version}")
-    if "port" in spec and "destination_port" in spec:
-        raise doc.error(where + ("destination_port",), "give port or destination_port, not both")
-    port_key = "port" if "port" in spec else "destination_port"
-    dst_ports = _ports(doc, where + (port_key,), spec[port_key]) if port_key in spec else None
-    src_ports = None
-    if "source_port" in spec:
-        src_ports = _ports(doc, where + ("source_port",), spec["source_port"])
-    if (dst_ports or src_ports) and protocol not in ("tcp", "udp"):
-        key = port_key if dst_ports else "source_port"
-        raise doc.error(where + (key,), f"ports need protocol tcp or udp, not {protocol}")
-    if "icmp_type" in spec and protocol not in ("icmp", "icmpv6"):
-        raise doc.error(where + ("icmp_type",), "icmp_type needs protocol icmp or icmpv6")
-    if (action == "rate_limit") != ("rate_limit" in spec):
+    try:
+        fields = rulesfile.parse_rule(spec, where, ACTIONS, ("schedule", "rate_limit"))
+    except RuleFormatError as exc:
+        raise doc.error(exc.where, exc.message) from None
+    if (fields.action == "rate_limit") != ("rate_limit" in spec):
         key = "rate_limit" if "rate_limit" in spec else "action"
         raise doc.error(where + (key,), "action rate_limit and a rate_limit block go together")
     return Rule(
-        action=action,
-        protocol=protocol,
-        source=source,
-        destination=dest,
-        dst_ports=dst_ports,
-        src_ports=src_ports,
-        icmp_type=spec.get("icmp_type"),
+        **vars(fields),
         schedule=_schedule(doc, where + ("schedule",), spec["schedule"])
         if "schedule" in spec
         else None,
         rate_limit=_rate_limit(doc, where + ("rate_limit",), spec["rate_limit"])
         if "rate_limit" in spec
         else None,
-        name=spec.get("name", ""),
     )
 
 
@@ -381,10 +312,22 @@ def parse_rules(
 
 
 def load_rules_file(path: str, cache: RuleCache | None = None) -> list[Rule]:
-    """The seed's rules.json format, unchanged: {"rules": [{action, protocol, port, source}]}."""
+    """The rules of a rules.json file (see read_rules_file)."""
+    return read_rules_file(path, cache)[0]
+
+
+def read_rules_file(path: str, cache: RuleCache | None = None) -> tuple[list[Rule], str | None]:
+    """The seed's rules.json format, unchanged: {"rules": [{action, protocol, port, source}],
+    "default": "allow"|"deny"}, read as the VNF agent reads it (vnf/firewall/rulesfile.py).
+
+    Returns the rules and the file's default (None if it gives none). Raises ConfigError with
+    the file, line and field."""
     doc = load_document(path, json_only=path.endswith(".json"))
-    doc.validate(RULES_FILE_SCHEMA)
-    return parse_rules(doc, ("rules",), doc.data["rules"], cache)
+    try:
+        parsed = rulesfile.parse_document(doc.data)
+    except RuleFormatError as exc:
+        raise doc.error(exc.where, exc.message) from None
+    return parse_rules(doc, ("rules",), list(parsed.rules), cache), parsed.default
 
 
 def parse_firewall(
@@ -394,22 +337,29 @@ def parse_firewall(
     `cache` (the caller's, kept across reloads) spares parsing rules that did not change."""
     section = section or {}
     rules: list[Rule] = []
+    default = section.get("default")
     if "rules_file" in section:
         path = config.resolve(section["rules_file"])
         config.depend(path)
         try:
-            rules += load_rules_file(path, cache)
+            file_rules, file_default = read_rules_file(path, cache)
         except ConfigError as exc:
             if exc.line is not None:
                 raise
             raise config.error(("firewall", "rules_file"), exc.message) from None
+        rules += file_rules
+        if default is not None and file_default not in (None, default):
+            raise config.error(
+                ("firewall", "default"), f"{default} here, but {file_default} in the rules_file"
+            )
+        default = default or file_default
     rules += parse_rules(config, ("firewall", "rules"), section.get("rules", []), cache)
     blocked = tuple(
         _network(config, ("firewall", "blocked_ips", i), text)
         for i, text in enumerate(section.get("blocked_ips", []))
     )
     return FirewallSettings(
-        default=section.get("default", "allow"),
+        default=default or "allow",
         rules=tuple(rules),
         blocked=blocked,
         stateful=section.get("stateful", False),

@@ -54,7 +54,8 @@ from controller.flows import (
     set_field,
     to_controller,
 )
-from controller.matches import CT_NEW, CT_RPL, CT_TRK
+from controller.matches import CT_NEW, CT_RPL, CT_TRK, IP_PROTOCOLS
+from controller.packets import ETH_TYPE_ARP, ETH_TYPE_IP
 from controller.pipeline import Pipeline
 
 COOKIE = 0x05 << 56
@@ -66,7 +67,7 @@ SERVICE_REG = "reg1"  # the VIP, as an integer, of the service whose packet this
 GROUP_BASE = 0x0500_0000
 MAX_BACKENDS = 127  # per service: group numbers 1..127 are its backends', 128.. its routes'
 MAX_ROUTES = 128
-PROTOCOLS = {"tcp": 6, "udp": 17}
+PROTOCOLS = {name: IP_PROTOCOLS[name] for name in ("tcp", "udp")}
 
 ARP_PRIORITY = 300
 HAIRPIN_PRIORITY = 350  # services, track: a backend's own connection to its service
@@ -130,13 +131,13 @@ class Compiler:
 
     def service_flows(self, service: Service) -> list[Flow]:
         """Per switch, the same for all: catch the VIP, track it, steer replies back."""
-        vip = {"eth_type": 0x0800, "ipv4_dst": service.vip}
+        vip = {"eth_type": ETH_TYPE_IP, "ipv4_dst": service.vip}
         track = conntrack(CT_ZONE, self.track, nested=(nat(),))
         flows = [
             self._f(
                 self.services_table,
                 ARP_PRIORITY,
-                {"eth_type": 0x0806, "arp_tpa": service.vip},
+                {"eth_type": ETH_TYPE_ARP, "arp_tpa": service.vip},
                 apply(to_controller(128)),
             ),
             self._f(
@@ -152,7 +153,7 @@ class Compiler:
                 self.track,
                 HAIRPIN_PRIORITY,
                 {
-                    "eth_type": 0x0800,
+                    "eth_type": ETH_TYPE_IP,
                     "ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL),
                     "ct_mark": HAIRPIN_MARK,
                 },
@@ -162,7 +163,7 @@ class Compiler:
                 self.track,
                 STEER_PRIORITY,
                 {
-                    "eth_type": 0x0800,
+                    "eth_type": ETH_TYPE_IP,
                     "ipv4_src": service.vip,
                     "ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL),
                     "ct_mark": MARK,
@@ -176,7 +177,7 @@ class Compiler:
                 self._f(
                     self.services_table,
                     REPLY_PRIORITY,
-                    {"eth_type": 0x0800, "ipv4_src": b.ip, **_l4(service, "src", b.port)},
+                    {"eth_type": ETH_TYPE_IP, "ipv4_src": b.ip, **_l4(service, "src", b.port)},
                     apply(track),
                 )
             )
@@ -186,7 +187,7 @@ class Compiler:
                         self.track,
                         STEER_PRIORITY,
                         {
-                            "eth_type": 0x0800,
+                            "eth_type": ETH_TYPE_IP,
                             "ipv4_dst": b.ip,
                             "ct_state": (CT_TRK, CT_TRK | CT_RPL),
                             "ct_mark": MARK,
@@ -201,7 +202,7 @@ class Compiler:
     def hairpin_flows(self, service: Service, b: Backend) -> list[Flow]:
         """A backend's connections to its own service that were given the backend itself:
         the second translation, to the VIP, both ways, and out the port they came in on."""
-        ip = {"eth_type": 0x0800}
+        ip = {"eth_type": ETH_TYPE_IP}
         tagged = {SERVICE_REG: _vip_number(service)}
         original = {"ct_state": (CT_TRK, CT_TRK | CT_RPL)}
         reply = {"ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL)}
@@ -268,7 +269,7 @@ class Compiler:
     def new_connection_flows(self, index: int, service: Service, has_group) -> list[Flow]:
         """New connections to the VIP: to the controller, or per route to its select group."""
         match = {
-            "eth_type": 0x0800,
+            "eth_type": ETH_TYPE_IP,
             "ipv4_dst": service.vip,
             **_l4(service, "dst", service.port),
             "ct_state": (CT_TRK | CT_NEW, CT_TRK | CT_NEW | CT_RPL),

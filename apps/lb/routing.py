@@ -101,15 +101,10 @@ def short_host(host: str) -> str:
     return host.split(".", 1)[0]
 
 
-def _origin(doc: Document, where: tuple) -> str:
-    line = doc.line_of(where)
-    return f"{doc.path}:{line}" if line else str(doc.path)
-
-
 def _reject(doc: Document, where: tuple, what: str) -> None:
     LOG.warning(
         "%s: %s: %s; a switch cannot see that, so this rule is rejected and takes no traffic",
-        _origin(doc, where),
+        doc.located(where),
         ".".join(map(str, where)),
         what,
     )
@@ -205,7 +200,7 @@ def _istio_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
                 continue
             if not destinations:
                 raise doc.error(at, "a rule needs a route")
-            rules.append(RouteRule(tuple(matches), destinations, _origin(doc, at)))
+            rules.append(RouteRule(tuple(matches), destinations, doc.located(at)))
     return tuple(rules)
 
 
@@ -220,7 +215,7 @@ def _destination_rule(doc: Document, meta: dict, spec: dict) -> DestinationRule:
         LOG.warning(
             "%s: spec.trafficPolicy (%s): connection pools and outlier detection are not "
             "enforced by the switch; backends leave the split when their port or link goes down",
-            _origin(doc, ("spec", "trafficPolicy")),
+            doc.located(("spec", "trafficPolicy")),
             ", ".join(sorted(policy)),
         )
     subsets = {}
@@ -288,7 +283,7 @@ def _httproute_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
             continue
         if not destinations:
             raise doc.error(at, "a rule needs backendRefs")
-        rules.append(RouteRule((), tuple(destinations), _origin(doc, at)))
+        rules.append(RouteRule((), tuple(destinations), doc.located(at)))
     return tuple(rules)
 
 

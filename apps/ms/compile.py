@@ -44,6 +44,7 @@ from controller.matches import (
     port_matches,
     prefix_match,
 )
+from controller.packets import ETH_TYPE_ARP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP
 from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
 
 COOKIE = 0x04 << 56
@@ -52,7 +53,7 @@ GENERATION_REG = "reg0"  # the policy generation, frozen with each conntrack rec
 SRC_SHIFT, DST_SHIFT, ID_BITS = 8, 24, 0xFFFF
 SRC_MASK, DST_MASK = ID_BITS << SRC_SHIFT, ID_BITS << DST_SHIFT
 REPLY = CT_TRK | CT_EST | CT_RPL
-ARP = 0x0806
+ARP = ETH_TYPE_ARP
 
 # Priorities, per table.
 SKIP_FABRIC, ND_PASS, BOUND, CLAIMED, ARP_PASS = 65000, 400, 300, 200, 100
@@ -245,7 +246,7 @@ class Compiler:
             f(
                 self.src,
                 ND_PASS,
-                {"eth_type": 0x86DD, "ip_proto": 58, "icmpv6_type": t},
+                {"eth_type": ETH_TYPE_IPV6, "ip_proto": IPPROTO_ICMPV6, "icmpv6_type": t},
                 goto(self.next),
             )
             for t in ND_TYPES
@@ -268,7 +269,7 @@ class Compiler:
             out.append(f(self.ingress, COMMIT, ip, apply(self._commit), goto(self.next)))
             # A bare SYN is never a reply: if conntrack holds its 5-tuple the other way round
             # (an entry picked up mid-stream from the peer's last packets), judge it as new.
-            syn = {**ip, **ours, "ip_proto": 6, "tcp_flags": (TCP_SYN, TCP_SYN | TCP_ACK)}
+            syn = {**ip, **ours, "ip_proto": IPPROTO_TCP, "tcp_flags": (TCP_SYN, TCP_SYN | TCP_ACK)}
             out.append(
                 f(self.dst, SYN_JUDGED, {**syn, "ct_state": (REPLY, REPLY)}, goto(self.egress))
             )

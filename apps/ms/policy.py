@@ -448,7 +448,7 @@ def _network_policy(doc: Document, namespace: str, name: str, spec: dict) -> Pol
                 Rule(
                     _k8s_peers(doc, at + (peers_key,), rule.get(peers_key), namespace),
                     _k8s_ports(doc, at + ("ports",), rule.get("ports")),
-                    _where(doc, at),
+                    doc.located(at),
                 )
             )
         rules[direction] = tuple(parsed)
@@ -461,7 +461,7 @@ def _network_policy(doc: Document, namespace: str, name: str, spec: dict) -> Pol
         frozenset(t.lower() for t in types),
         rules["ingress"],
         rules["egress"],
-        where=_where(doc, ()),
+        where=doc.located(()),
     )
 
 
@@ -473,7 +473,7 @@ def _cilium_ports(doc: Document, where: tuple, specs) -> tuple[PortSpec, ...] | 
         if block.get("rules"):
             LOG.warning(
                 "%s: L7 rules are not enforced; only the L4 part of this toPorts entry is",
-                _where(doc, where + (i, "rules")),
+                doc.located(where + (i, "rules")),
             )
         for j, spec in enumerate(block.get("ports") or [{}]):
             at = where + (i, "ports", j)
@@ -536,8 +536,8 @@ def _cilium_rule(doc: Document, where: tuple, rule: dict, side: str, namespace: 
     ports = _cilium_ports(doc, where + ("toPorts",), rule.get("toPorts"))
     if not l3:
         # No L3 part: with ports it is an L4-only rule (every peer); without, it matches nothing.
-        return Rule(None if ports else (), ports, _where(doc, where))
-    return Rule(tuple(peers), ports, _where(doc, where))
+        return Rule(None if ports else (), ports, doc.located(where))
+    return Rule(tuple(peers), ports, doc.located(where))
 
 
 def _cilium_policy(doc: Document, path: tuple, namespace: str, name: str, spec: dict) -> Policy:
@@ -569,13 +569,8 @@ def _cilium_policy(doc: Document, path: tuple, namespace: str, name: str, spec: 
         sections["egress"],
         sections["ingressDeny"],
         sections["egressDeny"],
-        where=_where(doc, path),
+        where=doc.located(path),
     )
-
-
-def _where(doc: Document, where: tuple) -> str:
-    line = doc.line_of(where)
-    return f"{doc.path}:{line}" if line else str(doc.path)
 
 
 def check_unique(policies: list[Policy]) -> None:

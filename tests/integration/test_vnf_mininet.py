@@ -19,6 +19,7 @@ from tests.integration.conftest import require_lab
 from tests.vlanlab import Answer, Case, cases, expected, fake_answer, fake_vnf_lab
 from topologies.harness import ofctl
 from topologies.vnflab import CHAIN, ENDPOINTS, captured, vnf_lab
+from topologies.wait import until
 from vnf import runtime
 from vnf.deploy import Deployer
 from vnf.manifest import load_manifest
@@ -239,12 +240,15 @@ def test_without_br_netfilter_the_vnf_passes_nothing(env, monkeypatch):
     monkeypatch.setattr(runtime, "SYSCTLS", ("net.bridge.bridge-nf-call-iptables=0",))
     try:
         env.deploy()
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            agents = [r["agent"] for r in env.deployer.status("virtual-firewall")["replicas"]]
-            if all(agents):
-                break
-            time.sleep(0.2)
+
+        def reported() -> list:
+            """Every replica's agent status, once each has one (else [])."""
+            found = [r["agent"] for r in env.deployer.status("virtual-firewall")["replicas"]]
+            return found if all(found) else []
+
+        agents = until(reported, 10, interval=0.2) or [
+            r["agent"] for r in env.deployer.status("virtual-firewall")["replicas"]
+        ]
         assert all(not a["ok"] and "bridge-nf-call-iptables" in a["error"] for a in agents)
         assert env.open_ports() == {80: False, 443: False, 22: False}
     finally:

@@ -8,12 +8,13 @@ from collections import Counter
 
 import pytest
 
-from apps.canary import Canary, arp_frame, connection_of
+from apps.canary import Canary
 from apps.l2_learning import L2Learning
 from apps.lb.compile import CT_ZONE, vip_mac
 from apps.lb.routing import parse_routing
 from controller.config import ConfigError, load_config, load_documents
 from controller.core import Core
+from controller.packets import arp_frame, connection_of
 from tests.fakenet import BROADCAST
 from tests.unit.test_l2 import MACS, leaf_spine
 

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from controller.cli import LaunchError, module_name
+from topologies.harness import wait_listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANAGER = [sys.executable, "-m", "controller.cli"]
@@ -75,13 +76,7 @@ def test_signal_exits_0_within_2_seconds(sig):
         text=True,
     )
     try:
-        deadline = time.time() + 20
-        while time.time() < deadline:  # wait until it accepts OpenFlow connections
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_listening(port, 20)  # until it accepts OpenFlow connections
         start = time.time()
         proc.send_signal(sig)
         assert proc.wait(timeout=5) == 0

@@ -8,10 +8,11 @@ import textwrap
 import pytest
 
 from apps.l2_learning import L2Learning
-from apps.microseg import Microseg, claimed_source
+from apps.microseg import Microseg
 from apps.ms.compile import COOKIE, CT_ZONE
 from controller.config import ConfigError, load_config
 from controller.core import Core
+from controller.packets import source_ip as claimed_source
 from tests.fakenet import BROADCAST
 from tests.unit.test_l2 import MACS, leaf_spine
 
@@ -502,8 +503,10 @@ def test_an_endpoint_is_bound_where_it_is_first_seen_and_unbound_when_its_port_g
 
 
 def test_packet_in_address_parsing():
-    arp = bytes(12) + b"\x08\x06" + bytes(14) + bytes([10, 0, 0, 7]) + bytes(10)
+    head = bytes.fromhex("0001080006040001")  # Ethernet/IPv4 ARP, as a switch parses it
+    arp = bytes(12) + b"\x08\x06" + head + bytes(6) + bytes([10, 0, 0, 7]) + bytes(10)
     assert claimed_source(arp) == "10.0.0.7"
+    assert claimed_source(arp[:14] + bytes(8) + arp[22:]) is None  # no hardware/protocol types
     assert claimed_source(b"\x00" * 10) is None
     assert claimed_source(bytes(12) + b"\x08\x00" + bytes(4)) is None  # truncated
 

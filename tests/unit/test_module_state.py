@@ -40,6 +40,7 @@ MUTATORS = {
 PURE_MEMOS = {
     ("controller/flows.py", "_norm_scalar"),
     ("controller/flows.py", "_is_full_mask"),
+    ("controller/flows.py", "_norm_masked"),
     ("controller/flows.py", "_oxm_number"),
     ("controller/flows.py", "_oxm_generic"),
     ("controller/flows.py", "_instruction_bytes"),

@@ -154,7 +154,7 @@ def test_without_br_netfilter_the_agent_fails_closed_and_says_why(tmp_path, monk
         ("{not json", "not JSON"),
         ('{"rules": [{"action": "maybe"}]}', "rules[0].action"),
         ('{"rules": [{"action": "deny", "protocol": "tcp", "port": 70000}]}', "rules[0].port"),
-        ('{"rules": [{"action": "deny", "protocol": "icmp", "port": 1}]}', "needs protocol"),
+        ('{"rules": [{"action": "deny", "protocol": "icmp", "port": 1}]}', "need protocol"),
         ('{"rules": [{"action": "deny", "source": "10.0.0.300"}]}', "rules[0].source"),
         ('{"rules": [{"action": "deny", "colour": "red"}]}', "rules[0].colour: unknown"),
     ],

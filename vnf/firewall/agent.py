@@ -9,10 +9,12 @@ and nftables, so it uses the standard library alone.
   Broadcast and multicast frames are not bridged (a flood would loop straight back into the
   switch).
 - Rules: the seed's rules.json format (`{"rules": [{action, protocol, port, source,
-  destination}...], "default": "allow"|"deny"}`), first match decides. Read from the file named
-  by FIREWALL_RULES_FILE when it exists (a ConfigMap mounted as a folder, which the deploy tool
-  keeps up to date), else from FIREWALL_RULES. The file is watched: a change is applied at once,
-  atomically (one nft transaction), without a restart.
+  destination}...], "default": "allow"|"deny"}`), first match decides, read by rulesfile.py
+  exactly as the controller's firewall app reads it. What a bridge of IPv4 cannot enforce
+  (IPv6 addresses, icmpv6, schedules, rate limits, ICMP types) is refused by name. Read from
+  the file named by FIREWALL_RULES_FILE when it exists (a ConfigMap mounted as a folder, which
+  the deploy tool keeps up to date), else from FIREWALL_RULES. The file is watched: a change
+  is applied at once, atomically (one nft transaction), without a restart.
 - Bad rules: the old rules stay in force (at start, with none yet, everything is dropped);
   the error goes to stderr (docker logs) and to /run/vnf/status.json, as does every apply.
 - Stateful: bridged IPv4 crosses the inet family's forward hook with conntrack (br_netfilter,
@@ -32,7 +34,6 @@ and nftables, so it uses the standard library alone.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import signal
@@ -40,74 +41,73 @@ import subprocess
 import sys
 import time
 
+try:
+    from vnf.firewall import rulesfile
+except ImportError:  # in the VNF image: rulesfile.py beside this file, no vnf package
+    import rulesfile
+
 TABLE = "osken_vnf"
 STATUS = os.environ.get("VNF_STATUS_FILE", "/run/vnf/status.json")
 PORTS = ("eth0", "eth1")
 BRIDGE_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
-PROTOCOLS = ("tcp", "udp", "icmp", "any")
+# What the app enforces and a bridge of IPv4 cannot: refused by name, never ignored.
+NOT_ENFORCED = {
+    "schedule": "schedules are enforced by the controller's firewall app, not the VNF",
+    "rate_limit": "rate limits are enforced by the controller's firewall app, not the VNF",
+    "icmp_type": "the VNF judges ICMP by protocol only, not by type",
+}
 
 
 class RuleError(ValueError):
-    pass
+    """Rules refused: str() names the rule and field ('rules[3].port: ...'); `line` is where
+    that is in the text (None when unknown)."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+    def at(self, origin: str) -> str:
+        """'origin:line: rules[3].port: ...', the way the controller locates its errors."""
+        return f"{origin}:{self.line}: {self}" if self.line else f"{origin}: {self}"
 
 
-def _port(value, where: str) -> str:
-    text = str(value).strip()
-    parts = text.split("-")
-    try:
-        numbers = [int(p) for p in parts]
-    except ValueError:
-        raise RuleError(f"{where}.port: {value!r} is not a port or a range a-b") from None
-    if len(numbers) > 2 or not all(0 < n < 65536 for n in numbers) or numbers != sorted(numbers):
-        raise RuleError(f"{where}.port: {value!r} is not a port or a range a-b")
-    return "-".join(map(str, numbers))
-
-
-def _net(value, where: str, field: str) -> ipaddress.IPv4Network | None:
-    if value in (None, "", "any"):
-        return None
-    try:
-        net = ipaddress.ip_network(str(value), strict=False)
-    except ValueError:
-        raise RuleError(f"{where}.{field}: {value!r} is not an address or CIDR") from None
-    if net.version != 4:
-        raise RuleError(f"{where}.{field}: {value!r}: IPv4 only")
-    return None if net.prefixlen == 0 else net
+def _rule(spec, where: tuple) -> rulesfile.RuleFields:
+    """One rule, parsed as the app parses it, refused if this bridge cannot enforce it."""
+    rule = rulesfile.parse_rule(spec, where, extensions=tuple(NOT_ENFORCED))
+    for key, why in NOT_ENFORCED.items():
+        if key in spec:
+            raise rulesfile.RuleFormatError(where + (key,), why)
+    if 4 not in rule.families:
+        key = next((k for k in ("source", "destination") if k in spec), "protocol")
+        raise rulesfile.RuleFormatError(
+            where + (key,), "the VNF bridges IPv4 only (IPv6 is dropped at its bridge)"
+        )
+    return rule
 
 
 def compile_rules(text: str) -> str:
-    """rules.json -> one nft transaction that replaces our table. Raises RuleError."""
+    """rules.json (vnf/firewall/rulesfile.py) -> one nft transaction that replaces our table.
+
+    Raises RuleError naming the rule and field."""
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RuleError(f"not JSON: line {exc.lineno}: {exc.msg}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list):
-        raise RuleError('expected {"rules": [...]}')
-    default = doc.get("default", os.environ.get("FIREWALL_DEFAULT", "allow"))
-    if default not in ("allow", "deny"):
-        raise RuleError(f"default: {default!r} is not allow or deny")
+        doc = rulesfile.loads(text)
+        rules = [_rule(spec, ("rules", i)) for i, spec in enumerate(doc.rules)]
+    except rulesfile.RuleFormatError as exc:
+        raise RuleError(str(exc), rulesfile.line_of(text, exc.where)) from None
+    default = doc.default or os.environ.get("FIREWALL_DEFAULT", "allow")
+    if default not in rulesfile.DEFAULTS:
+        raise RuleError(f"FIREWALL_DEFAULT: {default!r} is not allow or deny")
     lines = list(STATE_LINES)
-    for i, rule in enumerate(doc["rules"]):
-        where = f"rules[{i}]"
-        if not isinstance(rule, dict):
-            raise RuleError(f"{where}: must be an object")
-        unknown = set(rule) - {"action", "protocol", "port", "source", "destination", "name"}
-        if unknown:
-            raise RuleError(f"{where}.{sorted(unknown)[0]}: unknown field")
-        action = rule.get("action")
-        if action not in ("allow", "deny"):
-            raise RuleError(f"{where}.action: {action!r} is not allow or deny")
-        proto = str(rule.get("protocol", "any")).lower()
-        if proto not in PROTOCOLS:
-            raise RuleError(f"{where}.protocol: {proto!r} is not one of {', '.join(PROTOCOLS)}")
-        port = _port(rule["port"], where) if rule.get("port") is not None else None
-        if port and proto not in ("tcp", "udp"):
-            raise RuleError(f"{where}.port: needs protocol tcp or udp")
-        src = _net(rule.get("source"), where, "source")
-        dst = _net(rule.get("destination"), where, "destination")
-        verdict = "accept" if action == "allow" else "drop"
-        lines.append("ct direction original " + _match(proto, src, dst, "dport", port) + verdict)
-        lines.append("ct direction reply " + _match(proto, dst, src, "sport", port) + verdict)
+    for rule in rules:
+        verdict = "accept" if rule.action == "allow" else "drop"
+        src, dst = (
+            None if net is None or net.prefixlen == 0 else net
+            for net in (rule.source, rule.destination)
+        )
+        forward = _match(rule.protocol, src, dst, rule.src_ports, rule.dst_ports)
+        backward = _match(rule.protocol, dst, src, rule.dst_ports, rule.src_ports)
+        lines.append(f"ct direction original {forward}{verdict}")
+        lines.append(f"ct direction reply {backward}{verdict}")
     return _script(BRIDGE_LINES, lines, "accept" if default == "allow" else "drop")
 
 
@@ -148,18 +148,19 @@ def _script(bridge_lines, inet_lines, policy: str) -> str:
     return "".join(out)
 
 
-def _match(proto: str, src, dst, direction: str, port: str | None) -> str:
+def _match(proto: str, src, dst, sports, dports) -> str:
+    """The nft match of packets from `src` port `sports` to `dst` port `dports` (None: any)."""
     out = "meta nfproto ipv4 "
     if src is not None:
         out += f"ip saddr {src} "
     if dst is not None:
         out += f"ip daddr {dst} "
-    if proto in ("tcp", "udp"):
+    if proto in ("tcp", "udp", "icmp"):
         out += f"meta l4proto {proto} "
-        if port:
-            out += f"{proto} {direction} {port} "
-    elif proto == "icmp":
-        out += "meta l4proto icmp "
+    for direction, ports in (("sport", sports), ("dport", dports)):
+        if ports is not None:
+            lo, hi = ports
+            out += f"{proto} {direction} {lo} " if lo == hi else f"{proto} {direction} {lo}-{hi} "
     return out
 
 
@@ -245,9 +246,9 @@ def apply(text: str, origin: str) -> bool:
         _run("nft", "-f", "-", stdin=script)
     except RuleError as exc:
         print(
-            f"vnf: {origin}: {exc}; the previous rules stay in force", file=sys.stderr, flush=True
+            f"vnf: {exc.at(origin)}; the previous rules stay in force", file=sys.stderr, flush=True
         )
-        report(ok=False, error=f"{origin}: {exc}", digest=version)
+        report(ok=False, error=exc.at(origin), digest=version)
         return False
     except subprocess.CalledProcessError as exc:
         print(f"vnf: nft refused the rules: {exc.stderr.strip()}", file=sys.stderr, flush=True)
