@@ -19,11 +19,12 @@ from apps.fw.compile import BLOCKED_ID, COOKIE, MAX_RULES, Compiler
 from apps.fw.fastpath import FastPath
 from apps.fw.rules import FirewallSettings, Rule, parse_firewall
 from controller.app import SuiteApp
+from controller.resources import COOKIE_SHIFT
 from controller.shim import SuiteOSKenApp
 
 LOG = logging.getLogger("osken_suite.firewall")
 REQUIRES = ["apps.l2_learning"]  # forwarding comes from the L2 app; osken-manager loads it too
-APP_MASK = 0xFF << 56
+APP_MASK = 0xFF << COOKIE_SHIFT
 
 
 class Firewall(SuiteApp):
@@ -34,7 +35,7 @@ class Firewall(SuiteApp):
     def __init__(self, core) -> None:
         super().__init__(core)
         self.table = core.pipeline.table("firewall")
-        self.compiler = Compiler(self.table)
+        self.compiler = Compiler(core.pipeline)
         self.settings = FirewallSettings()
         self.rules: list[tuple[Hashable, int, Rule]] = []  # (key, priority, rule), in order
         self.active: dict[Hashable, bool] = {}

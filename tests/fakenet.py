@@ -139,6 +139,7 @@ class Delivery:
 class FakeNetwork:
     def __init__(self, core: Core) -> None:
         self.core = core
+        core.strict_pipeline = True  # a flow that breaks the pipeline's contract fails the test
         self.switches: dict[int, FakeSwitch] = {}
         self.wires: dict[tuple[int, int], tuple] = {}
         self.hosts: dict[str, tuple[int, int]] = {}
