@@ -50,8 +50,9 @@ class Stage:
     for the meter instruction. `set_fields`: the fields set_field may write (in a ct() too).
     `metadata`: the metadata bits write_metadata may change. `goes_to`: the stages a goto may
     name; `recirculates`: the stages a ct() may send the packet back to. `writers`: apps other
-    than `owner` that may put flows here (the core writes every table's miss flow). `miss`: "next" (go to the following stage, which
-    must be in `goes_to`) or "drop" (end of the pipeline).
+    than `owner` that may put flows here (the core writes every table's miss flow).
+    `miss`: "next" (go to the following stage, which must be in `goes_to`) or "drop" (end
+    of the pipeline).
     """
 
     name: str
@@ -184,6 +185,25 @@ class Pipeline:
             else flow(t, MISS_PRIORITY, {})
             for t, s in enumerate(self.stages)
         ]
+
+    def markdown(self) -> str:
+        """The declaration as a Markdown table (docs/architecture.md holds this text)."""
+        rows = [
+            "| table | stage | owner (+ writers) | may go to | actions | description |",
+            "|---|---|---|---|---|---|",
+        ]
+        for t, s in enumerate(self.stages):
+            apps = s.owner + "".join(f" + {w}" for w in s.writers)
+            miss = self.stages[t + 1].name if s.miss == "next" else None
+            goes = ", ".join(f"{n} (miss)" if n == miss else n for n in s.goes_to)
+            extra = [f"ct -> {r}" for r in s.recirculates]
+            extra += [f"set {f}" for f in sorted(s.set_fields)]
+            extra += [f"metadata {s.metadata:#x}"] if s.metadata else []
+            acts = ", ".join([*sorted(s.actions), *extra]) or "-"
+            rows.append(
+                f"| {t} | {s.name} | {apps} | {goes or 'drop'} | {acts} | {s.description} |"
+            )
+        return "\n".join(rows) + "\n"
 
     def app_of(self, f: Flow) -> str:
         """The app a flow's cookie names, or "unknown"."""

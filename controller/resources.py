@@ -119,6 +119,18 @@ class Registry:
     def owners(self) -> set[str]:
         return {a.owner for a in self.allocations}
 
+    def markdown(self) -> str:
+        """The allocations as a Markdown table (docs/architecture.md holds this text)."""
+        rows = ["| kind | owner | numbers | purpose |", "|---|---|---|---|"]
+        for a in self.allocations:
+            kind = f"{a.kind} {a.field}".strip()
+            form = "#x" if a.kind in ("cookie", "group", "meter") else "d"
+            numbers = f"{a.first:{form}}" + (f"-{a.last:{form}}" if a.last != a.first else "")
+            if a.kind in ("metadata", "register"):
+                numbers = f"bits {numbers}"
+            rows.append(f"| {kind} | {a.owner} | {numbers} | {a.purpose} |")
+        return "\n".join(rows) + "\n"
+
 
 def _cookie(owner: str, byte: int) -> Allocation:
     """An app's cookie byte; its group ids, where it has any, start with the same byte."""
