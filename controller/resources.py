@@ -127,7 +127,7 @@ class Registry:
             form = "#x" if a.kind in ("cookie", "group", "meter") else "d"
             numbers = f"{a.first:{form}}" + (f"-{a.last:{form}}" if a.last != a.first else "")
             if a.kind in ("metadata", "register"):
-                numbers = f"bits {numbers}"
+                numbers = ("bits " if a.last != a.first else "bit ") + numbers
             rows.append(f"| {kind} | {a.owner} | {numbers} | {a.purpose} |")
         return "\n".join(rows) + "\n"
 
