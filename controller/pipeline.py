@@ -90,9 +90,6 @@ class _Contract:
     """A stage's contract in table numbers, ready for a cheap check of each flow."""
 
     stage: Stage
-    match: frozenset[str]
-    actions: frozenset[str]
-    set_fields: frozenset[str]
     gotos: frozenset[int]
     recirc: frozenset[int]
     apps: dict[int, str]  # cookie byte -> app
@@ -122,22 +119,18 @@ class Pipeline:
             recirc = {self._target(s, name, table_id) for name in s.recirculates}
             if s.miss == "next" and table_id + 1 not in gotos:
                 raise PipelineError(f"stage {s.name}: a 'next' miss needs the following stage")
-            apps = {self.registry.value("cookie", app): app for app in ("core", *s.apps)}
-            contracts.append(
-                _Contract(
-                    s,
-                    s.match,
-                    s.actions,
-                    s.set_fields,
-                    frozenset(gotos),
-                    frozenset(recirc | {NO_TABLE}),
-                    apps,
-                )
-            )
+            try:
+                apps = {self.registry.value("cookie", app): app for app in ("core", *s.apps)}
+            except KeyError as exc:
+                raise PipelineError(f"stage {s.name}: {exc.args[0]}") from None
+            contracts.append(_Contract(s, frozenset(gotos), frozenset(recirc | {NO_TABLE}), apps))
         object.__setattr__(self, "_contracts", tuple(contracts))
 
     def _target(self, stage: Stage, name: str, lowest: int) -> int:
-        table = self.table(name)
+        try:
+            table = self.table(name)
+        except KeyError:
+            raise PipelineError(f"stage {stage.name} names no stage {name!r}") from None
         if table < lowest:
             raise PipelineError(f"stage {stage.name} may not go back to {name}")
         return table
@@ -227,7 +220,7 @@ class Pipeline:
             who = self.app_of(f)
             raise PipelineViolation(f, c.stage.name, who, f"{who} may not write this table")
         for name, _ in f.match:
-            if name not in c.match:
+            if name not in c.stage.match:
                 raise PipelineViolation(f, c.stage.name, app, f"match field {name} not declared")
         for ins in f.instructions:
             kind = ins[0]
@@ -244,17 +237,17 @@ class Pipeline:
                         f, c.stage.name, app, f"write_metadata mask {ins[2]:#x} not declared"
                     )
             elif kind == "meter":
-                if "meter" not in c.actions:
+                if "meter" not in c.stage.actions:
                     raise PipelineViolation(f, c.stage.name, app, "meter not declared")
                 self._own(f, c, app, "meter", ins[1])
 
     def _check_actions(self, f: Flow, c: _Contract, app: str, actions: tuple[Action, ...]):
         for a in actions:
             kind = a[0]
-            if kind not in c.actions:
+            if kind not in c.stage.actions:
                 raise PipelineViolation(f, c.stage.name, app, f"action {kind} not declared")
             if kind == "set_field":
-                if a[1] not in c.set_fields:
+                if a[1] not in c.stage.set_fields:
                     raise PipelineViolation(f, c.stage.name, app, f"set_field {a[1]} not declared")
                 if a[1].startswith("reg") and self.registry.bits("register", app, a[1]) == 0:
                     raise PipelineViolation(f, c.stage.name, app, f"{a[1]} is not {app}'s")
