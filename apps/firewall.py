@@ -20,9 +20,10 @@ from apps.fw.compile import BLOCKED_ID, COOKIE, MAX_RULES, Compiler
 from apps.fw.fastpath import FastPath
 from apps.fw.rules import FIREWALL_SCHEMA, FirewallSettings, Rule, RuleCache, parse_firewall
 from controller.app import SuiteApp
+from controller.resources import COOKIE_SHIFT
 
 LOG = logging.getLogger("osken_suite.firewall")
-APP_MASK = 0xFF << 56
+APP_MASK = 0xFF << COOKIE_SHIFT
 
 
 class Firewall(SuiteApp):
@@ -35,7 +36,7 @@ class Firewall(SuiteApp):
     def __init__(self, core) -> None:
         super().__init__(core)
         self.table = core.pipeline.table("firewall")
-        self.compiler = Compiler(self.table)
+        self.compiler = Compiler(core.pipeline)
         self.settings = FirewallSettings()
         self.rule_cache = RuleCache()  # rules parsed at earlier loads, for this app's reloads
         self.rules: list[tuple[Hashable, int, Rule]] = []  # (key, priority, rule), in order

@@ -29,23 +29,23 @@ from controller.flows import (
     Flow,
     apply,
     flow,
-    goto,
     group,
     group_action,
     output,
     to_controller,
 )
+from controller.resources import REGISTRY
 
 LOG = logging.getLogger("osken_suite.l2")
 
-COOKIE = 0x02 << 56
+COOKIE = REGISTRY.cookie("l2_learning")
 LEARNED_PRIORITY = 200  # classify: (in_port, eth_src) known here: carry on
 EDGE_PRIORITY = 100  # classify: anything else from an edge port: tell us, carry on
 HOST_PRIORITY = 100  # forwarding: eth_dst known: next hop
 FLOOD_PRIORITY = 10  # forwarding: by in_port, out along the tree and to edge ports
 PACKET_IN_BYTES = 128  # headers are all we need to learn
 DEFAULT_MAC_AGE = 300
-ECMP_GROUP_BASE = 0x0200_0000  # + the destination switch's dpid (low 24 bits)
+ECMP_GROUP_BASE = REGISTRY.get("group", "l2_learning").first  # + the far switch's dpid (24 bits)
 L2_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
@@ -65,6 +65,7 @@ class L2Learning(SuiteApp):
         self._ecmp: dict[tuple[int, int], int] = {}  # (switch, destination switch) -> group
         self.mac_age = DEFAULT_MAC_AGE
         self.classify = core.pipeline.table("classify")
+        self._go_on = core.pipeline.go_on("classify")
         self.forwarding = core.pipeline.table("forwarding")
 
     def configure(self, section, now: float) -> None:
@@ -162,7 +163,7 @@ class L2Learning(SuiteApp):
                 self.classify,
                 LEARNED_PRIORITY,
                 {"in_port": port, "eth_src": mac},
-                goto(self.classify + 1),
+                self._go_on,
                 cookie=COOKIE,
                 idle_timeout=self.mac_age,
                 flags=ofp.OFPFF_SEND_FLOW_REM,
@@ -190,7 +191,7 @@ class L2Learning(SuiteApp):
                     EDGE_PRIORITY,
                     {"in_port": p},
                     apply(to_controller(PACKET_IN_BYTES)),
-                    goto(self.classify + 1),
+                    self._go_on,
                     cookie=COOKIE,
                 )
                 for p in sorted(edge)

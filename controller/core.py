@@ -32,7 +32,6 @@ from controller.flows import (
     Meter,
     apply,
     flow,
-    goto,
     output,
     packet_out,
     to_controller,
@@ -41,8 +40,9 @@ from controller.flows import (
 from controller.lldp import LLDP_ETHERTYPE, LLDP_MAC
 from controller.metrics import Metrics
 from controller.packets import parse_eth
-from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
+from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline, PipelineViolation
 from controller.reconcile import (
+    Plan,
     apply_plan,
     bundled,
     diff_flows,
@@ -50,6 +50,7 @@ from controller.reconcile import (
     messages,
     number_of,
 )
+from controller.resources import REGISTRY
 from controller.sections import CORE_SCHEMAS, SUITE_SECTIONS
 from controller.switch import (
     SYNC_PARTS,
@@ -64,7 +65,7 @@ from controller.topology import Topology
 LOG = logging.getLogger("osken_suite.core")
 
 Outbox = dict[int, list]
-CORE_COOKIE = 0x01 << 56
+CORE_COOKIE = REGISTRY.cookie("core")
 # Classify, in order: LLDP to the controller; a port to another switch: mark it FROM_FABRIC and
 # carry on, tagged or not (the chains' VLAN transport); a VLAN-tagged frame from any other port:
 # drop, before any app's entry (docs/security.md, "Hosts and VLAN tags").
@@ -108,9 +109,13 @@ class Core:
         probation: float = DEFAULT_PROBATION,
         lldp_interval: float = DEFAULT_LLDP_INTERVAL,
         lldp_key: bytes | None = None,
+        strict_pipeline: bool = False,
     ) -> None:
-        """`lldp_key` signs discovery's probes: random per run unless replicas share one."""
+        """`lldp_key` signs discovery's probes: random per run unless replicas share one.
+        `strict_pipeline` (tests): a flow that breaks its table's contract raises
+        PipelineViolation instead of being logged, counted and left unsent."""
         self.pipeline = pipeline
+        self.strict_pipeline = strict_pipeline
         self.metrics = metrics or Metrics()
         self.topology = Topology()
         self.discovery = Discovery(
@@ -543,7 +548,8 @@ class Core:
         self.metrics.reconciles.labels(f"{dpid:016x}").inc()
         LOG.info("switch %016x reconciled (%s): %s", dpid, why, plan.summary())
 
-    def _send_plan(self, conn: SwitchConn, plan) -> None:
+    def _send_plan(self, conn: SwitchConn, plan: Plan) -> None:
+        self._refuse_violations(conn.dpid, plan)
         if not plan:
             return
         if self._atomic and conn.bundles:
@@ -558,6 +564,26 @@ class Core:
             msgs = messages(plan)
         self._out[conn.dpid].extend(msgs)
         apply_plan(conn.flows, conn.numbered, plan)
+
+    def _refuse_violations(self, dpid: int, plan: Plan) -> None:
+        """Take out of `plan` every flow that breaks its table's contract (Pipeline.check):
+        it is logged and counted in `osken_pipeline_violations_total{app,table}`, and never
+        sent, so what the switch holds for its key stays. Raises PipelineViolation instead
+        when `strict_pipeline` is set."""
+        check = self.pipeline.check
+        for flows in (plan.flow_adds, plan.flow_mods):
+            refused = []
+            for f in flows:
+                try:
+                    check(f)
+                except PipelineViolation as exc:
+                    if self.strict_pipeline:
+                        raise
+                    self.metrics.pipeline_violations.labels(exc.app, exc.stage).inc()
+                    LOG.error("switch %016x: not sent, it breaks the pipeline: %s", dpid, exc)
+                    refused.append(id(f))
+            if refused:
+                flows[:] = [f for f in flows if id(f) not in refused]
 
     # --- events from switches ------------------------------------------------------------------
 
@@ -677,7 +703,7 @@ class Core:
         """Packets from another switch carry FROM_FABRIC, so ingress-only stages can skip them;
         these entries outrank the edge tag drop, so the chains' tagged frames cross switches."""
         classify = self.pipeline.table("classify")
-        mark = (write_metadata(FROM_FABRIC, FROM_FABRIC), goto(classify + 1))
+        mark = (write_metadata(FROM_FABRIC, FROM_FABRIC), self.pipeline.go_on("classify"))
         self.desired.put(
             ("core", "fabric"),
             {

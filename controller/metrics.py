@@ -65,6 +65,12 @@ class Metrics:
             ["dpid", "port", "reason"],
             registry=r,
         )
+        self.pipeline_violations = Counter(
+            "osken_pipeline_violations",
+            "Flows not sent because they break their table's contract (controller/pipeline.py)",
+            ["app", "table"],
+            registry=r,
+        )
         self._sent: dict[tuple[int, type], object] = {}
         self._routes: dict[str, Handler] = {}
         self._metrics_app = make_wsgi_app(self.registry)

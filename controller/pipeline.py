@@ -1,39 +1,139 @@
-"""The table pipeline, declared as data.
+"""The table pipeline, declared as a contract.
 
-Every switch gets the same tables in the same order. Each stage belongs to one app; the core
-installs each stage's table-miss flow, so a stage whose app is not loaded passes packets on.
+Every switch gets the same tables in the same order. Each stage belongs to one app and declares
+what its flows may do: the match fields they may read, the actions they may take (and which
+fields they may set, which metadata bits they may write), the stages they may go to and which
+apps may put flows in it. Gotos come from here (`Pipeline.goto`), never from table arithmetic,
+and `Pipeline.check` refuses a flow that breaks its table's contract or uses a cookie, group,
+meter, conntrack zone, register, metadata bit or VLAN id its app does not own
+(controller/resources.py). The idea is FAUCET's (`faucet_pipeline.py`, `valve_table.py`).
+
+The core installs each stage's table-miss flow, so a stage whose app is not loaded passes
+packets on.
 
 >>> PIPELINE.table("forwarding")
 10
 >>> [s.name for s in PIPELINE.stages][:3]
 ['classify', 'firewall', 'microseg']
+>>> PIPELINE.goto("firewall", "microseg")
+('goto', 2)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from controller.flows import Flow, flow, goto
+from controller.flows import Action, Flow, flow, goto
+from controller.resources import COOKIE_SHIFT, REGISTRY, Registry
 
 MISS_PRIORITY = 0
+NO_TABLE = 0xFF  # OFPTT_ALL: a ct() that does not recirculate
 
 # Metadata bits, written in classify and read by later stages.
-FROM_FABRIC = 1 << 0  # arrived from another switch: ingress policy was applied where it entered
+FROM_FABRIC = REGISTRY.get("metadata", "core", "from_fabric").mask  # arrived from another switch
+
+_IP = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst"})
+_L4 = frozenset(f"{p}_{d}" for p in ("tcp", "udp", "sctp") for d in ("src", "dst"))
+
+
+def _fields(*groups: Iterable[str]) -> frozenset[str]:
+    return frozenset().union(*map(frozenset, groups))
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One table: its name, the app that owns it, and what happens to packets nothing matched."""
+    """One table and its contract.
+
+    `match`: the OXM fields its flows may match on. `actions`: action kinds its flows may
+    apply ("output", "group", "ct", "nat", "push_vlan", "pop_vlan", "set_field") and "meter"
+    for the meter instruction. `set_fields`: the fields set_field may write (in a ct() too).
+    `metadata`: the metadata bits write_metadata may change. `goes_to`: the stages a goto may
+    name; `recirculates`: the stages a ct() may send the packet back to. `writers`: apps other
+    than `owner` that may put flows here (the core writes every table's miss flow).
+    `miss`: "next" (go to the following stage, which must be in `goes_to`) or "drop" (end
+    of the pipeline).
+    """
 
     name: str
     owner: str
     description: str
-    miss: str = "next"  # "next": go to the following table; "drop": end of pipeline
+    match: frozenset[str] = frozenset()
+    actions: frozenset[str] = frozenset()
+    set_fields: frozenset[str] = frozenset()
+    metadata: int = 0
+    goes_to: tuple[str, ...] = ()
+    recirculates: tuple[str, ...] = ()
+    writers: tuple[str, ...] = ()
+    miss: str = "next"
+
+    @property
+    def apps(self) -> tuple[str, ...]:
+        return (self.owner, *self.writers)
+
+
+class PipelineError(ValueError):
+    """The declaration itself is inconsistent, or an app asked for an undeclared goto."""
+
+
+class PipelineViolation(ValueError):
+    """A flow breaks its table's contract. `table`, `stage`, `app` (from the cookie), `flow`
+    and `breach` say which and how."""
+
+    def __init__(self, f: Flow, stage: str, app: str, breach: str) -> None:
+        self.flow, self.table, self.stage, self.app, self.breach = f, f.table, stage, app, breach
+        super().__init__(f"table {f.table} ({stage}), app {app}: {breach}; flow {f}")
+
+
+@dataclass(frozen=True)
+class _Contract:
+    """A stage's contract in table numbers, ready for a cheap check of each flow."""
+
+    stage: Stage
+    gotos: frozenset[int]
+    recirc: frozenset[int]
+    apps: dict[int, str]  # cookie byte -> app
 
 
 @dataclass(frozen=True)
 class Pipeline:
+    """The stages in table order, and the registry their apps' numbers come from.
+
+    Raises:
+        PipelineError: at construction, for a goto backwards or to a stage that does not
+            exist, a "next" miss whose following stage is not declared, or a writer the
+            registry gives no cookie.
+    """
+
     stages: tuple[Stage, ...]
+    registry: Registry = REGISTRY
+    _contracts: tuple[_Contract, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise PipelineError(f"stage names repeat: {names}")
+        contracts = []
+        for table_id, s in enumerate(self.stages):
+            gotos = {self._target(s, name, table_id + 1) for name in s.goes_to}
+            recirc = {self._target(s, name, table_id) for name in s.recirculates}
+            if s.miss == "next" and table_id + 1 not in gotos:
+                raise PipelineError(f"stage {s.name}: a 'next' miss needs the following stage")
+            try:
+                apps = {self.registry.value("cookie", app): app for app in ("core", *s.apps)}
+            except KeyError as exc:
+                raise PipelineError(f"stage {s.name}: {exc.args[0]}") from None
+            contracts.append(_Contract(s, frozenset(gotos), frozenset(recirc | {NO_TABLE}), apps))
+        object.__setattr__(self, "_contracts", tuple(contracts))
+
+    def _target(self, stage: Stage, name: str, lowest: int) -> int:
+        try:
+            table = self.table(name)
+        except KeyError:
+            raise PipelineError(f"stage {stage.name} names no stage {name!r}") from None
+        if table < lowest:
+            raise PipelineError(f"stage {stage.name} may not go back to {name}")
+        return table
 
     def table(self, name: str) -> int:
         for table_id, stage in enumerate(self.stages):
@@ -41,10 +141,30 @@ class Pipeline:
                 return table_id
         raise KeyError(f"no pipeline stage named {name!r}")
 
-    def after(self, name: str) -> int:
-        """The table that follows a stage: where an app sends what it has finished with, so a
-        stage added later in between is never skipped."""
-        return self.table(name) + 1
+    def stage(self, table: int) -> Stage:
+        return self.stages[table]
+
+    def following(self, name: str) -> str:
+        """The name of the stage after `name` (KeyError at the end of the pipeline)."""
+        table = self.table(name) + 1
+        if table >= len(self.stages):
+            raise KeyError(f"stage {name!r} is the last")
+        return self.stages[table].name
+
+    def goto(self, src: str, dst: str) -> tuple:
+        """The goto instruction from stage `src` to stage `dst`.
+
+        Raises:
+            PipelineError: `src` does not declare `dst` in its `goes_to`.
+        """
+        if dst not in self.stages[self.table(src)].goes_to:
+            raise PipelineError(f"stage {src} does not declare a goto to {dst}")
+        return goto(self.table(dst))
+
+    def go_on(self, src: str) -> tuple:
+        """The goto from `src` to the stage that follows it: what a stage does with what it
+        has finished with, so a stage added later in between is never skipped."""
+        return self.goto(src, self.following(src))
 
     @property
     def n_tables(self) -> int:
@@ -52,31 +172,203 @@ class Pipeline:
 
     def miss_flows(self) -> list[Flow]:
         """Table-miss entries: on to the next stage, or drop at the end."""
-        flows = []
-        for table_id, stage in enumerate(self.stages):
-            if stage.miss == "next" and table_id + 1 < len(self.stages):
-                flows.append(flow(table_id, MISS_PRIORITY, {}, goto(table_id + 1)))
-            else:
-                flows.append(flow(table_id, MISS_PRIORITY, {}))
-        return flows
+        return [
+            flow(t, MISS_PRIORITY, {}, self.go_on(s.name))
+            if s.miss == "next"
+            else flow(t, MISS_PRIORITY, {})
+            for t, s in enumerate(self.stages)
+        ]
+
+    def markdown(self) -> str:
+        """The declaration as a Markdown table (docs/architecture.md holds this text)."""
+        rows = [
+            "| table | stage | owner (+ writers) | may go to | actions | description |",
+            "|---|---|---|---|---|---|",
+        ]
+        for t, s in enumerate(self.stages):
+            apps = s.owner + "".join(f" + {w}" for w in s.writers)
+            miss = self.stages[t + 1].name if s.miss == "next" else None
+            goes = ", ".join(f"{n} (miss)" if n == miss else n for n in s.goes_to)
+            extra = [f"ct -> {r}" for r in s.recirculates]
+            extra += [f"set {f}" for f in sorted(s.set_fields)]
+            extra += [f"metadata {s.metadata:#x}"] if s.metadata else []
+            acts = ", ".join([*sorted(s.actions), *extra]) or "-"
+            rows.append(
+                f"| {t} | {s.name} | {apps} | {goes or 'drop'} | {acts} | {s.description} |"
+            )
+        return "\n".join(rows) + "\n"
+
+    def app_of(self, f: Flow) -> str:
+        """The app a flow's cookie names, or "unknown"."""
+        return self.registry.owner("cookie", f.cookie >> COOKIE_SHIFT) or "unknown"
+
+    def check(self, f: Flow) -> None:
+        """Refuse a flow that breaks its table's contract.
+
+        Raises:
+            PipelineViolation: naming table, stage, app and the breach: a table outside the
+                pipeline, a cookie of an app that may not write there, a match field, action,
+                set_field or metadata bit the stage does not declare, a goto or recirculation
+                to an undeclared stage, or a group, meter, zone, register or VLAN id its app
+                does not own.
+        """
+        if not 0 <= f.table < len(self._contracts):
+            raise PipelineViolation(f, "?", self.app_of(f), "no such table in the pipeline")
+        c = self._contracts[f.table]
+        app = c.apps.get(f.cookie >> COOKIE_SHIFT)
+        if app is None:
+            who = self.app_of(f)
+            raise PipelineViolation(f, c.stage.name, who, f"{who} may not write this table")
+        for name, _ in f.match:
+            if name not in c.stage.match:
+                raise PipelineViolation(f, c.stage.name, app, f"match field {name} not declared")
+        for ins in f.instructions:
+            kind = ins[0]
+            if kind == "goto":
+                if ins[1] not in c.gotos:
+                    raise PipelineViolation(
+                        f, c.stage.name, app, f"goto table {ins[1]} not declared"
+                    )
+            elif kind in ("apply", "write"):
+                self._check_actions(f, c, app, ins[1])
+            elif kind == "meta":
+                if ins[2] & ~(c.stage.metadata & self.registry.bits("metadata", app)):
+                    raise PipelineViolation(
+                        f, c.stage.name, app, f"write_metadata mask {ins[2]:#x} not declared"
+                    )
+            elif kind == "meter":
+                if "meter" not in c.stage.actions:
+                    raise PipelineViolation(f, c.stage.name, app, "meter not declared")
+                self._own(f, c, app, "meter", ins[1])
+
+    def _check_actions(self, f: Flow, c: _Contract, app: str, actions: tuple[Action, ...]):
+        for a in actions:
+            kind = a[0]
+            if kind not in c.stage.actions:
+                raise PipelineViolation(f, c.stage.name, app, f"action {kind} not declared")
+            if kind == "set_field":
+                if a[1] not in c.stage.set_fields:
+                    raise PipelineViolation(f, c.stage.name, app, f"set_field {a[1]} not declared")
+                if a[1].startswith("reg") and self.registry.bits("register", app, a[1]) == 0:
+                    raise PipelineViolation(f, c.stage.name, app, f"{a[1]} is not {app}'s")
+                if a[1] == "vlan_vid":
+                    self._own(f, c, app, "vlan_vid", a[2] & 0xFFF)
+            elif kind == "group":
+                self._own(f, c, app, "group", a[1])
+            elif kind == "ct":
+                self._own(f, c, app, "ct_zone", a[2])
+                if a[3] not in c.recirc:
+                    raise PipelineViolation(
+                        f, c.stage.name, app, f"ct recirculation to table {a[3]} not declared"
+                    )
+                self._check_actions(f, c, app, a[4])
+
+    def _own(self, f: Flow, c: _Contract, app: str, kind: str, number: int) -> None:
+        if not any(number in a for a in self.registry.of(kind, app)):
+            owner = self.registry.owner(kind, number) or "nobody"
+            raise PipelineViolation(
+                f, c.stage.name, app, f"{kind} {number:#x} is {owner}'s, not {app}'s"
+            )
 
 
 PIPELINE = Pipeline(
     (
-        Stage("classify", "core", "trap LLDP, learn sources at edge ports, tag identities"),
-        Stage("firewall", "firewall", "ordered IP rules, blocked sources, rate limits"),
-        Stage("microseg", "microseg", "source identity, bound to port and address; spoofs drop"),
-        Stage("microseg_track", "microseg", "destination identity"),
-        Stage("microseg_dst", "microseg", "conntrack; replies to allowed connections pass"),
-        Stage("microseg_egress", "microseg", "per source identity: deny, allow, default deny"),
-        Stage("microseg_ingress", "microseg", "per destination identity; commit what passes"),
-        Stage("chains", "sfc", "service chains: steer a traffic class through VNFs in order"),
-        Stage("services", "canary", "virtual IPs: answer ARP, send through conntrack with NAT"),
-        Stage("services_track", "canary", "new connections pick a backend; MACs follow the NAT"),
+        Stage(
+            "classify",
+            "core",
+            "trap LLDP, learn sources at edge ports, tag identities",
+            match=frozenset({"in_port", "eth_src", "eth_dst", "eth_type", "vlan_vid"}),
+            actions=frozenset({"output"}),
+            metadata=FROM_FABRIC,
+            goes_to=("firewall", "chains"),  # chains: frames from VNF replicas skip the policy
+            writers=("l2_learning", "sfc"),
+        ),
+        Stage(
+            "firewall",
+            "firewall",
+            "ordered IP rules, blocked sources, rate limits",
+            match=_fields(_IP, _L4, {"metadata", "ct_state", "icmpv4_type", "icmpv6_type"}),
+            actions=frozenset({"ct", "meter"}),
+            goes_to=("microseg",),
+            recirculates=("firewall",),
+        ),
+        Stage(
+            "microseg",
+            "microseg",
+            "source identity, bound to port and address; spoofs drop",
+            match=_fields(_IP, {"in_port", "eth_src", "arp_spa", "icmpv6_type", "metadata"}),
+            actions=frozenset({"output"}),
+            metadata=REGISTRY.get("metadata", "microseg", "src").mask,
+            goes_to=("microseg_track", "chains"),  # chains: fabric, ARP, ND skip microseg
+        ),
+        Stage(
+            "microseg_track",
+            "microseg",
+            "destination identity",
+            match=_IP,
+            metadata=REGISTRY.get("metadata", "microseg", "dst").mask,
+            goes_to=("microseg_dst",),
+        ),
+        Stage(
+            "microseg_dst",
+            "microseg",
+            "conntrack; replies to allowed connections pass",
+            match=_fields(_IP, {"ct_state", "ct_zone", "tcp_flags"}),
+            actions=frozenset({"ct", "set_field"}),
+            set_fields=frozenset({"reg0"}),
+            goes_to=("microseg_egress", "chains"),  # chains: replies to allowed connections
+            recirculates=("microseg_dst",),
+        ),
+        Stage(
+            "microseg_egress",
+            "microseg",
+            "per source identity: deny, allow, default deny",
+            match=_fields(_IP, _L4, {"metadata"}),
+            goes_to=("microseg_ingress",),
+        ),
+        Stage(
+            "microseg_ingress",
+            "microseg",
+            "per destination identity; commit what passes",
+            match=_fields(_IP, _L4, {"metadata"}),
+            actions=frozenset({"ct"}),
+            goes_to=("chains",),
+        ),
+        Stage(
+            "chains",
+            "sfc",
+            "service chains: steer a traffic class through VNFs in order",
+            match=_fields(_IP, _L4, {"in_port", "metadata", "vlan_vid"}),
+            actions=frozenset({"output", "group", "push_vlan", "pop_vlan", "set_field"}),
+            set_fields=frozenset({"vlan_vid"}),
+            goes_to=("services",),
+        ),
+        Stage(
+            "services",
+            "canary",
+            "virtual IPs: answer ARP, send through conntrack with NAT",
+            match=_fields(_IP, _L4, {"arp_tpa"}),
+            actions=frozenset({"output", "ct", "nat", "set_field"}),
+            set_fields=frozenset({"reg1"}),
+            goes_to=("services_track",),
+            recirculates=("services_track",),
+        ),
+        Stage(
+            "services_track",
+            "canary",
+            "new connections pick a backend; MACs follow the NAT",
+            match=_fields(_IP, _L4, {"ct_state", "ct_mark", "reg1", "in_port"}),
+            actions=frozenset({"output", "group", "ct", "nat", "set_field"}),
+            set_fields=frozenset({"ct_mark", "eth_src", "eth_dst"}),
+            goes_to=("forwarding",),
+            recirculates=("services_track",),
+        ),
         Stage(
             "forwarding",
             "l2_learning",
             "known destinations along paths; flood along the tree",
+            match=frozenset({"in_port", "eth_dst"}),
+            actions=frozenset({"output", "group"}),
             miss="drop",
         ),
     )

@@ -116,7 +116,7 @@ def main() -> int:
             small_edits = edits(ctl, folder, small, 5)
 
             rules = make_rules(args.rules)
-            compiler = Compiler(TABLE)
+            compiler = Compiler(PIPELINE)
             write_rules(folder, rules)
             expected = 1 + sum(
                 len(compiler.rule_flows(r, 30000, False))

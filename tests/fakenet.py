@@ -143,6 +143,7 @@ class Delivery:
 class FakeNetwork:
     def __init__(self, core: Core) -> None:
         self.core = core
+        core.strict_pipeline = True  # a flow that breaks the pipeline's contract fails the test
         self.switches: dict[int, FakeSwitch] = {}
         self.wires: dict[tuple[int, int], tuple] = {}
         self.hosts: dict[str, tuple[int, int]] = {}
@@ -158,6 +159,9 @@ class FakeNetwork:
         sw = FakeSwitch(dpid, self.core.pipeline.n_tables, {p: True for p in range(1, n_ports + 1)})
         # Mininet's bridges share one userspace datapath, hence one connection-tracking table.
         sw.connections = self.connections
+        sw.contract = (
+            self.core.pipeline.check
+        )  # what arrives on the wire keeps its table's contract
         self.switches[dpid] = sw
         return sw
 

@@ -37,7 +37,6 @@ from controller.flows import (
     Group,
     apply,
     flow,
-    goto,
     group,
     group_action,
     output,
@@ -46,9 +45,10 @@ from controller.flows import (
 from controller.matches import PROTOCOL_NAMES, prefix_match
 from controller.packets import ETH_TYPE_8021Q, ETH_TYPE_IP
 from controller.pipeline import FROM_FABRIC, Pipeline
+from controller.resources import REGISTRY
 
-COOKIE = 0x06 << 56
-GROUP_BASE = 0x0600_0000
+COOKIE = REGISTRY.cookie("sfc")
+GROUP_BASE = REGISTRY.get("group", "sfc").first
 VLAN_PRESENT = 0x1000
 TAG_PRIORITY = 400  # a tagged frame on its way to a replica
 STRAY_TAG_PRIORITY = 390  # any other tagged frame
@@ -112,7 +112,8 @@ class Compiler:
     def __init__(self, pipeline: Pipeline) -> None:
         self.classify = pipeline.table("classify")
         self.table = pipeline.table("chains")
-        self.next = pipeline.after("chains")
+        self._to_chains = pipeline.goto("classify", "chains")
+        self._go_on = pipeline.go_on("chains")
 
     def _f(self, table: int, priority: int, match: dict, *instructions) -> Flow:
         return flow(table, priority, match, *instructions, cookie=COOKIE)
@@ -121,9 +122,9 @@ class Compiler:
         """Classify: frames from replicas go straight to the chains table (no host learning at
         a replica's port, no second policy check); in the chains table, a tagged frame no tag
         entry claims is dropped, never delivered."""
-        to_chains = goto(self.table)
         flows = [
-            self._f(self.classify, ENTRY_PRIORITY, {"in_port": p}, to_chains) for p in replica_ports
+            self._f(self.classify, ENTRY_PRIORITY, {"in_port": p}, self._to_chains)
+            for p in replica_ports
         ]
         stray = {"vlan_vid": (VLAN_PRESENT, VLAN_PRESENT)}
         return [*flows, self._f(self.table, STRAY_TAG_PRIORITY, stray)]
@@ -192,7 +193,7 @@ class Compiler:
                         if 0 <= after < n:
                             then = apply(group_action(group_id(index, after, enter)))
                         else:
-                            then = goto(self.next)
+                            then = self._go_on
                         flows.append(
                             self._f(
                                 self.table, EXIT_PRIORITY - index, {**m, "in_port": leaving}, then

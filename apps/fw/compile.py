@@ -20,7 +20,7 @@ from bisect import bisect_left
 from collections.abc import Hashable, Sequence
 
 from apps.fw.rules import FirewallSettings, Rule
-from controller.flows import Flow, Meter, apply, conntrack, flow, goto, meter
+from controller.flows import Flow, Meter, apply, conntrack, flow, meter
 from controller.matches import (
     CT_EST,
     CT_INV,
@@ -32,9 +32,10 @@ from controller.matches import (
     port_matches,
     prefix_match,
 )
-from controller.pipeline import FROM_FABRIC
+from controller.pipeline import FROM_FABRIC, Pipeline
+from controller.resources import REGISTRY
 
-COOKIE = 0x03 << 56
+COOKIE = REGISTRY.cookie("firewall")
 RULE_TOP, RULE_BOTTOM, SPACING = 60000, 1000, 16
 MAX_RULES = RULE_TOP - RULE_BOTTOM  # each rule needs a priority of its own
 CT_PRIORITY = 63000  # send untracked IP packets through conntrack (stateful mode)
@@ -42,7 +43,7 @@ CT_INVALID, CT_ESTABLISHED, CT_RELATED = 62002, 62001, 62000
 BLOCKED_PRIORITY = 64000  # blocked sources go first, before conntrack and every rule
 ND_PRIORITY, DEFAULT_PRIORITY = 20, 10
 BLOCKED_ID = 0xFFFF  # cookie low bits of blocked-source flows
-CT_ZONE = 7
+CT_ZONE = REGISTRY.value("ct_zone", "firewall")
 PROTO = IP_PROTOCOLS
 
 
@@ -113,8 +114,9 @@ def rule_keys(rules: Sequence[Rule]) -> list[tuple[str, int]]:
 class Compiler:
     """Rules in, flows and meters per rule out; remembers priorities between reloads."""
 
-    def __init__(self, table: int) -> None:
-        self.table = table
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.table = pipeline.table("firewall")
+        self._go_on = pipeline.go_on("firewall")
         self.priorities: dict[Hashable, int] = {}
 
     def renumber(self, rules: Sequence[Rule]) -> list[tuple[Hashable, int, Rule]]:
@@ -128,7 +130,7 @@ class Compiler:
 
     def rule_flows(self, rule: Rule, prio: int, stateful: bool) -> list[Flow]:
         """The flows of one rule at its priority: disjoint matches, the rule's verdict."""
-        go_on = (goto(self.table + 1),)
+        go_on = (self._go_on,)
         commit = (apply(conntrack(CT_ZONE, commit=True)),) if stateful else ()
         if rule.action == "deny":
             instructions: tuple = ()
@@ -177,7 +179,7 @@ class Compiler:
             }
             flows.append(flow(self.table, BLOCKED_PRIORITY, match, cookie=COOKIE | BLOCKED_ID))
         if settings.default == "deny":
-            go_on = goto(self.table + 1)
+            go_on = self._go_on
             for family in (4, 6):
                 flows.append(
                     flow(self.table, DEFAULT_PRIORITY, self._ingress(family), cookie=COOKIE)
@@ -197,7 +199,7 @@ class Compiler:
         return flows
 
     def _conntrack_flows(self) -> list[Flow]:
-        go_on = goto(self.table + 1)
+        go_on = self._go_on
         ingress = {"metadata": (0, FROM_FABRIC)}
         flows = [
             flow(

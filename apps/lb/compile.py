@@ -46,7 +46,6 @@ from controller.flows import (
     apply,
     conntrack,
     flow,
-    goto,
     group,
     group_action,
     nat,
@@ -57,14 +56,17 @@ from controller.flows import (
 from controller.matches import CT_NEW, CT_RPL, CT_TRK, IP_PROTOCOLS
 from controller.packets import ETH_TYPE_ARP, ETH_TYPE_IP
 from controller.pipeline import Pipeline
+from controller.resources import REGISTRY
 
-COOKIE = 0x05 << 56
-CT_ZONE = 9
-SNAT_ZONE = 10  # hairpin connections' second translation: the backend's own address to the VIP
+COOKIE = REGISTRY.cookie("canary")
+CT_ZONE = REGISTRY.value("ct_zone", "canary")
+# Hairpin connections' second translation: the backend's own address to the VIP.
+SNAT_ZONE = REGISTRY.value("ct_zone", "canary", "snat")
 MARK = 0x5E  # ct_mark of the connections this app translated
 HAIRPIN_MARK = 0x5F  # ct_mark of their SNAT_ZONE entries
-SERVICE_REG = "reg1"  # the VIP, as an integer, of the service whose packet this is (hairpin)
-GROUP_BASE = 0x0500_0000
+# The VIP, as an integer, of the service whose packet this is (hairpin).
+SERVICE_REG = REGISTRY.get("register", "canary").field
+GROUP_BASE = REGISTRY.get("group", "canary").first
 MAX_BACKENDS = 127  # per service: group numbers 1..127 are its backends', 128.. its routes'
 MAX_ROUTES = 128
 PROTOCOLS = {name: IP_PROTOCOLS[name] for name in ("tcp", "udp")}
@@ -125,6 +127,7 @@ class Compiler:
         self.services_table = pipeline.table("services")
         self.track = pipeline.table("services_track")
         self.forwarding = pipeline.table("forwarding")
+        self._to_forwarding = pipeline.goto("services_track", "forwarding")
 
     def _f(self, table: int, priority: int, match: dict, *instructions) -> Flow:
         return flow(table, priority, match, *instructions, cookie=COOKIE)
@@ -169,7 +172,7 @@ class Compiler:
                     "ct_mark": MARK,
                 },
                 apply(set_field("eth_src", vip_mac(service.vip))),
-                goto(self.forwarding),
+                self._to_forwarding,
             ),
         ]
         for b in service.backends:
@@ -193,7 +196,7 @@ class Compiler:
                             "ct_mark": MARK,
                         },
                         apply(set_field("eth_dst", b.mac)),
-                        goto(self.forwarding),
+                        self._to_forwarding,
                     )
                 )
                 flows += self.hairpin_flows(service, b)

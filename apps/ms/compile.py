@@ -28,7 +28,6 @@ from controller.flows import (
     apply,
     conntrack,
     flow,
-    goto,
     set_field,
     to_controller,
     write_metadata,
@@ -46,12 +45,16 @@ from controller.matches import (
 )
 from controller.packets import ETH_TYPE_ARP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP
 from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
+from controller.resources import REGISTRY
 
-COOKIE = 0x04 << 56
-CT_ZONE = 8
-GENERATION_REG = "reg0"  # the policy generation, frozen with each conntrack recirculation
-SRC_SHIFT, DST_SHIFT, ID_BITS = 8, 24, 0xFFFF
-SRC_MASK, DST_MASK = ID_BITS << SRC_SHIFT, ID_BITS << DST_SHIFT
+COOKIE = REGISTRY.cookie("microseg")
+CT_ZONE = REGISTRY.value("ct_zone", "microseg")
+# The policy generation, frozen with each conntrack recirculation.
+GENERATION_REG = REGISTRY.get("register", "microseg").field
+SRC_IDENTITY = REGISTRY.get("metadata", "microseg", "src")
+DST_IDENTITY = REGISTRY.get("metadata", "microseg", "dst")
+SRC_SHIFT, DST_SHIFT = SRC_IDENTITY.first, DST_IDENTITY.first
+SRC_MASK, DST_MASK = SRC_IDENTITY.mask, DST_IDENTITY.mask
 REPLY = CT_TRK | CT_EST | CT_RPL
 ARP = ETH_TYPE_ARP
 
@@ -222,7 +225,16 @@ class Compiler:
         self.dst = pipeline.table("microseg_dst")
         self.egress = pipeline.table("microseg_egress")
         self.ingress = pipeline.table("microseg_ingress")
-        self.next = pipeline.after("microseg_ingress")
+        # Where microseg sends what it has finished with (or lets pass unjudged).
+        done = pipeline.following("microseg_ingress")
+        self.next = pipeline.table(done)
+        to = pipeline.goto
+        self._src_on, self._src_done = to("microseg", "microseg_track"), to("microseg", done)
+        self._track_on = to("microseg_track", "microseg_dst")
+        self._dst_on = to("microseg_dst", "microseg_egress")
+        self._dst_done = to("microseg_dst", done)
+        self._egress_on = to("microseg_egress", "microseg_ingress")
+        self._ingress_done = to("microseg_ingress", done)
 
     _commit = conntrack(CT_ZONE, commit=True, force=True)
 
@@ -239,15 +251,15 @@ class Compiler:
         flushed)."""
         f = self._flow
         out = [
-            f(self.src, SKIP_FABRIC, {"metadata": (FROM_FABRIC, FROM_FABRIC)}, goto(self.next)),
-            f(self.src, ARP_PASS, {"eth_type": ARP}, goto(self.next)),
+            f(self.src, SKIP_FABRIC, {"metadata": (FROM_FABRIC, FROM_FABRIC)}, self._src_done),
+            f(self.src, ARP_PASS, {"eth_type": ARP}, self._src_done),
         ]
         out += [
             f(
                 self.src,
                 ND_PASS,
                 {"eth_type": ETH_TYPE_IPV6, "ip_proto": IPPROTO_ICMPV6, "icmpv6_type": t},
-                goto(self.next),
+                self._src_done,
             )
             for t in ND_TYPES
         ]
@@ -263,22 +275,20 @@ class Compiler:
                     self.dst,
                     TRACKED,
                     {**ip, **ours, "ct_state": (CT_TRK, CT_TRK)},
-                    goto(self.egress),
+                    self._dst_on,
                 )
             )
-            out.append(f(self.ingress, COMMIT, ip, apply(self._commit), goto(self.next)))
+            out.append(f(self.ingress, COMMIT, ip, apply(self._commit), self._ingress_done))
             # A bare SYN is never a reply: if conntrack holds its 5-tuple the other way round
             # (an entry picked up mid-stream from the peer's last packets), judge it as new.
             syn = {**ip, **ours, "ip_proto": IPPROTO_TCP, "tcp_flags": (TCP_SYN, TCP_SYN | TCP_ACK)}
-            out.append(
-                f(self.dst, SYN_JUDGED, {**syn, "ct_state": (REPLY, REPLY)}, goto(self.egress))
-            )
+            out.append(f(self.dst, SYN_JUDGED, {**syn, "ct_state": (REPLY, REPLY)}, self._dst_on))
         # Replies to a committed connection pass, and so do related packets (ICMP errors).
         # Packets in the original direction are judged again each time: a policy change holds
         # for open connections too.
         for offset, bits in enumerate((REPLY, CT_TRK | CT_REL)):
             out.append(
-                f(self.dst, CT_PASS + offset, {**ours, "ct_state": (bits, bits)}, goto(self.next))
+                f(self.dst, CT_PASS + offset, {**ours, "ct_state": (bits, bits)}, self._dst_done)
             )
         return out
 
@@ -301,7 +311,7 @@ class Compiler:
                 out[dpid].append(f(self.src, CLAIMED, ip_match, apply(to_controller(128))))
                 if arp_match:
                     out[dpid].append(
-                        f(self.src, CLAIMED, arp_match, apply(to_controller(128)), goto(self.next))
+                        f(self.src, CLAIMED, arp_match, apply(to_controller(128)), self._src_done)
                     )
                 continue
             out[dpid].append(f(self.src, CLAIMED, ip_match))  # someone else's address: drop
@@ -316,11 +326,11 @@ class Compiler:
                     BOUND,
                     {**own, **ip_match},
                     write_metadata(src_meta(identity), SRC_MASK),
-                    goto(self.track),
+                    self._src_on,
                 )
             )
             if arp_match:
-                out[dpid].append(f(self.src, BOUND, {**own, **arp_match}, goto(self.next)))
+                out[dpid].append(f(self.src, BOUND, {**own, **arp_match}, self._src_done))
         return out
 
     def destination_flow(self, endpoint, identity: int) -> Flow:
@@ -330,7 +340,7 @@ class Compiler:
             DST_CLASSIFY,
             {"eth_type": ETH_TYPES[family], f"ipv{family}_dst": str(endpoint.ip)},
             write_metadata(dst_meta(identity), DST_MASK),
-            goto(self.dst),
+            self._track_on,
         )
 
     # --- per identity and direction: policy ------------------------------------------------------
@@ -346,9 +356,9 @@ class Compiler:
     ) -> list[Flow]:
         table = self.egress if direction == "egress" else self.ingress
         passed = (
-            (goto(self.ingress),)
+            (self._egress_on,)
             if direction == "egress"
-            else (apply(self._commit), goto(self.next))
+            else (apply(self._commit), self._ingress_done)
         )
         own_meta = src_meta(identity) if direction == "egress" else dst_meta(identity)
         own_mask = SRC_MASK if direction == "egress" else DST_MASK

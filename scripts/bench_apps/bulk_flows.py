@@ -10,6 +10,7 @@ import time
 
 from controller.app import SuiteApp
 from controller.flows import apply, flow, output
+from controller.resources import REGISTRY
 
 LOG = logging.getLogger("osken_suite.bench")
 
@@ -24,6 +25,11 @@ class BulkFlows(SuiteApp):
     def on_switch_ready(self, dpid: int, now: float) -> None:
         forwarding = self.core.pipeline.table("forwarding")
         macs = bench_macs(int(os.environ.get("BENCH_FLOWS", "10000")))
-        flows = [flow(forwarding, 100, {"eth_dst": m}, apply(output(1))) for m in macs]
+        # They stand in for L2 learning's host entries: its cookie, which the forwarding
+        # stage's contract accepts (controller/pipeline.py).
+        cookie = REGISTRY.cookie("l2_learning")
+        flows = [
+            flow(forwarding, 100, {"eth_dst": m}, apply(output(1)), cookie=cookie) for m in macs
+        ]
         LOG.info("bulk: handing %d flows to the core at %.6f", len(flows), time.time())
         self.desired.put(("bench", dpid), {dpid: flows})
