@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any, ClassVar
 
 from controller.config import Config
@@ -109,6 +109,14 @@ class CoreView:
         (`cookie`/`cookie_mask`, OpenFlow 1.3 ofp_flow_stats_request); the reply arrives, maybe
         in parts, at `app.on_flow_stats`. Nothing happens for a switch that is not connected."""
         self._request_flow_stats(app, dpid, table, cookie, cookie_mask)
+
+
+def defined_in(cls: type, module: ModuleType) -> bool:
+    """True if `module` defines `cls`: in the module itself or, for a package (an app such as
+    `apps.firewall`), in one of its submodules. Classes a module merely imports do not count."""
+    name = module.__name__
+    inside = hasattr(module, "__path__") and cls.__module__.startswith(name + ".")
+    return cls.__module__ == name or inside
 
 
 class SuiteApp:

@@ -3,7 +3,7 @@
     osken-manager [--ofp-tcp-listen-port 6653] [--config lab.yaml] [--verbose] APP...
     osken-manager --ctl-privkey key.pem --ctl-cert cert.pem --ca-certs ca.pem APP...  # TLS
 
-APP is a file path (apps/firewall.py) or a module (apps.firewall). Everything that can be checked
+APP is a file path (apps/firewall) or a module (apps.firewall). Everything that can be checked
 before starting is checked first: an unknown app, a bad config or a busy port gives one line on
 stderr and exit status 2. SIGTERM or SIGINT exits 0 at once (os-ken's native hub cannot stop its
 threads, so we do not wait for them); SIGHUP reloads the config. Apps written for Ryu run
@@ -23,6 +23,7 @@ import socket
 import ssl
 import sys
 import time
+from types import MappingProxyType
 
 EXIT_USAGE = 2
 OFP_HANDLER = "os_ken.controller.ofp_handler"
@@ -107,26 +108,43 @@ def tls_options(args: argparse.Namespace) -> list[str]:
     return options + ["--ofp-ssl-listen-port", str(args.ofp_ssl_listen_port)]
 
 
+# Earlier spellings of the suite's apps, still accepted: module name -> the app's name now.
+RENAMED = MappingProxyType({"apps.canary": "apps.services", "apps.sfc": "apps.chains"})
+
+
 def module_name(app: str) -> str:
-    """'apps/firewall.py' -> 'apps.firewall' (with its package root on sys.path); modules as-is."""
+    """The module to import for an app given on the command line.
+
+    A file (`apps/l2_learning.py`) or package folder (`apps/firewall`) path gives its dotted
+    name, with its package root put on sys.path; a dotted name is taken as it is. The earlier
+    spellings keep working: `apps/firewall.py` for the package `apps/firewall/`, and the names
+    in `RENAMED` (`apps/canary.py`, `apps.sfc`, ...).
+
+    Raises:
+        LaunchError: a path that is neither a file nor a package folder.
+    """
     if not (app.endswith(".py") or os.sep in app):
-        return app
-    path = os.path.abspath(app)
-    if not os.path.isfile(path):
-        raise LaunchError(f"unknown app {app!r}: no such file")
+        return RENAMED.get(app, app)
+    path = os.path.abspath(app.rstrip(os.sep))
+    package = path.removesuffix(".py")
+    if os.path.isfile(os.path.join(package, "__init__.py")):
+        path = package
     parts = [os.path.splitext(os.path.basename(path))[0]]
     folder = os.path.dirname(path)
     while os.path.isfile(os.path.join(folder, "__init__.py")):
         parts.insert(0, os.path.basename(folder))
         folder = os.path.dirname(folder)
+    name = ".".join(parts)
+    if name not in RENAMED and not os.path.exists(path):
+        raise LaunchError(f"unknown app {app!r}: no such file")
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    return ".".join(parts)
+    return RENAMED.get(name, name)
 
 
 def suite_apps(module) -> list[type]:
-    """The suite apps a module defines (SuiteApp subclasses of its own), in source order."""
-    from controller.app import SuiteApp
+    """The suite apps a module (or an app package) defines, in source order."""
+    from controller.app import SuiteApp, defined_in
 
     own = [
         c
@@ -134,7 +152,7 @@ def suite_apps(module) -> list[type]:
         if inspect.isclass(c)
         and issubclass(c, SuiteApp)
         and c is not SuiteApp
-        and c.__module__ == module.__name__
+        and defined_in(c, module)
     ]
     return sorted(own, key=lambda c: inspect.getsourcelines(c)[1])
 
@@ -144,6 +162,7 @@ def import_app(app: str):
     or an os-ken app class of its own."""
     from os_ken.base.app_manager import OSKenApp
 
+    from controller.app import defined_in
     from controller.ryu_compat import RyuModuleGone
 
     name = module_name(app)
@@ -158,7 +177,7 @@ def import_app(app: str):
     own = [
         c
         for _, c in inspect.getmembers(module, inspect.isclass)
-        if issubclass(c, OSKenApp) and c.__module__ == module.__name__
+        if issubclass(c, OSKenApp) and defined_in(c, module)
     ]
     if not own and not suite_apps(module):
         raise LaunchError(f"unknown app {app!r}: it defines no suite app or os-ken app class")
@@ -295,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
         args.ofp_listen_host,
         port,
     )
+    LOG.info("apps: %s", ", ".join([cls.name for cls in suite] + classic))
     # The shared contexts (the suite's core) run event loops of their own: watch them too.
     threads += [t for c in contexts.values() for t in getattr(c, "threads", [])]
     while all(t.is_alive() for t in threads):

@@ -1,7 +1,7 @@
 """Endpoints: the hosts that policies, services and chains speak about, known by IP.
 
 The config's `endpoints:` section belongs to the core, not to one app: microsegmentation, the
-services (canary) and the service chains all read it, each through `parse_endpoints`. Its schema
+services and the service chains all read it, each through `parse_endpoints`. Its schema
 is `ENDPOINTS_SCHEMA` (a Kubernetes EndpointSlice reduced to what a lab needs: name, namespace,
 one address, an optional MAC, labels, named ports).
 

@@ -32,7 +32,7 @@ IP_PROTOCOLS = {
     "icmpv6": IPPROTO_ICMPV6,
 }
 PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ND_TYPES = (133, 134, 135, 136, 137)  # ICMPv6 neighbour discovery: IPv6 cannot work without it
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20  # ct_state
 CT_SNAT, CT_DNAT = 0x40, 0x80  # ct_state: the packet was translated (source, destination)
@@ -59,7 +59,7 @@ def port_matches(field: str, ports: tuple[int, int] | None) -> list[dict]:
     ]
 
 
-def prefix_match(field: str, net: Network) -> dict:
+def prefix_match(field: str, net: IPNetwork) -> dict:
     """{field: address} for a host route, {field: (network, netmask)} for a prefix, {} for /0."""
     if not net.prefixlen:
         return {}

@@ -281,7 +281,7 @@ PIPELINE = Pipeline(
             actions=frozenset({"output"}),
             metadata=FROM_FABRIC,
             goes_to=("firewall", "chains"),  # chains: frames from VNF replicas skip the policy
-            writers=("l2_learning", "sfc"),
+            writers=("l2_learning", "chains"),
         ),
         Stage(
             "firewall",
@@ -336,7 +336,7 @@ PIPELINE = Pipeline(
         ),
         Stage(
             "chains",
-            "sfc",
+            "chains",
             "service chains: steer a traffic class through VNFs in order",
             match=_fields(_IP, _L4, {"in_port", "metadata", "vlan_vid"}),
             actions=frozenset({"output", "group", "push_vlan", "pop_vlan", "set_field"}),
@@ -345,7 +345,7 @@ PIPELINE = Pipeline(
         ),
         Stage(
             "services",
-            "canary",
+            "services",
             "virtual IPs: answer ARP, send through conntrack with NAT",
             match=_fields(_IP, _L4, {"arp_tpa"}),
             actions=frozenset({"output", "ct", "nat", "set_field"}),
@@ -355,7 +355,7 @@ PIPELINE = Pipeline(
         ),
         Stage(
             "services_track",
-            "canary",
+            "services",
             "new connections pick a backend; MACs follow the NAT",
             match=_fields(_IP, _L4, {"ct_state", "ct_mark", "reg1", "in_port"}),
             actions=frozenset({"output", "group", "ct", "nat", "set_field"}),

@@ -294,13 +294,13 @@ def check_no_mix(modules: list[ModuleType]) -> None:
     flows it did not ask for, so the two would fight over table 0. Raises `MixError`."""
     from os_ken.base.app_manager import OSKenApp
 
-    from controller.app import SuiteApp
+    from controller.app import SuiteApp, defined_in
 
     classic: list[str] = []
     suite: list[str] = []
     for module in modules:
         for _, cls in inspect.getmembers(module, inspect.isclass):
-            if cls.__module__ != module.__name__:
+            if not defined_in(cls, module):
                 continue
             if issubclass(cls, SuiteApp):
                 suite.append(cls.__name__)

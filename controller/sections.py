@@ -10,7 +10,7 @@ unchecked. Any other key is an error, "unknown key", at its line.
 >>> sorted(CORE_SCHEMAS)
 ['controller', 'discovery', 'endpoints', 'namespaces']
 >>> SUITE_SECTIONS["chains"]
-'apps.sfc'
+'apps.chains'
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ SUITE_SECTIONS = MappingProxyType(
         "l2": "apps.l2_learning",
         "firewall": "apps.firewall",
         "policies": "apps.microseg",
-        "services": "apps.canary",
-        "routing": "apps.canary",
-        "chains": "apps.sfc",
+        "services": "apps.services",
+        "routing": "apps.services",
+        "chains": "apps.chains",
     }
 )

@@ -8,9 +8,9 @@ only when dropping it early can never drop what OpenFlow would let through:
 - the tries key on source, protocol and port, so destinations and source ports are out;
 - scheduled rules come and go, and stateful mode lets established traffic pass before any rule.
 
->>> from apps.fw.rules import Rule
+>>> from apps.firewall.rules import FirewallRule
 >>> import ipaddress
->>> r = Rule("deny", "tcp", ipaddress.ip_network("10.0.0.0/8"), dst_ports=(22, 22))
+>>> r = FirewallRule("deny", "tcp", ipaddress.ip_network("10.0.0.0/8"), dst_ports=(22, 22))
 >>> [(e.table, e.prefixlen, e.data.hex()) for e in rule_entries(r, 7)]
 [('ports4', 32, '0600160a000000')]
 """
@@ -23,25 +23,24 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
 
-from controller.matches import IP_PROTOCOLS, port_masks
-from controller.matches import Network as IPNet
+from controller.matches import IP_PROTOCOLS, IPNetwork, port_masks
 
 PROTO = IP_PROTOCOLS
 MAX_PORTS_PER_RULE = 256  # a range with a source prefix is expanded port by port up to this
 
 
-class Rule(Protocol):
+class OffloadRule(Protocol):
     """What the planner reads of a firewall rule; the firewall's own rules
-    (`apps.fw.rules.Rule`) have this shape. Ports are inclusive (low, high) ranges."""
+    (`apps.firewall.rules.OffloadRule`) have this shape. Ports are inclusive (low, high) ranges."""
 
     @property
     def action(self) -> str: ...  # "allow", "deny" or "rate_limit"
     @property
     def protocol(self) -> str: ...  # "tcp", "udp", "icmp", "icmpv6" or "any"
     @property
-    def source(self) -> IPNet | None: ...
+    def source(self) -> IPNetwork | None: ...
     @property
-    def destination(self) -> IPNet | None: ...
+    def destination(self) -> IPNetwork | None: ...
     @property
     def dst_ports(self) -> tuple[int, int] | None: ...
     @property
@@ -57,7 +56,7 @@ class Rule(Protocol):
 
 
 @dataclass(frozen=True)
-class Entry:
+class LpmEntry:
     """One trie entry: table name, prefix length in bits, the key's data bytes, the rule id."""
 
     table: str
@@ -70,19 +69,19 @@ class Entry:
         return (self.table, self.prefixlen, self.data)
 
 
-def _source(rule_source: IPNet | None, family: int) -> tuple[int, bytes]:
+def _source(rule_source: IPNetwork | None, family: int) -> tuple[int, bytes]:
     if rule_source is None:
         return 0, bytes(4 if family == 4 else 16)
     return rule_source.prefixlen, rule_source.network_address.packed
 
 
-def blocked_entries(net: IPNet, rule: int) -> list[Entry]:
-    return [Entry(f"blocked{net.version}", net.prefixlen, net.network_address.packed, rule)]
+def blocked_entries(net: IPNetwork, rule: int) -> list[LpmEntry]:
+    return [LpmEntry(f"blocked{net.version}", net.prefixlen, net.network_address.packed, rule)]
 
 
-def rule_entries(rule: Rule, rule_id: int) -> list[Entry]:
+def rule_entries(rule: OffloadRule, rule_id: int) -> list[LpmEntry]:
     """The trie entries that drop what `rule` denies (call only for offloadable rules)."""
-    out: list[Entry] = []
+    out: list[LpmEntry] = []
     for family in rule.families:
         src_len, src = _source(rule.source, family)
         if rule.protocol == "any":
@@ -94,19 +93,19 @@ def rule_entries(rule: Rule, rule_id: int) -> list[Entry]:
         if rule.icmp_type is not None:
             ports = (rule.icmp_type, rule.icmp_type)
         if ports is None:
-            out.append(Entry(f"protos{family}", 8 + src_len, proto + src, rule_id))
+            out.append(LpmEntry(f"protos{family}", 8 + src_len, proto + src, rule_id))
         elif src_len == 0:
             for value, mask in port_masks(*ports):
                 bits = 16 - (0xFFFF ^ mask).bit_length()
                 out.append(
-                    Entry(
+                    LpmEntry(
                         f"ports{family}", 8 + bits, proto + value.to_bytes(2, "big") + src, rule_id
                     )
                 )
         else:
             for port in range(ports[0], ports[1] + 1):
                 out.append(
-                    Entry(
+                    LpmEntry(
                         f"ports{family}",
                         24 + src_len,
                         proto + port.to_bytes(2, "big") + src,
@@ -120,11 +119,11 @@ def _ranges_meet(a: tuple[int, int] | None, b: tuple[int, int] | None) -> bool:
     return a is None or b is None or (a[0] <= b[1] and b[0] <= a[1])
 
 
-def _nets_meet(a: IPNet | None, b: IPNet | None) -> bool:
+def _nets_meet(a: IPNetwork | None, b: IPNetwork | None) -> bool:
     return a is None or b is None or (a.version == b.version and a.overlaps(b))
 
 
-def may_overlap(a: Rule, b: Rule) -> bool:
+def may_overlap(a: OffloadRule, b: OffloadRule) -> bool:
     """Could one packet match both rules? (Conservative: True when unsure.)"""
     if not set(a.families) & set(b.families):
         return False
@@ -149,12 +148,12 @@ class EarlierPassers:
     """
 
     def __init__(self) -> None:
-        self._rules: list[Rule] = []  # by position, so "earliest" is the smallest index
+        self._rules: list[OffloadRule] = []  # by position, so "earliest" is the smallest index
         self._wild: dict[str, list[int]] = defaultdict(list)  # protocol -> positions, no source
         self._exact: dict[tuple, list[int]] = defaultdict(list)  # (proto, v, start, len) -> pos
         self._starts: dict[tuple, list[tuple[int, int, int]]] = defaultdict(list)  # (proto, v)
 
-    def add(self, rule: Rule) -> None:
+    def add(self, rule: OffloadRule) -> None:
         pos = len(self._rules)
         self._rules.append(rule)
         src = rule.source
@@ -165,7 +164,7 @@ class EarlierPassers:
         self._exact[(rule.protocol, src.version, start, src.prefixlen)].append(pos)
         insort(self._starts[(rule.protocol, src.version)], (start, src.prefixlen, pos))
 
-    def _candidates(self, proto: str, src: IPNet | None):
+    def _candidates(self, proto: str, src: IPNetwork | None):
         yield from self._wild.get(proto, ())
         if src is None:  # a deny from anywhere meets every sourced passer of the protocol
             for (p, _), starts in self._starts.items():
@@ -184,7 +183,7 @@ class EarlierPassers:
                 yield starts[i][2]
             i += 1
 
-    def first_overlapping(self, rule: Rule) -> Rule | None:
+    def first_overlapping(self, rule: OffloadRule) -> OffloadRule | None:
         protos = (
             set(self._wild) | {p for p, _ in self._starts}
             if rule.protocol == "any"
@@ -199,7 +198,7 @@ class EarlierPassers:
         return self._rules[min(hits)] if hits else None
 
 
-def why_not(rule: Rule, earlier: EarlierPassers, stateful: bool) -> str | None:
+def why_not(rule: OffloadRule, earlier: EarlierPassers, stateful: bool) -> str | None:
     """None if XDP can enforce this deny rule exactly; else the reason it cannot."""
     if stateful:
         return "stateful mode lets established connections through before any rule"
@@ -226,14 +225,17 @@ def why_not(rule: Rule, earlier: EarlierPassers, stateful: bool) -> str | None:
 
 
 def plan(
-    rules: list[tuple[int, Rule]], blocked: tuple[IPNet, ...], blocked_id: int, stateful: bool
-) -> tuple[list[Entry], list[tuple[int, Rule, str | None]]]:
+    rules: list[tuple[int, OffloadRule]],
+    blocked: tuple[IPNetwork, ...],
+    blocked_id: int,
+    stateful: bool,
+) -> tuple[list[LpmEntry], list[tuple[int, OffloadRule, str | None]]]:
     """Entries for the tries, and for every deny rule whether it was offloaded (None) or why not.
 
     `rules` are (rule id, rule) in order. An entry whose key is already taken keeps the first
     rule: both drop, and the first is the one OpenFlow would have counted.
     """
-    entries: dict[tuple, Entry] = {}
+    entries: dict[tuple, LpmEntry] = {}
     decisions = []
     for net in blocked:
         for e in blocked_entries(net, blocked_id):

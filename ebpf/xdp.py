@@ -15,7 +15,7 @@ import ctypes
 import os
 from collections.abc import Iterable
 
-from ebpf.offload import Entry
+from ebpf.offload import LpmEntry
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_firewall.c")
 XDP_FLAGS_SKB_MODE = 1 << 1  # generic: any device
@@ -48,7 +48,7 @@ class XdpProgram:
         self._bpf = BPF(src_file=SOURCE.encode(), cflags=cflags)
         self._fn = self._bpf.load_func(function.encode(), BPF.XDP)
         self.attached: dict[str, int] = {}  # interface -> flags it was attached with
-        self.entries: dict[tuple, Entry] = {}
+        self.entries: dict[tuple, LpmEntry] = {}
 
     # --- interfaces ----------------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ class XdpProgram:
 
     # --- maps ----------------------------------------------------------------------------------
 
-    def _key(self, entry: Entry):
+    def _key(self, entry: LpmEntry):
         table = self._bpf[entry.table.encode()]
         key = table.Key()
         key.prefixlen = entry.prefixlen
@@ -87,7 +87,7 @@ class XdpProgram:
         ctypes.memmove(ctypes.addressof(key) + field.offset, entry.data, len(entry.data))
         return table, key
 
-    def sync(self, entries: Iterable[Entry]) -> tuple[int, int]:
+    def sync(self, entries: Iterable[LpmEntry]) -> tuple[int, int]:
         """Make the tries hold exactly `entries`; returns (written, deleted)."""
         want = {e.key: e for e in entries}
         written = deleted = 0
@@ -103,13 +103,13 @@ class XdpProgram:
                 written += 1
         return written, deleted
 
-    def put(self, entry: Entry) -> None:
+    def put(self, entry: LpmEntry) -> None:
         """Write one entry, whatever this object knows of the maps (pinned maps, from a CLI)."""
         table, k = self._key(entry)
         table[k] = table.Leaf(entry.rule)
         self.entries[entry.key] = entry
 
-    def remove(self, entry: Entry) -> bool:
+    def remove(self, entry: LpmEntry) -> bool:
         table, k = self._key(entry)
         self.entries.pop(entry.key, None)
         try:
@@ -118,7 +118,7 @@ class XdpProgram:
             return False
         return True
 
-    def stored(self) -> list[Entry]:
+    def stored(self) -> list[LpmEntry]:
         """Every entry the tries hold (including ones written by another process)."""
         out = []
         for name in TABLES:
@@ -129,7 +129,7 @@ class XdpProgram:
                 data = ctypes.string_at(
                     ctypes.addressof(key) + getattr(type(key), field).offset, size
                 )
-                out.append(Entry(name, key.prefixlen, data, leaf.value))
+                out.append(LpmEntry(name, key.prefixlen, data, leaf.value))
         return out
 
     def counters(self, rules: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: the firewall's 10,000-rule install and one-rule edits, against ovs-ofctl.
 
-1. A controller runs `apps/firewall.py` on an Open vSwitch bridge (userspace datapath) with an
+1. A controller runs `apps/firewall` on an Open vSwitch bridge (userspace datapath) with an
    empty rule set. The config is rewritten with 10,000 rules (rules.json) and SIGHUP is sent;
    the clock runs until the switch holds every compiled flow.
 2. The same flows, dumped from that switch, go into a fresh bridge with `ovs-ofctl add-flows`.
@@ -28,8 +28,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from apps.fw.compile import Compiler  # noqa: E402
-from apps.fw.rules import load_rules_file  # noqa: E402
+from apps.firewall.compile import FirewallCompiler  # noqa: E402
+from apps.firewall.rules import load_rules_file  # noqa: E402
 from controller.pipeline import PIPELINE  # noqa: E402
 from topologies.harness import Controller, fresh_bridge  # noqa: E402
 from topologies.wait import until  # noqa: E402
@@ -105,7 +105,7 @@ def main() -> int:
     write_rules(folder, [])
     try:
         fresh_bridge(BRIDGE)
-        with Controller(["apps/firewall.py"], config=cfg) as ctl:
+        with Controller(["apps/firewall"], config=cfg) as ctl:
             vsctl("set-controller", BRIDGE, f"tcp:127.0.0.1:{ctl.port}")
             if not ctl.wait_log(r"reconciled \(connect\)", timeout=30):
                 raise RuntimeError(ctl.log()[-2000:])
@@ -116,7 +116,7 @@ def main() -> int:
             small_edits = edits(ctl, folder, small, 5)
 
             rules = make_rules(args.rules)
-            compiler = Compiler(PIPELINE)
+            compiler = FirewallCompiler(PIPELINE)
             write_rules(folder, rules)
             expected = 1 + sum(
                 len(compiler.rule_flows(r, 30000, False))

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from apps.l2_learning import L2Learning  # noqa: E402
 from apps.microseg import Microseg  # noqa: E402
-from apps.ms.compile import COOKIE  # noqa: E402
+from apps.microseg.compile import COOKIE  # noqa: E402
 from controller.config import load_config  # noqa: E402
 from controller.core import Core  # noqa: E402
 from tests.fakenet import FakeNetwork  # noqa: E402
@@ -140,7 +140,7 @@ def on_open_vswitch(cfg: str, rounds: int) -> list[float]:
     times = []
     try:
         fresh_bridge(BRIDGE)
-        with Controller(["apps/microseg.py"], config=cfg) as ctl:
+        with Controller(["apps/microseg"], config=cfg) as ctl:
             subprocess.run(
                 ["ovs-vsctl", "set-controller", BRIDGE, f"tcp:127.0.0.1:{ctl.port}"], check=True
             )

@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from apps.fw.rules import Rule  # noqa: E402
+from apps.firewall.rules import FirewallRule  # noqa: E402
 from ebpf.offload import rule_entries  # noqa: E402
 from ebpf.xdp import XdpProgram, unavailable  # noqa: E402
 from topologies.harness import fresh_bridge  # noqa: E402
@@ -95,7 +95,7 @@ def xdp_rate(function: str, rules: int, seconds: float, conf: str, mode: str) ->
                     else None
                 )
                 for entry in rule_entries(
-                    Rule("deny", "udp", src, dst_ports=(port, port)), 100 + i
+                    FirewallRule("deny", "udp", src, dst_ports=(port, port)), 100 + i
                 ):
                     prog.put(entry)
         prog.attach(RX, mode)

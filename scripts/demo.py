@@ -33,7 +33,7 @@ from topologies.wait import until  # noqa: E402
 from vnf.deploy import Deployer  # noqa: E402
 from vnf.manifest import load_manifest  # noqa: E402
 
-APPS = ["apps/firewall.py", "apps/microseg.py", "apps/canary.py", "apps/sfc.py"]  # + L2 learning
+APPS = ["apps/firewall", "apps/microseg", "apps/services", "apps/chains"]  # + L2 learning
 RATE_PPS = 500
 CANARY_VIP = "10.0.100.10"
 CANARY_CLIENTS = ["h1", "h3", "h6", "h11"]  # not h15: the firewall scene blocks it

@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from apps.fw.rules import Rule  # noqa: E402
+from apps.firewall.rules import FirewallRule  # noqa: E402
 from ebpf.offload import blocked_entries, rule_entries  # noqa: E402
 from ebpf.xdp import MODES, XdpProgram, unavailable  # noqa: E402
 
@@ -119,7 +119,7 @@ def main() -> int:
         print(f"{args.command}ed {net}")
     elif args.command == "deny":
         source = ipaddress.ip_network(args.source, strict=False) if args.source else None
-        rule = Rule("deny", args.protocol, source, dst_ports=(args.port, args.port))
+        rule = FirewallRule("deny", args.protocol, source, dst_ports=(args.port, args.port))
         for entry in rule_entries(rule, args.rule):
             prog.put(entry)
         print(f"denied {rule.describe()} as rule {args.rule}")

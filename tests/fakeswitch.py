@@ -250,7 +250,7 @@ def _actions_of(instructions: list) -> list:
 
 
 @dataclass(eq=False)
-class Entry:
+class FlowEntry:
     """One flow entry as the switch decoded it: its own match model and os-ken's instruction
     objects parsed from the flow-mod's bytes."""
 
@@ -307,7 +307,7 @@ class MeterEntry:
 class LookupResult:
     outputs: list[tuple[int, dict]] = field(default_factory=list)  # (port, packet as sent)
     to_controller: list[tuple[int, int, dict]] = field(default_factory=list)  # (table, cookie, pkt)
-    matched: list[Entry] = field(default_factory=list)
+    matched: list[FlowEntry] = field(default_factory=list)
 
     def ports(self) -> list[int]:
         return [p for p, _ in self.outputs]
@@ -340,7 +340,7 @@ class FakeSwitch:
         self.n_tables = n_tables
         self.ports: dict[int, bool] = dict(ports or {})
         self.hw_prefix = hw_prefix
-        self.tables: list[list[Entry]] = [[] for _ in range(n_tables)]
+        self.tables: list[list[FlowEntry]] = [[] for _ in range(n_tables)]
         self.group_table: dict[int, GroupEntry] = {}
         self.meter_table: dict[int, MeterEntry] = {}
         self.received: list = []  # the controller's messages, as handed over
@@ -424,7 +424,7 @@ class FakeSwitch:
         else:
             raise FakeSwitchError(f"unexpected message {type(msg).__name__}")
 
-    def _decode_flow(self, msg: FlowMod) -> Entry:
+    def _decode_flow(self, msg: FlowMod) -> FlowEntry:
         """The entry a flow-mod describes, its match checked as Open vSwitch checks it."""
         if not 0 <= msg.table_id < self.n_tables and msg.table_id != ofp.OFPTT_ALL:
             raise FakeSwitchError(f"table {msg.table_id} does not exist")
@@ -434,7 +434,7 @@ class FakeSwitch:
                 have = msg.match.get(need)
                 if have is None or have.mask is not None or have.value not in values:
                     raise FakeSwitchError(f"{name} needs {need} in {values}, match is {msg.match}")
-        return Entry(
+        return FlowEntry(
             msg.table_id,
             msg.priority,
             msg.match,
@@ -446,7 +446,7 @@ class FakeSwitch:
             msg.flags,
         )
 
-    def _admit(self, entry: Entry) -> None:
+    def _admit(self, entry: FlowEntry) -> None:
         """Every check a flow to be installed (ADD, MODIFY) passes: the switch's own, then the
         pipeline contract, if one is set."""
         kinds = [(type(i).__name__, getattr(i, "type", None)) for i in entry.instructions]
@@ -520,7 +520,7 @@ class FakeSwitch:
         else:
             raise FakeSwitchError(f"unknown flow-mod command {cmd}")
 
-    def _add(self, new: Entry, xid) -> None:
+    def _add(self, new: FlowEntry, xid) -> None:
         if new.table == ofp.OFPTT_ALL:
             raise FakeSwitchError("flow add to OFPTT_ALL")
         self._admit(new)
@@ -565,7 +565,7 @@ class FakeSwitch:
         return hits
 
     @staticmethod
-    def _uses(e: Entry, out_port: int, out_group: int) -> bool:
+    def _uses(e: FlowEntry, out_port: int, out_group: int) -> bool:
         actions = _actions_of(e.instructions)
         if out_port != ofp.OFPP_ANY and not any(
             isinstance(a, parser.OFPActionOutput) and a.port == out_port for a in actions
@@ -576,7 +576,7 @@ class FakeSwitch:
         )
 
     @staticmethod
-    def _metered(e: Entry, meter_id: int) -> bool:
+    def _metered(e: FlowEntry, meter_id: int) -> bool:
         return any(
             isinstance(i, parser.OFPInstructionMeter) and i.meter_id == meter_id
             for i in e.instructions

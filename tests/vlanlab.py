@@ -3,7 +3,7 @@
 The fake mirrors topologies/vnflab.py port for port: s1 has h1 on port 1, the link to s2 on
 port 2 and the virtual-firewall's replicas 0 and 1 on ports 3/4 and 5/6 (the seed rules: 22 is
 dropped); s2 has h2 on port 1 and the link on port 2. The chain sends h1 -> h2 on 80, 443, 22
-and 5201 through the firewall, so its VLAN ids are 1 to 4 (apps/chain/compile.py, `tag`).
+and 5201 through the firewall, so its VLAN ids are 1 to 4 (apps/chains/compile.py, `tag`).
 tests/integration/test_vnf_mininet.py asks the real lab the same questions.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apps.chains import ServiceChains
 from apps.l2_learning import L2Learning
-from apps.sfc import ServiceChains
 from controller.config import load_config
 from controller.core import Core
 from tests.fakenet import BROADCAST, FakeNetwork
@@ -65,7 +65,7 @@ def no_ssh(pkt: dict) -> bool:
 
 
 def fake_vnf_lab(tmp_path, apps=(), extra: str = "") -> FakeNetwork:
-    """The lab on fake switches, with sfc, L2 learning and `apps` loaded, hosts announced."""
+    """The lab on fake switches, with chains, L2 learning and `apps` loaded, hosts announced."""
     cfg = tmp_path / "lab.yaml"
     cfg.write_text(ENDPOINTS + CHAIN + extra)
     core = Core()

@@ -1,6 +1,6 @@
 """A lab for service chains: h1 on s1, h2 on s2, the seed's virtual-firewall plugged into s1.
 
-Shared by the VNF integration tests and scripts/bench_vnf.py. The controller runs apps/sfc.py;
+Shared by the VNF integration tests and scripts/bench_vnf.py. The controller runs apps/chains;
 the chain sends h1 -> h2 on ports 80, 443 and 22 through the firewall VNF.
 """
 
@@ -130,7 +130,7 @@ def vnf_lab(folder, chain: bool = True, deploy: bool = True):
     shutil.copy(SEED_VNF, folder / "vnf.yml")
     deployer = Deployer()
     ctl = Controller(
-        ["apps/sfc.py"], config=str(folder / "lab.yaml"), log_path=str(folder / "ctl.log")
+        ["apps/chains"], config=str(folder / "lab.yaml"), log_path=str(folder / "ctl.log")
     )
     ctl.start()
     lab = Lab(LinearTopo(2), ctl.port)

@@ -50,11 +50,11 @@ def test_a_malformed_reload_is_refused_and_the_loop_goes_on(controller, tmp_path
     (tmp_path / "lab.yaml").write_text(CONFIG)
     http = free_port()
     ctl = controller(
-        ["apps/canary.py"],
+        ["apps/services"],
         config=str(tmp_path / "lab.yaml"),
         extra=["--prometheus-port", str(http)],
     )
-    assert ctl.wait_log("canary: web")
+    assert ctl.wait_log("services: web")
     route.write_text(BAD_ROUTE)
     assert ctl.wait_log(
         rf"reload rejected.*{route}:8: spec.rules\[0\].matches\[0\].path: '/' is not of type",

@@ -19,7 +19,7 @@ DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 def start(controller, lab, tmp_path, config: str):
     cfg = tmp_path / "lab.yaml"
     cfg.write_text(config)
-    ctl = controller(["apps/firewall.py"], config=str(cfg))
+    ctl = controller(["apps/firewall"], config=str(cfg))
     net = lab(LinearTopo(3), ctl.port)
     return ctl, net, cfg
 

@@ -585,7 +585,7 @@ class Suite:
         with open(self.cfg, "w") as fh:
             fh.write(lab_config())
         self.ctl = Controller(
-            ["apps/microseg.py"], config=self.cfg, log_path=os.path.join(tmp, "controller.log")
+            ["apps/microseg"], config=self.cfg, log_path=os.path.join(tmp, "controller.log")
         ).start()
         try:
             self.lab = Lab(TreeTopo(depth=2, fanout=3), self.ctl.port).start()

@@ -11,7 +11,7 @@ import time
 import pytest
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Dot1Q, Ether, IPv6, Raw
 
-from apps.fw.rules import Rule
+from apps.firewall.rules import FirewallRule
 from ebpf.offload import blocked_entries, rule_entries
 from ebpf.xdp import XdpProgram, unavailable
 
@@ -145,8 +145,10 @@ def test_lab_cli_attach_block_stats_detach(veth):
 
 
 def test_blocked_prefix_and_port_rules_drop_and_count(prog):
-    deny22 = Rule("deny", "tcp", dst_ports=(22, 22))
-    deny_net = Rule("deny", "tcp", ipaddress.ip_network("10.7.0.0/16"), dst_ports=(8000, 8080))
+    deny22 = FirewallRule("deny", "tcp", dst_ports=(22, 22))
+    deny_net = FirewallRule(
+        "deny", "tcp", ipaddress.ip_network("10.7.0.0/16"), dst_ports=(8000, 8080)
+    )
     prog.sync(
         blocked_entries(ipaddress.ip_network("10.1.0.0/16"), 0xFFFF)
         + rule_entries(deny22, 300)
@@ -174,7 +176,7 @@ def test_rules_change_by_map_updates_without_a_reload(prog, veth):
         return out.split("prog/xdp id ")[1].split()[0]
 
     before = prog_id()
-    prog.sync(rule_entries(Rule("deny", "udp", dst_ports=(53, 53)), 400))
+    prog.sync(rule_entries(FirewallRule("deny", "udp", dst_ports=(53, 53)), 400))
     assert passed([eth(IP(src="10.2.0.1") / UDP(dport=53)), tcp4("10.2.0.1", 22, 9)]) == [
         False,
         True,
@@ -184,9 +186,12 @@ def test_rules_change_by_map_updates_without_a_reload(prog, veth):
 
 def test_icmp_and_ipv6(prog):
     prog.sync(
-        rule_entries(Rule("deny", "icmp", icmp_type=8), 500)
+        rule_entries(FirewallRule("deny", "icmp", icmp_type=8), 500)
         + rule_entries(
-            Rule("deny", "tcp", ipaddress.ip_network("2001:db8::/32"), dst_ports=(443, 443)), 501
+            FirewallRule(
+                "deny", "tcp", ipaddress.ip_network("2001:db8::/32"), dst_ports=(443, 443)
+            ),
+            501,
         )
     )
     frames = [
@@ -201,7 +206,7 @@ def test_icmp_and_ipv6(prog):
 def test_malformed_frames_are_handled(prog):
     prog.sync(
         blocked_entries(ipaddress.ip_network("10.1.0.0/16"), 0xFFFF)
-        + rule_entries(Rule("deny", "tcp", dst_ports=(22, 22)), 300)
+        + rule_entries(FirewallRule("deny", "tcp", dst_ports=(22, 22)), 300)
     )
     ip22 = eth(IP(src="10.2.0.1", dst="10.9.9.9") / TCP(dport=22))
     with_options = IP(src="10.2.0.1", dst="10.9.9.9", options=b"\x01\x01\x01\x00") / TCP(dport=22)

@@ -29,9 +29,7 @@ def test_deny_rule_and_blocked_source_are_dropped_in_xdp(controller, lab, tmp_pa
     - {action: deny, protocol: tcp, port: 22}
 """)
     metrics = free_port()
-    ctl = controller(
-        ["apps/firewall.py"], config=str(cfg), extra=["--prometheus-port", str(metrics)]
-    )
+    ctl = controller(["apps/firewall"], config=str(cfg), extra=["--prometheus-port", str(metrics)])
     net = lab(LinearTopo(3), ctl.port)
     net.wait_ping("h1", "h2")
     assert ctl.wait_log(r"XDP: attached to s1-eth1", timeout=10), ctl.log()[-3000:]
@@ -63,9 +61,7 @@ def test_adaptive_offload_takes_a_hot_rule_and_gives_it_back(controller, lab, tm
     - {action: deny, protocol: udp, port: 5001}
 """)
     metrics = free_port()
-    ctl = controller(
-        ["apps/firewall.py"], config=str(cfg), extra=["--prometheus-port", str(metrics)]
-    )
+    ctl = controller(["apps/firewall"], config=str(cfg), extra=["--prometheus-port", str(metrics)])
     net = lab(LinearTopo(2), ctl.port)
     net.wait_ping("h1", "h2")
     burst = f'/usr/bin/python3 -c "{BURST.format(ip=net.host("h2").IP())}"'

@@ -17,7 +17,7 @@ import pytest
 from os_ken.base.app_manager import OSKenApp
 
 from apps.l2_learning import L2Learning
-from controller.app import CoreView, SuiteApp
+from controller.app import CoreView, SuiteApp, defined_in
 from controller.cli import suite_apps
 from controller.config import Config, ConfigError, load_config
 from controller.core import Core
@@ -26,9 +26,10 @@ from tests.fakenet import FakeNetwork
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 APP_MODULES = sorted(
-    f"apps.{name[:-3]}"
+    f"apps.{name.removesuffix('.py')}"
     for name in os.listdir(os.path.join(ROOT, "apps"))
-    if name.endswith(".py") and name != "__init__.py"
+    if (name.endswith(".py") and name != "__init__.py")
+    or os.path.isfile(os.path.join(ROOT, "apps", name, "__init__.py"))
 )
 
 # --- one class in its own file ---------------------------------------------------------------
@@ -41,7 +42,7 @@ def test_an_app_file_is_one_suite_app_and_no_os_ken_code(name):
     assert not [
         c
         for _, c in inspect.getmembers(module, inspect.isclass)
-        if issubclass(c, OSKenApp) and c.__module__ == name
+        if issubclass(c, OSKenApp) and defined_in(c, module)
     ]
     for required in app.requires:
         assert suite_apps(importlib.import_module(required))
@@ -111,21 +112,21 @@ def verdicts(tmp_path, apps: list[str], imports: str) -> dict[str, str]:
 
 IMPORT_ORDERS = [
     "",
-    "import apps.sfc",
-    "import apps.sfc, apps.canary, apps.microseg",
-    "import apps.microseg, apps.canary, apps.sfc, apps.firewall, apps.l2_learning",
+    "import apps.chains",
+    "import apps.chains, apps.services, apps.microseg",
+    "import apps.microseg, apps.services, apps.chains, apps.firewall, apps.l2_learning",
 ]
 
 
-@pytest.mark.parametrize("apps", [["apps/firewall.py"], ["apps/sfc.py"]])
+@pytest.mark.parametrize("apps", [["apps/firewall"], ["apps/chains"]])
 def test_config_validity_does_not_depend_on_what_was_imported(tmp_path, apps):
-    """On the old code, `chains:` with the firewall was "unknown key" unless apps.sfc had been
+    """On the old code, `chains:` with the firewall was "unknown key" unless apps.chains had been
     imported, and `chains: 5` passed with it imported."""
     seen = [verdicts(tmp_path, apps, imports) for imports in IMPORT_ORDERS]
     assert all(v == seen[0] for v in seen), seen
     got = seen[0]
     assert got["typo"].endswith("typo.yaml:1: firewal: unknown key")
-    if apps == ["apps/firewall.py"]:
+    if apps == ["apps/firewall"]:
         assert got["chains"] == got["bad_chains"] == got["policies"] == "ok"  # not loaded
         assert got["bad_stateful"].endswith("firewall.stateful: 'yes' is not of type 'boolean'")
     else:
@@ -142,7 +143,7 @@ def test_a_section_of_a_suite_app_not_loaded_is_a_warning_naming_it(tmp_path, ca
     with caplog.at_level(logging.WARNING, logger="osken_suite.core"):
         core.parse(load_config(str(path)))
     [record] = caplog.records
-    assert "'chains' is read by apps.sfc, which is not loaded" in record.getMessage()
+    assert "'chains' is read by apps.chains, which is not loaded" in record.getMessage()
 
 
 def test_an_app_of_its_own_declares_its_section_and_schema(tmp_path):

@@ -29,7 +29,7 @@ from tests.unit.test_fuzz_inputs import BASE, lab_folder, network
 from tests.unit.test_l2 import MACS, leaf_spine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ALL_APPS = ["apps/firewall.py", "apps/microseg.py", "apps/canary.py", "apps/sfc.py"]
+ALL_APPS = ["apps/firewall", "apps/microseg", "apps/services", "apps/chains"]
 
 
 def write(folder, name: str, text: str | bytes) -> str:
@@ -349,7 +349,7 @@ def test_a_config_file_being_written_is_not_applied_half_written(tmp_path):
     head = "firewall:\n  rules:\n    - {action: allow, protocol: tcp, port: 22}\n"
     cfg.write_text(head + "  default: deny\n")
     log = tmp_path / "c.log"
-    with Controller(["apps/firewall.py"], config=str(cfg), log_path=str(log)) as ctl:
+    with Controller(["apps/firewall"], config=str(cfg), log_path=str(log)) as ctl:
         assert ctl.wait_log(r"firewall: 1 rules, default deny", timeout=20)
         with open(cfg, "w") as fh:  # in place, in two writes
             fh.write(head)

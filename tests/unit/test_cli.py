@@ -35,6 +35,33 @@ def test_module_names_from_paths_and_modules():
         module_name("apps/nope.py")
 
 
+@pytest.mark.parametrize(
+    ("spelling", "module"),
+    [
+        ("apps/firewall", "apps.firewall"),
+        ("apps/firewall/", "apps.firewall"),
+        ("apps/firewall.py", "apps.firewall"),  # the app was one file before it was a package
+        ("apps/canary.py", "apps.services"),
+        ("apps.canary", "apps.services"),
+        ("apps/sfc.py", "apps.chains"),
+        ("apps.sfc", "apps.chains"),
+    ],
+)
+def test_app_packages_and_their_earlier_spellings(spelling, module):
+    assert module_name(spelling) == module
+
+
+def test_earlier_spellings_start_the_same_apps(tmp_path):
+    from topologies.harness import Controller
+
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("services: []\nchains: []\nfirewall: {default: allow}\n")
+    old = ["apps/canary.py", "apps.sfc", "apps/firewall.py"]
+    with Controller(old, config=str(cfg), log_path=str(tmp_path / "c.log")) as ctl:
+        assert ctl.wait_log("apps: l2_learning, services, chains, firewall", timeout=20)
+    assert "section" not in ctl.log()  # every section is read by a loaded app
+
+
 @pytest.mark.parametrize("app", ["apps/nope.py", "apps.nope", "controller.flows"])
 def test_unknown_app_is_one_line_and_exit_2(app):
     result = run(app, "--prometheus-port", "0")
@@ -113,7 +140,7 @@ def test_a_route_of_the_wrong_shape_at_start_is_one_line_and_exit_2(tmp_path):
     )
     cfg = tmp_path / "lab.yaml"
     cfg.write_text("routing: [route.yaml]\n")
-    result = run("apps/canary.py", "--config", str(cfg), "--prometheus-port", "0")
+    result = run("apps/services", "--config", str(cfg), "--prometheus-port", "0")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"osken-manager: bad config: {tmp_path}/route.yaml:6: spec.rules[0].matches[0].path: "

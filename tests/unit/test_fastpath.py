@@ -5,8 +5,8 @@ import ipaddress
 import pytest
 
 import ebpf.xdp
-from apps.fw.fastpath import FastPath
-from apps.fw.rules import Rule, XdpSettings
+from apps.firewall.fastpath import FastPath
+from apps.firewall.rules import FirewallRule, XdpSettings
 
 
 class StandInProgram:
@@ -47,8 +47,8 @@ def stand_in(monkeypatch):
 
 
 RULES = [
-    (100, Rule("deny", "udp", dst_ports=(5001, 5001))),
-    (90, Rule("deny", "tcp", ipaddress.ip_network("10.0.0.0/8"), dst_ports=(22, 22))),
+    (100, FirewallRule("deny", "udp", dst_ports=(5001, 5001))),
+    (90, FirewallRule("deny", "tcp", ipaddress.ip_network("10.0.0.0/8"), dst_ports=(22, 22))),
 ]
 
 
@@ -140,7 +140,7 @@ def test_indexed_planner_decides_exactly_as_a_plain_scan():
             else None
         )
         icmp = rng.choice([None, 0, 8]) if proto in ("icmp", "icmpv6") else None
-        return Rule(
+        return FirewallRule(
             rng.choice(["deny", "deny", "allow", "rate_limit"]),
             proto,
             src,

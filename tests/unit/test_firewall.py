@@ -8,9 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apps.firewall import Firewall
-from apps.fw import rules
-from apps.fw.rules import load_rules_file, parse_firewall
+from apps.firewall import Firewall, rules
+from apps.firewall.rules import load_rules_file, parse_firewall
 from apps.l2_learning import L2Learning
 from controller.config import ConfigError, Validator, load_config
 from controller.core import Core
@@ -462,17 +461,20 @@ def test_blocking_a_source_cuts_its_established_connections_too(tmp_path):
 def test_offload_plan_takes_only_what_xdp_can_enforce_exactly():
     import ipaddress
 
-    from apps.fw.rules import Rule
+    from apps.firewall.rules import FirewallRule
     from ebpf.offload import plan
 
     net = ipaddress.ip_network
     rules = [
-        (10, Rule("allow", "tcp", net("10.0.0.5/32"), dst_ports=(22, 22))),
-        (9, Rule("deny", "tcp", net("10.0.0.0/8"), dst_ports=(22, 22))),  # allow above overlaps
-        (8, Rule("deny", "udp", dst_ports=(53, 53))),  # offloaded
-        (7, Rule("deny", "tcp", destination=net("10.9.0.0/16"))),  # has a destination
-        (6, Rule("deny", "tcp", net("192.168.0.0/16"), dst_ports=(1, 5000))),  # too wide
-        (5, Rule("deny", "any", net("172.16.0.0/12"))),  # a blocked prefix
+        (10, FirewallRule("allow", "tcp", net("10.0.0.5/32"), dst_ports=(22, 22))),
+        (
+            9,
+            FirewallRule("deny", "tcp", net("10.0.0.0/8"), dst_ports=(22, 22)),
+        ),  # allow above overlaps
+        (8, FirewallRule("deny", "udp", dst_ports=(53, 53))),  # offloaded
+        (7, FirewallRule("deny", "tcp", destination=net("10.9.0.0/16"))),  # has a destination
+        (6, FirewallRule("deny", "tcp", net("192.168.0.0/16"), dst_ports=(1, 5000))),  # too wide
+        (5, FirewallRule("deny", "any", net("172.16.0.0/12"))),  # a blocked prefix
     ]
     entries, decisions = plan(rules, (net("192.0.2.1/32"),), 0xFFFF, stateful=False)
     reasons = {rule_id: reason for rule_id, _, reason in decisions}

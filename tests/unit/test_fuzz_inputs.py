@@ -24,11 +24,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apps.canary import Canary
+from apps.chains import ServiceChains
 from apps.firewall import Firewall
 from apps.l2_learning import L2Learning
 from apps.microseg import Microseg
-from apps.sfc import ServiceChains
+from apps.services import Services
 from controller.config import ConfigError, load_config
 from controller.core import Core
 from tests.fakenet import BROADCAST, frame, payload_for
@@ -215,7 +215,7 @@ MUTATED_FILE = st.sampled_from(TREE_FILES).flatmap(
 def network():
     """Every app on a small leaf-spine, the base lab applied, each host heard once."""
     core = Core()
-    for app in (L2Learning, Firewall, Microseg, Canary, ServiceChains):
+    for app in (L2Learning, Firewall, Microseg, Services, ServiceChains):
         core.add_app(app)
     core.configure(load_config(f"{lab_folder()}/lab.yaml"), 1000.0)
     net = leaf_spine(core)

@@ -26,9 +26,9 @@ def test_the_core_and_its_libraries_import_no_app(graph, lower):
     assert chain is None, f"{lower} reaches apps: {' -> '.join(chain)}"
 
 
-@pytest.mark.parametrize("importer", ["apps.lb", "apps.chain", "apps.fw"])
+@pytest.mark.parametrize("importer", ["apps.services", "apps.chains", "apps.firewall"])
 def test_an_app_package_does_not_reach_into_another(graph, importer):
-    for other in ("apps.ms", "apps.lb", "apps.chain", "apps.fw"):
+    for other in ("apps.microseg", "apps.services", "apps.chains", "apps.firewall"):
         if other != importer:
             chain = graph.find_shortest_chain(importer=importer, imported=other, as_packages=True)
             assert chain is None, f"{importer} reaches {other}: {' -> '.join(chain)}"

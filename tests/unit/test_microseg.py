@@ -9,7 +9,7 @@ import pytest
 
 from apps.l2_learning import L2Learning
 from apps.microseg import Microseg
-from apps.ms.compile import COOKIE, CT_ZONE
+from apps.microseg.compile import COOKIE, CT_ZONE
 from controller.config import ConfigError, load_config
 from controller.core import Core
 from controller.packets import source_ip as claimed_source

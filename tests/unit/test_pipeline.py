@@ -11,14 +11,14 @@ import re
 
 import pytest
 
-from apps.canary import Canary
-from apps.chain.compile import group_id, tag
-from apps.chain.settings import MAX_CHAINS, MAX_HOPS, MAX_REPLICAS
+from apps.chains import ServiceChains
+from apps.chains.compile import group_id, tag
+from apps.chains.settings import MAX_CHAINS, MAX_HOPS, MAX_REPLICAS
 from apps.firewall import Firewall
-from apps.fw.compile import RULE_TOP, SPACING
+from apps.firewall.compile import RULE_TOP, SPACING
 from apps.l2_learning import HOST_PRIORITY, L2Learning
 from apps.microseg import Microseg
-from apps.sfc import ServiceChains
+from apps.services import Services
 from controller.core import Core
 from controller.flows import (
     apply,
@@ -40,13 +40,13 @@ from controller.pipeline import (
     Stage,
 )
 from controller.resources import REGISTRY, Allocation, Registry
-from tests.unit import test_canary, test_sfc
+from tests.unit import test_chains, test_services
 from tests.unit.test_fuzz_inputs import network
 from tests.unit.test_l2 import MACS, leaf_spine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 T = PIPELINE.table
-APPS = (L2Learning, Firewall, Microseg, Canary, ServiceChains)
+APPS = (L2Learning, Firewall, Microseg, Services, ServiceChains)
 
 
 def cookie(app: str) -> int:
@@ -122,11 +122,11 @@ def test_no_two_owners_share_a_number():
 
 
 def test_an_overlap_is_found():
-    bad = Registry([*REGISTRY.allocations, Allocation("ct_zone", "sfc", 8, 8)])
+    bad = Registry([*REGISTRY.allocations, Allocation("ct_zone", "chains", 8, 8)])
     [(a, b)] = bad.overlaps()
-    assert (a.owner, b.owner) == ("microseg", "sfc")
+    assert (a.owner, b.owner) == ("microseg", "chains")
     other_register = Registry(
-        [*REGISTRY.allocations, Allocation("register", "sfc", 0, 3, field="reg2")]
+        [*REGISTRY.allocations, Allocation("register", "chains", 0, 3, field="reg2")]
     )
     assert other_register.overlaps() == []
 
@@ -139,7 +139,7 @@ def test_every_app_marks_its_flows_with_its_registered_cookie():
 
 
 def test_the_apps_largest_numbers_fit_their_allocations():
-    sfc_groups, tags = REGISTRY.get("group", "sfc"), REGISTRY.get("vlan_vid", "sfc")
+    sfc_groups, tags = REGISTRY.get("group", "chains"), REGISTRY.get("vlan_vid", "chains")
     assert group_id(MAX_CHAINS - 1, MAX_HOPS - 1, "b") in sfc_groups
     assert (
         tag(0, 0, 0, "a") in tags
@@ -153,12 +153,12 @@ def test_the_apps_largest_numbers_fit_their_allocations():
 
 def scenarios(tmp_path):
     yield network()  # every app, the fuzz tests' lab: rules, policies, services, a chain
-    chains = tmp_path / "sfc"
+    chains = tmp_path / "chains"
     chains.mkdir()
-    yield test_sfc.make(chains)[0]
-    canary = tmp_path / "canary"
+    yield test_chains.make(chains)[0]
+    canary = tmp_path / "services"
     canary.mkdir()
-    yield test_canary.make(canary, test_canary.service(method="switch"))[0]
+    yield test_services.make(canary, test_services.service(method="switch"))[0]
 
 
 def test_every_flow_the_apps_install_keeps_its_tables_contract(tmp_path):
@@ -173,7 +173,7 @@ def test_every_flow_the_apps_install_keeps_its_tables_contract(tmp_path):
             for number in sw.meters:
                 assert REGISTRY.owner("meter", number) is not None, hex(number)
     # The scenarios reach every app and every stage, so the check above saw them all.
-    assert set(used) == {"core", "l2_learning", "firewall", "microseg", "canary", "sfc"}
+    assert set(used) == {"core", "l2_learning", "firewall", "microseg", "services", "chains"}
     assert set().union(*used.values()) == {s.name for s in PIPELINE.stages}
 
 
@@ -181,7 +181,7 @@ def test_every_flow_the_apps_install_keeps_its_tables_contract(tmp_path):
 
 
 L2, FW, MS, CANARY, SFC = (
-    cookie(a) for a in ("l2_learning", "firewall", "microseg", "canary", "sfc")
+    cookie(a) for a in ("l2_learning", "firewall", "microseg", "services", "chains")
 )
 MAC = "00:00:00:00:00:01"
 
@@ -195,7 +195,7 @@ MAC = "00:00:00:00:00:01"
         ),
         (
             flow(T("chains"), 5, {"in_port": 1}, goto(T("firewall")), cookie=SFC),
-            "table 7 (chains), app sfc: goto table 1 not declared",
+            "table 7 (chains), app chains: goto table 1 not declared",
         ),
         (
             flow(T("firewall"), 5, {"eth_type": 0x800}, goto(T("forwarding")), cookie=FW),
@@ -219,7 +219,7 @@ MAC = "00:00:00:00:00:01"
         ),
         (
             flow(T("forwarding"), 5, {"eth_dst": MAC}, apply(group_action(0x0500_0001)), cookie=L2),
-            "group 0x5000001 is canary's, not l2_learning's",
+            "group 0x5000001 is services's, not l2_learning's",
         ),
         (
             flow(T("microseg_dst"), 5, {}, apply(set_field("reg1", 1)), cookie=MS),
@@ -227,7 +227,7 @@ MAC = "00:00:00:00:00:01"
         ),
         (
             flow(T("chains"), 5, {}, apply(set_field("vlan_vid", 0x1000 | 4000)), cookie=SFC),
-            "vlan_vid 0xfa0 is nobody's, not sfc's",
+            "vlan_vid 0xfa0 is nobody's, not chains's",
         ),
         (
             flow(T("services"), 5, {}, meter(5), cookie=CANARY),

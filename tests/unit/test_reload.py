@@ -9,19 +9,19 @@ import textwrap
 
 import pytest
 
-from apps import firewall as firewall_app
 from apps.firewall import Firewall
-from apps.fw.compile import MAX_RULES, _renumber, assign_priorities
+from apps.firewall import app as firewall_app
+from apps.firewall.compile import MAX_RULES, _renumber, assign_priorities
 from apps.l2_learning import L2Learning
 from controller.app import SuiteApp
 from controller.config import Config, ConfigError, load_config
 from controller.core import ApplyError, Core
-from tests.unit.test_canary import ENDPOINTS, service
-from tests.unit.test_canary import make as canary_lab
 from tests.unit.test_firewall import A, B, C, tcp
 from tests.unit.test_firewall import lab as firewall_lab
 from tests.unit.test_firewall import reload as firewall_reload
 from tests.unit.test_l2 import MACS, leaf_spine
+from tests.unit.test_services import ENDPOINTS, service
+from tests.unit.test_services import make as services_lab
 
 
 def desired_snapshot(core: Core) -> tuple:
@@ -72,7 +72,7 @@ spec:
     ],
 )
 def test_a_route_of_the_wrong_shape_is_refused_where_it_is(tmp_path, rule, line, field, message):
-    net, app, cfg = canary_lab(tmp_path, service(50, 50, backup=False))
+    net, app, cfg = services_lab(tmp_path, service(50, 50, backup=False))
     before, settings = desired_snapshot(net.core), net.core.settings
     (tmp_path / "route.yaml").write_text(HTTPROUTE.format(rule=rule))
     cfg.write_text(ENDPOINTS + service(50, 50, backup=False) + "routing: [route.yaml]\n")
@@ -212,7 +212,7 @@ def test_a_parser_bug_is_a_located_refusal_not_a_traceback(tmp_path):
 
 
 def test_a_rejected_configs_new_files_are_watched(tmp_path):
-    net, app, cfg = canary_lab(tmp_path, service(50, 50, backup=False))
+    net, app, cfg = services_lab(tmp_path, service(50, 50, backup=False))
     route = tmp_path / "route.yaml"
     route.write_text(HTTPROUTE.format(rule="{backendRefs: [{name: user-service, port: x}]}"))
     cfg.write_text(ENDPOINTS + service(50, 50, backup=False) + "routing: [route.yaml]\n")

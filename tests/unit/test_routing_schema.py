@@ -1,4 +1,4 @@
-"""Routing documents are checked by their JSON Schemas (apps/lb/schemas.py), one way: shapes,
+"""Routing documents are checked by their JSON Schemas (apps/services/schemas.py), one way: shapes,
 required fields, ranges and unknown keys, each refused at its file, line and field; only what
 the switch cannot do (L7 fields) is left to the reader, which rejects the rule by name."""
 
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from apps.lb.routing import VirtualService, parse_routing
+from apps.services.routing import VirtualService, parse_routing
 from controller.config import ConfigError, load_documents
 
 VS = """\

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apps.fw.rules import load_rules_file, parse_firewall
+from apps.firewall.rules import load_rules_file, parse_firewall
 from controller.config import ConfigError, load_config
 from vnf.firewall.agent import RuleError, compile_rules
 from vnf.firewall.rulesfile import RuleFormatError, loads

@@ -291,7 +291,7 @@ def test_require_app_of_what_os_ken_lacks_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.parametrize("order", [1, -1])
 def test_classic_and_suite_apps_together_are_refused_in_one_line(order):
-    result = run(*[SEED_APP, "apps/firewall.py"][::order], "--prometheus-port", "0")
+    result = run(*[SEED_APP, "apps/firewall"][::order], "--prometheus-port", "0")
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
     assert "classic app SimpleFirewall" in line and "suite apps (L2Learning, Firewall)" in line
@@ -303,7 +303,7 @@ def test_check_no_mix_passes_classic_alone_and_suite_alone():
         import_apps([MONITOR_APP, "apps/l2_learning.py"])
     for finder in [f for f in sys.meta_path if isinstance(f, ryu_compat.RyuAlias)]:
         sys.meta_path.remove(finder)
-    ryu_compat.check_no_mix(import_apps(["apps/firewall.py"]))
+    ryu_compat.check_no_mix(import_apps(["apps/firewall"]))
 
 
 # --- ryu-manager's flags -------------------------------------------------------------------------

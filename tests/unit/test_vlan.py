@@ -6,7 +6,7 @@ import itertools
 import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from apps.chain.compile import tag
+from apps.chains.compile import tag
 from apps.firewall import Firewall
 from apps.microseg import Microseg
 from controller.core import CORE_COOKIE
@@ -14,7 +14,7 @@ from controller.flows import apply, flow, flow_mod, output, set_field
 from controller.pipeline import PIPELINE
 from tests.fakenet import fields_of, frame, host_takes
 from tests.fakeswitch import FakeSwitch
-from tests.unit.test_sfc import IP, TWO_HOPS, C, S, make, tcp
+from tests.unit.test_chains import IP, TWO_HOPS, C, S, make, tcp
 from tests.vlanlab import H1, H2, cases, expected, fake_answer, fake_vnf_lab, send
 from tests.vlanlab import IP as LAB_IP
 

@@ -42,7 +42,7 @@ FIELDS = (
     "source_port",
     "icmp_type",
 )
-IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _DIGITS = frozenset("0123456789")
 
 
@@ -72,8 +72,8 @@ class RuleFields:
 
     action: str
     protocol: str = "any"
-    source: IPNet | None = None
-    destination: IPNet | None = None
+    source: IPNetwork | None = None
+    destination: IPNetwork | None = None
     dst_ports: tuple[int, int] | None = None
     src_ports: tuple[int, int] | None = None
     icmp_type: int | None = None
@@ -180,7 +180,7 @@ def parse_document(data) -> RulesFile:
     return RulesFile(tuple(data["rules"]), default)
 
 
-def parse_network(value, where: tuple) -> IPNet:
+def parse_network(value, where: tuple) -> IPNetwork:
     """An address or CIDR, host bits allowed (10.0.0.1/8 is 10.0.0.0/8). Raises
     RuleFormatError."""
     if not isinstance(value, str):

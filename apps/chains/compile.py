@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import product
 
-from apps.chain.settings import MAX_CHAINS, MAX_HOPS, MAX_REPLICAS, Chain
+from apps.chains.settings import MAX_CHAINS, MAX_HOPS, MAX_REPLICAS, Chain
 from controller.flows import (
     Bucket,
     Flow,
@@ -47,8 +47,8 @@ from controller.packets import ETH_TYPE_8021Q, ETH_TYPE_IP
 from controller.pipeline import FROM_FABRIC, Pipeline
 from controller.resources import REGISTRY
 
-COOKIE = REGISTRY.cookie("sfc")
-GROUP_BASE = REGISTRY.get("group", "sfc").first
+COOKIE = REGISTRY.cookie("chains")
+GROUP_BASE = REGISTRY.get("group", "chains").first
 VLAN_PRESENT = 0x1000
 TAG_PRIORITY = 400  # a tagged frame on its way to a replica
 STRAY_TAG_PRIORITY = 390  # any other tagged frame
@@ -108,7 +108,7 @@ def class_matches(c: Chain, reverse: bool) -> list[dict]:
     return out
 
 
-class Compiler:
+class ChainsCompiler:
     def __init__(self, pipeline: Pipeline) -> None:
         self.classify = pipeline.table("classify")
         self.table = pipeline.table("chains")

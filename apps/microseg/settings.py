@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from apps.ms.policy import Policy, check_unique, parse_policy
+from apps.microseg.policy import Policy, check_unique, parse_policy
 from controller.config import Config, DocumentCache
 from controller.endpoints import Endpoint, labels_of, parse_endpoints
 

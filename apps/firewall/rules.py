@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
-from apps.fw.schedule import DAYS, Schedule, check_timezone, parse_clock
+from apps.firewall.schedule import DAYS, Schedule, check_timezone, parse_clock
 from controller.config import (
     Config,
     ConfigError,
@@ -25,7 +25,7 @@ from vnf.firewall.rulesfile import RuleFields, RuleFormatError
 PROTOCOLS = rulesfile.PROTOCOLS
 ACTIONS = ("allow", "deny", "rate_limit")
 UINT32 = 2**32 - 1  # a meter band's rate and burst (OpenFlow 1.3, ofp_meter_band)
-IPNet = rulesfile.IPNet
+IPNetwork = rulesfile.IPNetwork
 
 _PORT = {"type": ["integer", "string"]}
 _RULE = {
@@ -101,7 +101,7 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
-class Rule(RuleFields):
+class FirewallRule(RuleFields):
     """A rule of the shared rules.json format (vnf/firewall/rulesfile.py) plus what only the
     app enforces: a schedule and a rate limit."""
 
@@ -142,8 +142,8 @@ class XdpSettings:
 @dataclass(frozen=True)
 class FirewallSettings:
     default: str = "allow"
-    rules: tuple[Rule, ...] = ()
-    blocked: tuple[IPNet, ...] = ()
+    rules: tuple[FirewallRule, ...] = ()
+    blocked: tuple[IPNetwork, ...] = ()
     stateful: bool = False
     stats_interval: float = 5.0
     xdp: XdpSettings = XdpSettings()
@@ -168,7 +168,7 @@ def parse_duration(value) -> float | None:
     return seconds if seconds > 0 else None
 
 
-def _network(doc: Document, where: tuple, text: str) -> IPNet:
+def _network(doc: Document, where: tuple, text: str) -> IPNetwork:
     try:
         return rulesfile.parse_network(text, where)
     except RuleFormatError as exc:
@@ -250,12 +250,16 @@ class RuleCache:
     """Rules parsed at earlier loads, so a reload parses again only what changed. Its owner
     (the firewall app) keeps one for its lifetime; without one, everything is parsed afresh."""
 
-    by_text: dict[str, Rule] = field(default_factory=dict)  # rule as written -> rule
-    lists: dict[tuple, tuple[list, list[Rule]]] = field(default_factory=dict)  # (file, path) ->
+    by_text: dict[str, FirewallRule] = field(default_factory=dict)  # rule as written -> rule
+    lists: dict[tuple, tuple[list, list[FirewallRule]]] = field(
+        default_factory=dict
+    )  # (file, path) ->
     # the last specs there, as JSON, and their rules
 
 
-def parse_rule(doc: Document, where: tuple, spec: dict, cache: RuleCache | None = None) -> Rule:
+def parse_rule(
+    doc: Document, where: tuple, spec: dict, cache: RuleCache | None = None
+) -> FirewallRule:
     """One rule, checked; `where` is its path in `doc` for error messages."""
     cache = cache or RuleCache()
     if not isinstance(spec, dict):
@@ -274,7 +278,7 @@ def parse_rule(doc: Document, where: tuple, spec: dict, cache: RuleCache | None 
     return rule
 
 
-def _parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
+def _parse_rule(doc: Document, where: tuple, spec: dict) -> FirewallRule:
     try:
         fields = rulesfile.parse_rule(spec, where, ACTIONS, ("schedule", "rate_limit"))
     except RuleFormatError as exc:
@@ -282,7 +286,7 @@ def _parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
     if (fields.action == "rate_limit") != ("rate_limit" in spec):
         key = "rate_limit" if "rate_limit" in spec else "action"
         raise doc.error(where + (key,), "action rate_limit and a rate_limit block go together")
-    return Rule(
+    return FirewallRule(
         **vars(fields),
         schedule=_schedule(doc, where + ("schedule",), spec["schedule"])
         if "schedule" in spec
@@ -295,7 +299,7 @@ def _parse_rule(doc: Document, where: tuple, spec: dict) -> Rule:
 
 def parse_rules(
     doc: Document, where: tuple, specs: list, cache: RuleCache | None = None
-) -> list[Rule]:
+) -> list[FirewallRule]:
     """Every rule of a list. A rule written exactly as last time, at the same place, is reused
     as it was: a one-rule edit of a 10,000-rule file parses one rule."""
     cache = cache or RuleCache()
@@ -311,12 +315,14 @@ def parse_rules(
     return rules
 
 
-def load_rules_file(path: str, cache: RuleCache | None = None) -> list[Rule]:
+def load_rules_file(path: str, cache: RuleCache | None = None) -> list[FirewallRule]:
     """The rules of a rules.json file (see read_rules_file)."""
     return read_rules_file(path, cache)[0]
 
 
-def read_rules_file(path: str, cache: RuleCache | None = None) -> tuple[list[Rule], str | None]:
+def read_rules_file(
+    path: str, cache: RuleCache | None = None
+) -> tuple[list[FirewallRule], str | None]:
     """The seed's rules.json format, unchanged: {"rules": [{action, protocol, port, source}],
     "default": "allow"|"deny"}, read as the VNF agent reads it (vnf/firewall/rulesfile.py).
 
@@ -336,7 +342,7 @@ def parse_firewall(
     """The whole `firewall:` section; files it names become dependencies of the config.
     `cache` (the caller's, kept across reloads) spares parsing rules that did not change."""
     section = section or {}
-    rules: list[Rule] = []
+    rules: list[FirewallRule] = []
     default = section.get("default")
     if "rules_file" in section:
         path = config.resolve(section["rules_file"])

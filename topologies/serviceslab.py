@@ -1,6 +1,6 @@
 """A lab for weighted services: leaf-spine, clients on one side, named backends on the others.
 
-Shared by the canary integration tests and scripts/bench_canary.py. Leaf-spine with 2 spines,
+Shared by the services integration tests and scripts/bench_services.py. Leaf-spine with 2 spines,
 3 leaves and 3 hosts per leaf; clients h11, h12, h13 and h33 open connections to the VIP;
 backends v1-a (h21), v2-a (h31), v3-a (h23), v0 (h32) and spare (h22, the backup) greet every
 connection with their host's name, so a client can count who answered.
@@ -52,7 +52,7 @@ def service_config(weights: dict[str, int], method: str = "exact", backup: bool 
     return meter + "endpoints:\n" + endpoints + service + backends
 
 
-class CanaryLab:
+class ServicesLab:
     def __init__(self, ctl: Controller, lab: Lab, metrics_port: int) -> None:
         self.ctl, self.lab, self.metrics_port = ctl, lab, metrics_port
 
@@ -64,7 +64,7 @@ class CanaryLab:
         want = text.count("{endpoint:") if want is None else want
 
         def ready() -> bool:
-            live = metric(self.metrics_port, "osken_canary_live_backends", service="user-service")
+            live = metric(self.metrics_port, "osken_services_live_backends", service="user-service")
             return live >= want
 
         if not until(ready, timeout):
@@ -115,13 +115,13 @@ class CanaryLab:
 
 
 @contextmanager
-def canary_lab(folder, weights: dict[str, int] | None = None):
-    """Controller (canary app, metrics on) and the lab, servers running; all stopped after."""
+def services_lab(folder, weights: dict[str, int] | None = None):
+    """Controller (services app, metrics on) and the lab, servers running; all stopped after."""
     cfg = folder / "lab.yaml"
     cfg.write_text(service_config(weights or {"v1-a": 90, "v2-a": 10}))
     port = free_port()
     ctl = Controller(
-        ["apps/canary.py"],
+        ["apps/services"],
         config=str(cfg),
         log_path=str(folder / "ctl.log"),
         extra=["--prometheus-port", str(port)],
@@ -133,7 +133,7 @@ def canary_lab(folder, weights: dict[str, int] | None = None):
             raise RuntimeError("the lab never connected")
         for host in BACKENDS.values():
             lab.serve(host, "tcp:80", name=host)
-        yield CanaryLab(ctl, lab, port)
+        yield ServicesLab(ctl, lab, port)
     finally:
         lab.stop()
         ctl.stop()

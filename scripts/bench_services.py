@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Weighted splits on a real Open vSwitch: our exact method against a plain select group.
 
-One run, in Mininet (topologies/canarylab.py), prints:
+One run, in Mininet (topologies/serviceslab.py), prints:
 - per weight set, the share of 2,000 new TCP connections each backend got: configured, ours
   ("exact": the controller picks each connection by smooth weighted round-robin), a plain
   OpenFlow select group ("switch": Open vSwitch's dp_hash), and what Open vSwitch's slot
@@ -13,7 +13,7 @@ One run, in Mininet (topologies/canarylab.py), prints:
   of a 1 ms ping while a spine link is cut (goal < 50 ms), and while an aggregation-core
   link of a k=4 fat-tree is cut, each as a ratio to its goal.
 
-    sudo .venv/bin/python scripts/bench_canary.py [--connections 2000]
+    sudo .venv/bin/python scripts/bench_services.py [--connections 2000]
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from apps.lb.weights import ovs_select_shares  # noqa: E402
-from topologies.canarylab import BACKENDS, canary_lab, service_config  # noqa: E402
+from apps.services.weights import ovs_select_shares  # noqa: E402
 from topologies.fattree import FatTreeTopo  # noqa: E402
 from topologies.harness import Controller, Lab  # noqa: E402
+from topologies.serviceslab import BACKENDS, service_config, services_lab  # noqa: E402
 
 WEIGHT_SETS = [
     {"v1-a": 90, "v2-a": 10},
@@ -57,7 +57,7 @@ def main() -> int:
     n = a.connections
     worst = {"exact": 0.0, "switch": 0.0, "model": 0.0}
     elapsed = {"exact": 0.0, "switch": 0.0}
-    with canary_lab(pathlib.Path(tempfile.mkdtemp(prefix="bench-canary-"))) as lab:
+    with services_lab(pathlib.Path(tempfile.mkdtemp(prefix="bench-canary-"))) as lab:
         for weights in WEIGHT_SETS:
             total = sum(weights.values())
             want = [w * 100 / total for w in weights.values()]

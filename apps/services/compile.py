@@ -37,8 +37,8 @@ from collections.abc import Callable
 
 from os_ken.ofproto.ofproto_v1_3 import OFPP_IN_PORT as IN_PORT
 
-from apps.lb.settings import Backend, Service
-from apps.lb.weights import bucket_weights
+from apps.services.settings import Backend, Service
+from apps.services.weights import bucket_weights
 from controller.flows import (
     Bucket,
     Flow,
@@ -58,15 +58,15 @@ from controller.packets import ETH_TYPE_ARP, ETH_TYPE_IP
 from controller.pipeline import Pipeline
 from controller.resources import REGISTRY
 
-COOKIE = REGISTRY.cookie("canary")
-CT_ZONE = REGISTRY.value("ct_zone", "canary")
+COOKIE = REGISTRY.cookie("services")
+CT_ZONE = REGISTRY.value("ct_zone", "services")
 # Hairpin connections' second translation: the backend's own address to the VIP.
-SNAT_ZONE = REGISTRY.value("ct_zone", "canary", "snat")
+SNAT_ZONE = REGISTRY.value("ct_zone", "services", "snat")
 MARK = 0x5E  # ct_mark of the connections this app translated
 HAIRPIN_MARK = 0x5F  # ct_mark of their SNAT_ZONE entries
 # The VIP, as an integer, of the service whose packet this is (hairpin).
-SERVICE_REG = REGISTRY.get("register", "canary").field
-GROUP_BASE = REGISTRY.get("group", "canary").first
+SERVICE_REG = REGISTRY.get("register", "services").field
+GROUP_BASE = REGISTRY.get("group", "services").first
 MAX_BACKENDS = 127  # per service: group numbers 1..127 are its backends', 128.. its routes'
 MAX_ROUTES = 128
 PROTOCOLS = {name: IP_PROTOCOLS[name] for name in ("tcp", "udp")}
@@ -122,7 +122,7 @@ def commit_to(backend: Backend, table: int):
     )
 
 
-class Compiler:
+class ServicesCompiler:
     def __init__(self, pipeline: Pipeline) -> None:
         self.services_table = pipeline.table("services")
         self.track = pipeline.table("services_track")

@@ -1,11 +1,11 @@
 """Zero-trust microsegmentation: Kubernetes NetworkPolicy and Cilium L3/L4 policy in OpenFlow.
 
-Run it with ``osken-manager apps/microseg.py --config lab.yaml``; L2 learning comes along. The
+Run it with ``osken-manager apps/microseg --config lab.yaml``; L2 learning comes along. The
 config names the endpoints (IP, optional MAC, namespace, labels, named ports), the namespaces'
 labels, and the policy files, read unmodified (docs/microseg.md).
 
 - Identities: endpoints that share namespace and labels share an identity; policy is compiled
-  per identity and direction (apps/ms/compile.py), so a label change, a new endpoint or one
+  per identity and direction (apps/microseg/compile.py), so a label change, a new endpoint or one
   edited policy changes only the flows that depend on it.
 - Binding: an endpoint's identity is bound to the switch port it is first seen on (and to its
   MAC when the config gives one). Until then packets from its address go to the controller;
@@ -21,9 +21,9 @@ import logging
 from collections.abc import Hashable
 from types import MappingProxyType
 
-from apps.ms.compile import BOUND, COOKIE, CT_ZONE, Compiler, verdicts
-from apps.ms.model import IdentityAllocator, World, build_world
-from apps.ms.settings import POLICIES_SCHEMA, MicrosegSettings, parse_microseg
+from apps.microseg.compile import BOUND, COOKIE, CT_ZONE, MicrosegCompiler, verdicts
+from apps.microseg.model import IdentityAllocator, World, build_world
+from apps.microseg.settings import POLICIES_SCHEMA, MicrosegSettings, parse_microseg
 from controller.app import PacketIn, SuiteApp
 from controller.config import DocumentCache
 from controller.flows import Flow, ct_flush_zone
@@ -42,7 +42,7 @@ class Microseg(SuiteApp):
 
     def __init__(self, core) -> None:
         super().__init__(core)
-        self.compiler = Compiler(core.pipeline)
+        self.compiler = MicrosegCompiler(core.pipeline)
         self.documents = DocumentCache()  # policy files parsed at earlier loads
         self.allocator = IdentityAllocator()
         self.settings = MicrosegSettings()

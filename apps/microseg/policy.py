@@ -26,12 +26,12 @@ import logging
 import re
 from dataclasses import dataclass
 
-from apps.ms.model import Selector
+from apps.microseg.model import Selector
 from controller.config import LABELS, OBJECT_HEADER, ConfigError, Document
 from controller.endpoints import DEFAULT_NAMESPACE
+from controller.matches import IPNetwork
 
 LOG = logging.getLogger("osken_suite.microseg")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 CILIUM_NAMESPACE_KEY = "io.kubernetes.pod.namespace"
 CILIUM_NS_LABEL_PREFIX = "io.cilium.k8s.namespace.labels."
 # IANA_SVC_NAME, as Kubernetes' IsValidPortName: 1-15 characters of a-z, 0-9 and '-', at least
@@ -252,12 +252,12 @@ class Peer:
     pods: Selector | None = None  # None: every endpoint (of the namespaces below)
     namespaces: Selector | None = None  # with namespace None: None means every namespace
     namespace: str | None = None  # a fixed namespace (the policy's own)
-    nets: tuple[Network, ...] = ()  # cidr minus excepts, as disjoint prefixes; for "world": within
+    nets: tuple[IPNetwork, ...] = ()  # cidr minus excepts, disjoint prefixes; "world": within
     cilium: bool = False  # pods selector reads Cilium's label view (namespace as a label)
 
 
 @dataclass(frozen=True)
-class Rule:
+class PolicyRule:
     peers: tuple[Peer, ...] | None  # None: every peer
     ports: tuple[PortSpec, ...] | None  # None: every protocol and port
     where: str = ""
@@ -271,10 +271,10 @@ class Policy:
     selector: Selector
     cilium: bool
     isolates: frozenset[str]  # "ingress" and/or "egress"
-    ingress: tuple[Rule, ...] = ()
-    egress: tuple[Rule, ...] = ()
-    ingress_deny: tuple[Rule, ...] = ()
-    egress_deny: tuple[Rule, ...] = ()
+    ingress: tuple[PolicyRule, ...] = ()
+    egress: tuple[PolicyRule, ...] = ()
+    ingress_deny: tuple[PolicyRule, ...] = ()
+    egress_deny: tuple[PolicyRule, ...] = ()
     where: str = ""
 
     @property
@@ -354,7 +354,7 @@ def _selector(doc: Document, where: tuple, spec, key_map=None) -> Selector:
     return Selector.parse(spec, key_map)
 
 
-def _nets(doc: Document, where: tuple, cidr: str, excepts) -> tuple[Network, ...]:
+def _nets(doc: Document, where: tuple, cidr: str, excepts) -> tuple[IPNetwork, ...]:
     """cidr minus its excepts, as disjoint prefixes; each except must lie strictly inside."""
     try:
         net = ipaddress.ip_network(cidr, strict=False)
@@ -445,7 +445,7 @@ def _network_policy(doc: Document, namespace: str, name: str, spec: dict) -> Pol
             rule = rule or {}
             at = ("spec", direction, i)
             parsed.append(
-                Rule(
+                PolicyRule(
                     _k8s_peers(doc, at + (peers_key,), rule.get(peers_key), namespace),
                     _k8s_ports(doc, at + ("ports",), rule.get("ports")),
                     doc.located(at),
@@ -504,7 +504,7 @@ def _cilium_selector_peer(doc: Document, where: tuple, spec, namespace: str) -> 
     return Peer("endpoints", pods=sel, namespace=None if crosses else namespace, cilium=True)
 
 
-def _cilium_rule(doc: Document, where: tuple, rule: dict, side: str, namespace: str) -> Rule:
+def _cilium_rule(doc: Document, where: tuple, rule: dict, side: str, namespace: str) -> PolicyRule:
     peers: list[Peer] = []
     l3 = False
     for i, sel in enumerate(rule.get(f"{side}Endpoints") or []):
@@ -536,8 +536,8 @@ def _cilium_rule(doc: Document, where: tuple, rule: dict, side: str, namespace: 
     ports = _cilium_ports(doc, where + ("toPorts",), rule.get("toPorts"))
     if not l3:
         # No L3 part: with ports it is an L4-only rule (every peer); without, it matches nothing.
-        return Rule(None if ports else (), ports, doc.located(where))
-    return Rule(tuple(peers), ports, doc.located(where))
+        return PolicyRule(None if ports else (), ports, doc.located(where))
+    return PolicyRule(tuple(peers), ports, doc.located(where))
 
 
 def _cilium_policy(doc: Document, path: tuple, namespace: str, name: str, spec: dict) -> Policy:

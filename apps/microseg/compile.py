@@ -21,8 +21,14 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from apps.ms.model import World
-from apps.ms.policy import CILIUM_NAMESPACE_KEY, CILIUM_NS_LABEL_PREFIX, Peer, Policy, Rule
+from apps.microseg.model import World
+from apps.microseg.policy import (
+    CILIUM_NAMESPACE_KEY,
+    CILIUM_NS_LABEL_PREFIX,
+    Peer,
+    Policy,
+    PolicyRule,
+)
 from controller.flows import (
     Flow,
     apply,
@@ -79,7 +85,7 @@ def dst_meta(identity: int) -> int:
 
 
 @dataclass(frozen=True)
-class Entry:
+class PolicyEntry:
     """One allowed (or denied) slice of traffic for an identity in one direction."""
 
     peer: Cond
@@ -128,7 +134,7 @@ class Resolver:
                 out.add(number)
         return out
 
-    def conds(self, rule: Rule) -> list[Cond]:
+    def conds(self, rule: PolicyRule) -> list[Cond]:
         """The far-end conditions of a rule (a rule with no peers list means every peer)."""
         if rule.peers is None:
             return [("any",)]
@@ -164,15 +170,17 @@ def _named(rule_port, endpoints) -> list[tuple[object, int]]:
     return out
 
 
-def rule_entries(res: Resolver, rule: Rule, direction: str, identity: int) -> set[Entry]:
+def rule_entries(
+    res: Resolver, rule: PolicyRule, direction: str, identity: int
+) -> set[PolicyEntry]:
     """What one rule lets `identity` do in `direction` ("egress": send, "ingress": receive)."""
     conds = res.conds(rule)
-    out: set[Entry] = set()
+    out: set[PolicyEntry] = set()
     if rule.ports is None:
-        return {Entry(c, None) for c in conds}
+        return {PolicyEntry(c, None) for c in conds}
     for spec in rule.ports:
         if not isinstance(spec.port, str):
-            out |= {Entry(c, (spec.protocol, spec.range())) for c in conds}
+            out |= {PolicyEntry(c, (spec.protocol, spec.range())) for c in conds}
             continue
         if direction == "ingress":  # the name is this identity's own port
             members = res.world.members.get(identity, ())
@@ -180,12 +188,12 @@ def rule_entries(res: Resolver, rule: Rule, direction: str, identity: int) -> se
             uniform = len(found) == len(members) and len({p for _, p in found}) == 1
             for e, port in found:
                 l4 = (spec.protocol, (port, port))
-                out |= {Entry(c, l4, None if uniform else str(e.ip)) for c in conds}
+                out |= {PolicyEntry(c, l4, None if uniform else str(e.ip)) for c in conds}
             continue
         for c in conds:  # egress: the name is the destination's port
             found = _named(spec, res.endpoints_in(c))
             for e, port in found:
-                out.add(Entry(("ip", e.ip), (spec.protocol, (port, port))))
+                out.add(PolicyEntry(("ip", e.ip), (spec.protocol, (port, port))))
     return out
 
 
@@ -194,8 +202,8 @@ class Verdicts:
     """Per identity and direction: isolated or not, allowed entries, denied entries."""
 
     isolated: dict[str, set[int]]
-    allow: dict[tuple[str, int], set[Entry]]
-    deny: dict[tuple[str, int], set[Entry]]
+    allow: dict[tuple[str, int], set[PolicyEntry]]
+    deny: dict[tuple[str, int], set[PolicyEntry]]
 
 
 def verdicts(world: World, policies: Iterable[Policy]) -> Verdicts:
@@ -216,7 +224,7 @@ def verdicts(world: World, policies: Iterable[Policy]) -> Verdicts:
     return out
 
 
-class Compiler:
+class MicrosegCompiler:
     """Flows for the five microseg tables, grouped by what they depend on."""
 
     def __init__(self, pipeline: Pipeline = PIPELINE) -> None:
@@ -351,8 +359,8 @@ class Compiler:
         identity: int,
         families: set[int],
         isolated: bool,
-        allow: set[Entry],
-        deny: set[Entry],
+        allow: set[PolicyEntry],
+        deny: set[PolicyEntry],
     ) -> list[Flow]:
         table = self.egress if direction == "egress" else self.ingress
         passed = (
@@ -374,7 +382,7 @@ class Compiler:
         return out
 
     @staticmethod
-    def _entry_matches(direction, family, own_meta, own_mask, entry: Entry) -> list[dict]:
+    def _entry_matches(direction, family, own_meta, own_mask, entry: PolicyEntry) -> list[dict]:
         far = "dst" if direction == "egress" else "src"
         near = "src" if far == "dst" else "dst"
         meta, mask = own_meta, own_mask

@@ -1,11 +1,11 @@
 """Weighted canaries behind virtual IPs: splits exact to the connection, failover in the switch.
 
-Run it with ``osken-manager apps/canary.py --config lab.yaml``; L2 learning comes along. The
+Run it with ``osken-manager apps/services --config lab.yaml``; L2 learning comes along. The
 config's `services` put a VIP and port in front of weighted backends (endpoints by name), or
-take their split from Istio / Gateway API routing files (`routing`); see docs/canary.md.
+take their split from Istio / Gateway API routing files (`routing`); see docs/services.md.
 
 - Clients only ever see the VIP: the controller answers ARP for it, the switch translates the
-  destination to the chosen backend and the replies back, with conntrack NAT (apps/lb/compile.py).
+  destination to the chosen backend and the replies back, with conntrack NAT (compile.py).
 - Method "exact" (the default): each new connection's first packet comes to the controller,
   which picks the backend by smooth weighted round-robin, so the split is exact to within one
   connection whatever the clients' ports; the switch commits the choice and carries the rest
@@ -22,25 +22,25 @@ from __future__ import annotations
 import logging
 from types import MappingProxyType
 
-from apps.lb.compile import (
+from apps.services.compile import (
     COOKIE,
     MAX_BACKENDS,
     MAX_ROUTES,
     PROTOCOLS,
-    Compiler,
+    ServicesCompiler,
     commit_to,
     service_tag,
     vip_mac,
 )
-from apps.lb.settings import (
+from apps.services.settings import (
     ROUTING_SCHEMA,
     SERVICES_SCHEMA,
     Backend,
-    LbSettings,
     Service,
+    ServicesSettings,
     parse_services,
 )
-from apps.lb.weights import SmoothWeighted
+from apps.services.weights import SmoothWeighted
 from controller.app import PacketIn, SuiteApp
 from controller.config import DocumentCache
 from controller.flows import Flow, group_action, output, packet_out
@@ -53,7 +53,7 @@ from controller.packets import (
     parse_arp,
 )
 
-LOG = logging.getLogger("osken_suite.canary")
+LOG = logging.getLogger("osken_suite.services")
 ARP_PROBE_INTERVAL = 2.0
 MAX_LEARNED = 65536  # IP -> MAC entries kept from ARP
 # A backend taken out of the config keeps its translation flows this long: its connections
@@ -62,8 +62,8 @@ MAX_LEARNED = 65536  # IP -> MAC entries kept from ARP
 DRAIN_SECONDS = 300.0
 
 
-class Canary(SuiteApp):
-    name = "canary"
+class Services(SuiteApp):
+    name = "services"
     config_section = "services"
     config_schemas = MappingProxyType({"services": SERVICES_SCHEMA, "routing": ROUTING_SCHEMA})
     requires = ("apps.l2_learning",)  # forwarding comes from the L2 app
@@ -71,9 +71,9 @@ class Canary(SuiteApp):
 
     def __init__(self, core) -> None:
         super().__init__(core)
-        self.compiler = Compiler(core.pipeline)
+        self.compiler = ServicesCompiler(core.pipeline)
         self.documents = DocumentCache()  # routing files parsed at earlier loads
-        self.settings = LbSettings()
+        self.settings = ServicesSettings()
         # IP -> MAC of every host heard in ARP, so a backend added later is ready at once.
         self.learned_macs: dict[str, str] = {}
         self.located: dict[str, tuple[int, int]] = {}  # MAC -> where it was last seen
@@ -87,19 +87,19 @@ class Canary(SuiteApp):
         self._next_probe = 0.0
         self.draining: list[tuple[Service, float]] = []  # what left the config, until when
         self.connections = core.metrics.counter(
-            "osken_canary_connections",
+            "osken_services_connections",
             "New connections sent to each backend",
             ("service", "backend"),
         )
         self.live_backends = core.metrics.gauge(
-            "osken_canary_live_backends",
+            "osken_services_live_backends",
             "Backends taking new connections, per service",
             ("service",),
         )
 
     # --- config --------------------------------------------------------------------------------
 
-    def parse_config(self, section, config) -> LbSettings:
+    def parse_config(self, section, config) -> ServicesSettings:
         settings = parse_services(section, config, self.documents)
         for i, s in enumerate(settings.services):
             if len(s.backends) > MAX_BACKENDS or len(s.routes) > MAX_ROUTES:
@@ -109,7 +109,7 @@ class Canary(SuiteApp):
                 )
         return settings
 
-    def configure(self, settings: LbSettings, now: float) -> None:
+    def configure(self, settings: ServicesSettings, now: float) -> None:
         old = {s.name: s for s in self.settings.services}
         self.settings = settings
         self._drain(old, now)
@@ -127,7 +127,7 @@ class Canary(SuiteApp):
         self._probe_unknown()  # a new backend that never spoke is asked for its MAC at once
         for s in self.settings.services:
             LOG.info(
-                "canary: %s %s:%d/%s, method %s: %s",
+                "services: %s %s:%d/%s, method %s: %s",
                 s.name,
                 s.vip,
                 s.port,
@@ -148,7 +148,7 @@ class Canary(SuiteApp):
             )
             if gone:
                 LOG.info(
-                    "canary: %s: %s drain for %.0f s",
+                    "services: %s: %s drain for %.0f s",
                     name,
                     ", ".join(b.endpoint for b in gone),
                     DRAIN_SECONDS,
@@ -344,7 +344,7 @@ class Canary(SuiteApp):
             del self.learned_macs[next(iter(self.learned_macs))]  # the oldest goes
         self.learned_macs[ip] = mac
         if any(b.ip == ip and b.mac is None for s in self.settings.services for b in s.backends):
-            LOG.info("canary: backend %s is at %s", ip, mac)
+            LOG.info("services: backend %s is at %s", ip, mac)
             self._refresh_locations()
             self._install()
 
@@ -357,7 +357,7 @@ class Canary(SuiteApp):
         src = conn[0]
         backend = self.pick(service, src)
         if backend is None:
-            LOG.warning("canary: %s: no backend up for %s; connection dropped", service.name, src)
+            LOG.warning("services: %s: no backend up for %s; connection dropped", service.name, src)
             return
         self.connections.labels(service.name, backend.endpoint).inc()
         resolved = self._resolved_services[service.name].backend(backend.key)

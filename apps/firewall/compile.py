@@ -19,7 +19,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Hashable, Sequence
 
-from apps.fw.rules import FirewallSettings, Rule
+from apps.firewall.rules import FirewallRule, FirewallSettings
 from controller.flows import Flow, Meter, apply, conntrack, flow, meter
 from controller.matches import (
     CT_EST,
@@ -101,7 +101,7 @@ def _renumber(keys: Sequence[Hashable]) -> dict[Hashable, int]:
     return {k: RULE_TOP - i * spacing for i, k in enumerate(keys)}
 
 
-def rule_keys(rules: Sequence[Rule]) -> list[tuple[str, int]]:
+def rule_keys(rules: Sequence[FirewallRule]) -> list[tuple[str, int]]:
     """Identity of each rule across reloads: its text, and which repeat of it this is."""
     seen: dict[str, int] = {}
     out = []
@@ -111,7 +111,7 @@ def rule_keys(rules: Sequence[Rule]) -> list[tuple[str, int]]:
     return out
 
 
-class Compiler:
+class FirewallCompiler:
     """Rules in, flows and meters per rule out; remembers priorities between reloads."""
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -119,7 +119,7 @@ class Compiler:
         self._go_on = pipeline.go_on("firewall")
         self.priorities: dict[Hashable, int] = {}
 
-    def renumber(self, rules: Sequence[Rule]) -> list[tuple[Hashable, int, Rule]]:
+    def renumber(self, rules: Sequence[FirewallRule]) -> list[tuple[Hashable, int, FirewallRule]]:
         """(key, priority, rule) for each rule, in order, priorities kept where possible."""
         keys = rule_keys(rules)
         self.priorities = assign_priorities(keys, self.priorities)
@@ -128,7 +128,7 @@ class Compiler:
     def _ingress(self, family: int) -> dict:
         return {"eth_type": ETH_TYPES[family], "metadata": (0, FROM_FABRIC)}
 
-    def rule_flows(self, rule: Rule, prio: int, stateful: bool) -> list[Flow]:
+    def rule_flows(self, rule: FirewallRule, prio: int, stateful: bool) -> list[Flow]:
         """The flows of one rule at its priority: disjoint matches, the rule's verdict."""
         go_on = (self._go_on,)
         commit = (apply(conntrack(CT_ZONE, commit=True)),) if stateful else ()
@@ -163,7 +163,7 @@ class Compiler:
         return flows
 
     @staticmethod
-    def rule_meter(rule: Rule, prio: int) -> list[Meter]:
+    def rule_meter(rule: FirewallRule, prio: int) -> list[Meter]:
         if rule.rate_limit is None:
             return []
         rl = rule.rate_limit

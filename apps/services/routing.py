@@ -19,12 +19,11 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 
-from apps.lb import schemas
-from apps.lb.schemas import HTTP_MATCH_L7, ISTIO_RULE_L7
+import apps.services.schemas as schemas
+from apps.services.schemas import HTTP_MATCH_L7, ISTIO_RULE_L7
 from controller.config import OBJECT_HEADER, ConfigError, Document
 
-LOG = logging.getLogger("osken_suite.canary")
-Network = ipaddress.IPv4Network
+LOG = logging.getLogger("osken_suite.services")
 
 ISTIO_GROUP = "networking.istio.io/"
 GATEWAY_GROUP = "gateway.networking.k8s.io/"
@@ -39,9 +38,9 @@ class SourceMatch:
 
     labels: tuple[tuple[str, str], ...] | None = None
     namespace: str | None = None
-    subnet: Network | None = None
+    subnet: ipaddress.IPv4Network | None = None
     port: int | None = None
-    destination_subnets: tuple[Network, ...] | None = None
+    destination_subnets: tuple[ipaddress.IPv4Network, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ def _labels(value: dict | None) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), v) for k, v in (value or {}).items()))
 
 
-def _network(doc: Document, value, where: tuple) -> Network:
+def _network(doc: Document, value, where: tuple) -> ipaddress.IPv4Network:
     try:
         return ipaddress.IPv4Network(str(value), strict=False)
     except ValueError:

@@ -2,8 +2,8 @@
 
 import pytest
 
+from apps.chains import ServiceChains
 from apps.l2_learning import L2Learning
-from apps.sfc import ServiceChains
 from controller.config import ConfigError, load_config
 from controller.core import Core
 from tests.fakenet import BROADCAST, FakeNetwork

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from apps.lb.routing import (
+from apps.services.routing import (
     Destination,
     DestinationRule,
     HTTPRoute,
@@ -30,8 +30,7 @@ from apps.lb.routing import (
 from controller.config import Config, DocumentCache
 from controller.endpoints import Endpoint, parse_endpoints
 
-LOG = logging.getLogger("osken_suite.canary")
-Network = ipaddress.IPv4Network
+LOG = logging.getLogger("osken_suite.services")
 METHODS = ("exact", "switch")
 
 SERVICES_SCHEMA = {
@@ -82,7 +81,7 @@ class Backend:
 class Route:
     """A first-match rule: the sources it takes (None: all) and its split (backend key, weight)."""
 
-    sources: tuple[Network, ...] | None
+    sources: tuple[ipaddress.IPv4Network, ...] | None
     split: tuple[tuple[str, Fraction], ...]
     origin: str
 
@@ -112,7 +111,7 @@ class Service:
 
 
 @dataclass
-class LbSettings:
+class ServicesSettings:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
 
@@ -186,7 +185,7 @@ class _Resolver:
             )
         return members
 
-    def sources(self, match: SourceMatch, service: dict) -> set[Network] | None:
+    def sources(self, match: SourceMatch, service: dict) -> set[ipaddress.IPv4Network] | None:
         """The client networks one match block takes; an empty set: it never matches."""
         if match.port is not None and match.port != service["port"]:
             return set()
@@ -211,7 +210,8 @@ class _Resolver:
         return nets
 
     def route(self, rule: RouteRule, service: dict, doc) -> tuple[Route | None, list]:
-        sources: set[Network] | None = set() if rule.matches else None  # no match: every client
+        # no match: every client
+        sources: set[ipaddress.IPv4Network] | None = set() if rule.matches else None
         for m in rule.matches:
             got = self.sources(m, service)
             if got is None:
@@ -269,7 +269,7 @@ def _vip(config: Config, i: int, spec: dict, taken: dict) -> str:
     return vip
 
 
-def parse_services(section, config: Config, documents: DocumentCache) -> LbSettings:
+def parse_services(section, config: Config, documents: DocumentCache) -> ServicesSettings:
     """Everything checked and resolved; the first problem is raised, located. `documents`
     keeps what the routing files parsed to, so a reload parses again only those that changed."""
     endpoints = {e.name: e for e in parse_endpoints(config)}
@@ -284,7 +284,7 @@ def parse_services(section, config: Config, documents: DocumentCache) -> LbSetti
         listed[spec["name"]], backups[spec["name"]] = _listed(config, i, spec, endpoints)
     docs = _routing_docs(config, documents)
     resolver = _Resolver(config, endpoints, listed, docs)
-    settings = LbSettings(endpoints)
+    settings = ServicesSettings(endpoints)
     used: set[int] = set()
     vips: dict = {}
     for i, spec in enumerate(specs):

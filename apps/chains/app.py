@@ -1,14 +1,14 @@
 """Service function chaining: a traffic class steered through VNF deployments, in order.
 
-Run it with ``osken-manager apps/sfc.py --config lab.yaml``; L2 learning comes along. The
+Run it with ``osken-manager apps/chains --config lab.yaml``; L2 learning comes along. The
 config's `chains` name a class (client and server CIDRs or endpoint labels, protocol, ports)
-and the deployments it goes through (apps/chain/settings.py). The VNFs are plugged in by
+and the deployments it goes through (apps/chains/settings.py). The VNFs are plugged in by
 `scripts/vnf.py deploy FILE --bridge SWITCH` (vnf/): the controller finds each deployment's
 replicas by their port names, on whatever switch they are, and follows them as they come and go.
 
 - Forward traffic goes through each hop's replicas in order (a select group spreads flows over
   a hop's replicas), then on to its destination; replies come back through the same hops in
-  reverse (apps/chain/compile.py).
+  reverse (apps/chains/compile.py).
 - A replica whose container stops loses its ports: the switch skips it at once (its bucket
   watches the port) and the controller drops it from the groups.
 - A chain whose hop has no replica left drops its class (fails closed); removing a chain from
@@ -20,16 +20,16 @@ from __future__ import annotations
 import logging
 from types import MappingProxyType
 
-from apps.chain.compile import COOKIE, Compiler, Replica
-from apps.chain.settings import CHAINS_SCHEMA, MAX_REPLICAS, Chain, parse_chains
+from apps.chains.compile import COOKIE, ChainsCompiler, Replica
+from apps.chains.settings import CHAINS_SCHEMA, MAX_REPLICAS, Chain, parse_chains
 from controller.app import SuiteApp
 from vnf.naming import deployment_key, parse_port
 
-LOG = logging.getLogger("osken_suite.sfc")
+LOG = logging.getLogger("osken_suite.chains")
 
 
 class ServiceChains(SuiteApp):
-    name = "sfc"
+    name = "chains"
     config_section = "chains"
     config_schemas = MappingProxyType({"chains": CHAINS_SCHEMA})
     requires = ("apps.l2_learning",)  # forwarding comes from the L2 app
@@ -37,12 +37,12 @@ class ServiceChains(SuiteApp):
 
     def __init__(self, core) -> None:
         super().__init__(core)
-        self.compiler = Compiler(core.pipeline)
+        self.compiler = ChainsCompiler(core.pipeline)
         self.chains: list[Chain] = []
         self._placed: object = None
         self._empty: set[tuple[str, str]] = set()  # (chain, deployment) with no replica up
         self.replica_gauge = core.metrics.gauge(
-            "osken_sfc_replicas",
+            "osken_chains_replicas",
             "Replicas in service, per deployment a chain goes through",
             ("deployment",),
         )
@@ -60,7 +60,7 @@ class ServiceChains(SuiteApp):
         self.chains = chains
         self._install()
         for c in self.chains:
-            LOG.info("sfc: chain %s through %s", c.name, " -> ".join(c.through))
+            LOG.info("chains: chain %s through %s", c.name, " -> ".join(c.through))
 
     # --- replicas, from the switches' port names -----------------------------------------------
 
@@ -122,14 +122,14 @@ class ServiceChains(SuiteApp):
                 self.replica_gauge.labels(d).set(len(replicas))
                 if not replicas:
                     LOG.warning(
-                        "sfc: chain %s: no replica of %s is up; its traffic is dropped", c.name, d
+                        "chains: %s: no replica of %s is up; its traffic is dropped", c.name, d
                     )
             for dpid in switches:
                 f, g = self.compiler.chain_flows(dpid, index, c, hops, self.topology.next_hop_ports)
                 flows[dpid] += f
                 groups[dpid] += g
-        self.desired.put(("sfc", "flows"), flows)
-        self.desired.put_groups(("sfc", "groups"), groups)
+        self.desired.put(("chains", "flows"), flows)
+        self.desired.put_groups(("chains", "groups"), groups)
 
     def on_topology_change(self, now: float) -> None:
         self._install()

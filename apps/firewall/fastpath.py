@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 
-from apps.fw.rules import XdpSettings
+from apps.firewall.rules import XdpSettings
 from ebpf.offload import plan
 
 LOG = logging.getLogger("osken_suite.firewall.xdp")

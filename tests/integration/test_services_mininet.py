@@ -1,6 +1,6 @@
 """Weighted services in Mininet: real TCP connections counted by which backend greeted them.
 
-The lab is topologies/canarylab.py: leaf-spine, four clients, five named backends.
+The lab is topologies/serviceslab.py: leaf-spine, four clients, five named backends.
 """
 
 import json
@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tests.integration.conftest import require_lab
-from topologies.canarylab import BACKENDS, PORT, VIP, canary_lab, service_config
 from topologies.harness import metric
+from topologies.serviceslab import BACKENDS, PORT, VIP, service_config, services_lab
 
 CONNECTIONS = 2000
 
@@ -19,7 +19,7 @@ CONNECTIONS = 2000
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     require_lab()
-    with canary_lab(tmp_path_factory.mktemp("canary")) as c:
+    with services_lab(tmp_path_factory.mktemp("services")) as c:
         yield c
 
 
@@ -123,7 +123,7 @@ def test_a_backend_calling_another_service_it_serves_and_udp_are_served(env):
     assert env.lab.spread("h31", other, PORT, 20) == {"h21": 20}
     assert env.udp_answered("h21", other, 53, 20) == 20
     served = {
-        name: metric(env.metrics_port, "osken_canary_connections", service="dns", backend=name)
+        name: metric(env.metrics_port, "osken_services_connections", service="dns", backend=name)
         for name in ("v1-a", "v2-a")
     }
     # 20 answered; a client source port reused within conntrack's lifetime is the same UDP

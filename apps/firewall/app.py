@@ -1,6 +1,6 @@
 """The IP firewall stage: ordered rules, blocked sources, rate limits, schedules, stateful mode.
 
-Run it with ``osken-manager apps/firewall.py --config lab.yaml``: it brings the L2 learning app
+Run it with ``osken-manager apps/firewall --config lab.yaml``: it brings the L2 learning app
 along, so that one command gives a working, filtered network. The config's `firewall:` section
 and the seed's rules.json are described in docs/firewall.md.
 
@@ -16,9 +16,15 @@ import logging
 from collections.abc import Hashable
 from types import MappingProxyType
 
-from apps.fw.compile import BLOCKED_ID, COOKIE, MAX_RULES, Compiler
-from apps.fw.fastpath import FastPath
-from apps.fw.rules import FIREWALL_SCHEMA, FirewallSettings, Rule, RuleCache, parse_firewall
+from apps.firewall.compile import BLOCKED_ID, COOKIE, MAX_RULES, FirewallCompiler
+from apps.firewall.fastpath import FastPath
+from apps.firewall.rules import (
+    FIREWALL_SCHEMA,
+    FirewallRule,
+    FirewallSettings,
+    RuleCache,
+    parse_firewall,
+)
 from controller.app import SuiteApp
 from controller.resources import COOKIE_SHIFT
 
@@ -36,10 +42,10 @@ class Firewall(SuiteApp):
     def __init__(self, core) -> None:
         super().__init__(core)
         self.table = core.pipeline.table("firewall")
-        self.compiler = Compiler(core.pipeline)
+        self.compiler = FirewallCompiler(core.pipeline)
         self.settings = FirewallSettings()
         self.rule_cache = RuleCache()  # rules parsed at earlier loads, for this app's reloads
-        self.rules: list[tuple[Hashable, int, Rule]] = []  # (key, priority, rule), in order
+        self.rules: list[tuple[Hashable, int, FirewallRule]] = []  # (key, priority, rule), in order
         self.active: dict[Hashable, bool] = {}
         self.counts: dict[tuple[int, int], tuple[int, int]] = {}  # (dpid, prio) -> packets, bytes
         self._logged: dict[int, int] = {}  # prio -> denied packets already reported
@@ -101,8 +107,8 @@ class Firewall(SuiteApp):
     def _edit_in_place(self, settings: FirewallSettings, now: float) -> bool:
         """Rules edited where they stand: each new rule takes its predecessor's priority.
 
-        A rule is edited when its text or its place changed (compared by value: `Rule.text` is
-        the rule as written); the work is per edited rule, not per rule.
+        A rule is edited when its text or its place changed (compared by value:
+        `FirewallRule.text` is the rule as written); the work is per edited rule, not per rule.
         """
         old = self.settings
         if (len(settings.rules), settings.default, settings.blocked, settings.stateful) != (
@@ -148,7 +154,7 @@ class Firewall(SuiteApp):
         for key, prio, rule in self.rules:
             self._install_rule(key, prio, rule, now, switches)
 
-    def _install_rule(self, key, prio: int, rule: Rule, now: float, switches: list[int]):
+    def _install_rule(self, key, prio: int, rule: FirewallRule, now: float, switches: list[int]):
         """Put one rule's flows and meter on every switch, unless they are there already."""
         active = rule.schedule is None or rule.schedule.active(now)
         self.active[key] = active

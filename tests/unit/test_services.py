@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from apps.canary import Canary
 from apps.l2_learning import L2Learning
-from apps.lb.compile import CT_ZONE, vip_mac
-from apps.lb.routing import parse_routing
+from apps.services import Services
+from apps.services.compile import CT_ZONE, vip_mac
+from apps.services.routing import parse_routing
 from controller.config import ConfigError, load_config, load_documents
 from controller.core import Core
 from controller.packets import arp_frame, connection_of
@@ -58,7 +58,7 @@ def make(tmp_path, config: str, now: float = 1000.0):
     cfg.write_text(ENDPOINTS + config)
     core = Core()
     core.add_app(L2Learning)
-    app = core.add_app(Canary)
+    app = core.add_app(Services)
     core.configure(load_config(str(cfg)), now)
     net = leaf_spine(core)
     net.now = now
@@ -188,7 +188,7 @@ def test_the_switch_method_uses_a_select_group_with_the_weights(tmp_path):
 
 
 def test_routing_files_from_the_seed_load_and_http_matches_are_rejected_by_name(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="osken_suite.canary")
+    caplog.set_level(logging.WARNING, logger="osken_suite.services")
     config = f"""\
     services:
       - {{name: user-service, vip: {VIP}, port: 80}}
@@ -261,7 +261,7 @@ def test_httproute_weights_are_relative_and_default_to_one(tmp_path):
         "routing: [route.yaml]\n"
     )
     core = Core()
-    app = core.add_app(Canary)
+    app = core.add_app(Services)
     config = load_config(str(cfg))
     s = app.parse_config(config.section("services"), config).services[0]
     assert s.routes[0].split == (("v1-a:80", 1), ("v2-a:80", 3), ("v1-b:80", 0))
@@ -297,7 +297,7 @@ def test_bad_services_are_refused_and_located(tmp_path, config, where, message):
     cfg = tmp_path / "lab.yaml"
     cfg.write_text(ENDPOINTS + config)
     core = Core()
-    core.add_app(Canary)
+    core.add_app(Services)
     with pytest.raises(ConfigError) as err:
         core.parse(load_config(str(cfg)))
     assert err.value.where == where and message in str(err.value)
@@ -315,7 +315,7 @@ def test_an_undefined_subset_is_refused_with_its_line(tmp_path):
         "routing: [vs.yaml]\n"
     )
     core = Core()
-    core.add_app(Canary)
+    core.add_app(Services)
     with pytest.raises(ConfigError) as err:
         core.parse(load_config(str(cfg)))
     assert err.value.line == 7 and "subset 'v9'" in str(err.value)
@@ -354,7 +354,7 @@ def test_seed_routing_files_are_the_seeds_verbatim():
 
 def test_every_seed_routing_file_loads_and_says_what_it_cannot_enforce(tmp_path, caplog):
     caplog.set_level(
-        logging.INFO, logger="osken_suite.canary"
+        logging.INFO, logger="osken_suite.services"
     )  # mininet, once imported, makes new loggers its own class, level 25
     folder = tmp_path / "routing"  # a fresh path: files already read elsewhere are not re-read
     shutil.copytree(os.path.join(DATA, "seed-routing"), folder)
@@ -367,7 +367,7 @@ def test_every_seed_routing_file_loads_and_says_what_it_cannot_enforce(tmp_path,
     cfg = tmp_path / "lab.yaml"
     cfg.write_text(ENDPOINTS + textwrap.dedent(config))
     core = Core()
-    core.add_app(Canary)
+    core.add_app(Services)
     core.parse(load_config(str(cfg)))
     text = caplog.text
     assert "gateway-api.yml" in text and "spec.rules.0.matches.0.headers" in text
@@ -379,7 +379,7 @@ def test_every_seed_routing_file_loads_and_says_what_it_cannot_enforce(tmp_path,
 
 
 def test_a_backend_taken_out_of_the_config_drains_then_its_flows_go(tmp_path):
-    from apps.canary import DRAIN_SECONDS
+    from apps.services.app import DRAIN_SECONDS
 
     net, app, cfg = make(tmp_path, service(0, 100))
     assert connect(net, sport=5000)[0] == V2A

@@ -4,7 +4,7 @@ Each document is checked against its kind's schema before it is read, so a value
 type (a path written as a string, a port written as a name) is refused with file, line and field
 instead of failing half-way through. The schemas give the shapes: types, required fields, ranges,
 and the fields each object may have (anything else is an "unknown key" at its line). Which
-fields the switch can honour is decided afterwards (apps/lb/routing.py): the L7 fields below are
+fields the switch can honour is decided afterwards (routing.py): the L7 fields below are
 known here, so that the reader can reject them by name.
 
 Sources: Istio's networking/v1 API reference (VirtualService, DestinationRule), and the Gateway

@@ -1,1 +1,0 @@
-"""The IP firewall: rules, schedules and their compilation into the firewall stage."""
