@@ -632,34 +632,58 @@ class Core:
         return {}
 
     def tick(self, now: float) -> Outbox:
-        """Periodic work: probes, probation, link ageing, settling, resyncs, app timers."""
-        if self.discovery.due(now):
-            for conn in self.conns.values():
-                if conn.phase != "syncing":
-                    self._probe(conn, conn.ports.values(), now)
+        """Periodic work, in this order: LLDP probes, link expiry, settling, resyncs, app ticks.
+
+        Parameters
+        ----------
+        now : float
+            Seconds on the monotonic clock.
+
+        Returns
+        -------
+        Outbox
+            Messages to send, by dpid: what the steps and the apps' ticks changed.
+        """
+        self._probe_due(now)
         self.discovery.expire(now, set(self.conns))
+        self._settle(now)
+        self._resync_due(now)
+        self._each("tick", now)
+        self._update_gauges()
+        return self._finish(now)
+
+    def _probe_due(self, now: float) -> None:
+        """When a discovery round is due, probe every port of every switch not still syncing."""
+        if not self.discovery.due(now):
+            return
+        for conn in self.conns.values():
+            if conn.phase != "syncing":
+                self._probe(conn, conn.ports.values(), now)
+
+    def _settle(self, now: float) -> None:
+        """Make the settling switches ready together, once no switch has connected and none has
+        synced for `settle_time` seconds: topology first, then on_switch_ready, then reconcile."""
         settling = [c for c in self.conns.values() if c.phase == "settling"]
-        if (
-            settling
-            and now - self._last_connect >= self.settle_time
-            and all(now - c.synced_at >= self.settle_time for c in settling)
-        ):
-            for conn in settling:
-                conn.phase = "ready"
-            self._notify_topology(now)
-            for conn in settling:
-                self._each("on_switch_ready", conn.dpid, now)
-            for conn in settling:
-                self._reconcile(conn, "connect")
+        if not settling or now - self._last_connect < self.settle_time:
+            return
+        if any(now - c.synced_at < self.settle_time for c in settling):
+            return
+        for conn in settling:
+            conn.phase = "ready"
+        self._notify_topology(now)
+        for conn in settling:
+            self._each("on_switch_ready", conn.dpid, now)
+        for conn in settling:
+            self._reconcile(conn, "connect")
+
+    def _resync_due(self, now: float) -> None:
+        """Re-read flows, groups and meters of each ready switch whose resync time has come."""
         for conn in self.conns.values():
             if conn.resync_at is not None and now >= conn.resync_at and conn.phase == "ready":
                 conn.resync_at = None
                 conn.flows = {}
                 conn.numbered = {kind: {} for kind in conn.numbered}
                 self._read(conn, ("flows", "groups", "meters"))
-        self._each("tick", now)
-        self._update_gauges()
-        return self._finish(now)
 
     # --- output --------------------------------------------------------------------------------
 
