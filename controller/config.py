@@ -75,6 +75,14 @@ class Loader(yamlcore.CCoreLoader):
     flatten_mapping = yaml.constructor.SafeConstructor.flatten_mapping
 
     def construct_mapping(self, node, deep=False):
+        """A YAML mapping, merge keys (<<) flattened first so explicit keys win.
+
+        Raises
+        ------
+        _DuplicateKey
+            A key written twice in the same mapping (YAML 1.2.2 section 3.2.1.1 requires unique
+            keys); the loader turns it into a located ConfigError.
+        """
         keys = [k.value for k, _ in node.value if k.tag != MERGE_TAG]
         if len(set(keys)) != len(keys):
             raise _DuplicateKey
@@ -165,6 +173,10 @@ class Document:
 
     @property
     def lines(self) -> dict[tuple, int]:
+        """Line number (1-based) of every node, by its path of keys and indices.
+
+        Built on first use from the document's text (empty without text) and kept.
+        """
         if self._lines is None:
             self._lines = {}
             node = _compose(self.text) if self.text else None
@@ -301,6 +313,7 @@ class Config(Document):
             self.data = {}
 
     def section(self, name: str, default: Any = None) -> Any:
+        """The top-level section `name` as loaded, or `default` when absent."""
         return self.data.get(name, default)
 
     def files(self) -> list[str]:
@@ -313,6 +326,7 @@ class Config(Document):
         return os.path.normpath(os.path.join(base, relative))
 
     def depend(self, path: str) -> None:
+        """Watch `path` too: a change to it reloads the config (once per path)."""
         if path not in self.depends:
             self.depends.append(path)
 

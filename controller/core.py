@@ -101,6 +101,25 @@ class ApplyError(Exception):
 
 
 class Core:
+    """The controller core: events in, OpenFlow messages out, no I/O of its own.
+
+    Every event method takes `now` (seconds on the monotonic clock) and returns an Outbox (dpid to
+    the messages to send to that switch, in order).
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        The table layout apps' stages are placed in.
+    metrics : Metrics, optional
+        Where counters and gauges go; a fresh registry by default.
+    probation : float
+        Seconds a new port waits for LLDP before it counts as an edge port.
+    lldp_interval : float
+        Seconds between LLDP probe rounds.
+    lldp_key : bytes, optional
+        Key that signs discovery's probes; random per run unless replicas share one.
+    """
+
     def __init__(
         self,
         pipeline: Pipeline = PIPELINE,
@@ -149,6 +168,7 @@ class Core:
 
     @property
     def settle_time(self) -> float:
+        """Seconds without a new switch or sync before settling switches become ready."""
         return self.discovery.probation + 0.2
 
     # --- apps and config -------------------------------------------------------------------------
@@ -419,6 +439,11 @@ class Core:
     def ports_reply(
         self, dpid: int, xid: int, ports: Iterable[PortInfo], more: bool, now: float
     ) -> Outbox:
+        """A port description reply (OFPMP_PORT_DESC, OpenFlow 1.3.5 7.3.5.7) during sync.
+
+        Reserved ports (above OFPP_MAX) are left out; `more` is OFPMPF_REPLY_MORE. Replies to an xid
+        we did not ask for are ignored.
+        """
         conn = self.conns.get(dpid)
         if conn is None or conn.sync_xids.get(xid) != "ports":
             return {}
@@ -428,6 +453,9 @@ class Core:
     def flows_reply(
         self, dpid: int, xid: int, stats: Iterable[FlowStat], more: bool, now: float
     ) -> Outbox:
+        """A flow stats reply (OpenFlow 1.3.5 7.3.5.2): a sync's read of the tables, or an
+        app's request_flow_stats, routed by `xid`; an app's errors are counted, not raised.
+        """
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
@@ -448,11 +476,13 @@ class Core:
     def groups_reply(
         self, dpid: int, xid: int, groups: Iterable[Group], more: bool, now: float
     ) -> Outbox:
+        """A group description reply (OpenFlow 1.3.5 7.3.5.10) during sync."""
         return self._numbered_reply(dpid, xid, "groups", groups, more, now)
 
     def meters_reply(
         self, dpid: int, xid: int, meters: Iterable[Meter], more: bool, now: float
     ) -> Outbox:
+        """A meter config reply (OpenFlow 1.3.5 7.3.5.14) during sync."""
         return self._numbered_reply(dpid, xid, "meters", meters, more, now)
 
     def _numbered_reply(self, dpid, xid, part, objects, more, now) -> Outbox:
@@ -562,6 +592,11 @@ class Core:
     # --- events from switches ------------------------------------------------------------------
 
     def port_status(self, dpid: int, reason: int, port: PortInfo, now: float) -> Outbox:
+        """A port was added, changed or deleted (OFPT_PORT_STATUS, OpenFlow 1.3.5 7.4.3).
+
+        A port coming up is probed with LLDP at once; a port going down or deleted takes its links
+        and discovery state with it. Reserved ports are ignored.
+        """
         conn = self.conns.get(dpid)
         if conn is None or port.port_no > ofp.OFPP_MAX:
             return {}
@@ -587,6 +622,11 @@ class Core:
     def packet_in(
         self, dpid: int, in_port: int, data: bytes, table_id: int, cookie: int, now: float
     ) -> Outbox:
+        """A packet sent to the controller (OFPT_PACKET_IN, OpenFlow 1.3.5 7.4.1).
+
+        LLDP goes to discovery; any other frame of at least an Ethernet header goes to the apps'
+        on_packet_in. `data` is the frame as received on `in_port`.
+        """
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
@@ -603,6 +643,10 @@ class Core:
         return self._finish(now)
 
     def flow_removed(self, dpid: int, removed: Flow, reason: int, now: float) -> Outbox:
+        """A flow left a switch (OFPT_FLOW_REMOVED, OpenFlow 1.3.5 7.4.2): forget it, tell apps.
+
+        `reason` is OFPRR_* (idle or hard timeout, delete, group delete, meter delete).
+        """
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
@@ -757,5 +801,6 @@ class Core:
     # --- introspection, for tests and the report -----------------------------------------------
 
     def ready(self, dpid: int) -> bool:
+        """True if switch `dpid` is connected and reconciled (phase "ready")."""
         conn = self.conns.get(dpid)
         return conn is not None and conn.phase == "ready"

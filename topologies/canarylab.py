@@ -53,6 +53,18 @@ def service_config(weights: dict[str, int], method: str = "exact", backup: bool 
 
 
 class CanaryLab:
+    """The canary lab: a controller, a leaf-spine Mininet lab, and the config steps of a rollout.
+
+    Parameters
+    ----------
+    ctl : Controller
+        The running controller whose config file the steps rewrite.
+    lab : Lab
+        The running leaf-spine lab.
+    metrics_port : int
+        The controller's Prometheus port (/metrics).
+    """
+
     def __init__(self, ctl: Controller, lab: Lab, metrics_port: int) -> None:
         self.ctl, self.lab, self.metrics_port = ctl, lab, metrics_port
 
@@ -103,6 +115,7 @@ class CanaryLab:
 
     @staticmethod
     def leaf_of(host: str) -> str:
+        """The leaf switch a host hangs off: "h21" -> "lf2" (LeafSpineTopo's names)."""
         return f"lf{host[1]}"
 
     def spine_cut_loss(self, seconds: int = 4) -> tuple[int, int, float]:
