@@ -89,11 +89,8 @@ def flow_from_stats(s) -> Flow:
     Returns
     -------
     Flow
-
-    Raises
-    ------
-    ValueError
-        A match value that does not parse (see `controller.flows.model.norm_match`).
+        Built by `controller.flows.model.flow`, so it compares equal to the flow asked for;
+        ValueError if a match value does not parse.
     """
     instructions = [instruction_from_of(i) for i in (getattr(s, "instructions", None) or [])]
     return flow(
