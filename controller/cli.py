@@ -124,7 +124,10 @@ def tls_options(args: argparse.Namespace) -> list[str]:
 
 
 def module_name(app: str) -> str:
-    """'apps/firewall.py' -> 'apps.firewall' (with its package root on sys.path); modules as-is."""
+    """'apps/firewall.py' -> 'apps.firewall' (with its package root on sys.path); modules as-is.
+
+    Raises LaunchError for a path to a file that does not exist.
+    """
     if not (app.endswith(".py") or os.sep in app):
         return app
     path = os.path.abspath(app)
@@ -157,7 +160,14 @@ def suite_apps(module) -> list[type]:
 
 def import_app(app: str):
     """Import an app module and return it; it must define a suite app (a SuiteApp subclass)
-    or an os-ken app class of its own."""
+    or an os-ken app class of its own.
+
+    Raises
+    ------
+    LaunchError
+        No such file or module, an import of a Ryu module os-ken dropped, any exception while
+        the module runs, or no app class in it; one line naming the app.
+    """
     from os_ken.base.app_manager import OSKenApp
 
     from controller.ryu_compat import RyuModuleGone
@@ -184,7 +194,14 @@ def import_app(app: str):
 def import_apps(apps: list[str]) -> list:
     """Import every app and, first, the apps its suite apps name in `requires`; each module
     once. Apps that import `ryu` get it aliased to os-ken (controller/ryu_compat.py); classic
-    apps cannot be mixed with suite apps."""
+    apps cannot be mixed with suite apps.
+
+    Raises
+    ------
+    LaunchError
+        An app that does not import (see `import_app`), a required Ryu app os-ken dropped, or
+        classic and suite apps mixed.
+    """
     from controller import ryu_compat
 
     alias = ryu_compat.install()
@@ -208,7 +225,11 @@ def import_apps(apps: list[str]) -> list:
 
 
 def check_config(path: str | None, modules: list):
-    """Load the config and let every suite app check its section, before anything starts."""
+    """Load the config and let every suite app check its section, before anything starts.
+
+    Returns the Config (an empty one without `path`); LaunchError ("bad config: " and the
+    located ConfigError) if it does not load or a section is invalid.
+    """
     from controller.config import Config, ConfigError, load_config
     from controller.core import Core
 

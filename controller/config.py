@@ -229,7 +229,14 @@ def _syntax_error(path: str, text: str, exc: yaml.YAMLError) -> ConfigError:
 
 
 def load_document(path: str, json_only: bool = False) -> Document:
-    """Read a YAML (or, with json_only, strict JSON) file; syntax errors carry their line."""
+    """Read a YAML 1.2 (or, with json_only, strict JSON: RFC 8259) file into a Document.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable, too large or too deep, a syntax error, a duplicate key, or a value YAML
+        would read as something else than plain data; each naming the file and line.
+    """
     text = read_text(path)
     check_yaml(path, text, Loader)  # JSON is YAML: its depth is checked the same way
     try:
@@ -254,6 +261,8 @@ def load_documents(path: str, text: str | None = None) -> list[Document]:
 
     Policy files are small and their errors must point, so lines are mapped up front here
     (which also rejects duplicate keys, located), from the same nodes the data is built from.
+
+    Raises ConfigError, located, as `load_document` does.
     """
     text = read_text(path) if text is None else text
     check_yaml(path, text, Loader)
@@ -333,7 +342,10 @@ class Config(Document):
     def listed_files(self, section: str) -> list[tuple[int, str]]:
         """(index in the section, file) for every file a list section names directly or
         finds in a named folder (*.yaml and *.yml, in name order). All of them are watched:
-        a file added to or removed from a folder changes the folder."""
+        a file added to or removed from a folder changes the folder.
+
+        Raises ConfigError, located at the entry, for a path that does not exist.
+        """
         out = []
         for i, entry in enumerate(self.section(section) or []):
             path = self.resolve(entry)

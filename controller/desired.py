@@ -58,7 +58,8 @@ class DesiredState:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Changes made inside stay only if the block ends normally; an exception rolls every
-        store back to what it held on entry (then propagates). Not reentrant.
+        store back to what it held on entry (then propagates). Not reentrant: a nested
+        transaction raises RuntimeError.
 
         Keys left dirty by a rolled-back change are harmless: diffing them finds nothing.
         """

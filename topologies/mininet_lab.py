@@ -177,7 +177,10 @@ class Lab:
 
     def hold(self, src: str, ip: str, port: int, n: int, seconds: float):
         """Start `n` long connections from `src` that keep checking who answers; returns the
-        process once they are open. Its last output line is JSON (see probe.py hold)."""
+        process once they are open. Its last output line is JSON (see probe.py hold).
+
+        Raises RuntimeError if they do not all open.
+        """
         proc = self.host(src).popen(
             ["/usr/bin/python3", PROBE, "hold", ip, str(port), str(n), "--seconds", str(seconds)],
             stdout=subprocess.PIPE,
@@ -272,7 +275,15 @@ class Lab:
     ) -> tuple[str, str, int, int, float]:
         """Ping src -> dst every millisecond and cut, 1.5 s in, the busiest link it uses for
         which `which(switch, neighbour)` holds; put it back after. Returns (switch, neighbour,
-        pings sent, pings lost, milliseconds of loss at the rate ping really achieved)."""
+        pings sent, pings lost, milliseconds of loss at the rate ping really achieved).
+
+        Raises
+        ------
+        StopIteration
+            No link the ping uses satisfies `which`.
+        RuntimeError
+            ping printed no summary.
+        """
         a, b = next((x, y) for x, y, _ in self.links_used(src, dst) if which(x, y))
         ping = self.host(src).popen(
             ["ping", "-i", "0.001", "-w", str(seconds), "-q", self.host(dst).IP()],

@@ -106,7 +106,7 @@ class VnfLab:
 
     def wait_open(self, port: int, want: bool, timeout: float = 10.0, proto: str = "tcp") -> float:
         """Seconds until a connection to h2:port opens (or stops opening); for UDP, until a
-        datagram comes back (or stops coming back)."""
+        datagram comes back (or stops coming back). AssertionError after `timeout` seconds."""
         took = seconds_until(
             lambda: self.lab.connects("h1", "h2", proto, port, timeout=0.5) == want, timeout, 0
         )
@@ -118,7 +118,10 @@ class VnfLab:
 def captured(popen, iface: str, bpf: str, send: Callable[[], object]) -> str:
     """tcpdump's lines for the frames on `iface` that match `bpf` while `send()` runs and for a
     second after (what crosses does so in milliseconds). `popen` starts tcpdump: a Mininet
-    host's, or subprocess.Popen for an interface of the root namespace."""
+    host's, or subprocess.Popen for an interface of the root namespace.
+
+    Raises RuntimeError if tcpdump exits before it listens.
+    """
     sniff = popen(
         ["tcpdump", "-i", iface, "-n", "-l", "--immediate-mode", bpf],
         stdout=subprocess.PIPE,
