@@ -103,8 +103,8 @@ class ApplyError(Exception):
 class Core:
     """The controller core: events in, OpenFlow messages out, no I/O of its own.
 
-    Every event method takes `now` (seconds on the monotonic clock) and returns an Outbox (dpid to
-    the messages to send to that switch, in order).
+    Every event method takes `now` (seconds since the epoch, time.time()) and returns an Outbox
+    (dpid to the messages to send to that switch, in order).
 
     Parameters
     ----------
@@ -681,7 +681,7 @@ class Core:
         Parameters
         ----------
         now : float
-            Seconds on the monotonic clock.
+            Seconds since the epoch (time.time()).
 
         Returns
         -------
