@@ -97,7 +97,8 @@ class Lab:
         return self.net.get(name)
 
     def pingall(self, wait: float = 1.0) -> tuple[int, int]:
-        """Every host pings every other once, all hosts at the same time: (lost, sent)."""
+        """Every host pings every other once, all hosts at the same time, each reply awaited
+        `wait` seconds: (lost, sent)."""
         hosts = self.net.hosts
         for h in hosts:
             targets = " ".join(o.IP() for o in hosts if o is not h)
@@ -122,14 +123,14 @@ class Lab:
         return seconds_until(clean, timeout, interval=0)
 
     def ping(self, src: str, dst: str, count: int = 3, interval: float = 0.2) -> tuple[int, int]:
-        """(received, sent) for `count` pings from src to dst."""
+        """(received, sent) for `count` pings from src to dst, `interval` seconds apart."""
         received, sent = ping_counts(
             self.host(src).cmd(f"ping -c{count} -i{interval:g} -W1 {self.host(dst).IP()}")
         )
         return received, sent or count
 
     def wait_ping(self, src: str, dst: str, timeout: float = 30.0) -> bool:
-        """Ping once at a time until one gets through; False if none did within `timeout`."""
+        """Ping once at a time until one gets through; False if none did within `timeout` s."""
         return bool(until(lambda: self.ping(src, dst, count=1)[0] == 1, timeout, interval=0))
 
     def serve(self, host: str, *specs: str, name: str | None = None) -> None:
@@ -168,7 +169,7 @@ class Lab:
         self, src: str, ip: str, port: int, n: int, parallel: int = 10, timeout: float = 2.0
     ) -> dict[str, int]:
         """Open `n` new TCP connections from `src` to ip:port: how many each server greeted
-        ("fail": connections that did not open)."""
+        ("fail": connections that did not open within `timeout` seconds)."""
         out = self.host(src).cmd(
             f"/usr/bin/python3 {PROBE} spread {ip} {port} {n} --parallel {parallel} "
             f"--timeout {timeout}"
@@ -192,7 +193,8 @@ class Lab:
         return proc
 
     def connects(self, src: str, dst: str, proto: str, port: int, timeout: float = 1.0) -> bool:
-        """Does a TCP connection open (or a UDP datagram come back) from src to dst:port?"""
+        """Does a TCP connection open (or a UDP datagram come back) from src to dst:port within
+        `timeout` seconds?"""
         out = self.host(src).cmd(
             f"/usr/bin/python3 {PROBE} {proto} {self.host(dst).IP()} "
             f"{port} --timeout {timeout}; echo rc=$?"
@@ -202,7 +204,8 @@ class Lab:
     def reachability(
         self, hosts: list[str], specs: list[str], timeout: float = 1.0
     ) -> dict[tuple[str, str, str], bool]:
-        """Every host probes every other on every "proto:port" spec, all hosts at once.
+        """Every host probes every other on every "proto:port" spec, all hosts at once, each
+        probe given `timeout` seconds: (src, dst, spec) to whether it got through.
 
         Loopback is left out, as in the upstream network-policy tests."""
         procs = {}

@@ -92,7 +92,8 @@ def probe_tcp(ip: str, port: int, timeout: float) -> int:
 
 
 def spread(ip: str, port: int, n: int, parallel: int, timeout: float) -> int:
-    """Open `n` new connections, `parallel` at a time; count which server greeted each."""
+    """Open `n` new connections, `parallel` at a time, each given `timeout` seconds; print JSON
+    of how many each server greeted ("fail": did not open)."""
     counts: Counter = Counter()
     lock = threading.Lock()
     todo = iter(range(n))
@@ -122,7 +123,8 @@ def spread(ip: str, port: int, n: int, parallel: int, timeout: float) -> int:
 
 def hold(ip: str, port: int, n: int, seconds: float, timeout: float) -> int:
     """Open `n` connections and keep asking each who it is; print "held" once they are open,
-    then JSON: where they started, and how many moved to another server or broke."""
+    then JSON: where they started, and how many moved to another server or broke, over
+    `seconds` seconds (each exchange given `timeout` seconds)."""
     conns, names = [], []
     for _ in range(n):
         conn = socket.create_connection((ip, port), timeout=timeout)
@@ -170,7 +172,8 @@ def probe_udp(ip: str, port: int, timeout: float) -> int:
 
 
 def matrix(targets: str, specs: list[str], timeout: float) -> int:
-    """Probe every target on every port at the same time: one connection each, fresh ports."""
+    """Probe every target on every port at the same time: one connection each, fresh ports,
+    `timeout` seconds each. Prints "ip proto:port ok|fail" lines."""
     results: dict[tuple[str, str], bool] = {}
 
     def one(ip: str, spec: str) -> None:

@@ -20,7 +20,8 @@ PACKET_OUTGOING = 4  # the pkttype of frames this host sent itself
 
 
 def capture(iface: str, ethertype: int, timeout: float) -> int:
-    """Print the first frame of `ethertype` that arrives on `iface`, in hex."""
+    """Print the first frame of `ethertype` that arrives on `iface`, in hex: exit status 0, or
+    1 if none came within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
         s.bind((iface, 0))
