@@ -46,6 +46,22 @@ def port_number(text: str) -> int:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line of osken-manager, checked.
+
+    Parameters
+    ----------
+    argv : list of str
+        The arguments after the program name.
+
+    Returns
+    -------
+    argparse.Namespace
+
+    Raises
+    ------
+    SystemExit
+        Bad usage (argparse prints the message and exits with status 2).
+    """
     p = argparse.ArgumentParser(prog="osken-manager", description=__doc__.split("\n\n")[0])
     p.add_argument("apps", nargs="+", metavar="APP", help="app file path or module name")
     p.add_argument("--ofp-tcp-listen-port", type=port_number, default=6653)
@@ -159,7 +175,14 @@ def suite_apps(module) -> list[type]:
 
 def import_app(app: str):
     """Import an app module and return it; it must define a suite app (a SuiteApp subclass)
-    or an os-ken app class of its own."""
+    or an os-ken app class of its own.
+
+    Raises
+    ------
+    LaunchError
+        No such file or module, an import of a Ryu module os-ken dropped, any exception while
+        the module runs, or no app class in it; one line naming the app.
+    """
     from os_ken.base.app_manager import OSKenApp
 
     from controller.app import defined_in
@@ -187,7 +210,14 @@ def import_app(app: str):
 def import_apps(apps: list[str]) -> list:
     """Import every app and, first, the apps its suite apps name in `requires`; each module
     once. Apps that import `ryu` get it aliased to os-ken (controller/ryu_compat.py); classic
-    apps cannot be mixed with suite apps."""
+    apps cannot be mixed with suite apps.
+
+    Raises
+    ------
+    LaunchError
+        An app that does not import (see `import_app`), a required Ryu app os-ken dropped, or
+        classic and suite apps mixed.
+    """
     from controller import ryu_compat
 
     alias = ryu_compat.install()
@@ -211,7 +241,11 @@ def import_apps(apps: list[str]) -> list:
 
 
 def check_config(path: str | None, modules: list):
-    """Load the config and let every suite app check its section, before anything starts."""
+    """Load the config and let every suite app check its section, before anything starts.
+
+    Returns the Config (an empty one without `path`); LaunchError ("bad config: " and the
+    located ConfigError) if it does not load or a section is invalid.
+    """
     from controller.config import Config, ConfigError, load_config
     from controller.core import Core
 
@@ -227,6 +261,13 @@ def check_config(path: str | None, modules: list):
 
 
 def check_port(host: str, port: int) -> None:
+    """Fail early if `host`:`port` (TCP) cannot be listened on.
+
+    Raises
+    ------
+    LaunchError
+        The bind fails (in use, no permission, no such address); the text names host and port.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -255,6 +296,19 @@ def _install_signals(running: list) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Start os-ken with the apps and config in `args`, and block while its threads run.
+
+    Returns
+    -------
+    int
+        1 once any os-ken thread has ended (SIGTERM, SIGINT exit the process directly with 0).
+
+    Raises
+    ------
+    LaunchError
+        An app that does not import, a bad config or config file, TLS files missing, or a port
+        that cannot be listened on: everything checked before os-ken starts.
+    """
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -324,6 +378,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of osken-manager: parse `argv` (default: sys.argv[1:]) and run.
+
+    Returns
+    -------
+    int
+        The exit status: 2 (EXIT_USAGE) after printing a LaunchError's one line to stderr.
+    """
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)

@@ -75,6 +75,14 @@ class Loader(yamlcore.CCoreLoader):
     flatten_mapping = yaml.constructor.SafeConstructor.flatten_mapping
 
     def construct_mapping(self, node, deep=False):
+        """A YAML mapping, merge keys (<<) flattened first so explicit keys win.
+
+        Raises
+        ------
+        _DuplicateKey
+            A key written twice in the same mapping (YAML 1.2.2 section 3.2.1.1 requires unique
+            keys); the loader turns it into a located ConfigError.
+        """
         keys = [k.value for k, _ in node.value if k.tag != MERGE_TAG]
         if len(set(keys)) != len(keys):
             raise _DuplicateKey
@@ -165,6 +173,10 @@ class Document:
 
     @property
     def lines(self) -> dict[tuple, int]:
+        """Line number (1-based) of every node, by its path of keys and indices.
+
+        Built on first use from the document's text (empty without text) and kept.
+        """
         if self._lines is None:
             self._lines = {}
             node = _compose(self.text) if self.text else None
@@ -217,7 +229,14 @@ def _syntax_error(path: str, text: str, exc: yaml.YAMLError) -> ConfigError:
 
 
 def load_document(path: str, json_only: bool = False) -> Document:
-    """Read a YAML (or, with json_only, strict JSON) file; syntax errors carry their line."""
+    """Read a YAML 1.2 (or, with json_only, strict JSON: RFC 8259) file into a Document.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable, too large or too deep, a syntax error, a duplicate key, or a value YAML
+        would read as something else than plain data; each naming the file and line.
+    """
     text = read_text(path)
     check_yaml(path, text, Loader)  # JSON is YAML: its depth is checked the same way
     try:
@@ -242,6 +261,8 @@ def load_documents(path: str, text: str | None = None) -> list[Document]:
 
     Policy files are small and their errors must point, so lines are mapped up front here
     (which also rejects duplicate keys, located), from the same nodes the data is built from.
+
+    Raises ConfigError, located, as `load_document` does.
     """
     text = read_text(path) if text is None else text
     check_yaml(path, text, Loader)
@@ -301,6 +322,7 @@ class Config(Document):
             self.data = {}
 
     def section(self, name: str, default: Any = None) -> Any:
+        """The top-level section `name` as loaded, or `default` when absent."""
         return self.data.get(name, default)
 
     def files(self) -> list[str]:
@@ -313,13 +335,17 @@ class Config(Document):
         return os.path.normpath(os.path.join(base, relative))
 
     def depend(self, path: str) -> None:
+        """Watch `path` too: a change to it reloads the config (once per path)."""
         if path not in self.depends:
             self.depends.append(path)
 
     def listed_files(self, section: str) -> list[tuple[int, str]]:
         """(index in the section, file) for every file a list section names directly or
         finds in a named folder (*.yaml and *.yml, in name order). All of them are watched:
-        a file added to or removed from a folder changes the folder."""
+        a file added to or removed from a folder changes the folder.
+
+        Raises ConfigError, located at the entry, for a path that does not exist.
+        """
         out = []
         for i, entry in enumerate(self.section(section) or []):
             path = self.resolve(entry)

@@ -102,6 +102,25 @@ class ApplyError(Exception):
 
 
 class Core:
+    """The controller core: events in, OpenFlow messages out, no I/O of its own.
+
+    Every event method takes `now` (seconds since the epoch, time.time()) and returns an Outbox
+    (dpid to the messages to send to that switch, in order).
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        The table layout apps' stages are placed in.
+    metrics : Metrics, optional
+        Where counters and gauges go; a fresh registry by default.
+    probation : float
+        Seconds a new port waits for LLDP before it counts as an edge port.
+    lldp_interval : float
+        Seconds between LLDP probe rounds.
+    lldp_key : bytes, optional
+        Key that signs discovery's probes; random per run unless replicas share one.
+    """
+
     def __init__(
         self,
         pipeline: Pipeline = PIPELINE,
@@ -154,6 +173,7 @@ class Core:
 
     @property
     def settle_time(self) -> float:
+        """Seconds without a new switch or sync before settling switches become ready."""
         return self.discovery.probation + 0.2
 
     # --- apps and config -------------------------------------------------------------------------
@@ -424,6 +444,11 @@ class Core:
     def ports_reply(
         self, dpid: int, xid: int, ports: Iterable[PortInfo], more: bool, now: float
     ) -> Outbox:
+        """A port description reply (OFPMP_PORT_DESC, OpenFlow 1.3.5 7.3.5.7) during sync.
+
+        Reserved ports (above OFPP_MAX) are left out; `more` is OFPMPF_REPLY_MORE. Replies to an xid
+        we did not ask for are ignored.
+        """
         conn = self.conns.get(dpid)
         if conn is None or conn.sync_xids.get(xid) != "ports":
             return {}
@@ -433,6 +458,9 @@ class Core:
     def flows_reply(
         self, dpid: int, xid: int, stats: Iterable[FlowStat], more: bool, now: float
     ) -> Outbox:
+        """A flow stats reply (OpenFlow 1.3.5 7.3.5.2): a sync's read of the tables, or an
+        app's request_flow_stats, routed by `xid`; an app's errors are counted, not raised.
+        """
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
@@ -453,11 +481,13 @@ class Core:
     def groups_reply(
         self, dpid: int, xid: int, groups: Iterable[Group], more: bool, now: float
     ) -> Outbox:
+        """A group description reply (OpenFlow 1.3.5 7.3.5.10) during sync."""
         return self._numbered_reply(dpid, xid, "groups", groups, more, now)
 
     def meters_reply(
         self, dpid: int, xid: int, meters: Iterable[Meter], more: bool, now: float
     ) -> Outbox:
+        """A meter config reply (OpenFlow 1.3.5 7.3.5.14) during sync."""
         return self._numbered_reply(dpid, xid, "meters", meters, more, now)
 
     def _numbered_reply(self, dpid, xid, part, objects, more, now) -> Outbox:
@@ -588,6 +618,11 @@ class Core:
     # --- events from switches ------------------------------------------------------------------
 
     def port_status(self, dpid: int, reason: int, port: PortInfo, now: float) -> Outbox:
+        """A port was added, changed or deleted (OFPT_PORT_STATUS, OpenFlow 1.3.5 7.4.3).
+
+        A port coming up is probed with LLDP at once; a port going down or deleted takes its links
+        and discovery state with it. Reserved ports are ignored.
+        """
         conn = self.conns.get(dpid)
         if conn is None or port.port_no > ofp.OFPP_MAX:
             return {}
@@ -613,6 +648,11 @@ class Core:
     def packet_in(
         self, dpid: int, in_port: int, data: bytes, table_id: int, cookie: int, now: float
     ) -> Outbox:
+        """A packet sent to the controller (OFPT_PACKET_IN, OpenFlow 1.3.5 7.4.1).
+
+        LLDP goes to discovery; any other frame of at least an Ethernet header goes to the apps'
+        on_packet_in. `data` is the frame as received on `in_port`.
+        """
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
@@ -629,6 +669,10 @@ class Core:
         return self._finish(now)
 
     def flow_removed(self, dpid: int, removed: Flow, reason: int, now: float) -> Outbox:
+        """A flow left a switch (OFPT_FLOW_REMOVED, OpenFlow 1.3.5 7.4.2): forget it, tell apps.
+
+        `reason` is OFPRR_* (idle or hard timeout, delete, group delete, meter delete).
+        """
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
@@ -658,34 +702,58 @@ class Core:
         return {}
 
     def tick(self, now: float) -> Outbox:
-        """Periodic work: probes, probation, link ageing, settling, resyncs, app timers."""
-        if self.discovery.due(now):
-            for conn in self.conns.values():
-                if conn.phase != "syncing":
-                    self._probe(conn, conn.ports.values(), now)
+        """Periodic work, in this order: LLDP probes, link expiry, settling, resyncs, app ticks.
+
+        Parameters
+        ----------
+        now : float
+            Seconds since the epoch (time.time()).
+
+        Returns
+        -------
+        Outbox
+            Messages to send, by dpid: what the steps and the apps' ticks changed.
+        """
+        self._probe_due(now)
         self.discovery.expire(now, set(self.conns))
+        self._settle(now)
+        self._resync_due(now)
+        self._each("tick", now)
+        self._update_gauges()
+        return self._finish(now)
+
+    def _probe_due(self, now: float) -> None:
+        """When a discovery round is due, probe every port of every switch not still syncing."""
+        if not self.discovery.due(now):
+            return
+        for conn in self.conns.values():
+            if conn.phase != "syncing":
+                self._probe(conn, conn.ports.values(), now)
+
+    def _settle(self, now: float) -> None:
+        """Make the settling switches ready together, once no switch has connected and none has
+        synced for `settle_time` seconds: topology first, then on_switch_ready, then reconcile."""
         settling = [c for c in self.conns.values() if c.phase == "settling"]
-        if (
-            settling
-            and now - self._last_connect >= self.settle_time
-            and all(now - c.synced_at >= self.settle_time for c in settling)
-        ):
-            for conn in settling:
-                conn.phase = "ready"
-            self._notify_topology(now)
-            for conn in settling:
-                self._each("on_switch_ready", conn.dpid, now)
-            for conn in settling:
-                self._reconcile(conn, "connect")
+        if not settling or now - self._last_connect < self.settle_time:
+            return
+        if any(now - c.synced_at < self.settle_time for c in settling):
+            return
+        for conn in settling:
+            conn.phase = "ready"
+        self._notify_topology(now)
+        for conn in settling:
+            self._each("on_switch_ready", conn.dpid, now)
+        for conn in settling:
+            self._reconcile(conn, "connect")
+
+    def _resync_due(self, now: float) -> None:
+        """Re-read flows, groups and meters of each ready switch whose resync time has come."""
         for conn in self.conns.values():
             if conn.resync_at is not None and now >= conn.resync_at and conn.phase == "ready":
                 conn.resync_at = None
                 conn.flows = {}
                 conn.numbered = {kind: {} for kind in conn.numbered}
                 self._read(conn, ("flows", "groups", "meters"))
-        self._each("tick", now)
-        self._update_gauges()
-        return self._finish(now)
 
     # --- output --------------------------------------------------------------------------------
 
@@ -759,5 +827,6 @@ class Core:
     # --- introspection, for tests and the report -----------------------------------------------
 
     def ready(self, dpid: int) -> bool:
+        """True if switch `dpid` is connected and reconciled (phase "ready")."""
         conn = self.conns.get(dpid)
         return conn is not None and conn.phase == "ready"

@@ -26,6 +26,20 @@ _ABSENT = object()
 
 
 class DesiredState:
+    """The flows, groups and meters every app wants, by switch and by owner.
+
+    Attributes
+    ----------
+    flows : dict
+        dpid to flow key to Flow: the union of every owner's flows.
+    numbered : dict
+        "group" / "meter" to dpid to number to Group / Meter.
+    dirty_flows, dirty_numbered : dict
+        What changed since the core last took it (`take_dirty`).
+    conflicts : int
+        Times two owners asked for different contents of one entry.
+    """
+
     def __init__(self) -> None:
         self._flows_by_owner: dict[Hashable, dict[int, dict[FlowKey, Flow]]] = {}
         self.flows: dict[int, dict[FlowKey, Flow]] = defaultdict(dict)
@@ -44,7 +58,8 @@ class DesiredState:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Changes made inside stay only if the block ends normally; an exception rolls every
-        store back to what it held on entry (then propagates). Not reentrant.
+        store back to what it held on entry (then propagates). Not reentrant: a nested
+        transaction raises RuntimeError.
 
         Keys left dirty by a rolled-back change are harmless: diffing them finds nothing.
         """
@@ -88,16 +103,19 @@ class DesiredState:
             self._del(self._flows_by_owner, owner)
 
     def drop(self, owner: Hashable) -> None:
+        """Remove everything `owner` asked for: its flows, groups and meters."""
         self.put(owner, {})
         self.put_groups(owner, {})
         self.put_meters(owner, {})
 
     @property
     def groups(self) -> dict[int, dict[int, Group]]:
+        """dpid to group id to Group: every owner's groups."""
         return self.numbered["group"]
 
     @property
     def meters(self) -> dict[int, dict[int, Meter]]:
+        """dpid to meter id to Meter: every owner's meters."""
         return self.numbered["meter"]
 
     def _replace_flows(self, owner, dpid, old: dict[FlowKey, Flow], new: dict[FlowKey, Flow]):
@@ -128,11 +146,13 @@ class DesiredState:
     # --- groups and meters: numbered objects, kept the same way ---------------------------------
 
     def put_groups(self, owner: Hashable, groups_by_dpid: Mapping[int, Iterable[Group]]) -> None:
+        """Replace `owner`'s groups: dpid to the groups it wants there (as `put` does flows)."""
         self._put_numbered(
             "group", owner, {d: {g.group_id: g for g in gs} for d, gs in groups_by_dpid.items()}
         )
 
     def put_meters(self, owner: Hashable, meters_by_dpid: Mapping[int, Iterable[Meter]]) -> None:
+        """Replace `owner`'s meters: dpid to the meters it wants there (as `put` does flows)."""
         self._put_numbered(
             "meter", owner, {d: {m.meter_id: m for m in ms} for d, ms in meters_by_dpid.items()}
         )
@@ -167,6 +187,7 @@ class DesiredState:
     # --- queries -------------------------------------------------------------------------------
 
     def dirty_switches(self) -> set[int]:
+        """The dpids with a flow, group or meter changed since the last `take_dirty`."""
         out = set(self.dirty_flows)
         for dirty in self.dirty_numbered.values():
             out |= dirty.keys()

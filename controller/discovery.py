@@ -112,13 +112,16 @@ class Discovery:
     # --- ports ---------------------------------------------------------------------------------
 
     def port_up(self, dpid: int, port: int, now: float) -> None:
+        """Port (dpid, port) came up at `now` (seconds): its probation starts."""
         self.port_since[(dpid, port)] = now
 
     def port_down(self, dpid: int, port: int) -> None:
+        """Port (dpid, port) went down: forget when it came up and any unconfirmed link on it."""
         self.port_since.pop((dpid, port), None)
         self.candidates.pop((dpid, port), None)
 
     def forget_switch(self, dpid: int) -> None:
+        """Switch `dpid` disconnected: forget when its ports came up."""
         self.port_since = {k: v for k, v in self.port_since.items() if k[0] != dpid}
 
     # --- probes --------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class Endpoint:
 
     @property
     def family(self) -> int:
+        """The IP version of the endpoint's address: 4 or 6."""
         return self.ip.version
 
     def named_port(self, name: str, protocol: str) -> int | None:

@@ -30,6 +30,14 @@ LOG = logging.getLogger("osken_suite.metrics")
 
 
 class Metrics:
+    """The controller's Prometheus metrics, in a registry of its own.
+
+    Parameters
+    ----------
+    registry : prometheus_client.CollectorRegistry, optional
+        A fresh one by default, so two controllers in one process never share counters.
+    """
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -129,5 +137,8 @@ class Metrics:
             child.inc(n)
 
     def set_flow_counts(self, dpid: int, counts: dict[int, int], n_tables: int) -> None:
+        """Set osken_flows{dpid,table} for tables 0..`n_tables`-1 from `counts`
+        (table to number of flows; a table not in it has 0).
+        """
         for table in range(n_tables):
             self.flows.labels(f"{dpid:016x}", str(table)).set(counts.get(table, 0))

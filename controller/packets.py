@@ -52,6 +52,10 @@ _ARP_HEAD = (1, ETH_TYPE_IP, 6, 4)  # hardware Ethernet, protocol IPv4, their le
 
 
 class Arp(NamedTuple):
+    """An ARP packet for Ethernet and IPv4 (RFC 826): opcode 1 request, 2 reply; MACs as
+    "aa:bb:..:ff" text, addresses as dotted quads.
+    """
+
     opcode: int
     src_mac: str
     src_ip: str

@@ -34,6 +34,10 @@ _COMMANDS = {
 
 @dataclass
 class Plan:
+    """What to send to make a switch hold what is desired: flows and numbered objects
+    (groups, meters by kind) to add, modify and delete. False when there is nothing to do.
+    """
+
     flow_adds: list[Flow] = field(default_factory=list)
     flow_mods: list[Flow] = field(default_factory=list)
     flow_deletes: list[Flow] = field(default_factory=list)
@@ -47,6 +51,7 @@ class Plan:
         return any((self.flow_adds, self.flow_mods, self.flow_deletes, *numbered))
 
     def summary(self) -> str:
+        """One line for logs: "+adds ~mods -deletes" of flows, groups and meters."""
         parts = [f"+{len(self.flow_adds)} ~{len(self.flow_mods)} -{len(self.flow_deletes)} flows"]
         for kind in ("group", "meter"):
             a, m, d = len(self.adds[kind]), len(self.mods[kind]), len(self.deletes[kind])
@@ -161,6 +166,7 @@ def bundled(plan: Plan, bundle_id: int) -> list:
 
 
 def number_of(obj) -> int:
+    """The number of a Group (group_id) or a Meter (meter_id)."""
     return obj.group_id if isinstance(obj, Group) else obj.meter_id
 
 

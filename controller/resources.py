@@ -117,6 +117,7 @@ class Registry:
         ]
 
     def owners(self) -> set[str]:
+        """The names of every owner holding at least one allocation ("core" and the apps)."""
         return {a.owner for a in self.allocations}
 
     def markdown(self) -> str:

@@ -174,6 +174,15 @@ class RyuAlias(importlib.abc.MetaPathFinder):
         self.used = False
 
     def find_spec(self, fullname: str, path, target=None) -> importlib.machinery.ModuleSpec | None:
+        """Serve `ryu.X` as `os_ken.X` (importlib.abc.MetaPathFinder.find_spec, PEP 451).
+
+        Returns None for every other name, so the next finder looks for it.
+
+        Raises
+        ------
+        ImportError
+            A Ryu module os-ken dropped, with a message saying what replaces it.
+        """
         top = fullname.partition(".")[0]
         if top == "os_ken" and self.used:
             # `from ryu.app import wsgi` asks for os_ken.app.wsgi: an aliased package's __name__

@@ -65,6 +65,9 @@ class EventReload(event.EventBase):
 
 
 def port_info(p) -> PortInfo:
+    """The PortInfo of an os-ken OFPPort (OpenFlow 1.3.5 7.2.1): name decoded, and live
+    unless the port is configured down (OFPPC_PORT_DOWN) or its link is down (OFPPS_LINK_DOWN).
+    """
     name = p.name.decode(errors="replace") if isinstance(p.name, bytes) else str(p.name)
     live = not (p.config & ofp.OFPPC_PORT_DOWN) and not (p.state & ofp.OFPPS_LINK_DOWN)
     return PortInfo(p.port_no, name.rstrip("\x00"), p.hw_addr, live)
@@ -111,6 +114,11 @@ class CoreApp(app_manager.OSKenApp):
             self.core.add_app(app_cls)
 
     def start(self):
+        """os-ken's start of the app: serve /metrics, apply the config, start ticking.
+
+        A config that fails to apply (osken-manager checked it, so a bug) is logged, and the
+        controller runs without it. Returns the app's event thread.
+        """
         thread = super().start()
         if self.options.prometheus_port:
             self.metrics.serve(self.options.prometheus_port, self.options.prometheus_host)

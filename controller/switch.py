@@ -14,6 +14,10 @@ SYNC_PARTS = ("ports", "flows", "groups", "meters")
 
 @dataclass(frozen=True)
 class PortInfo:
+    """A switch port as the core keeps it: number, name, MAC as "aa:bb:..:ff", and whether
+    it can carry traffic (configured up and link up).
+    """
+
     port_no: int
     name: str
     hw_addr: str
@@ -35,6 +39,7 @@ class FlowStat:
 
     @property
     def flow(self) -> Flow:
+        """The canonical Flow of this entry, decoded on first use."""
         if self._flow is None:
             self._flow = flow_from_stats(self._raw)
         return self._flow
@@ -61,10 +66,12 @@ class SwitchConn:
 
     @property
     def groups(self) -> dict[int, object]:
+        """Group id to Group: what the switch holds, as last read or sent."""
         return self.numbered["group"]
 
     @property
     def meters(self) -> dict[int, object]:
+        """Meter id to Meter: what the switch holds, as last read or sent."""
         return self.numbered["meter"]
 
 
@@ -86,6 +93,9 @@ def table_requests(xids: dict[str, int], parts: tuple[str, ...]) -> list:
 
 
 def flow_stats_request(table: int = ofp.OFPTT_ALL, cookie: int = 0, cookie_mask: int = 0):
+    """An OFPFlowStatsRequest (OpenFlow 1.3.5 7.3.5.2) for `table` (all by default) and
+    the flows whose cookie matches `cookie` in the bits of `cookie_mask` (all by default).
+    """
     return parser.OFPFlowStatsRequest(
         OF13, 0, table, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, cookie_mask, parser.OFPMatch()
     )

@@ -40,9 +40,11 @@ class Link:
         return frozenset(((self.a, self.a_port), (self.b, self.b_port)))
 
     def port_on(self, dpid: int) -> int:
+        """The port of this link on switch `dpid` (one of its ends)."""
         return self.a_port if dpid == self.a else self.b_port
 
     def peer_of(self, dpid: int) -> int:
+        """The switch at the other end from `dpid`."""
         return self.b if dpid == self.a else self.a
 
 
@@ -67,6 +69,7 @@ class Topology:
     # --- switches and ports --------------------------------------------------------------------
 
     def add_switch(self, dpid: int, ports: dict[int, bool]) -> None:
+        """Add switch `dpid` with its ports (port number to live), replacing any it had."""
         self.graph.add_node(dpid, kind="switch")
         self.ports[dpid] = dict(ports)
         self.version += 1
@@ -87,6 +90,7 @@ class Topology:
         return changed
 
     def remove_port(self, dpid: int, port: int) -> None:
+        """Port deleted: it goes down (taking its link with it) and is forgotten."""
         self.set_port(dpid, port, False)
         self.ports.get(dpid, {}).pop(port, None)
 
@@ -107,9 +111,11 @@ class Topology:
         return self._edges[dpid]
 
     def switches(self) -> list[int]:
+        """Every known dpid, sorted."""
         return sorted(self.ports)
 
     def live_ports(self, dpid: int) -> list[int]:
+        """The live ports of `dpid`, sorted ([] for an unknown switch)."""
         return sorted(p for p, live in self.ports.get(dpid, {}).items() if live)
 
     # --- links ---------------------------------------------------------------------------------
@@ -130,6 +136,7 @@ class Topology:
         return True
 
     def remove_link(self, link: Link) -> None:
+        """Remove `link` if present (discovery stopped hearing it)."""
         if link in self.links:
             self._drop_link(link)
             self.version += 1
@@ -157,16 +164,19 @@ class Topology:
     # --- hosts ---------------------------------------------------------------------------------
 
     def add_host(self, mac: str, dpid: int, port: int) -> None:
+        """Host `mac` sits at (dpid, port); a move replaces where it was."""
         self.graph.add_node(mac, kind="host", dpid=dpid, port=port)
         for old in list(self.graph.neighbors(mac)):
             self.graph.remove_edge(mac, old)
         self.graph.add_edge(mac, dpid, port=port)
 
     def remove_host(self, mac: str) -> None:
+        """Forget host `mac` (nothing if unknown)."""
         if self.graph.has_node(mac):
             self.graph.remove_node(mac)
 
     def hosts(self) -> dict[str, tuple[int, int]]:
+        """Every host: MAC to its (dpid, port)."""
         return {
             n: (d["dpid"], d["port"])
             for n, d in self.graph.nodes(data=True)
@@ -214,6 +224,15 @@ class Topology:
         return self._next_hops[dst]
 
     def shortest_path(self, src: int, dst: int) -> list[int]:
+        """Switches on one shortest path from `src` to `dst`, both included.
+
+        Raises
+        ------
+        networkx.NetworkXNoPath
+            No path between them.
+        networkx.NodeNotFound
+            `src` is not a known switch.
+        """
         return nx.shortest_path(self.switch_graph(), src, dst)
 
     def equal_cost_next_hops(self, src: int, dst: int) -> list[int]:

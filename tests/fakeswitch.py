@@ -2,7 +2,7 @@
 
 Every message the controller hands it is serialised as a connection would send it and decoded
 from those bytes (tests/ofwire.py: os-ken's parsers and an OXM codec of its own), never through
-controller/flows.py; its tables, groups and meters are its own model of what it decoded, and the
+controller/flows/; its tables, groups and meters are its own model of what it decoded, and the
 packets it walks through them (tests/fakenet.py) see only that model. What it reports (flow
 stats, group and meter descriptions) goes back as bytes too, read by the controller's decoder
 exactly as the os-ken shim reads a real switch's replies: `flows()`, `groups`, `meters`,

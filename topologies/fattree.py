@@ -20,7 +20,17 @@ except ImportError:  # `mn --custom` execs this file bare: put its checkout on t
 
 
 class FatTreeTopo(Topo):
+    """The k-ary fat-tree: k pods, (k/2)^2 core switches, k^3/4 hosts."""
+
     def build(self, k: int = 4) -> None:
+        """Build the fat-tree for an even `k`: core switches cN, aggregation aPxI and edge ePxI
+        in pod P, and k/2 hosts hN on every edge switch.
+
+        Raises
+        ------
+        ValueError
+            `k` is odd or below 2.
+        """
         if k < 2 or k % 2:
             raise ValueError(f"fat-tree k must be an even number >= 2, not {k}")
         half = k // 2

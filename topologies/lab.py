@@ -25,6 +25,7 @@ class LabHost(Host):
     """A Mininet host with TX checksum offload off on every interface."""
 
     def config(self, **params):
+        """Mininet's host config, then `ethtool -K IFACE tx off` on every interface but lo."""
         result = super().config(**params)
         for intf in self.intfList():
             if intf.name != "lo":
@@ -33,10 +34,12 @@ class LabHost(Host):
 
 
 def switch_opts(dpid: int) -> dict:
+    """Switch params: the explicit `dpid` (16 hex digits), userspace datapath, OpenFlow 1.3."""
     return {"dpid": f"{dpid:016x}", **SWITCH_PARAMS}
 
 
 def host_opts() -> dict:
+    """Host params: the LabHost class."""
     return {"cls": LabHost}
 
 
@@ -49,6 +52,7 @@ class LabController(RemoteController):
     """
 
     def isListening(self, ip: str, port: int) -> bool:  # noqa: N802 (Mininet's name)
+        """True if a TCP connection to `ip`:`port` opens within 2 s (Mininet's probe hook)."""
         try:
             socket.create_connection((ip, port), timeout=2.0).close()
         except OSError:

@@ -17,7 +17,10 @@ except ImportError:  # `mn --custom` execs this file bare: put its checkout on t
 
 
 class LeafSpineTopo(Topo):
+    """A two-tier Clos: every leaf linked to every spine, hosts on leaves."""
+
     def build(self, spines: int = 2, leaves: int = 3, hosts_per_leaf: int = 2) -> None:
+        """Spines sp1.., leaves lf1.., and hosts hLJ (host J on leaf L)."""
         spine_nodes = [
             self.addSwitch(f"sp{i}", **switch_opts(0x100 + i)) for i in range(1, spines + 1)
         ]

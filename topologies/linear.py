@@ -18,7 +18,10 @@ except ImportError:  # `mn --custom` execs this file bare: put its checkout on t
 
 
 class LinearTopo(Topo):
+    """Switches s1..sN in a line, hosts on each."""
+
     def build(self, n: int = 3, hosts_per_switch: int = 1) -> None:
+        """`n` switches in a line; host hI on switch sI, or hIxJ with several per switch."""
         switches = [self.addSwitch(f"s{i}", **switch_opts(i)) for i in range(1, n + 1)]
         for i, sw in enumerate(switches, start=1):
             for j in range(1, hosts_per_switch + 1):

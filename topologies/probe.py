@@ -52,6 +52,11 @@ def _udp_server(port: int) -> None:
 
 
 def serve(specs: list[str]) -> int:
+    """Serve every "proto:port" spec until killed; prints "serving ..." once all are bound.
+
+    TCP servers greet each connection with "ok NAME" and answer each message with NAME; UDP
+    servers echo each datagram. Returns 0 (never, in practice).
+    """
     threads = []
     for spec in specs:
         proto, port = spec.split(":")
@@ -77,6 +82,7 @@ def _greeting(conn: socket.socket) -> str | None:
 
 
 def probe_tcp(ip: str, port: int, timeout: float) -> int:
+    """0 if a TCP connection to `ip`:`port` opens and greets within `timeout` seconds, else 1."""
     try:
         with socket.create_connection((ip, port), timeout=timeout) as conn:
             conn.settimeout(timeout)
@@ -86,7 +92,8 @@ def probe_tcp(ip: str, port: int, timeout: float) -> int:
 
 
 def spread(ip: str, port: int, n: int, parallel: int, timeout: float) -> int:
-    """Open `n` new connections, `parallel` at a time; count which server greeted each."""
+    """Open `n` new connections, `parallel` at a time, each given `timeout` seconds; print JSON
+    of how many each server greeted ("fail": did not open)."""
     counts: Counter = Counter()
     lock = threading.Lock()
     todo = iter(range(n))
@@ -116,7 +123,8 @@ def spread(ip: str, port: int, n: int, parallel: int, timeout: float) -> int:
 
 def hold(ip: str, port: int, n: int, seconds: float, timeout: float) -> int:
     """Open `n` connections and keep asking each who it is; print "held" once they are open,
-    then JSON: where they started, and how many moved to another server or broke."""
+    then JSON: where they started, and how many moved to another server or broke, over
+    `seconds` seconds (each exchange given `timeout` seconds)."""
     conns, names = [], []
     for _ in range(n):
         conn = socket.create_connection((ip, port), timeout=timeout)
@@ -150,6 +158,9 @@ def hold(ip: str, port: int, n: int, seconds: float, timeout: float) -> int:
 
 
 def probe_udp(ip: str, port: int, timeout: float) -> int:
+    """0 if a datagram to `ip`:`port` is echoed back from that address within `timeout`
+    seconds, else 1.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         s.sendto(b"probe", (ip, port))
@@ -161,7 +172,8 @@ def probe_udp(ip: str, port: int, timeout: float) -> int:
 
 
 def matrix(targets: str, specs: list[str], timeout: float) -> int:
-    """Probe every target on every port at the same time: one connection each, fresh ports."""
+    """Probe every target on every port at the same time: one connection each, fresh ports,
+    `timeout` seconds each. Prints "ip proto:port ok|fail" lines."""
     results: dict[tuple[str, str], bool] = {}
 
     def one(ip: str, spec: str) -> None:
@@ -182,6 +194,7 @@ def matrix(targets: str, specs: list[str], timeout: float) -> int:
 
 
 def main() -> int:
+    """Run the mode the command line names (see the module's usage); its exit status."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=["serve", "tcp", "udp", "matrix", "spread", "hold"])
     p.add_argument("args", nargs="+")

@@ -20,7 +20,8 @@ PACKET_OUTGOING = 4  # the pkttype of frames this host sent itself
 
 
 def capture(iface: str, ethertype: int, timeout: float) -> int:
-    """Print the first frame of `ethertype` that arrives on `iface`, in hex."""
+    """Print the first frame of `ethertype` that arrives on `iface`, in hex: exit status 0, or
+    1 if none came within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
         s.bind((iface, 0))
@@ -35,6 +36,9 @@ def capture(iface: str, ethertype: int, timeout: float) -> int:
 
 
 def send(iface: str, frames: list[bytes], every: float, count: int) -> int:
+    """Send each of `frames` (raw Ethernet, bytes) out of `iface`, `count` rounds `every`
+    seconds apart. Returns 0; OSError if the interface does not exist.
+    """
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((iface, 0))
         for i in range(count):
@@ -46,6 +50,7 @@ def send(iface: str, frames: list[bytes], every: float, count: int) -> int:
 
 
 def main() -> int:
+    """Run `capture` or `send` as the command line says; its exit status."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=["capture", "send"])
     p.add_argument("iface")

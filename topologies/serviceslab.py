@@ -53,12 +53,25 @@ def service_config(weights: dict[str, int], method: str = "exact", backup: bool 
 
 
 class ServicesLab:
+    """The services lab: a controller, a leaf-spine Mininet lab, and the config steps of a rollout.
+
+    Parameters
+    ----------
+    ctl : Controller
+        The running controller whose config file the steps rewrite.
+    lab : Lab
+        The running leaf-spine lab.
+    metrics_port : int
+        The controller's Prometheus port (/metrics).
+    """
+
     def __init__(self, ctl: Controller, lab: Lab, metrics_port: int) -> None:
         self.ctl, self.lab, self.metrics_port = ctl, lab, metrics_port
 
     def apply(self, text: str, timeout: float = 10.0, want: int | None = None) -> None:
         """A new config, in force and with user-service's backends ready (their MACs known):
-        `want` of them, by default every "{endpoint:" in the text."""
+        `want` of them, by default every "{endpoint:" in the text. `timeout` is in seconds for
+        each of the two waits; RuntimeError if either runs out."""
         if not self.ctl.rewrite_config(text, timeout):
             raise RuntimeError("the controller did not take the config:\n" + self.ctl.log()[-2000:])
         want = text.count("{endpoint:") if want is None else want
@@ -85,7 +98,7 @@ class ServicesLab:
 
     def backend_failover(self, host: str, limit: float = 5.0) -> float:
         """Take a backend's link down; seconds until new connections stop going to it (and
-        all of them open)."""
+        all of them open). RuntimeError if that takes more than `limit` seconds."""
         self.lab.link(host, self.leaf_of(host), "down")
         start = time.time()
         while time.time() - start < limit:
@@ -95,7 +108,8 @@ class ServicesLab:
         raise RuntimeError(f"{host} still got connections after {limit} s")
 
     def restore(self, host: str) -> None:
-        """Its link up again, and the fabric has seen it speak."""
+        """Its link up again, and the fabric has seen it speak (RuntimeError if its ping to h11
+        does not get through within 10 s)."""
         self.lab.link(host, self.leaf_of(host), "up")
         if not self.lab.wait_ping(host, "h11", timeout=10):
             raise RuntimeError(f"{host} did not come back")
@@ -103,6 +117,7 @@ class ServicesLab:
 
     @staticmethod
     def leaf_of(host: str) -> str:
+        """The leaf switch a host hangs off: "h21" -> "lf2" (LeafSpineTopo's names)."""
         return f"lf{host[1]}"
 
     def spine_cut_loss(self, seconds: int = 4) -> tuple[int, int, float]:
@@ -116,7 +131,10 @@ class ServicesLab:
 
 @contextmanager
 def services_lab(folder, weights: dict[str, int] | None = None):
-    """Controller (services app, metrics on) and the lab, servers running; all stopped after."""
+    """Controller (services app, metrics on) and the lab, servers running; all stopped after.
+
+    Raises RuntimeError if the lab does not come up.
+    """
     cfg = folder / "lab.yaml"
     cfg.write_text(service_config(weights or {"v1-a": 90, "v2-a": 10}))
     port = free_port()

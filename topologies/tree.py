@@ -17,7 +17,10 @@ except ImportError:  # `mn --custom` execs this file bare: put its checkout on t
 
 
 class TreeTopo(Topo):
+    """A tree of switches `depth` levels deep, `fanout` children each; hosts are the leaves."""
+
     def build(self, depth: int = 2, fanout: int = 2) -> None:
+        """Switches s1.. depth-first from the root, hosts h1.. at the bottom level."""
         self._switches = 0
         self._hosts = 0
         self._add(depth, fanout)

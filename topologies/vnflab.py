@@ -38,11 +38,16 @@ chains:
 
 
 class VnfLab:
+    """A running VNF lab (see `vnf_lab`): the controller, a two-host Mininet lab, and the
+    deployer of the firewall VNF between them.
+    """
+
     def __init__(self, folder, ctl: Controller, lab: Lab, deployer: Deployer) -> None:
         self.folder, self.ctl, self.lab, self.deployer = folder, ctl, lab, deployer
         self.manifest_path = str(folder / "vnf.yml")
 
     def deploy(self) -> None:
+        """Deploy the manifest in the lab's folder on switch s1."""
         self.deployer.deploy(load_manifest(self.manifest_path), "s1")
 
     def set_rules(self, rules_json: str | None) -> None:
@@ -85,15 +90,23 @@ class VnfLab:
         return {(int(s), int(d)) for s, d in seen}
 
     def reconfigure(self, text: str) -> None:
+        """Rewrite the controller's config and wait for the reload.
+
+        Raises
+        ------
+        RuntimeError
+            The controller did not report the reload within 10 s.
+        """
         if not self.ctl.rewrite_config(text):
             raise RuntimeError("the controller did not take the config")
 
     def open_ports(self) -> dict[int, bool]:
+        """Which of h2's TCP ports 80, 443 and 22 accept a connection from h1 (1 s each)."""
         return {p: self.lab.connects("h1", "h2", "tcp", p, timeout=1.0) for p in (80, 443, 22)}
 
     def wait_open(self, port: int, want: bool, timeout: float = 10.0, proto: str = "tcp") -> float:
         """Seconds until a connection to h2:port opens (or stops opening); for UDP, until a
-        datagram comes back (or stops coming back)."""
+        datagram comes back (or stops coming back). AssertionError after `timeout` seconds."""
         took = seconds_until(
             lambda: self.lab.connects("h1", "h2", proto, port, timeout=0.5) == want, timeout, 0
         )
@@ -105,7 +118,10 @@ class VnfLab:
 def captured(popen, iface: str, bpf: str, send: Callable[[], object]) -> str:
     """tcpdump's lines for the frames on `iface` that match `bpf` while `send()` runs and for a
     second after (what crosses does so in milliseconds). `popen` starts tcpdump: a Mininet
-    host's, or subprocess.Popen for an interface of the root namespace."""
+    host's, or subprocess.Popen for an interface of the root namespace.
+
+    Raises RuntimeError if tcpdump exits before it listens.
+    """
     sniff = popen(
         ["tcpdump", "-i", iface, "-n", "-l", "--immediate-mode", bpf],
         stdout=subprocess.PIPE,
@@ -126,6 +142,15 @@ def captured(popen, iface: str, bpf: str, send: Callable[[], object]) -> str:
 
 @contextmanager
 def vnf_lab(folder, chain: bool = True, deploy: bool = True):
+    """A VNF lab in `folder`: controller with the chains app, h1 - s1 - s2 - h2, servers on
+    h2's TCP 80, 443 and 22, and (with `deploy`) the seed's firewall VNF chained in (with
+    `chain`). Yields a VnfLab; everything it started is stopped on exit.
+
+    Raises
+    ------
+    RuntimeError
+        The lab did not reach a loss-free pingall within 30 s.
+    """
     (folder / "lab.yaml").write_text(ENDPOINTS + (CHAIN if chain else ""))
     shutil.copy(SEED_VNF, folder / "vnf.yml")
     deployer = Deployer()

@@ -34,6 +34,21 @@ def test_an_app_package_does_not_reach_into_another(graph, importer):
             assert chain is None, f"{importer} reaches {other}: {' -> '.join(chain)}"
 
 
+# Inside controller.flows each module uses only those before it: the model knows no wire format,
+# the encoder reads nothing back, the decoder is the only one that knows both directions.
+FLOWS_ORDER = ("model", "actions", "encode", "decode")
+
+
+@pytest.mark.parametrize("i", range(len(FLOWS_ORDER)))
+def test_flows_modules_import_only_earlier_ones(graph, i):
+    module = f"controller.flows.{FLOWS_ORDER[i]}"
+    imported = graph.find_modules_directly_imported_by(module)
+    later = {f"controller.flows.{m}" for m in FLOWS_ORDER[i:]} | {"controller.flows"}
+    assert not imported & later, f"{module} imports {sorted(imported & later)}"
+    others = {m for m in imported if m.startswith("controller.") and m not in later}
+    assert others <= {f"controller.flows.{m}" for m in FLOWS_ORDER[:i]}, others
+
+
 def test_no_import_cycle(graph):
     cycles = []
     for module in sorted(graph.modules):

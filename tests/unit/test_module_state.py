@@ -38,12 +38,12 @@ MUTATORS = {
 # Memoised pure functions of hashable values whose results are immutable (bytes, bools,
 # normalised scalars): the cache changes no answer, only its speed.
 PURE_MEMOS = {
-    ("controller/flows.py", "_norm_scalar"),
-    ("controller/flows.py", "_is_full_mask"),
-    ("controller/flows.py", "_norm_masked"),
-    ("controller/flows.py", "_oxm_number"),
-    ("controller/flows.py", "_oxm_generic"),
-    ("controller/flows.py", "_instruction_bytes"),
+    ("controller/flows/model.py", "norm_scalar"),
+    ("controller/flows/model.py", "_is_full_mask"),
+    ("controller/flows/model.py", "_norm_masked"),
+    ("controller/flows/encode.py", "_oxm_number"),
+    ("controller/flows/encode.py", "_oxm_generic"),
+    ("controller/flows/encode.py", "_instruction_bytes"),
 }
 
 

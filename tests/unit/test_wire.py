@@ -1,5 +1,5 @@
 """The controller's OpenFlow bytes, read by someone else: Open vSwitch's own decoder and the fake
-switch's model (tests/ofwire.py), never controller/flows.py.
+switch's model (tests/ofwire.py), never controller/flows/.
 
 `ovs-ofctl ofp-parse FILE` decodes a file of binary OpenFlow messages with the same code
 ovs-vswitchd uses on a connection (lib/ofp-flow.c, lib/ofp-actions.c, lib/nx-match.c) and prints
