@@ -19,7 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
-FLOW_MOD, BUNDLE_ADD = 14, 34
+FLOW_MOD, BUNDLE_ADD, EXPERIMENTER = 14, 34, 4
+ONF, ONF_ET_BUNDLE_ADD = 0x4F4E4600, 2301  # OpenFlow 1.3's bundle extension (ONF EXT-230)
 FLOW_MOD_COMMANDS = {0: "add", 1: "modify", 2: "modify_strict", 3: "delete", 4: "delete_strict"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -54,7 +55,8 @@ class OpenFlowTap:
     """Listens on `port` and relays every connection to the controller on `upstream`.
 
     Counts what the controller sends: `sent` by OpenFlow message type number, `flow_mods` by
-    command name (a flow-mod inside a bundle-add counts too). A switch whose controller goes
+    command name (a flow-mod inside a bundle add, OpenFlow 1.4's or 1.3's ONF extension, counts
+    too). A switch whose controller goes
     away is disconnected, as it would be without the tap, and reconnects through it.
 
         with OpenFlowTap(upstream=6653) as tap:   # switches point at tap.port
@@ -144,8 +146,14 @@ class OpenFlowTap:
                 self.sent[mtype] += 1
                 if mtype == FLOW_MOD:
                     self.flow_mods[FLOW_MOD_COMMANDS.get(buf[offset + 25], "other")] += 1
-                elif mtype == BUNDLE_ADD and length >= 24 and buf[offset + 17] == FLOW_MOD:
+                elif mtype == BUNDLE_ADD and length >= 16 + 26 and buf[offset + 17] == FLOW_MOD:
                     self.flow_mods[FLOW_MOD_COMMANDS.get(buf[offset + 16 + 25], "other")] += 1
+                elif mtype == EXPERIMENTER and length >= 24 + 26:
+                    experimenter, exp_type = struct.unpack_from("!II", buf, offset + 8)
+                    inner = buf[offset + 25]
+                    if (experimenter, exp_type, inner) == (ONF, ONF_ET_BUNDLE_ADD, FLOW_MOD):
+                        command = buf[offset + 24 + 25]
+                        self.flow_mods[FLOW_MOD_COMMANDS.get(command, "other")] += 1
                 offset += length
             self.last_sent = time.time()
         return buf[offset:]

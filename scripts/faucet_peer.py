@@ -67,9 +67,10 @@ def switch_dp(dpid: int, ports: list[int], acl: str | None = None) -> dict:
     """
     interfaces: dict = {}
     for port in ports:
-        interfaces[port] = {"native_vlan": "bench", "max_hosts": 65535}
+        name = f"p{port}"  # keys are names: the file is JSON, whose keys are strings
+        interfaces[name] = {"number": port, "native_vlan": "bench", "max_hosts": 65535}
         if acl is not None and port == ports[0]:
-            interfaces[port]["acl_in"] = acl
+            interfaces[name]["acl_in"] = acl
     return {
         "dp_id": dpid,
         "hardware": "Open vSwitch",
