@@ -214,7 +214,7 @@ def acl_round(side: AclSide, rules: list[dict], edit_index: int, new_port: int) 
         try:
             vsctl("set-controller", BRIDGE, f"tcp:127.0.0.1:{tap.port}")
             installed = until(lambda: table_count(side.table) >= side.expected, 600, 0.05) - t0
-            until(lambda: tap.quiet_for(2.0), 120, 0.1)
+            until(lambda: tap.quiet_for(2.0), 900, 0.1)
             rss = rss_mib(side.pid(ctl))
             tap.reset()
             edited = [dict(r) for r in rules]
@@ -225,17 +225,19 @@ def acl_round(side: AclSide, rules: list[dict], edit_index: int, new_port: int) 
             enforced = (
                 until(
                     lambda: want in ofctl("dump-flows", BRIDGE, f"table={side.table},tcp,{want}"),
-                    120,
+                    900,  # FAUCET re-reads and re-compiles the whole ACL: minutes
                     0.002,
                 )
                 - t1
             )
-            until(lambda: tap.quiet_for(2.0), 120, 0.1)
+            until(lambda: tap.quiet_for(2.0), 900, 0.1)
             messages = sum(tap.sent.values())
             flow_mods = dict(tap.flow_mods)
+            by_type = dict(tap.sent)
         finally:
             side.stop(ctl)
     return {
+        "edit_by_type": by_type,
         "install_s": installed,
         "rss_mib": rss,
         "edit_s": enforced,
