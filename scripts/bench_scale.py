@@ -123,8 +123,13 @@ def measure(k: int, timeout: float) -> dict:
                 if sent and not lost:
                     took = time.time() - start
                     break
-            if took is None:
-                out["limit"] = f"no 0%-loss pingall within {timeout:g} s (last: {lost}/{sent} lost)"
+            if took is None:  # say which side was busy while it did not converge
+                wall = time.time() - start
+                out["limit"] = (
+                    f"no 0%-loss pingall within {timeout:g} s (last: {lost}/{sent} lost); "
+                    f"controller {cpu_seconds(ctl.proc.pid) / wall:.0%} of a core, "
+                    f"ovs-vswitchd {(vswitchd_cpu() - ovs0) / wall:.0%}"
+                )
                 return out
             out["cold_start_s"] = took
             out["controller_cpu_s"] = cpu_seconds(ctl.proc.pid)
