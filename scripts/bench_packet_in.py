@@ -30,7 +30,7 @@ OFP_VERSION = 4
 HELLO, ECHO_REQUEST, ECHO_REPLY, FEATURES_REQUEST, FEATURES_REPLY = 0, 2, 3, 5, 6
 PACKET_IN, FLOW_MOD, MULTIPART_REQUEST, MULTIPART_REPLY = 10, 14, 18, 19
 BARRIER_REQUEST, BARRIER_REPLY = 20, 21
-MP_PORT_DESC = 13
+MP_DESC, MP_PORT_DESC = 0, 13
 N_PORTS = 4
 OXM_ETH_DST, OXM_ETH_SRC = 3, 4
 
@@ -48,13 +48,26 @@ def port_desc_body() -> bytes:
     return body
 
 
-def packet_in(n: int) -> tuple[bytes, bytes]:
-    """A packet-in from edge port 1..N_PORTS carrying a frame from a new source MAC."""
+def desc_body() -> bytes:
+    """OFPMP_DESC: manufacturer, hardware, software, serial number, datapath description."""
+    return struct.pack("!256s256s256s32s256s", b"bench", b"fake", b"bench_packet_in", b"1", b"")
+
+
+MULTIPART_BODIES = {MP_DESC: desc_body, MP_PORT_DESC: port_desc_body}
+
+
+def packet_in(n: int, cookie: int = L2_COOKIE, vid: int | None = None) -> tuple[bytes, bytes]:
+    """A packet-in from edge port 1..N_PORTS carrying a frame from a new source MAC; with `vid`
+    the frame carries that 802.1Q tag (as in a pipeline that pushes the port's VLAN first)."""
     mac = struct.pack("!HI", 0x0200, n)
-    frame = b"\x00\x00\x00\x00\x00\x01" + mac + b"\x08\x00" + b"\0" * 46
+    tag = b"" if vid is None else struct.pack("!HH", 0x8100, vid)
+    frame = b"\x00\x00\x00\x00\x00\x01" + mac + tag + b"\x08\x00" + b"\0" * 46
     in_port = 1 + n % N_PORTS
     match = struct.pack("!HHII4x", 1, 12, 0x80000004, in_port)
-    body = struct.pack("!IHBBQ", 0xFFFFFFFF, len(frame), 0, 0, L2_COOKIE) + match + b"\0\0" + frame
+    reason = 1  # OFPR_ACTION: what Open vSwitch reports for an output:CONTROLLER action
+    body = (
+        struct.pack("!IHBBQ", 0xFFFFFFFF, len(frame), reason, 0, cookie) + match + b"\0\0" + frame
+    )
     return header(PACKET_IN, 8 + len(body), n) + body, mac
 
 
@@ -72,10 +85,16 @@ def macs_in_flow_mod(msg: bytes) -> list[bytes]:
 
 
 class FakeSwitch:
-    def __init__(self, port: int, dpid: int) -> None:
+    """`cookie` and `vid`: what its packet-ins carry (see `packet_in`)."""
+
+    def __init__(
+        self, port: int, dpid: int, cookie: int = L2_COOKIE, vid: int | None = None
+    ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.dpid = dpid
+        self.cookie = cookie
+        self.vid = vid
         self.buf = b""
         self.answered: set[bytes] = set()
         self.sock.sendall(header(HELLO, 8, 1))
@@ -108,7 +127,7 @@ class FakeSwitch:
                 out.append(header(BARRIER_REPLY, 8, xid))
             elif mtype == MULTIPART_REQUEST:
                 mp_type = struct.unpack_from("!H", msg, 8)[0]
-                body = port_desc_body() if mp_type == MP_PORT_DESC else b""
+                body = MULTIPART_BODIES.get(mp_type, bytes)()
                 out.append(
                     header(MULTIPART_REPLY, 16 + len(body), xid)
                     + struct.pack("!HH4x", mp_type, 0)
@@ -125,7 +144,7 @@ class FakeSwitch:
         while (sent < count or waiting) and time.time() < deadline:
             batch = []
             while sent < count and len(waiting) < window:
-                msg, mac = packet_in(start + sent)
+                msg, mac = packet_in(start + sent, self.cookie, self.vid)
                 waiting[mac] = True
                 batch.append(msg)
                 sent += 1

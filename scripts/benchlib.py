@@ -1,0 +1,159 @@
+"""What the peer and scale benchmarks share: waiting, process cost, and counting OpenFlow.
+
+- `until(check, timeout)`: poll until a check holds (raises TimeoutError).
+- `rss_mib(pid)`, `cpu_seconds(pid)`: a process's resident memory and CPU time, from /proc.
+- `OpenFlowTap`: a TCP relay between switches and a controller that counts the OpenFlow
+  messages the controller sends, by type and by flow-mod command, so two controllers are
+  counted the same way, on the wire (OpenFlow 1.3.5 section 7.1: every message starts with
+  version, type, length, xid).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+FLOW_MOD, BUNDLE_ADD, EXPERIMENTER = 14, 34, 4
+ONF, ONF_ET_BUNDLE_ADD = 0x4F4E4600, 2301  # OpenFlow 1.3's bundle extension (ONF EXT-230)
+FLOW_MOD_COMMANDS = {0: "add", 1: "modify", 2: "modify_strict", 3: "delete", 4: "delete_strict"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def until(check: Callable[[], object], timeout: float = 120.0, step: float = 0.005) -> float:
+    """time.time() when `check()` first returned something true; TimeoutError after `timeout` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return time.time()
+        time.sleep(step)
+    raise TimeoutError(f"not true within {timeout:g} s")
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process in MiB (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class OpenFlowTap:
+    """Listens on `port` and relays every connection to the controller on `upstream`.
+
+    Counts what the controller sends: `sent` by OpenFlow message type number, `flow_mods` by
+    command name (a flow-mod inside a bundle add, OpenFlow 1.4's or 1.3's ONF extension, counts
+    too). A switch whose controller goes
+    away is disconnected, as it would be without the tap, and reconnects through it.
+
+        with OpenFlowTap(upstream=6653) as tap:   # switches point at tap.port
+            tap.reset(); ...; print(tap.flow_mods)
+    """
+
+    def __init__(self, upstream: int, port: int) -> None:
+        self.upstream = upstream
+        self.port = port
+        self.sent: collections.Counter[int] = collections.Counter()
+        self.flow_mods: collections.Counter[str] = collections.Counter()
+        self.last_sent = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", port))
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> OpenFlowTap:
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(2)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.sent.clear()
+            self.flow_mods.clear()
+
+    def quiet_for(self, seconds: float) -> bool:
+        """Has the controller sent nothing for `seconds`?"""
+        return time.time() - self.last_sent >= seconds
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._listener], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                switch, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                controller = socket.create_connection(("127.0.0.1", self.upstream), timeout=2)
+            except OSError:
+                switch.close()
+                continue
+            for sock in (switch, controller):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            thread = threading.Thread(target=self._relay, args=(switch, controller), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _relay(self, switch: socket.socket, controller: socket.socket) -> None:
+        pending = b""
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([switch, controller], [], [], 0.2)
+                for sock in ready:
+                    data = sock.recv(1 << 20)
+                    if not data:
+                        return
+                    if sock is controller:
+                        pending = self._count(pending + data)
+                        switch.sendall(data)
+                    else:
+                        controller.sendall(data)
+        except OSError:
+            return
+        finally:
+            switch.close()
+            controller.close()
+
+    def _count(self, buf: bytes) -> bytes:
+        """Count the whole messages at the start of `buf`; return the incomplete rest."""
+        offset = 0
+        with self._lock:
+            while len(buf) - offset >= 8:
+                mtype, length = struct.unpack_from("!xBH", buf, offset)
+                if length < 8 or len(buf) - offset < length:
+                    break
+                self.sent[mtype] += 1
+                if mtype == FLOW_MOD:
+                    self.flow_mods[FLOW_MOD_COMMANDS.get(buf[offset + 25], "other")] += 1
+                elif mtype == BUNDLE_ADD and length >= 16 + 26 and buf[offset + 17] == FLOW_MOD:
+                    self.flow_mods[FLOW_MOD_COMMANDS.get(buf[offset + 16 + 25], "other")] += 1
+                elif mtype == EXPERIMENTER and length >= 24 + 26:
+                    experimenter, exp_type = struct.unpack_from("!II", buf, offset + 8)
+                    inner = buf[offset + 25]
+                    if (experimenter, exp_type, inner) == (ONF, ONF_ET_BUNDLE_ADD, FLOW_MOD):
+                        command = buf[offset + 24 + 25]
+                        self.flow_mods[FLOW_MOD_COMMANDS.get(command, "other")] += 1
+                offset += length
+            self.last_sent = time.time()
+        return buf[offset:]
