@@ -45,8 +45,8 @@ import faucet_peer  # noqa: E402
 from bench_packet_in import N_PORTS, FakeSwitch  # noqa: E402
 from benchlib import OpenFlowTap, rss_mib, until  # noqa: E402
 
-from apps.fw.compile import Compiler  # noqa: E402
-from apps.fw.rules import load_rules_file  # noqa: E402
+from apps.firewall.compile import FirewallCompiler  # noqa: E402
+from apps.firewall.rules import load_rules_file  # noqa: E402
 from controller.pipeline import PIPELINE  # noqa: E402
 from topologies.harness import Controller, Lab, free_port, fresh_bridge, ofctl  # noqa: E402
 from topologies.linear import LinearTopo  # noqa: E402
@@ -257,14 +257,14 @@ def acl_sides(rules: list[dict], folder: str) -> list[AclSide]:
             json.dump({"rules": rs}, fh)
 
     write_rules(rules)
-    compiler = Compiler(OURS_ACL_TABLE)
+    compiler = FirewallCompiler(PIPELINE)
     ours_expected = 1 + sum(
         len(compiler.rule_flows(r, 30000, False)) for r in load_rules_file(rules_path)
     )
 
     def ours_begin(port: int) -> Controller:
         write_rules(rules)
-        return Controller(["apps/firewall.py"], port=port, config=cfg).start()
+        return Controller(["apps/firewall"], port=port, config=cfg).start()
 
     def ours_edit(ctl: Controller, rs: list[dict]) -> None:
         write_rules(rs)

@@ -2,7 +2,7 @@
 """Benchmark: how the suite's costs grow with the network, fat-tree k = 4, 6, 8.
 
 For each k (20, 45, 80 switches; 16, 54, 128 hosts) a Mininet fat-tree on the userspace
-datapath is up first; then the controller (apps/firewall.py, which brings L2 along, with 20
+datapath is up first; then the controller (apps/firewall, which brings L2 along, with 20
 rules) starts and the clock runs:
 
 - cold start: controller start to the first all-pairs pingall with 0% loss;
@@ -112,7 +112,7 @@ def measure(k: int, timeout: float) -> dict:
     with Lab(topo, port) as lab:
         out["lab_start_s"] = time.time() - t_lab
         time.sleep(2.0)  # the switches now retry an absent controller
-        ctl = Controller(["apps/firewall.py"], port=port, config=cfg)
+        ctl = Controller(["apps/firewall"], port=port, config=cfg)
         ovs0 = vswitchd_cpu()
         start = time.time()
         ctl.start()

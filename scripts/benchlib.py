@@ -19,6 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from topologies import wait
+
 FLOW_MOD, BUNDLE_ADD, EXPERIMENTER = 14, 34, 4
 ONF, ONF_ET_BUNDLE_ADD = 0x4F4E4600, 2301  # OpenFlow 1.3's bundle extension (ONF EXT-230)
 FLOW_MOD_COMMANDS = {0: "add", 1: "modify", 2: "modify_strict", 3: "delete", 4: "delete_strict"}
@@ -26,13 +28,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def until(check: Callable[[], object], timeout: float = 120.0, step: float = 0.005) -> float:
-    """time.time() when `check()` first returned something true; TimeoutError after `timeout` s."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if check():
-            return time.time()
-        time.sleep(step)
-    raise TimeoutError(f"not true within {timeout:g} s")
+    """time.time() when `check()` first returned something true (polled by topologies/wait.py's
+    loop every `step` s); TimeoutError after `timeout` s."""
+    if wait.until(check, timeout, step) is None:
+        raise TimeoutError(f"not true within {timeout:g} s")
+    return time.time()
 
 
 def rss_mib(pid: int) -> float:
