@@ -64,6 +64,10 @@ class Replica:
     a: int  # port numbers on that switch
     b: int
 
+    def port(self, side: str) -> int:
+        """The port of side "a" (toward clients) or "b" (toward servers)."""
+        return self.a if side == "a" else self.b
+
 
 def tag(chain: int, hop: int, replica: int, side: str) -> int:
     """The VLAN id naming where a frame is going (1 to 1920).
@@ -131,9 +135,8 @@ class ChainsCompiler:
 
     def _reach(self, dpid: int, target: Replica, side: str, vid: int, next_hops) -> tuple | None:
         """Actions, and the port to watch, to get a frame from `dpid` into a replica's side."""
-        port = target.a if side == "a" else target.b
         if target.dpid == dpid:
-            return (output(port),), port
+            return (output(target.port(side)),), target.port(side)
         nh = next_hops(target.dpid).get(dpid)
         if nh is None:
             return None
@@ -147,59 +150,85 @@ class ChainsCompiler:
     def chain_flows(
         self, dpid: int, index: int, c: Chain, hops: list[dict[int, Replica]], next_hops
     ) -> tuple[list[Flow], list[Group]]:
-        """This switch's flows and groups for chain `index` (hops: replica number -> Replica)."""
+        """This switch's flows and groups for chain `index` (hops: replica number -> Replica).
+
+        `next_hops(dpid)` maps each switch to its port toward `dpid` along the topology's tree.
+        Each hop side gets a select group and the flows carrying its tagged frames; each
+        direction of the class gets its classification and the flows leaving each local replica.
+        """
         flows: list[Flow] = []
         groups: list[Group] = []
-        n = len(hops)
         for h, replicas in enumerate(hops):
             for side in ("a", "b"):
-                buckets = []
-                for r, rep in sorted(replicas.items()):
-                    got = self._reach(dpid, rep, side, tag(index, h, r, side), next_hops)
-                    if got is not None:
-                        buckets.append(Bucket(got[0], weight=1, watch_port=got[1]))
-                groups.append(group(group_id(index, h, side), "select", buckets))
-                for r, rep in replicas.items():  # tagged frames for a replica here, or on
-                    vid = VLAN_PRESENT | tag(index, h, r, side)
-                    if rep.dpid == dpid:
-                        actions = (("pop_vlan",), output(rep.a if side == "a" else rep.b))
-                    else:
-                        nh = next_hops(rep.dpid).get(dpid)
-                        if nh is None:
-                            continue
-                        actions = (output(nh),)
-                    flows.append(
-                        self._f(self.table, TAG_PRIORITY, {"vlan_vid": vid}, apply(*actions))
-                    )
+                groups.append(self._hop_group(dpid, index, h, side, replicas, next_hops))
+                flows += self._tag_flows(dpid, index, h, side, replicas, next_hops)
         for reverse in (False, True):
-            first = n - 1 if reverse else 0
-            enter = "b" if reverse else "a"
             for m in class_matches(c, reverse):
-                edge = {**m, "metadata": (0, FROM_FABRIC)}
-                flows.append(
-                    self._f(
-                        self.table,
-                        class_priority(index, reverse),
-                        edge,
-                        apply(group_action(group_id(index, first, enter))),
-                    )
-                )
-                for h, replicas in enumerate(hops):
-                    after = h - 1 if reverse else h + 1
-                    for rep in replicas.values():
-                        if rep.dpid != dpid:
-                            continue
-                        leaving = rep.a if reverse else rep.b
-                        if 0 <= after < n:
-                            then = apply(group_action(group_id(index, after, enter)))
-                        else:
-                            then = self._go_on
-                        flows.append(
-                            self._f(
-                                self.table, EXIT_PRIORITY - index, {**m, "in_port": leaving}, then
-                            )
-                        )
+                flows.append(self._class_flow(index, m, reverse, len(hops)))
+                flows += self._exit_flows(dpid, index, m, reverse, hops)
         return flows, groups
+
+    def _hop_group(
+        self, dpid: int, index: int, h: int, side: str, replicas: dict[int, Replica], next_hops
+    ) -> Group:
+        """The select group into side `side` of hop `h`: a bucket per replica reachable from
+        `dpid`, each watching the port it leaves by (none reachable: a group that drops)."""
+        buckets = []
+        for r, rep in sorted(replicas.items()):
+            got = self._reach(dpid, rep, side, tag(index, h, r, side), next_hops)
+            if got is not None:
+                buckets.append(Bucket(got[0], weight=1, watch_port=got[1]))
+        return group(group_id(index, h, side), "select", buckets)
+
+    def _tag_flows(
+        self, dpid: int, index: int, h: int, side: str, replicas: dict[int, Replica], next_hops
+    ) -> list[Flow]:
+        """Frames tagged for a replica of hop `h`: untagged into it if it is on `dpid`, else
+        carried on toward its switch (none where `dpid` has no way there)."""
+        flows = []
+        for r, rep in replicas.items():
+            vid = VLAN_PRESENT | tag(index, h, r, side)
+            if rep.dpid == dpid:
+                actions = (("pop_vlan",), output(rep.port(side)))
+            else:
+                nh = next_hops(rep.dpid).get(dpid)
+                if nh is None:
+                    continue
+                actions = (output(nh),)
+            flows.append(self._f(self.table, TAG_PRIORITY, {"vlan_vid": vid}, apply(*actions)))
+        return flows
+
+    def _class_flow(self, index: int, m: dict, reverse: bool, n: int) -> Flow:
+        """A frame of the class (`m`, one direction) that entered the fabric here goes to the
+        first hop's group (forward: side a of hop 0; replies: side b of hop n - 1)."""
+        first, enter = (n - 1, "b") if reverse else (0, "a")
+        edge = {**m, "metadata": (0, FROM_FABRIC)}
+        return self._f(
+            self.table,
+            class_priority(index, reverse),
+            edge,
+            apply(group_action(group_id(index, first, enter))),
+        )
+
+    def _exit_flows(
+        self, dpid: int, index: int, m: dict, reverse: bool, hops: list[dict[int, Replica]]
+    ) -> list[Flow]:
+        """A frame of the class leaving a replica on `dpid` (by b forward, by a for replies)
+        goes to the next hop's group, or after the last hop on through the pipeline."""
+        enter = "b" if reverse else "a"
+        flows = []
+        for h, replicas in enumerate(hops):
+            after = h - 1 if reverse else h + 1
+            if 0 <= after < len(hops):
+                then = apply(group_action(group_id(index, after, enter)))
+            else:
+                then = self._go_on
+            for rep in replicas.values():
+                if rep.dpid == dpid:
+                    leaving = rep.port("a" if reverse else "b")
+                    match = {**m, "in_port": leaving}
+                    flows.append(self._f(self.table, EXIT_PRIORITY - index, match, then))
+        return flows
 
     def replica_drop_flows(self, ports: Iterable[int]) -> list[Flow]:
         return [self._f(self.table, REPLICA_DROP, {"in_port": p}) for p in ports]
