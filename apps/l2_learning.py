@@ -34,7 +34,7 @@ from controller.flows import (
     output,
     to_controller,
 )
-from controller.resources import REGISTRY
+from controller.pipeline import REGISTRY
 
 LOG = logging.getLogger("osken_suite.l2")
 

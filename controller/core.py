@@ -40,7 +40,7 @@ from controller.flows import (
 from controller.lldp import LLDP_ETHERTYPE, LLDP_MAC
 from controller.metrics import Metrics
 from controller.packets import parse_eth
-from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline, PipelineViolation
+from controller.pipeline import FROM_FABRIC, PIPELINE, REGISTRY, Pipeline, PipelineViolation
 from controller.reconcile import (
     Plan,
     apply_plan,
@@ -50,7 +50,6 @@ from controller.reconcile import (
     messages,
     number_of,
 )
-from controller.resources import REGISTRY
 from controller.sections import CORE_SCHEMAS, SUITE_SECTIONS
 from controller.switch import (
     SYNC_PARTS,

@@ -12,7 +12,7 @@ The core installs each stage's table-miss flow, so a stage whose app is not load
 packets on.
 
 >>> PIPELINE.table("forwarding")
-10
+11
 >>> [s.name for s in PIPELINE.stages][:3]
 ['classify', 'firewall', 'microseg']
 >>> PIPELINE.goto("firewall", "microseg")
@@ -23,9 +23,63 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller.flows import Action, Flow, flow, goto
-from controller.resources import COOKIE_SHIFT, REGISTRY, Registry
+from controller.resources import COOKIE_SHIFT, Allocation, Registry
+
+
+def _cookie(owner: str, byte: int) -> Allocation:
+    """An app's cookie byte; its group ids, where it has any, start with the same byte."""
+    return Allocation("cookie", owner, byte, byte, purpose="marks its flows")
+
+
+# Who owns which numbers on a switch (controller/resources.py). A new app adds its cookie byte
+# here, and any ids it needs, beside its stage below.
+REGISTRY = Registry(
+    [
+        _cookie("core", 0x01),
+        _cookie("l2_learning", 0x02),
+        _cookie("firewall", 0x03),
+        _cookie("microseg", 0x04),
+        _cookie("services", 0x05),
+        _cookie("chains", 0x06),
+        _cookie("mirror", 0x07),
+        Allocation("group", "l2_learning", 0x0200_0000, 0x02FF_FFFF, "", "ECMP select groups"),
+        Allocation("group", "services", 0x0500_0000, 0x05FF_FFFF, "", "backends, route splits"),
+        Allocation("group", "chains", 0x0600_0000, 0x06FF_FFFF, "", "chain hops' replica groups"),
+        Allocation("meter", "firewall", 1, 0xFFFF, "", "rate limits (id: the rule's priority)"),
+        Allocation(
+            "meter", "core", ofp.OFPM_CONTROLLER, ofp.OFPM_CONTROLLER, "", "packet-in limit"
+        ),
+        Allocation("ct_zone", "firewall", 7, 7, "", "stateful rules"),
+        Allocation("ct_zone", "microseg", 8, 8, "", "allowed connections and their replies"),
+        Allocation("ct_zone", "services", 9, 9, "", "VIP to backend translation"),
+        Allocation("ct_zone", "services", 10, 10, "snat", "hairpin: backend to VIP translation"),
+        Allocation("metadata", "core", 0, 0, "from_fabric", "FROM_FABRIC: came from a switch"),
+        Allocation("metadata", "microseg", 8, 23, "src", "source identity"),
+        Allocation("metadata", "microseg", 24, 39, "dst", "destination identity"),
+        Allocation("register", "microseg", 0, 31, "", "policy generation", field="reg0"),
+        Allocation("register", "services", 0, 31, "", "the service's VIP (hairpin)", field="reg1"),
+        Allocation("vlan_vid", "chains", 1, 1920, "", "chain transport tags between switches"),
+    ]
+)
+
+# The suite's own apps (apps/): the module that runs each and the config sections it reads, so
+# that a section of one that is not loaded is a warning naming it, not an unknown key
+# (controller/sections.py). An app of your own, outside apps/, needs no line here.
+SUITE_APPS = MappingProxyType(
+    {
+        "l2_learning": ("apps.l2_learning", ("l2",)),
+        "firewall": ("apps.firewall", ("firewall",)),
+        "microseg": ("apps.microseg", ("policies",)),
+        "services": ("apps.services", ("services", "routing")),
+        "chains": ("apps.chains", ("chains",)),
+        "mirror": ("apps.mirror", ("mirror",)),
+    }
+)
 
 MISS_PRIORITY = 0
 NO_TABLE = 0xFF  # OFPTT_ALL: a ct() that does not recirculate
@@ -69,6 +123,7 @@ class Stage:
 
     @property
     def apps(self) -> tuple[str, ...]:
+        """The apps whose flows this table may hold: the owner, then the writers."""
         return (self.owner, *self.writers)
 
 
@@ -136,12 +191,14 @@ class Pipeline:
         return table
 
     def table(self, name: str) -> int:
+        """The table id (0-254) of stage `name`. Raises KeyError for an unknown stage."""
         for table_id, stage in enumerate(self.stages):
             if stage.name == name:
                 return table_id
         raise KeyError(f"no pipeline stage named {name!r}")
 
     def stage(self, table: int) -> Stage:
+        """The stage at table id `table`. Raises IndexError past the last table."""
         return self.stages[table]
 
     def following(self, name: str) -> str:
@@ -168,6 +225,7 @@ class Pipeline:
 
     @property
     def n_tables(self) -> int:
+        """How many tables every switch gets, one per stage."""
         return len(self.stages)
 
     def miss_flows(self) -> list[Flow]:
@@ -360,8 +418,16 @@ PIPELINE = Pipeline(
             match=_fields(_IP, _L4, {"ct_state", "ct_mark", "reg1", "in_port"}),
             actions=frozenset({"output", "group", "ct", "nat", "set_field"}),
             set_fields=frozenset({"ct_mark", "eth_src", "eth_dst"}),
-            goes_to=("forwarding",),
+            goes_to=("mirror",),
             recirculates=("services_track",),
+        ),
+        Stage(
+            "mirror",
+            "mirror",
+            "copies of what ports receive, to monitor ports",
+            match=frozenset({"in_port"}),
+            actions=frozenset({"output"}),
+            goes_to=("forwarding",),
         ),
         Stage(
             "forwarding",

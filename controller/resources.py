@@ -1,18 +1,16 @@
 """What the apps share on a switch, and who owns which part: one declared table.
 
 Flow cookies, group and meter ids, conntrack zones, metadata and register bits and VLAN ids
-live in one number space per switch. Each app takes its part from here (`REGISTRY.cookie(app)`,
-`REGISTRY.value("ct_zone", app)`, ...) instead of a constant of its own, so two apps can never
-pick the same number unnoticed: `Registry.overlaps()` lists any two owners whose ranges meet
-(a unit test keeps it empty), and `Pipeline.check` refuses a flow that uses a number its app
-does not own.
+live in one number space per switch. The table itself, `REGISTRY`, is declared beside the stages
+in controller/pipeline.py (the one place an app is added); each app takes its part from there
+(`REGISTRY.cookie(app)`, `REGISTRY.value("ct_zone", app)`, ...) instead of a constant of its
+own, so two apps can never pick the same number unnoticed: `Registry.overlaps()` lists any two
+owners whose ranges meet (a unit test keeps it empty), and `Pipeline.check` refuses a flow that
+uses a number its app does not own.
 
->>> REGISTRY.cookie("firewall") == 0x03 << 56
-True
->>> REGISTRY.owner("cookie", 0x03)
-'firewall'
->>> REGISTRY.overlaps()
-[]
+>>> r = Registry([Allocation("cookie", "a", 7, 7), Allocation("ct_zone", "a", 3, 3)])
+>>> r.cookie("a") == 7 << 56, r.owner("cookie", 7), r.overlaps()
+(True, 'a', [])
 """
 
 from __future__ import annotations
@@ -20,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
-
-from os_ken.ofproto import ofproto_v1_3 as ofp
 
 COOKIE_SHIFT = 56  # an app's flows carry its byte in the cookie's top 8 bits
 KINDS = ("cookie", "group", "meter", "ct_zone", "metadata", "register", "vlan_vid")
@@ -131,37 +127,3 @@ class Registry:
                 numbers = ("bits " if a.last != a.first else "bit ") + numbers
             rows.append(f"| {kind} | {a.owner} | {numbers} | {a.purpose} |")
         return "\n".join(rows) + "\n"
-
-
-def _cookie(owner: str, byte: int) -> Allocation:
-    """An app's cookie byte; its group ids, where it has any, start with the same byte."""
-    return Allocation("cookie", owner, byte, byte, purpose="marks its flows")
-
-
-REGISTRY = Registry(
-    [
-        _cookie("core", 0x01),
-        _cookie("l2_learning", 0x02),
-        _cookie("firewall", 0x03),
-        _cookie("microseg", 0x04),
-        _cookie("services", 0x05),
-        _cookie("chains", 0x06),
-        Allocation("group", "l2_learning", 0x0200_0000, 0x02FF_FFFF, "", "ECMP select groups"),
-        Allocation("group", "services", 0x0500_0000, 0x05FF_FFFF, "", "backends, route splits"),
-        Allocation("group", "chains", 0x0600_0000, 0x06FF_FFFF, "", "chain hops' replica groups"),
-        Allocation("meter", "firewall", 1, 0xFFFF, "", "rate limits (id: the rule's priority)"),
-        Allocation(
-            "meter", "core", ofp.OFPM_CONTROLLER, ofp.OFPM_CONTROLLER, "", "packet-in limit"
-        ),
-        Allocation("ct_zone", "firewall", 7, 7, "", "stateful rules"),
-        Allocation("ct_zone", "microseg", 8, 8, "", "allowed connections and their replies"),
-        Allocation("ct_zone", "services", 9, 9, "", "VIP to backend translation"),
-        Allocation("ct_zone", "services", 10, 10, "snat", "hairpin: backend to VIP translation"),
-        Allocation("metadata", "core", 0, 0, "from_fabric", "FROM_FABRIC: came from a switch"),
-        Allocation("metadata", "microseg", 8, 23, "src", "source identity"),
-        Allocation("metadata", "microseg", 24, 39, "dst", "destination identity"),
-        Allocation("register", "microseg", 0, 31, "", "policy generation", field="reg0"),
-        Allocation("register", "services", 0, 31, "", "the service's VIP (hairpin)", field="reg1"),
-        Allocation("vlan_vid", "chains", 1, 1920, "", "chain transport tags between switches"),
-    ]
-)

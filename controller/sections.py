@@ -18,6 +18,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from controller.endpoints import ENDPOINTS_SCHEMA, NAMESPACES_SCHEMA
+from controller.pipeline import SUITE_APPS
 
 # The core's sections: what it reads itself, and the hosts and namespaces apps share.
 CORE_SCHEMAS = MappingProxyType(
@@ -43,15 +44,9 @@ CORE_SCHEMAS = MappingProxyType(
     }
 )
 
-# The suite's own apps, by the sections they read (tests/unit/test_sections.py keeps this true
-# to the apps' class data). Only names: the core imports no app.
+# The suite's own apps, by the sections they read, from the pipeline declaration's SUITE_APPS
+# (tests/unit/test_app_contract.py keeps it true to the apps' class data). Only names: the core
+# imports no app.
 SUITE_SECTIONS = MappingProxyType(
-    {
-        "l2": "apps.l2_learning",
-        "firewall": "apps.firewall",
-        "policies": "apps.microseg",
-        "services": "apps.services",
-        "routing": "apps.services",
-        "chains": "apps.chains",
-    }
+    {section: module for module, sections in SUITE_APPS.values() for section in sections}
 )

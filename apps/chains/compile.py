@@ -44,8 +44,7 @@ from controller.flows import (
 )
 from controller.matches import PROTOCOL_NAMES, prefix_match
 from controller.packets import ETH_TYPE_8021Q, ETH_TYPE_IP
-from controller.pipeline import FROM_FABRIC, Pipeline
-from controller.resources import REGISTRY
+from controller.pipeline import FROM_FABRIC, REGISTRY, Pipeline
 
 COOKIE = REGISTRY.cookie("chains")
 GROUP_BASE = REGISTRY.get("group", "chains").first

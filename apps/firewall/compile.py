@@ -32,8 +32,7 @@ from controller.matches import (
     port_matches,
     prefix_match,
 )
-from controller.pipeline import FROM_FABRIC, Pipeline
-from controller.resources import REGISTRY
+from controller.pipeline import FROM_FABRIC, REGISTRY, Pipeline
 
 COOKIE = REGISTRY.cookie("firewall")
 RULE_TOP, RULE_BOTTOM, SPACING = 60000, 1000, 16

@@ -50,8 +50,7 @@ from controller.matches import (
     prefix_match,
 )
 from controller.packets import ETH_TYPE_ARP, ETH_TYPE_IPV6, IPPROTO_ICMPV6, IPPROTO_TCP
-from controller.pipeline import FROM_FABRIC, PIPELINE, Pipeline
-from controller.resources import REGISTRY
+from controller.pipeline import FROM_FABRIC, PIPELINE, REGISTRY, Pipeline
 
 COOKIE = REGISTRY.cookie("microseg")
 CT_ZONE = REGISTRY.value("ct_zone", "microseg")

@@ -55,8 +55,7 @@ from controller.flows import (
 )
 from controller.matches import CT_NEW, CT_RPL, CT_TRK, IP_PROTOCOLS
 from controller.packets import ETH_TYPE_ARP, ETH_TYPE_IP
-from controller.pipeline import Pipeline
-from controller.resources import REGISTRY
+from controller.pipeline import REGISTRY, Pipeline
 
 COOKIE = REGISTRY.cookie("services")
 CT_ZONE = REGISTRY.value("ct_zone", "services")
@@ -127,7 +126,7 @@ class ServicesCompiler:
         self.services_table = pipeline.table("services")
         self.track = pipeline.table("services_track")
         self.forwarding = pipeline.table("forwarding")
-        self._to_forwarding = pipeline.goto("services_track", "forwarding")
+        self._go_on = pipeline.go_on("services_track")
 
     def _f(self, table: int, priority: int, match: dict, *instructions) -> Flow:
         return flow(table, priority, match, *instructions, cookie=COOKIE)
@@ -172,7 +171,7 @@ class ServicesCompiler:
                     "ct_mark": MARK,
                 },
                 apply(set_field("eth_src", vip_mac(service.vip))),
-                self._to_forwarding,
+                self._go_on,
             ),
         ]
         for b in service.backends:
@@ -196,7 +195,7 @@ class ServicesCompiler:
                             "ct_mark": MARK,
                         },
                         apply(set_field("eth_dst", b.mac)),
-                        self._to_forwarding,
+                        self._go_on,
                     )
                 )
                 flows += self.hairpin_flows(service, b)

@@ -10,7 +10,7 @@ import time
 
 from controller.app import SuiteApp
 from controller.flows import apply, flow, output
-from controller.resources import REGISTRY
+from controller.pipeline import REGISTRY
 
 LOG = logging.getLogger("osken_suite.bench")
 

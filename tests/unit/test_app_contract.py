@@ -147,23 +147,23 @@ def test_a_section_of_a_suite_app_not_loaded_is_a_warning_naming_it(tmp_path, ca
 
 
 def test_an_app_of_its_own_declares_its_section_and_schema(tmp_path):
-    class Mirror(SuiteApp):
-        name = "mirror"
-        config_section = "mirror"
+    class Tap(SuiteApp):
+        name = "tap"
+        config_section = "tap"
         config_schemas = MappingProxyType(
-            {"mirror": {"type": "object", "properties": {"port": {"type": "integer"}}}}
+            {"tap": {"type": "object", "properties": {"port": {"type": "integer"}}}}
         )
 
     path = tmp_path / "lab.yaml"
-    path.write_text("mirror:\n  port: many\n")
+    path.write_text("tap:\n  port: many\n")
     with pytest.raises(ConfigError, match="unknown key"):
         Core().parse(load_config(str(path)))
     core = Core()
-    core.add_app(Mirror)
-    with pytest.raises(ConfigError, match=r"lab.yaml:2: mirror.port: 'many' is not of type"):
+    core.add_app(Tap)
+    with pytest.raises(ConfigError, match=r"lab.yaml:2: tap.port: 'many' is not of type"):
         core.parse(load_config(str(path)))
-    path.write_text("mirror:\n  port: 3\n")
-    assert core.parse(load_config(str(path))).apps["mirror"] == {"port": 3}
+    path.write_text("tap:\n  port: 3\n")
+    assert core.parse(load_config(str(path))).apps["tap"] == {"port": 3}
 
 
 # --- the view ----------------------------------------------------------------------------------

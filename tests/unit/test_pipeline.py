@@ -34,12 +34,13 @@ from controller.flows import (
 from controller.pipeline import (
     FROM_FABRIC,
     PIPELINE,
+    REGISTRY,
     Pipeline,
     PipelineError,
     PipelineViolation,
     Stage,
 )
-from controller.resources import REGISTRY, Allocation, Registry
+from controller.resources import Allocation, Registry
 from tests.unit import test_chains, test_services
 from tests.unit.test_fuzz_inputs import network
 from tests.unit.test_l2 import MACS, leaf_spine
@@ -191,7 +192,7 @@ MAC = "00:00:00:00:00:01"
     [
         (
             flow(T("forwarding"), 5, {"ipv4_src": "10.0.0.1"}, apply(output(1)), cookie=L2),
-            "table 10 (forwarding), app l2_learning: match field ipv4_src not declared",
+            "table 11 (forwarding), app l2_learning: match field ipv4_src not declared",
         ),
         (
             flow(T("chains"), 5, {"in_port": 1}, goto(T("firewall")), cookie=SFC),
@@ -199,11 +200,11 @@ MAC = "00:00:00:00:00:01"
         ),
         (
             flow(T("firewall"), 5, {"eth_type": 0x800}, goto(T("forwarding")), cookie=FW),
-            "table 1 (firewall), app firewall: goto table 10 not declared",
+            "table 1 (firewall), app firewall: goto table 11 not declared",
         ),
         (
             flow(T("forwarding"), 5, {"eth_dst": MAC}, apply(output(1)), cookie=FW),
-            "table 10 (forwarding), app firewall: firewall may not write this table",
+            "table 11 (forwarding), app firewall: firewall may not write this table",
         ),
         (
             flow(T("forwarding"), 5, {"eth_dst": MAC}, cookie=0x77 << 56),
@@ -304,7 +305,7 @@ def test_production_logs_counts_and_never_sends_it_and_the_old_flows_stay(caplog
     violations = net.core.metrics.pipeline_violations
     assert violations.labels("l2_learning", "forwarding")._value.get() == len(net.switches) + 1
     assert "action set_field not declared" in caplog.text
-    assert "table 10 (forwarding), app l2_learning: goto table 0 not declared" in caplog.text
+    assert "table 11 (forwarding), app l2_learning: goto table 0 not declared" in caplog.text
     # Traffic still follows the old entries.
     assert net.converse(MACS[0], MACS[1])
 
