@@ -281,23 +281,22 @@ class Pipeline:
             if name not in c.stage.match:
                 raise PipelineViolation(f, c.stage.name, app, f"match field {name} not declared")
         for ins in f.instructions:
-            kind = ins[0]
-            if kind == "goto":
-                if ins[1] not in c.gotos:
-                    raise PipelineViolation(
-                        f, c.stage.name, app, f"goto table {ins[1]} not declared"
-                    )
-            elif kind in ("apply", "write"):
-                self._check_actions(f, c, app, ins[1])
-            elif kind == "meta":
-                if ins[2] & ~(c.stage.metadata & self.registry.bits("metadata", app)):
-                    raise PipelineViolation(
-                        f, c.stage.name, app, f"write_metadata mask {ins[2]:#x} not declared"
-                    )
-            elif kind == "meter":
-                if "meter" not in c.stage.actions:
-                    raise PipelineViolation(f, c.stage.name, app, "meter not declared")
-                self._own(f, c, app, "meter", ins[1])
+            self._check_instruction(f, c, app, ins)
+
+    def _check_instruction(self, f: Flow, c: _Contract, app: str, ins: tuple) -> None:
+        kind = ins[0]
+        if kind == "goto" and ins[1] not in c.gotos:
+            raise PipelineViolation(f, c.stage.name, app, f"goto table {ins[1]} not declared")
+        if kind in ("apply", "write"):
+            self._check_actions(f, c, app, ins[1])
+        elif kind == "meta" and ins[2] & ~(c.stage.metadata & self.registry.bits("metadata", app)):
+            raise PipelineViolation(
+                f, c.stage.name, app, f"write_metadata mask {ins[2]:#x} not declared"
+            )
+        elif kind == "meter":
+            if "meter" not in c.stage.actions:
+                raise PipelineViolation(f, c.stage.name, app, "meter not declared")
+            self._own(f, c, app, "meter", ins[1])
 
     def _check_actions(self, f: Flow, c: _Contract, app: str, actions: tuple[Action, ...]):
         for a in actions:
