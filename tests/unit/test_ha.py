@@ -207,3 +207,25 @@ def test_resync_of_an_unchanged_switch_sends_no_flow_mods():
     new = net.switches[1].received[sent:]
     assert new and not [m for m in new if type(m).__name__ in ("OFPFlowMod", "OFPGroupMod")]
     assert net.switches[1].flows() == before
+
+
+def test_cluster_flags_are_checked_before_start():
+    import pytest
+
+    from controller.cli import LaunchError, cluster_options, parse_args
+
+    def opts(*argv):
+        return cluster_options(parse_args([*argv, "apps/l2_learning.py"]))
+
+    assert opts() == ("", "")
+    assert opts("--cluster", "http://127.0.0.1:2379", "--replica-id", "a") == (
+        "http://127.0.0.1:2379",
+        "a",
+    )
+    for bad in (
+        ["--cluster", "http://127.0.0.1:2379"],
+        ["--replica-id", "a"],
+        ["--cluster", "127.0.0.1:2379", "--replica-id", "a"],
+    ):
+        with pytest.raises(LaunchError):
+            opts(*bad)
