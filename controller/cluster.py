@@ -10,7 +10,9 @@ later master always sends a larger one and Open vSwitch refuses the earlier mast
 
 Spread: a free switch is claimed at once by its preferred replica (rendezvous hashing over the
 live members), by any other after `grace` seconds free; a replica claims nothing in its first
-`grace` seconds, so that replicas started together see each other. A held key is never taken
+`grace` seconds, so that replicas started together see each other. The last master of a switch
+reclaims it at once when its key went with an expired lease (etcd was away longer than the
+TTL), and the others give it `grace`/2 to: no flap when etcd returns. A held key is never taken
 over, so a replica that rejoins takes nothing back (no flap).
 
 The store is anything with the `Store` methods (controller/etcd.py wraps etcd3gw; the tests use
@@ -87,7 +89,7 @@ class Election:
     reachable: bool = False
     owners: dict[int, Owner] = field(default_factory=dict)  # last seen, per connected switch
     _refreshed: float = float("-inf")
-    _joined: float = float("-inf")
+    _joined: float = float("inf")
     _free_since: dict[int, float] = field(default_factory=dict)
     leader_changes: int = 0  # switches this replica became master of
 
@@ -134,7 +136,8 @@ class Election:
                 self.lease = None
         if self.lease is None:
             self.lease = store.grant(self.ttl)
-            self._refreshed = self._joined = now
+            self._refreshed = now
+            self._joined = min(self._joined, now)  # the first lease only: when we joined
             store.create(MEMBERS + self.replica, self.replica, self.lease)
 
     def _claim(
@@ -143,9 +146,13 @@ class Election:
         # Until `grace` after joining, the member list may miss replicas starting with us.
         joined = self._joined + self.grace
         since = max(self._free_since.setdefault(dpid, now), joined)
-        first = preferred(dpid, members) == self.replica
-        if now < joined or (not first and now - since < self.grace):
-            return None
+        last = self.owners.get(dpid)
+        if last is None or last.replica != self.replica:  # the incumbent reclaims at once
+            wait = 0.0 if preferred(dpid, members) == self.replica else self.grace
+            if last is not None:  # another replica held it: give it a moment to reclaim
+                wait = max(wait, self.grace / 2)
+            if now < joined or now - since < wait:
+                return None
         assert self.lease is not None
         if store.create(master_key(dpid), self.replica, self.lease):
             self._free_since.pop(dpid, None)

@@ -191,10 +191,12 @@ def test_masters_keep_serving_while_etcd_is_down_and_settle_without_flap():
             assert r.gate.is_master(dpid) == (m == [r.name])
             if m == [r.name]:
                 assert r.gate.gate({dpid: [a_flow_mod()]})  # still writing
-    lab.etcd.down = False
-    lab.etcd.now += 0.0  # the leases expired while etcd was away (its clock ran on)
-    lab.run(3.0)
-    assert all(len(m) == 1 for m in lab.masters().values())
+    lab.etcd.down = False  # every lease expired while etcd was away (its clock ran on)
+    promotions = {n: list(r.promotions) for n, r in lab.replicas.items()}
+    for _ in range(30):
+        lab.run(STEP)
+        assert lab.masters() == masters  # the incumbents claim their switches back at once
+    assert {n: r.promotions for n, r in lab.replicas.items()} == promotions  # no flap
 
 
 def test_resync_of_an_unchanged_switch_sends_no_flow_mods():
@@ -229,3 +231,23 @@ def test_cluster_flags_are_checked_before_start():
     ):
         with pytest.raises(LaunchError):
             opts(*bad)
+
+
+def test_etcd_outage_after_a_rejoin_does_not_hand_switches_to_their_preferred_replica():
+    lab = Lab()
+    lab.run(1.5)
+    lab.replicas["a"].alive = False
+    lab.run(3.0)  # b masters everything, including a's preferred switches
+    back = lab.replicas["a"] = Replica("a")
+    for d in lab.switches:
+        lab.wire(back, back.gate.connected(d))
+    lab.run(3.0)
+    masters = lab.masters()
+    assert all(m == ["b"] for m in masters.values())
+    lab.etcd.down = True
+    lab.run(3.0)
+    lab.etcd.down = False  # every lease expired meanwhile: all keys are free again
+    for _ in range(30):
+        lab.run(STEP)
+        assert lab.masters() == masters
+    assert back.promotions == []
