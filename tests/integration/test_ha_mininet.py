@@ -16,37 +16,10 @@ import pytest
 from topologies.etcdlab import ETCD, EtcdLab
 from topologies.harness import Controller, ping_counts
 from topologies.linear import LinearTopo
+from topologies.replicas import PROMOTED, masters
 from topologies.wait import seconds_until, until
 
 GOAL = 3.0  # seconds
-PROMOTED = r"master \(generation \d+\), reason"
-
-
-def roles(bridge: str) -> dict[int, str]:
-    """Controller port -> the role Open vSwitch gives that connection on `bridge`."""
-    mine = subprocess.run(
-        ["ovs-vsctl", "get", "bridge", bridge, "controller"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rows = subprocess.run(
-        ["ovs-vsctl", "--columns=_uuid,target,role", "--format=csv", "--no-headings"]
-        + ["list", "controller"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    got = {}
-    for row in rows.splitlines():
-        uuid, target, role = [c.strip('"') for c in row.split(",")]
-        if uuid in mine:
-            got[int(target.rsplit(":", 1)[1])] = role
-    return got
-
-
-def masters(bridges, ports) -> dict[str, list[int]]:
-    return {b: [p for p, r in roles(b).items() if r == "master" and p in ports] for b in bridges}
 
 
 @pytest.fixture
