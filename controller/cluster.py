@@ -56,6 +56,7 @@ class Store(Protocol):
 
 
 def master_key(dpid: int) -> str:
+    """The etcd key whose holder is switch `dpid`'s master (16 hex digits)."""
     return f"{MASTERS}{dpid:016x}"
 
 

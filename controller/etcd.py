@@ -50,19 +50,23 @@ class EtcdStore:
         raise StoreUnavailable("; ".join(errors))
 
     def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; its id. Raises the store's error when etcd is away."""
         return self._call(lambda c: c.lease(ttl=ttl).id)
 
     def refresh(self, lease: int) -> bool:
+        """Keep lease `lease` alive; False if etcd no longer knows it (it expired)."""
         from etcd3gw.lease import Lease
 
         return self._call(lambda c: Lease(lease, c).refresh()) > 0
 
     def create(self, key: str, value: str, lease: int) -> bool:
+        """Put `key` only if absent, bound to `lease`; True if this call created it."""
         from etcd3gw.lease import Lease
 
         return self._call(lambda c: c.create(key, value, lease=Lease(lease, c)))
 
     def get_prefix(self, prefix: str) -> dict[str, tuple[str, int]]:
+        """Every key under `prefix`: key -> (value, its create revision)."""
         rows = self._call(lambda c: c.get_prefix(prefix))
         return {
             meta["key"].decode(): (value.decode(), int(meta["create_revision"]))

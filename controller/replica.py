@@ -80,5 +80,6 @@ class ClusterLink:
             hub.sleep(max(0.0, STEP - (time.monotonic() - started)))
 
     def update_gauges(self) -> None:
+        """Set the role gauge of every switch this replica knows (per dpid and replica)."""
         for dpid, role in self.gate.roles().items():
             self.role.labels(f"{dpid:016x}", self.replica).set(ROLE_VALUES[role])

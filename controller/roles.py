@@ -95,13 +95,17 @@ class RoleGate:
         self.dropped = 0  # writes dropped as a non-master
 
     def connected(self, dpid: int) -> dict[int, list]:
+        """A switch connected, no role confirmed yet: {dpid: [messages to send]} (OFPSetAsync,
+        so that as a slave it still sends us packet-ins, port status and flow-removed)."""
         self.switches[dpid] = SwitchRole()
         return self._ask(dpid, [async_for_all_roles()])
 
     def disconnected(self, dpid: int) -> None:
+        """Forget switch `dpid`'s role (it reconnects as a new switch)."""
         self.switches.pop(dpid, None)
 
     def is_master(self, dpid: int) -> bool:
+        """True once the switch's ROLE_REPLY said MASTER (and no demotion since)."""
         sw = self.switches.get(dpid)
         return sw is not None and sw.confirmed == ofp.OFPCR_ROLE_MASTER
 

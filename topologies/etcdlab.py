@@ -57,10 +57,12 @@ class EtcdLab:
 
     @property
     def url(self) -> str:
+        """The client URL, http://127.0.0.1:PORT."""
         return f"http://127.0.0.1:{self.client_port}"
 
     @property
     def pid(self) -> int:
+        """etcd's process id, 0 when not running."""
         return self.proc.pid if self.proc else 0
 
     def start(self) -> EtcdLab:
@@ -100,6 +102,7 @@ class EtcdLab:
         return self
 
     def healthy(self) -> bool:
+        """True if etcd's /health answers true within 1 s."""
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
                 return b'"true"' in r.read()
@@ -107,6 +110,7 @@ class EtcdLab:
             return False
 
     def log(self) -> str:
+        """etcd's log so far (empty if none)."""
         try:
             with open(os.path.join(self.data_dir, "etcd.log"), errors="replace") as f:
                 return f.read()
@@ -118,6 +122,7 @@ class EtcdLab:
         os.kill(self.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
+        """Continue a paused etcd (SIGCONT)."""
         os.kill(self.pid, signal.SIGCONT)
 
     def stop(self) -> None:
@@ -155,6 +160,7 @@ def stop(pid: int, data_dir: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """`start` prints URL, pid and data dir of a new etcd; `stop PID DIR` ends it. Exit status."""
     if argv[:1] == ["start"]:
         lab = EtcdLab().start()
         print(lab.url, lab.pid, lab.data_dir)

@@ -32,4 +32,5 @@ def roles(bridge: str) -> dict[int, str]:
 
 
 def masters(bridges, ports) -> dict[str, list[int]]:
+    """Per bridge, which of the controller `ports` Open vSwitch lists as master."""
     return {b: [p for p, r in roles(b).items() if r == "master" and p in ports] for b in bridges}
