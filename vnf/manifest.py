@@ -4,8 +4,8 @@ What is honoured: `replicas`, the pod template's labels (the selector must match
 API server insists), one container per pod with its `image`, `securityContext.capabilities.add`,
 `env` (literal values and `valueFrom.configMapKeyRef`), and `resources` requests and limits
 (memory and cpu quantities). Fields that make no sense here (ports, probes, volumes...) are
-named in a warning, not silently dropped. Every problem is a ConfigError with file, line and
-field.
+named in a warning, not silently dropped. Shapes are checked against vnf/schemas.py first; every
+problem is a ConfigError with file, line and field.
 
 >>> memory_bytes("512Mi"), cpu_cores("500m"), cpu_cores("2")
 (536870912, 0.5, 2.0)
@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from controller.config import Document, load_documents
+from vnf.schemas import CONFIGMAP, DEPLOYMENT
 
 LOG = logging.getLogger("osken_suite.vnf")
 _MEMORY_UNITS = {
@@ -79,15 +80,6 @@ class Manifest:
     configmaps: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def _get(doc: Document, data, key: str, where: tuple, kind: type, default=None):
-    value = data.get(key, default) if isinstance(data, dict) else default
-    if value is None and default is None:
-        raise doc.error(where + (key,), "is required")
-    if not isinstance(value, kind):
-        raise doc.error(where + (key,), f"must be a {kind.__name__}")
-    return value
-
-
 def _quantity(doc: Document, resources: dict, where: tuple, part: str, what: str, parse):
     value = (resources.get(part) or {}).get(what)
     if value is None:
@@ -107,23 +99,20 @@ def _container(doc: Document, spec: dict, where: tuple) -> Container:
     env, env_from = [], []
     for i, item in enumerate(spec.get("env") or []):
         at = where + ("env", i)
-        name = _get(doc, item, "name", at, str)
+        name = item["name"]
         if "value" in item:
             env.append((name, str(item["value"])))
             continue
         ref = ((item.get("valueFrom") or {}).get("configMapKeyRef")) or None
         if ref is None:
             raise doc.error(at, "only value and valueFrom.configMapKeyRef are supported")
-        ref_at = at + ("valueFrom", "configMapKeyRef")
-        env_from.append(
-            (name, _get(doc, ref, "name", ref_at, str), _get(doc, ref, "key", ref_at, str))
-        )
+        env_from.append((name, ref["name"], ref["key"]))
     resources = spec.get("resources") or {}
     at = where + ("resources",)
     return Container(
-        name=_get(doc, spec, "name", where, str),
-        image=_get(doc, spec, "image", where, str),
-        capabilities=tuple(str(c).upper() for c in caps),
+        name=spec["name"],
+        image=spec["image"],
+        capabilities=tuple(c.upper() for c in caps),
         env=tuple(env),
         env_from=tuple(env_from),
         memory_limit=_quantity(doc, resources, at, "limits", "memory", memory_bytes),
@@ -134,16 +123,15 @@ def _container(doc: Document, spec: dict, where: tuple) -> Container:
 
 
 def _deployment(doc: Document) -> Deployment:
-    data = doc.data
-    meta = _get(doc, data, "metadata", (), dict)
-    name = _get(doc, meta, "name", ("metadata",), str)
+    doc.validate(DEPLOYMENT)
+    meta, spec = doc.data["metadata"], doc.data["spec"]
+    name = meta["name"]
     if not _NAME.match(name) or len(name) > 63:
         raise doc.error(("metadata", "name"), f"{name!r} is not a DNS label")
-    spec = _get(doc, data, "spec", (), dict)
     replicas = spec.get("replicas", 1)
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 99:
+    if not 0 <= replicas <= 99:
         raise doc.error(("spec", "replicas"), "must be a whole number from 0 to 99")
-    template = _get(doc, spec, "template", ("spec",), dict)
+    template = spec["template"]
     labels = (template.get("metadata") or {}).get("labels") or {}
     selector = ((spec.get("selector") or {}).get("matchLabels")) or {}
     for key, value in selector.items():
@@ -152,8 +140,7 @@ def _deployment(doc: Document) -> Deployment:
                 ("spec", "selector", "matchLabels", key),
                 f"{key}={value} does not match the pod template's labels",
             )
-    pod = _get(doc, template, "spec", ("spec", "template"), dict)
-    containers = _get(doc, pod, "containers", ("spec", "template", "spec"), list)
+    containers = template["spec"]["containers"]
     if len(containers) != 1:
         raise doc.error(
             ("spec", "template", "spec", "containers"),
@@ -162,7 +149,7 @@ def _deployment(doc: Document) -> Deployment:
     container = _container(doc, containers[0], ("spec", "template", "spec", "containers", 0))
     return Deployment(
         name,
-        str(meta.get("namespace", "default")),
+        meta.get("namespace", "default"),
         replicas,
         tuple(sorted((str(k), str(v)) for k, v in labels.items())),
         container,
@@ -184,13 +171,8 @@ def load_manifest(*paths: str) -> Manifest:
                 out.deployments.append(d)
                 refs.append((doc, d))
             elif kind == "ConfigMap":
-                meta = _get(doc, doc.data, "metadata", (), dict)
-                data = doc.data.get("data") or {}
-                if not isinstance(data, dict):
-                    raise doc.error(("data",), "must be a mapping of keys to text")
-                out.configmaps[_get(doc, meta, "name", ("metadata",), str)] = {
-                    str(k): str(v) for k, v in data.items()
-                }
+                doc.validate(CONFIGMAP)
+                out.configmaps[doc.data["metadata"]["name"]] = dict(doc.data.get("data") or {})
             else:
                 LOG.info("%s: kind %s is not a VNF document; skipped", path, kind)
     for doc, d in refs:

@@ -22,47 +22,33 @@ from __future__ import annotations
 import logging
 from types import MappingProxyType
 
-from apps.services.compile import (
-    COOKIE,
-    MAX_BACKENDS,
-    MAX_ROUTES,
-    PROTOCOLS,
-    ServicesCompiler,
-    commit_to,
-    service_tag,
-    vip_mac,
-)
+from apps.services.arp import ArpProber, MacTable, vip_reply
+from apps.services.backends import Locations
+from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
+from apps.services.drain import Draining
+from apps.services.metrics import ServicesMetrics
+from apps.services.picking import ConnectionPicker
+from apps.services.placement import Placement
 from apps.services.settings import (
     ROUTING_SCHEMA,
     SERVICES_SCHEMA,
-    Backend,
     Service,
     ServicesSettings,
     parse_services,
 )
-from apps.services.weights import SmoothWeighted
 from controller.app import PacketIn, SuiteApp
 from controller.config import DocumentCache
-from controller.flows import Flow, group_action, output, packet_out
-from controller.packets import (
-    ARP_REPLY,
-    ARP_REQUEST,
-    ETH_TYPE_ARP,
-    arp_frame,
-    connection_of,
-    parse_arp,
-)
+from controller.flows import Flow, output, packet_out
+from controller.packets import ETH_TYPE_ARP, connection_of, parse_arp
 
 LOG = logging.getLogger("osken_suite.services")
-ARP_PROBE_INTERVAL = 2.0
-MAX_LEARNED = 65536  # IP -> MAC entries kept from ARP
-# A backend taken out of the config keeps its translation flows this long: its connections
-# end normally, and a client reusing a port whose conntrack entry still points at it (TIME_WAIT)
-# is not sent into a void.
-DRAIN_SECONDS = 300.0
 
 
 class Services(SuiteApp):
+    """The services app: wires the core's hooks to ARP (arp.py), backend locations and
+    liveness (backends.py), the desired flows and groups (placement.py), new-connection
+    picking (picking.py), draining (drain.py) and metrics (metrics.py)."""
+
     name = "services"
     config_section = "services"
     config_schemas = MappingProxyType({"services": SERVICES_SCHEMA, "routing": ROUTING_SCHEMA})
@@ -74,28 +60,20 @@ class Services(SuiteApp):
         self.compiler = ServicesCompiler(core.pipeline)
         self.documents = DocumentCache()  # routing files parsed at earlier loads
         self.settings = ServicesSettings()
-        # IP -> MAC of every host heard in ARP, so a backend added later is ready at once.
-        self.learned_macs: dict[str, str] = {}
-        self.located: dict[str, tuple[int, int]] = {}  # MAC -> where it was last seen
-        self.rr: dict[tuple[str, int], SmoothWeighted] = {}
-        self.backup_rr: dict[str, SmoothWeighted] = {}
-        self._placed: object = None
-        self._by_address: dict[tuple[str, int, int], tuple[int, Service]] = {}
-        self._resolved_services: dict[str, Service] = {}
-        self._ff: dict[int, dict[str, dict[str, int]]] = {}  # dpid -> service -> backend -> group
-        self._live: set[str] = set()  # backends taking connections, as of the last _install
-        self._next_probe = 0.0
-        self.draining: list[tuple[Service, float]] = []  # what left the config, until when
-        self.connections = core.metrics.counter(
-            "osken_services_connections",
-            "New connections sent to each backend",
-            ("service", "backend"),
-        )
-        self.live_backends = core.metrics.gauge(
-            "osken_services_live_backends",
-            "Backends taking new connections, per service",
-            ("service",),
-        )
+        self.macs = MacTable()
+        self.locations = Locations(self.topology, self.macs)
+        self.placement = Placement(self.compiler, self.locations)
+        self.picker = ConnectionPicker()
+        self.drain = Draining()
+        self.prober = ArpProber(core, self.topology)
+        self.metrics = ServicesMetrics(core.metrics)
+        self.connections = self.metrics.connections
+        self.live_backends = self.metrics.live_backends
+
+    @property
+    def draining(self) -> list[tuple[Service, float]]:
+        """(retired service, until when in seconds) still steering their connections."""
+        return self.drain.entries
 
     # --- config --------------------------------------------------------------------------------
 
@@ -112,17 +90,9 @@ class Services(SuiteApp):
     def configure(self, settings: ServicesSettings, now: float) -> None:
         old = {s.name: s for s in self.settings.services}
         self.settings = settings
-        self._drain(old, now)
-        for s in self.settings.services:
-            if old.get(s.name) != s:  # a new split starts a new rotation
-                for r in range(len(s.routes)):
-                    self.rr.pop((s.name, r), None)
-                self.backup_rr.pop(s.name, None)
-        self._by_address = {
-            (s.vip, PROTOCOLS[s.protocol], s.port): (i, s)
-            for i, s in enumerate(self.settings.services)
-        }
-        self._next_probe = now + ARP_PROBE_INTERVAL
+        self.drain.retire(old, settings.services, self.placement.resolved, now)
+        self.picker.configure(old, settings.services)
+        self.prober.restart(now)
         self._install()
         self._probe_unknown()  # a new backend that never spoke is asked for its MAC at once
         for s in self.settings.services:
@@ -136,30 +106,6 @@ class Services(SuiteApp):
                 "; ".join(self._describe(s, r) for r in range(len(s.routes))) or "backups only",
             )
 
-    def _drain(self, old: dict[str, Service], now: float) -> None:
-        """Backends (and whole services) the new config dropped keep steering what conntrack
-        still holds for them, for DRAIN_SECONDS; new connections never go to them."""
-        new = {s.name: {b.key for b in s.backends} for s in self.settings.services}
-        for name, s in old.items():
-            gone = tuple(
-                b
-                for b in self._resolved_services.get(name, s).backends
-                if b.key not in new.get(name, set()) and b.mac
-            )
-            if gone:
-                LOG.info(
-                    "services: %s: %s drain for %.0f s",
-                    name,
-                    ", ".join(b.endpoint for b in gone),
-                    DRAIN_SECONDS,
-                )
-                self.draining.append(
-                    (
-                        Service(s.name, s.vip, s.port, s.protocol, s.method, gone, (), ()),
-                        now + DRAIN_SECONDS,
-                    )
-                )
-
     @staticmethod
     def _describe(s: Service, r: int) -> str:
         route = s.routes[r]
@@ -168,155 +114,29 @@ class Services(SuiteApp):
         who = "all clients" if route.sources is None else f"{len(route.sources)} sources"
         return f"{who}: {split}"
 
-    # --- who can take traffic ------------------------------------------------------------------
-
-    def mac_of(self, b: Backend) -> str | None:
-        return b.mac or self.learned_macs.get(b.ip)
-
-    def _where(self, b: Backend) -> tuple[int, int] | None:
-        mac = self.mac_of(b)
-        return None if mac is None else self.located.get(mac)
-
-    def alive(self, b: Backend) -> bool:
-        """Ready (its MAC known) and not last seen at a port that is down. A backend never
-        seen yet counts as up: the fabric floods to find it."""
-        if self.mac_of(b) is None:
-            return False
-        where = self._where(b)
-        return where is None or where[1] in self.topology.live_ports(where[0])
-
-    def _watch(self, dpid: int, b: Backend) -> list[int]:
-        """The ports of `dpid` that lead to `b`: its own port if it is here, else every
-        equal-cost next hop toward its switch. None known: []."""
-        where = self._where(b)
-        if where is None:
-            return []
-        if where[0] == dpid:
-            return [where[1]]
-        return self.topology.equal_cost_next_hops(dpid, where[0])
-
-    def _refresh_locations(self) -> bool:
-        """Copy where the fabric last saw each backend; True if anything moved."""
-        hosts = self.topology.hosts()
-        changed = False
-        for s in self.settings.services:
-            for b in s.backends:
-                mac = self.mac_of(b)
-                if mac in hosts and self.located.get(mac) != hosts[mac]:
-                    self.located[mac] = hosts[mac]
-                    changed = True
-        return changed
-
     # --- desired flows and groups --------------------------------------------------------------
 
     def _install(self) -> None:
         switches = tuple(self.topology.switches())
-        live = {b.key for s in self.settings.services for b in s.backends if self.alive(b)}
-        self._live = live  # every input of liveness reaches _install; a new connection reads this
-        inputs = (
-            self.settings.services,
-            switches,
-            frozenset(live),
-            tuple(
-                sorted((b.ip, self.mac_of(b)) for s in self.settings.services for b in s.backends)
-            ),
-            tuple(sorted(self.located.items())),
-            self.topology.version,
-            tuple(self.draining),
-        )
-        if inputs == self._placed:
+        services = self.settings.services
+        placed = self.placement.place(services, switches, self.drain.entries)
+        if placed is None:
             return
-        self._placed = inputs
-        flows = {}
-        groups: dict[int, list] = {d: [] for d in switches}
-        self._ff = {d: {} for d in switches}
-        for index, s in enumerate(self.settings.services):
-            resolved = self._resolved_services[s.name] = self._resolved(s)
-            for f in self.compiler.service_flows(resolved):
-                flows[f.key] = f
-            for dpid in switches:
-                groups[dpid] += self._groups(index, resolved, dpid, live)
-            has_group = {r for r in range(len(s.routes)) if self._choices(s, r, live)}
-            for f in self.compiler.new_connection_flows(index, resolved, has_group.__contains__):
-                flows[f.key] = f
-            self.live_backends.labels(s.name).set(sum(b.key in live for b in s.backends))
-        for retired, _ in self.draining:  # what is in force now wins any shared entry
-            for f in self.compiler.service_flows(retired):
-                flows.setdefault(f.key, f)
-        self.desired.put(("lb", "flows"), {d: list(flows.values()) for d in switches})
+        flows, groups = placed
+        self.metrics.set_live(services, self.placement.live)
+        self.desired.put(("lb", "flows"), flows)
         self.desired.put_groups(("lb", "groups"), groups)
 
-    def _resolved(self, s: Service) -> Service:
-        """The service with learned MACs filled in."""
-        backends = tuple(Backend(b.endpoint, b.ip, self.mac_of(b), b.port) for b in s.backends)
-        return Service(s.name, s.vip, s.port, s.protocol, s.method, backends, s.routes, s.backups)
-
-    @staticmethod
-    def _backups(s: Service, live: set | None) -> dict[str, object]:
-        """Backup key -> weight, of those up (all, with live None). Backups that all have
-        weight 0 (nginx's `backup` servers have none) share evenly."""
-        weights = dict(s.backups) if any(w for _, w in s.backups) else {k: 1 for k, _ in s.backups}
-        return {k: w for k, w in weights.items() if w and (live is None or k in live)}
-
-    def _choices(self, s: Service, r: int, live: set) -> list[tuple[Backend, object]]:
-        """(backend, weight) pairs route `r` can use now: its primaries that are up, else the
-        backups that are."""
-        primaries = [(s.backend(k), w) for k, w in s.routes[r].split if w and k in live]
-        return primaries or [(s.backend(k), w) for k, w in self._backups(s, live).items()]
-
-    def _groups(self, index: int, s: Service, dpid: int, live: set) -> list:
-        backups = [s.backend(k) for k, _ in s.backups]
-        out: list = []
-        ff = self._ff[dpid][s.name] = {}
-        for b in s.backends:
-            if b.mac is None:
-                continue
-            g = self.compiler.failover_group(
-                index, s, b, [k for k in backups if k.mac], lambda x: self._watch(dpid, x)
-            )
-            if g is not None:
-                out.append(g)
-                ff[b.key] = g.group_id
-        if s.method == "switch":
-            for r in range(len(s.routes)):
-                choices = self._choices(s, r, live)
-                if choices:
-                    out.append(self.compiler.select_group(index, r, choices, self._via(ff)))
-        return out
-
-    def _via(self, ff: dict):
-        """How a switch commits a connection to a backend: through its fast-failover group
-        when it has one, else directly."""
-
-        def via(b: Backend):
-            if b.key in ff:
-                return group_action(ff[b.key])
-            return commit_to(b, self.compiler.track)
-
-        return via
+    def _probe_unknown(self) -> None:
+        self.prober.probe(self.settings.services, self.macs)
 
     # --- events --------------------------------------------------------------------------------
 
     def on_switch_synced(self, dpid: int, installed: list[Flow], now: float) -> None:
         """Learned backend MACs live in the switch's steering flows: a restarted controller
         takes them back, so connections in flight keep their way to the backend."""
-        backends = {b.ip for s in self.settings.services for b in s.backends if b.mac is None}
-        for f in installed:
-            if f.cookie != COOKIE or f.table != self.compiler.track:
-                continue
-            ip = f.match_dict().get("ipv4_dst")
-            mac = next(
-                (
-                    a[2]
-                    for ins in f.instructions
-                    if ins[0] == "apply"
-                    for a in ins[1]
-                    if a[:2] == ("set_field", "eth_dst")
-                ),
-                None,
-            )
-            if ip in backends and mac and ip not in self.learned_macs:
-                self.learned_macs[ip] = mac
+        unknown = {b.ip for s in self.settings.services for b in s.backends if b.mac is None}
+        self.macs.restore(unknown, installed, COOKIE, self.compiler.track)
 
     def on_packet_in(self, pkt: PacketIn, now: float) -> None:
         if pkt.eth_type == ETH_TYPE_ARP:
@@ -328,88 +148,45 @@ class Services(SuiteApp):
         a = parse_arp(pkt.data)
         if a is None:  # not Ethernet/IPv4 ARP, or cut short: not ours to answer
             return
-        vip = next((s for s in self.settings.services if s.vip == a.dst_ip), None)
-        if a.opcode == ARP_REQUEST and vip is not None and pkt.cookie == COOKIE:
-            frame = arp_frame(ARP_REPLY, vip_mac(vip.vip), vip.vip, a.src_mac, a.src_ip)
-            self.core.send(pkt.dpid, [packet_out(frame, [output(pkt.in_port)])])
+        reply = vip_reply(a, self.settings.services)
+        if reply is not None and pkt.cookie == COOKIE:
+            self.core.send(pkt.dpid, [packet_out(reply, [output(pkt.in_port)])])
             return
-        self._learn_mac(a.src_ip, a.src_mac)
-
-    def _learn_mac(self, ip: str, mac: str) -> None:
-        """Hosts are known by the MAC they speak ARP with (a backend's configured MAC wins)."""
-        if self.learned_macs.get(ip) == mac or int(mac[:2], 16) & 1:
+        if not self.macs.learn(a.src_ip, a.src_mac):
             return
-        self.learned_macs.pop(ip, None)
-        if len(self.learned_macs) >= MAX_LEARNED:
-            del self.learned_macs[next(iter(self.learned_macs))]  # the oldest goes
-        self.learned_macs[ip] = mac
-        if any(b.ip == ip and b.mac is None for s in self.settings.services for b in s.backends):
-            LOG.info("services: backend %s is at %s", ip, mac)
-            self._refresh_locations()
+        if any(
+            b.ip == a.src_ip and b.mac is None for s in self.settings.services for b in s.backends
+        ):
+            LOG.info("services: backend %s is at %s", a.src_ip, a.src_mac)
+            self.locations.refresh(self.settings.services)
             self._install()
 
     def _new_connection(self, pkt: PacketIn) -> None:
         conn = connection_of(pkt.data)
-        found = self._by_address.get((conn[1], conn[2], conn[4])) if conn else None
-        if found is None:
+        service = self.picker.service_for(conn)
+        if service is None:
             return
-        _, service = found
         src = conn[0]
-        backend = self.pick(service, src)
+        backend = self.picker.pick(service, src, self.placement.live)
         if backend is None:
             LOG.warning("services: %s: no backend up for %s; connection dropped", service.name, src)
             return
-        self.connections.labels(service.name, backend.endpoint).inc()
-        resolved = self._resolved_services[service.name].backend(backend.key)
-        via = self._via(self._ff.get(pkt.dpid, {}).get(service.name, {}))
-        actions = [service_tag(service), via(resolved)]  # the tag: in case it is a hairpin
+        self.metrics.connected(service, backend)
+        commit = self.placement.commit(pkt.dpid, service, backend)
+        actions = [service_tag(service), commit]  # the tag: in case it is a hairpin
         self.core.send(pkt.dpid, [packet_out(pkt.data, actions, pkt.in_port)])
 
-    def pick(self, s: Service, src: str) -> Backend | None:
-        """The backend for a new connection from `src`: the next turn of the first route that
-        takes `src`, among its primaries that are up; if none is up, the backups' next turn.
-        A client no route takes gets nothing."""
-        r = next((i for i, route in enumerate(s.routes) if route.takes(src)), None)
-        if r is None and s.routes:
-            return None
-        live = self._live
-        if r is not None:
-            rr = self.rr.setdefault((s.name, r), SmoothWeighted(dict(s.routes[r].split)))
-            key = rr.pick(live)
-            if key is not None:
-                return s.backend(key)
-        backups = self._backups(s, live)
-        if not backups:
-            return None
-        rr = self.backup_rr.setdefault(s.name, SmoothWeighted(dict(self._backups(s, None))))
-        return s.backend(rr.pick(backups))
-
     def on_topology_change(self, now: float) -> None:
-        self._refresh_locations()
+        self.locations.refresh(self.settings.services)
         self._install()
 
     def on_switch_ready(self, dpid: int, now: float) -> None:
         self._install()
 
     def tick(self, now: float) -> None:
-        drained = [d for d in self.draining if d[1] > now]
-        if self._refresh_locations() or len(drained) != len(self.draining):
-            self.draining = drained
+        moved = self.locations.refresh(self.settings.services)
+        expired = self.drain.expire(now)
+        if moved or expired:
             self._install()
-        if now >= self._next_probe:
-            self._next_probe = now + ARP_PROBE_INTERVAL
+        if self.prober.due(now):
             self._probe_unknown()
-
-    def _probe_unknown(self) -> None:
-        """Ask, from the VIP, for backends whose MAC nobody told us: their reply comes back
-        to the VIP's ARP entry and to us."""
-        for s in self.settings.services:
-            for b in s.backends:
-                if self.mac_of(b) is not None:
-                    continue
-                frame = arp_frame(ARP_REQUEST, vip_mac(s.vip), s.vip, "00:00:00:00:00:00", b.ip)
-                for dpid in self.topology.switches():
-                    if self.core.ready(dpid):
-                        ports = sorted(self.topology.edge_ports(dpid))
-                        if ports:
-                            self.core.send(dpid, [packet_out(frame, [output(p) for p in ports])])

@@ -232,58 +232,60 @@ def _is_default_match(match: dict) -> bool:
 
 
 def _httproute_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
-    rules = []
+    """The HTTPRoute's rules the switch can honour, in order; the others are rejected by name
+    (a warning, the rule left out). Raises ConfigError for a rule that cannot be read."""
     listed = spec.get("rules") or []
     if len(listed) > GATEWAY_MAX_ITEMS:
         raise doc.error(("spec", "rules"), f"at most {GATEWAY_MAX_ITEMS} rules per HTTPRoute")
-    for i, rule in enumerate(listed):
-        at = ("spec", "rules", i)
-        if rule.get("filters"):
-            _reject(doc, at + ("filters",), "HTTP filters (header edits, redirects, rewrites)")
-            continue
-        rejected = False
-        for j, match in enumerate(rule.get("matches") or []):
-            l7 = [k for k in match if k in _HTTPROUTE_MATCH_L7]
-            if l7:
-                _reject(doc, at + ("matches", j, l7[0]), f"a match on the request's {l7[0]}")
-                rejected = True
-                break
-            if not _is_default_match(match):
-                _reject(doc, at + ("matches", j, "path"), "a match on the request path")
-                rejected = True
-                break
-        if rejected:
-            continue
-        refs = rule.get("backendRefs") or []
-        if len(refs) > GATEWAY_MAX_ITEMS:
-            raise doc.error(
-                at + ("backendRefs",), f"at most {GATEWAY_MAX_ITEMS} backendRefs per rule"
-            )
-        destinations = []
-        for j, ref in enumerate(refs):
-            where = at + ("backendRefs", j)
-            if ref.get("kind", "Service") != "Service":
-                raise doc.error(where + ("kind",), f"backends of kind {ref['kind']!r}")
-            if ref.get("filters"):
-                _reject(doc, where + ("filters",), "HTTP filters on a backend")
-                rejected = True
-                break
-            port = ref.get("port")
-            destinations.append(
-                Destination(
-                    str(ref["name"]),
-                    None,
-                    port,
-                    _weight(ref.get("weight"), 1),
-                    where,
-                )
-            )
-        if rejected:
-            continue
-        if not destinations:
-            raise doc.error(at, "a rule needs backendRefs")
-        rules.append(RouteRule((), tuple(destinations), doc.located(at)))
-    return tuple(rules)
+    rules = (_httproute_rule(doc, rule, ("spec", "rules", i)) for i, rule in enumerate(listed))
+    return tuple(r for r in rules if r is not None)
+
+
+def _httproute_rule(doc: Document, rule: dict, at: tuple) -> RouteRule | None:
+    """Rule `rule` at `at`, or None if it needs what a switch cannot do (filters, L7 matches)."""
+    if rule.get("filters"):
+        _reject(doc, at + ("filters",), "HTTP filters (header edits, redirects, rewrites)")
+        return None
+    if not _httproute_matches_ok(doc, rule, at):
+        return None
+    destinations = _httproute_destinations(doc, rule, at)
+    if destinations is None:
+        return None
+    if not destinations:
+        raise doc.error(at, "a rule needs backendRefs")
+    return RouteRule((), destinations, doc.located(at))
+
+
+def _httproute_matches_ok(doc: Document, rule: dict, at: tuple) -> bool:
+    """False (the first offending match rejected by name) if a match needs L7 or a path."""
+    for j, match in enumerate(rule.get("matches") or []):
+        l7 = [k for k in match if k in _HTTPROUTE_MATCH_L7]
+        if l7:
+            _reject(doc, at + ("matches", j, l7[0]), f"a match on the request's {l7[0]}")
+            return False
+        if not _is_default_match(match):
+            _reject(doc, at + ("matches", j, "path"), "a match on the request path")
+            return False
+    return True
+
+
+def _httproute_destinations(doc: Document, rule: dict, at: tuple) -> tuple[Destination, ...] | None:
+    """The rule's backendRefs as destinations (default weight 1), or None if one has filters
+    (rejected by name). Raises ConfigError for too many refs or a kind other than Service."""
+    refs = rule.get("backendRefs") or []
+    if len(refs) > GATEWAY_MAX_ITEMS:
+        raise doc.error(at + ("backendRefs",), f"at most {GATEWAY_MAX_ITEMS} backendRefs per rule")
+    destinations = []
+    for j, ref in enumerate(refs):
+        where = at + ("backendRefs", j)
+        if ref.get("kind", "Service") != "Service":
+            raise doc.error(where + ("kind",), f"backends of kind {ref['kind']!r}")
+        if ref.get("filters"):
+            _reject(doc, where + ("filters",), "HTTP filters on a backend")
+            return None
+        weight = _weight(ref.get("weight"), 1)
+        destinations.append(Destination(str(ref["name"]), None, ref.get("port"), weight, where))
+    return tuple(destinations)
 
 
 def _httproute(doc: Document, meta: dict, spec: dict) -> HTTPRoute:

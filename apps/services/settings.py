@@ -274,14 +274,7 @@ def parse_services(section, config: Config, documents: DocumentCache) -> Service
     keeps what the routing files parsed to, so a reload parses again only those that changed."""
     endpoints = {e.name: e for e in parse_endpoints(config)}
     specs = section or []
-    names: set[str] = set()
-    listed: dict[str, list] = {}
-    backups: dict[str, list] = {}
-    for i, spec in enumerate(specs):
-        if spec["name"] in names:
-            raise config.error(("services", i, "name"), f"service {spec['name']!r} twice")
-        names.add(spec["name"])
-        listed[spec["name"]], backups[spec["name"]] = _listed(config, i, spec, endpoints)
+    listed, backups = _listed_by_name(config, specs, endpoints)
     docs = _routing_docs(config, documents)
     resolver = _Resolver(config, endpoints, listed, docs)
     settings = ServicesSettings(endpoints)
@@ -289,30 +282,10 @@ def parse_services(section, config: Config, documents: DocumentCache) -> Service
     vips: dict = {}
     for i, spec in enumerate(specs):
         vip = _vip(config, i, spec, vips)
-        mine = [(k, d) for k, d in enumerate(docs) if _attached(d, spec["name"])]
-        if len(mine) > 1:
-            first, second = mine[0][1], mine[1][1]
-            raise second.doc.error(
-                ("metadata", "name"),
-                f"{second.name} routes service {spec['name']!r}, and so does {first.name} "
-                f"({first.doc.path}); one routing document per service",
-            )
-        routes, members = [], [b for b, _ in listed[spec["name"]]]
-        if mine:
-            used.add(mine[0][0])
-            for rule in mine[0][1].rules:
-                route, backends = resolver.route(rule, spec, mine[0][1].doc)
-                if route is not None:
-                    routes.append(route)
-                    members += backends
-        elif listed[spec["name"]]:
-            split = tuple((b.key, w) for b, w in listed[spec["name"]])
-            routes.append(Route(None, split, f"services[{i}]"))
-        elif not backups[spec["name"]]:
-            raise config.error(
-                ("services", i), f"service {spec['name']!r} has no backends and no routing"
-            )
-        members += [b for b, _ in backups[spec["name"]]]
+        mine = _routing_of(spec["name"], docs)
+        if mine is not None:
+            used.add(mine[0])
+        routes, members = _routes(config, i, spec, mine, resolver, listed, backups)
         settings.services.append(
             Service(
                 spec["name"],
@@ -325,6 +298,65 @@ def parse_services(section, config: Config, documents: DocumentCache) -> Service
                 tuple((b.key, w) for b, w in backups[spec["name"]]),
             )
         )
+    _warn_unrouted(docs, used)
+    return settings
+
+
+def _listed_by_name(config: Config, specs: list, endpoints: dict) -> tuple[dict, dict]:
+    """(service name -> its listed (backend, weight) pairs, name -> its backup pairs); raises
+    ConfigError for a service name given twice."""
+    listed: dict[str, list] = {}
+    backups: dict[str, list] = {}
+    for i, spec in enumerate(specs):
+        if spec["name"] in listed:
+            raise config.error(("services", i, "name"), f"service {spec['name']!r} twice")
+        listed[spec["name"]], backups[spec["name"]] = _listed(config, i, spec, endpoints)
+    return listed, backups
+
+
+def _routing_of(name: str, docs: list[RoutingDoc]) -> tuple[int, RoutingDoc] | None:
+    """(index, document) of the routing document attached to service `name`, else None;
+    raises ConfigError (at the second) if two are."""
+    mine = [(k, d) for k, d in enumerate(docs) if _attached(d, name)]
+    if len(mine) > 1:
+        first, second = mine[0][1], mine[1][1]
+        raise second.doc.error(
+            ("metadata", "name"),
+            f"{second.name} routes service {name!r}, and so does {first.name} "
+            f"({first.doc.path}); one routing document per service",
+        )
+    return mine[0] if mine else None
+
+
+def _routes(
+    config: Config,
+    i: int,
+    spec: dict,
+    mine: tuple[int, RoutingDoc] | None,
+    resolver: _Resolver,
+    listed: dict,
+    backups: dict,
+) -> tuple[list[Route], list[Backend]]:
+    """(routes, member backends) of service `spec` (config item `i`): from its routing
+    document if it has one, else one route over its listed backends; backups join the
+    members. Raises ConfigError for a service with no backends, routing or backups."""
+    name = spec["name"]
+    routes, members = [], [b for b, _ in listed[name]]
+    if mine:
+        for rule in mine[1].rules:
+            route, found = resolver.route(rule, spec, mine[1].doc)
+            if route is not None:
+                routes.append(route)
+                members += found
+    elif listed[name]:
+        routes.append(Route(None, tuple((b.key, w) for b, w in listed[name]), f"services[{i}]"))
+    elif not backups[name]:
+        raise config.error(("services", i), f"service {name!r} has no backends and no routing")
+    return routes, members + [b for b, _ in backups[name]]
+
+
+def _warn_unrouted(docs: list[RoutingDoc], used: set[int]) -> None:
+    """Warn of each routing document (DestinationRules aside) no service took."""
     for k, d in enumerate(docs):
         if k not in used and not isinstance(d, DestinationRule):
             LOG.warning(
@@ -334,4 +366,3 @@ def parse_services(section, config: Config, documents: DocumentCache) -> Service
                 type(d).__name__,
                 d.name,
             )
-    return settings

@@ -379,7 +379,7 @@ def test_every_seed_routing_file_loads_and_says_what_it_cannot_enforce(tmp_path,
 
 
 def test_a_backend_taken_out_of_the_config_drains_then_its_flows_go(tmp_path):
-    from apps.services.app import DRAIN_SECONDS
+    from apps.services.drain import DRAIN_SECONDS
 
     net, app, cfg = make(tmp_path, service(0, 100))
     assert connect(net, sport=5000)[0] == V2A

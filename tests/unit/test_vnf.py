@@ -80,6 +80,14 @@ data: {rules.json: '{"rules": []}'}
         ("memory: 64Mi", "memory: 64 apples", 16, "not a memory quantity"),
         ("cpu: 250m", "cpu: 2 cores", 16, "not a cpu quantity"),
         ("replicas: 1", "replicas: -1", 5, "from 0 to 99"),
+        # shapes come from vnf/schemas.py, located like the config's
+        ("replicas: 1", "replicas: two", 5, "is not of type 'integer'"),
+        ("image: custom/virtual-firewall:latest", "image: 5", 12, "5 is not a string: quote it"),
+        ("image: custom/virtual-firewall:latest", "imagePullPolicy: Always", 11, "'image' is a"),
+        ("key: rules.json}", "key: 7}", 15, "7 is not a string: quote it"),
+        ("memory: 64Mi", "memory: [64Mi]", 16, "is not of type 'string', 'number'"),
+        ("{rules.json: '{\"rules\": []}'}", "{rules.json: 1.10}", 21, "1.1 is not a string"),
+        ("containers:", "containers: {}\n      x:", 10, "is not of type 'array'"),
     ],
 )
 def test_bad_manifests_are_refused_with_file_line_and_field(tmp_path, old, new, line, message):
