@@ -14,6 +14,7 @@ from apps.l2_learning import L2Learning
 from controller.config import ConfigError, Validator, load_config
 from controller.core import Core
 from controller.matches import port_masks
+from controller.pipeline import PIPELINE
 from tests.fakenet import BROADCAST
 from tests.unit.test_l2 import MACS, leaf_spine
 
@@ -147,7 +148,11 @@ def test_port_range_edges(tmp_path):
     )
     assert all(tcp(net, A, B, p) for p in (8000, 8063, 8064, 8079, 8080))
     assert not any(tcp(net, A, B, p) for p in (7999, 8081))
-    rule_flows = [f for f in net.switches[201].flows() if f.table == 1 and f.priority > 1000]
+    rule_flows = [
+        f
+        for f in net.switches[201].flows()
+        if f.table == PIPELINE.table("firewall") and f.priority > 1000
+    ]
     assert len(rule_flows) == 3 * 2  # three masked blocks, for IPv4 and IPv6 (no address given)
 
 

@@ -13,6 +13,7 @@ from apps.microseg.compile import COOKIE, CT_ZONE
 from controller.config import ConfigError, load_config
 from controller.core import Core
 from controller.packets import source_ip as claimed_source
+from controller.pipeline import PIPELINE
 from tests.fakenet import BROADCAST
 from tests.unit.test_l2 import MACS, leaf_spine
 
@@ -662,7 +663,7 @@ def _generation(net) -> set:
     """The policy generation each switch's conntrack entry flow loads into reg0."""
     out = set()
     for sw in net.switches.values():
-        for e in sw.tables[4]:
+        for e in sw.tables[PIPELINE.table("microseg_dst")]:
             for ins in e.flow.instructions:
                 if ins[0] == "apply" and ins[1] and ins[1][0][:2] == ("set_field", "reg0"):
                     out.add(ins[1][0][2])
