@@ -217,7 +217,7 @@ FWD, FW_T, CH = T("forwarding"), T("firewall"), T("chains")
         ),
         (
             flow(T("microseg_dst"), 5, {}, apply(conntrack(8, T("services"))), cookie=MS),
-            "ct recirculation to table 8 not declared",
+            f"ct recirculation to table {T('services')} not declared",
         ),
         (
             flow(T("forwarding"), 5, {"eth_dst": MAC}, apply(group_action(0x0500_0001)), cookie=L2),
