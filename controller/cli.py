@@ -86,6 +86,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="os-ken's LLDP link discovery, for classic apps; suite apps always discover links",
     )
+    ha = p.add_argument_group("replicas (docs/ha.md); without --cluster, a single controller")
+    ha.add_argument("--cluster", metavar="URL[,URL]", help="etcd client URLs: join a replica set")
+    ha.add_argument("--replica-id", metavar="NAME", help="this replica's name, unique in the set")
     tls = p.add_argument_group(
         "OpenFlow over TLS (with --ctl-privkey and --ctl-cert, only TLS is accepted)"
     )
@@ -276,6 +279,27 @@ def check_port(host: str, port: int) -> None:
             raise LaunchError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+def cluster_options(args: argparse.Namespace) -> tuple[str, str]:
+    """(etcd URLs, replica id), checked; ("", "") without --cluster.
+
+    Raises:
+        LaunchError: --cluster without --replica-id (or the reverse), or a bad URL.
+    """
+    if not args.cluster:
+        if args.replica_id:
+            raise LaunchError("--replica-id needs --cluster")
+        return "", ""
+    if not args.replica_id or "/" in args.replica_id:
+        raise LaunchError("--cluster needs --replica-id NAME (unique per replica, no '/')")
+    from controller.etcd import endpoints
+
+    try:
+        endpoints(args.cluster)
+    except ValueError as exc:
+        raise LaunchError(f"--cluster: {exc}") from None
+    return args.cluster, args.replica_id
+
+
 def _install_signals(running: list) -> None:
     """SIGTERM/SIGINT stop, SIGHUP reloads; `running` holds the suite's CoreApp once made."""
 
@@ -318,6 +342,7 @@ def run(args: argparse.Namespace) -> int:
     modules = import_apps(args.apps)
     config = check_config(args.config, modules)
     tls = tls_options(args)
+    cluster, replica_id = cluster_options(args)
     port = args.ofp_ssl_listen_port if tls else args.ofp_tcp_listen_port
     check_port(args.ofp_listen_host, port)
     if args.prometheus_port:
@@ -358,7 +383,15 @@ def run(args: argparse.Namespace) -> int:
     contexts = manager.create_contexts()
     if suite:
         core_app = contexts[shim.CONTEXT]
-        core_app.setup(shim.RuntimeOptions(config, args.prometheus_port), suite)
+        from controller.cluster import StoreUnavailable
+
+        options = shim.RuntimeOptions(
+            config, args.prometheus_port, cluster=cluster, replica_id=replica_id
+        )
+        try:
+            core_app.setup(options, suite)
+        except StoreUnavailable as exc:
+            raise LaunchError(f"--cluster: etcd does not answer ({exc})") from None
         running.append(core_app)
     with ryu_compat.eventlet_start_order():
         threads = manager.instantiate_apps(**contexts)

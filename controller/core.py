@@ -440,6 +440,21 @@ class Core:
         self.metrics.switches.set(sum(c.phase == "ready" for c in self.conns.values()))
         return self._finish(now)
 
+    def resync(self, dpid: int, now: float) -> Outbox:
+        """Re-read a switch and repair it with one full diff: no flow-mods if it holds what is
+        wanted. For a replica that has just become the switch's master (controller/roles.py):
+        what it wrote before was not applied. A switch not yet ready is read from the start."""
+        conn = self.conns.get(dpid)
+        if conn is None:
+            return {}
+        if conn.phase != "ready":
+            return self.switch_connected(dpid, now)
+        conn.resync_at = None
+        conn.flows = {}
+        conn.numbered = {kind: {} for kind in conn.numbered}
+        self._read(conn, ("flows", "groups", "meters"))
+        return self._drain()
+
     def ports_reply(
         self, dpid: int, xid: int, ports: Iterable[PortInfo], more: bool, now: float
     ) -> Outbox:

@@ -34,6 +34,7 @@ from controller.config import Config, ConfigError, load_config
 from controller.core import ApplyError, Core
 from controller.flows import flow_from_stats, group_from_desc, meter_from_config
 from controller.metrics import Metrics
+from controller.replica import EventOwnership
 from controller.switch import FlowStat, PortInfo
 
 LOG = logging.getLogger("osken_suite.shim")
@@ -54,6 +55,8 @@ class RuntimeOptions:
     config: Config | None = None
     prometheus_port: int = 0
     prometheus_host: str = "127.0.0.1"
+    cluster: str = ""  # etcd client URLs (--cluster); "": a single controller
+    replica_id: str = ""
 
 
 class EventTick(event.EventBase):
@@ -105,11 +108,17 @@ class CoreApp(app_manager.OSKenApp):
         self._last_turn = time.monotonic()  # when the event loop last handled a tick
         self.metrics.route("/livez", self.liveness)
         self.options = RuntimeOptions()
+        self.cluster = None  # controller.replica.ClusterLink with --cluster
 
     def setup(self, options: RuntimeOptions, apps: list[type[SuiteApp]]) -> None:
         """Before os-ken starts it: the checked options, and the suite apps to host, in order
         (a class loaded twice is loaded once)."""
         self.options = options
+        if options.cluster:  # raises StoreUnavailable when etcd does not answer
+            from controller.replica import ClusterLink
+
+            self.cluster = ClusterLink(options.cluster, options.replica_id, self.metrics)
+            self.core.discovery.key = self.cluster.lldp_key  # every replica checks every probe
         for app_cls in apps:
             self.core.add_app(app_cls)
 
@@ -129,6 +138,8 @@ class CoreApp(app_manager.OSKenApp):
         self._config_stamps = self._watched()
         gc.freeze()
         hub.spawn(self._ticker)
+        if self.cluster:
+            self.cluster.start(lambda ev: self.send_event(self.name, ev))
         return thread
 
     def liveness(self) -> tuple[int, str]:
@@ -148,6 +159,8 @@ class CoreApp(app_manager.OSKenApp):
             self.send_event(self.name, EventTick())
 
     def _send(self, outbox: dict[int, list]) -> None:
+        if self.cluster:  # writes reach only the switches this replica masters
+            outbox = self.cluster.gate.gate(outbox)
         for dpid, msgs in outbox.items():
             dp = self.datapaths.get(dpid)
             if dp is None or not msgs:
@@ -227,9 +240,13 @@ class CoreApp(app_manager.OSKenApp):
             return
         if ev.state == MAIN_DISPATCHER:
             self.datapaths[dp.id] = dp
+            if self.cluster:
+                self._send(self.cluster.gate.connected(dp.id))
             self._send(self.core.switch_connected(dp.id, time.time()))
         elif self.datapaths.get(dp.id) is dp:
             del self.datapaths[dp.id]
+            if self.cluster:
+                self.cluster.gate.disconnected(dp.id)
             self._send(self.core.switch_disconnected(dp.id, time.time()))
 
     @staticmethod
@@ -307,4 +324,29 @@ class CoreApp(app_manager.OSKenApp):
     @guarded
     def _on_error(self, ev) -> None:
         msg = ev.msg
+        if self.cluster and self.cluster.gate.error(msg.datapath.id, msg.type, msg.code):
+            self.metrics.errors.labels(
+                f"{msg.datapath.id:016x}", str(msg.type), str(msg.code)
+            ).inc()
+            return  # about our role: demoted (controller/roles.py), nothing to repair
         self._send(self.core.error(msg.datapath.id, msg.type, msg.code, time.time(), msg.xid))
+
+    # --- replicas (--cluster, controller/replica.py) -------------------------------------------
+
+    @set_ev_cls(EventOwnership)
+    @guarded
+    def _on_ownership(self, ev) -> None:
+        self._send(self.cluster.gate.ownership(ev.owners))
+        self.cluster.update_gauges()
+
+    @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
+    @guarded
+    def _on_role_reply(self, ev) -> None:
+        msg = ev.msg
+        if self.cluster is None:
+            return
+        held, promoted = self.cluster.gate.role_reply(msg.datapath.id, msg.role, msg.generation_id)
+        self._send(held)
+        if promoted:  # what we wrote as a slave was dropped: read the switch, repair the rest
+            self._send(self.core.resync(msg.datapath.id, time.time()))
+        self.cluster.update_gauges()

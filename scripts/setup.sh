@@ -30,6 +30,29 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# --- etcd for the replicas' labs (Debian's etcd-server 3.4). Its package starts a system daemon
+# on install through invoke-rc.d: forbid that for the install (a policy-rc.d that denies starts,
+# unless the machine already has one), and stop a daemon the install started anyway (the init
+# script's own pid file). Labs start their own etcd on loopback (topologies/etcdlab.py). ------
+if ! dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok installed"; then
+    log "installing etcd-server (no system daemon is left running)"
+    own_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends etcd-server >/dev/null || true
+    [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    if [ -x /etc/init.d/etcd ] && /etc/init.d/etcd status >/dev/null 2>&1; then
+        log "stopping the etcd daemon the package started"
+        /etc/init.d/etcd stop >/dev/null 2>&1 || true
+    fi
+    dpkg-query -W -f='${Status}' etcd-server 2>/dev/null | grep -q "install ok installed" \
+        || { echo "setup: etcd-server did not install" >&2; exit 1; }
+fi
+
 # --- Python venv: Debian's interpreter, so Mininet and bcc (system packages) are importable ----
 if [ ! -x .venv/bin/python ]; then
     log "creating .venv from /usr/bin/python3"

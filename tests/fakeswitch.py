@@ -81,6 +81,12 @@ class FakeSwitchError(WireError):
     """The controller sent something a careful switch refuses."""
 
 
+def to_signed64(n: int) -> int:
+    """An unsigned difference read as int64_t, as Open vSwitch compares generation ids."""
+    n &= (1 << 64) - 1
+    return n - (1 << 64) if n >> 63 else n
+
+
 def _ct_key(pkt: dict) -> tuple:
     """A connection's 5-tuple, whatever the family and transport."""
     v = "ipv4" if "ipv4_src" in pkt else "ipv6"
@@ -352,6 +358,8 @@ class FakeSwitch:
         self.errors: list[tuple[int, int, int]] = []  # (xid, type, code) not yet reported
         self.packet_outs: list = []  # OFPPacketOut as decoded from the bytes
         self.contract: Callable[[Flow], None] | None = None
+        self.roles: dict[str, int] = {}  # controller -> role (apply_from)
+        self.election_id: int | None = None  # the newest generation id seen
 
     # --- messages in ---------------------------------------------------------------------------
 
@@ -369,6 +377,44 @@ class FakeSwitch:
             except WireError as e:  # bytes Open vSwitch would not decode
                 raise FakeSwitchError(f"{type(msg).__name__}: {e}") from e
         return decoded
+
+    # --- several controllers: roles as Open vSwitch keeps them (ofproto/ofproto.c) ----------
+
+    def apply_from(self, controller: str, msgs) -> list[tuple[int, int, int]]:
+        """Messages from one of several controllers (named by the test). As Open vSwitch does
+        (handle_role_request, ofconn_get_role): a MASTER or SLAVE request whose generation id
+        is older than the newest seen (compared as a signed 64-bit difference) fails with
+        OFPRRFC_STALE; a new MASTER turns the old master into a slave; every write (flow,
+        group, meter mod, packet-out, bundle) from a slave fails with OFPBRC_IS_SLAVE; reads
+        and async config pass. Errors go to `errors` as (xid, type, code); the role replies
+        are returned as (xid, role, generation id). Connections start EQUAL."""
+        replies = []
+        for msg in msgs:
+            role = self.roles.setdefault(controller, ofp.OFPCR_ROLE_EQUAL)
+            if isinstance(msg, parser.OFPRoleRequest):
+                if msg.role in (ofp.OFPCR_ROLE_MASTER, ofp.OFPCR_ROLE_SLAVE):
+                    newest = self.election_id
+                    if newest is not None and to_signed64(msg.generation_id - newest) < 0:
+                        self.errors.append(
+                            (msg.xid, ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE)
+                        )
+                        continue
+                    self.election_id = msg.generation_id
+                if msg.role == ofp.OFPCR_ROLE_MASTER:
+                    for other, r in self.roles.items():
+                        if r == ofp.OFPCR_ROLE_MASTER:
+                            self.roles[other] = ofp.OFPCR_ROLE_SLAVE
+                if msg.role != ofp.OFPCR_ROLE_NOCHANGE:
+                    self.roles[controller] = msg.role
+                replies.append((msg.xid, self.roles[controller], self.election_id or 0))
+            elif isinstance(msg, parser.OFPSetAsync):
+                pass
+            elif role == ofp.OFPCR_ROLE_SLAVE and not isinstance(msg, parser.OFPMultipartRequest):
+                if not isinstance(msg, parser.OFPBarrierRequest):
+                    self.errors.append((msg.xid, ofp.OFPET_BAD_REQUEST, ofp.OFPBRC_IS_SLAVE))
+            else:
+                self.apply([msg])
+        return replies
 
     def _bundle_msg(self, msg, xid) -> None:
         """OpenFlow 1.3 bundles (ONF EXT-230): collect, then apply all at once, or nothing if

@@ -1,0 +1,160 @@
+"""Who masters which switch: an election per switch on etcd, as plain Python taking `now`.
+
+Each replica holds one lease (TTL `ttl` seconds, refreshed every ttl/3) and, under it, a member
+key `/osken/members/<replica>`. For every switch it is connected to, the master is whoever
+holds `/osken/masters/<dpid as 16 hex digits>` (value: the replica id), created only if absent,
+under the holder's lease: when the holder dies its lease expires and the key goes with it. The
+key's create revision is the switch's OpenFlow generation id: etcd revisions only grow, so a
+later master always sends a larger one and Open vSwitch refuses the earlier master's
+(OFPRRFC_STALE), which fences it (docs/ha.md).
+
+Spread: a free switch is claimed at once by its preferred replica (rendezvous hashing over the
+live members), by any other after `grace` seconds free; a replica claims nothing in its first
+`grace` seconds, so that replicas started together see each other. The last master of a switch
+reclaims it at once when its key went with an expired lease (etcd was away longer than the
+TTL), and the others give it `grace`/2 to: no flap when etcd returns. A held key is never taken
+over, so a replica that rejoins takes nothing back (no flap).
+
+The store is anything with the `Store` methods (controller/etcd.py wraps etcd3gw; the tests use
+a fake with their clock). Calls that fail raise StoreUnavailable: the last ownership seen is
+kept (a master keeps serving while etcd is away; the generation id is its fence).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+LOG = logging.getLogger("osken_suite.cluster")
+
+MEMBERS = "/osken/members/"
+MASTERS = "/osken/masters/"
+DEFAULT_TTL = 1  # seconds: etcd's shortest lease with the lab's timeouts
+DEFAULT_GRACE = 1.0  # seconds a free switch waits for its preferred replica
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer (down, partitioned, timed out)."""
+
+
+class Store(Protocol):
+    """The few etcd operations the election needs (etcd v3 semantics)."""
+
+    def grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; its id."""
+
+    def refresh(self, lease: int) -> bool:
+        """Keep the lease alive; False if it no longer exists (expired or revoked)."""
+
+    def create(self, key: str, value: str, lease: int) -> bool:
+        """Put `key` under `lease` only if absent; True if this call created it."""
+
+    def get_prefix(self, prefix: str) -> dict[str, tuple[str, int]]:
+        """key -> (value, create revision) for every key under `prefix`."""
+
+
+def master_key(dpid: int) -> str:
+    """The etcd key whose holder is switch `dpid`'s master (16 hex digits)."""
+    return f"{MASTERS}{dpid:016x}"
+
+
+def preferred(dpid: int, members: list[str]) -> str | None:
+    """The replica a free switch goes to first: highest rendezvous hash of (replica, dpid).
+
+    >>> preferred(1, ["a", "b"]) in ("a", "b"), preferred(1, [])
+    (True, None)
+    """
+    if not members:
+        return None
+    return max(members, key=lambda m: hashlib.sha256(f"{m}/{dpid:016x}".encode()).digest())
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The master of a switch: its replica id and the generation id it must send."""
+
+    replica: str
+    generation: int
+
+
+@dataclass
+class Election:
+    """One replica's side of the per-switch elections. Call `step` every ~100 ms."""
+
+    replica: str
+    ttl: int = DEFAULT_TTL
+    grace: float = DEFAULT_GRACE
+    lease: int | None = None
+    reachable: bool = False
+    owners: dict[int, Owner] = field(default_factory=dict)  # last seen, per connected switch
+    _refreshed: float = float("-inf")
+    _joined: float = float("inf")
+    _free_since: dict[int, float] = field(default_factory=dict)
+    leader_changes: int = 0  # switches this replica became master of
+
+    def step(self, store: Store, dpids: set[int], now: float) -> dict[int, Owner]:
+        """Refresh the lease, read the masters, claim free switches; the owners per switch
+        (of `dpids`) as now known. Never raises: an unreachable store keeps the last view."""
+        try:
+            self._keep_lease(store, now)
+            masters = store.get_prefix(MASTERS)
+            members = sorted(k[len(MEMBERS) :] for k in store.get_prefix(MEMBERS))
+            owners = {}
+            for dpid in sorted(dpids):
+                held = masters.get(master_key(dpid))
+                if held is None:
+                    held = self._claim(store, dpid, members, now)
+                else:
+                    self._free_since.pop(dpid, None)
+                if held is not None:
+                    owners[dpid] = Owner(held[0], held[1])
+        except StoreUnavailable as exc:
+            if self.reachable:
+                LOG.warning("etcd unreachable (%s): roles stay as they are", exc)
+            self.reachable = False
+            return {d: o for d, o in self.owners.items() if d in dpids}
+        if not self.reachable:
+            LOG.info("etcd reachable")
+        self.reachable = True
+        for dpid, owner in owners.items():
+            if owner.replica == self.replica and self.owners.get(dpid) != owner:
+                self.leader_changes += 1
+        self.owners = owners
+        return dict(owners)
+
+    def _keep_lease(self, store: Store, now: float) -> None:
+        if self.lease is not None and now - self._refreshed >= self.ttl / 3:
+            if store.refresh(self.lease):
+                self._refreshed = now
+            else:
+                LOG.warning(
+                    "replica %s: lease %x expired; its masterships are gone",
+                    self.replica,
+                    self.lease,
+                )
+                self.lease = None
+        if self.lease is None:
+            self.lease = store.grant(self.ttl)
+            self._refreshed = now
+            self._joined = min(self._joined, now)  # the first lease only: when we joined
+            store.create(MEMBERS + self.replica, self.replica, self.lease)
+
+    def _claim(
+        self, store: Store, dpid: int, members: list[str], now: float
+    ) -> tuple[str, int] | None:
+        # Until `grace` after joining, the member list may miss replicas starting with us.
+        joined = self._joined + self.grace
+        since = max(self._free_since.setdefault(dpid, now), joined)
+        last = self.owners.get(dpid)
+        if last is None or last.replica != self.replica:  # the incumbent reclaims at once
+            wait = 0.0 if preferred(dpid, members) == self.replica else self.grace
+            if last is not None:  # another replica held it: give it a moment to reclaim
+                wait = max(wait, self.grace / 2)
+            if now < joined or now - since < wait:
+                return None
+        assert self.lease is not None
+        if store.create(master_key(dpid), self.replica, self.lease):
+            self._free_since.pop(dpid, None)
+        return store.get_prefix(master_key(dpid)).get(master_key(dpid))

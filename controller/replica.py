@@ -1,0 +1,85 @@
+"""A replica's link to the cluster (`osken-manager --cluster URL --replica-id NAME`): the one
+place with a thread and the etcd client. Every STEP seconds the thread runs the election
+(controller/cluster.py) and posts what it saw into the core's event loop, where the role gate
+(controller/roles.py) asks the switches for roles; nothing else is touched from the thread.
+
+Metrics: osken_cluster_role{dpid,replica} (1 master, 0 slave, -1 equal: as the switch
+confirmed), osken_cluster_leader_changes_total{replica} (switches this replica became master
+of), osken_cluster_etcd_up{replica} (1 while etcd answers).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+
+from os_ken.controller import event
+from os_ken.lib import hub
+from prometheus_client import Counter, Gauge
+
+from controller.cluster import Election, Owner
+from controller.etcd import EtcdStore
+from controller.metrics import Metrics
+from controller.roles import RoleGate
+
+LOG = logging.getLogger("osken_suite.replica")
+STEP = 0.1  # seconds between election rounds
+FIRST_ROLE_XID = 0x7000_0000  # role requests: apart from os-ken's xids and the core's
+ROLE_VALUES = {"master": 1, "slave": 0, "equal": -1}
+
+
+class EventOwnership(event.EventBase):
+    """The election's latest view: dpid -> Owner."""
+
+    def __init__(self, owners: dict[int, Owner]) -> None:
+        super().__init__()
+        self.owners = owners
+
+
+class ClusterLink:
+    """The election thread, the role gate and their metrics, for one CoreApp."""
+
+    def __init__(self, urls: str, replica: str, metrics: Metrics) -> None:
+        """Raises StoreUnavailable when etcd does not answer (a start needs it once)."""
+        self.replica = replica
+        self.store = EtcdStore(urls)
+        self.lldp_key = self.store.shared_secret()
+        self.election = Election(replica)
+        xids = itertools.count(FIRST_ROLE_XID)
+        self.gate = RoleGate(replica, lambda: next(xids))
+        r = metrics.registry
+        self.role = Gauge(
+            "osken_cluster_role",
+            "Role per switch (1 master, 0 slave, -1 equal)",
+            ["dpid", "replica"],
+            registry=r,
+        )
+        self.leader_changes = Counter(
+            "osken_cluster_leader_changes",
+            "Switches this replica became master of",
+            ["replica"],
+            registry=r,
+        )
+        self.etcd_up = Gauge(
+            "osken_cluster_etcd_up", "1 while etcd answers", ["replica"], registry=r
+        )
+
+    def start(self, post) -> None:
+        """Run the election every STEP seconds; `post(event)` hands its view to the loop."""
+        hub.spawn(self._run, post)
+
+    def _run(self, post) -> None:
+        while True:
+            started = time.monotonic()
+            before = self.election.leader_changes
+            owners = self.election.step(self.store, set(self.gate.switches), time.time())
+            self.leader_changes.labels(self.replica).inc(self.election.leader_changes - before)
+            self.etcd_up.labels(self.replica).set(int(self.election.reachable))
+            post(EventOwnership(owners))
+            hub.sleep(max(0.0, STEP - (time.monotonic() - started)))
+
+    def update_gauges(self) -> None:
+        """Set the role gauge of every switch this replica knows (per dpid and replica)."""
+        for dpid, role in self.gate.roles().items():
+            self.role.labels(f"{dpid:016x}", self.replica).set(ROLE_VALUES[role])

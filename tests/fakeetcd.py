@@ -1,0 +1,55 @@
+"""An in-memory etcd for the election's unit tests: leases expire on the test's clock, keys
+carry create revisions from one growing counter, and `down` makes every call fail as an
+unreachable etcd does (controller/cluster.py's Store)."""
+
+from __future__ import annotations
+
+from controller.cluster import StoreUnavailable
+
+
+class FakeEtcd:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.revision = 1
+        self.down = False
+        self.leases: dict[int, tuple[int, float]] = {}  # id -> (ttl, expires at)
+        self.keys: dict[str, tuple[str, int, int]] = {}  # key -> (value, create rev, lease)
+
+    def _up(self) -> None:
+        if self.down:
+            raise StoreUnavailable("connection refused")
+        for lease, (_, expires) in list(self.leases.items()):
+            if self.now >= expires:
+                self.revoke(lease)
+
+    def revoke(self, lease: int) -> None:
+        self.leases.pop(lease, None)
+        for key in [k for k, v in self.keys.items() if v[2] == lease]:
+            del self.keys[key]
+            self.revision += 1
+
+    def grant(self, ttl: int) -> int:
+        self._up()
+        lease = len(self.leases) + 1000 + self.revision
+        self.leases[lease] = (ttl, self.now + ttl)
+        return lease
+
+    def refresh(self, lease: int) -> bool:
+        self._up()
+        if lease not in self.leases:
+            return False
+        ttl = self.leases[lease][0]
+        self.leases[lease] = (ttl, self.now + ttl)
+        return True
+
+    def create(self, key: str, value: str, lease: int) -> bool:
+        self._up()
+        if key in self.keys or lease not in self.leases:
+            return False
+        self.revision += 1
+        self.keys[key] = (value, self.revision, lease)
+        return True
+
+    def get_prefix(self, prefix: str) -> dict[str, tuple[str, int]]:
+        self._up()
+        return {k: (v[0], v[1]) for k, v in self.keys.items() if k.startswith(prefix)}

@@ -1,0 +1,253 @@
+"""Replicas on a fake etcd and fake switches that keep roles as Open vSwitch does
+(controller/cluster.py, controller/roles.py, FakeSwitch.apply_from): one master per switch,
+writes held until ROLE_REPLY, demotion on OFPBRC_IS_SLAVE, stale generation ids fenced,
+failover within 3 s, no flap on rejoin, masters keep serving while etcd is down."""
+
+from __future__ import annotations
+
+import itertools
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from controller.cluster import Election, Owner
+from controller.core import Core
+from controller.flows import flow, flow_mod
+from controller.roles import RoleGate
+from tests.fakeetcd import FakeEtcd
+from tests.fakenet import FakeNetwork
+from tests.fakeswitch import FakeSwitch
+
+MASTER, SLAVE = ofp.OFPCR_ROLE_MASTER, ofp.OFPCR_ROLE_SLAVE
+STEP = 0.1  # seconds between election steps, as the replica's thread runs them
+
+
+class Replica:
+    def __init__(self, name: str) -> None:
+        xids = itertools.count(0x100)
+        self.name = name
+        self.election = Election(name)
+        self.gate = RoleGate(name, lambda: next(xids))
+        self.alive = True
+        self.promotions: list[int] = []
+
+
+class Lab:
+    """Replicas, switches and etcd on one clock; `run(seconds)` steps every live replica."""
+
+    def __init__(self, names=("a", "b"), dpids=(1, 2, 3, 4)) -> None:
+        self.etcd = FakeEtcd()
+        self.replicas = {n: Replica(n) for n in names}
+        self.switches = {d: FakeSwitch(d) for d in dpids}
+        for r in self.replicas.values():
+            for d in dpids:
+                self.wire(r, r.gate.connected(d))
+
+    def wire(self, r: Replica, outbox: dict[int, list]) -> None:
+        """Deliver a replica's messages (through its gate) and feed back replies and errors."""
+        for dpid, msgs in r.gate.gate(outbox).items():
+            sw = self.switches[dpid]
+            for _xid, role, gen in sw.apply_from(r.name, msgs):
+                held, promoted = r.gate.role_reply(dpid, role, gen)
+                if promoted:
+                    r.promotions.append(dpid)
+                self.wire(r, held)
+            errors, sw.errors = sw.errors, []
+            for _, err_type, code in errors:
+                r.gate.error(dpid, err_type, code)
+
+    def step(self, r: Replica) -> None:
+        owners = r.election.step(self.etcd, set(self.switches), self.etcd.now)
+        self.wire(r, r.gate.ownership(owners))
+
+    def run(self, seconds: float) -> None:
+        for _ in range(round(seconds / STEP)):
+            self.etcd.now = round(self.etcd.now + STEP, 6)
+            for r in self.replicas.values():
+                if r.alive:
+                    self.step(r)
+
+    def masters(self) -> dict[int, list[str]]:
+        """dpid -> the controllers the switch itself holds as master."""
+        return {
+            d: [c for c, role in sw.roles.items() if role == MASTER]
+            for d, sw in self.switches.items()
+        }
+
+
+def a_flow_mod(port: int = 1):
+    return flow_mod(flow(0, 10, {"in_port": port}, cookie=0x1))
+
+
+def test_one_master_per_switch_and_spread():
+    lab = Lab()
+    lab.run(1.5)
+    masters = lab.masters()
+    assert all(len(m) == 1 for m in masters.values()), masters
+    assert {m[0] for m in masters.values()} == {"a", "b"}  # spread across replicas
+    for r in lab.replicas.values():
+        for dpid, role in r.gate.roles().items():
+            assert (role == "master") == (masters[dpid] == [r.name])
+
+
+def test_generation_id_is_the_keys_create_revision_and_grows():
+    lab = Lab(dpids=(1,))
+    lab.run(1.5)
+    first = lab.switches[1].election_id
+    owner = lab.masters()[1][0]
+    lab.replicas[owner].alive = False
+    lab.run(3.0)
+    assert lab.switches[1].election_id > first
+
+
+def test_writes_wait_for_role_reply_then_go_out():
+    gate = RoleGate("a", iter(range(1, 100)).__next__)
+    out = gate.connected(7)
+    requests = gate.ownership({7: Owner("a", 5)})
+    assert [m.role for m in requests[7]] == [MASTER] and requests[7][0].generation_id == 5
+    assert gate.gate({7: [a_flow_mod()]}) == {}  # held: no ROLE_REPLY yet
+    held, promoted = gate.role_reply(7, MASTER, 5)
+    assert promoted and len(held[7]) == 1
+    assert gate.gate({7: [a_flow_mod()]})[7]  # master: writes pass
+    assert out[7]  # the async config went out at connect
+
+
+def test_slave_sends_only_reads_and_drops_writes():
+    gate = RoleGate("b", iter(range(1, 100)).__next__)
+    gate.connected(7)
+    (req,) = gate.ownership({7: Owner("a", 5)})[7]
+    assert (req.role, req.generation_id) == (SLAVE, 5)
+    gate.role_reply(7, SLAVE, 5)
+    assert gate.gate({7: [a_flow_mod()]}) == {}
+    assert gate.dropped == 1
+
+
+def test_kill_of_a_master_fails_over_within_3_s():
+    lab = Lab()
+    lab.run(1.5)
+    dead = lab.replicas["a"]
+    orphaned = [d for d, m in lab.masters().items() if m == ["a"]]
+    assert orphaned
+    dead.alive = False
+    start = lab.etcd.now
+    took = None
+    while lab.etcd.now - start < 5:
+        lab.run(STEP)
+        if all(lab.masters()[d] == ["b"] for d in orphaned) and took is None:
+            took = lab.etcd.now - start
+    assert took is not None and took <= 3.0, took
+    assert set(orphaned) <= set(lab.replicas["b"].promotions)
+
+
+def test_a_frozen_master_is_fenced_and_does_not_flap():
+    lab = Lab(dpids=(1,))
+    lab.run(1.5)
+    old = lab.replicas[lab.masters()[1][0]]
+    new = next(r for r in lab.replicas.values() if r is not old)
+    old.alive = False  # SIGSTOP past its lease
+    lab.run(3.0)
+    assert lab.masters()[1] == [new.name]
+    before = lab.switches[1].flows()
+    # SIGCONT: it still believes it is master and writes before its election runs again.
+    assert old.gate.is_master(1)
+    lab.wire(old, {1: [a_flow_mod(9)]})
+    assert lab.switches[1].flows() == before  # the switch refused it
+    assert not old.gate.is_master(1)  # it noticed: demoted
+    # It asks for MASTER again with its old generation id: refused as stale.
+    stale = old.election.owners[1].generation
+    old.gate.switches[1].requested = SLAVE
+    old.gate.switches[1].generation = -1
+    lab.wire(old, old.gate.ownership({1: Owner(old.name, stale)}))
+    assert lab.masters()[1] == [new.name]
+    old.alive = True
+    lab.run(2.0)  # back in the election: it sees the new master and stays a slave
+    assert lab.masters()[1] == [new.name]
+    assert old.gate.roles()[1] == "slave"
+
+
+def test_a_rejoining_replica_takes_nothing_back():
+    lab = Lab()
+    lab.run(1.5)
+    lab.replicas["a"].alive = False
+    lab.run(3.0)
+    assert all(m == ["b"] for m in lab.masters().values())
+    back = lab.replicas["a"] = Replica("a")  # restarted: new process, new lease
+    for d in lab.switches:
+        lab.wire(back, back.gate.connected(d))
+    lab.run(3.0)
+    assert all(m == ["b"] for m in lab.masters().values())
+    assert back.promotions == []
+
+
+def test_masters_keep_serving_while_etcd_is_down_and_settle_without_flap():
+    lab = Lab()
+    lab.run(1.5)
+    masters = lab.masters()
+    lab.etcd.down = True
+    lab.run(5.0)
+    assert lab.masters() == masters
+    for r in lab.replicas.values():
+        assert not r.election.reachable
+        for dpid, m in masters.items():
+            assert r.gate.is_master(dpid) == (m == [r.name])
+            if m == [r.name]:
+                assert r.gate.gate({dpid: [a_flow_mod()]})  # still writing
+    lab.etcd.down = False  # every lease expired while etcd was away (its clock ran on)
+    promotions = {n: list(r.promotions) for n, r in lab.replicas.items()}
+    for _ in range(30):
+        lab.run(STEP)
+        assert lab.masters() == masters  # the incumbents claim their switches back at once
+    assert {n: r.promotions for n, r in lab.replicas.items()} == promotions  # no flap
+
+
+def test_resync_of_an_unchanged_switch_sends_no_flow_mods():
+    net = FakeNetwork(Core())
+    net.add_switch(1, 2)
+    net.start()
+    before = net.switches[1].flows()
+    sent = len(net.switches[1].received)
+    net.deliver(net.core.resync(1, net.now))
+    new = net.switches[1].received[sent:]
+    assert new and not [m for m in new if type(m).__name__ in ("OFPFlowMod", "OFPGroupMod")]
+    assert net.switches[1].flows() == before
+
+
+def test_cluster_flags_are_checked_before_start():
+    import pytest
+
+    from controller.cli import LaunchError, cluster_options, parse_args
+
+    def opts(*argv):
+        return cluster_options(parse_args([*argv, "apps/l2_learning.py"]))
+
+    assert opts() == ("", "")
+    assert opts("--cluster", "http://127.0.0.1:2379", "--replica-id", "a") == (
+        "http://127.0.0.1:2379",
+        "a",
+    )
+    for bad in (
+        ["--cluster", "http://127.0.0.1:2379"],
+        ["--replica-id", "a"],
+        ["--cluster", "127.0.0.1:2379", "--replica-id", "a"],
+    ):
+        with pytest.raises(LaunchError):
+            opts(*bad)
+
+
+def test_etcd_outage_after_a_rejoin_does_not_hand_switches_to_their_preferred_replica():
+    lab = Lab()
+    lab.run(1.5)
+    lab.replicas["a"].alive = False
+    lab.run(3.0)  # b masters everything, including a's preferred switches
+    back = lab.replicas["a"] = Replica("a")
+    for d in lab.switches:
+        lab.wire(back, back.gate.connected(d))
+    lab.run(3.0)
+    masters = lab.masters()
+    assert all(m == ["b"] for m in masters.values())
+    lab.etcd.down = True
+    lab.run(3.0)
+    lab.etcd.down = False  # every lease expired meanwhile: all keys are free again
+    for _ in range(30):
+        lab.run(STEP)
+        assert lab.masters() == masters
+    assert back.promotions == []
