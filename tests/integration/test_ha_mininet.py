@@ -147,7 +147,11 @@ def test_frozen_master_is_fenced_rejoin_and_etcd_outage_do_not_flap(replicas, et
         assert ping_counts(h4.cmd(f"ping -c3 -i0.2 -W1 {h2.IP()}"))[0] >= 1
     finally:
         etcd.resume()
-    time.sleep(3.0)
-    assert all(m == [survivor_port] for m in masters(bridges, ports).values())
+    # The survivor renews its leases and re-asserts what it held; on a loaded machine OVS may
+    # list no master for a moment while that role request is in flight, so wait for the
+    # listing, and judge flaps by promotions: neither replica may have become master again.
+    assert until(lambda: all(m == [survivor_port] for m in masters(bridges, ports).values()), 10), (
+        masters(bridges, ports)
+    )
     assert len(re.findall(PROMOTED, survivor.log())) == promoted  # no role change
     assert len(re.findall(PROMOTED, victim.log())) == rejoined_promotions
