@@ -10,10 +10,18 @@ later master always sends a larger one and Open vSwitch refuses the earlier mast
 
 Spread: a free switch is claimed at once by its preferred replica (rendezvous hashing over the
 live members), by any other after `grace` seconds free; a replica claims nothing in its first
-`grace` seconds, so that replicas started together see each other. The last master of a switch
-reclaims it at once when its key went with an expired lease (etcd was away longer than the
-TTL), and the others give it `grace`/2 to: no flap when etcd returns. A held key is never taken
+`grace` seconds, so that replicas started together see each other. A held key is never taken
 over, so a replica that rejoins takes nothing back (no flap).
+
+No flap after an etcd outage: when etcd was away longer than the TTL, every key went with its
+lease. The last master of a switch reclaims it at once; every other replica claims nothing for
+`ttl + grace` seconds after etcd answers it again, and leaves a switch alone for 2 x `grace`
+seconds while its last master is a live member (it reclaims at once when it still can: a slow
+incumbent is waited for, a dead one, whose member key expired with its masterships, is not).
+
+A master that loses its connection to a switch for `grace` seconds releases the switch's key
+(only that key, by its create revision), so a connected replica can take it: a switch is never
+held by a replica that cannot reach it.
 
 The store is anything with the `Store` methods (controller/etcd.py wraps etcd3gw; the tests use
 a fake with their clock). Calls that fail raise StoreUnavailable: the last ownership seen is
@@ -54,6 +62,9 @@ class Store(Protocol):
     def get_prefix(self, prefix: str) -> dict[str, tuple[str, int]]:
         """key -> (value, create revision) for every key under `prefix`."""
 
+    def release(self, key: str, revision: int) -> bool:
+        """Delete `key` only if its create revision is `revision`; True if this call did."""
+
 
 def master_key(dpid: int) -> str:
     """The etcd key whose holder is switch `dpid`'s master (16 hex digits)."""
@@ -90,17 +101,22 @@ class Election:
     reachable: bool = False
     owners: dict[int, Owner] = field(default_factory=dict)  # last seen, per connected switch
     _refreshed: float = float("-inf")
-    _joined: float = float("inf")
+    _hold_until: float = float("inf")  # no claims of others' switches before (join, outage)
     _free_since: dict[int, float] = field(default_factory=dict)
+    _away_since: dict[int, float] = field(default_factory=dict)  # held by us, not connected
     leader_changes: int = 0  # switches this replica became master of
 
     def step(self, store: Store, dpids: set[int], now: float) -> dict[int, Owner]:
-        """Refresh the lease, read the masters, claim free switches; the owners per switch
-        (of `dpids`) as now known. Never raises: an unreachable store keeps the last view."""
+        """Refresh the lease, read the masters, claim free switches, release the ones we hold
+        but have not been connected to for `grace` seconds; the owners per switch (of `dpids`)
+        as now known. Never raises: an unreachable store keeps the last view."""
         try:
             self._keep_lease(store, now)
             masters = store.get_prefix(MASTERS)
             members = sorted(k[len(MEMBERS) :] for k in store.get_prefix(MEMBERS))
+            if not self.reachable:  # joined, or etcd is back: see who is there first
+                back = self._hold_until != float("inf")
+                self._hold_until = now + (self.ttl + self.grace if back else self.grace)
             owners = {}
             for dpid in sorted(dpids):
                 held = masters.get(master_key(dpid))
@@ -110,6 +126,7 @@ class Election:
                     self._free_since.pop(dpid, None)
                 if held is not None:
                     owners[dpid] = Owner(held[0], held[1])
+            self._release_unreachable(store, masters, dpids, now)
         except StoreUnavailable as exc:
             if self.reachable:
                 LOG.warning("etcd unreachable (%s): roles stay as they are", exc)
@@ -138,23 +155,42 @@ class Election:
         if self.lease is None:
             self.lease = store.grant(self.ttl)
             self._refreshed = now
-            self._joined = min(self._joined, now)  # the first lease only: when we joined
             store.create(MEMBERS + self.replica, self.replica, self.lease)
 
     def _claim(
         self, store: Store, dpid: int, members: list[str], now: float
     ) -> tuple[str, int] | None:
-        # Until `grace` after joining, the member list may miss replicas starting with us.
-        joined = self._joined + self.grace
-        since = max(self._free_since.setdefault(dpid, now), joined)
+        since = self._free_since.setdefault(dpid, now)
         last = self.owners.get(dpid)
         if last is None or last.replica != self.replica:  # the incumbent reclaims at once
             wait = 0.0 if preferred(dpid, members) == self.replica else self.grace
-            if last is not None:  # another replica held it: give it a moment to reclaim
-                wait = max(wait, self.grace / 2)
-            if now < joined or now - since < wait:
+            if last is not None and last.replica in members:  # alive: it reclaims if it can
+                wait = max(wait, 2 * self.grace)
+            if now < self._hold_until or now - max(since, self._hold_until) < wait:
                 return None
         assert self.lease is not None
         if store.create(master_key(dpid), self.replica, self.lease):
             self._free_since.pop(dpid, None)
         return store.get_prefix(master_key(dpid)).get(master_key(dpid))
+
+    def _release_unreachable(
+        self, store: Store, masters: dict[str, tuple[str, int]], dpids: set[int], now: float
+    ) -> None:
+        mine = {
+            int(key[len(MASTERS) :], 16): revision
+            for key, (holder, revision) in masters.items()
+            if holder == self.replica
+        }
+        for dpid in set(self._away_since) - set(mine).difference(dpids):
+            del self._away_since[dpid]
+        for dpid, revision in mine.items():
+            if dpid in dpids:
+                continue
+            away = self._away_since.setdefault(dpid, now)
+            if now - away >= self.grace and store.release(master_key(dpid), revision):
+                LOG.warning(
+                    "switch %016x: mastership released, reason: not connected for %.1f s",
+                    dpid,
+                    now - away,
+                )
+                del self._away_since[dpid]

@@ -3,6 +3,7 @@ controller/cluster.py. Every failure becomes StoreUnavailable; endpoints are tri
 
 from __future__ import annotations
 
+import base64
 import os
 from urllib.parse import urlsplit
 
@@ -72,6 +73,19 @@ class EtcdStore:
             meta["key"].decode(): (value.decode(), int(meta["create_revision"]))
             for value, meta in rows
         }
+
+    def release(self, key: str, revision: int) -> bool:
+        """Delete `key` only if its create revision is still `revision` (an etcd txn); True if
+        this call deleted it."""
+        key64 = base64.b64encode(key.encode()).decode()
+        txn = {
+            "compare": [
+                {"key": key64, "result": "EQUAL", "target": "CREATE", "create_revision": revision}
+            ],
+            "success": [{"request_delete_range": {"key": key64}}],
+            "failure": [],
+        }
+        return bool(self._call(lambda c: c.transaction(txn)).get("succeeded", False))
 
     def shared_secret(self, key: str = LLDP_KEY, size: int = 32) -> bytes:
         """A random secret every replica shares (the LLDP probes' key): created once, then

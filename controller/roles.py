@@ -102,7 +102,9 @@ class RoleGate:
 
     def disconnected(self, dpid: int) -> None:
         """Forget switch `dpid`'s role (it reconnects as a new switch)."""
-        self.switches.pop(dpid, None)
+        sw = self.switches.pop(dpid, None)
+        if sw is not None:
+            self._demote(dpid, sw, "the connection closed")
 
     def is_master(self, dpid: int) -> bool:
         """True once the switch's ROLE_REPLY said MASTER (and no demotion since)."""

@@ -53,3 +53,11 @@ class FakeEtcd:
     def get_prefix(self, prefix: str) -> dict[str, tuple[str, int]]:
         self._up()
         return {k: (v[0], v[1]) for k, v in self.keys.items() if k.startswith(prefix)}
+
+    def release(self, key: str, revision: int) -> bool:
+        self._up()
+        if key not in self.keys or self.keys[key][1] != revision:
+            return False
+        del self.keys[key]
+        self.revision += 1
+        return True

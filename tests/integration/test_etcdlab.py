@@ -62,3 +62,18 @@ def _serving(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_store_on_real_etcd_releases_only_the_key_it_holds():
+    from controller.etcd import EtcdStore
+
+    with EtcdLab() as lab:
+        store = EtcdStore(lab.url)
+        lease = store.grant(5)
+        assert store.create("/osken/masters/01", "a", lease)
+        (_, revision) = store.get_prefix("/osken/masters/01")["/osken/masters/01"]
+        assert not store.release("/osken/masters/01", revision + 1)  # not the key we held
+        assert store.get_prefix("/osken/masters/01")
+        assert store.release("/osken/masters/01", revision)
+        assert store.get_prefix("/osken/masters/") == {}
+        assert not store.release("/osken/masters/01", revision)  # gone already

@@ -29,6 +29,7 @@ class Replica:
         self.gate = RoleGate(name, lambda: next(xids))
         self.alive = True
         self.promotions: list[int] = []
+        self.connected: set[int] = set()
 
 
 class Lab:
@@ -39,8 +40,12 @@ class Lab:
         self.replicas = {n: Replica(n) for n in names}
         self.switches = {d: FakeSwitch(d) for d in dpids}
         for r in self.replicas.values():
-            for d in dpids:
-                self.wire(r, r.gate.connected(d))
+            self.connect(r)
+
+    def connect(self, r: Replica) -> None:
+        for d in self.switches:
+            r.connected.add(d)
+            self.wire(r, r.gate.connected(d))
 
     def wire(self, r: Replica, outbox: dict[int, list]) -> None:
         """Deliver a replica's messages (through its gate) and feed back replies and errors."""
@@ -56,7 +61,7 @@ class Lab:
                 r.gate.error(dpid, err_type, code)
 
     def step(self, r: Replica) -> None:
-        owners = r.election.step(self.etcd, set(self.switches), self.etcd.now)
+        owners = r.election.step(self.etcd, r.connected, self.etcd.now)
         self.wire(r, r.gate.ownership(owners))
 
     def run(self, seconds: float) -> None:
@@ -171,8 +176,7 @@ def test_a_rejoining_replica_takes_nothing_back():
     lab.run(3.0)
     assert all(m == ["b"] for m in lab.masters().values())
     back = lab.replicas["a"] = Replica("a")  # restarted: new process, new lease
-    for d in lab.switches:
-        lab.wire(back, back.gate.connected(d))
+    lab.connect(back)
     lab.run(3.0)
     assert all(m == ["b"] for m in lab.masters().values())
     assert back.promotions == []
@@ -239,8 +243,7 @@ def test_etcd_outage_after_a_rejoin_does_not_hand_switches_to_their_preferred_re
     lab.replicas["a"].alive = False
     lab.run(3.0)  # b masters everything, including a's preferred switches
     back = lab.replicas["a"] = Replica("a")
-    for d in lab.switches:
-        lab.wire(back, back.gate.connected(d))
+    lab.connect(back)
     lab.run(3.0)
     masters = lab.masters()
     assert all(m == ["b"] for m in masters.values())
@@ -251,3 +254,53 @@ def test_etcd_outage_after_a_rejoin_does_not_hand_switches_to_their_preferred_re
         lab.run(STEP)
         assert lab.masters() == masters
     assert back.promotions == []
+
+
+def test_a_slow_incumbent_is_waited_for_after_an_etcd_outage():
+    lab = Lab()
+    lab.run(1.5)
+    masters = lab.masters()
+    lab.etcd.down = True
+    lab.run(3.0)  # every lease expires meanwhile
+    lab.etcd.down = False
+    slow = lab.replicas["a"]  # its first round after etcd returns comes 1.5 s late (a loaded
+    slow.alive = False  # machine, a long event-loop turn); it has not re-registered yet
+    promotions = {n: list(r.promotions) for n, r in lab.replicas.items()}
+    lab.run(1.5)
+    slow.alive = True
+    lab.run(2.0)
+    assert lab.masters() == masters
+    assert {n: r.promotions for n, r in lab.replicas.items()} == promotions  # no flap
+
+
+def test_a_master_cut_off_from_a_switch_releases_it_to_a_replica_that_reaches_it(caplog):
+    lab = Lab(dpids=(1,))
+    lab.run(1.5)
+    old = lab.replicas[lab.masters()[1][0]]
+    new = next(r for r in lab.replicas.values() if r is not old)
+    old.connected.discard(1)  # its connection closed; it is alive and in etcd
+    old.gate.disconnected(1)
+    assert "switch 0000000000000001: no longer master, reason: the connection closed" in (
+        caplog.text
+    )
+    lab.switches[1].roles.pop(old.name)
+    start = lab.etcd.now
+    while lab.masters()[1] != [new.name] and lab.etcd.now - start < 10:
+        lab.run(STEP)
+    assert lab.masters()[1] == [new.name], lab.etcd.keys
+    assert lab.etcd.now - start <= 3.5  # released after `grace`, claimed after 2 x `grace`
+    assert "mastership released, reason: not connected" in caplog.text
+    old.connected.add(1)  # it reconnects: a slave now, nothing taken back
+    lab.wire(old, old.gate.connected(1))
+    lab.run(2.0)
+    assert lab.masters()[1] == [new.name] and old.gate.roles()[1] == "slave"
+
+
+def test_release_deletes_only_the_key_it_held():
+    etcd = FakeEtcd()
+    lease = etcd.grant(1)
+    assert etcd.create("/osken/masters/1", "a", lease)
+    revision = etcd.get_prefix("/osken/masters/1")["/osken/masters/1"][1]
+    assert not etcd.release("/osken/masters/1", revision + 1)
+    assert etcd.release("/osken/masters/1", revision)
+    assert etcd.get_prefix("/osken/masters/") == {}
