@@ -73,6 +73,7 @@ class CoreView:
         conns: Mapping[int, SwitchConn],
         send: Callable[[int, list], None],
         request_flow_stats: Callable[[SuiteApp, int, int, int, int], None],
+        is_master: Callable[[int], bool] = lambda dpid: True,
     ) -> None:
         self.pipeline = pipeline
         self.topology = topology
@@ -81,6 +82,7 @@ class CoreView:
         self._conns = conns
         self._send = send
         self._request_flow_stats = request_flow_stats
+        self._is_master = is_master
 
     def connected(self) -> list[int]:
         """The dpids of every connected switch, in any phase, ascending."""
@@ -90,6 +92,12 @@ class CoreView:
         """Whether switch `dpid` is connected, synced and settled (its flows are kept in sync)."""
         conn = self._conns.get(dpid)
         return conn is not None and conn.phase == "ready"
+
+    def is_master(self, dpid: int) -> bool:
+        """Whether this controller writes to switch `dpid`: always when it runs alone; as one of
+        several replicas (--cluster, docs/ha.md), only while the switch has confirmed it as
+        master. Side effects outside OpenFlow (an XDP program on the switch's ports) follow it."""
+        return self._is_master(dpid)
 
     def ports(self, dpid: int) -> Mapping[int, PortInfo]:
         """Port number -> PortInfo (name, hardware address, live) of switch `dpid`, as the

@@ -160,6 +160,9 @@ class Core:
         self.packet_in_limit = (PACKET_IN_RATE, PACKET_IN_BURST)
         self._stats_waiters: dict[int, SuiteApp] = {}
         self._sections = SectionChecker()  # remembers the list items it found valid
+        # Whether this controller writes to a switch: always alone; a replica (controller/roles.py)
+        # only to the switches that confirmed it as master.
+        self.is_master: Callable[[int], bool] = lambda dpid: True
         self.view = CoreView(
             self.pipeline,
             self.topology,
@@ -168,6 +171,7 @@ class Core:
             self.conns,
             self.send,
             self.request_flow_stats,
+            lambda dpid: self.is_master(dpid),
         )
 
     @property

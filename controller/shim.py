@@ -119,6 +119,7 @@ class CoreApp(app_manager.OSKenApp):
 
             self.cluster = ClusterLink(options.cluster, options.replica_id, self.metrics)
             self.core.discovery.key = self.cluster.lldp_key  # every replica checks every probe
+            self.core.is_master = self.cluster.gate.is_master
         for app_cls in apps:
             self.core.add_app(app_cls)
 

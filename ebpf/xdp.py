@@ -38,6 +38,20 @@ def unavailable() -> str | None:
     return None
 
 
+def attached_prog_id(ifname: str) -> int | None:
+    """The kernel's id of the XDP program attached to `ifname` (rtnetlink IFLA_XDP_PROG_ID,
+    through pyroute2); None when there is none or the interface is gone."""
+    from pyroute2 import IPRoute, NetlinkError
+
+    with IPRoute() as ip:
+        try:
+            links = ip.get_links(ifname=ifname)
+        except NetlinkError:  # no such interface (any more)
+            links = []
+    xdp = links[0].get_attr("IFLA_XDP") if links else None
+    return xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
+
+
 class XdpProgram:
     """The compiled program, where it is attached, and what its maps hold."""
 
@@ -48,6 +62,7 @@ class XdpProgram:
         self._bpf = BPF(src_file=SOURCE.encode(), cflags=cflags)
         self._fn = self._bpf.load_func(function.encode(), BPF.XDP)
         self.attached: dict[str, int] = {}  # interface -> flags it was attached with
+        self.prog_ids: dict[str, int | None] = {}  # interface -> the kernel's id of ours there
         self.entries: dict[tuple, LpmEntry] = {}
 
     # --- interfaces ----------------------------------------------------------------------------
@@ -65,13 +80,29 @@ class XdpProgram:
                     raise
                 continue
             self.attached[ifname] = MODES[name]
+            self.prog_ids[ifname] = attached_prog_id(ifname)
             return name
         raise AssertionError("unreachable")
 
-    def detach(self, ifname: str) -> None:
+    def adopt(self, ifname: str, mode: str, prog_id: int | None) -> None:
+        """Take on an attachment another process made with this program's pinned maps (the
+        lab CLI, scripts/xdp_fw.py): `mode` as attach returned it, `prog_id` the kernel's id
+        it recorded (None: whatever program is attached there now)."""
+        self.attached[ifname] = MODES[mode]
+        self.prog_ids[ifname] = prog_id if prog_id is not None else attached_prog_id(ifname)
+
+    def detach(self, ifname: str) -> bool:
+        """Take our program off `ifname`; True if it was there. A program someone else has
+        attached since (another replica of the controller on this machine, which replaced
+        ours) is left alone: False."""
         flags = self.attached.pop(ifname, None)
-        if flags is not None and os.path.exists(f"/sys/class/net/{ifname}"):
-            self._bpf.remove_xdp(ifname.encode(), flags)
+        ours = self.prog_ids.pop(ifname, None)
+        if flags is None or not os.path.exists(f"/sys/class/net/{ifname}"):
+            return False
+        if attached_prog_id(ifname) != ours:
+            return False
+        self._bpf.remove_xdp(ifname.encode(), flags)
+        return True
 
     def detach_all(self) -> None:
         for ifname in list(self.attached):

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from apps.firewall.rules import FirewallRule  # noqa: E402
 from ebpf.offload import blocked_entries, rule_entries  # noqa: E402
-from ebpf.xdp import MODES, XdpProgram, unavailable  # noqa: E402
+from ebpf.xdp import XdpProgram, unavailable  # noqa: E402
 
 BPFFS = "/sys/fs/bpf"
 PIN_DIR = f"{BPFFS}/osken-xdp"
@@ -63,6 +63,12 @@ def _forget_all(state: dict) -> None:
     os.unlink(STATE)
 
 
+def _attachment(recorded) -> dict:
+    """An attachment as the state file records it: {"mode", "id"} (a bare mode string in state
+    files from before program ids were kept)."""
+    return {"mode": recorded, "id": None} if isinstance(recorded, str) else recorded
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -92,17 +98,20 @@ def main() -> int:
     attached = state["attached"]
     if args.command == "attach":
         mode = prog.attach(args.iface, args.mode)
-        attached[args.iface] = mode
+        attached[args.iface] = {"mode": mode, "id": prog.prog_ids[args.iface]}
         _save_state(state)
         print(f"attached to {args.iface} ({mode} mode)")
     elif args.command == "detach":
-        mode = attached.pop(args.iface, None)
-        if mode is None:
+        where = attached.pop(args.iface, None)
+        if where is None:
             print(f"xdp_fw: not attached to {args.iface}", file=sys.stderr)
             return 1
-        prog.attached[args.iface] = MODES[mode]
-        prog.detach(args.iface)
-        print(f"detached from {args.iface}")
+        where = _attachment(where)
+        prog.adopt(args.iface, where["mode"], where["id"])
+        if prog.detach(args.iface):
+            print(f"detached from {args.iface}")
+        else:
+            print(f"{args.iface} holds another program now: left as it is")
         if attached:
             _save_state(state)
         else:
@@ -126,7 +135,8 @@ def main() -> int:
     else:
         entries = prog.stored()
         counts = prog.counters(e.rule for e in entries)
-        print(f"attached: {', '.join(f'{i} ({m})' for i, m in attached.items()) or 'nowhere'}")
+        modes = {i: _attachment(w)["mode"] for i, w in attached.items()}
+        print(f"attached: {', '.join(f'{i} ({m})' for i, m in modes.items()) or 'nowhere'}")
         for e in sorted(entries, key=lambda e: (e.rule, e.table)):
             packets, nbytes = counts.get(e.rule, (0, 0))
             print(

@@ -51,6 +51,7 @@ class Firewall(SuiteApp):
         self._logged: dict[int, int] = {}  # prio -> denied packets already reported
         self._next_poll = 0.0
         self.fastpath = FastPath()
+        self._edges: set[str] = set()  # the edge interfaces the fast path was last given
         self._rates_from: dict[int, int] = {}
         self._rates_at = 0.0
         self._switches: list[int] = []
@@ -175,21 +176,25 @@ class Firewall(SuiteApp):
     # --- the XDP fast path ---------------------------------------------------------------------
 
     def _edge_interfaces(self) -> set[str]:
-        """Names of the ports where traffic enters the network (host-facing switch ports)."""
+        """Names of the ports where traffic enters the network (host-facing switch ports) of
+        the switches this controller masters (all of them when it runs alone)."""
         names = set()
         for dpid in self.topology.switches():
+            if not self.core.is_master(dpid):
+                continue
             ports = self.core.ports(dpid)
             names.update(ports[p].name for p in self.topology.edge_ports(dpid) if p in ports)
         return names
 
     def _update_fastpath(self) -> None:
         rules = [(prio, rule) for _, prio, rule in self.rules]
+        self._edges = self._edge_interfaces()
         self.fastpath.update(
             rules,
             self.settings.blocked,
             BLOCKED_ID,
             self.settings.stateful,
-            self._edge_interfaces(),
+            self._edges,
         )
 
     def _adapt(self, now: float) -> None:
@@ -224,6 +229,8 @@ class Firewall(SuiteApp):
             self._update_fastpath()  # the program finished loading: attach and fill it now
         if now >= self._next_poll:
             self._next_poll = now + self.settings.stats_interval
+            if self._edge_interfaces() != self._edges:  # a replica gained or lost a switch
+                self._update_fastpath()
             self._adapt(now)
             for dpid in switches:
                 if self.core.ready(dpid):

@@ -117,8 +117,10 @@ class FastPath:
                 continue
             LOG.info("XDP: attached to %s (%s mode)", ifname, mode)
         for ifname in sorted(self.prog.attached.keys() - local):
-            self.prog.detach(ifname)
-            LOG.info("XDP: detached from %s", ifname)
+            if self.prog.detach(ifname):
+                LOG.info("XDP: detached from %s", ifname)
+            else:
+                LOG.info("XDP: %s left to the program attached there since", ifname)
 
     def _log_decisions(self, decisions) -> None:
         current = {}

@@ -222,3 +222,20 @@ def test_malformed_frames_are_handled(prog):
         ip22[:14],  # Ethernet, nothing after
     ]
     assert passed(frames) == [True, True, False, False, False, True, False, True, True]
+
+
+def test_detach_leaves_a_program_attached_since_by_someone_else(veth, prog):
+    """Two replicas on one machine: the new master's program replaces the old one's on the
+    port; the old one's detach (demoted, or stopping) must not take the new program off."""
+    from ebpf.xdp import attached_prog_id
+
+    newer = XdpProgram()
+    try:
+        newer.attach(veth, "generic")
+        assert attached_prog_id(veth) == newer.prog_ids[veth] != prog.prog_ids[veth]
+        assert not prog.detach(veth)  # not ours any more: left alone
+        assert attached_prog_id(veth) == newer.prog_ids[veth]
+    finally:
+        assert newer.detach(veth)
+        prog.attach(veth, "generic")  # the module's program back for the tests after this one
+    assert attached_prog_id(veth) == prog.prog_ids[veth]

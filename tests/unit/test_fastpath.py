@@ -22,7 +22,7 @@ class StandInProgram:
         return "generic"
 
     def detach(self, ifname):
-        self.attached.pop(ifname, None)
+        return self.attached.pop(ifname, None) is not None
 
     def detach_all(self):
         self.attached.clear()

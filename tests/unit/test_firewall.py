@@ -564,3 +564,16 @@ def test_the_rule_fast_path_never_passes_what_the_schema_refuses(spec):
     """`_plainly_valid` only spares jsonschema's cost: whatever it passes, the schema passes."""
     if rules._plainly_valid(spec):
         assert not list(Validator(rules._RULE).iter_errors(spec)), spec
+
+
+def test_the_fast_path_covers_only_the_edges_of_switches_this_replica_masters(tmp_path):
+    """Replicas (docs/ha.md): an XDP program on a switch's ports is a write too, so it follows
+    the switch's master; alone, a controller masters every switch."""
+    net, fw, _ = lab(tmp_path, "firewall:\n  blocked_ips: [192.168.1.100]\n")
+    every = fw._edge_interfaces()
+    edge_switches = {d for d in net.switches if net.core.topology.edge_ports(d)}
+    assert every and len(edge_switches) == 3
+    net.core.is_master = lambda dpid: dpid == 201  # a replica that masters leaf 201 only
+    mine = fw._edge_interfaces()
+    ports = net.core.view.ports(201)
+    assert mine == {ports[p].name for p in net.core.topology.edge_ports(201)} < every
