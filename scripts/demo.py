@@ -8,7 +8,8 @@ rules.json, a rate limit under a UDP flood, a source blocked by a live reload), 
 seed's NetworkPolicy, unmodified, and a spoofed address that gains nothing), a canary behind a
 virtual IP (the seed's Istio VirtualService, then a live shift to 50/50 and a backend's link
 cut), a service chain through the seed's firewall VNF running as containers (a live ConfigMap
-edit, a replica killed) and what the controller reports on /metrics. Prints a short report,
+edit, a replica killed) and what the controller reports on /metrics; then two replicas of the
+firewall on etcd, the master of a switch killed under a ping. Prints a short report,
 cleans up, exits 0 only if every check passed.
 """
 
@@ -27,8 +28,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from controller.config import dump_documents, load_documents  # noqa: E402
+from topologies.etcdlab import EtcdLab  # noqa: E402
 from topologies.fattree import FatTreeTopo  # noqa: E402
 from topologies.harness import ROOT, Controller, Lab, free_port, metric, ping_counts  # noqa: E402
+from topologies.linear import LinearTopo  # noqa: E402
+from topologies.replicas import ReplicaSet, kill_master_under_ping  # noqa: E402
 from topologies.wait import until  # noqa: E402
 from vnf.deploy import Deployer  # noqa: E402
 from vnf.manifest import load_manifest  # noqa: E402
@@ -374,6 +378,49 @@ def xdp_flood(lab: Lab, report: Report, ctl: Controller, metrics_port: int, dst:
     )
 
 
+def failover(report: Report, folder: str) -> None:
+    """Two replicas of the firewall on a lab etcd, two switches connected to both; the master
+    of the second switch is killed (-9) under a 100 pps ping."""
+    cfg = os.path.join(folder, "replicas.yaml")
+    with open(cfg, "w") as fh:
+        fh.write("firewall:\n  default: allow\n  rules_file: rules.json\n")
+    print("replicas: etcd on loopback, osken-manager --cluster ... --replica-id a|b apps/firewall")
+    with (
+        EtcdLab() as etcd,
+        ReplicaSet(etcd.url, apps=["apps/firewall"], config=cfg, log_dir=folder) as rs,
+        Lab(LinearTopo(n=2, hosts_per_switch=2), rs.replicas["a"].port) as net,
+    ):
+        if not (rs.connect(net) and until(lambda: net.ping("h1x1", "h2x1", count=1)[0], 20)):
+            report.add("replicas: one master per switch", False, f"OVS lists {rs.masters()}")
+            return
+        held = {b: rs.master_of(b) for b in rs.bridges}
+        f = kill_master_under_ping(rs, net, rs.bridges[1], ("h1x1", "h2x1"), ("h2x2", "h1x2"))
+        survivor = next(n for n in rs.replicas if n != f.victim)
+        after = until(lambda: all(rs.master_of(b) == survivor for b in rs.bridges), 10)
+        report.add(
+            "replicas: kill -9 of a master under ping",
+            after
+            and f.takeover is not None
+            and f.takeover <= 3
+            and f.gap is not None
+            and f.gap <= 3
+            and f.lost <= 5
+            and f.flow_mods == 0,
+            f"masters {held}; {f.victim} killed: {survivor} took {', '.join(f.orphaned)} in "
+            f"{f.takeover:.2f} s"
+            if f.takeover is not None
+            else "no takeover within 10 s",
+        )
+        report.add(
+            "replicas: traffic across the takeover",
+            f.gap is not None and f.lost <= 5,
+            f"{f.lost}/{f.sent} pings of 100 pps lost, a new host pair through "
+            f"{f.gap:.2f} s after the kill, {f.flow_mods} flow-mods in the repair"
+            if f.gap is not None
+            else f"{f.lost}/{f.sent} pings lost, a new host pair never got through",
+        )
+
+
 def main() -> int:
     report = Report()
     topo = FatTreeTopo(4)
@@ -423,6 +470,7 @@ def main() -> int:
             f"{m.get('osken_of_errors', 0):.0f} switch errors, "
             f"{m.get('osken_firewall_rule_packets', 0):.0f} packets counted by rules",
         )
+    failover(report, folder)
     print()
     print("report")
     for what, ok, detail in report.rows:

@@ -18,6 +18,7 @@ import threading
 
 from apps.firewall.rules import XdpSettings
 from ebpf.offload import plan
+from ebpf.xdp import attached_prog_id
 
 LOG = logging.getLogger("osken_suite.firewall.xdp")
 
@@ -119,7 +120,7 @@ class FastPath:
         for ifname in sorted(self.prog.attached.keys() - local):
             if self.prog.detach(ifname):
                 LOG.info("XDP: detached from %s", ifname)
-            else:
+            elif attached_prog_id(ifname) is not None:  # another replica's, since
                 LOG.info("XDP: %s left to the program attached there since", ifname)
 
     def _log_decisions(self, decisions) -> None:
