@@ -183,6 +183,13 @@ class SuiteApp:
     def on_flow_stats(self, dpid: int, stats: list, more: bool, now: float) -> None:
         """Counters asked for with core.request_flow_stats (`more`: further parts follow)."""
 
+    def explain(self, dpid: int, flow: Flow) -> dict[str, Any] | None:
+        """For a trace (controller/trace): what in this app's config made `flow`, one of its
+        flows on switch `dpid`, as JSON-ready data (a rule: {"file", "line", "text"}; a
+        policy: its namespace/name and rule index; ...). None: nothing to name. Runs in the
+        core's event loop, reads only, and must not change the app."""
+        return None
+
     def shutdown(self) -> None:
         """The controller is stopping: undo what lives outside OpenFlow (e.g. XDP programs)."""
 

@@ -2,6 +2,7 @@
 
     osken-manager [--ofp-tcp-listen-port 6653] [--config lab.yaml] [--verbose] APP...
     osken-manager --ctl-privkey key.pem --ctl-cert cert.pem --ca-certs ca.pem APP...  # TLS
+    osken-manager --check --config lab.yaml APP...  # check the config as a reload would, exit
 
 APP is a file path (apps/firewall) or a module (apps.firewall). Everything that can be checked
 before starting is checked first: an unknown app, a bad config or a busy port gives one line on
@@ -67,6 +68,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ofp-tcp-listen-port", type=port_number, default=6653)
     p.add_argument("--ofp-listen-host", default="0.0.0.0")
     p.add_argument("--config", help="YAML config file (see docs/config.md)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check --config as a reload would and exit: 0, or 2 with the located error",
+    )
     p.add_argument(
         "--config-file",
         action="append",
@@ -243,8 +249,9 @@ def import_apps(apps: list[str]) -> list:
     return modules
 
 
-def check_config(path: str | None, modules: list):
-    """Load the config and let every suite app check its section, before anything starts.
+def check_config(path: str | None, modules: list, warn: bool = False):
+    """Load the config and let every suite app check its section, before anything starts
+    (`warn`: log the warnings a reload logs, e.g. a section no loaded app reads).
 
     Returns the Config (an empty one without `path`); LaunchError ("bad config: " and the
     located ConfigError) if it does not load or a section is invalid.
@@ -257,10 +264,25 @@ def check_config(path: str | None, modules: list):
         core = Core()
         for cls in [c for module in modules for c in suite_apps(module)]:
             core.add_app(cls)
-        core.parse(config, warn=False)  # the controller itself warns once, at start
+        core.parse(config, warn=warn)  # else the controller itself warns once, at start
     except ConfigError as exc:
         raise LaunchError(f"bad config: {exc}") from None
     return config
+
+
+def check_only(path: str | None, modules: list) -> int:
+    """`--check`: the config checked as a reload checks it (load, then every loaded app's
+    section, `Core.parse`), with the warnings a reload logs; nothing starts. Like `nginx -t`.
+
+    Returns 0 and prints one line naming the file and the apps; raises LaunchError (exit 2)
+    for a config that a reload would reject, with its file, line and field.
+    """
+    if not path:
+        raise LaunchError("--check needs --config FILE")
+    check_config(path, modules, warn=True)
+    apps = [cls.name for module in modules for cls in suite_apps(module)]
+    print(f"osken-manager: {path}: config OK for {', '.join(apps) or 'no suite app'}")
+    return 0
 
 
 def check_port(host: str, port: int) -> None:
@@ -340,6 +362,8 @@ def run(args: argparse.Namespace) -> int:
     running: list = []  # the suite's CoreApp, once os-ken has made it
     _install_signals(running)
     modules = import_apps(args.apps)
+    if args.check:
+        return check_only(args.config, modules)
     config = check_config(args.config, modules)
     tls = tls_options(args)
     cluster, replica_id = cluster_options(args)

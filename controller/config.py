@@ -170,6 +170,7 @@ class Document:
     data: Any = None
     text: str | None = field(default=None, repr=False)
     _lines: dict[tuple, int] | None = field(default=None, repr=False)
+    _root: Any = field(default=None, repr=False, compare=False)  # composed by `source`
 
     @property
     def lines(self) -> dict[tuple, int]:
@@ -190,6 +191,26 @@ class Document:
         while probe and probe not in self.lines:
             probe = probe[:-1]
         return self.lines.get(probe)
+
+    def source(self, where: tuple) -> tuple[int | None, str]:
+        """(line, text as written) of the node at `where`, from the YAML marks of the
+        document's own text (composed on first use and kept); (None, "") if it has none.
+        For a trace to name the rule that made a flow."""
+        if self._root is None:
+            self._root = (_compose(self.text) if self.text else None) or False
+        node = self._root or None
+        for key in where:
+            if isinstance(node, yaml.MappingNode):
+                node = next((v for k, v in node.value if k.value == str(key)), None)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+                node = node.value[key] if 0 <= key < len(node.value) else None
+            else:
+                node = None
+        if node is None or not self.text:
+            return None, ""
+        return node.start_mark.line + 1, self.text[
+            node.start_mark.index : node.end_mark.index
+        ].rstrip()
 
     def located(self, where: tuple) -> str:
         """'file:line' of `where` (or of the nearest enclosing key), or 'file' with no line."""

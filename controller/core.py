@@ -39,6 +39,7 @@ from controller.flows import (
 )
 from controller.lldp import LLDP_ETHERTYPE, LLDP_MAC
 from controller.metrics import Metrics
+from controller.neighbours import Neighbours
 from controller.packets import parse_eth
 from controller.pipeline import FROM_FABRIC, PIPELINE, REGISTRY, Pipeline, PipelineViolation
 from controller.reconcile import (
@@ -144,6 +145,7 @@ class Core:
             metrics=self.metrics,
         )
         self.desired = DesiredState()
+        self.neighbours = Neighbours()  # IP -> MAC heard in packet-ins, for traces
         self.apps: list[SuiteApp] = []
         self.conns: dict[int, SwitchConn] = {}
         self.config = Config()
@@ -682,6 +684,8 @@ class Core:
             if self.discovery.heard(dpid, in_port, data, now):
                 LOG.info("link found: switch %016x port %d", dpid, in_port)
             return self._finish(now)
+        if in_port in self.topology.edge_ports(dpid):
+            self.neighbours.frame(data, eth_src)
         pkt = PacketIn(dpid, in_port, table_id, cookie, data, eth_dst, eth_src, eth_type)
         self._each("on_packet_in", pkt, now)
         return self._finish(now)

@@ -1,7 +1,8 @@
 """Prometheus metrics for the controller (one registry per controller, so tests stay isolated).
 
 The same HTTP port serves `/metrics` and any other path a part of the controller routes to it
-(`Metrics.route`), such as the liveness check `/livez`.
+(`Metrics.route`), such as the liveness check `/livez`, or mounts a WSGI app at
+(`Metrics.mount`), such as the trace API and the topology page (controller/web).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 
 Handler = Callable[[], tuple[int, str]]  # () -> (HTTP status, plain text body)
+WsgiApp = Callable[[dict, Callable], list[bytes]]
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -81,6 +83,7 @@ class Metrics:
         )
         self._sent: dict[tuple[int, type], object] = {}
         self._routes: dict[str, Handler] = {}
+        self._mounts: dict[str, WsgiApp] = {}
         self._metrics_app = make_wsgi_app(self.registry)
         self.config_reloads = Counter(
             "osken_config_reloads", "Config reloads", ["result"], registry=r
@@ -98,11 +101,27 @@ class Metrics:
         """Serve `handler`'s answer at `path` (e.g. "/livez") beside /metrics."""
         self._routes[path] = handler
 
+    def mount(self, path: str, app: WsgiApp) -> None:
+        """Serve the WSGI `app` at `path`, or under it for a path that ends in "/" (other
+        than "/" itself, which is the one path)."""
+        self._mounts[path] = app
+
+    def _mounted(self, path: str) -> WsgiApp | None:
+        if path in self._mounts:
+            return self._mounts[path]
+        for prefix, app in self._mounts.items():
+            if prefix != "/" and prefix.endswith("/") and path.startswith(prefix):
+                return app
+        return None
+
     def wsgi(self, environ: dict, start_response: Callable) -> list[bytes]:
-        """The WSGI application: routed paths, then /metrics (prometheus_client) for the rest."""
-        handler = self._routes.get(environ.get("PATH_INFO", ""))
+        """The WSGI application: routed paths, mounted apps, then /metrics (prometheus_client)
+        for the rest."""
+        path = environ.get("PATH_INFO", "")
+        handler = self._routes.get(path)
         if handler is None:
-            return self._metrics_app(environ, start_response)
+            app = self._mounted(path) or self._metrics_app
+            return app(environ, start_response)
         status, text = handler()
         reason = {200: "OK", 503: "Service Unavailable"}.get(status, "")
         start_response(f"{status} {reason}", [("Content-Type", "text/plain; charset=utf-8")])
@@ -120,7 +139,8 @@ class Metrics:
             )
             return False
         threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-        LOG.info("http://%s:%d serves /metrics %s", host, port, " ".join(sorted(self._routes)))
+        paths = " ".join(sorted([*self._routes, *self._mounts]))
+        LOG.info("http://%s:%d serves /metrics %s", host, port, paths)
         return True
 
     def count_sent(self, dpid: int, msgs: list) -> None:

@@ -19,6 +19,7 @@ import functools
 import gc
 import logging
 import os
+import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from controller.flows import flow_from_stats, group_from_desc, meter_from_config
 from controller.metrics import Metrics
 from controller.replica import EventOwnership
 from controller.switch import FlowStat, PortInfo
+from controller.web import Web
 
 LOG = logging.getLogger("osken_suite.shim")
 TICK_SECONDS = 0.5
@@ -65,6 +67,15 @@ class EventTick(event.EventBase):
 
 class EventReload(event.EventBase):
     """SIGHUP: reread the config."""
+
+
+class EventCall(event.EventBase):
+    """Work from another thread (the HTTP server's), run in the core's event loop; its result
+    (or exception) goes back through `box`."""
+
+    def __init__(self, fn: Callable, box: queue.Queue) -> None:
+        super().__init__()
+        self.fn, self.box = fn, box
 
 
 def port_info(p) -> PortInfo:
@@ -107,6 +118,7 @@ class CoreApp(app_manager.OSKenApp):
         self._next_config_poll = 0.0
         self._last_turn = time.monotonic()  # when the event loop last handled a tick
         self.metrics.route("/livez", self.liveness)
+        Web(self.core, self.call_in_loop).mount(self.metrics)  # /api/v1/trace ...
         self.options = RuntimeOptions()
         self.cluster = None  # controller.replica.ClusterLink with --cluster
 
@@ -149,6 +161,24 @@ class CoreApp(app_manager.OSKenApp):
         if idle > LIVENESS_TIMEOUT:
             return 503, f"event loop stalled: no tick handled for {idle:.1f} s\n"
         return 200, f"ok: last tick handled {idle:.1f} s ago\n"
+
+    def call_in_loop(self, fn: Callable, timeout: float = LIVENESS_TIMEOUT):
+        """Run `fn()` in the core's event loop and return what it returns (or raise what it
+        raised); for threads that must read the core. Raises queue.Empty after `timeout`
+        seconds without an answer."""
+        box: queue.Queue = queue.Queue(maxsize=1)
+        self.send_event(self.name, EventCall(fn, box))
+        ok, value = box.get(timeout=timeout)
+        if not ok:
+            raise value
+        return value
+
+    @set_ev_cls(EventCall)
+    def _on_call(self, ev) -> None:
+        try:
+            ev.box.put((True, ev.fn()))
+        except Exception as exc:  # the caller raises it in its own thread
+            ev.box.put((False, exc))
 
     def request_reload(self) -> None:
         """Safe from a signal handler: the reload runs in the core's event loop."""

@@ -17,6 +17,7 @@ from collections.abc import Hashable
 from types import MappingProxyType
 
 from apps.firewall.compile import BLOCKED_ID, COOKIE, MAX_RULES, FirewallCompiler
+from apps.firewall.explain import explain_flow
 from apps.firewall.fastpath import FastPath
 from apps.firewall.rules import (
     FIREWALL_SCHEMA,
@@ -212,6 +213,9 @@ class Firewall(SuiteApp):
 
     def shutdown(self) -> None:
         self.fastpath.close()
+
+    def explain(self, dpid: int, flow) -> dict | None:
+        return explain_flow(self.settings, self.rules, self.fastpath, flow)
 
     def tick(self, now: float) -> None:
         switches = self.topology.switches()

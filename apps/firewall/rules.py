@@ -147,6 +147,9 @@ class FirewallSettings:
     stateful: bool = False
     stats_interval: float = 5.0
     xdp: XdpSettings = XdpSettings()
+    # The files the rules were read from, by path (a rule's `origin` names one), so a trace
+    # can give a rule's line and text (Document.source).
+    sources: dict[str, Document] = field(default_factory=dict, compare=False)
 
 
 def parse_duration(value) -> float | None:
@@ -322,18 +325,18 @@ def load_rules_file(path: str, cache: RuleCache | None = None) -> list[FirewallR
 
 def read_rules_file(
     path: str, cache: RuleCache | None = None
-) -> tuple[list[FirewallRule], str | None]:
+) -> tuple[list[FirewallRule], str | None, Document]:
     """The seed's rules.json format, unchanged: {"rules": [{action, protocol, port, source}],
     "default": "allow"|"deny"}, read as the VNF agent reads it (vnf/firewall/rulesfile.py).
 
-    Returns the rules and the file's default (None if it gives none). Raises ConfigError with
-    the file, line and field."""
+    Returns the rules, the file's default (None if it gives none) and the document read.
+    Raises ConfigError with the file, line and field."""
     doc = load_document(path, json_only=path.endswith(".json"))
     try:
         parsed = rulesfile.parse_document(doc.data)
     except RuleFormatError as exc:
         raise doc.error(exc.where, exc.message) from None
-    return parse_rules(doc, ("rules",), list(parsed.rules), cache), parsed.default
+    return parse_rules(doc, ("rules",), list(parsed.rules), cache), parsed.default, doc
 
 
 def parse_firewall(
@@ -344,11 +347,12 @@ def parse_firewall(
     section = section or {}
     rules: list[FirewallRule] = []
     default = section.get("default")
+    sources: dict[str, Document] = {str(config.path): config}
     if "rules_file" in section:
         path = config.resolve(section["rules_file"])
         config.depend(path)
         try:
-            file_rules, file_default = read_rules_file(path, cache)
+            file_rules, file_default, sources[path] = read_rules_file(path, cache)
         except ConfigError as exc:
             if exc.line is not None:
                 raise
@@ -371,4 +375,5 @@ def parse_firewall(
         stateful=section.get("stateful", False),
         stats_interval=float(section.get("stats_interval", 5.0)),
         xdp=XdpSettings(**section.get("xdp", {})),
+        sources=sources,
     )

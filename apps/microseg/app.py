@@ -22,6 +22,7 @@ from collections.abc import Hashable
 from types import MappingProxyType
 
 from apps.microseg.compile import BOUND, COOKIE, CT_ZONE, MicrosegCompiler, verdicts
+from apps.microseg.explain import explain_flow
 from apps.microseg.model import IdentityAllocator, World, build_world
 from apps.microseg.settings import POLICIES_SCHEMA, MicrosegSettings, parse_microseg
 from controller.app import PacketIn, SuiteApp
@@ -228,6 +229,9 @@ class Microseg(SuiteApp):
             for dpid in self.topology.switches():
                 if self.core.ready(dpid):
                     self.core.send(dpid, [ct_flush_zone(CT_ZONE)])
+
+    def explain(self, dpid: int, flow: Flow) -> dict | None:
+        return explain_flow(self.compiler, self.world, self.settings.policies, flow)
 
     def on_topology_change(self, now: float) -> None:
         for ip, (dpid, port) in list(self.bindings.items()):

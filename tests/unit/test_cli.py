@@ -185,3 +185,79 @@ def test_a_folder_given_as_the_config_is_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"osken-manager: bad config: {tmp_path}: cannot read: not a regular file"
     ]
+
+
+def test_check_a_good_config_exits_0_without_listening(tmp_path):
+    """`--check` (issue 16): a config a reload would take exits 0, and nothing starts: the
+    OpenFlow port may be busy."""
+    (tmp_path / "rules.json").write_text(
+        '{"rules": [{"action": "deny", "protocol": "tcp", "port": 22}]}\n'
+    )
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("firewall:\n  rules_file: rules.json\n  default: allow\n")
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        busy = str(s.getsockname()[1])
+        result = run(
+            "apps/firewall", "--check", "--config", str(cfg), "--ofp-tcp-listen-port", busy
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"osken-manager: {cfg}: config OK for l2_learning, firewall"
+
+
+@pytest.mark.parametrize(
+    ("files", "located"),
+    [
+        ({"lab.yaml": "l2:\n  mac_age: zero\n"}, "lab.yaml:2: l2.mac_age"),
+        (  # the error is in a file the config names: located there
+            {
+                "lab.yaml": "firewall:\n  rules_file: rules.json\n",
+                "rules.json": '{"rules": [\n  {"action": "allow"},\n  {"action": "nope"}\n]}\n',
+            },
+            "rules.json:3: rules[1].action",
+        ),
+        (  # only an app's parse_config finds it, as at a reload
+            {
+                "lab.yaml": "firewall:\n  rules_file: rules.json\n  default: deny\n",
+                "rules.json": '{"default": "allow", "rules": []}\n',
+            },
+            "lab.yaml:3: firewall.default",
+        ),
+        ({"lab.yaml": "firewal: {}\n"}, "lab.yaml:1: firewal: unknown key"),
+    ],
+)
+def test_check_a_bad_config_exits_2_with_the_located_error(tmp_path, files, located):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    cfg = str(tmp_path / "lab.yaml")
+    result = run("apps/firewall", "--check", "--config", cfg)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"osken-manager: bad config: {tmp_path}/{located}"), line
+
+
+def test_check_is_the_check_a_reload_runs(tmp_path):
+    """Whatever --check refuses, a reload refuses too (one code path: Core.parse)."""
+    from controller.cli import check_config, import_apps
+    from controller.config import load_config
+    from controller.core import Core
+    from controller.metrics import Metrics
+
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text("firewall:\n  rules: [{action: deny, protocol: tcp, port: 99999}]\n")
+    modules = import_apps(["apps/firewall"])
+    with pytest.raises(LaunchError, match=r"lab.yaml:2: firewall.rules\[0\]"):
+        check_config(str(cfg), modules)
+    core = Core(metrics=Metrics())
+    from apps.firewall import Firewall
+
+    core.add_app(Firewall)
+    assert core.reload(lambda: load_config(str(cfg)), 0.0) == {}
+    assert core.metrics.config_reloads.labels("rejected")._value.get() == 1
+
+
+def test_check_needs_a_config():
+    result = run("apps/l2_learning.py", "--check")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "osken-manager: --check needs --config FILE"
