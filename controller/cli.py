@@ -384,6 +384,7 @@ def run(args: argparse.Namespace) -> int:
     if suite:
         core_app = contexts[shim.CONTEXT]
         from controller.cluster import StoreUnavailable
+        from controller.config import ConfigError
 
         options = shim.RuntimeOptions(
             config, args.prometheus_port, cluster=cluster, replica_id=replica_id
@@ -392,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
             core_app.setup(options, suite)
         except StoreUnavailable as exc:
             raise LaunchError(f"--cluster: etcd does not answer ({exc})") from None
+        except ConfigError as exc:  # the cluster's config, or ours as it would be shared
+            raise LaunchError(f"--cluster: bad config: {exc}") from None
         running.append(core_app)
     with ryu_compat.eventlet_start_order():
         threads = manager.instantiate_apps(**contexts)

@@ -73,6 +73,25 @@ class EtcdStore:
             for value, meta in rows
         }
 
+    def get(self, key: str) -> tuple[str, int] | None:
+        """(value, mod revision) of `key`, or None when absent. Raises StoreUnavailable."""
+        rows = self._call(lambda c: c.get(key, metadata=True))
+        return (rows[0][0].decode(), int(rows[0][1]["mod_revision"])) if rows else None
+
+    def cas(self, key: str, value: str, revision: int) -> bool:
+        """Put `key` only if its mod revision is still `revision` (0: absent): one etcd
+        transaction. True if it was put. Raises StoreUnavailable."""
+        from etcd3gw.utils import _encode
+
+        txn = {
+            "compare": [
+                {"key": _encode(key), "result": "EQUAL", "target": "MOD", "mod_revision": revision}
+            ],
+            "success": [{"request_put": {"key": _encode(key), "value": _encode(value)}}],
+            "failure": [],
+        }
+        return bool(self._call(lambda c: c.transaction(txn)).get("succeeded", False))
+
     def shared_secret(self, key: str = LLDP_KEY, size: int = 32) -> bytes:
         """A random secret every replica shares (the LLDP probes' key): created once, then
         read. Raises StoreUnavailable."""
