@@ -307,6 +307,8 @@ def _install_signals(running: list) -> None:
         LOG.info("%s: stopping", signal.Signals(signum).name)
         for core_app in running:
             core_app.core.shutdown()
+            if core_app.cluster:  # the shared config's private folder
+                core_app.cluster.shared.close()
         logging.shutdown()
         os._exit(0)
 
