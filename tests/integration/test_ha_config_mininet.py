@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from controller.cluster import StoreUnavailable
+from controller.etcd import EtcdStore
 from tests.integration.test_ha_mininet import etcd  # noqa: F401 (the lab etcd fixture)
 from topologies.controller_process import Controller
 from topologies.etcdlab import free_port
@@ -116,3 +118,23 @@ def test_a_rule_edited_at_one_replica_is_enforced_by_every_switchs_master(replic
     assert metric(a.http, "osken_cluster_config_publish", result="rejected") == 1
     assert not pings(net, "h1x1", "h2x1") and not pings(net, "h2x2", "h1x2")
     assert not any("Traceback" in r.log() for r in started.values())
+
+
+def test_compare_and_swap_on_a_real_etcd(etcd):  # noqa: F811 (the imported fixture)
+    """EtcdStore's get and cas as controller/sharedconfig.py relies on them (etcd 3.4's JSON
+    gateway omits `succeeded` when a transaction fails)."""
+    store = EtcdStore(etcd.url)
+    assert store.get("/osken/test") is None
+    assert store.cas("/osken/test", "one", 0)
+    assert not store.cas("/osken/test", "two", 0)  # not absent any more
+    value, revision = store.get("/osken/test")
+    assert value == "one" and revision > 0
+    assert not store.cas("/osken/test", "two", revision - 1)
+    assert store.cas("/osken/test", "two", revision)
+    assert store.get("/osken/test")[0] == "two" and store.get("/osken/test")[1] > revision
+    etcd.pause()
+    try:
+        with pytest.raises(StoreUnavailable):
+            store.cas("/osken/test", "three", revision)
+    finally:
+        etcd.resume()
