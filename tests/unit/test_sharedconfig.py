@@ -27,6 +27,17 @@ OPEN = "rules: []\n"
 CLOSE_22 = "rules:\n  - {action: deny, protocol: tcp, port: 22}\n"
 
 
+OPENED: list[SharedConfig] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_shared_configs():
+    """Every SharedConfig a test made removes its private folder."""
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
 class Replica:
     """A core on a fake network, its local config files and its side of the shared config."""
 
@@ -39,6 +50,7 @@ class Replica:
         self.core.add_app(L2Learning)
         self.core.add_app(Firewall)
         self.shared = SharedConfig(etcd, name, self.core, self.core.metrics.registry)
+        OPENED.append(self.shared)
         self.etcd = etcd
         self.net = None
 
@@ -87,14 +99,12 @@ class Replica:
 @pytest.fixture
 def cluster(tmp_path):
     """Replicas a, b, c started in turn on one fake etcd, each with its own copy of the same
-    files (ssh open); every replica has taken each other's state."""
+    files (ssh open)."""
     etcd = FakeEtcd()
     replicas = {n: Replica(n, etcd, tmp_path) for n in "abc"}
     for r in replicas.values():
         r.start()
-    yield etcd, replicas
-    for r in replicas.values():
-        r.shared.close()
+    return etcd, replicas
 
 
 def run(replicas, rounds: int = 1) -> None:
