@@ -329,6 +329,8 @@ def _install_signals(running: list) -> None:
         LOG.info("%s: stopping", signal.Signals(signum).name)
         for core_app in running:
             core_app.core.shutdown()
+            if core_app.cluster:  # the shared config's private folder
+                core_app.cluster.shared.close()
         logging.shutdown()
         os._exit(0)
 
@@ -408,6 +410,7 @@ def run(args: argparse.Namespace) -> int:
     if suite:
         core_app = contexts[shim.CONTEXT]
         from controller.cluster import StoreUnavailable
+        from controller.config import ConfigError
 
         options = shim.RuntimeOptions(
             config, args.prometheus_port, cluster=cluster, replica_id=replica_id
@@ -416,6 +419,8 @@ def run(args: argparse.Namespace) -> int:
             core_app.setup(options, suite)
         except StoreUnavailable as exc:
             raise LaunchError(f"--cluster: etcd does not answer ({exc})") from None
+        except ConfigError as exc:  # the cluster's config, or ours as it would be shared
+            raise LaunchError(f"--cluster: bad config: {exc}") from None
         running.append(core_app)
     with ryu_compat.eventlet_start_order():
         threads = manager.instantiate_apps(**contexts)

@@ -31,6 +31,11 @@ def endpoints(urls: str) -> list[tuple[str, str, int]]:
     return out
 
 
+def _b64(text: str) -> str:
+    """Keys and values as etcd's JSON gateway takes them."""
+    return base64.b64encode(text.encode()).decode()
+
+
 class EtcdStore:
     """The election's store on a real etcd (3.4 or 3.5)."""
 
@@ -75,14 +80,27 @@ class EtcdStore:
         }
 
     def release(self, key: str, revision: int) -> bool:
-        """Delete `key` only if its create revision is still `revision` (an etcd txn); True if
-        this call deleted it."""
-        key64 = base64.b64encode(key.encode()).decode()
+        """Delete `key` only if its create revision is still `revision`; True if this call
+        deleted it. Raises StoreUnavailable."""
+        compare = {"target": "CREATE", "create_revision": revision}
+        return self._txn(key, compare, {"request_delete_range": {"key": _b64(key)}})
+
+    def get(self, key: str) -> tuple[str, int] | None:
+        """(value, mod revision) of `key`, or None when absent. Raises StoreUnavailable."""
+        rows = self._call(lambda c: c.get(key, metadata=True))
+        return (rows[0][0].decode(), int(rows[0][1]["mod_revision"])) if rows else None
+
+    def cas(self, key: str, value: str, revision: int) -> bool:
+        """Put `key` only if its mod revision is still `revision` (0: absent); True if it was
+        put. Raises StoreUnavailable."""
+        put = {"request_put": {"key": _b64(key), "value": _b64(value)}}
+        return self._txn(key, {"target": "MOD", "mod_revision": revision}, put)
+
+    def _txn(self, key: str, compare: dict, then: dict) -> bool:
+        """One etcd transaction: `then` if `key` compares EQUAL on `compare`; True if it ran."""
         txn = {
-            "compare": [
-                {"key": key64, "result": "EQUAL", "target": "CREATE", "create_revision": revision}
-            ],
-            "success": [{"request_delete_range": {"key": key64}}],
+            "compare": [{"key": _b64(key), "result": "EQUAL", **compare}],
+            "success": [then],
             "failure": [],
         }
         return bool(self._call(lambda c: c.transaction(txn)).get("succeeded", False))

@@ -1,11 +1,14 @@
 """A replica's link to the cluster (`osken-manager --cluster URL --replica-id NAME`): the one
 place with a thread and the etcd client. Every STEP seconds the thread runs the election
 (controller/cluster.py) and posts what it saw into the core's event loop, where the role gate
-(controller/roles.py) asks the switches for roles; nothing else is touched from the thread.
+(controller/roles.py) asks the switches for roles; it also reads the shared config's key (one
+get) and posts a new revision (controller/sharedconfig.py), which the loop applies. Nothing
+else is touched from the thread.
 
 Metrics: osken_cluster_role{dpid,replica} (1 master, 0 slave, -1 equal: as the switch
 confirmed), osken_cluster_leader_changes_total{replica} (switches this replica became master
-of), osken_cluster_etcd_up{replica} (1 while etcd answers).
+of), osken_cluster_etcd_up{replica} (1 while etcd answers); the shared config's are in
+controller/sharedconfig.py.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from os_ken.lib import hub
 from prometheus_client import Counter, Gauge
 
 from controller.cluster import Election, Owner
+from controller.core import Core
 from controller.etcd import EtcdStore
 from controller.metrics import Metrics
 from controller.roles import RoleGate
+from controller.sharedconfig import SharedConfig
 
 LOG = logging.getLogger("osken_suite.replica")
 STEP = 0.1  # seconds between election rounds
@@ -37,13 +42,23 @@ class EventOwnership(event.EventBase):
         self.owners = owners
 
 
+class EventSharedConfig(event.EventBase):
+    """The shared config key's value at a new mod revision."""
+
+    def __init__(self, value: str, revision: int) -> None:
+        super().__init__()
+        self.value, self.revision = value, revision
+
+
 class ClusterLink:
     """The election thread, the role gate and their metrics, for one CoreApp."""
 
-    def __init__(self, urls: str, replica: str, metrics: Metrics) -> None:
+    def __init__(self, urls: str, replica: str, metrics: Metrics, core: Core) -> None:
         """Raises StoreUnavailable when etcd does not answer (a start needs it once)."""
         self.replica = replica
         self.store = EtcdStore(urls)
+        # The event loop publishes with a client of its own: none is shared between threads.
+        self.shared = SharedConfig(EtcdStore(urls), replica, core, metrics.registry)
         self.lldp_key = self.store.shared_secret()
         self.election = Election(replica)
         xids = itertools.count(FIRST_ROLE_XID)
@@ -77,6 +92,10 @@ class ClusterLink:
             self.leader_changes.labels(self.replica).inc(self.election.leader_changes - before)
             self.etcd_up.labels(self.replica).set(int(self.election.reachable))
             post(EventOwnership(owners))
+            # One get, and only when the election reached etcd: a down etcd costs one timeout.
+            changed = self.shared.poll(self.store if self.election.reachable else None)
+            if changed is not None:
+                post(EventSharedConfig(*changed))
             hub.sleep(max(0.0, STEP - (time.monotonic() - started)))
 
     def update_gauges(self) -> None:

@@ -35,7 +35,7 @@ from controller.config import Config, ConfigError, load_config
 from controller.core import ApplyError, Core
 from controller.flows import flow_from_stats, group_from_desc, meter_from_config
 from controller.metrics import Metrics
-from controller.replica import EventOwnership
+from controller.replica import EventOwnership, EventSharedConfig
 from controller.switch import FlowStat, PortInfo
 from controller.web import Web
 
@@ -121,19 +121,26 @@ class CoreApp(app_manager.OSKenApp):
         Web(self.core, self.call_in_loop).mount(self.metrics)  # /api/v1/trace ...
         self.options = RuntimeOptions()
         self.cluster = None  # controller.replica.ClusterLink with --cluster
+        self._first_config: Config | None = None  # what start applies: with --cluster, etcd's
 
     def setup(self, options: RuntimeOptions, apps: list[type[SuiteApp]]) -> None:
         """Before os-ken starts it: the checked options, and the suite apps to host, in order
-        (a class loaded twice is loaded once)."""
-        self.options = options
-        if options.cluster:  # raises StoreUnavailable when etcd does not answer
-            from controller.replica import ClusterLink
+        (a class loaded twice is loaded once).
 
-            self.cluster = ClusterLink(options.cluster, options.replica_id, self.metrics)
-            self.core.discovery.key = self.cluster.lldp_key  # every replica checks every probe
-            self.core.is_master = self.cluster.gate.is_master
+        With --cluster, the config to start with is the cluster's (controller/sharedconfig.py):
+        raises StoreUnavailable when etcd does not answer, ConfigError when the local config
+        cannot be shared or etcd's does not check here."""
+        self.options = options
         for app_cls in apps:
             self.core.add_app(app_cls)
+        self._first_config = options.config
+        if options.cluster:
+            from controller.replica import ClusterLink
+
+            self.cluster = ClusterLink(options.cluster, options.replica_id, self.metrics, self.core)
+            self.core.discovery.key = self.cluster.lldp_key  # every replica checks every probe
+            self.core.is_master = self.cluster.gate.is_master
+            self._first_config = self.cluster.shared.join(options.config or Config())
 
     def start(self):
         """os-ken's start of the app: serve /metrics, apply the config, start ticking.
@@ -145,7 +152,7 @@ class CoreApp(app_manager.OSKenApp):
         if self.options.prometheus_port:
             self.metrics.serve(self.options.prometheus_port, self.options.prometheus_host)
         try:
-            self._send(self.core.configure(self.options.config or Config(), time.time()))
+            self._send(self.core.configure(self._first_config or Config(), time.time()))
         except (ConfigError, ApplyError) as exc:  # checked by osken-manager already: a bug
             LOG.error("the config could not be applied; running without it: %s", exc)
         self._config_stamps = self._watched()
@@ -206,10 +213,16 @@ class CoreApp(app_manager.OSKenApp):
     # --- config --------------------------------------------------------------------------------
 
     def _watched(self) -> dict[str, tuple[int, int]]:
-        """(modification time, size) of every file the config depends on ((-1, -1): missing)."""
-        paths = set(self.core.config.files())
-        for config in (self.options.config, self.core.candidate):  # a rejected one's files too, so
-            if config is not None:  # fixing a file it added reloads it
+        """(modification time, size) of every file the config depends on ((-1, -1): missing).
+
+        With --cluster, the local files (the running config is etcd's, materialized)."""
+        if self.cluster:
+            configs = [self.options.config, self.cluster.shared.local]
+        else:  # a rejected one's files too, so fixing a file it added reloads it
+            configs = [self.core.config, self.options.config, self.core.candidate]
+        paths = set()
+        for config in configs:
+            if config is not None:
                 paths.update(config.files())
         out = {}
         for path in sorted(paths):
@@ -223,12 +236,18 @@ class CoreApp(app_manager.OSKenApp):
     def _reload(self, why: str) -> None:
         """Reload now (see Core.reload); the files as read become the ones watched."""
         started = self.options.config
-        path = self.core.config.path or (started.path if started else None)
+        path = started.path if started else None
+        if not self.cluster:
+            path = self.core.config.path or path
         if not path:
             LOG.info("%s: no --config given, nothing to reload", why)
             return
-        LOG.info("%s: reloading %s", why, path)
-        self._send(self.core.reload(lambda: load_config(path), time.time()))
+        if self.cluster:  # published; every replica applies it once read back from etcd
+            LOG.info("%s: checking %s to publish it", why, path)
+            self.cluster.shared.publish(lambda: load_config(path), why)
+        else:
+            LOG.info("%s: reloading %s", why, path)
+            self._send(self.core.reload(lambda: load_config(path), time.time()))
         self._config_stamps = self._watched()
         # What a config builds lives until the next one: keep the collector from rescanning it.
         gc.freeze()
@@ -244,6 +263,8 @@ class CoreApp(app_manager.OSKenApp):
         self._last_turn = time.monotonic()
         now = time.time()
         self._send(self.core.tick(now))
+        if self.cluster:
+            self.cluster.shared.retry()
         if now >= self._next_config_poll and self._config_stamps:
             self._next_config_poll = now + CONFIG_POLL_SECONDS
             self._poll_config(now)
@@ -369,6 +390,12 @@ class CoreApp(app_manager.OSKenApp):
     def _on_ownership(self, ev) -> None:
         self._send(self.cluster.gate.ownership(ev.owners))
         self.cluster.update_gauges()
+
+    @set_ev_cls(EventSharedConfig)
+    @guarded
+    def _on_shared_config(self, ev) -> None:
+        self._send(self.cluster.shared.observe(ev.value, ev.revision, time.time()))
+        gc.freeze()
 
     @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
     @guarded

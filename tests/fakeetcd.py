@@ -1,6 +1,7 @@
 """An in-memory etcd for the election's unit tests: leases expire on the test's clock, keys
 carry create revisions from one growing counter, and `down` makes every call fail as an
-unreachable etcd does (controller/cluster.py's Store)."""
+unreachable etcd does (controller/cluster.py's Store, controller/sharedconfig.py's
+ConfigStore: keys put without a lease carry their mod revision too)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ class FakeEtcd:
         self.down = False
         self.leases: dict[int, tuple[int, float]] = {}  # id -> (ttl, expires at)
         self.keys: dict[str, tuple[str, int, int]] = {}  # key -> (value, create rev, lease)
+        self.modified: dict[str, int] = {}  # key -> mod revision, for keys without a lease
+        self.puts = 0  # compare-and-swaps that put
 
     def _up(self) -> None:
         if self.down:
@@ -59,5 +62,21 @@ class FakeEtcd:
         if key not in self.keys or self.keys[key][1] != revision:
             return False
         del self.keys[key]
+        self.modified.pop(key, None)
         self.revision += 1
+        return True
+
+    def get(self, key: str) -> tuple[str, int] | None:
+        self._up()
+        return (self.keys[key][0], self.modified[key]) if key in self.modified else None
+
+    def cas(self, key: str, value: str, revision: int) -> bool:
+        self._up()
+        if self.modified.get(key, 0) != revision:
+            return False
+        self.revision += 1
+        self.puts += 1
+        created = self.keys[key][1] if key in self.keys else self.revision
+        self.keys[key] = (value, created, 0)
+        self.modified[key] = self.revision
         return True
