@@ -21,7 +21,9 @@ incumbent is waited for, a dead one, whose member key expired with its mastershi
 
 A master that loses its connection to a switch for `grace` seconds releases the switch's key
 (only that key, by its create revision), so a connected replica can take it: a switch is never
-held by a replica that cannot reach it.
+held by a replica that cannot reach it. A replica that is not `eligible` (it could not apply
+the config version the others enforce, controller/sharedconfig.py) releases every key it holds
+at once and claims none until it is eligible again.
 
 The store is anything with the `Store` methods (controller/etcd.py wraps etcd3gw; the tests use
 a fake with their clock). Calls that fail raise StoreUnavailable: the last ownership seen is
@@ -105,6 +107,7 @@ class Election:
     _free_since: dict[int, float] = field(default_factory=dict)
     _away_since: dict[int, float] = field(default_factory=dict)  # held by us, not connected
     leader_changes: int = 0  # switches this replica became master of
+    eligible: bool = True  # False: hold no switch (it cannot enforce the cluster's config)
 
     def step(self, store: Store, dpids: set[int], now: float) -> dict[int, Owner]:
         """Refresh the lease, read the masters, claim free switches, release the ones we hold
@@ -120,7 +123,7 @@ class Election:
             owners = {}
             for dpid in sorted(dpids):
                 held = masters.get(master_key(dpid))
-                if held is None:
+                if held is None and self.eligible:
                     held = self._claim(store, dpid, members, now)
                 else:
                     self._free_since.pop(dpid, None)
@@ -184,6 +187,14 @@ class Election:
         for dpid in set(self._away_since) - set(mine).difference(dpids):
             del self._away_since[dpid]
         for dpid, revision in mine.items():
+            if not self.eligible:
+                if store.release(master_key(dpid), revision):
+                    LOG.warning(
+                        "switch %016x: mastership released, reason: this replica cannot "
+                        "enforce the cluster's config version",
+                        dpid,
+                    )
+                continue
             if dpid in dpids:
                 continue
             away = self._away_since.setdefault(dpid, now)

@@ -88,6 +88,7 @@ class ClusterLink:
         while True:
             started = time.monotonic()
             before = self.election.leader_changes
+            self.election.eligible = not self.shared.behind
             owners = self.election.step(self.store, set(self.gate.switches), time.time())
             self.leader_changes.labels(self.replica).inc(self.election.leader_changes - before)
             self.etcd_up.labels(self.replica).set(int(self.election.reachable))

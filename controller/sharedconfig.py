@@ -208,6 +208,7 @@ class SharedConfig:
         self.pending: tuple[Snapshot, int] | None = None  # (snapshot, revision) to publish
         self.reachable = True  # the thread's last get answered
         self._polled: int | None = None  # the revision the thread last handed over
+        self.behind = False  # a version the others enforce could not be applied here
         self.version_gauge = Gauge(
             "osken_cluster_config_version",
             "The shared config version this replica enforces",
@@ -414,9 +415,11 @@ class SharedConfig:
         out = self.core.reload(load, now)
         if not loaded or self.core.config is not loaded[0]:
             self.apply_failures.labels(self.replica).inc()
+            self.behind = True
             LOG.error(
                 "config version %d (digest %s, by %s) could not be applied on this replica; "
-                "version %d stays in force here",
+                "version %d stays in force here, and this replica gives up its switches until "
+                "it can apply the cluster's version",
                 snap.version,
                 snap.digest[:12],
                 snap.by,
@@ -427,7 +430,7 @@ class SharedConfig:
         return out
 
     def _enforce(self, snap: Snapshot) -> None:
-        self.version, self.digest = snap.version, snap.digest
+        self.version, self.digest, self.behind = snap.version, snap.digest, False
         self.version_gauge.labels(self.replica).set(snap.version)
         LOG.info(
             "config version %d in force (digest %s, published by %s)",

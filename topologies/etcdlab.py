@@ -21,13 +21,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 
+from topologies.controller_process import free_port
 from topologies.wait import until
 
 ETCD = "/usr/bin/etcd"
@@ -37,13 +37,6 @@ STOP_TIMEOUT = 5.0
 
 class EtcdLabError(RuntimeError):
     """etcd is missing, or did not become healthy in time (its log's tail is in the text)."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class EtcdLab:

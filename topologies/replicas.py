@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from topologies.controller_process import Controller
+from topologies.controller_process import Controller, free_port
 from topologies.scrape import ping_counts
 from topologies.wait import seconds_until, until
 
@@ -60,11 +60,12 @@ def flow_mods(log: str, since: int = 0) -> int:
 
 
 class ReplicaSet:
-    """Replicas `names` of `apps` on the etcd at `etcd_url`, each with its own OpenFlow port
-    and log in `log_dir` (a temporary one by default). `start()` starts them, `connect(net)`
-    points every bridge of a Mininet lab at all of them and waits for one master per switch,
-    `stop()` stops every one started (by pid). A context manager: start on entry, stop on
-    exit.
+    """Replicas `names` of `apps` on the etcd at `etcd_url`, each with its own OpenFlow port,
+    log in `log_dir` (a temporary one by default) and config: `config` for all, or
+    `configs[name]` each. `start()` starts them, `connect(net)` points every bridge of a
+    Mininet lab at all of them and waits for one master per switch, `stop()` stops every one
+    started (by pid). A context manager: start on entry, stop on exit. `http[name]` is each
+    replica's metrics port when `metrics` is set.
 
     Raises:
         RuntimeError (from Controller.start): a replica did not start; its log is in the text.
@@ -77,14 +78,18 @@ class ReplicaSet:
         apps=("apps/l2_learning.py",),
         config: str | None = None,
         log_dir: str | None = None,
+        configs: dict[str, str] | None = None,
+        metrics: bool = False,
     ) -> None:
         log_dir = log_dir or tempfile.mkdtemp(prefix="osken-replicas-")
+        self.http = {name: free_port() for name in names} if metrics else {}
         self.replicas = {
             name: Controller(
                 list(apps),
-                config=config,
+                config=(configs or {}).get(name, config),
                 log_path=os.path.join(log_dir, f"{name}.log"),
-                extra=["--cluster", etcd_url, "--replica-id", name],
+                extra=["--cluster", etcd_url, "--replica-id", name]
+                + (["--prometheus-port", str(self.http[name])] if metrics else []),
             )
             for name in names
         }

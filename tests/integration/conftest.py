@@ -7,7 +7,11 @@ import subprocess
 
 import pytest
 
+from topologies.etcdlab import ETCD, EtcdLab
 from topologies.harness import Controller, Lab
+from topologies.linear import LinearTopo
+from topologies.replicas import ReplicaSet
+from topologies.wait import until
 
 
 def _lab_problem() -> str | None:
@@ -65,3 +69,39 @@ def lab():
     yield start
     for lab_ in started:
         lab_.stop()
+
+
+@pytest.fixture
+def etcd():
+    """A lab etcd on loopback (topologies/etcdlab.py), stopped by pid after the test. Without
+    /usr/bin/etcd: skipped locally, failed in CI."""
+    if not os.access(ETCD, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail(f"no {ETCD} (scripts/setup.sh installs etcd-server)")
+        pytest.skip(f"no {ETCD}")
+    with EtcdLab() as lab_:
+        yield lab_
+
+
+@pytest.fixture
+def cluster(etcd, lab, tmp_path):
+    """A factory: replicas `names` on the lab etcd (ReplicaSet's arguments: apps, configs,
+    metrics ...) and a line of `switches` switches with two hosts each, connected to every
+    replica, each switch with one master. Returns (ReplicaSet, lab); every replica is stopped
+    after the test."""
+    started = []
+
+    def start(names=("a", "b"), switches=2, **kwargs):
+        rs = ReplicaSet(etcd.url, names, log_dir=str(tmp_path), **kwargs)
+        started.append(rs)
+        rs.start()
+        net = lab(LinearTopo(n=switches, hosts_per_switch=2), rs.replicas[names[0]].port)
+        assert rs.connect(net), rs.masters()
+        assert until(lambda: net.ping("h1x1", "h2x1", count=1)[0], 20)
+        return rs, net
+
+    try:
+        yield start
+    finally:
+        for rs in started:
+            rs.stop()

@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import time
 
 import pytest
 
 from controller.cluster import StoreUnavailable
 from controller.etcd import EtcdStore
-from tests.integration.test_ha_mininet import etcd  # noqa: F401 (the lab etcd fixture)
-from topologies.controller_process import Controller
-from topologies.etcdlab import free_port
-from topologies.linear import LinearTopo
-from topologies.replicas import masters
 from topologies.scrape import metric
 from topologies.wait import until
 
@@ -34,38 +28,16 @@ APPLIED = r"config version (\d+) in force \(digest (\w+), published by (\w+)\)"
 
 
 @pytest.fixture
-def replicas(etcd, lab, tmp_path):  # noqa: F811 (etcd: the imported fixture)
-    """Replicas a and b (firewall and l2 learning), each with its own copy of the config, on the
-    lab etcd; a two-switch lab whose bridges connect to both, each switch with one master."""
-    started = {}
+def replicas(cluster, tmp_path):
+    """Replicas a and b (firewall and l2 learning), each with its own copy of the config and a
+    metrics port, on the lab etcd, and a two-switch lab (the `cluster` fixture)."""
+    configs = {}
     for name in ("a", "b"):
         (tmp_path / name / "rules").mkdir(parents=True)
         (tmp_path / name / "lab.yaml").write_text(LAB)
         (tmp_path / name / "rules" / "fw.yaml").write_text(OPEN)
-        http = free_port()
-        started[name] = Controller(
-            ["apps/l2_learning.py", "apps/firewall"],
-            config=str(tmp_path / name / "lab.yaml"),
-            log_path=str(tmp_path / f"{name}.log"),
-            extra=["--cluster", etcd.url, "--replica-id", name, "--prometheus-port", str(http)],
-        ).start()
-        started[name].http = http
-        started[name].path = tmp_path / name
-    try:
-        ports = {r.port: name for name, r in started.items()}
-        net = lab(LinearTopo(n=2, hosts_per_switch=2), started["a"].port)
-        bridges = [s.name for s in net.net.switches]
-        for b in bridges:
-            targets = [f"tcp:127.0.0.1:{p}" for p in ports]
-            subprocess.run(["ovs-vsctl", "set-controller", b, *targets], check=True)
-        assert until(lambda: all(len(m) == 1 for m in masters(bridges, ports).values()), 15), (
-            masters(bridges, ports)
-        )
-        assert until(lambda: net.ping("h1x1", "h2x1", count=1)[0], 20)
-        yield started, ports, bridges, net
-    finally:
-        for r in started.values():
-            r.stop()
+        configs[name] = str(tmp_path / name / "lab.yaml")
+    return cluster(apps=["apps/l2_learning.py", "apps/firewall"], configs=configs, metrics=True)
 
 
 def pings(net, src: str, dst: str) -> bool:
@@ -73,17 +45,18 @@ def pings(net, src: str, dst: str) -> bool:
 
 
 def test_a_rule_edited_at_one_replica_is_enforced_by_every_switchs_master(replicas, tmp_path):
-    started, ports, bridges, net = replicas
+    rs, net = replicas
+    started = rs.replicas
     for name, r in started.items():
         assert len(re.findall(APPLIED, r.log())) == 1, r.log()[-2000:]
-        assert metric(r.http, "osken_cluster_config_version", replica=name) == 1
+        assert metric(rs.http[name], "osken_cluster_config_version", replica=name) == 1
     assert pings(net, "h1x1", "h2x1") and pings(net, "h2x2", "h1x2")
-    owners = {b_: ports[m[0]] for b_, m in masters(bridges, ports).items()}
+    owners = {b: rs.master_of(b) for b in rs.bridges}
     # Publish through the replica that does not master s2: s2's master then enforces a rule
     # that another replica's files and SIGHUP made (masters may well be spread either way).
-    pub = next(n for n in started if n != owners[bridges[1]])
+    pub = next(n for n in started if n != owners[rs.bridges[1]])
     ips = {h: net.host(h).IP() for h in ("h1x1", "h1x2", "h2x1", "h2x2")}
-    (started[pub].path / "rules" / "fw.yaml").write_text(BLOCK.format(**ips))
+    (tmp_path / pub / "rules" / "fw.yaml").write_text(BLOCK.format(**ips))
     hup = time.monotonic()
     started[pub].proc.send_signal(signal.SIGHUP)
     took: dict[str, float] = {}
@@ -97,8 +70,8 @@ def test_a_rule_edited_at_one_replica_is_enforced_by_every_switchs_master(replic
     for name, r in started.items():
         version, _, by = re.findall(APPLIED, r.log())[-1]
         assert (version, by) == ("2", pub)
-        assert metric(r.http, "osken_cluster_config_version", replica=name) == 2
-    assert metric(started[pub].http, "osken_cluster_config_publish", result="published") == 1
+        assert metric(rs.http[name], "osken_cluster_config_version", replica=name) == 2
+    assert metric(rs.http[pub], "osken_cluster_config_publish", result="published") == 1
     # Blocked at s1 and at s2, whoever masters them; what the rules leave alone still works.
     assert until(lambda: not pings(net, "h1x1", "h2x1"), 5)
     assert until(lambda: not pings(net, "h2x2", "h1x2"), 5)
@@ -106,21 +79,22 @@ def test_a_rule_edited_at_one_replica_is_enforced_by_every_switchs_master(replic
 
     # A bad edit at the other replica, seen by its file watcher (no SIGHUP): refused there,
     # published nowhere, nothing changes on either replica.
-    a = started[next(n for n in started if n != pub)]
-    (a.path / "rules" / "fw.yaml").write_text(BAD)
+    other = next(n for n in started if n != pub)
+    a = started[other]
+    (tmp_path / other / "rules" / "fw.yaml").write_text(BAD)
     refused = r"config file changed: config rejected, not published; version 2 stays in force"
     assert a.wait_log(refused, timeout=10), a.log()[-2000:]
     assert re.search(r"fw\.yaml:2: rules\[0\]\.source", a.log()), a.log()[-2000:]
     time.sleep(1.0)
     for name, r in started.items():
         assert len(re.findall(APPLIED, r.log())) == 2
-        assert metric(r.http, "osken_cluster_config_version", replica=name) == 2
-    assert metric(a.http, "osken_cluster_config_publish", result="rejected") == 1
+        assert metric(rs.http[name], "osken_cluster_config_version", replica=name) == 2
+    assert metric(rs.http[other], "osken_cluster_config_publish", result="rejected") == 1
     assert not pings(net, "h1x1", "h2x1") and not pings(net, "h2x2", "h1x2")
     assert not any("Traceback" in r.log() for r in started.values())
 
 
-def test_compare_and_swap_on_a_real_etcd(etcd):  # noqa: F811 (the imported fixture)
+def test_compare_and_swap_on_a_real_etcd(etcd):
     """EtcdStore's get and cas as controller/sharedconfig.py relies on them (etcd 3.4's JSON
     gateway omits `succeeded` when a transaction fails)."""
     store = EtcdStore(etcd.url)

@@ -6,51 +6,15 @@ a flap; three replicas."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
 
-import pytest
-
-from topologies.etcdlab import ETCD, EtcdLab
 from topologies.harness import ping_counts
-from topologies.linear import LinearTopo
 from topologies.replicas import ReplicaSet, kill_master_under_ping, promotions
 from topologies.wait import until
 
 GOAL = 3.0  # seconds
-
-
-@pytest.fixture
-def etcd():
-    if not os.access(ETCD, os.X_OK):
-        pytest.skip("no /usr/bin/etcd")
-    with EtcdLab() as lab:
-        yield lab
-
-
-@pytest.fixture
-def cluster(etcd, lab, tmp_path):
-    """A factory: replicas `names` on the lab etcd and a line of `switches` switches (two hosts
-    each) connected to all of them, one master each. Returns (ReplicaSet, lab); every replica
-    started is stopped."""
-    started = []
-
-    def start(names=("a", "b"), switches=2):
-        rs = ReplicaSet(etcd.url, names, log_dir=str(tmp_path))
-        started.append(rs)
-        rs.start()
-        net = lab(LinearTopo(n=switches, hosts_per_switch=2), rs.replicas[names[0]].port)
-        assert rs.connect(net), rs.masters()
-        assert until(lambda: net.ping("h1x1", "h2x1", count=1)[0], 20)
-        return rs, net
-
-    try:
-        yield start
-    finally:
-        for rs in started:
-            rs.stop()
 
 
 def flows(bridges) -> dict[str, list[str]]:

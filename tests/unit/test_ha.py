@@ -304,3 +304,20 @@ def test_release_deletes_only_the_key_it_held():
     assert not etcd.release("/osken/masters/1", revision + 1)
     assert etcd.release("/osken/masters/1", revision)
     assert etcd.get_prefix("/osken/masters/") == {}
+
+
+def test_a_replica_behind_the_clusters_config_gives_up_its_switches_at_once(caplog):
+    """controller/sharedconfig.py: a replica that cannot apply the version the others enforce
+    must enforce nothing: it releases every switch and claims none until it is in step."""
+    lab = Lab()
+    lab.run(1.5)
+    behind = lab.replicas["a"]
+    assert "a" in {m[0] for m in lab.masters().values()}
+    behind.election.eligible = False
+    lab.run(1.0)  # released at once; b claims after 2 x grace (a is still a live member)
+    lab.run(1.5)
+    assert all(m == ["b"] for m in lab.masters().values()), lab.masters()
+    assert "reason: this replica cannot enforce the cluster's config version" in caplog.text
+    behind.election.eligible = True  # in step again: takes nothing back
+    lab.run(2.0)
+    assert all(m == ["b"] for m in lab.masters().values())

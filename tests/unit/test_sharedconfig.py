@@ -288,8 +288,14 @@ def test_a_version_a_replica_cannot_check_is_counted_and_changes_nothing_there(t
     b.step()
     assert a.shared.version == 2 and not a.ssh_open()
     assert b.failures() == 1 and b.shared.version == 1 and b.gauge() == 1 and b.ssh_open()
+    assert b.shared.behind and not a.shared.behind  # b gives up its switches (test_ha.py)
     b.step()  # the same revision again: not retried, not counted again
     assert b.failures() == 1
+    a.write(BASE, CLOSE_22)  # a version b can apply: b is back in step
+    a.edit()
+    a.step()
+    b.step()
+    assert b.shared.version == 3 and not b.shared.behind
 
 
 def test_etcds_config_that_does_not_check_here_stops_the_start(tmp_path):
