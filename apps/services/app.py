@@ -15,6 +15,9 @@ take their split from Istio / Gateway API routing files (`routing`); see docs/se
 - A backend whose port or link goes down leaves the split at once; `backup: true` backends take
   over while no primary is up, first in the switch (fast-failover groups watching the way to
   each primary), then in the controller's choices.
+- A service whose routing needs the request itself (headers, URI, method...) gets an Envoy
+  waypoint when the config has `mesh.waypoint` (mesh.py, waypoint.py): the switches steer its
+  VIP:port to the waypoint's replicas, and Envoy routes and splits each request.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from apps.services.arp import ArpProber, MacTable, vip_reply
 from apps.services.backends import Locations
 from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
 from apps.services.drain import Draining
+from apps.services.mesh import MESH_SCHEMA
 from apps.services.metrics import ServicesMetrics
 from apps.services.picking import ConnectionPicker
 from apps.services.placement import Placement
@@ -36,6 +40,7 @@ from apps.services.settings import (
     ServicesSettings,
     parse_services,
 )
+from apps.services.waypoint import WaypointDriver
 from controller.app import PacketIn, SuiteApp
 from controller.config import DocumentCache
 from controller.flows import Flow, output, packet_out
@@ -51,7 +56,9 @@ class Services(SuiteApp):
 
     name = "services"
     config_section = "services"
-    config_schemas = MappingProxyType({"services": SERVICES_SCHEMA, "routing": ROUTING_SCHEMA})
+    config_schemas = MappingProxyType(
+        {"services": SERVICES_SCHEMA, "routing": ROUTING_SCHEMA, "mesh": MESH_SCHEMA}
+    )
     requires = ("apps.l2_learning",)  # forwarding comes from the L2 app
     cookie = COOKIE
 
@@ -69,6 +76,7 @@ class Services(SuiteApp):
         self.metrics = ServicesMetrics(core.metrics)
         self.connections = self.metrics.connections
         self.live_backends = self.metrics.live_backends
+        self.waypoint = WaypointDriver()
 
     @property
     def draining(self) -> list[tuple[Service, float]]:
@@ -93,6 +101,8 @@ class Services(SuiteApp):
         self.drain.retire(old, settings.services, self.placement.resolved, now)
         self.picker.configure(old, settings.services)
         self.prober.restart(now)
+        self.waypoint.configure(settings.mesh, settings.plan)
+        self.locations.held = self.waypoint.held()
         self._install()
         self._probe_unknown()  # a new backend that never spoke is asked for its MAC at once
         for s in self.settings.services:
@@ -186,7 +196,14 @@ class Services(SuiteApp):
     def tick(self, now: float) -> None:
         moved = self.locations.refresh(self.settings.services)
         expired = self.drain.expire(now)
+        if self.waypoint.poll():
+            self.locations.held = self.waypoint.held()
+            moved = True
         if moved or expired:
             self._install()
         if self.prober.due(now):
             self._probe_unknown()
+
+    def shutdown(self) -> None:
+        """Stop the waypoint's replicas: they live outside OpenFlow."""
+        self.waypoint.close()

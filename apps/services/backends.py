@@ -18,13 +18,15 @@ class Locations:
     """Where the fabric last saw each backend, and what follows from it.
 
     `located` maps a backend MAC to (dpid, port) where the topology last saw it; MACs come
-    from the backend's config or from `macs`.
+    from the backend's config or from `macs`. `held`: endpoint names of backends that are
+    there but not serving yet (a waypoint replica whose Envoy has not taken its config).
     """
 
     def __init__(self, topology: Topology, macs: MacTable) -> None:
         self.topology = topology
         self.macs = macs
         self.located: dict[str, tuple[int, int]] = {}
+        self.held: frozenset[str] = frozenset()  # endpoints not serving yet (waypoints)
 
     def where(self, b: Backend) -> tuple[int, int] | None:
         """(dpid, port) where `b` was last seen, else None."""
@@ -33,8 +35,8 @@ class Locations:
 
     def alive(self, b: Backend) -> bool:
         """Ready (its MAC known) and not last seen at a port that is down. A backend never
-        seen yet counts as up: the fabric floods to find it."""
-        if self.macs.mac_of(b) is None:
+        seen yet counts as up: the fabric floods to find it. A held one is down."""
+        if self.macs.mac_of(b) is None or b.endpoint in self.held:
             return False
         where = self.where(b)
         return where is None or where[1] in self.topology.live_ports(where[0])

@@ -11,6 +11,13 @@ connection is translated both ways by the switch alone. `services_track` then:
   "exact"), or lets a select group pick (method "switch");
 - drops anything else sent to the VIP.
 
+A service with an L7 waypoint (method "waypoint") takes none of that: `services` sends its
+VIP:port on to `services_track`, where a select group over the waypoint's replicas points the
+frame at one replica's MAC and sends it toward it. The replica owns the VIP for that port (on
+its loopback) and answers from it; nothing is translated. Every switch holds the same group, and
+Open vSwitch hashes a connection's packets alike on each, so a packet already pointed at a
+replica keeps that replica at the next switch.
+
 A backend is chosen by committing the connection with nat(dst=backend) and the mark. That
 commit sits in a fast-failover group per (service, primary backend) on every switch, whose
 first bucket watches the port toward the backend and whose others fall back to the backups:
@@ -37,7 +44,7 @@ from collections.abc import Callable
 
 from os_ken.ofproto.ofproto_v1_3 import OFPP_IN_PORT as IN_PORT
 
-from apps.services.settings import Backend, Service
+from apps.services.settings import WAYPOINT, Backend, Service
 from apps.services.weights import bucket_weights
 from controller.flows import (
     Bucket,
@@ -127,21 +134,51 @@ class ServicesCompiler:
         self.track = pipeline.table("services_track")
         self.forwarding = pipeline.table("forwarding")
         self._go_on = pipeline.go_on("services_track")
+        self._to_track = pipeline.goto("services", "services_track")
 
     def _f(self, table: int, priority: int, match: dict, *instructions) -> Flow:
         return flow(table, priority, match, *instructions, cookie=COOKIE)
 
+    def _arp(self, service: Service) -> Flow:
+        return self._f(
+            self.services_table,
+            ARP_PRIORITY,
+            {"eth_type": ETH_TYPE_ARP, "arp_tpa": service.vip},
+            apply(to_controller(128)),
+        )
+
+    def waypoint_flows(self, service: Service) -> list[Flow]:
+        """A waypointed service: ARP for its VIP, its VIP:port on to `services_track` untracked
+        (where the replicas' select group takes it), anything else to the VIP dropped."""
+        vip = {"eth_type": ETH_TYPE_IP, "ipv4_dst": service.vip}
+        return [
+            self._arp(service),
+            self._f(
+                self.services_table,
+                VIP_PRIORITY,
+                {**vip, **_l4(service, "dst", service.port)},
+                self._to_track,
+            ),
+            self._f(self.services_table, DROP_PRIORITY, vip),
+            self._f(self.track, DROP_PRIORITY, vip),
+        ]
+
+    def waypoint_group(self, index: int, replicas: list[tuple[Backend, int]]) -> Group:
+        """The select group over the live replicas: (replica, the port toward it) each."""
+        buckets = [
+            Bucket((set_field("eth_dst", b.mac), output(port)), weight=1, watch_port=port)
+            for b, port in replicas
+        ]
+        return group(select_group_id(index, 0), "select", buckets)
+
     def service_flows(self, service: Service) -> list[Flow]:
         """Per switch, the same for all: catch the VIP, track it, steer replies back."""
+        if service.method == WAYPOINT:
+            return self.waypoint_flows(service)
         vip = {"eth_type": ETH_TYPE_IP, "ipv4_dst": service.vip}
         track = conntrack(CT_ZONE, self.track, nested=(nat(),))
         flows = [
-            self._f(
-                self.services_table,
-                ARP_PRIORITY,
-                {"eth_type": ETH_TYPE_ARP, "arp_tpa": service.vip},
-                apply(to_controller(128)),
-            ),
+            self._arp(service),
             self._f(
                 self.services_table,
                 VIP_PRIORITY,
@@ -279,6 +316,8 @@ class ServicesCompiler:
         }
         if service.method == "exact":
             return [self._f(self.track, NEW_PRIORITY, match, apply(to_controller(PACKET_IN_BYTES)))]
+        if service.method == WAYPOINT:  # untracked: every packet clients send it
+            match = {k: v for k, v in match.items() if k not in ("ct_state", "ct_mark")}
         flows = []
         n = len(service.routes)
         for r, route in enumerate(service.routes):

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from apps.services.backends import Locations, choices
 from apps.services.compile import ServicesCompiler, commit_to
-from apps.services.settings import Backend, Service
+from apps.services.settings import WAYPOINT, Backend, Service
 from controller.flows import Action, Flow, group_action
 
 
@@ -60,7 +60,10 @@ class Placement:
                 flows[f.key] = f
             for dpid in switches:
                 groups[dpid] += self._groups(index, resolved, dpid, live)
-            has_group = {r for r in range(len(s.routes)) if choices(s, r, live)}
+            if s.method == WAYPOINT:
+                has_group = {0} if self._steerable(resolved, live) else set()
+            else:
+                has_group = {r for r in range(len(s.routes)) if choices(s, r, live)}
             for f in self.compiler.new_connection_flows(index, resolved, has_group.__contains__):
                 flows[f.key] = f
         for retired, _ in draining:  # what is in force now wins any shared entry
@@ -74,9 +77,28 @@ class Placement:
         backends = tuple(Backend(b.endpoint, b.ip, macs.mac_of(b), b.port) for b in s.backends)
         return Service(s.name, s.vip, s.port, s.protocol, s.method, backends, s.routes, s.backups)
 
+    def _steerable(self, s: Service, live: set[str]) -> bool:
+        """Whether a waypointed service has a live replica the fabric has seen."""
+        return any(b.key in live and self.locations.where(b) for b in s.backends)
+
+    def _replicas(self, s: Service, dpid: int, live: set[str]) -> list[tuple[Backend, int]]:
+        """A waypointed service's live replicas the fabric has seen, each with the port of
+        `dpid` toward it (its own, or the first equal-cost next hop)."""
+        out = []
+        for b in s.backends:
+            ports = self.locations.watch(dpid, b) if b.key in live else []
+            if ports:
+                out.append((b, ports[0]))
+        return out
+
     def _groups(self, index: int, s: Service, dpid: int, live: set[str]) -> list:
         """The fast-failover group of each backend of `s` with a MAC on `dpid` (recorded in
-        `ff`), and for method "switch" each route's select group."""
+        `ff`), and for method "switch" each route's select group; for a waypointed service,
+        the select group over its replicas."""
+        if s.method == WAYPOINT:  # on every switch alike: the steering flow is the same
+            if not self._steerable(s, live):
+                return []
+            return [self.compiler.waypoint_group(index, self._replicas(s, dpid, live))]
         backups = [s.backend(k) for k, _ in s.backups]
         out: list = []
         ff = self.ff[dpid][s.name] = {}

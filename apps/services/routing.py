@@ -1,15 +1,18 @@
 """Istio VirtualService / DestinationRule and Gateway API HTTPRoute, read unmodified.
 
-Only what a switch can see is kept: who the client is (source labels, namespace, subnet), the
-destination port, and the weighted split over destinations. A rule that needs more (HTTP
-headers, URI, method, query, rewrites, redirects, retries, mirrors...) is rejected by name:
-the log says which file, line and field, and the rule takes no traffic (connections it would
-have taken fall through to the next rule, as if it had not been written). The rest of the
-file still applies, so the seed's documents load as written.
+What a switch can see: who the client is (source labels, namespace, subnet), the destination
+port, and the weighted split over destinations. Request conditions (HTTP headers, URI or path,
+method, query parameters, authority, scheme) are kept too, as `SourceMatch.http`: an Envoy
+waypoint (mesh.waypoint) judges them; without one, the settings reject such a rule by name
+(`reject_l7`): the log says which file, line and field, and the rule takes no traffic
+(connections it would have taken fall through to the next rule, as if it had not been
+written). What neither can do (rewrites, redirects, retries, mirrors, mesh gateways...) is
+rejected by name here. The rest of the file still applies, so the seed's documents load as
+written.
 
-Order: Istio rules are first-match in list order. Gateway API orders rules by how specific
-their matches are; with header, query and method matches rejected, every rule left matches
-everything, and among equals the first in list order wins. So both become one ordered list.
+Order: Istio rules are first-match in list order. Gateway API orders matches by how specific
+they are (`HttpMatch.specificity`); among equals the first in list order wins. Rules without
+request conditions match everything, so for a switch both become one ordered list.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from fractions import Fraction
 import apps.services.schemas as schemas
 from apps.services.schemas import HTTP_MATCH_L7, ISTIO_RULE_L7
 from controller.config import OBJECT_HEADER, ConfigError, Document
+from vnf.waypoint.model import HttpMatch, StringMatch
 
 LOG = logging.getLogger("osken_suite.services")
 
@@ -30,6 +34,18 @@ GATEWAY_GROUP = "gateway.networking.k8s.io/"
 GATEWAY_MAX_ITEMS = 16  # rules per HTTPRoute, backendRefs per rule (the CRD's maxItems)
 
 _HTTPROUTE_MATCH_L7 = {"headers", "queryParams", "method"}
+# Istio match fields an Envoy waypoint honours (the rest of HTTP_MATCH_L7 stays refused by name).
+_ISTIO_MATCH_WAYPOINT = {
+    "uri",
+    "scheme",
+    "method",
+    "authority",
+    "headers",
+    "queryParams",
+    "withoutHeaders",
+    "ignoreUriCase",
+}
+_GATEWAY_MATCH_KIND = {"Exact": "exact", "PathPrefix": "prefix", "RegularExpression": "regex"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,7 @@ class SourceMatch:
     subnet: ipaddress.IPv4Network | None = None
     port: int | None = None
     destination_subnets: tuple[ipaddress.IPv4Network, ...] | None = None
+    http: HttpMatch | None = None  # request conditions: only an L7 waypoint can judge them
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,11 @@ class RouteRule:
     matches: tuple[SourceMatch, ...]
     destinations: tuple[Destination, ...]
     origin: str  # file:line, for messages
+
+    @property
+    def l7(self) -> HttpMatch | None:
+        """The first match block's request conditions, if any block has some (else None)."""
+        return next((m.http for m in self.matches if m.http is not None), None)
 
 
 @dataclass(frozen=True)
@@ -109,6 +131,28 @@ def _reject(doc: Document, where: tuple, what: str) -> None:
     )
 
 
+def reject_l7(doc: Document, rule: RouteRule) -> None:
+    """Say by name that `rule` needs request conditions a switch cannot see (with no waypoint
+    to judge them): the rule takes no traffic."""
+    match = rule.l7
+    if match is None:
+        return
+    key = match.where[-1]
+    if key in HTTP_MATCH_L7:
+        what = f"a match on {HTTP_MATCH_L7[key]}"
+    elif key == "path":
+        what = "a match on the request path"
+    else:
+        what = f"a match on the request's {key}"
+    LOG.warning(
+        "%s: %s: %s; a switch cannot see that, so this rule is rejected and takes no traffic "
+        "(mesh.waypoint runs an Envoy waypoint that can)",
+        doc.located(match.where),
+        ".".join(map(str, match.where)),
+        what,
+    )
+
+
 def _labels(value: dict | None) -> tuple[tuple[str, str], ...]:
     """A label map (string values: the schema's LABELS) as sorted pairs."""
     return tuple(sorted((str(k), v) for k, v in (value or {}).items()))
@@ -129,10 +173,57 @@ def _weight(value: int | None, default: int) -> Fraction:
 # --- Istio -------------------------------------------------------------------------------------
 
 
+def _string_match(value: dict) -> StringMatch:
+    """Istio's StringMatch (the schema allows exact, prefix, regex; one is used)."""
+    kind = next((k for k in ("exact", "prefix", "regex") if k in value), None)
+    if kind is None:
+        raise ValueError("a string match needs exact, prefix or regex")
+    return StringMatch(kind, str(value[kind]))
+
+
+def _named(doc: Document, value: dict, where: tuple) -> tuple[tuple[str, StringMatch], ...]:
+    out = []
+    for name, m in sorted(value.items()):
+        try:
+            out.append((str(name).lower(), _string_match(m or {})))
+        except ValueError as exc:
+            raise doc.error(where + (name,), str(exc)) from None
+    return tuple(out)
+
+
+def _istio_http(doc: Document, block: dict, where: tuple) -> HttpMatch | None:
+    """The request conditions of an Istio match block, or None if it has none."""
+    keys = [k for k in block if k in _ISTIO_MATCH_WAYPOINT]
+    if not keys:
+        return None
+
+    def one(key: str) -> StringMatch | None:
+        if key not in block:
+            return None
+        try:
+            return _string_match(block[key] or {})
+        except ValueError as exc:
+            raise doc.error(where + (key,), str(exc)) from None
+
+    return HttpMatch(
+        path=one("uri"),
+        ignore_case=bool(block.get("ignoreUriCase", False)),
+        method=one("method"),
+        authority=one("authority"),
+        scheme=one("scheme"),
+        headers=_named(doc, block.get("headers") or {}, where + ("headers",)),
+        without_headers=_named(doc, block.get("withoutHeaders") or {}, where + ("withoutHeaders",)),
+        query=_named(doc, block.get("queryParams") or {}, where + ("queryParams",)),
+        where=where + (keys[0],),
+    )
+
+
 def _istio_match(doc: Document, block: dict, where: tuple) -> SourceMatch | None:
-    """A match block as source conditions, or None (and a warning) if it needs L7."""
+    """A match block as source and request conditions, or None (and a warning) if it needs
+    what no one here can see (mesh gateways, or request fields in a `tcp` rule)."""
+    honoured = _ISTIO_MATCH_WAYPOINT if where[1] == "http" else set()
     for key in block:
-        if key in HTTP_MATCH_L7:
+        if key in HTTP_MATCH_L7 and key not in honoured:
             _reject(doc, where + (key,), f"a match on {HTTP_MATCH_L7[key]}")
             return None
     port = block.get("port")
@@ -148,6 +239,7 @@ def _istio_match(doc: Document, block: dict, where: tuple) -> SourceMatch | None
         )
         if dsts is not None
         else None,
+        http=_istio_http(doc, block, where) if honoured else None,
     )
 
 
@@ -246,27 +338,46 @@ def _httproute_rule(doc: Document, rule: dict, at: tuple) -> RouteRule | None:
     if rule.get("filters"):
         _reject(doc, at + ("filters",), "HTTP filters (header edits, redirects, rewrites)")
         return None
-    if not _httproute_matches_ok(doc, rule, at):
-        return None
+    matches = tuple(
+        _httproute_match(match, at + ("matches", j))
+        for j, match in enumerate(rule.get("matches") or [])
+    )
     destinations = _httproute_destinations(doc, rule, at)
     if destinations is None:
         return None
     if not destinations:
         raise doc.error(at, "a rule needs backendRefs")
-    return RouteRule((), destinations, doc.located(at))
+    return RouteRule(matches, destinations, doc.located(at))
 
 
-def _httproute_matches_ok(doc: Document, rule: dict, at: tuple) -> bool:
-    """False (the first offending match rejected by name) if a match needs L7 or a path."""
-    for j, match in enumerate(rule.get("matches") or []):
-        l7 = [k for k in match if k in _HTTPROUTE_MATCH_L7]
-        if l7:
-            _reject(doc, at + ("matches", j, l7[0]), f"a match on the request's {l7[0]}")
-            return False
-        if not _is_default_match(match):
-            _reject(doc, at + ("matches", j, "path"), "a match on the request path")
-            return False
-    return True
+def _gateway_named(values: list) -> tuple[tuple[str, StringMatch], ...]:
+    return tuple(
+        (
+            str(v["name"]).lower(),
+            StringMatch(_GATEWAY_MATCH_KIND[v.get("type", "Exact")], str(v["value"])),
+        )
+        for v in values
+    )
+
+
+def _httproute_match(match: dict, at: tuple) -> SourceMatch:
+    """One HTTPRouteMatch: the default (PathPrefix /, nothing else) takes every request; any
+    other condition is for a waypoint to judge."""
+    l7 = [k for k in match if k in _HTTPROUTE_MATCH_L7]
+    if not l7 and _is_default_match(match):
+        return SourceMatch()
+    path = match.get("path") or {}
+    where = at + (l7[0] if l7 else "path",)
+    http = HttpMatch(
+        path=StringMatch(
+            _GATEWAY_MATCH_KIND[path.get("type", "PathPrefix")], str(path.get("value", "/"))
+        ),
+        method=StringMatch("exact", match["method"]) if "method" in match else None,
+        headers=_gateway_named(match.get("headers") or []),
+        query=_gateway_named(match.get("queryParams") or []),
+        where=where,
+    )
+    return SourceMatch(http=http)
 
 
 def _httproute_destinations(doc: Document, rule: dict, at: tuple) -> tuple[Destination, ...] | None:

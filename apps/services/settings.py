@@ -16,6 +16,14 @@ import logging
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from apps.services.mesh import (
+    Mesh,
+    RoutedRule,
+    is_gateway,
+    listener,
+    needs_waypoint,
+    parse_mesh,
+)
 from apps.services.routing import (
     Destination,
     DestinationRule,
@@ -25,13 +33,17 @@ from apps.services.routing import (
     SourceMatch,
     VirtualService,
     parse_routing,
+    reject_l7,
     short_host,
 )
 from controller.config import Config, DocumentCache
 from controller.endpoints import Endpoint, parse_endpoints
+from vnf.waypoint import envoy
+from vnf.waypoint.model import Cluster, Listener, Plan
 
 LOG = logging.getLogger("osken_suite.services")
 METHODS = ("exact", "switch")
+WAYPOINT = "waypoint"  # the method of a service whose VIP:port an Envoy waypoint serves
 
 SERVICES_SCHEMA = {
     "type": "array",
@@ -98,7 +110,9 @@ class Service:
     vip: str
     port: int
     protocol: str  # "tcp" or "udp"
-    method: str  # "exact": the controller picks each new connection; "switch": a select group
+    # "exact": the controller picks each new connection; "switch": a select group; "waypoint":
+    # a select group over the waypoint's replicas (its backends), which route each request
+    method: str
     backends: tuple[Backend, ...]  # every backend any route or the backup list names
     routes: tuple[Route, ...]
     backups: tuple[tuple[str, Fraction], ...]
@@ -114,6 +128,8 @@ class Service:
 class ServicesSettings:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
+    mesh: Mesh | None = None  # where the waypoint runs, if the config has one
+    plan: Plan = field(default_factory=Plan)  # what it serves (no listener: it need not run)
 
 
 def _endpoint(config: Config, where: tuple, name: str, endpoints: dict) -> Endpoint:
@@ -277,14 +293,23 @@ def parse_services(section, config: Config, documents: DocumentCache) -> Service
     listed, backups = _listed_by_name(config, specs, endpoints)
     docs = _routing_docs(config, documents)
     resolver = _Resolver(config, endpoints, listed, docs)
-    settings = ServicesSettings(endpoints)
+    mesh = parse_mesh(config)
+    settings = ServicesSettings(endpoints, mesh=mesh)
     used: set[int] = set()
     vips: dict = {}
+    listeners: list[Listener] = []
+    clusters: list[Cluster] = []
     for i, spec in enumerate(specs):
         vip = _vip(config, i, spec, vips)
         mine = _routing_of(spec["name"], docs)
         if mine is not None:
             used.add(mine[0])
+        if mesh is not None and mine is not None and needs_waypoint(mine[1].rules):
+            x, used_clusters = _waypointed(config, i, spec, vip, mine[1], resolver)
+            listeners.append(x)
+            clusters += used_clusters
+            settings.services.append(_waypoint_service(spec, vip, mesh, x))
+            continue
         routes, members = _routes(config, i, spec, mine, resolver, listed, backups)
         settings.services.append(
             Service(
@@ -299,7 +324,65 @@ def parse_services(section, config: Config, documents: DocumentCache) -> Service
             )
         )
     _warn_unrouted(docs, used)
+    settings.plan = Plan(tuple(listeners), tuple(clusters))
+    if listeners:
+        _check_with_envoy(config, settings.plan)
     return settings
+
+
+def _waypointed(
+    config: Config, i: int, spec: dict, vip: str, doc: RoutingDoc, resolver: _Resolver
+) -> tuple[Listener, list[Cluster]]:
+    """The waypoint's listener for service `spec` (config item `i`) and its clusters, from its
+    routing document's rules. A rule with source conditions is rejected by name (the waypoint
+    routes on the request alone). Raises ConfigError for a service that is not TCP."""
+    if spec.get("protocol", "tcp").lower() != "tcp":
+        raise config.error(("services", i, "protocol"), "an HTTP waypoint serves TCP services")
+    routed, addresses = [], {}
+    for rule in doc.rules:
+        route, found = resolver.route(rule, spec, doc.doc)
+        if route is None:
+            continue
+        if route.sources is not None:
+            LOG.warning(
+                "%s: a rule of waypointed service %s matches on its source (labels, namespace "
+                "or subnet); the waypoint routes on the request alone, so this rule is "
+                "rejected and takes no traffic",
+                rule.origin,
+                spec["name"],
+            )
+            continue
+        addresses.update({b.key: (b.ip, b.port) for b in found})
+        routed.append(RoutedRule(rule, route.split))
+    return listener(spec["name"], vip, spec["port"], routed, addresses, is_gateway(doc))
+
+
+def _waypoint_service(spec: dict, vip: str, mesh: Mesh, x: Listener) -> Service:
+    """What the switches enforce for a waypointed service: its VIP:port to the replicas."""
+    replicas = tuple(Backend(r.name, r.ip, r.mac, spec["port"]) for r in mesh.replicas)
+    split = tuple((b.key, Fraction(1)) for b in replicas)
+    origin = x.routes[0].origin if x.routes else "mesh.waypoint"
+    return Service(
+        spec["name"],
+        vip,
+        spec["port"],
+        "tcp",
+        WAYPOINT,
+        replicas,
+        (Route(None, split, origin),),
+        (),
+    )
+
+
+def _check_with_envoy(config: Config, plan: Plan) -> None:
+    """Refuse, before anything is applied, a plan Envoy would refuse (`envoy --mode validate`).
+    Raises ConfigError at mesh.waypoint, with Envoy's reason."""
+    try:
+        problem = envoy.check(plan)
+    except FileNotFoundError as exc:
+        raise config.error(("mesh", "waypoint"), str(exc)) from None
+    if problem is not None:
+        raise config.error(("mesh", "waypoint"), f"Envoy refuses the waypoint's config: {problem}")
 
 
 def _listed_by_name(config: Config, specs: list, endpoints: dict) -> tuple[dict, dict]:
@@ -344,6 +427,9 @@ def _routes(
     routes, members = [], [b for b, _ in listed[name]]
     if mine:
         for rule in mine[1].rules:
+            if rule.l7 is not None:
+                reject_l7(mine[1].doc, rule)
+                continue
             route, found = resolver.route(rule, spec, mine[1].doc)
             if route is not None:
                 routes.append(route)
@@ -356,9 +442,12 @@ def _routes(
 
 
 def _warn_unrouted(docs: list[RoutingDoc], used: set[int]) -> None:
-    """Warn of each routing document (DestinationRules aside) no service took."""
+    """Warn of each routing document (DestinationRules aside) no service took, and of each
+    of its rules that would need a waypoint."""
     for k, d in enumerate(docs):
         if k not in used and not isinstance(d, DestinationRule):
+            for rule in d.rules:
+                reject_l7(d.doc, rule)
             LOG.warning(
                 "%s: %s %s names no service in the config (by host, parent or name); "
                 "it routes nothing",

@@ -8,8 +8,9 @@ import textwrap
 
 import pytest
 
-from apps.services.routing import VirtualService, parse_routing
+from apps.services.routing import VirtualService, parse_routing, reject_l7
 from controller.config import ConfigError, load_documents
+from vnf.waypoint.model import HttpMatch, StringMatch
 
 VS = """\
 apiVersion: networking.istio.io/v1
@@ -96,10 +97,19 @@ def test_a_bad_routing_document_is_refused_at_its_field(tmp_path, text, where):
     assert f"route.yaml:{where}" in str(info.value)
 
 
-def test_an_l7_field_is_known_and_its_rule_rejected_by_name(tmp_path, caplog):
+def test_an_l7_field_is_kept_for_a_waypoint_and_named_when_its_rule_is_rejected(tmp_path, caplog):
     doc = parse(tmp_path, vs(match="{uri: {prefix: /api}}"))
+    [rule] = doc.rules
+    assert rule.l7 == HttpMatch(path=StringMatch("prefix", "/api"), where=rule.l7.where)
+    assert "a match on the request URI" not in caplog.text  # a waypoint may yet judge it
+    reject_l7(doc.doc, rule)  # what the settings do when there is none
+    assert "route.yaml:8: spec.http.0.match.0.uri: a match on the request URI" in caplog.text
+
+
+def test_a_tcp_rule_with_a_request_field_is_rejected_by_name(tmp_path, caplog):
+    doc = parse(tmp_path, vs(kind="tcp", match="{uri: {prefix: /api}}"))
     assert isinstance(doc, VirtualService) and doc.rules == ()
-    assert "a match on the request URI" in caplog.text
+    assert "spec.tcp.0.match.0.uri: a match on the request URI" in caplog.text
 
 
 def test_a_good_document_reads_as_before(tmp_path):

