@@ -87,6 +87,14 @@ NO_TABLE = 0xFF  # OFPTT_ALL: a ct() that does not recirculate
 # Metadata bits, written in classify and read by later stages.
 FROM_FABRIC = REGISTRY.get("metadata", "core", "from_fabric").mask  # arrived from another switch
 
+# Output ports no flow may name: OFPP_TABLE resubmits the packet to table 0 (a goto backwards,
+# and a loop if it comes back; Open vSwitch takes it in a flow-mod, not only in a packet-out),
+# and OFPP_NORMAL hands it to the switch's own L2 switching, outside every stage.
+_NO_OUTPUT = MappingProxyType(
+    {ofp.OFPP_TABLE: "OFPP_TABLE (back to table 0)", ofp.OFPP_NORMAL: "OFPP_NORMAL"}
+)
+_INSTRUCTIONS = frozenset({"goto", "apply", "write", "clear", "meta", "meter"})
+
 _IP = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst"})
 _L4 = frozenset(f"{p}_{d}" for p in ("tcp", "udp", "sctp") for d in ("src", "dst"))
 
@@ -267,8 +275,9 @@ class Pipeline:
             PipelineViolation: naming table, stage, app and the breach: a table outside the
                 pipeline, a cookie of an app that may not write there, a match field, action,
                 set_field or metadata bit the stage does not declare, a goto or recirculation
-                to an undeclared stage, or a group, meter, zone, register or VLAN id its app
-                does not own.
+                to an undeclared stage, an output to OFPP_TABLE or OFPP_NORMAL (each leaves
+                the pipeline's order), an instruction of unknown kind, or a group, meter,
+                zone, register or VLAN id its app does not own.
         """
         if not 0 <= f.table < len(self._contracts):
             raise PipelineViolation(f, "?", self.app_of(f), "no such table in the pipeline")
@@ -285,6 +294,8 @@ class Pipeline:
 
     def _check_instruction(self, f: Flow, c: _Contract, app: str, ins: tuple) -> None:
         kind = ins[0]
+        if kind not in _INSTRUCTIONS:
+            raise PipelineViolation(f, c.stage.name, app, f"instruction {kind} unknown")
         if kind == "goto" and ins[1] not in c.gotos:
             raise PipelineViolation(f, c.stage.name, app, f"goto table {ins[1]} not declared")
         if kind in ("apply", "write"):
@@ -303,6 +314,8 @@ class Pipeline:
             kind = a[0]
             if kind not in c.stage.actions:
                 raise PipelineViolation(f, c.stage.name, app, f"action {kind} not declared")
+            if kind == "output" and a[1] in _NO_OUTPUT:
+                raise PipelineViolation(f, c.stage.name, app, f"output to {_NO_OUTPUT[a[1]]}")
             if kind == "set_field":
                 if a[1] not in c.stage.set_fields:
                     raise PipelineViolation(f, c.stage.name, app, f"set_field {a[1]} not declared")

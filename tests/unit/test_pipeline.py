@@ -10,6 +10,7 @@ import os
 import re
 
 import pytest
+from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from apps.chains import ServiceChains
 from apps.chains.compile import group_id, tag
@@ -21,6 +22,7 @@ from apps.microseg import Microseg
 from apps.services import Services
 from controller.core import Core
 from controller.flows import (
+    Flow,
     apply,
     conntrack,
     flow,
@@ -240,6 +242,21 @@ FWD, FW_T, CH = T("forwarding"), T("firewall"), T("chains")
             "write_metadata mask 0x1 not declared",
         ),
         (flow(42, 5, {}, cookie=L2), "no such table"),
+        # A goto backwards spelled as an output: Open vSwitch takes output:TABLE in a flow-mod
+        # and resubmits to table 0 (ofproto/trace loops 0 -> 3 -> 0 ...).
+        (
+            flow(T("forwarding"), 5, {}, apply(output(ofp.OFPP_TABLE)), cookie=L2),
+            "output to OFPP_TABLE (back to table 0)",
+        ),
+        (
+            flow(T("forwarding"), 5, {}, ("write", (output(ofp.OFPP_TABLE),)), cookie=L2),
+            "output to OFPP_TABLE (back to table 0)",
+        ),
+        (
+            flow(T("classify"), 5, {}, apply(output(ofp.OFPP_NORMAL)), cookie=L2),
+            "output to OFPP_NORMAL",
+        ),
+        (Flow(T("firewall"), 5, (), (("resubmit", 0),), FW), "instruction resubmit unknown"),
     ],
 )
 def test_a_flow_that_breaks_its_contract_is_refused_with_what_and_where(bad, breach):
