@@ -610,12 +610,18 @@ class Core:
         apply_plan(conn.flows, conn.numbered, plan)
 
     def _refuse_violations(self, dpid: int, plan: Plan) -> None:
-        """Take out of `plan` every flow that breaks its table's contract (Pipeline.check):
+        """Take out of `plan` every flow or group that breaks its table's contract
+        (Pipeline.check, Pipeline.check_group):
         it is logged and counted in `osken_pipeline_violations_total{app,table}`, and never
         sent, so what the switch holds for its key stays. Raises PipelineViolation instead
         when `strict_pipeline` is set."""
-        check = self.pipeline.check
-        for flows in (plan.flow_adds, plan.flow_mods):
+        pipeline = self.pipeline
+        checked = [(pipeline.check, plan.flow_adds), (pipeline.check, plan.flow_mods)]
+        checked += [
+            (pipeline.check_group, plan.adds["group"]),
+            (pipeline.check_group, plan.mods["group"]),
+        ]
+        for check, flows in checked:
             refused = []
             for f in flows:
                 try:

@@ -27,7 +27,7 @@ from types import MappingProxyType
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from controller.flows import Action, Flow, flow, goto
+from controller.flows import Action, Flow, Group, flow, goto
 from controller.resources import COOKIE_SHIFT, Allocation, Registry
 
 
@@ -140,12 +140,18 @@ class PipelineError(ValueError):
 
 
 class PipelineViolation(ValueError):
-    """A flow breaks its table's contract. `table`, `stage`, `app` (from the cookie), `flow`
-    and `breach` say which and how."""
+    """A flow, or a group's bucket, breaks its table's contract. `table` (None for a group),
+    `stage`, `app` (from the cookie or the group id), `flow` (the Flow or Group) and `breach`
+    say which and how."""
 
-    def __init__(self, f: Flow, stage: str, app: str, breach: str) -> None:
-        self.flow, self.table, self.stage, self.app, self.breach = f, f.table, stage, app, breach
-        super().__init__(f"table {f.table} ({stage}), app {app}: {breach}; flow {f}")
+    def __init__(self, f: Flow | Group, stage: str, app: str, breach: str) -> None:
+        self.flow, self.stage, self.app, self.breach = f, stage, app, breach
+        if isinstance(f, Group):
+            self.table = None
+            super().__init__(f"group {f.group_id:#x} ({stage}), app {app}: {breach}; {f}")
+        else:
+            self.table = f.table
+            super().__init__(f"table {f.table} ({stage}), app {app}: {breach}; flow {f}")
 
 
 @dataclass(frozen=True)
@@ -292,6 +298,33 @@ class Pipeline:
         for ins in f.instructions:
             self._check_instruction(f, c, app, ins)
 
+    def check_group(self, g: Group) -> None:
+        """Refuse a group whose buckets do what no table that may use it allows.
+
+        The group's id names its app (the registry's group ranges); its buckets run as the
+        actions of a flow in a table where that app may write and use groups, so every bucket
+        must pass one such table's contract, as `check` reads a flow's apply-actions.
+
+        Raises:
+            PipelineViolation: the id is no app's, or no stage of its app takes every bucket
+                (the breach named is the one in the last such stage).
+        """
+        app = self.registry.owner("group", g.group_id)
+        if app is None:
+            raise PipelineViolation(g, "?", "unknown", "group id in no app's range")
+        last = PipelineViolation(g, "?", app, "no stage where it may use groups")
+        for c in self._contracts:
+            if app not in c.stage.apps or "group" not in c.stage.actions:
+                continue
+            try:
+                for bucket in g.buckets:
+                    self._check_actions(g, c, app, bucket.actions)
+            except PipelineViolation as exc:
+                last = exc
+            else:
+                return
+        raise last
+
     def _check_instruction(self, f: Flow, c: _Contract, app: str, ins: tuple) -> None:
         kind = ins[0]
         if kind not in _INSTRUCTIONS:
@@ -309,7 +342,7 @@ class Pipeline:
                 raise PipelineViolation(f, c.stage.name, app, "meter not declared")
             self._own(f, c, app, "meter", ins[1])
 
-    def _check_actions(self, f: Flow, c: _Contract, app: str, actions: tuple[Action, ...]):
+    def _check_actions(self, f: Flow | Group, c: _Contract, app: str, actions: tuple[Action, ...]):
         for a in actions:
             kind = a[0]
             if kind not in c.stage.actions:
@@ -333,7 +366,7 @@ class Pipeline:
                     )
                 self._check_actions(f, c, app, a[4])
 
-    def _own(self, f: Flow, c: _Contract, app: str, kind: str, number: int) -> None:
+    def _own(self, f: Flow | Group, c: _Contract, app: str, kind: str, number: int) -> None:
         if not any(number in a for a in self.registry.of(kind, app)):
             owner = self.registry.owner(kind, number) or "nobody"
             raise PipelineViolation(

@@ -22,11 +22,13 @@ from apps.microseg import Microseg
 from apps.services import Services
 from controller.core import Core
 from controller.flows import (
+    Bucket,
     Flow,
     apply,
     conntrack,
     flow,
     goto,
+    group,
     group_action,
     meter,
     output,
@@ -336,3 +338,55 @@ def test_the_architecture_doc_shows_the_declared_pipeline_and_registry():
         doc = fh.read()
     assert PIPELINE.markdown() in doc, "run scripts/pipeline_doc.py"
     assert REGISTRY.markdown() in doc, "run scripts/pipeline_doc.py"
+
+
+# --- groups: their buckets run as a flow's actions --------------------------------------------
+
+
+def bucket(*actions) -> Bucket:
+    return Bucket(tuple(actions), weight=1)
+
+
+@pytest.mark.parametrize(
+    "bad, breach",
+    [
+        (
+            group(0x0200_0001, "select", [bucket(output(1)), bucket(output(ofp.OFPP_TABLE))]),
+            "group 0x2000001 (forwarding), app l2_learning: output to OFPP_TABLE",
+        ),
+        (
+            group(0x0200_0001, "select", [bucket(("push_vlan", 0x8100), output(1))]),
+            "app l2_learning: action push_vlan not declared",
+        ),
+        (
+            group(0x0200_0001, "select", [bucket(group_action(0x0500_0001))]),
+            "group 0x5000001 is services's, not l2_learning's",
+        ),
+        (
+            group(0x0600_0001, "select", [bucket(set_field("vlan_vid", 0x1000 | 4000))]),
+            "vlan_vid 0xfa0 is nobody's, not chains's",
+        ),
+        (
+            group(0x0500_0001, "ff", [bucket(conntrack(7, T("services_track")))]),
+            "ct_zone 0x7 is firewall's, not services's",
+        ),
+        (group(0x7700_0001, "all", [bucket(output(1))]), "group id in no app's range"),
+    ],
+)
+def test_a_group_whose_buckets_break_every_table_it_may_serve_is_refused(bad, breach):
+    with pytest.raises(PipelineViolation, match=re.escape(breach)):
+        PIPELINE.check_group(bad)
+
+
+def test_a_refused_group_is_logged_counted_and_never_sent(caplog):
+    net = l2_network()
+    net.core.strict_pipeline = False
+    bad = group(0x0200_7777, "select", [bucket(output(ofp.OFPP_TABLE))])
+    net.core.desired.put_groups(("l2", "bad"), {201: [bad]})
+    with caplog.at_level(logging.ERROR, logger="osken_suite.core"):
+        net.advance(0.5)
+    assert 0x0200_7777 not in net.switches[201].groups
+    violations = net.core.metrics.pipeline_violations
+    assert violations.labels("l2_learning", "forwarding")._value.get() == 1
+    assert "group 0x2007777 (forwarding), app l2_learning: output to OFPP_TABLE" in caplog.text
+    assert net.converse(MACS[0], MACS[1])
