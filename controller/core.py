@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -152,6 +153,7 @@ class Core:
             self.config, probation, lldp_interval, (PACKET_IN_RATE, PACKET_IN_BURST), {}
         )
         self._failures: dict[tuple[str, str, str, str], int] = {}
+        self._violations: dict[tuple[str, str, str], int] = {}  # (app, stage, breach kind)
         self._out: Outbox = defaultdict(list)
         self._topology_version = self.topology.version
         self._last_connect = float("-inf")
@@ -629,11 +631,22 @@ class Core:
                 except PipelineViolation as exc:
                     if self.strict_pipeline:
                         raise
-                    self.metrics.pipeline_violations.labels(exc.app, exc.stage).inc()
-                    LOG.error("switch %016x: not sent, it breaks the pipeline: %s", dpid, exc)
+                    self._report_violation(dpid, exc)
                     refused.append(id(f))
             if refused:
                 flows[:] = [f for f in flows if id(f) not in refused]
+
+    def _report_violation(self, dpid: int, exc: PipelineViolation) -> None:
+        """Count a refused flow or group in `osken_pipeline_violations_total{app,table}` and
+        log it: the first of its app, stage and kind of breach (numbers aside) in full, then
+        one line at the 10th, 100th... like it, so an app refused per host or per switch
+        cannot flood the log."""
+        self.metrics.pipeline_violations.labels(exc.app, exc.stage).inc()
+        key = (exc.app, exc.stage, re.sub(r"0x[0-9a-f]+|\d+", "N", exc.breach))
+        count = self._violations[key] = self._violations.get(key, 0) + 1
+        if count == 1 or math.log10(count).is_integer():
+            times = f" ({count} such refused so far)" if count > 1 else ""
+            LOG.error("switch %016x: not sent, it breaks the pipeline%s: %s", dpid, times, exc)
 
     # --- events from switches ------------------------------------------------------------------
 

@@ -390,3 +390,24 @@ def test_a_refused_group_is_logged_counted_and_never_sent(caplog):
     assert violations.labels("l2_learning", "forwarding")._value.get() == 1
     assert "group 0x2007777 (forwarding), app l2_learning: output to OFPP_TABLE" in caplog.text
     assert net.converse(MACS[0], MACS[1])
+
+
+def test_refusals_repeated_per_host_cannot_flood_the_log_and_each_kind_is_logged(caplog):
+    net = l2_network()
+    net.core.strict_pipeline = False
+    macs = [f"02:00:00:00:{i >> 8:02x}:{i & 0xFF:02x}" for i in range(250)]
+    bad = [flow(FWD, 9, {"eth_dst": m}, apply(set_field("eth_src", MAC)), cookie=L2) for m in macs]
+    other = flow(FWD, 8, {}, apply(output(ofp.OFPP_NORMAL)), cookie=L2)
+    net.core.desired.put(("l2", "bug"), {dpid: [*bad, other] for dpid in net.switches})
+    with caplog.at_level(logging.ERROR, logger="osken_suite.core"):
+        net.advance(0.5)
+    refused = len(bad) * len(net.switches)
+    violations = net.core.metrics.pipeline_violations
+    assert violations.labels("l2_learning", "forwarding")._value.get() == refused + len(
+        net.switches
+    )
+    lines = [r.getMessage() for r in caplog.records if "breaks the pipeline" in r.getMessage()]
+    assert len(lines) <= 2 + len(str(refused)), lines  # the 1st, 10th, 100th... of each kind
+    assert sum("action set_field not declared" in line for line in lines) >= 1
+    assert sum("output to OFPP_NORMAL" in line for line in lines) == 1
+    assert f"({10 ** (len(str(refused)) - 1)} such refused so far)" in caplog.text
