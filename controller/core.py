@@ -11,6 +11,7 @@ Settling is what lets a restarted controller repair a running network instead of
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -23,7 +24,7 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.app import CoreView, PacketIn, SuiteApp
+from controller.app import AppDesired, CoreView, PacketIn, SuiteApp
 from controller.config import Config, ConfigError, SectionChecker
 from controller.desired import DesiredState
 from controller.discovery import Discovery
@@ -196,7 +197,9 @@ class Core:
                     f"app {app_cls.name} declares config section {section!r}, "
                     "which has another owner"
                 )
-        app = app_cls(self.view)
+        view = copy.copy(self.view)
+        view.desired = AppDesired(self.desired, app_cls.name, self.pipeline, self._refuse)
+        app = app_cls(view)
         self.apps.append(app)
         # What it runs with until a config is applied: its settings for an empty config.
         apps = {**self.settings.apps, app.name: app.parse_config(None, Config())}
@@ -618,7 +621,7 @@ class Core:
         sent, so what the switch holds for its key stays. Raises PipelineViolation instead
         when `strict_pipeline` is set."""
         pipeline = self.pipeline
-        checked = [(pipeline.check, plan.flow_adds), (pipeline.check, plan.flow_mods)]
+        checked: list = [(pipeline.check, plan.flow_adds), (pipeline.check, plan.flow_mods)]
         checked += [
             (pipeline.check_group, plan.adds["group"]),
             (pipeline.check_group, plan.mods["group"]),
@@ -629,12 +632,17 @@ class Core:
                 try:
                     check(f)
                 except PipelineViolation as exc:
-                    if self.strict_pipeline:
-                        raise
-                    self._report_violation(dpid, exc)
+                    self._refuse(dpid, exc)
                     refused.append(id(f))
             if refused:
                 flows[:] = [f for f in flows if id(f) not in refused]
+
+    def _refuse(self, dpid: int, exc: PipelineViolation) -> None:
+        """A flow, group or meter for switch `dpid` is refused: raise in tests
+        (`strict_pipeline`), else log and count it (`_report_violation`)."""
+        if self.strict_pipeline:
+            raise exc
+        self._report_violation(dpid, exc)
 
     def _report_violation(self, dpid: int, exc: PipelineViolation) -> None:
         """Count a refused flow or group in `osken_pipeline_violations_total{app,table}` and

@@ -27,7 +27,7 @@ from types import MappingProxyType
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from controller.flows import Action, Flow, Group, flow, goto
+from controller.flows import Action, Flow, Group, Meter, flow, goto
 from controller.resources import COOKIE_SHIFT, Allocation, Registry
 
 
@@ -140,18 +140,20 @@ class PipelineError(ValueError):
 
 
 class PipelineViolation(ValueError):
-    """A flow, or a group's bucket, breaks its table's contract. `table` (None for a group),
-    `stage`, `app` (from the cookie or the group id), `flow` (the Flow or Group) and `breach`
-    say which and how."""
+    """A flow, a group's bucket or a meter breaks the contract. `table` (None for a group or
+    meter), `stage`, `app` (from the cookie or id, or the app that stated it), `flow` (the
+    Flow, Group or Meter) and `breach` say which and how."""
 
-    def __init__(self, f: Flow | Group, stage: str, app: str, breach: str) -> None:
+    def __init__(self, f: Flow | Group | Meter, stage: str, app: str, breach: str) -> None:
         self.flow, self.stage, self.app, self.breach = f, stage, app, breach
-        if isinstance(f, Group):
-            self.table = None
-            super().__init__(f"group {f.group_id:#x} ({stage}), app {app}: {breach}; {f}")
+        self.table = f.table if isinstance(f, Flow) else None
+        if isinstance(f, Flow):
+            where, what = f"table {f.table}", f"flow {f}"
+        elif isinstance(f, Group):
+            where, what = f"group {f.group_id:#x}", str(f)
         else:
-            self.table = f.table
-            super().__init__(f"table {f.table} ({stage}), app {app}: {breach}; flow {f}")
+            where, what = f"meter {f.meter_id:#x}", str(f)
+        super().__init__(f"{where} ({stage}), app {app}: {breach}; {what}")
 
 
 @dataclass(frozen=True)
@@ -297,6 +299,27 @@ class Pipeline:
                 raise PipelineViolation(f, c.stage.name, app, f"match field {name} not declared")
         for ins in f.instructions:
             self._check_instruction(f, c, app, ins)
+
+    def check_author(self, app: str, item: Flow | Group | Meter) -> None:
+        """Refuse a flow, group or meter that `app` states under another app's number: a
+        flow's cookie byte, a group's or a meter's id must be one `app` holds in the registry,
+        or `check` would judge (and log and count) it as the other app's.
+
+        Raises:
+            PipelineViolation: naming `app`, the number and its owner.
+        """
+        if isinstance(item, Flow):
+            kind, number = "cookie", item.cookie >> COOKIE_SHIFT
+        elif isinstance(item, Group):
+            kind, number = "group", item.group_id
+        else:
+            kind, number = "meter", item.meter_id
+        if any(number in a for a in self.registry.of(kind, app)):
+            return
+        owner = self.registry.owner(kind, number) or "nobody"
+        inside = isinstance(item, Flow) and 0 <= item.table < len(self.stages)
+        stage = self.stages[item.table].name if inside else "?"
+        raise PipelineViolation(item, stage, app, f"{kind} {number:#x} is {owner}'s, not {app}'s")
 
     def check_group(self, g: Group) -> None:
         """Refuse a group whose buckets do what no table that may use it allows.

@@ -24,6 +24,7 @@ from controller.core import Core
 from controller.flows import (
     Bucket,
     Flow,
+    Meter,
     apply,
     conntrack,
     flow,
@@ -411,3 +412,58 @@ def test_refusals_repeated_per_host_cannot_flood_the_log_and_each_kind_is_logged
     assert sum("action set_field not declared" in line for line in lines) >= 1
     assert sum("output to OFPP_NORMAL" in line for line in lines) == 1
     assert f"({10 ** (len(str(refused)) - 1)} such refused so far)" in caplog.text
+
+
+# --- numbers are their app's: no app states flows, groups or meters as another's ----------------
+
+
+def firewall_on(net) -> Firewall:
+    return net.core.add_app(Firewall)
+
+
+@pytest.mark.parametrize(
+    "put, item, breach",
+    [
+        (  # in the forwarding table l2_learning's cookie passed `check` as l2_learning's
+            "put",
+            flow(FWD, 9, {"eth_dst": MAC}, apply(output(1)), cookie=L2),
+            f"table {FWD} (forwarding), app firewall: cookie 0x2 is l2_learning's, not firewall's",
+        ),
+        (  # the core's cookie is welcome in every table
+            "put",
+            flow(FW_T, 9, {}, goto(T("microseg")), cookie=cookie("core")),
+            "app firewall: cookie 0x1 is core's, not firewall's",
+        ),
+        (
+            "put_groups",
+            group(0x0200_0009, "select", [bucket(output(1))]),
+            "group 0x2000009 (?), app firewall: group 0x2000009 is l2_learning's, not firewall's",
+        ),
+        (
+            "put_meters",
+            Meter(ofp.OFPM_CONTROLLER, "pktps", 1),
+            "app firewall: meter 0xfffffffe is core's, not firewall's",
+        ),
+    ],
+)
+def test_an_app_cannot_state_flows_groups_or_meters_with_another_apps_numbers(put, item, breach):
+    net = l2_network()
+    fw = firewall_on(net)
+    with pytest.raises(PipelineViolation, match=re.escape(breach)):
+        getattr(fw.desired, put)(("fw", "borrowed"), {201: [item]})
+
+
+def test_in_production_a_borrowed_number_is_left_out_logged_and_counted_as_its_writers(caplog):
+    net = l2_network()
+    net.core.strict_pipeline = False
+    fw = firewall_on(net)
+    borrowed = flow(FWD, 9, {"eth_dst": MAC}, apply(output(1)), cookie=L2)
+    own = flow(FW_T, 9, {"eth_type": 0x800, "ipv4_src": "10.9.9.9"}, cookie=FW)
+    with caplog.at_level(logging.ERROR, logger="osken_suite.core"):
+        fw.desired.put(("fw", "mixed"), {201: [borrowed, own]})
+        net.advance(0.5)
+    keys = {f.key for f in net.switches[201].flows()}
+    assert own.key in keys and borrowed.key not in keys
+    violations = net.core.metrics.pipeline_violations
+    assert violations.labels("firewall", "forwarding")._value.get() == 1
+    assert "cookie 0x2 is l2_learning's, not firewall's" in caplog.text
