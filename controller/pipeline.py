@@ -473,7 +473,7 @@ PIPELINE = Pipeline(
             "services",
             "services",
             "virtual IPs: answer ARP, send through conntrack with NAT",
-            match=_fields(_IP, _L4, {"arp_tpa"}),
+            match=_fields(_IP, _L4, {"arp_tpa", "arp_spa"}),
             actions=frozenset({"output", "ct", "nat", "set_field"}),
             set_fields=frozenset({"reg1"}),
             goes_to=("services_track",),
