@@ -20,7 +20,7 @@ logged and counted (`osken_app_errors_total{app,hook}`); the other apps still ge
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
 from typing import Any, ClassVar
@@ -29,7 +29,7 @@ from controller.config import Config
 from controller.desired import DesiredState
 from controller.flows import Flow
 from controller.metrics import Metrics
-from controller.pipeline import Pipeline
+from controller.pipeline import Pipeline, PipelineViolation
 from controller.switch import PortInfo, SwitchConn
 from controller.topology import Topology
 
@@ -46,6 +46,52 @@ class PacketIn:
     eth_dst: str
     eth_src: str
     eth_type: int
+
+
+class AppDesired:
+    """The desired state as one app writes it: `put`, `put_groups` and `put_meters` take only
+    what carries the app's own numbers (`Pipeline.check_author`: its cookie byte, group and
+    meter ids), so no app can state flows the core would judge, log and count as another's.
+    Anything else is handed to `refuse(dpid, violation)` (which raises in tests, logs and
+    counts in production) and left out. Everything else reads through to the DesiredState.
+    """
+
+    def __init__(
+        self,
+        desired: DesiredState,
+        app: str,
+        pipeline: Pipeline,
+        refuse: Callable[[int, PipelineViolation], None],
+    ) -> None:
+        self._desired, self._app, self._pipeline, self._refuse = desired, app, pipeline, refuse
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._desired, name)
+
+    def _own(self, by_dpid: Mapping[int, Iterable]) -> dict[int, list]:
+        mine: dict[int, list] = {}
+        for dpid, items in by_dpid.items():
+            kept = mine[dpid] = []
+            for item in items:
+                try:
+                    self._pipeline.check_author(self._app, item)
+                except PipelineViolation as exc:
+                    self._refuse(dpid, exc)
+                else:
+                    kept.append(item)
+        return mine
+
+    def put(self, owner: Hashable, flows_by_dpid: Mapping[int, Iterable[Flow]]) -> None:
+        """DesiredState.put of the flows with this app's cookie."""
+        self._desired.put(owner, self._own(flows_by_dpid))
+
+    def put_groups(self, owner: Hashable, groups_by_dpid: Mapping[int, Iterable]) -> None:
+        """DesiredState.put_groups of the groups with this app's ids."""
+        self._desired.put_groups(owner, self._own(groups_by_dpid))
+
+    def put_meters(self, owner: Hashable, meters_by_dpid: Mapping[int, Iterable]) -> None:
+        """DesiredState.put_meters of the meters with this app's ids."""
+        self._desired.put_meters(owner, self._own(meters_by_dpid))
 
 
 class CoreView:

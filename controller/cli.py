@@ -142,29 +142,52 @@ def module_name(app: str) -> str:
 
     A file (`apps/l2_learning.py`) or package folder (`apps/firewall`) path gives its dotted
     name, with its package root put on sys.path; a dotted name is taken as it is. The earlier
-    spellings keep working: `apps/firewall.py` for the package `apps/firewall/`, and the names
-    in `RENAMED` (`apps/canary.py`, `apps.sfc`, ...).
+    spellings keep working: `apps/firewall.py` for the package `apps/firewall/`,
+    `apps/mirror` for the file `apps/mirror.py`, and the names in `RENAMED`
+    (`apps/canary.py`, `apps.sfc`, ...), which log a warning naming the app now. A file that
+    exists is always itself: a user's own `apps/canary.py` is never taken for ours.
 
     Raises:
         LaunchError: a path that is neither a file nor a package folder.
     """
     if not (app.endswith(".py") or os.sep in app):
-        return RENAMED.get(app, app)
+        return _renamed(app, app)
     path = os.path.abspath(app.rstrip(os.sep))
     package = path.removesuffix(".py")
     if os.path.isfile(os.path.join(package, "__init__.py")):
         path = package
+    elif not os.path.exists(path) and os.path.isfile(path + ".py"):
+        path += ".py"
     parts = [os.path.splitext(os.path.basename(path))[0]]
     folder = os.path.dirname(path)
     while os.path.isfile(os.path.join(folder, "__init__.py")):
         parts.insert(0, os.path.basename(folder))
         folder = os.path.dirname(folder)
     name = ".".join(parts)
-    if name not in RENAMED and not os.path.exists(path):
+    if os.path.exists(path):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        return name
+    if name not in RENAMED:
         raise LaunchError(f"unknown app {app!r}: no such file")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    return RENAMED.get(name, name)
+    return _renamed(app, name)
+
+
+def _renamed(app: str, name: str) -> str:
+    """`name`, or the app it was renamed to, with a warning saying so (and which metric names
+    changed with it: `osken_canary_*` are `osken_services_*` now)."""
+    if name not in RENAMED:
+        return name
+    now = RENAMED[name]
+    old, new = name.rpartition(".")[2], now.rpartition(".")[2]
+    LOG.warning(
+        "app %r is now called %s and runs as that; its metrics are osken_%s_*, once osken_%s_*",
+        app,
+        now,
+        new,
+        old,
+    )
+    return now
 
 
 def suite_apps(module) -> list[type]:

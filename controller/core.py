@@ -11,8 +11,10 @@ Settling is what lets a restarted controller repair a running network instead of
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import re
 import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +24,7 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.app import CoreView, PacketIn, SuiteApp
+from controller.app import AppDesired, CoreView, PacketIn, SuiteApp
 from controller.config import Config, ConfigError, SectionChecker
 from controller.desired import DesiredState
 from controller.discovery import Discovery
@@ -154,6 +156,7 @@ class Core:
             self.config, probation, lldp_interval, (PACKET_IN_RATE, PACKET_IN_BURST), {}
         )
         self._failures: dict[tuple[str, str, str, str], int] = {}
+        self._violations: dict[tuple[str, str, str], int] = {}  # (app, stage, breach kind)
         self._out: Outbox = defaultdict(list)
         self._topology_version = self.topology.version
         self._last_connect = float("-inf")
@@ -200,7 +203,9 @@ class Core:
                     f"app {app_cls.name} declares config section {section!r}, "
                     "which has another owner"
                 )
-        app = app_cls(self.view)
+        view = copy.copy(self.view)
+        view.desired = AppDesired(self.desired, app_cls.name, self.pipeline, self._refuse)
+        app = app_cls(view)
         self.apps.append(app)
         # What it runs with until a config is applied: its settings for an empty config.
         apps = {**self.settings.apps, app.name: app.parse_config(None, Config())}
@@ -616,24 +621,46 @@ class Core:
         apply_plan(conn.flows, conn.numbered, plan)
 
     def _refuse_violations(self, dpid: int, plan: Plan) -> None:
-        """Take out of `plan` every flow that breaks its table's contract (Pipeline.check):
+        """Take out of `plan` every flow or group that breaks its table's contract
+        (Pipeline.check, Pipeline.check_group):
         it is logged and counted in `osken_pipeline_violations_total{app,table}`, and never
         sent, so what the switch holds for its key stays. Raises PipelineViolation instead
         when `strict_pipeline` is set."""
-        check = self.pipeline.check
-        for flows in (plan.flow_adds, plan.flow_mods):
+        pipeline = self.pipeline
+        checked: list = [(pipeline.check, plan.flow_adds), (pipeline.check, plan.flow_mods)]
+        checked += [
+            (pipeline.check_group, plan.adds["group"]),
+            (pipeline.check_group, plan.mods["group"]),
+        ]
+        for check, flows in checked:
             refused = []
             for f in flows:
                 try:
                     check(f)
                 except PipelineViolation as exc:
-                    if self.strict_pipeline:
-                        raise
-                    self.metrics.pipeline_violations.labels(exc.app, exc.stage).inc()
-                    LOG.error("switch %016x: not sent, it breaks the pipeline: %s", dpid, exc)
+                    self._refuse(dpid, exc)
                     refused.append(id(f))
             if refused:
                 flows[:] = [f for f in flows if id(f) not in refused]
+
+    def _refuse(self, dpid: int, exc: PipelineViolation) -> None:
+        """A flow, group or meter for switch `dpid` is refused: raise in tests
+        (`strict_pipeline`), else log and count it (`_report_violation`)."""
+        if self.strict_pipeline:
+            raise exc
+        self._report_violation(dpid, exc)
+
+    def _report_violation(self, dpid: int, exc: PipelineViolation) -> None:
+        """Count a refused flow or group in `osken_pipeline_violations_total{app,table}` and
+        log it: the first of its app, stage and kind of breach (numbers aside) in full, then
+        one line at the 10th, 100th... like it, so an app refused per host or per switch
+        cannot flood the log."""
+        self.metrics.pipeline_violations.labels(exc.app, exc.stage).inc()
+        key = (exc.app, exc.stage, re.sub(r"0x[0-9a-f]+|\d+", "N", exc.breach))
+        count = self._violations[key] = self._violations.get(key, 0) + 1
+        if count == 1 or math.log10(count).is_integer():
+            times = f" ({count} such refused so far)" if count > 1 else ""
+            LOG.error("switch %016x: not sent, it breaks the pipeline%s: %s", dpid, times, exc)
 
     # --- events from switches ------------------------------------------------------------------
 

@@ -121,6 +121,8 @@ def parse_endpoints(config: Config) -> list[Endpoint]:
             ip = ipaddress.ip_address(spec["ip"])
         except ValueError:
             raise config.error(at + ("ip",), f"{spec['ip']!r} is not an IP address") from None
+        if getattr(ip, "scope_id", None):
+            raise config.error(at + ("ip",), f"{spec['ip']!r}: a zone (%...) is a host's")
         if str(ip) in ips:
             raise config.error(at + ("ip",), f"{ip} is also endpoint {ips[str(ip)]!r}'s address")
         ips[str(ip)] = spec["name"]

@@ -27,7 +27,7 @@ from types import MappingProxyType
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from controller.flows import Action, Flow, flow, goto
+from controller.flows import Action, Flow, Group, Meter, flow, goto
 from controller.resources import COOKIE_SHIFT, Allocation, Registry
 
 
@@ -87,6 +87,14 @@ NO_TABLE = 0xFF  # OFPTT_ALL: a ct() that does not recirculate
 # Metadata bits, written in classify and read by later stages.
 FROM_FABRIC = REGISTRY.get("metadata", "core", "from_fabric").mask  # arrived from another switch
 
+# Output ports no flow may name: OFPP_TABLE resubmits the packet to table 0 (a goto backwards,
+# and a loop if it comes back; Open vSwitch takes it in a flow-mod, not only in a packet-out),
+# and OFPP_NORMAL hands it to the switch's own L2 switching, outside every stage.
+_NO_OUTPUT = MappingProxyType(
+    {ofp.OFPP_TABLE: "OFPP_TABLE (back to table 0)", ofp.OFPP_NORMAL: "OFPP_NORMAL"}
+)
+_INSTRUCTIONS = frozenset({"goto", "apply", "write", "clear", "meta", "meter"})
+
 _IP = frozenset({"eth_type", "ip_proto", "ipv4_src", "ipv4_dst", "ipv6_src", "ipv6_dst"})
 _L4 = frozenset(f"{p}_{d}" for p in ("tcp", "udp", "sctp") for d in ("src", "dst"))
 
@@ -132,12 +140,20 @@ class PipelineError(ValueError):
 
 
 class PipelineViolation(ValueError):
-    """A flow breaks its table's contract. `table`, `stage`, `app` (from the cookie), `flow`
-    and `breach` say which and how."""
+    """A flow, a group's bucket or a meter breaks the contract. `table` (None for a group or
+    meter), `stage`, `app` (from the cookie or id, or the app that stated it), `flow` (the
+    Flow, Group or Meter) and `breach` say which and how."""
 
-    def __init__(self, f: Flow, stage: str, app: str, breach: str) -> None:
-        self.flow, self.table, self.stage, self.app, self.breach = f, f.table, stage, app, breach
-        super().__init__(f"table {f.table} ({stage}), app {app}: {breach}; flow {f}")
+    def __init__(self, f: Flow | Group | Meter, stage: str, app: str, breach: str) -> None:
+        self.flow, self.stage, self.app, self.breach = f, stage, app, breach
+        self.table = f.table if isinstance(f, Flow) else None
+        if isinstance(f, Flow):
+            where, what = f"table {f.table}", f"flow {f}"
+        elif isinstance(f, Group):
+            where, what = f"group {f.group_id:#x}", str(f)
+        else:
+            where, what = f"meter {f.meter_id:#x}", str(f)
+        super().__init__(f"{where} ({stage}), app {app}: {breach}; {what}")
 
 
 @dataclass(frozen=True)
@@ -267,8 +283,9 @@ class Pipeline:
             PipelineViolation: naming table, stage, app and the breach: a table outside the
                 pipeline, a cookie of an app that may not write there, a match field, action,
                 set_field or metadata bit the stage does not declare, a goto or recirculation
-                to an undeclared stage, or a group, meter, zone, register or VLAN id its app
-                does not own.
+                to an undeclared stage, an output to OFPP_TABLE or OFPP_NORMAL (each leaves
+                the pipeline's order), an instruction of unknown kind, or a group, meter,
+                zone, register or VLAN id its app does not own.
         """
         if not 0 <= f.table < len(self._contracts):
             raise PipelineViolation(f, "?", self.app_of(f), "no such table in the pipeline")
@@ -283,8 +300,58 @@ class Pipeline:
         for ins in f.instructions:
             self._check_instruction(f, c, app, ins)
 
+    def check_author(self, app: str, item: Flow | Group | Meter) -> None:
+        """Refuse a flow, group or meter that `app` states under another app's number: a
+        flow's cookie byte, a group's or a meter's id must be one `app` holds in the registry,
+        or `check` would judge (and log and count) it as the other app's.
+
+        Raises:
+            PipelineViolation: naming `app`, the number and its owner.
+        """
+        if isinstance(item, Flow):
+            kind, number = "cookie", item.cookie >> COOKIE_SHIFT
+        elif isinstance(item, Group):
+            kind, number = "group", item.group_id
+        else:
+            kind, number = "meter", item.meter_id
+        if any(number in a for a in self.registry.of(kind, app)):
+            return
+        owner = self.registry.owner(kind, number) or "nobody"
+        inside = isinstance(item, Flow) and 0 <= item.table < len(self.stages)
+        stage = self.stages[item.table].name if inside else "?"
+        raise PipelineViolation(item, stage, app, f"{kind} {number:#x} is {owner}'s, not {app}'s")
+
+    def check_group(self, g: Group) -> None:
+        """Refuse a group whose buckets do what no table that may use it allows.
+
+        The group's id names its app (the registry's group ranges); its buckets run as the
+        actions of a flow in a table where that app may write and use groups, so every bucket
+        must pass one such table's contract, as `check` reads a flow's apply-actions.
+
+        Raises:
+            PipelineViolation: the id is no app's, or no stage of its app takes every bucket
+                (the breach named is the one in the last such stage).
+        """
+        app = self.registry.owner("group", g.group_id)
+        if app is None:
+            raise PipelineViolation(g, "?", "unknown", "group id in no app's range")
+        last = PipelineViolation(g, "?", app, "no stage where it may use groups")
+        for c in self._contracts:
+            if app not in c.stage.apps or "group" not in c.stage.actions:
+                continue
+            try:
+                for bucket in g.buckets:
+                    self._check_actions(g, c, app, bucket.actions)
+            except PipelineViolation as exc:
+                last = exc
+            else:
+                return
+        raise last
+
     def _check_instruction(self, f: Flow, c: _Contract, app: str, ins: tuple) -> None:
         kind = ins[0]
+        if kind not in _INSTRUCTIONS:
+            raise PipelineViolation(f, c.stage.name, app, f"instruction {kind} unknown")
         if kind == "goto" and ins[1] not in c.gotos:
             raise PipelineViolation(f, c.stage.name, app, f"goto table {ins[1]} not declared")
         if kind in ("apply", "write"):
@@ -298,11 +365,13 @@ class Pipeline:
                 raise PipelineViolation(f, c.stage.name, app, "meter not declared")
             self._own(f, c, app, "meter", ins[1])
 
-    def _check_actions(self, f: Flow, c: _Contract, app: str, actions: tuple[Action, ...]):
+    def _check_actions(self, f: Flow | Group, c: _Contract, app: str, actions: tuple[Action, ...]):
         for a in actions:
             kind = a[0]
             if kind not in c.stage.actions:
                 raise PipelineViolation(f, c.stage.name, app, f"action {kind} not declared")
+            if kind == "output" and a[1] in _NO_OUTPUT:
+                raise PipelineViolation(f, c.stage.name, app, f"output to {_NO_OUTPUT[a[1]]}")
             if kind == "set_field":
                 if a[1] not in c.stage.set_fields:
                     raise PipelineViolation(f, c.stage.name, app, f"set_field {a[1]} not declared")
@@ -320,7 +389,7 @@ class Pipeline:
                     )
                 self._check_actions(f, c, app, a[4])
 
-    def _own(self, f: Flow, c: _Contract, app: str, kind: str, number: int) -> None:
+    def _own(self, f: Flow | Group, c: _Contract, app: str, kind: str, number: int) -> None:
         if not any(number in a for a in self.registry.of(kind, app)):
             owner = self.registry.owner(kind, number) or "nobody"
             raise PipelineViolation(
@@ -404,7 +473,7 @@ PIPELINE = Pipeline(
             "services",
             "services",
             "virtual IPs: answer ARP, send through conntrack with NAT",
-            match=_fields(_IP, _L4, {"arp_tpa"}),
+            match=_fields(_IP, _L4, {"arp_tpa", "arp_spa"}),
             actions=frozenset({"output", "ct", "nat", "set_field"}),
             set_fields=frozenset({"reg1"}),
             goes_to=("services_track",),

@@ -14,6 +14,7 @@ problem is a ConfigError with file, line and field.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -34,6 +35,10 @@ _MEMORY_UNITS = {
 }
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# What Docker refuses at `docker run` (daemon/daemon_unix.go, verifyPlatformContainerResources):
+# said here, where the file and line are known, not when a replica fails to start.
+DOCKER_MIN_MEMORY = 6 * 2**20  # bytes, for --memory and --memory-reservation
+DOCKER_MIN_CPUS = 0.01  # --cpus
 _CONTAINER_USED = {"name", "image", "securityContext", "env", "resources", "imagePullPolicy"}
 
 
@@ -41,7 +46,7 @@ def memory_bytes(text) -> int:
     m = _QUANTITY.match(str(text))
     if not m or m.group(2) not in _MEMORY_UNITS:
         raise ValueError(f"{text!r} is not a memory quantity (e.g. 512Mi, 1G)")
-    return int(float(m.group(1)) * _MEMORY_UNITS[m.group(2)])
+    return math.ceil(float(m.group(1)) * _MEMORY_UNITS[m.group(2)])  # as Quantity.Value()
 
 
 def cpu_cores(text) -> float:
@@ -85,9 +90,26 @@ def _quantity(doc: Document, resources: dict, where: tuple, part: str, what: str
     if value is None:
         return None
     try:
-        return parse(value)
+        amount = parse(value)
     except ValueError as exc:
         raise doc.error(where + (part, what), str(exc)) from None
+    least = DOCKER_MIN_MEMORY if what == "memory" else DOCKER_MIN_CPUS if part == "limits" else 0
+    if amount < least:
+        raise doc.error(
+            where + (part, what), f"{value!r} is below Docker's least {what} {part[:-1]} here"
+        )
+    return amount
+
+
+def _within_limits(doc: Document, c: Container, where: tuple) -> Container:
+    """A request above its limit is refused, as the API server refuses it."""
+    for what, request, limit in (
+        ("memory", c.memory_request, c.memory_limit),
+        ("cpu", c.cpu_request, c.cpu_limit),
+    ):
+        if request is not None and limit is not None and request > limit:
+            raise doc.error(where + ("requests", what), f"more than the {what} limit")
+    return c
 
 
 def _container(doc: Document, spec: dict, where: tuple) -> Container:
@@ -101,7 +123,7 @@ def _container(doc: Document, spec: dict, where: tuple) -> Container:
         at = where + ("env", i)
         name = item["name"]
         if "value" in item:
-            env.append((name, str(item["value"])))
+            env.append((name, item["value"] or ""))
             continue
         ref = ((item.get("valueFrom") or {}).get("configMapKeyRef")) or None
         if ref is None:
@@ -109,7 +131,7 @@ def _container(doc: Document, spec: dict, where: tuple) -> Container:
         env_from.append((name, ref["name"], ref["key"]))
     resources = spec.get("resources") or {}
     at = where + ("resources",)
-    return Container(
+    container = Container(
         name=spec["name"],
         image=spec["image"],
         capabilities=tuple(c.upper() for c in caps),
@@ -120,6 +142,7 @@ def _container(doc: Document, spec: dict, where: tuple) -> Container:
         memory_request=_quantity(doc, resources, at, "requests", "memory", memory_bytes),
         cpu_request=_quantity(doc, resources, at, "requests", "cpu", cpu_cores),
     )
+    return _within_limits(doc, container, at)
 
 
 def _deployment(doc: Document) -> Deployment:

@@ -29,7 +29,11 @@ _QUANTITIES = _object(
 )
 _KEY_REF = _object({"name": _STRING, "key": _STRING}, "name", "key", nullable=True)
 ENV_VAR = _object(
-    {"name": _STRING, "valueFrom": _object({"configMapKeyRef": _KEY_REF}, nullable=True)},
+    {
+        "name": _STRING,
+        "value": {"type": ["string", "null"]},  # null: the empty string, as the API server reads it
+        "valueFrom": _object({"configMapKeyRef": _KEY_REF}, nullable=True),
+    },
     "name",
 )
 _CAPABILITIES = _object({"add": {"type": ["array", "null"], "items": _STRING}}, nullable=True)

@@ -360,12 +360,16 @@ def _nets(doc: Document, where: tuple, cidr: str, excepts) -> tuple[IPNetwork, .
         net = ipaddress.ip_network(cidr, strict=False)
     except ValueError:
         raise doc.error(where + ("cidr",), f"{cidr!r} is not a CIDR") from None
+    if getattr(net.network_address, "scope_id", None):
+        raise doc.error(where + ("cidr",), f"{cidr!r}: a zone (%...) is a host's, not a CIDR's")
     parts = [net]
     for i, text in enumerate(excepts or []):
         try:
             hole = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise doc.error(where + ("except", i), f"{text!r} is not a CIDR") from None
+        if getattr(hole.network_address, "scope_id", None):
+            raise doc.error(where + ("except", i), f"{text!r}: a zone (%...) is a host's")
         if hole.version != net.version or not hole.subnet_of(net) or hole == net:
             raise doc.error(where + ("except", i), f"{text} is not strictly inside {net}")
         remaining = []

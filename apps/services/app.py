@@ -158,8 +158,10 @@ class Services(SuiteApp):
         a = parse_arp(pkt.data)
         if a is None:  # not Ethernet/IPv4 ARP, or cut short: not ours to answer
             return
+        if pkt.cookie != COOKIE:  # learn only from ARP that crossed the firewall and microseg
+            return
         reply = vip_reply(a, self.settings.services)
-        if reply is not None and pkt.cookie == COOKIE:
+        if reply is not None:
             self.core.send(pkt.dpid, [packet_out(reply, [output(pkt.in_port)])])
             return
         if not self.macs.learn(a.src_ip, a.src_mac):

@@ -21,7 +21,8 @@ MAX_LEARNED = 65536  # IP -> MAC entries kept from ARP
 
 
 class MacTable:
-    """IP -> MAC of every host heard in ARP, so a backend added later is ready at once.
+    """IP -> MAC of the backends heard in ARP at the services stage (after the firewall and
+    microseg: a spoofed claim to a bound backend's address never arrives).
 
     `learned` maps a dotted-quad IPv4 address to an "aa:bb:..:ff" MAC, oldest first; at most
     `limit` entries (the oldest goes first). A backend's configured MAC wins over it.

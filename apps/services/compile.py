@@ -78,6 +78,7 @@ MAX_ROUTES = 128
 PROTOCOLS = {name: IP_PROTOCOLS[name] for name in ("tcp", "udp")}
 
 ARP_PRIORITY = 300
+BACKEND_ARP_PRIORITY = 290  # services: a copy of a backend's ARP, to learn its MAC
 HAIRPIN_PRIORITY = 350  # services, track: a backend's own connection to its service
 STEER_PRIORITY = 300  # track: MACs of translated packets
 NEW_PRIORITY = 200  # track: new connections to a VIP (+ route order for "switch" sources)
@@ -135,6 +136,7 @@ class ServicesCompiler:
         self.forwarding = pipeline.table("forwarding")
         self._go_on = pipeline.go_on("services_track")
         self._to_track = pipeline.goto("services", "services_track")
+        self._arp_on = pipeline.go_on("services")
 
     def _f(self, table: int, priority: int, match: dict, *instructions) -> Flow:
         return flow(table, priority, match, *instructions, cookie=COOKIE)
@@ -179,6 +181,18 @@ class ServicesCompiler:
         track = conntrack(CT_ZONE, self.track, nested=(nat(),))
         flows = [
             self._arp(service),
+            # Backends' MACs are learned here, after the firewall and microseg, never from a
+            # frame that only reached classify (one ARP from any port could claim a backend).
+            *(
+                self._f(
+                    self.services_table,
+                    BACKEND_ARP_PRIORITY,
+                    {"eth_type": ETH_TYPE_ARP, "arp_spa": b.ip},
+                    apply(to_controller(128)),
+                    self._arp_on,
+                )
+                for b in service.backends
+            ),
             self._f(
                 self.services_table,
                 VIP_PRIORITY,

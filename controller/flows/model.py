@@ -83,7 +83,10 @@ def norm_scalar(name: str, value: Any) -> Any:
     if name in IPV4_FIELDS:
         return str(ipaddress.IPv4Address(value))
     if name in IPV6_FIELDS:
-        return str(ipaddress.IPv6Address(value))
+        addr = ipaddress.IPv6Address(value)
+        if addr.scope_id:  # os-ken's encoder (netaddr) cannot send it; no OXM holds a zone
+            raise ValueError(f"{value!r}: an IPv6 address with a zone cannot be matched")
+        return str(addr)
     return int(value)
 
 

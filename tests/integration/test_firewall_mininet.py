@@ -168,6 +168,9 @@ def test_invalid_reload_changes_nothing(controller, lab, tmp_path):
             "firewall:\n  rules:\n    - {action: deny, protocol: tcp, port: 70000}\n",
             "firewall:\n  rules:\n    - {action: deny, source: 10.0.0.0/33}\n",
             "firewall:\n  rules: [\n",
+            # an IPv6 zone: once accepted, then no flow of the batch could be encoded, and
+            # the whole lab stopped forwarding
+            "firewall:\n  rules:\n    - {action: deny, source: 'fe80::1%eth0'}\n",
         ],
         start=1,
     ):

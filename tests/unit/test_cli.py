@@ -1,5 +1,6 @@
 """osken-manager as users run it: exit codes, one-line errors, prompt shutdown."""
 
+import logging
 import os
 import signal
 import socket
@@ -49,6 +50,34 @@ def test_module_names_from_paths_and_modules():
 )
 def test_app_packages_and_their_earlier_spellings(spelling, module):
     assert module_name(spelling) == module
+
+
+def test_an_app_file_may_be_named_without_py_as_a_package_is():
+    assert module_name("apps/mirror") == "apps.mirror"
+    assert module_name("apps/l2_learning") == "apps.l2_learning"
+
+
+@pytest.mark.parametrize(
+    ("spelling", "now", "metrics"),
+    [
+        ("apps/canary.py", "apps.services", "osken_services_*, once osken_canary_*"),
+        ("apps.sfc", "apps.chains", "osken_chains_*, once osken_sfc_*"),
+    ],
+)
+def test_an_earlier_name_says_what_runs_and_where_its_metrics_went(spelling, now, metrics, caplog):
+    with caplog.at_level(logging.WARNING, logger="osken_suite.cli"):
+        assert module_name(spelling) == now
+    assert f"app {spelling!r} is now called {now}" in caplog.text
+    assert metrics in caplog.text
+
+
+def test_a_users_own_file_with_an_earlier_name_is_never_taken_for_ours(tmp_path, monkeypatch):
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "__init__.py").write_text("")
+    (tmp_path / "apps" / "canary.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert module_name("apps/canary.py") == "apps.canary"
 
 
 def test_earlier_spellings_start_the_same_apps(tmp_path):

@@ -192,3 +192,12 @@ def test_label_values_are_strings_as_in_kubernetes(tmp_path):
     assert msg.endswith("lab.yaml:4: endpoints[0].labels.version: 1.1 is not a string: quote it")
     cfg = check(write(tmp_path, "endpoints:\n  - {name: a, ip: 10.0.0.1, labels: {x: yes}}\n"))
     assert cfg.section("endpoints")[0]["labels"] == {"x": "yes"}
+
+
+def test_an_endpoint_address_with_an_ipv6_zone_is_refused_where_it_is_written(tmp_path):
+    """fe80::1%eth0 names an interface of one host; no switch matches a zone, and os-ken's
+    encoder (netaddr) cannot send it: the flows failed at send time instead."""
+    from apps.microseg import Microseg
+
+    msg = error_of(tmp_path, "endpoints:\n  - {name: a, ip: 'fe80::1%eth0'}\n", (Microseg,))
+    assert msg.endswith("lab.yaml:2: endpoints[0].ip: 'fe80::1%eth0': a zone (%...) is a host's")

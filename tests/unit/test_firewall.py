@@ -266,6 +266,15 @@ def test_invalid_reload_changes_nothing(tmp_path):
             "firewall:\n  rules:\n    - {action: deny, port: 22}\n",
             r"lab.yaml:3: firewall.rules\[0\].port: ports need protocol tcp or udp",
         ),
+        (  # a zone is a host's interface: accepted, its flows then failed to encode at send
+            # time (netaddr refuses it), with no file or line
+            "firewall:\n  blocked_ips: ['fe80::1%eth0']\n",
+            r"lab.yaml:2: firewall.blocked_ips\[0\]: 'fe80::1%eth0': a zone \(%...\) is a host's",
+        ),
+        (
+            "firewall:\n  rules:\n    - {action: deny, destination: 'fe80::%1/64'}\n",
+            r"lab.yaml:3: firewall.rules\[0\].destination: 'fe80::%1/64': a zone",
+        ),
         ("firewall:\n  default: maybe\n", r"lab.yaml:2: firewall.default: 'maybe' is not one of"),
         (  # YAML 1.1 read this as port 1221 (base 60); in YAML 1.2 it is no port
             "firewall:\n  rules:\n    - {action: deny, protocol: tcp, port: 20:21}\n",

@@ -1,5 +1,6 @@
 """Canonical flows survive the trip to a switch and back; the diff sends only what changed."""
 
+import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -272,3 +273,10 @@ def test_a_change_to_meters_alone_is_sent():
     diff_numbered("meter", {1: Meter(1, "pktps", 10)}, {}, plan=plan)
     diff_numbered("group", {}, {2: group(2, "all", [])}, plan=plan)
     assert plan and len(plan.deletes["meter"]) == 1 and len(plan.adds["group"]) == 1
+
+
+@pytest.mark.parametrize("value", ["fe80::1%eth0", ("fe80::%1", "ffff::")])
+def test_an_ipv6_address_with_a_zone_is_no_match_value(value):
+    """Whatever app builds it: os-ken's encoder cannot send it, and a switch has no zones."""
+    with pytest.raises(ValueError, match="zone"):
+        flow(0, 1, {"eth_type": 0x86DD, "ipv6_src": value})

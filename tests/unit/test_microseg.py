@@ -612,6 +612,18 @@ def test_a_label_change_sends_only_the_flows_that_depend_on_it(tmp_path):
             r"policies.yaml:5: spec.podSelector.matchLabels.version",
             "1.1 is not a string: quote it",
         ),
+        (  # an IPv6 zone names one host's interface: no switch matches it (netaddr cannot
+            # even encode it: the flows failed at send time, unlocated)
+            "spec:\n  ingress: [{from: [{ipBlock: {cidr: 'fe80::%eth0/64'}}]}]\n",
+            r"policies.yaml:5: spec.ingress\[0\].from\[0\].ipBlock.cidr",
+            "a zone (%...) is a host's",
+        ),
+        (
+            "spec:\n  ingress:\n    - from:\n"
+            "        - ipBlock: {cidr: 'fe80::/64', except: ['fe80::%1/96']}\n",
+            r"policies.yaml:\d+: spec.ingress\[0\].from\[0\].ipBlock.except\[0\]",
+            "a zone (%...) is a host's",
+        ),
         (  # null selectors are absent ones: this peer selects nothing, as the API server says
             "spec:\n  ingress: [{from: [{podSelector: null, namespaceSelector: null}]}]\n",
             r"policies.yaml:5: spec.ingress\[0\].from\[0\]",

@@ -10,6 +10,7 @@ import os
 import re
 
 import pytest
+from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from apps.chains import ServiceChains
 from apps.chains.compile import group_id, tag
@@ -21,10 +22,14 @@ from apps.microseg import Microseg
 from apps.services import Services
 from controller.core import Core
 from controller.flows import (
+    Bucket,
+    Flow,
+    Meter,
     apply,
     conntrack,
     flow,
     goto,
+    group,
     group_action,
     meter,
     output,
@@ -240,6 +245,21 @@ FWD, FW_T, CH = T("forwarding"), T("firewall"), T("chains")
             "write_metadata mask 0x1 not declared",
         ),
         (flow(42, 5, {}, cookie=L2), "no such table"),
+        # A goto backwards spelled as an output: Open vSwitch takes output:TABLE in a flow-mod
+        # and resubmits to table 0 (ofproto/trace loops 0 -> 3 -> 0 ...).
+        (
+            flow(T("forwarding"), 5, {}, apply(output(ofp.OFPP_TABLE)), cookie=L2),
+            "output to OFPP_TABLE (back to table 0)",
+        ),
+        (
+            flow(T("forwarding"), 5, {}, ("write", (output(ofp.OFPP_TABLE),)), cookie=L2),
+            "output to OFPP_TABLE (back to table 0)",
+        ),
+        (
+            flow(T("classify"), 5, {}, apply(output(ofp.OFPP_NORMAL)), cookie=L2),
+            "output to OFPP_NORMAL",
+        ),
+        (Flow(T("firewall"), 5, (), (("resubmit", 0),), FW), "instruction resubmit unknown"),
     ],
 )
 def test_a_flow_that_breaks_its_contract_is_refused_with_what_and_where(bad, breach):
@@ -319,3 +339,131 @@ def test_the_architecture_doc_shows_the_declared_pipeline_and_registry():
         doc = fh.read()
     assert PIPELINE.markdown() in doc, "run scripts/pipeline_doc.py"
     assert REGISTRY.markdown() in doc, "run scripts/pipeline_doc.py"
+
+
+# --- groups: their buckets run as a flow's actions --------------------------------------------
+
+
+def bucket(*actions) -> Bucket:
+    return Bucket(tuple(actions), weight=1)
+
+
+@pytest.mark.parametrize(
+    "bad, breach",
+    [
+        (
+            group(0x0200_0001, "select", [bucket(output(1)), bucket(output(ofp.OFPP_TABLE))]),
+            "group 0x2000001 (forwarding), app l2_learning: output to OFPP_TABLE",
+        ),
+        (
+            group(0x0200_0001, "select", [bucket(("push_vlan", 0x8100), output(1))]),
+            "app l2_learning: action push_vlan not declared",
+        ),
+        (
+            group(0x0200_0001, "select", [bucket(group_action(0x0500_0001))]),
+            "group 0x5000001 is services's, not l2_learning's",
+        ),
+        (
+            group(0x0600_0001, "select", [bucket(set_field("vlan_vid", 0x1000 | 4000))]),
+            "vlan_vid 0xfa0 is nobody's, not chains's",
+        ),
+        (
+            group(0x0500_0001, "ff", [bucket(conntrack(7, T("services_track")))]),
+            "ct_zone 0x7 is firewall's, not services's",
+        ),
+        (group(0x7700_0001, "all", [bucket(output(1))]), "group id in no app's range"),
+    ],
+)
+def test_a_group_whose_buckets_break_every_table_it_may_serve_is_refused(bad, breach):
+    with pytest.raises(PipelineViolation, match=re.escape(breach)):
+        PIPELINE.check_group(bad)
+
+
+def test_a_refused_group_is_logged_counted_and_never_sent(caplog):
+    net = l2_network()
+    net.core.strict_pipeline = False
+    bad = group(0x0200_7777, "select", [bucket(output(ofp.OFPP_TABLE))])
+    net.core.desired.put_groups(("l2", "bad"), {201: [bad]})
+    with caplog.at_level(logging.ERROR, logger="osken_suite.core"):
+        net.advance(0.5)
+    assert 0x0200_7777 not in net.switches[201].groups
+    violations = net.core.metrics.pipeline_violations
+    assert violations.labels("l2_learning", "forwarding")._value.get() == 1
+    assert "group 0x2007777 (forwarding), app l2_learning: output to OFPP_TABLE" in caplog.text
+    assert net.converse(MACS[0], MACS[1])
+
+
+def test_refusals_repeated_per_host_cannot_flood_the_log_and_each_kind_is_logged(caplog):
+    net = l2_network()
+    net.core.strict_pipeline = False
+    macs = [f"02:00:00:00:{i >> 8:02x}:{i & 0xFF:02x}" for i in range(250)]
+    bad = [flow(FWD, 9, {"eth_dst": m}, apply(set_field("eth_src", MAC)), cookie=L2) for m in macs]
+    other = flow(FWD, 8, {}, apply(output(ofp.OFPP_NORMAL)), cookie=L2)
+    net.core.desired.put(("l2", "bug"), {dpid: [*bad, other] for dpid in net.switches})
+    with caplog.at_level(logging.ERROR, logger="osken_suite.core"):
+        net.advance(0.5)
+    refused = len(bad) * len(net.switches)
+    violations = net.core.metrics.pipeline_violations
+    assert violations.labels("l2_learning", "forwarding")._value.get() == refused + len(
+        net.switches
+    )
+    lines = [r.getMessage() for r in caplog.records if "breaks the pipeline" in r.getMessage()]
+    assert len(lines) <= 2 + len(str(refused)), lines  # the 1st, 10th, 100th... of each kind
+    assert sum("action set_field not declared" in line for line in lines) >= 1
+    assert sum("output to OFPP_NORMAL" in line for line in lines) == 1
+    assert f"({10 ** (len(str(refused)) - 1)} such refused so far)" in caplog.text
+
+
+# --- numbers are their app's: no app states flows, groups or meters as another's ----------------
+
+
+def firewall_on(net) -> Firewall:
+    return net.core.add_app(Firewall)
+
+
+@pytest.mark.parametrize(
+    "put, item, breach",
+    [
+        (  # in the forwarding table l2_learning's cookie passed `check` as l2_learning's
+            "put",
+            flow(FWD, 9, {"eth_dst": MAC}, apply(output(1)), cookie=L2),
+            f"table {FWD} (forwarding), app firewall: cookie 0x2 is l2_learning's, not firewall's",
+        ),
+        (  # the core's cookie is welcome in every table
+            "put",
+            flow(FW_T, 9, {}, goto(T("microseg")), cookie=cookie("core")),
+            "app firewall: cookie 0x1 is core's, not firewall's",
+        ),
+        (
+            "put_groups",
+            group(0x0200_0009, "select", [bucket(output(1))]),
+            "group 0x2000009 (?), app firewall: group 0x2000009 is l2_learning's, not firewall's",
+        ),
+        (
+            "put_meters",
+            Meter(ofp.OFPM_CONTROLLER, "pktps", 1),
+            "app firewall: meter 0xfffffffe is core's, not firewall's",
+        ),
+    ],
+)
+def test_an_app_cannot_state_flows_groups_or_meters_with_another_apps_numbers(put, item, breach):
+    net = l2_network()
+    fw = firewall_on(net)
+    with pytest.raises(PipelineViolation, match=re.escape(breach)):
+        getattr(fw.desired, put)(("fw", "borrowed"), {201: [item]})
+
+
+def test_in_production_a_borrowed_number_is_left_out_logged_and_counted_as_its_writers(caplog):
+    net = l2_network()
+    net.core.strict_pipeline = False
+    fw = firewall_on(net)
+    borrowed = flow(FWD, 9, {"eth_dst": MAC}, apply(output(1)), cookie=L2)
+    own = flow(FW_T, 9, {"eth_type": 0x800, "ipv4_src": "10.9.9.9"}, cookie=FW)
+    with caplog.at_level(logging.ERROR, logger="osken_suite.core"):
+        fw.desired.put(("fw", "mixed"), {201: [borrowed, own]})
+        net.advance(0.5)
+    keys = {f.key for f in net.switches[201].flows()}
+    assert own.key in keys and borrowed.key not in keys
+    violations = net.core.metrics.pipeline_violations
+    assert violations.labels("firewall", "forwarding")._value.get() == 1
+    assert "cookie 0x2 is l2_learning's, not firewall's" in caplog.text

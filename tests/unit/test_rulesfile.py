@@ -61,6 +61,7 @@ SAME = [
     ({"action": "deny", "source": "any"}, "rules[0].source"),
     ({"action": "deny", "source": ""}, "rules[0].source"),
     ({"action": "deny", "source": "10.0.0.300"}, "rules[0].source"),
+    ({"action": "deny", "source": "fe80::1%eth0"}, "rules[0].source"),  # a host's zone
     ({"action": "maybe"}, "rules[0].action"),
     ({"protocol": "tcp"}, "rules[0]"),
     ({"action": "deny", "colour": "red"}, "rules[0].colour"),

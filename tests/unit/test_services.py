@@ -591,3 +591,35 @@ def test_an_httproute_has_at_most_16_rules(tmp_path):
     (doc,) = load_documents(str(path))
     with pytest.raises(ConfigError, match=r"route.yaml:5: spec.rules: at most 16 rules"):
         parse_routing(doc)
+
+
+def test_an_arp_from_any_port_claiming_a_bound_backend_does_not_take_its_connections():
+    """One ARP with a fresh source MAC was punted by classify (an unknown source) and the
+    services app learned the backend's "MAC" from it before microseg saw it: every new
+    connection of that backend went to the impostor. Backends are learned at the services
+    stage now, after microseg, which drops a claim to a bound endpoint's address."""
+    from controller.packets import arp_frame
+    from tests.unit.test_fuzz_inputs import IP as LAB_IP
+    from tests.unit.test_fuzz_inputs import network
+
+    net = network()  # every app; backend v1-a is MACS[3], bound where it spoke
+    net.advance(1.0)
+    backend, client, impostor = MACS[3], MACS[1], MACS[5]
+
+    def served_by(sport: int) -> list[str]:
+        return net.send(
+            client,
+            VMAC,
+            0x0800,
+            ipv4_src=LAB_IP[client],
+            ipv4_dst=VIP,
+            ip_proto=6,
+            tcp_src=sport,
+            tcp_dst=80,
+        ).hosts
+
+    assert backend in served_by(41000)
+    net.inject(impostor, arp_frame(2, "02:00:00:00:66:66", LAB_IP[backend], BROADCAST, "10.0.0.9"))
+    net.advance(0.5)
+    got = [served_by(42000 + i) for i in range(8)]
+    assert all(impostor not in g for g in got), (got, backend, impostor)

@@ -9,7 +9,7 @@ import pytest
 from controller.config import ConfigError
 from vnf.firewall import agent
 from vnf.firewall.agent import RuleError, compile_rules
-from vnf.manifest import load_manifest, resolved_env
+from vnf.manifest import load_manifest, memory_bytes, resolved_env
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
 SEED_VNF = os.path.join(DATA, "seed-vnf", "vnf-deployment.yml")
@@ -88,6 +88,15 @@ data: {rules.json: '{"rules": []}'}
         ("memory: 64Mi", "memory: [64Mi]", 16, "is not of type 'string', 'number'"),
         ("{rules.json: '{\"rules\": []}'}", "{rules.json: 1.10}", 21, "1.1 is not a string"),
         ("containers:", "containers: {}\n      x:", 10, "is not of type 'array'"),
+        # an env value is a string too: these became "1.1", "True" and "{'x': 1}"
+        ("env:", "env:\n            - {name: V, value: 1.10}", 14, "1.1 is not of type 'string'"),
+        ("env:", "env:\n            - {name: V, value: true}", 14, "True is not of type 'string'"),
+        ("env:", "env:\n            - {name: V, value: {x: 1}}", 14, "is not of type 'string'"),
+        # limits Docker refuses at `docker run`, or that became no limit at all (0 bytes)
+        ("memory: 64Mi", "memory: '0.5'", 16, "'0.5' is below Docker's least memory limit"),
+        ("memory: 64Mi", "memory: 1Mi", 16, "'1Mi' is below Docker's least memory limit"),
+        ("cpu: 250m", "cpu: 0m", 16, "'0m' is below Docker's least cpu limit"),
+        ("cpu: 250m", "cpu: 250m}, requests: {cpu: '1'", 16, "more than the cpu limit"),
     ],
 )
 def test_bad_manifests_are_refused_with_file_line_and_field(tmp_path, old, new, line, message):
@@ -183,3 +192,13 @@ def test_the_vnf_tool_names_a_bad_file_and_exits_2(tmp_path, capsys):
     bad = write(tmp_path, BASE.replace("replicas: 1", "replicas: many"))
     assert tool.main(["status", bad]) == 2
     assert "vnf.yml:5: spec.replicas" in capsys.readouterr().err
+
+
+def test_an_env_value_left_empty_is_the_empty_string_as_kubernetes_reads_it(tmp_path):
+    text = BASE.replace("env:", "env:\n            - {name: V, value: }")
+    (d,) = load_manifest(write(tmp_path, text)).deployments
+    assert ("V", "") in d.container.env
+
+
+def test_a_fraction_of_a_byte_rounds_up_as_a_kubernetes_quantity_does():
+    assert memory_bytes("6291455.5") == 6291456

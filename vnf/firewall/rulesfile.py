@@ -181,15 +181,19 @@ def parse_document(data) -> RulesFile:
 
 
 def parse_network(value, where: tuple) -> IPNetwork:
-    """An address or CIDR, host bits allowed (10.0.0.1/8 is 10.0.0.0/8). Raises
+    """An address or CIDR, host bits allowed (10.0.0.1/8 is 10.0.0.0/8), IPv6 with no zone
+    (fe80::1%eth0 names an interface of one host; a switch cannot match it). Raises
     RuleFormatError."""
     if not isinstance(value, str):
         raise RuleFormatError(where, f"{value!r} is not an IP address or CIDR")
     try:
-        return ipaddress.ip_network(value.strip(), strict=False)
+        net = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
         hint = "; leave the field out for any address" if value.strip().lower() == "any" else ""
         raise RuleFormatError(where, f"{value!r} is not an IP address or CIDR{hint}") from None
+    if getattr(net.network_address, "scope_id", None):
+        raise RuleFormatError(where, f"{value!r}: a zone (%...) is a host's, not a switch's")
+    return net
 
 
 def parse_ports(value, where: tuple) -> tuple[int, int]:
