@@ -168,7 +168,26 @@ class Runner:
         _run("ip", "-n", netns, "link", "set", "eth0", "up")
         _run("ip", "-n", netns, "link", "set", "lo", "up")
         _run("ovs-vsctl", "--may-exist", "add-port", self.spec.bridge, outer)
-        _run(*ns, "/usr/bin/python3", "-c", _GARP, "eth0", ip, replica_mac(ip), check=False)
+        self.announce(i)
+
+    def announce(self, i: int) -> None:
+        """Replica `i` sends a gratuitous ARP, so the fabric learns where it is (a port on
+        probation when it was plugged in does not count)."""
+        ip = self.spec.addresses[i].split("/", 1)[0]
+        netns = self.spec.replica(i)
+        _run(
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "/usr/bin/python3",
+            "-c",
+            _GARP,
+            "eth0",
+            ip,
+            replica_mac(ip),
+            check=False,
+        )
 
     def configure(self, lds: str, cds: str, version: str, vips: tuple[str, ...]) -> None:
         """Put a config in force: the VIPs on every replica's loopback (new ones added before
