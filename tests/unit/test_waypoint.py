@@ -87,8 +87,9 @@ class FakeRunner:
         self.calls.append(("announce", i))
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def fake_runner(monkeypatch):
+    """Every test here: no real replica is ever started (the machine's lab is shared)."""
     FakeRunner.made = []
     monkeypatch.setattr(waypoint_mod, "Runner", FakeRunner)
     monkeypatch.setattr(WaypointDriver, "_spawn", lambda self, target: target())
@@ -203,7 +204,9 @@ def test_gateway_api_matches_go_most_specific_first_whatever_their_order(tmp_pat
     ]
 
 
-def test_a_rule_envoy_would_refuse_is_refused_first_and_the_running_config_stays(tmp_path):
+def test_a_rule_envoy_would_refuse_is_refused_first_and_the_running_config_stays(
+    tmp_path, fake_runner
+):
     path = config(tmp_path, ["traffic-routing.yml"])
     core = Core()
     app = core.add_app(Services)
