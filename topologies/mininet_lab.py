@@ -136,12 +136,13 @@ class Lab:
     def serve(self, host: str, *specs: str, name: str | None = None) -> None:
         """Start TCP/UDP servers in a host (e.g. "tcp:80", "udp:53"); stopped with the lab.
         TCP servers greet every connection with `name` (the host's name by default)."""
-        proc = self.host(host).popen(
-            ["/usr/bin/python3", PROBE, "serve", *specs, "--name", name or host],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        proc.stdout.readline()  # "serving ..." once every socket is bound
+        self.run_server(host, ["/usr/bin/python3", PROBE, "serve", *specs, "--name", name or host])
+
+    def run_server(self, host: str, argv: list[str]) -> None:
+        """Start a server process in a host, waiting for its first line ("serving ...", once it
+        is bound); stopped with the lab."""
+        proc = self.host(host).popen(argv, stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()
         self._servers.append(proc)
 
     def spread_from(

@@ -36,6 +36,7 @@ from apps.services.placement import Placement
 from apps.services.settings import (
     ROUTING_SCHEMA,
     SERVICES_SCHEMA,
+    WAYPOINT,
     Service,
     ServicesSettings,
     parse_services,
@@ -47,6 +48,7 @@ from controller.flows import Flow, output, packet_out
 from controller.packets import ETH_TYPE_ARP, connection_of, parse_arp
 
 LOG = logging.getLogger("osken_suite.services")
+ANNOUNCE_EVERY = 2.0  # seconds between gratuitous ARPs of waypoint replicas not located yet
 
 
 class Services(SuiteApp):
@@ -77,6 +79,7 @@ class Services(SuiteApp):
         self.connections = self.metrics.connections
         self.live_backends = self.metrics.live_backends
         self.waypoint = WaypointDriver()
+        self._announce_at = 0.0
 
     @property
     def draining(self) -> list[tuple[Service, float]]:
@@ -201,10 +204,22 @@ class Services(SuiteApp):
         if self.waypoint.poll():
             self.locations.held = self.waypoint.held()
             moved = True
+        if now >= self._announce_at:  # replicas the fabric has not located yet speak up
+            self._announce_at = now + ANNOUNCE_EVERY
+            self.waypoint.announce(self._unlocated_replicas())
         if moved or expired:
             self._install()
         if self.prober.due(now):
             self._probe_unknown()
+
+    def _unlocated_replicas(self) -> set[str]:
+        return {
+            b.endpoint
+            for s in self.settings.services
+            if s.method == WAYPOINT
+            for b in s.backends
+            if self.locations.where(b) is None
+        }
 
     def shutdown(self) -> None:
         """Stop the waypoint's replicas: they live outside OpenFlow."""

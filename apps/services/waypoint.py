@@ -113,6 +113,15 @@ class WaypointDriver:
         self.serving = serving
         return changed
 
+    def announce(self, names: set[str]) -> None:
+        """The replicas named (not located by the fabric yet) announce themselves."""
+        with self._lock:
+            if not self._started or self.mesh is None:
+                return
+            for i, r in enumerate(self.mesh.replicas):
+                if r.name in names:
+                    self.runner.announce(i)
+
     def held(self) -> frozenset[str]:
         """Names of the replicas that do not serve (for Locations.held)."""
         if self.mesh is None:

@@ -114,10 +114,29 @@ class Runner:
         """Every replica running, wired and announced; a leftover of the same name is
         replaced. Raises RuntimeError (or CalledProcessError) if a replica cannot start."""
         self.stop()
+        if _run("ovs-vsctl", "br-exists", self.spec.bridge, check=False).returncode != 0:
+            raise RuntimeError(
+                f"no Open vSwitch bridge {self.spec.bridge!r} (mesh.waypoint.bridge)"
+            )
         os.makedirs(self.folder, exist_ok=True)
         if files.in_force(self.folder) is None:
             empty = envoy.discovery_file("0", [])
             files.write_generation(self.folder, "0", empty, empty)
+        try:
+            self._start_replicas()
+        except Exception:
+            self.stop()  # nothing half-started is left behind
+            raise
+        self._save()
+        LOG.info(
+            "waypoint %s: %d replicas on %s (%s)",
+            self.spec.name,
+            len(self.spec.addresses),
+            self.spec.bridge,
+            self.runtime.kind,
+        )
+
+    def _start_replicas(self) -> None:
         env_bin = {} if self.runtime.kind == "docker" else {"ENVOY_BIN": envoy.envoy_binary() or ""}
         for i, address in enumerate(self.spec.addresses):
             name = self.spec.replica(i)
@@ -142,14 +161,6 @@ class Runner:
                 name, Container(name, IMAGE), env, self.folder, volumes=(self.folder,)
             )
             self._wire(started.netns, i, address)
-        self._save()
-        LOG.info(
-            "waypoint %s: %d replicas on %s (%s)",
-            self.spec.name,
-            len(self.spec.addresses),
-            self.spec.bridge,
-            self.runtime.kind,
-        )
 
     def _wire(self, netns: str, i: int, address: str) -> None:
         outer = port_name(self.spec.name, i)
@@ -168,7 +179,26 @@ class Runner:
         _run("ip", "-n", netns, "link", "set", "eth0", "up")
         _run("ip", "-n", netns, "link", "set", "lo", "up")
         _run("ovs-vsctl", "--may-exist", "add-port", self.spec.bridge, outer)
-        _run(*ns, "/usr/bin/python3", "-c", _GARP, "eth0", ip, replica_mac(ip), check=False)
+        self.announce(i)
+
+    def announce(self, i: int) -> None:
+        """Replica `i` sends a gratuitous ARP, so the fabric learns where it is (a port on
+        probation when it was plugged in does not count)."""
+        ip = self.spec.addresses[i].split("/", 1)[0]
+        netns = self.spec.replica(i)
+        _run(
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "/usr/bin/python3",
+            "-c",
+            _GARP,
+            "eth0",
+            ip,
+            replica_mac(ip),
+            check=False,
+        )
 
     def configure(self, lds: str, cds: str, version: str, vips: tuple[str, ...]) -> None:
         """Put a config in force: the VIPs on every replica's loopback (new ones added before

@@ -1,0 +1,138 @@
+"""A lab for the L7 waypoint: the services lab's leaf-spine, HTTP backends, Envoy on leaf 3.
+
+Shared by the waypoint integration tests and scripts/bench_l7.py. Leaf-spine with 2 spines, 3
+leaves and 3 hosts per leaf (topologies/serviceslab.py's addresses). The seed's
+traffic-routing.yml routes user-service (v1-a on h21, v1-b on h23, v2-a on h31) and its
+istio-configuration.yml routes `service` (mobile on h32, web on h22); every backend answers
+HTTP with its host's name. The controller runs the waypoint: one replica on leaf 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import textwrap
+from contextlib import contextmanager
+
+from topologies.harness import ROOT, Controller, Lab, free_port
+from topologies.leafspine import LeafSpineTopo
+from topologies.wait import until
+
+HTTP_PROBE = os.path.join(ROOT, "topologies", "httpprobe.py")
+SEEDS = os.path.join(ROOT, "tests", "data", "seed-routing")
+VIP = "10.0.100.10"
+MOBILE_VIP = "10.0.100.11"
+WAYPOINT = "10.0.0.250"
+BACKENDS = {"h21": "v1-a", "h23": "v1-b", "h31": "v2-a", "h32": "mobile", "h22": "web"}
+IPS = {
+    "h21": "10.0.0.4",
+    "h22": "10.0.0.5",
+    "h23": "10.0.0.6",
+    "h31": "10.0.0.7",
+    "h32": "10.0.0.8",
+}
+LABELS = {
+    "h21": "{app: user-service, version: v1}",
+    "h23": "{app: user-service, version: v1}",
+    "h31": "{app: user-service, version: v2}",
+    "h32": "{app: mobile-service, version: v2}",
+    "h22": "{app: web-service, version: v1}",
+}
+# The seed's VirtualService for `service` names subsets of two hosts no seed file defines.
+SUBSETS = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mobile-service}
+spec: {host: mobile-service, subsets: [{name: v2, labels: {version: v2}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web-service}
+spec: {host: web-service, subsets: [{name: v1, labels: {version: v1}}]}
+"""
+
+
+def lab_config(folder, runtime: str | None = None) -> str:
+    """The lab's config text; the seed's routing files are copied into `folder` unmodified."""
+    routing = []
+    for name in ("traffic-routing.yml", "istio-configuration.yml"):
+        shutil.copy(os.path.join(SEEDS, name), folder / name)
+        routing.append(str(folder / name))
+    (folder / "subsets.yaml").write_text(SUBSETS)
+    routing.append(str(folder / "subsets.yaml"))
+    endpoints = "".join(
+        f"  - {{name: {n}, ip: {IPS[h]}, labels: {LABELS[h]}}}\n" for h, n in BACKENDS.items()
+    )
+    extra = f", runtime: {runtime}" if runtime else ""
+    return (
+        "endpoints:\n"
+        + endpoints
+        + textwrap.dedent(
+            f"""\
+            services:
+              - {{name: user-service, vip: {VIP}, port: 80}}
+              - {{name: service, vip: {MOBILE_VIP}, port: 80}}
+            routing: {json.dumps(routing)}
+            mesh:
+              waypoint: {{bridge: lf3, addresses: [{WAYPOINT}/8]{extra}}}
+            """
+        )
+    )
+
+
+class WaypointLab:
+    """The running controller and lab, and HTTP from the lab's hosts."""
+
+    def __init__(self, ctl: Controller, lab: Lab, folder, metrics_port: int) -> None:
+        self.ctl, self.lab, self.folder, self.metrics_port = ctl, lab, folder, metrics_port
+
+    def get(
+        self,
+        client: str,
+        url: str,
+        n: int,
+        headers: dict[str, str] | None = None,
+        parallel: int = 8,
+    ) -> dict[str, int]:
+        """`n` HTTP requests from `client`, each on a new connection: count per answer, keyed
+        by the answering backend's host name ("500 ..." / "fail" otherwise)."""
+        args = ["/usr/bin/python3", HTTP_PROBE, "get", url, str(n), "--parallel", str(parallel)]
+        for k, v in (headers or {}).items():
+            args += ["--header", f"{k}: {v}"]
+        out = self.lab.host(client).cmd(" ".join(f"'{a}'" for a in args))
+        got = json.loads(out.strip().splitlines()[-1])
+        return {k.removeprefix("200 "): v for k, v in got.items()}
+
+    def wait_serving(self, url: str, timeout: float = 60.0) -> bool:
+        """True once a request from h11 to `url` is answered by a backend."""
+        return bool(until(lambda: "fail" not in self.get("h11", url, 1, parallel=1), timeout, 0.5))
+
+
+@contextmanager
+def waypoint_lab(folder, runtime: str | None = None):
+    """Controller (services app, metrics on), the lab with HTTP backends, the waypoint serving;
+    all stopped after. Raises RuntimeError if the lab or the waypoint does not come up."""
+    cfg = folder / "lab.yaml"
+    cfg.write_text(lab_config(folder, runtime))
+    port = free_port()
+    ctl = Controller(
+        ["apps/services"],
+        config=str(cfg),
+        log_path=str(folder / "ctl.log"),
+        extra=["--prometheus-port", str(port)],
+    ).start()
+    lab = Lab(LeafSpineTopo(2, 3, 3), ctl.port)
+    try:
+        lab.start()
+        if lab.wait_connected(timeout=60) is None:
+            raise RuntimeError("the lab never connected")
+        for host in BACKENDS:
+            lab.run_server(host, ["/usr/bin/python3", HTTP_PROBE, "serve", "80", "--name", host])
+        env = WaypointLab(ctl, lab, folder, port)
+        if not env.wait_serving(f"http://{VIP}/"):
+            raise RuntimeError("the waypoint never served:\n" + ctl.log()[-3000:])
+        yield env
+    finally:
+        lab.stop()
+        ctl.stop()
