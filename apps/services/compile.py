@@ -149,12 +149,29 @@ class ServicesCompiler:
             apply(to_controller(128)),
         )
 
+    def _backend_arps(self, service: Service) -> list[Flow]:
+        """Backends' MACs are learned here, after the firewall and microseg, never from a frame
+        that only reached classify (one ARP from any port could claim a backend). A waypointed
+        service learns them too, so they are known the moment a reload takes its waypoint away.
+        """
+        return [
+            self._f(
+                self.services_table,
+                BACKEND_ARP_PRIORITY,
+                {"eth_type": ETH_TYPE_ARP, "arp_spa": b.ip},
+                apply(to_controller(128)),
+                self._arp_on,
+            )
+            for b in service.backends
+        ]
+
     def waypoint_flows(self, service: Service) -> list[Flow]:
         """A waypointed service: ARP for its VIP, its VIP:port on to `services_track` untracked
         (where the replicas' select group takes it), anything else to the VIP dropped."""
         vip = {"eth_type": ETH_TYPE_IP, "ipv4_dst": service.vip}
         return [
             self._arp(service),
+            *self._backend_arps(service),
             self._f(
                 self.services_table,
                 VIP_PRIORITY,
@@ -181,18 +198,7 @@ class ServicesCompiler:
         track = conntrack(CT_ZONE, self.track, nested=(nat(),))
         flows = [
             self._arp(service),
-            # Backends' MACs are learned here, after the firewall and microseg, never from a
-            # frame that only reached classify (one ARP from any port could claim a backend).
-            *(
-                self._f(
-                    self.services_table,
-                    BACKEND_ARP_PRIORITY,
-                    {"eth_type": ETH_TYPE_ARP, "arp_spa": b.ip},
-                    apply(to_controller(128)),
-                    self._arp_on,
-                )
-                for b in service.backends
-            ),
+            *self._backend_arps(service),
             self._f(
                 self.services_table,
                 VIP_PRIORITY,

@@ -211,8 +211,7 @@ MUTATED_FILE = st.sampled_from(TREE_FILES).flatmap(
 )
 
 
-@cache
-def network():
+def fresh_network():
     """Every app on a small leaf-spine, the base lab applied, each host heard once."""
     core = Core()
     for app in (L2Learning, Firewall, Microseg, Services, ServiceChains):
@@ -224,6 +223,9 @@ def network():
     for mac in MACS[:6]:
         net.send(mac, BROADCAST, 0x0806, arp_spa=IP[mac], arp_tpa="10.0.0.254")
     return net
+
+
+network = cache(fresh_network)  # shared by the fuzz tests here; others take a fresh one
 
 
 def app_errors(core: Core) -> float:

@@ -338,6 +338,10 @@ def test_a_reload_reaches_the_running_waypoint_without_a_restart(tmp_path, fake_
     (tmp_path / "lab.yaml").write_text(plain + MESH)
     net.deliver(net.core.reload(lambda: load_config(path), net.now))
     assert runner.calls[-1] == "stop"
+    # v1-a is a backend of the switches' own path now: its MAC is learned from its answer to
+    # the app's ARP probe, at the services stage (never from an ARP that reached only classify;
+    # the fake hosts do not answer by themselves).
+    net.send(V1A, vip_mac(VIP), 0x0806, arp_op=2, arp_spa=IP[V1A], arp_tpa=VIP)
     got = syn(net)
     assert got.hosts == [V1A] and got.frames[0][1]["ipv4_dst"] == IP[V1A]  # NAT, as before
 
