@@ -145,7 +145,8 @@ class Election:
         return dict(owners)
 
     def _keep_lease(self, store: Store, now: float) -> None:
-        if self.lease is not None and now - self._refreshed >= self.ttl / 3:
+        # (`now` before the last refresh: a clock stepped back; refresh rather than wait.)
+        if self.lease is not None and not 0 <= now - self._refreshed < self.ttl / 3:
             if store.refresh(self.lease):
                 self._refreshed = now
             else:

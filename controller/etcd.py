@@ -45,14 +45,22 @@ class EtcdStore:
         self.clients = [
             Etcd3Client(host=h, port=p, protocol=s, timeout=timeout) for s, h, p in endpoints(urls)
         ]
+        self._last = 0  # the index of the endpoint that answered last
 
     def _call(self, op):
+        """`op(client)` on the endpoint that answered last, then on the others in turn: an
+        endpoint that accepts connections but never answers costs its timeout once, not on
+        every call. Raises StoreUnavailable naming every endpoint's failure."""
         errors = []
-        for client in self.clients:
+        order = self.clients[self._last :] + self.clients[: self._last]
+        for client in order:
             try:
-                return op(client)
+                result = op(client)
             except Exception as exc:  # requests' and etcd3gw's errors alike: try the next
                 errors.append(f"{client.host}:{client.port}: {type(exc).__name__}")
+                continue
+            self._last = self.clients.index(client)
+            return result
         raise StoreUnavailable("; ".join(errors))
 
     def grant(self, ttl: int) -> int:

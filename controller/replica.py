@@ -89,7 +89,8 @@ class ClusterLink:
             started = time.monotonic()
             before = self.election.leader_changes
             self.election.eligible = not self.shared.behind
-            owners = self.election.step(self.store, set(self.gate.switches), time.time())
+            # Monotonic: the election measures intervals, and a wall clock can step back.
+            owners = self.election.step(self.store, set(self.gate.switches), time.monotonic())
             self.leader_changes.labels(self.replica).inc(self.election.leader_changes - before)
             self.etcd_up.labels(self.replica).set(int(self.election.reachable))
             post(EventOwnership(owners))

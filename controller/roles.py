@@ -133,10 +133,15 @@ class RoleGate:
             self._demote(dpid, sw, f"{owner.replica} is master (generation {owner.generation})")
         return {dpid: [*msgs, msg]}
 
-    def role_reply(self, dpid: int, role: int, generation: int) -> tuple[dict[int, list], bool]:
-        """A ROLE_REPLY: (the writes held for it, True if this made us master)."""
+    def role_reply(
+        self, dpid: int, role: int, generation: int, xid: int | None = None
+    ) -> tuple[dict[int, list], bool]:
+        """A ROLE_REPLY: (the writes held for it, True if this made us master). A reply to an
+        earlier request than the last one sent (`xid` given and not the last request's) is
+        stale and changes nothing: a late MASTER reply must not open the gate after we asked
+        for SLAVE."""
         sw = self.switches.get(dpid)
-        if sw is None:
+        if sw is None or (xid is not None and sw.xid is not None and xid != sw.xid):
             return {}, False
         was, sw.confirmed = sw.confirmed, role
         if role != ofp.OFPCR_ROLE_MASTER:

@@ -403,7 +403,9 @@ class CoreApp(app_manager.OSKenApp):
         msg = ev.msg
         if self.cluster is None:
             return
-        held, promoted = self.cluster.gate.role_reply(msg.datapath.id, msg.role, msg.generation_id)
+        held, promoted = self.cluster.gate.role_reply(
+            msg.datapath.id, msg.role, msg.generation_id, msg.xid
+        )
         self._send(held)
         if promoted:  # what we wrote as a slave was dropped: read the switch, repair the rest
             self._send(self.core.resync(msg.datapath.id, time.time()))

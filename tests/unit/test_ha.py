@@ -51,8 +51,8 @@ class Lab:
         """Deliver a replica's messages (through its gate) and feed back replies and errors."""
         for dpid, msgs in r.gate.gate(outbox).items():
             sw = self.switches[dpid]
-            for _xid, role, gen in sw.apply_from(r.name, msgs):
-                held, promoted = r.gate.role_reply(dpid, role, gen)
+            for xid, role, gen in sw.apply_from(r.name, msgs):
+                held, promoted = r.gate.role_reply(dpid, role, gen, xid)
                 if promoted:
                     r.promotions.append(dpid)
                 self.wire(r, held)
@@ -321,3 +321,49 @@ def test_a_replica_behind_the_clusters_config_gives_up_its_switches_at_once(capl
     behind.election.eligible = True  # in step again: takes nothing back
     lab.run(2.0)
     assert all(m == ["b"] for m in lab.masters().values())
+
+
+def test_a_stale_master_reply_does_not_open_the_gate_after_a_slave_request():
+    gate = RoleGate("a", iter(range(1, 100)).__next__)
+    gate.connected(7)
+    (master_req,) = gate.ownership({7: Owner("a", 5)})[7]
+    (slave_req,) = gate.ownership({7: Owner("b", 6)})[7]  # b took it before the reply came
+    held, promoted = gate.role_reply(7, MASTER, 5, master_req.xid)  # late: ignored
+    assert not promoted and not gate.is_master(7)
+    assert gate.gate({7: [a_flow_mod()]}) == {}
+    gate.role_reply(7, SLAVE, 6, slave_req.xid)
+    assert gate.roles()[7] == "slave"
+
+
+def test_an_election_whose_clock_steps_back_keeps_its_lease():
+    etcd = FakeEtcd()
+    e = Election("a")
+    for t in (0.0, 0.4, 0.8):
+        etcd.now = t
+        e.step(etcd, {1}, t)
+    lease = e.lease
+    for i in range(1, 20):  # the clock it is given goes back an hour; etcd's keeps running
+        etcd.now = 0.8 + i * 0.1
+        e.step(etcd, {1}, 0.8 - 3600 + i * 0.1)
+    assert e.lease == lease and lease in etcd.leases  # refreshed all along
+
+
+def test_the_store_starts_at_the_endpoint_that_answered_last():
+    from controller.etcd import EtcdStore
+
+    class Client:
+        def __init__(self, host, answers):
+            self.host, self.port, self.answers, self.calls = host, 2379, answers, 0
+
+        def get_prefix(self, prefix):
+            self.calls += 1
+            if not self.answers:
+                raise TimeoutError("silent")
+            return []
+
+    store = EtcdStore("http://10.0.0.1:2379,http://10.0.0.2:2379")
+    silent, good = Client("10.0.0.1", False), Client("10.0.0.2", True)
+    store.clients = [silent, good]
+    for _ in range(5):
+        assert store.get_prefix("/osken/") == {}
+    assert (silent.calls, good.calls) == (1, 5)  # the silent one cost one timeout, not five
