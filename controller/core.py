@@ -103,6 +103,17 @@ class ApplyError(Exception):
         super().__init__(f"app {app} failed to apply it ({type(exc).__name__}: {exc})")
 
 
+def _groups_named(f: Flow) -> set[int]:
+    """The group ids a flow's apply and write actions send packets to."""
+    return {
+        a[1]
+        for ins in f.instructions
+        if ins[0] in ("apply", "write")
+        for a in ins[1]
+        if a[0] == "group"
+    }
+
+
 class Core:
     """The controller core: events in, OpenFlow messages out, no I/O of its own.
 
@@ -632,14 +643,22 @@ class Core:
             (pipeline.check_group, plan.adds["group"]),
             (pipeline.check_group, plan.mods["group"]),
         ]
-        for check, flows in checked:
+        groups: set[int] = set()  # refused here: a flow naming one would fail on the switch
+        for check, flows in reversed(checked):  # groups first
             refused = []
             for f in flows:
                 try:
                     check(f)
+                    named = groups & _groups_named(f) if isinstance(f, Flow) else set()
+                    if named:
+                        breach = f"names group {min(named):#x}, which was refused"
+                        stage = pipeline.stage(f.table).name
+                        raise PipelineViolation(f, stage, pipeline.app_of(f), breach)
                 except PipelineViolation as exc:
                     self._refuse(dpid, exc)
                     refused.append(id(f))
+                    if isinstance(f, Group):
+                        groups.add(f.group_id)
             if refused:
                 flows[:] = [f for f in flows if id(f) not in refused]
 

@@ -87,6 +87,22 @@ def port_info(p) -> PortInfo:
     return PortInfo(p.port_no, name.rstrip("\x00"), p.hw_addr, live)
 
 
+def wire_bytes(dpid: int, msgs: list, report: Callable[[Exception], None]) -> bytes:
+    """The messages serialised back to back. A message that cannot be encoded (a value the
+    encoder cannot send) is left out alone and `report`ed (ValueError naming the switch and the
+    message): the rest of the batch still goes."""
+    out = []
+    for msg in msgs:
+        try:
+            msg.serialize()
+        except Exception as exc:
+            what = f"{type(msg).__name__} xid {msg.xid}"  # str(msg) could fail the same way
+            report(ValueError(f"switch {dpid:016x}: not sent, cannot be encoded: {what}: {exc}"))
+            continue
+        out.append(msg.buf)
+    return b"".join(out)
+
+
 def guarded(handler: Callable) -> Callable:
     """Wrap an event handler so that no exception leaves it (see the module's failure policy)."""
 
@@ -203,12 +219,13 @@ class CoreApp(app_manager.OSKenApp):
             dp = self.datapaths.get(dpid)
             if dp is None or not msgs:
                 continue
-            # One write per switch per event: far cheaper than a queue hand-off per message.
             for msg in msgs:
                 if msg.xid is None:  # the core numbers its own requests, to route replies
                     dp.set_xid(msg)
-                msg.serialize()
-            dp.send(b"".join(msg.buf for msg in msgs))
+            # One write per switch per event: far cheaper than a queue hand-off per message.
+            dp.send(
+                wire_bytes(dpid, msgs, lambda exc: self.core.report_failure("core", "encode", exc))
+            )
 
     # --- config --------------------------------------------------------------------------------
 

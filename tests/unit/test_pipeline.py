@@ -393,6 +393,26 @@ def test_a_refused_group_is_logged_counted_and_never_sent(caplog):
     assert net.converse(MACS[0], MACS[1])
 
 
+def test_a_flow_naming_a_group_refused_in_the_same_plan_is_refused_with_it(caplog):
+    """The switch would refuse the flow (OFPBAC_BAD_OUT_GROUP), and in a bundle that error
+    fails every flow of the reload: the flow goes with its group, the rest is sent."""
+    net = l2_network()
+    net.core.strict_pipeline = False
+    bad = group(0x0200_7777, "select", [bucket(output(ofp.OFPP_TABLE))])
+    uses = flow(FWD, 9, {"eth_dst": MAC}, apply(group_action(0x0200_7777)), cookie=L2)
+    fine = flow(FWD, 9, {"eth_dst": "02:00:00:00:99:99"}, apply(output(1)), cookie=L2)
+    net.core.desired.put_groups(("l2", "bad"), {201: [bad]})
+    net.core.desired.put(("l2", "bad"), {201: [uses, fine]})
+    with caplog.at_level(logging.ERROR, logger="osken_suite.core"):
+        net.advance(0.5)
+    held = net.switches[201].flows()
+    assert 0x0200_7777 not in net.switches[201].groups
+    assert not any("group:0x2007777" in str(f) or "2007777" in str(f) for f in held)
+    assert any("99:99" in str(f) for f in held)
+    assert "names group 0x2007777, which was refused" in caplog.text
+    assert net.converse(MACS[0], MACS[1])
+
+
 def test_refusals_repeated_per_host_cannot_flood_the_log_and_each_kind_is_logged(caplog):
     net = l2_network()
     net.core.strict_pipeline = False
