@@ -120,6 +120,7 @@ class CoreView:
         send: Callable[[int, list], None],
         request_flow_stats: Callable[[SuiteApp, int, int, int, int], None],
         is_master: Callable[[int], bool] = lambda dpid: True,
+        loaded: Callable[[str], bool] = lambda app: False,
     ) -> None:
         self.pipeline = pipeline
         self.topology = topology
@@ -129,6 +130,11 @@ class CoreView:
         self._send = send
         self._request_flow_stats = request_flow_stats
         self._is_master = is_master
+        self._loaded = loaded
+
+    def loaded(self, app: str) -> bool:
+        """Whether the app named `app` (its `name`, e.g. "services") runs in this controller."""
+        return self._loaded(app)
 
     def connected(self) -> list[int]:
         """The dpids of every connected switch, in any phase, ascending."""

@@ -188,6 +188,7 @@ class Core:
             self.send,
             self.request_flow_stats,
             lambda dpid: self.is_master(dpid),
+            lambda name: any(a.name == name for a in self.apps),
         )
 
     @property

@@ -3,7 +3,8 @@
 The config's `endpoints:` section belongs to the core, not to one app: microsegmentation, the
 services and the service chains all read it, each through `parse_endpoints`. Its schema
 is `ENDPOINTS_SCHEMA` (a Kubernetes EndpointSlice reduced to what a lab needs: name, namespace,
-one address, an optional MAC, labels, named ports).
+one address, an optional MAC, labels, named ports, and the Kubernetes ServiceAccount that gives
+the workload its Istio principal `cluster.local/ns/<namespace>/sa/<service_account>`).
 
 >>> from controller.config import Config
 >>> config = Config(data={"endpoints": [{"name": "web", "ip": "10.0.0.1", "labels": {"app": "w"}}]})
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from controller.config import LABELS, Config
 
 DEFAULT_NAMESPACE = "default"
+DEFAULT_SERVICE_ACCOUNT = "default"  # Kubernetes' own default ServiceAccount
+TRUST_DOMAIN = "cluster.local"  # Istio's default trust domain
 Labels = tuple[tuple[str, str], ...]
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -33,6 +36,11 @@ ENDPOINTS_SCHEMA = {
         "properties": {
             "name": {"type": "string"},
             "namespace": {"type": "string"},
+            # Kubernetes ServiceAccount name (a DNS subdomain): the workload's Istio principal
+            "service_account": {
+                "type": "string",
+                "pattern": "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+            },
             "ip": {"type": "string"},
             "mac": {"type": "string"},
             "labels": LABELS,
@@ -87,6 +95,12 @@ class Endpoint:
     mac: str | None
     labels: Labels
     ports: tuple[NamedPort, ...] = ()
+    service_account: str = DEFAULT_SERVICE_ACCOUNT
+
+    @property
+    def principal(self) -> str:
+        """Istio's principal for the workload: cluster.local/ns/<namespace>/sa/<account>."""
+        return f"{TRUST_DOMAIN}/ns/{self.namespace}/sa/{self.service_account}"
 
     @property
     def family(self) -> int:
@@ -145,6 +159,7 @@ def parse_endpoints(config: Config) -> list[Endpoint]:
                 mac.lower() if mac else None,
                 labels_of(spec.get("labels")),
                 ports,
+                spec.get("service_account", DEFAULT_SERVICE_ACCOUNT),
             )
         )
     return out

@@ -75,7 +75,7 @@ SUITE_APPS = MappingProxyType(
         "l2_learning": ("apps.l2_learning", ("l2",)),
         "firewall": ("apps.firewall", ("firewall",)),
         "microseg": ("apps.microseg", ("policies",)),
-        "services": ("apps.services", ("services", "routing", "mesh")),
+        "services": ("apps.services", ("services", "routing", "mesh", "policies")),
         "chains": ("apps.chains", ("chains",)),
         "mirror": ("apps.mirror", ("mirror",)),
     }

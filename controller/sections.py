@@ -47,6 +47,11 @@ CORE_SCHEMAS = MappingProxyType(
 # The suite's own apps, by the sections they read, from the pipeline declaration's SUITE_APPS
 # (tests/unit/test_app_contract.py keeps it true to the apps' class data). Only names: the core
 # imports no app.
+# A section that two apps share (`policies`) names both.
 SUITE_SECTIONS = MappingProxyType(
-    {section: module for module, sections in SUITE_APPS.values() for section in sections}
+    {
+        section: " or ".join(m for m, read in SUITE_APPS.values() if section in read)
+        for _, sections in SUITE_APPS.values()
+        for section in sections
+    }
 )

@@ -17,6 +17,7 @@ labels, and the policy files, read unmodified (docs/microseg.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Hashable
 from types import MappingProxyType
@@ -24,11 +25,13 @@ from types import MappingProxyType
 from apps.microseg.compile import BOUND, COOKIE, CT_ZONE, MicrosegCompiler, verdicts
 from apps.microseg.explain import explain_flow
 from apps.microseg.model import IdentityAllocator, World, build_world
-from apps.microseg.settings import POLICIES_SCHEMA, MicrosegSettings, parse_microseg
+from apps.microseg.policy import parse_policy
+from apps.microseg.settings import MicrosegSettings, parse_microseg
 from controller.app import PacketIn, SuiteApp
 from controller.config import DocumentCache
 from controller.flows import Flow, ct_flush_zone
 from controller.packets import source_ip
+from controller.policydocs import POLICIES_SCHEMA
 
 LOG = logging.getLogger("osken_suite.microseg")
 SPOOF_LOG_INTERVAL = 10.0
@@ -45,6 +48,7 @@ class Microseg(SuiteApp):
         super().__init__(core)
         self.compiler = MicrosegCompiler(core.pipeline)
         self.documents = DocumentCache()  # policy files parsed at earlier loads
+        self._parse_policy = functools.partial(parse_policy, loaded=core.loaded)
         self.allocator = IdentityAllocator()
         self.settings = MicrosegSettings()
         self.world = World()
@@ -68,7 +72,7 @@ class Microseg(SuiteApp):
     # --- config --------------------------------------------------------------------------------
 
     def parse_config(self, section, config) -> MicrosegSettings:
-        settings = parse_microseg(section, config, self.documents)
+        settings = parse_microseg(section, config, self.documents, self._parse_policy)
         identities = {(e.namespace, e.labels) for e in settings.endpoints}
         if len(identities) > IdentityAllocator.MAX:
             raise config.error(

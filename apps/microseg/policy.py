@@ -24,12 +24,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from apps.microseg.model import Selector
 from controller.config import LABELS, OBJECT_HEADER, ConfigError, Document
 from controller.endpoints import DEFAULT_NAMESPACE
 from controller.matches import IPNetwork
+from controller.policydocs import is_mine
 
 LOG = logging.getLogger("osken_suite.microseg")
 CILIUM_NAMESPACE_KEY = "io.kubernetes.pod.namespace"
@@ -293,17 +295,17 @@ def cilium_key(key: str) -> str:
     return key
 
 
-def parse_policy(doc: Document) -> list[Policy]:
-    """One YAML document: a NetworkPolicy or CiliumNetworkPolicy (several `specs` allowed)."""
+def parse_policy(doc: Document, loaded: Callable[[str], bool] = lambda app: False) -> list[Policy]:
+    """One YAML document: a NetworkPolicy or CiliumNetworkPolicy (several `specs` allowed);
+    nothing for a kind another suite app enforces (controller/policydocs.py; `loaded(app)`
+    says whether that app runs here)."""
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error((), "a policy document must be a mapping")
     doc.validate(OBJECT_HEADER)
-    kind = data.get("kind")
-    if kind not in KINDS:
-        raise doc.error(
-            ("kind",), f"{kind!r} is not a policy kind this app reads ({', '.join(KINDS)})"
-        )
+    if not is_mine(doc, "microseg", loaded):
+        return []
+    kind = data["kind"]
     _check_unsupported(doc, data)
     doc.validate(KINDS[kind])
     namespace = data["metadata"].get("namespace") or DEFAULT_NAMESPACE

@@ -2,18 +2,18 @@
 
 `policies` lists files or folders (every *.yaml / *.yml in them, in name order) of YAML
 documents, used unmodified. Each file and folder is watched: editing, adding or removing a
-policy file reloads the config.
+policy file reloads the config. The section is shared with the services app, which enforces the
+Istio kinds in it (controller/policydocs.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from apps.microseg.policy import Policy, check_unique, parse_policy
-from controller.config import Config, DocumentCache
+from controller.config import Config, Document, DocumentCache
 from controller.endpoints import Endpoint, labels_of, parse_endpoints
-
-POLICIES_SCHEMA = {"type": "array", "items": {"type": "string"}}  # files or folders
 
 
 @dataclass
@@ -32,11 +32,17 @@ def parse_namespaces(config: Config) -> dict[str, tuple]:
     return out
 
 
-def parse_microseg(section, config: Config, documents: DocumentCache) -> MicrosegSettings:
+def parse_microseg(
+    section,
+    config: Config,
+    documents: DocumentCache,
+    parse: Callable[[Document], list[Policy]] = parse_policy,
+) -> MicrosegSettings:
     """Everything checked; the first problem is raised, located. `documents` keeps what the
-    policy files parsed to, so a reload parses again only the files that changed."""
+    policy files parsed to (by `parse`, one function for the app's life), so a reload parses
+    again only the files that changed."""
     settings = MicrosegSettings(parse_namespaces(config), parse_endpoints(config))
     for _, path in config.listed_files("policies"):
-        settings.policies += documents.parsed(path, parse_policy)
+        settings.policies += documents.parsed(path, parse)
     check_unique(settings.policies)
     return settings

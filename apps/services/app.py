@@ -26,6 +26,7 @@ import logging
 from types import MappingProxyType
 
 from apps.services.arp import ArpProber, MacTable, vip_reply
+from apps.services.authz import parse_security
 from apps.services.backends import Locations
 from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
 from apps.services.drain import Draining
@@ -43,9 +44,10 @@ from apps.services.settings import (
 )
 from apps.services.waypoint import WaypointDriver
 from controller.app import PacketIn, SuiteApp
-from controller.config import DocumentCache
+from controller.config import Document, DocumentCache
 from controller.flows import Flow, output, packet_out
 from controller.packets import ETH_TYPE_ARP, connection_of, parse_arp
+from controller.policydocs import POLICIES_SCHEMA, is_mine
 
 LOG = logging.getLogger("osken_suite.services")
 ANNOUNCE_EVERY = 2.0  # seconds between gratuitous ARPs of waypoint replicas not located yet
@@ -59,7 +61,12 @@ class Services(SuiteApp):
     name = "services"
     config_section = "services"
     config_schemas = MappingProxyType(
-        {"services": SERVICES_SCHEMA, "routing": ROUTING_SCHEMA, "mesh": MESH_SCHEMA}
+        {
+            "services": SERVICES_SCHEMA,
+            "routing": ROUTING_SCHEMA,
+            "mesh": MESH_SCHEMA,
+            "policies": POLICIES_SCHEMA,  # shared with microseg: its Istio kinds are ours
+        }
     )
     requires = ("apps.l2_learning",)  # forwarding comes from the L2 app
     cookie = COOKIE
@@ -80,6 +87,14 @@ class Services(SuiteApp):
         self.live_backends = self.metrics.live_backends
         self.waypoint = WaypointDriver()
         self._announce_at = 0.0
+        self._loaded = core.loaded
+
+    def _parse_policy(self, doc: Document) -> list:
+        """A `policies:` document: the Istio security kinds are ours (authz.py), the rest is
+        another app's (controller/policydocs.py)."""
+        if not isinstance(doc.data, dict) or not is_mine(doc, self.name, self._loaded):
+            return []
+        return parse_security(doc)
 
     @property
     def draining(self) -> list[tuple[Service, float]]:
@@ -89,7 +104,7 @@ class Services(SuiteApp):
     # --- config --------------------------------------------------------------------------------
 
     def parse_config(self, section, config) -> ServicesSettings:
-        settings = parse_services(section, config, self.documents)
+        settings = parse_services(section, config, self.documents, self._parse_policy)
         for i, s in enumerate(settings.services):
             if len(s.backends) > MAX_BACKENDS or len(s.routes) > MAX_ROUTES:
                 raise config.error(
@@ -104,6 +119,7 @@ class Services(SuiteApp):
         self.drain.retire(old, settings.services, self.placement.resolved, now)
         self.picker.configure(old, settings.services)
         self.prober.restart(now)
+        self._save_certificates(settings)
         self.waypoint.configure(settings.mesh, settings.plan)
         self.locations.held = self.waypoint.held()
         self._install()
@@ -118,6 +134,19 @@ class Services(SuiteApp):
                 s.method,
                 "; ".join(self._describe(s, r) for r in range(len(s.routes))) or "backups only",
             )
+
+    @staticmethod
+    def _save_certificates(settings: ServicesSettings) -> None:
+        """Write the lab CA and the certificates issued for this config (only what is new)."""
+        if settings.ca is None:
+            return
+        try:
+            written = settings.ca.save()
+        except OSError as exc:
+            LOG.error("mesh: could not write certificates to %s: %s", settings.ca.folder, exc)
+            return
+        if written:
+            LOG.info("mesh: certificates issued in %s for %s", settings.ca.folder, written)
 
     @staticmethod
     def _describe(s: Service, r: int) -> str:

@@ -2,12 +2,16 @@
 
 ```yaml
 mesh:
+  certs_dir: mesh-certs          # the lab CA's folder, relative to the config (the default)
   waypoint:
     bridge: s1                   # the Open vSwitch bridge the replicas plug into
     addresses: [10.0.0.250/8]    # one per replica: its address on the lab's network
     concurrency: 1               # Envoy worker threads per replica (optional)
     runtime: docker              # or namespace (optional; Docker when a daemon answers)
 ```
+
+With a `mesh` section, the lab CA (vnf/waypoint/ca.py) gives every endpoint a certificate for
+its Istio principal in `certs_dir`, and the waypoint one of its own for the VIPs it serves.
 
 A service is waypointed when `mesh.waypoint` is set and its routing document has a rule with
 request conditions (headers, URI, method, query...). Such a service's VIP:port is steered by
@@ -24,21 +28,30 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 
 from apps.services.routing import HTTPRoute, RouteRule
 from controller.config import Config
-from vnf.waypoint.model import Cluster, Endpoint, HttpMatch, Listener, Route
+from controller.endpoints import Endpoint as Workload
+from vnf.waypoint.ca import WAYPOINT as WAYPOINT_CERTS
+from vnf.waypoint.ca import MeshCA, spiffe_id, usable_name
+from vnf.waypoint.model import Cluster, Endpoint, HttpMatch, Listener, Route, Tls
 from vnf.waypoint.runner import Spec, replica_mac
 
 WAYPOINT_NAME = "waypoint"
 MAX_REPLICAS = 16
+DEFAULT_CERTS_DIR = "mesh-certs"
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# The waypoint's own identity (Istio names a waypoint's ServiceAccount after it).
+WAYPOINT_PRINCIPAL = "cluster.local/ns/istio-system/sa/waypoint"
 
 MESH_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
+        "certs_dir": {"type": "string", "minLength": 1},
         "waypoint": {
             "type": "object",
             "additionalProperties": False,
@@ -154,3 +167,43 @@ def listener(
 def is_gateway(doc: object) -> bool:
     """Whether a routing document's matches follow Gateway API precedence (not list order)."""
     return isinstance(doc, HTTPRoute)
+
+
+def mesh_ca(config: Config, workloads: list[Workload]) -> MeshCA | None:
+    """With a `mesh` section: the lab CA of `mesh.certs_dir`, with a certificate for every
+    endpoint's principal (kept from disk when still good, else issued in memory: nothing is
+    written until the config is applied). None without the section.
+
+    Raises:
+        ConfigError: an endpoint name that cannot be a folder name, or a CA folder whose files
+            do not belong together; located.
+    """
+    section = config.section("mesh")
+    if section is None:
+        return None
+    for i, w in enumerate(config.section("endpoints") or []):
+        if not usable_name(w["name"]):
+            raise config.error(
+                ("endpoints", i, "name"),
+                f"{w['name']!r} cannot name its certificate's folder in mesh.certs_dir "
+                "(no '/', no leading '.')",
+            )
+    folder = config.resolve(section.get("certs_dir", DEFAULT_CERTS_DIR))
+    try:
+        ca = MeshCA.open(folder)
+    except ValueError as exc:
+        raise config.error(("mesh", "certs_dir"), str(exc)) from None
+    for w in workloads:
+        ca.issue(w.name, spiffe_id(w.principal))
+    return ca
+
+
+def waypoint_tls(ca: MeshCA | None, listeners: list[Listener]) -> Tls | None:
+    """The waypoint's certificate (its principal, and the services' names and VIPs as DNS and
+    IP SANs, so clients can check whom they reach) and the CA; None without a CA."""
+    if ca is None:
+        return None
+    names = tuple(sorted({x.name for x in listeners if _DNS_NAME.match(x.name)}))
+    vips = tuple(sorted({x.vip for x in listeners}))
+    issued = ca.issue(WAYPOINT_CERTS, spiffe_id(WAYPOINT_PRINCIPAL), names, vips)
+    return Tls(issued.cert, issued.key, ca.pem)

@@ -31,6 +31,7 @@ LOG = logging.getLogger("osken_suite.services")
 
 ISTIO_GROUP = "networking.istio.io/"
 GATEWAY_GROUP = "gateway.networking.k8s.io/"
+SECURITY_GROUP = "security.istio.io/"
 GATEWAY_MAX_ITEMS = 16  # rules per HTTPRoute, backendRefs per rule (the CRD's maxItems)
 
 _HTTPROUTE_MATCH_L7 = {"headers", "queryParams", "method"}
@@ -423,7 +424,8 @@ def parse_routing(doc: Document) -> RoutingDoc | None:
     api, kind = str(data.get("apiVersion", "")), data.get("kind")
     found = next((f for (g, k), f in _KINDS.items() if api.startswith(g) and kind == k), None)
     if found is None:
-        LOG.info("%s: %s %s is not a routing document; skipped", doc.path, api, kind)
+        if not api.startswith(SECURITY_GROUP):  # those are read as security (authz.py)
+            LOG.info("%s: %s %s is not a routing document; skipped", doc.path, api, kind)
         return None
     parse, schema = found
     doc.validate(schema)

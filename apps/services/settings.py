@@ -13,16 +13,26 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
+from apps.services.authz import (
+    SecurityDoc,
+    ServiceSecurity,
+    for_service,
+    parse_security,
+    warn_unenforced,
+)
 from apps.services.mesh import (
     Mesh,
     RoutedRule,
     is_gateway,
     listener,
+    mesh_ca,
     needs_waypoint,
     parse_mesh,
+    waypoint_tls,
 )
 from apps.services.routing import (
     Destination,
@@ -36,9 +46,10 @@ from apps.services.routing import (
     reject_l7,
     short_host,
 )
-from controller.config import Config, DocumentCache
+from controller.config import Config, Document, DocumentCache
 from controller.endpoints import Endpoint, parse_endpoints
 from vnf.waypoint import envoy
+from vnf.waypoint.ca import MeshCA
 from vnf.waypoint.model import Cluster, Listener, Plan
 
 LOG = logging.getLogger("osken_suite.services")
@@ -130,6 +141,7 @@ class ServicesSettings:
     services: list[Service] = field(default_factory=list)
     mesh: Mesh | None = None  # where the waypoint runs, if the config has one
     plan: Plan = field(default_factory=Plan)  # what it serves (no listener: it need not run)
+    ca: MeshCA | None = None  # the lab CA and what it issued, saved when applied
 
 
 def _endpoint(config: Config, where: tuple, name: str, endpoints: dict) -> Endpoint:
@@ -271,6 +283,18 @@ def _routing_docs(config: Config, documents: DocumentCache) -> list[RoutingDoc]:
     ]
 
 
+def _security_docs(
+    config: Config, documents: DocumentCache, parse_policies: Callable[[Document], list]
+) -> list[SecurityDoc]:
+    """AuthorizationPolicies and PeerAuthentications from `routing:` and `policies:` files,
+    in the config's order (routing first)."""
+    out = []
+    for section, parse in (("routing", parse_security), ("policies", parse_policies)):
+        for _, path in config.listed_files(section):
+            out += documents.parsed(path, parse)
+    return out
+
+
 def _vip(config: Config, i: int, spec: dict, taken: dict) -> str:
     try:
         vip = str(ipaddress.IPv4Address(spec["vip"]))
@@ -285,17 +309,26 @@ def _vip(config: Config, i: int, spec: dict, taken: dict) -> str:
     return vip
 
 
-def parse_services(section, config: Config, documents: DocumentCache) -> ServicesSettings:
+def parse_services(
+    section,
+    config: Config,
+    documents: DocumentCache,
+    parse_policies: Callable[[Document], list] = parse_security,
+) -> ServicesSettings:
     """Everything checked and resolved; the first problem is raised, located. `documents`
-    keeps what the routing files parsed to, so a reload parses again only those that changed."""
+    keeps what the routing and policy files parsed to, so a reload parses again only those
+    that changed; `parse_policies` reads a `policies:` document (one function for the app's
+    life: the cache knows it by identity)."""
     endpoints = {e.name: e for e in parse_endpoints(config)}
     specs = section or []
     listed, backups = _listed_by_name(config, specs, endpoints)
     docs = _routing_docs(config, documents)
+    security = _security_docs(config, documents, parse_policies)
     resolver = _Resolver(config, endpoints, listed, docs)
     mesh = parse_mesh(config)
-    settings = ServicesSettings(endpoints, mesh=mesh)
+    settings = ServicesSettings(endpoints, mesh=mesh, ca=mesh_ca(config, list(endpoints.values())))
     used: set[int] = set()
+    enforced: set[int] = set()
     vips: dict = {}
     listeners: list[Listener] = []
     clusters: list[Cluster] = []
@@ -304,12 +337,18 @@ def parse_services(section, config: Config, documents: DocumentCache) -> Service
         mine = _routing_of(spec["name"], docs)
         if mine is not None:
             used.add(mine[0])
-        if mesh is not None and mine is not None and needs_waypoint(mine[1].rules):
-            x, used_clusters = _waypointed(config, i, spec, vip, mine[1], resolver)
-            listeners.append(x)
-            clusters += used_clusters
-            settings.services.append(_waypoint_service(spec, vip, mesh, x))
-            continue
+        if mesh is not None:
+            members = _members(spec, mine, resolver, listed, backups)
+            sec = for_service(
+                [(endpoints[b.endpoint], b.port) for b in members], spec["port"], security
+            )
+            if (mine is not None and needs_waypoint(mine[1].rules)) or sec.needs_waypoint:
+                x, used_clusters = _waypointed(config, i, spec, vip, mine, resolver, listed, sec)
+                enforced |= {id(p) for p in sec.policies}
+                listeners.append(x)
+                clusters += used_clusters
+                settings.services.append(_waypoint_service(spec, vip, mesh, x))
+                continue
         routes, members = _routes(config, i, spec, mine, resolver, listed, backups)
         settings.services.append(
             Service(
@@ -324,23 +363,54 @@ def parse_services(section, config: Config, documents: DocumentCache) -> Service
             )
         )
     _warn_unrouted(docs, used)
-    settings.plan = Plan(tuple(listeners), tuple(clusters))
+    warn_unenforced(security, enforced, mesh is not None)
+    tls = waypoint_tls(settings.ca, listeners) if listeners else None
+    settings.plan = Plan(tuple(listeners), tuple(clusters), tls)
     if listeners:
         _check_with_envoy(config, settings.plan)
     return settings
 
 
+def _members(
+    spec: dict, mine: tuple[int, RoutingDoc] | None, resolver: _Resolver, listed, backups
+) -> list[Backend]:
+    """Every backend service `spec` may send to: its routing's destinations, else its own
+    backends and backups."""
+    if mine is None:
+        return [b for b, _ in listed[spec["name"]] + backups[spec["name"]]]
+    doc = mine[1]
+    return [
+        b
+        for rule in doc.rules
+        for dest in rule.destinations
+        for b in resolver.pool(spec["port"], dest, doc.doc)
+    ]
+
+
 def _waypointed(
-    config: Config, i: int, spec: dict, vip: str, doc: RoutingDoc, resolver: _Resolver
+    config: Config,
+    i: int,
+    spec: dict,
+    vip: str,
+    mine: tuple[int, RoutingDoc] | None,
+    resolver: _Resolver,
+    listed: dict,
+    sec: ServiceSecurity,
 ) -> tuple[Listener, list[Cluster]]:
-    """The waypoint's listener for service `spec` (config item `i`) and its clusters, from its
-    routing document's rules. A rule with source conditions is rejected by name (the waypoint
+    """The waypoint's listener for service `spec` (config item `i`) and its clusters: from its
+    routing document's rules, else one route over its own backends; with the authorization
+    rules and mTLS mode `sec`. A rule with source conditions is rejected by name (the waypoint
     routes on the request alone). Raises ConfigError for a service that is not TCP."""
     if spec.get("protocol", "tcp").lower() != "tcp":
         raise config.error(("services", i, "protocol"), "an HTTP waypoint serves TCP services")
     routed, addresses = [], {}
-    for rule in doc.rules:
-        route, found = resolver.route(rule, spec, doc.doc)
+    if mine is None:
+        own = listed[spec["name"]]
+        addresses = {b.key: (b.ip, b.port) for b, _ in own}
+        rule = RouteRule((), (), f"services[{i}]")
+        routed.append(RoutedRule(rule, tuple((b.key, w) for b, w in own)))
+    for rule in mine[1].rules if mine is not None else ():
+        route, found = resolver.route(rule, spec, mine[1].doc)
         if route is None:
             continue
         if route.sources is not None:
@@ -354,7 +424,9 @@ def _waypointed(
             continue
         addresses.update({b.key: (b.ip, b.port) for b in found})
         routed.append(RoutedRule(rule, route.split))
-    return listener(spec["name"], vip, spec["port"], routed, addresses, is_gateway(doc))
+    gateway = mine is not None and is_gateway(mine[1])
+    x, clusters = listener(spec["name"], vip, spec["port"], routed, addresses, gateway)
+    return replace(x, deny=sec.deny, allow=sec.allow, mtls=sec.mtls), clusters
 
 
 def _waypoint_service(spec: dict, vip: str, mesh: Mesh, x: Listener) -> Service:

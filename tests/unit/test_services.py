@@ -372,7 +372,8 @@ def test_every_seed_routing_file_loads_and_says_what_it_cannot_enforce(tmp_path,
     text = caplog.text
     assert "gateway-api.yml" in text and "spec.rules.0.matches.0.headers" in text
     assert "istio-configuration.yml" in text and "spec.http.0.match.0.headers" in text
-    assert "AuthorizationPolicy is not a routing document" in text
+    # read as a security policy now (issue 15), and said to be unenforced without a waypoint
+    assert "AuthorizationPolicy default/service-auth is not enforced" in text
     assert "advanced-routing names no service" in text  # its hosts are service.example.com
     assert "spec.trafficPolicy" in text  # connection pools are not the switch's to enforce
     assert "not used by any loaded app" not in text

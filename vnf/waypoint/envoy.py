@@ -24,7 +24,8 @@ import subprocess
 import tempfile
 from typing import Any
 
-from vnf.waypoint.model import Cluster, HttpMatch, Listener, Plan, StringMatch
+from vnf.waypoint import rbac
+from vnf.waypoint.model import Cluster, HttpMatch, Listener, Plan, StringMatch, Tls
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -33,6 +34,12 @@ HCM = (
     "HttpConnectionManager"
 )
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+TLS_INSPECTOR = (
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+)
+# Client certificates must carry a SPIFFE ID of the mesh's trust domain (Istio's principals).
+SPIFFE_PREFIX = "spiffe://cluster.local/"
 CONNECT_TIMEOUT = "2s"
 VALIDATE_TIMEOUT = 20.0  # seconds; a validation takes about 0.1 s here
 
@@ -89,10 +96,42 @@ def route_match(m: HttpMatch | None) -> dict:
     return out
 
 
-def listener(x: Listener) -> dict:
-    """One service's listener on its VIP and port: HTTP, its routes in order, then the router.
-    Clusters are not checked when the routes load (validate_clusters off): a reload brings new
-    clusters and routes together, and Envoy may read either file first."""
+def tls_socket(tls: Tls) -> dict:
+    """The transport socket of an mTLS filter chain: the waypoint's certificate, and a client
+    certificate required, chaining to the mesh CA and carrying a SPIFFE URI SAN."""
+    context = {
+        "@type": TLS,
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "tls_certificates": [
+                {
+                    "certificate_chain": {"inline_string": tls.cert},
+                    "private_key": {"inline_string": tls.key},
+                }
+            ],
+            "validation_context": {
+                "trusted_ca": {"inline_string": tls.ca},
+                "match_typed_subject_alt_names": [
+                    {"san_type": "URI", "matcher": {"prefix": SPIFFE_PREFIX}}
+                ],
+            },
+        },
+    }
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def listener(x: Listener, tls: Tls | None = None) -> dict:
+    """One service's listener on its VIP and port: HTTP, its RBAC filters (rbac.py), its
+    routes in order, then the router. Clusters are not checked when the routes load
+    (validate_clusters off): a reload brings new clusters and routes together, and Envoy may
+    read either file first.
+
+    mTLS (`x.mtls`): STRICT takes only TLS with a client certificate from the mesh CA;
+    PERMISSIVE takes that or plain text (told apart by the TLS inspector); DISABLE plain text.
+
+    Raises:
+        ValueError: mTLS is asked for and `tls` is None.
+    """
     routes = [
         {"name": r.origin, "match": route_match(r.match), "route": {"cluster": r.cluster}}
         for r in x.routes
@@ -105,20 +144,31 @@ def listener(x: Listener) -> dict:
             "validate_clusters": False,
             "virtual_hosts": [{"name": x.name, "domains": ["*"], "routes": routes}],
         },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "http_filters": rbac.filters(x)
+        + [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }
-    return {
+    filters = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    out: dict[str, Any] = {
         "name": x.name,
         "address": {"socket_address": {"address": x.vip, "port_value": x.port}},
         "freebind": True,  # the VIP may reach the waypoint's loopback a moment later
-        "filter_chains": [
-            {
-                "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
-            }
-        ],
     }
+    if x.mtls == "DISABLE":
+        out["filter_chains"] = [{"filters": filters}]
+        return out
+    if tls is None:
+        raise ValueError(f"listener {x.name}: mTLS {x.mtls} needs the waypoint's certificate")
+    secure = {"filters": filters, "transport_socket": tls_socket(tls)}
+    if x.mtls == "STRICT":
+        out["filter_chains"] = [secure]
+        return out
+    secure["filter_chain_match"] = {"transport_protocol": "tls"}
+    plain = {"filter_chain_match": {"transport_protocol": "raw_buffer"}, "filters": filters}
+    out["listener_filters"] = [
+        {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": TLS_INSPECTOR}}
+    ]
+    out["filter_chains"] = [secure, plain]
+    return out
 
 
 def cluster(c: Cluster) -> dict:
@@ -141,7 +191,7 @@ def cluster(c: Cluster) -> dict:
 
 def resources(plan: Plan) -> tuple[list[dict], list[dict]]:
     """(listeners, clusters) as typed v3 resources, for the discovery files."""
-    listeners = [{"@type": LISTENER, **listener(x)} for x in plan.listeners]
+    listeners = [{"@type": LISTENER, **listener(x, plan.tls)} for x in plan.listeners]
     clusters = [{"@type": CLUSTER, **cluster(c)} for c in plan.clusters]
     return listeners, clusters
 
@@ -174,7 +224,7 @@ def static_bootstrap(plan: Plan, admin_socket: str) -> str:
     doc = {
         "admin": {"address": {"pipe": {"path": admin_socket}}},
         "static_resources": {
-            "listeners": [listener(x) for x in plan.listeners],
+            "listeners": [listener(x, plan.tls) for x in plan.listeners],
             "clusters": [cluster(c) for c in plan.clusters],
         },
     }
