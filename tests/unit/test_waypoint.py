@@ -350,3 +350,16 @@ def test_the_rendered_version_follows_the_content():
     plan = Plan((Listener("s", VIP, 80, ()),), ())
     assert rendered(plan)[0] == rendered(Plan((Listener("s", VIP, 80, ()),), ()))[0]
     assert rendered(plan)[0] != rendered(Plan((Listener("s", VIP, 81, ()),), ()))[0]
+
+
+def test_a_generation_holding_the_waypoints_key_is_readable_by_its_owner_only(tmp_path):
+    import stat
+
+    from vnf.waypoint.files import write_generation
+
+    write_generation(str(tmp_path), "v1", '{"key": "-----BEGIN PRIVATE KEY-----"}', "{}")
+    gen = tmp_path / "..gen-v1"
+    assert stat.S_IMODE(gen.stat().st_mode) == 0o700
+    for name in ("lds.json", "cds.json"):
+        assert stat.S_IMODE((gen / name).stat().st_mode) == 0o600
+    assert (tmp_path / "lds.json").read_text().startswith('{"key"')  # through the swap link

@@ -28,14 +28,17 @@ CDS = "cds.json"
 
 def write_generation(folder: str, version: str, lds: str, cds: str) -> None:
     """Put generation `version` (the texts of lds.json and cds.json) in force in `folder`,
-    atomically; older generations are removed after the swap."""
+    atomically; older generations are removed after the swap. lds.json holds the waypoint's
+    private key (its TLS listener): each generation is readable by its owner only (0700, 0600).
+    """
     os.makedirs(folder, exist_ok=True)
     gen = f"..gen-{version}"
     path = os.path.join(folder, gen)
     shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path)
+    os.makedirs(path, mode=0o700)
     for name, text in ((LDS, lds), (CDS, cds)):
-        with open(os.path.join(path, name), "w") as fh:
+        fd = os.open(os.path.join(path, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
             fh.write(text)
     tmp = os.path.join(folder, "..data.tmp")
     if os.path.lexists(tmp):
