@@ -26,6 +26,7 @@ from controller.app import CoreView, PacketIn, SuiteApp
 from controller.config import Config, ConfigError, SectionChecker
 from controller.desired import DesiredState
 from controller.discovery import Discovery
+from controller.flowlog import FlowLog, FlowLogSettings, log_meters, parse_flow_log
 from controller.flows import (
     Flow,
     Group,
@@ -40,7 +41,7 @@ from controller.flows import (
 from controller.lldp import LLDP_ETHERTYPE, LLDP_MAC
 from controller.metrics import Metrics
 from controller.neighbours import Neighbours
-from controller.packets import parse_eth
+from controller.packets import header_fields, parse_eth
 from controller.pipeline import FROM_FABRIC, PIPELINE, REGISTRY, Pipeline, PipelineViolation
 from controller.reconcile import (
     Plan,
@@ -83,7 +84,8 @@ class Settings:
     """A whole config, parsed (`Core.parse`): what `Core.apply` puts in force.
 
     `probation` and `lldp_interval` are in seconds, `packet_in_limit` is (packets/s, burst);
-    `apps` maps each app's name to what its `parse_config` returned.
+    `apps` maps each app's name to what its `parse_config` returned; `flow_log` is the
+    `flow_log` section (controller/flowlog.py).
     """
 
     config: Config
@@ -91,6 +93,7 @@ class Settings:
     lldp_interval: float
     packet_in_limit: tuple[int, int]
     apps: dict[str, Any]
+    flow_log: FlowLogSettings = FlowLogSettings()
 
 
 class ApplyError(Exception):
@@ -146,6 +149,7 @@ class Core:
         )
         self.desired = DesiredState()
         self.neighbours = Neighbours()  # IP -> MAC heard in packet-ins, for traces
+        self.flow_log = FlowLog(self.metrics)  # denied connections (controller/flowlog.py)
         self.apps: list[SuiteApp] = []
         self.conns: dict[int, SwitchConn] = {}
         self.config = Config()
@@ -244,6 +248,7 @@ class Core:
                 limits.get("packet_in_burst", PACKET_IN_BURST),
             ),
             apps=parsed,
+            flow_log=parse_flow_log(config),
         )
 
     def schemas(self) -> dict[str, Mapping]:
@@ -335,6 +340,7 @@ class Core:
             self.discovery.probation = settings.probation
             self.discovery.interval = settings.lldp_interval
             self.packet_in_limit = settings.packet_in_limit
+            self.flow_log.configure(settings.flow_log)
             self._limit_packet_ins(self.topology.switches())
         except Exception as exc:
             self.report_failure("core", "configure", exc)
@@ -553,11 +559,14 @@ class Core:
         self._probe(conn, conn.ports.values(), now)
 
     def _limit_packet_ins(self, dpids: Iterable[int]) -> None:
-        """OpenFlow's controller meter caps packet-ins per switch; data traffic is untouched."""
+        """OpenFlow's controller meter caps packet-ins per switch; data traffic is untouched.
+        The flow log's meter caps the logged deny flows' packet-ins below that."""
         rate, burst = self.packet_in_limit
         meter = [Meter(ofp.OFPM_CONTROLLER, "pktps", rate, burst)] if rate else []
+        logged = log_meters(self.flow_log.settings)
         for dpid in dpids:
             self.desired.put_meters(("core", "packet-in", dpid), {dpid: meter})
+            self.desired.put_meters(("core", "flow-log", dpid), {dpid: logged})
 
     def _core_flows(self, dpid: int) -> list[Flow]:
         classify = self.pipeline.table("classify")
@@ -666,12 +675,21 @@ class Core:
         return self._finish(now)
 
     def packet_in(
-        self, dpid: int, in_port: int, data: bytes, table_id: int, cookie: int, now: float
+        self,
+        dpid: int,
+        in_port: int,
+        data: bytes,
+        table_id: int,
+        cookie: int,
+        now: float,
+        metadata: int = 0,
     ) -> Outbox:
         """A packet sent to the controller (OFPT_PACKET_IN, OpenFlow 1.3.5 7.4.1).
 
-        LLDP goes to discovery; any other frame of at least an Ethernet header goes to the apps'
-        on_packet_in. `data` is the frame as received on `in_port`.
+        LLDP goes to discovery; a copy from a logged deny flow to the flow log
+        (controller/flowlog.py); any other frame of at least an Ethernet header goes to the
+        apps' on_packet_in. `data` is the frame as received on `in_port`; `metadata` the
+        pipeline's metadata when the flow sent it (in the packet-in's match).
         """
         conn = self.conns.get(dpid)
         if conn is None:
@@ -686,9 +704,47 @@ class Core:
             return self._finish(now)
         if in_port in self.topology.edge_ports(dpid):
             self.neighbours.frame(data, eth_src)
+        if self.flow_log.on and self._log_denied(
+            conn, in_port, data, table_id, cookie, metadata, now
+        ):
+            return self._finish(now)
         pkt = PacketIn(dpid, in_port, table_id, cookie, data, eth_dst, eth_src, eth_type)
         self._each("on_packet_in", pkt, now)
         return self._finish(now)
+
+    def _log_denied(self, conn, in_port, data, table_id, cookie, metadata, now) -> bool:
+        """Write a packet-in from a logged deny flow to the flow log, with the rule its app
+        names for that flow; False (nothing done) for a packet-in from any other flow."""
+        packet = header_fields(data)
+        found = self.flow_log.flow_for(
+            self.desired,
+            conn.dpid,
+            table_id,
+            cookie,
+            {**packet, "in_port": in_port, "metadata": metadata},
+        )
+        if found is None:
+            return False
+        app = self.pipeline.app_of(found)
+        port = conn.ports.get(in_port)
+        rule = self.explain(app, conn.dpid, found)
+        stage = self.pipeline.stage(found.table).name
+        self.flow_log.write(
+            now, conn.dpid, in_port, port.name if port else None, packet, found, app, stage, rule
+        )
+        return True
+
+    def explain(self, app_name: str, dpid: int, f: Flow) -> dict[str, Any] | None:
+        """What app `app_name` says made its flow `f` on switch `dpid` (SuiteApp.explain);
+        None when the app is not loaded, names nothing, or fails (counted as its error)."""
+        app = next((a for a in self.apps if a.name == app_name), None)
+        if app is None:
+            return None
+        try:
+            return app.explain(dpid, f)
+        except Exception as exc:  # an app's bug must not fail the log or a trace
+            self.report_failure(app, "explain", exc)
+            return None
 
     def flow_removed(self, dpid: int, removed: Flow, reason: int, now: float) -> Outbox:
         """A flow left a switch (OFPT_FLOW_REMOVED, OpenFlow 1.3.5 7.4.2): forget it, tell apps.
@@ -845,6 +901,7 @@ class Core:
     def shutdown(self) -> None:
         """The controller is stopping: every app undoes what lives outside OpenFlow."""
         self._each("shutdown")
+        self.flow_log.close()
 
     # --- introspection, for tests and the report -----------------------------------------------
 

@@ -361,6 +361,7 @@ class CoreApp(app_manager.OSKenApp):
                 msg.table_id,
                 msg.cookie,
                 time.time(),
+                msg.match.get("metadata", 0),
             )
         )
 

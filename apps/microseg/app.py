@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
+from functools import partial
 from types import MappingProxyType
 
 from apps.microseg.compile import BOUND, COOKIE, CT_ZONE, MicrosegCompiler, verdicts
@@ -158,14 +159,12 @@ class Microseg(SuiteApp):
                 allow = frozenset(v.allow.get((direction, identity), ()))
                 deny = frozenset(v.deny.get((direction, identity), ()))
                 families = frozenset(world.families(identity))
+                log = self.settings.log and (isolated or bool(deny))
+                inputs = (families, isolated, allow, deny, switches, log)
                 keep(
                     ("ms", direction, identity),
-                    (families, isolated, allow, deny, switches),
-                    lambda d=direction, i=identity, f=families, iso=isolated, a=allow, x=deny: {
-                        s: flows
-                        for flows in [compiler.policy_flows(d, i, set(f), iso, set(a), set(x))]
-                        for s in switches
-                    },
+                    inputs,
+                    partial(self._policy, direction, identity, *inputs),
                 )
         for owner in set(self._placed) - live:
             del self._placed[owner]
@@ -173,6 +172,13 @@ class Microseg(SuiteApp):
         self.identities.set(len(world.identities))
         for direction in ("ingress", "egress"):
             self.isolated.labels(direction).set(len(v.isolated[direction]))
+
+    def _policy(self, direction, identity, families, isolated, allow, deny, switches, log):
+        """An identity's policy flows in one direction, the same on every switch."""
+        flows = self.compiler.policy_flows(
+            direction, identity, set(families), isolated, set(allow), set(deny), log
+        )
+        return {dpid: flows for dpid in switches}
 
     # --- bindings ------------------------------------------------------------------------------
 

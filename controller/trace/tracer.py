@@ -113,15 +113,9 @@ def explain_step(core, dpid: int, step: Step) -> dict[str, Any]:
     judged = not step.packet.get("metadata", 0) & FROM_FABRIC
     miss = app == "core" and step.priority == 0 and judged
     asked = pipeline.stage(step.table).owner if miss else app
-    owner = next((a for a in core.apps if a.name == asked), None)
-    if f is not None and owner is not None:
-        try:
-            rule = owner.explain(dpid, f)
-        except Exception as exc:  # an app's bug must not fail the trace
-            core.report_failure(owner, "explain", exc)
-            rule = None
-        if rule is not None:
-            out["rule"] = rule
+    rule = core.explain(asked, dpid, f) if f is not None else None
+    if rule is not None:
+        out["rule"] = rule
     return out
 
 
