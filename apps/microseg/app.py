@@ -22,16 +22,22 @@ from collections.abc import Hashable
 from functools import partial
 from types import MappingProxyType
 
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
 from apps.microseg.compile import BOUND, COOKIE, CT_ZONE, MicrosegCompiler, verdicts
-from apps.microseg.explain import explain_flow
+from apps.microseg.explain import Explainer
+from apps.microseg.metrics import STATS_INTERVAL, RuleCounters
 from apps.microseg.model import IdentityAllocator, World, build_world
 from apps.microseg.settings import POLICIES_SCHEMA, MicrosegSettings, parse_microseg
 from controller.app import PacketIn, SuiteApp
 from controller.config import DocumentCache
 from controller.flows import Flow, ct_flush_zone
 from controller.packets import source_ip
+from controller.resources import COOKIE_SHIFT
 
 LOG = logging.getLogger("osken_suite.microseg")
+ALL_TABLES = ofp.OFPTT_ALL  # one counter request per switch covers the five tables
+APP_MASK = 0xFF << COOKIE_SHIFT
 SPOOF_LOG_INTERVAL = 10.0
 
 
@@ -49,6 +55,9 @@ class Microseg(SuiteApp):
         self.allocator = IdentityAllocator()
         self.settings = MicrosegSettings()
         self.world = World()
+        self.explainer = Explainer(self.compiler, self.world, [])
+        self.counters = RuleCounters(core.metrics)
+        self._next_poll = 0.0
         self._verdicts = verdicts(self.world, [])
         self.bindings: dict[str, tuple[int, int]] = {}  # endpoint IP -> (dpid, port)
         self._placed: dict[Hashable, object] = {}  # owner -> the inputs its flows came from
@@ -82,6 +91,7 @@ class Microseg(SuiteApp):
     def configure(self, settings: MicrosegSettings, now: float) -> None:
         self.settings = settings
         self.world = build_world(self.settings.namespaces, self.settings.endpoints, self.allocator)
+        self.explainer = Explainer(self.compiler, self.world, settings.policies)
         self._decide()
         self._install_all()
         v = self._verdicts
@@ -229,15 +239,25 @@ class Microseg(SuiteApp):
 
     def tick(self, now: float) -> None:
         """After a policy change, once its flows are out: forget tracked connections, so no
-        reply rides on an entry the new policy would not have made."""
+        reply rides on an entry the new policy would not have made. Every STATS_INTERVAL,
+        ask each switch for the counters of microseg's flows (per-rule metrics)."""
         if self._flush_conntrack:
             self._flush_conntrack = False
             for dpid in self.topology.switches():
                 if self.core.ready(dpid):
                     self.core.send(dpid, [ct_flush_zone(CT_ZONE)])
+        if now >= self._next_poll:
+            self._next_poll = now + STATS_INTERVAL
+            ready = {d for d in self.topology.switches() if self.core.ready(d)}
+            self.counters.forget(ready)
+            for dpid in sorted(ready):
+                self.core.request_flow_stats(self, dpid, ALL_TABLES, COOKIE, APP_MASK)
+
+    def on_flow_stats(self, dpid: int, stats: list, more: bool, now: float) -> None:
+        self.counters.add(dpid, stats, more, self.explainer.explain)
 
     def explain(self, dpid: int, flow: Flow) -> dict | None:
-        return explain_flow(self.compiler, self.world, self.settings.policies, flow)
+        return self.explainer.explain(flow)
 
     def on_topology_change(self, now: float) -> None:
         for ip, (dpid, port) in list(self.bindings.items()):

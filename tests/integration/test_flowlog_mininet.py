@@ -99,6 +99,12 @@ def test_denied_connections_are_logged_at_once_and_a_flood_is_metered(controller
     assert microseg["rule"]["policies"] == ["NetworkPolicy prod/db-from-web"]
     assert microseg["rule"]["file"] == str(tmp_path / "netpol.yaml")
 
+    # the per-rule counters from the switches (polled every 5 s)
+    def counted(rule):
+        return metric(port, "osken_microseg_rule_packets", policy="prod/db-from-web", rule=rule)
+
+    assert until(lambda: counted("default") >= 1 and counted("0") >= 1, 12.0, 0.5)
+
     # a flood of denied SYNs (distinct source ports): the log meter caps what reaches us
     frames = [
         bytes(

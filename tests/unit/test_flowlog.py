@@ -237,3 +237,21 @@ def test_a_reload_that_changes_only_the_rate_changes_only_the_meters(lab):
     assert sum(len(flow_mods(msgs)) for msgs in out.values()) == 0
     net.deliver(out)
     assert all(sw.meters[LOG_METER].rate == 80 for sw in net.switches.values())
+
+
+def test_microseg_counts_packets_per_policy_and_rule_index(tmp_path):
+    net = fake_lab(tmp_path)
+    for sport in (1, 2, 3):
+        assert syn(net, MACS[0], MACS[4], 80, sport)  # x -> z:80, web-from-x's rule 1
+    assert syn(net, MACS[2], MACS[4], 8080)  # y -> z:8080, its rule 0
+    assert not syn(net, MACS[0], MACS[4], 8080)  # x -> z:8080: the default deny
+    net.advance(6.0)  # a counter poll, answered
+
+    def value(name, rule, action="allow"):
+        labels = {"policy": "z/web-from-x", "direction": "ingress", "rule": rule, "action": action}
+        return net.core.metrics.registry.get_sample_value(name, labels)
+
+    assert value("osken_microseg_rule_packets", "1") == 3
+    assert value("osken_microseg_rule_packets", "0") == 1
+    assert value("osken_microseg_rule_packets", "default", "deny") == 1
+    assert value("osken_microseg_rule_bytes", "1") > 0
