@@ -43,6 +43,7 @@ from controller.metrics import Metrics
 from controller.neighbours import Neighbours
 from controller.packets import header_fields, parse_eth
 from controller.pipeline import FROM_FABRIC, PIPELINE, REGISTRY, Pipeline, PipelineViolation
+from controller.portload import PortLoad, port_stats_request
 from controller.reconcile import (
     Plan,
     apply_plan,
@@ -150,6 +151,8 @@ class Core:
         self.desired = DesiredState()
         self.neighbours = Neighbours()  # IP -> MAC heard in packet-ins, for traces
         self.flow_log = FlowLog(self.metrics)  # denied connections (controller/flowlog.py)
+        self.port_load = PortLoad()  # each port's bits per second (controller/portload.py)
+        self._port_xids: set[int] = set()
         self.apps: list[SuiteApp] = []
         self.conns: dict[int, SwitchConn] = {}
         self.config = Config()
@@ -449,6 +452,7 @@ class Core:
                 "switch %016x disconnected; its links stay until a port says otherwise", dpid
             )
         self.discovery.forget_switch(dpid)
+        self.port_load.forget(dpid)
         self.metrics.switches.set(sum(c.phase == "ready" for c in self.conns.values()))
         return self._finish(now)
 
@@ -780,7 +784,8 @@ class Core:
         return {}
 
     def tick(self, now: float) -> Outbox:
-        """Periodic work, in this order: LLDP probes, link expiry, settling, resyncs, app ticks.
+        """Periodic work, in this order: LLDP probes, link expiry, settling, resyncs, port
+        counter polls, app ticks.
 
         Parameters
         ----------
@@ -796,6 +801,7 @@ class Core:
         self.discovery.expire(now, set(self.conns))
         self._settle(now)
         self._resync_due(now)
+        self._poll_ports(now)
         self._each("tick", now)
         self._update_gauges()
         return self._finish(now)
@@ -823,6 +829,28 @@ class Core:
             self._each("on_switch_ready", conn.dpid, now)
         for conn in settling:
             self._reconcile(conn, "connect")
+
+    def _poll_ports(self, now: float) -> None:
+        """Every PortLoad interval, ask each ready switch for its ports' counters."""
+        if not self.port_load.due(now):
+            return
+        self._port_xids.clear()  # an answer not back by now is not waited for
+        for conn in self.conns.values():
+            if conn.phase == "ready":
+                xid = self._new_xid()
+                self._port_xids.add(xid)
+                self._out[conn.dpid].append(port_stats_request(xid))
+
+    def port_stats_reply(
+        self, dpid: int, xid: int, counters: list[tuple[int, int, int]], more: bool, now: float
+    ) -> Outbox:
+        """A port stats reply (OpenFlow 1.3.5 7.3.5.6) to our poll: (port, rx_bytes,
+        tx_bytes) per port, reserved ports included; replies we did not ask for are ignored."""
+        if xid in self._port_xids:
+            self.port_load.update(dpid, counters, now)
+            if not more:
+                self._port_xids.discard(xid)
+        return {}
 
     def _resync_due(self, now: float) -> None:
         """Re-read flows, groups and meters of each ready switch whose resync time has come."""

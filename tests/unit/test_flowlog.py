@@ -14,9 +14,10 @@ from controller.flowlog import LOG_METER, is_logged
 from controller.flows import Meter, flow, meter
 from controller.packets import header_fields
 from controller.pipeline import PIPELINE, PipelineViolation
+from controller.trace.tracer import Tracer
 from tests.unit.test_firewall import flow_mods
 from tests.unit.test_l2 import MACS
-from tests.unit.test_trace import CONFIG, fake_lab
+from tests.unit.test_trace import CONFIG, FakeSwitches, fake_lab
 from tests.unit.test_trace import IP as ADDRESS
 
 LOGGED = CONFIG + "flow_log: {path: logs/flows.jsonl, rate: 50}\n"
@@ -255,3 +256,12 @@ def test_microseg_counts_packets_per_policy_and_rule_index(tmp_path):
     assert value("osken_microseg_rule_packets", "0") == 1
     assert value("osken_microseg_rule_packets", "default", "deny") == 1
     assert value("osken_microseg_rule_bytes", "1") > 0
+
+
+def test_a_trace_of_a_logged_deny_is_a_drop_whose_copy_went_to_the_log(lab):
+    net, _ = lab
+    answer = Tracer(net.core, FakeSwitches(net), lambda fn: fn()).trace(
+        "10.0.0.1", "10.0.0.3", "tcp", 22
+    )
+    assert answer["verdict"] == "drop" and answer["hops"][0]["logged"] is True
+    assert answer["decided_by"]["rule"]["line"] == 3
