@@ -242,6 +242,12 @@ class SuiteApp:
         core's event loop, reads only, and must not change the app."""
         return None
 
+    def describe(self) -> dict[str, list]:
+        """What this app adds to the topology page and GET /api/v1/topology: JSON-ready
+        lists by kind ("services", "vnfs", "waypoints", ...), merged with other apps' lists
+        of the same kind. Runs in the core's event loop, reads only."""
+        return {}
+
     def shutdown(self) -> None:
         """The controller is stopping: undo what lives outside OpenFlow (e.g. XDP programs)."""
 

@@ -28,6 +28,7 @@ from controller.app import AppDesired, CoreView, PacketIn, SuiteApp
 from controller.config import Config, ConfigError, SectionChecker
 from controller.desired import DesiredState
 from controller.discovery import Discovery
+from controller.flowlog import FlowLog, FlowLogSettings, log_meters, parse_flow_log
 from controller.flows import (
     Flow,
     Group,
@@ -42,8 +43,9 @@ from controller.flows import (
 from controller.lldp import LLDP_ETHERTYPE, LLDP_MAC
 from controller.metrics import Metrics
 from controller.neighbours import Neighbours
-from controller.packets import parse_eth
+from controller.packets import header_fields, parse_eth
 from controller.pipeline import FROM_FABRIC, PIPELINE, REGISTRY, Pipeline, PipelineViolation
+from controller.portload import PortLoad, port_stats_request
 from controller.reconcile import (
     Plan,
     apply_plan,
@@ -85,7 +87,8 @@ class Settings:
     """A whole config, parsed (`Core.parse`): what `Core.apply` puts in force.
 
     `probation` and `lldp_interval` are in seconds, `packet_in_limit` is (packets/s, burst);
-    `apps` maps each app's name to what its `parse_config` returned.
+    `apps` maps each app's name to what its `parse_config` returned; `flow_log` is the
+    `flow_log` section (controller/flowlog.py).
     """
 
     config: Config
@@ -93,6 +96,7 @@ class Settings:
     lldp_interval: float
     packet_in_limit: tuple[int, int]
     apps: dict[str, Any]
+    flow_log: FlowLogSettings = FlowLogSettings()
 
 
 class ApplyError(Exception):
@@ -159,6 +163,9 @@ class Core:
         )
         self.desired = DesiredState()
         self.neighbours = Neighbours()  # IP -> MAC heard in packet-ins, for traces
+        self.flow_log = FlowLog(self.metrics)  # denied connections (controller/flowlog.py)
+        self.port_load = PortLoad()  # each port's bits per second (controller/portload.py)
+        self._port_xids: set[int] = set()
         self.apps: list[SuiteApp] = []
         self.conns: dict[int, SwitchConn] = {}
         self.config = Config()
@@ -261,6 +268,7 @@ class Core:
                 limits.get("packet_in_burst", PACKET_IN_BURST),
             ),
             apps=parsed,
+            flow_log=parse_flow_log(config),
         )
 
     def schemas(self) -> dict[str, Mapping]:
@@ -352,6 +360,7 @@ class Core:
             self.discovery.probation = settings.probation
             self.discovery.interval = settings.lldp_interval
             self.packet_in_limit = settings.packet_in_limit
+            self.flow_log.configure(settings.flow_log)
             self._limit_packet_ins(self.topology.switches())
         except Exception as exc:
             self.report_failure("core", "configure", exc)
@@ -460,6 +469,7 @@ class Core:
                 "switch %016x disconnected; its links stay until a port says otherwise", dpid
             )
         self.discovery.forget_switch(dpid)
+        self.port_load.forget(dpid)
         self.metrics.switches.set(sum(c.phase == "ready" for c in self.conns.values()))
         return self._finish(now)
 
@@ -570,11 +580,14 @@ class Core:
         self._probe(conn, conn.ports.values(), now)
 
     def _limit_packet_ins(self, dpids: Iterable[int]) -> None:
-        """OpenFlow's controller meter caps packet-ins per switch; data traffic is untouched."""
+        """OpenFlow's controller meter caps packet-ins per switch; data traffic is untouched.
+        The flow log's meter caps the logged deny flows' packet-ins below that."""
         rate, burst = self.packet_in_limit
         meter = [Meter(ofp.OFPM_CONTROLLER, "pktps", rate, burst)] if rate else []
+        logged = log_meters(self.flow_log.settings)
         for dpid in dpids:
             self.desired.put_meters(("core", "packet-in", dpid), {dpid: meter})
+            self.desired.put_meters(("core", "flow-log", dpid), {dpid: logged})
 
     def _core_flows(self, dpid: int) -> list[Flow]:
         classify = self.pipeline.table("classify")
@@ -713,12 +726,21 @@ class Core:
         return self._finish(now)
 
     def packet_in(
-        self, dpid: int, in_port: int, data: bytes, table_id: int, cookie: int, now: float
+        self,
+        dpid: int,
+        in_port: int,
+        data: bytes,
+        table_id: int,
+        cookie: int,
+        now: float,
+        metadata: int = 0,
     ) -> Outbox:
         """A packet sent to the controller (OFPT_PACKET_IN, OpenFlow 1.3.5 7.4.1).
 
-        LLDP goes to discovery; any other frame of at least an Ethernet header goes to the apps'
-        on_packet_in. `data` is the frame as received on `in_port`.
+        LLDP goes to discovery; a copy from a logged deny flow to the flow log
+        (controller/flowlog.py); any other frame of at least an Ethernet header goes to the
+        apps' on_packet_in. `data` is the frame as received on `in_port`; `metadata` the
+        pipeline's metadata when the flow sent it (in the packet-in's match).
         """
         conn = self.conns.get(dpid)
         if conn is None:
@@ -733,9 +755,47 @@ class Core:
             return self._finish(now)
         if in_port in self.topology.edge_ports(dpid):
             self.neighbours.frame(data, eth_src)
+        if self.flow_log.on and self._log_denied(
+            conn, in_port, data, table_id, cookie, metadata, now
+        ):
+            return self._finish(now)
         pkt = PacketIn(dpid, in_port, table_id, cookie, data, eth_dst, eth_src, eth_type)
         self._each("on_packet_in", pkt, now)
         return self._finish(now)
+
+    def _log_denied(self, conn, in_port, data, table_id, cookie, metadata, now) -> bool:
+        """Write a packet-in from a logged deny flow to the flow log, with the rule its app
+        names for that flow; False (nothing done) for a packet-in from any other flow."""
+        packet = header_fields(data)
+        found = self.flow_log.flow_for(
+            self.desired,
+            conn.dpid,
+            table_id,
+            cookie,
+            {**packet, "in_port": in_port, "metadata": metadata},
+        )
+        if found is None:
+            return False
+        app = self.pipeline.app_of(found)
+        port = conn.ports.get(in_port)
+        rule = self.explain(app, conn.dpid, found)
+        stage = self.pipeline.stage(found.table).name
+        self.flow_log.write(
+            now, conn.dpid, in_port, port.name if port else None, packet, found, app, stage, rule
+        )
+        return True
+
+    def explain(self, app_name: str, dpid: int, f: Flow) -> dict[str, Any] | None:
+        """What app `app_name` says made its flow `f` on switch `dpid` (SuiteApp.explain);
+        None when the app is not loaded, names nothing, or fails (counted as its error)."""
+        app = next((a for a in self.apps if a.name == app_name), None)
+        if app is None:
+            return None
+        try:
+            return app.explain(dpid, f)
+        except Exception as exc:  # an app's bug must not fail the log or a trace
+            self.report_failure(app, "explain", exc)
+            return None
 
     def flow_removed(self, dpid: int, removed: Flow, reason: int, now: float) -> Outbox:
         """A flow left a switch (OFPT_FLOW_REMOVED, OpenFlow 1.3.5 7.4.2): forget it, tell apps.
@@ -771,7 +831,8 @@ class Core:
         return {}
 
     def tick(self, now: float) -> Outbox:
-        """Periodic work, in this order: LLDP probes, link expiry, settling, resyncs, app ticks.
+        """Periodic work, in this order: LLDP probes, link expiry, settling, resyncs, port
+        counter polls, app ticks.
 
         Parameters
         ----------
@@ -787,6 +848,7 @@ class Core:
         self.discovery.expire(now, set(self.conns))
         self._settle(now)
         self._resync_due(now)
+        self._poll_ports(now)
         self._each("tick", now)
         self._update_gauges()
         return self._finish(now)
@@ -814,6 +876,28 @@ class Core:
             self._each("on_switch_ready", conn.dpid, now)
         for conn in settling:
             self._reconcile(conn, "connect")
+
+    def _poll_ports(self, now: float) -> None:
+        """Every PortLoad interval, ask each ready switch for its ports' counters."""
+        if not self.port_load.due(now):
+            return
+        self._port_xids.clear()  # an answer not back by now is not waited for
+        for conn in self.conns.values():
+            if conn.phase == "ready":
+                xid = self._new_xid()
+                self._port_xids.add(xid)
+                self._out[conn.dpid].append(port_stats_request(xid))
+
+    def port_stats_reply(
+        self, dpid: int, xid: int, counters: list[tuple[int, int, int]], more: bool, now: float
+    ) -> Outbox:
+        """A port stats reply (OpenFlow 1.3.5 7.3.5.6) to our poll: (port, rx_bytes,
+        tx_bytes) per port, reserved ports included; replies we did not ask for are ignored."""
+        if xid in self._port_xids:
+            self.port_load.update(dpid, counters, now)
+            if not more:
+                self._port_xids.discard(xid)
+        return {}
 
     def _resync_due(self, now: float) -> None:
         """Re-read flows, groups and meters of each ready switch whose resync time has come."""
@@ -892,6 +976,7 @@ class Core:
     def shutdown(self) -> None:
         """The controller is stopping: every app undoes what lives outside OpenFlow."""
         self._each("shutdown")
+        self.flow_log.close()
 
     # --- introspection, for tests and the report -----------------------------------------------
 

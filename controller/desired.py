@@ -38,6 +38,8 @@ class DesiredState:
         What changed since the core last took it (`take_dirty`).
     conflicts : int
         Times two owners asked for different contents of one entry.
+    version : int
+        Grows whenever any switch's desired flows change (for indexes kept over `flows`).
     """
 
     def __init__(self) -> None:
@@ -51,6 +53,7 @@ class DesiredState:
         self._numbered_by_owner: dict[str, dict] = {k: {} for k in NUMBERED}
         self.dirty_numbered = {k: defaultdict(set) for k in NUMBERED}
         self.conflicts = 0
+        self.version = 0
         self._journal: list[tuple[MutableMapping, Any, Any]] | None = None
 
     # --- transactions --------------------------------------------------------------------------
@@ -74,6 +77,7 @@ class DesiredState:
                     store.pop(key, None)
                 else:
                     store[key] = old
+            self.version += 1
             raise
         finally:
             self._journal = None
@@ -125,12 +129,14 @@ class DesiredState:
                 self._del(self._flow_owner, (dpid, key))
                 self._del(table, key)
                 self.dirty_flows[dpid].add(key)
+                self.version += 1
         for key, f in new.items():
             holder = self._flow_owner.get((dpid, key))
             if holder is None or holder == owner:
                 if table.get(key) != f:
                     self._set(table, key, f)
                     self.dirty_flows[dpid].add(key)
+                    self.version += 1
                 if holder is None:
                     self._set(self._flow_owner, (dpid, key), owner)
             elif table[key] != f:

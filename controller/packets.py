@@ -45,6 +45,7 @@ IPPROTO_SCTP = in_proto.IPPROTO_SCTP  # 132
 ARP_REQUEST, ARP_REPLY = 1, 2  # RFC 826 opcodes
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
+_L4_NAMES = {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp", IPPROTO_SCTP: "sctp"}
 _U16 = struct.Struct("!H")
 _PORTS = struct.Struct("!HH")
 _ARP = struct.Struct("!HHBBH6s4s6s4s")  # RFC 826 for Ethernet and IPv4
@@ -141,6 +142,31 @@ def connection_of(data: bytes) -> tuple[str, str, int, int, int] | None:
         return None
     sport, dport = _PORTS.unpack_from(data, ip[4])
     return ip[2], ip[3], ip[1], sport, dport
+
+
+def header_fields(data: bytes) -> dict[str, str | int]:
+    """The header fields a flow may match in a frame, in os-ken's OXM names (MACs and
+    addresses as text, the rest as ints): eth_dst, eth_src, eth_type; for IPv4 and IPv6
+    ip_proto and the addresses; TCP, UDP and SCTP ports (and tcp_flags); ICMP's type and
+    code. A cut header ends the dict where it is cut; an empty dict for under 14 bytes."""
+    eth_dst, eth_src, eth_type = parse_eth(data)
+    if not eth_src:
+        return {}
+    out: dict[str, str | int] = {"eth_dst": eth_dst, "eth_src": eth_src, "eth_type": eth_type}
+    ip = _ip_header(data)
+    if ip is None:
+        return out
+    version, proto, src, dst, at = ip
+    out.update({"ip_proto": proto, f"ipv{version}_src": src, f"ipv{version}_dst": dst})
+    if proto in _L4_NAMES and len(data) >= at + 4:
+        name = _L4_NAMES[proto]
+        out[f"{name}_src"], out[f"{name}_dst"] = _PORTS.unpack_from(data, at)
+        if proto == IPPROTO_TCP and len(data) >= at + 14:
+            out["tcp_flags"] = _U16.unpack_from(data, at + 12)[0] & 0x0FFF
+    elif proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) and len(data) >= at + 2:
+        icmp = "icmpv4" if proto == IPPROTO_ICMP else "icmpv6"
+        out[f"{icmp}_type"], out[f"{icmp}_code"] = data[at], data[at + 1]
+    return out
 
 
 def lldp_tlvs(data: bytes) -> Iterator[tuple[int, bytes]]:

@@ -54,6 +54,15 @@ REGISTRY = Registry(
         Allocation(
             "meter", "core", ofp.OFPM_CONTROLLER, ofp.OFPM_CONTROLLER, "", "packet-in limit"
         ),
+        Allocation(
+            "meter",
+            "core",
+            0x1_0000,
+            0x1_0000,
+            "flow_log",
+            "flow log: denied connections to the controller",
+            users=("firewall", "microseg"),
+        ),
         Allocation("ct_zone", "firewall", 7, 7, "", "stateful rules"),
         Allocation("ct_zone", "microseg", 8, 8, "", "allowed connections and their replies"),
         Allocation("ct_zone", "services", 9, 9, "", "VIP to backend translation"),
@@ -390,7 +399,7 @@ class Pipeline:
                 self._check_actions(f, c, app, a[4])
 
     def _own(self, f: Flow | Group, c: _Contract, app: str, kind: str, number: int) -> None:
-        if not any(number in a for a in self.registry.of(kind, app)):
+        if not any(number in a for a in self.registry.usable(kind, app)):
             owner = self.registry.owner(kind, number) or "nobody"
             raise PipelineViolation(
                 f, c.stage.name, app, f"{kind} {number:#x} is {owner}'s, not {app}'s"
@@ -414,7 +423,7 @@ PIPELINE = Pipeline(
             "firewall",
             "ordered IP rules, blocked sources, rate limits",
             match=_fields(_IP, _L4, {"metadata", "ct_state", "icmpv4_type", "icmpv6_type"}),
-            actions=frozenset({"ct", "meter"}),
+            actions=frozenset({"ct", "meter", "output"}),  # output: the flow log's packet-ins
             goes_to=("microseg",),
             recirculates=("firewall",),
         ),
@@ -450,6 +459,7 @@ PIPELINE = Pipeline(
             "microseg",
             "per source identity: deny, allow, default deny",
             match=_fields(_IP, _L4, {"metadata"}),
+            actions=frozenset({"meter", "output"}),  # the flow log's packet-ins
             goes_to=("microseg_ingress",),
         ),
         Stage(
@@ -457,7 +467,7 @@ PIPELINE = Pipeline(
             "microseg",
             "per destination identity; commit what passes",
             match=_fields(_IP, _L4, {"metadata"}),
-            actions=frozenset({"ct"}),
+            actions=frozenset({"ct", "meter", "output"}),  # meter, output: the flow log
             goes_to=("chains",),
         ),
         Stage(

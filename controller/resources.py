@@ -30,7 +30,8 @@ class Allocation:
     Kinds: "cookie" (the cookie's top byte), "group" and "meter" (ids), "ct_zone" (Open
     vSwitch conntrack zones), "metadata" and "register" (bit positions of the OpenFlow metadata
     or of the Nicira register named in `field`, e.g. "reg0"), "vlan_vid" (VLAN ids, 12 bits).
-    `name` tells an owner's allocations of one kind apart; `purpose` is for the docs.
+    `name` tells an owner's allocations of one kind apart; `purpose` is for the docs;
+    `users`: other apps whose flows may use these numbers too (a meter the core keeps for them).
     """
 
     kind: str
@@ -40,6 +41,7 @@ class Allocation:
     name: str = ""
     purpose: str = ""
     field: str = ""
+    users: tuple[str, ...] = ()
 
     @property
     def mask(self) -> int:
@@ -77,6 +79,13 @@ class Registry:
     def of(self, kind: str, owner: str) -> tuple[Allocation, ...]:
         """All of `owner`'s allocations of `kind` (empty if it has none)."""
         return self._by_owner.get((kind, owner), ())
+
+    def usable(self, kind: str, app: str) -> tuple[Allocation, ...]:
+        """The allocations of `kind` whose numbers `app`'s flows may use: its own, and those
+        another owner shares with it (`Allocation.users`)."""
+        return self.of(kind, app) + tuple(
+            a for a in self.allocations if a.kind == kind and app in a.users
+        )
 
     def value(self, kind: str, owner: str, name: str = "") -> int:
         """The single number an allocation holds (a zone, a meter id)."""
@@ -125,5 +134,6 @@ class Registry:
             numbers = f"{a.first:{form}}" + (f"-{a.last:{form}}" if a.last != a.first else "")
             if a.kind in ("metadata", "register"):
                 numbers = ("bits " if a.last != a.first else "bit ") + numbers
-            rows.append(f"| {kind} | {a.owner} | {numbers} | {a.purpose} |")
+            users = f" (used by {', '.join(a.users)})" if a.users else ""
+            rows.append(f"| {kind} | {a.owner} | {numbers} | {a.purpose}{users} |")
         return "\n".join(rows) + "\n"

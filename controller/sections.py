@@ -8,7 +8,7 @@ different apps, so it is logged as a warning that names the app that reads it, a
 unchecked. Any other key is an error, "unknown key", at its line.
 
 >>> sorted(CORE_SCHEMAS)
-['controller', 'discovery', 'endpoints', 'namespaces']
+['controller', 'discovery', 'endpoints', 'flow_log', 'namespaces']
 >>> SUITE_SECTIONS["chains"]
 'apps.chains'
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from controller.endpoints import ENDPOINTS_SCHEMA, NAMESPACES_SCHEMA
+from controller.flowlog import FLOW_LOG_SCHEMA
 from controller.pipeline import SUITE_APPS
 
 # The core's sections: what it reads itself, and the hosts and namespaces apps share.
@@ -41,6 +42,7 @@ CORE_SCHEMAS = MappingProxyType(
                 "packet_in_burst": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
             },
         },
+        "flow_log": FLOW_LOG_SCHEMA,  # controller/flowlog.py
     }
 )
 

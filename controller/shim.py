@@ -340,6 +340,17 @@ class CoreApp(app_manager.OSKenApp):
             self.core.flows_reply(msg.datapath.id, msg.xid, stats, self._more(msg), time.time())
         )
 
+    @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
+    @guarded
+    def _on_port_stats(self, ev) -> None:
+        msg = ev.msg
+        counters = [(s.port_no, s.rx_bytes, s.tx_bytes) for s in msg.body]
+        self._send(
+            self.core.port_stats_reply(
+                msg.datapath.id, msg.xid, counters, self._more(msg), time.time()
+            )
+        )
+
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     @guarded
     def _on_groups(self, ev) -> None:
@@ -378,6 +389,7 @@ class CoreApp(app_manager.OSKenApp):
                 msg.table_id,
                 msg.cookie,
                 time.time(),
+                msg.match.get("metadata", 0),
             )
         )
 

@@ -17,7 +17,7 @@ fi
 PACKAGES=(
     mininet openvswitch-switch openvswitch-common ethtool iproute2 iputils-ping iperf3 telnet
     tcpdump tzdata netsniff-ng nftables python3-venv python3-pip python3-bpfcc bpfcc-tools linux-headers-amd64
-    docker.io mmdebstrap
+    docker.io mmdebstrap chromium
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -77,6 +77,28 @@ if [ ! -e "$kbuild/Makefile" ]; then
         ln -sfn "$arch" "$kbuild"
         ln -sfn "$common" "/lib/modules/$(uname -r)/source"
     fi
+fi
+
+# --- The topology page's graph library: Cytoscape.js from the npm registry, pinned by version
+# and tarball hash, served by the controller itself (nothing is loaded from the internet at run
+# time; docs/dependencies.md) --------------------------------------------------------------------
+CYTOSCAPE=3.34.4
+CYTOSCAPE_SHA256=0d02363d99d805ce8d91fdecab7b2a8cb91ee280d67f309ce44c161d117b4679
+vendor=controller/web/static/vendor
+if [ "$(cat "$vendor/.version" 2>/dev/null)" != "$CYTOSCAPE" ]; then
+    log "installing Cytoscape.js $CYTOSCAPE for the topology page"
+    if ! command -v npm >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+    fi
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack "cytoscape@$CYTOSCAPE" --silent >/dev/null)
+    echo "$CYTOSCAPE_SHA256  $tmp/cytoscape-$CYTOSCAPE.tgz" | sha256sum -c --quiet
+    tar -xzf "$tmp/cytoscape-$CYTOSCAPE.tgz" -C "$tmp" package/dist/cytoscape.min.js package/LICENSE
+    mkdir -p "$vendor"
+    cp "$tmp/package/dist/cytoscape.min.js" "$vendor/cytoscape.min.js"
+    cp "$tmp/package/LICENSE" "$vendor/cytoscape.LICENSE"
+    echo "$CYTOSCAPE" > "$vendor/.version"
+    rm -rf "$tmp"
 fi
 
 # --- Open vSwitch, userspace datapath (there is no kernel module here, and no systemd) --------

@@ -277,8 +277,9 @@ class FakeNetwork:
             else:
                 result, actions = sw.execute({**frame_fields, "in_port": p}, actions), None
             if d in self.connected:
-                for table, cookie, _ in result.to_controller:
-                    packet_ins.append((d, p, frame_fields["_data"], table, cookie))
+                for table, cookie, at in result.to_controller:
+                    meta = at.get("metadata", 0)
+                    packet_ins.append((d, p, frame_fields["_data"], table, cookie, meta))
             for out_port, sent in result.outputs:
                 wire = self.wires.get((d, out_port))
                 if wire is None:
@@ -296,7 +297,10 @@ class FakeNetwork:
                     queue.append(
                         (wire[1], wire[2], {k: v for k, v in sent.items() if k != "in_port"})
                     )
-        return [self.core.packet_in(d, p, data, t, c, self.now) for d, p, data, t, c in packet_ins]
+        return [
+            self.core.packet_in(d, p, data, t, c, self.now, meta)
+            for d, p, data, t, c, meta in packet_ins
+        ]
 
     def send(
         self, src: str, dst: str, eth_type: int = 0x0800, tags: tuple[int, ...] = (), **fields

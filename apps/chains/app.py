@@ -89,6 +89,17 @@ class ServiceChains(SuiteApp):
                 out.setdefault(key, {})[r] = Replica(a[0], a[1], b[1])
         return out
 
+    def describe(self) -> dict[str, list]:
+        """The VNF replicas found (deployment, replica number, switch, its two ports) and the
+        chains through them, for the topology page."""
+        vnfs = [
+            {"deployment": key, "replica": r, "switch": f"{x.dpid:016x}", "ports": [x.a, x.b]}
+            for key, replicas in sorted(self.replicas().items())
+            for r, x in sorted(replicas.items())
+        ]
+        chains = [{"name": c.name, "through": list(c.through)} for c in self.chains]
+        return {"vnfs": vnfs, "chains": chains}
+
     # --- desired flows -------------------------------------------------------------------------
 
     def _install(self) -> None:

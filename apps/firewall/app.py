@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
+from dataclasses import replace
 from types import MappingProxyType
 
 from apps.firewall.compile import BLOCKED_ID, COOKIE, MAX_RULES, FirewallCompiler
@@ -84,7 +85,12 @@ class Firewall(SuiteApp):
     def configure(self, settings: FirewallSettings, now: float) -> None:
         if not self._edit_in_place(settings, now):
             self._replace(settings, now)
-        self.fastpath.configure(settings.xdp)
+        xdp = settings.xdp
+        if settings.log and xdp.offload == "all":
+            # Logged denies stay in OpenFlow, where the flow log sees them; a rule still goes
+            # to XDP once a flood makes it hot (docs/observability.md).
+            xdp = replace(xdp, offload="adaptive")
+        self.fastpath.configure(xdp)
         self._update_fastpath()
         LOG.info(
             "firewall: %d rules, default %s, %d blocked sources%s",
@@ -129,6 +135,7 @@ class Firewall(SuiteApp):
         new_texts = [settings.rules[i].text for i in edited]
         if len(edited) > 64 or len(set(new_texts)) < len(new_texts) or texts & set(new_texts):
             return False  # many edits, or a repeated rule: the general path keeps order exact
+        logging_changed = settings.log != old.log
         self.settings = settings
         switches = self.topology.switches()
         for i in edited:
@@ -142,6 +149,8 @@ class Firewall(SuiteApp):
             self.compiler.priorities[key] = prio
             self.rules[i] = (key, prio, rule)
             self._install_rule(key, prio, rule, now, switches)
+        if logging_changed:  # only the deny flows change (see _install_rule's `placed`)
+            self._install_all(now)
         return True
 
     # --- desired flows -------------------------------------------------------------------------
@@ -160,11 +169,13 @@ class Firewall(SuiteApp):
         """Put one rule's flows and meter on every switch, unless they are there already."""
         active = rule.schedule is None or rule.schedule.active(now)
         self.active[key] = active
-        placed = (prio, active, self.settings.stateful, tuple(switches))
+        log = self.settings.log and rule.action == "deny"
+        placed = (prio, active, self.settings.stateful, tuple(switches), log)
         if self._placed.get(key) == placed:
             return  # a reload that kept this rule as it was: nothing to compute or send
         self._placed[key] = placed
-        flows = self.compiler.rule_flows(rule, prio, self.settings.stateful) if active else []
+        stateful = self.settings.stateful
+        flows = self.compiler.rule_flows(rule, prio, stateful, log) if active else []
         meters = self.compiler.rule_meter(rule, prio) if active else []
         self.desired.put(("fw", "rule", key), {dpid: flows for dpid in switches})
         self.desired.put_meters(("fw", "rule", key), {dpid: meters for dpid in switches})

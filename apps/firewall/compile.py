@@ -20,6 +20,7 @@ from bisect import bisect_left
 from collections.abc import Hashable, Sequence
 
 from apps.firewall.rules import FirewallRule, FirewallSettings
+from controller.flowlog import deny, log_instructions
 from controller.flows import Flow, Meter, apply, conntrack, flow, meter
 from controller.matches import (
     CT_EST,
@@ -127,12 +128,15 @@ class FirewallCompiler:
     def _ingress(self, family: int) -> dict:
         return {"eth_type": ETH_TYPES[family], "metadata": (0, FROM_FABRIC)}
 
-    def rule_flows(self, rule: FirewallRule, prio: int, stateful: bool) -> list[Flow]:
-        """The flows of one rule at its priority: disjoint matches, the rule's verdict."""
+    def rule_flows(
+        self, rule: FirewallRule, prio: int, stateful: bool, log: bool = False
+    ) -> list[Flow]:
+        """The flows of one rule at its priority: disjoint matches, the rule's verdict (a
+        deny that `log`s sends its packets to the flow log: controller/flowlog.py)."""
         go_on = (self._go_on,)
         commit = (apply(conntrack(CT_ZONE, commit=True)),) if stateful else ()
         if rule.action == "deny":
-            instructions: tuple = ()
+            instructions: tuple = log_instructions() if log else ()
         elif rule.action == "rate_limit":
             instructions = (meter(prio), *commit, *go_on)
         else:
@@ -176,12 +180,14 @@ class FirewallCompiler:
                 "eth_type": ETH_TYPES[net.version],
                 **prefix_match(f"ipv{net.version}_src", net),
             }
-            flows.append(flow(self.table, BLOCKED_PRIORITY, match, cookie=COOKIE | BLOCKED_ID))
+            flows.append(
+                deny(self.table, BLOCKED_PRIORITY, match, COOKIE | BLOCKED_ID, settings.log)
+            )
         if settings.default == "deny":
             go_on = self._go_on
             for family in (4, 6):
                 flows.append(
-                    flow(self.table, DEFAULT_PRIORITY, self._ingress(family), cookie=COOKIE)
+                    deny(self.table, DEFAULT_PRIORITY, self._ingress(family), COOKIE, settings.log)
                 )
             for nd in ND_TYPES:
                 flows.append(

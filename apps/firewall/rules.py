@@ -19,6 +19,7 @@ from controller.config import (
     dotted,
     load_document,
 )
+from controller.flowlog import logging_on
 from vnf.firewall import rulesfile
 from vnf.firewall.rulesfile import RuleFields, RuleFormatError
 
@@ -147,6 +148,7 @@ class FirewallSettings:
     stateful: bool = False
     stats_interval: float = 5.0
     xdp: XdpSettings = XdpSettings()
+    log: bool = False  # the config has a flow_log: denies are logged (controller/flowlog.py)
     # The files the rules were read from, by path (a rule's `origin` names one), so a trace
     # can give a rule's line and text (Document.source).
     sources: dict[str, Document] = field(default_factory=dict, compare=False)
@@ -375,5 +377,6 @@ def parse_firewall(
         stateful=section.get("stateful", False),
         stats_interval=float(section.get("stats_interval", 5.0)),
         xdp=XdpSettings(**section.get("xdp", {})),
+        log=logging_on(config),
         sources=sources,
     )

@@ -20,10 +20,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Hashable
+from functools import partial
 from types import MappingProxyType
 
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
 from apps.microseg.compile import BOUND, COOKIE, CT_ZONE, MicrosegCompiler, verdicts
-from apps.microseg.explain import explain_flow
+from apps.microseg.explain import Explainer
+from apps.microseg.metrics import STATS_INTERVAL, RuleCounters
 from apps.microseg.model import IdentityAllocator, World, build_world
 from apps.microseg.policy import parse_policy
 from apps.microseg.settings import MicrosegSettings, parse_microseg
@@ -32,8 +36,11 @@ from controller.config import DocumentCache
 from controller.flows import Flow, ct_flush_zone
 from controller.packets import source_ip
 from controller.policydocs import POLICIES_SCHEMA
+from controller.resources import COOKIE_SHIFT
 
 LOG = logging.getLogger("osken_suite.microseg")
+ALL_TABLES = ofp.OFPTT_ALL  # one counter request per switch covers the five tables
+APP_MASK = 0xFF << COOKIE_SHIFT
 SPOOF_LOG_INTERVAL = 10.0
 
 
@@ -52,6 +59,9 @@ class Microseg(SuiteApp):
         self.allocator = IdentityAllocator()
         self.settings = MicrosegSettings()
         self.world = World()
+        self.explainer = Explainer(self.compiler, self.world, [])
+        self.counters = RuleCounters(core.metrics)
+        self._next_poll = 0.0
         self._verdicts = verdicts(self.world, [])
         self.bindings: dict[str, tuple[int, int]] = {}  # endpoint IP -> (dpid, port)
         self._placed: dict[Hashable, object] = {}  # owner -> the inputs its flows came from
@@ -85,6 +95,7 @@ class Microseg(SuiteApp):
     def configure(self, settings: MicrosegSettings, now: float) -> None:
         self.settings = settings
         self.world = build_world(self.settings.namespaces, self.settings.endpoints, self.allocator)
+        self.explainer = Explainer(self.compiler, self.world, settings.policies)
         self._decide()
         self._install_all()
         v = self._verdicts
@@ -162,14 +173,12 @@ class Microseg(SuiteApp):
                 allow = frozenset(v.allow.get((direction, identity), ()))
                 deny = frozenset(v.deny.get((direction, identity), ()))
                 families = frozenset(world.families(identity))
+                log = self.settings.log and (isolated or bool(deny))
+                inputs = (families, isolated, allow, deny, switches, log)
                 keep(
                     ("ms", direction, identity),
-                    (families, isolated, allow, deny, switches),
-                    lambda d=direction, i=identity, f=families, iso=isolated, a=allow, x=deny: {
-                        s: flows
-                        for flows in [compiler.policy_flows(d, i, set(f), iso, set(a), set(x))]
-                        for s in switches
-                    },
+                    inputs,
+                    partial(self._policy, direction, identity, *inputs),
                 )
         for owner in set(self._placed) - live:
             del self._placed[owner]
@@ -177,6 +186,13 @@ class Microseg(SuiteApp):
         self.identities.set(len(world.identities))
         for direction in ("ingress", "egress"):
             self.isolated.labels(direction).set(len(v.isolated[direction]))
+
+    def _policy(self, direction, identity, families, isolated, allow, deny, switches, log):
+        """An identity's policy flows in one direction, the same on every switch."""
+        flows = self.compiler.policy_flows(
+            direction, identity, set(families), isolated, set(allow), set(deny), log
+        )
+        return {dpid: flows for dpid in switches}
 
     # --- bindings ------------------------------------------------------------------------------
 
@@ -227,15 +243,25 @@ class Microseg(SuiteApp):
 
     def tick(self, now: float) -> None:
         """After a policy change, once its flows are out: forget tracked connections, so no
-        reply rides on an entry the new policy would not have made."""
+        reply rides on an entry the new policy would not have made. Every STATS_INTERVAL,
+        ask each switch for the counters of microseg's flows (per-rule metrics)."""
         if self._flush_conntrack:
             self._flush_conntrack = False
             for dpid in self.topology.switches():
                 if self.core.ready(dpid):
                     self.core.send(dpid, [ct_flush_zone(CT_ZONE)])
+        if now >= self._next_poll:
+            self._next_poll = now + STATS_INTERVAL
+            ready = {d for d in self.topology.switches() if self.core.ready(d)}
+            self.counters.forget(ready)
+            for dpid in sorted(ready):
+                self.core.request_flow_stats(self, dpid, ALL_TABLES, COOKIE, APP_MASK)
+
+    def on_flow_stats(self, dpid: int, stats: list, more: bool, now: float) -> None:
+        self.counters.add(dpid, stats, more, self.explainer.explain)
 
     def explain(self, dpid: int, flow: Flow) -> dict | None:
-        return explain_flow(self.compiler, self.world, self.settings.policies, flow)
+        return self.explainer.explain(flow)
 
     def on_topology_change(self, now: float) -> None:
         for ip, (dpid, port) in list(self.bindings.items()):

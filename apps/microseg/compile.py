@@ -29,6 +29,7 @@ from apps.microseg.policy import (
     Policy,
     PolicyRule,
 )
+from controller.flowlog import log_instructions
 from controller.flows import (
     Flow,
     apply,
@@ -360,8 +361,13 @@ class MicrosegCompiler:
         isolated: bool,
         allow: set[PolicyEntry],
         deny: set[PolicyEntry],
+        log: bool = False,
     ) -> list[Flow]:
+        """One identity's policy in one direction: default deny if `isolated`, then its
+        allowed and denied entries; denies that `log` go to the flow log
+        (controller/flowlog.py) instead of dropping silently."""
         table = self.egress if direction == "egress" else self.ingress
+        denied = log_instructions() if log else ()
         passed = (
             (self._egress_on,)
             if direction == "egress"
@@ -373,8 +379,9 @@ class MicrosegCompiler:
         for family in sorted(families):
             own = {"eth_type": ETH_TYPES[family]}
             if isolated:
-                out.append(self._flow(table, ISOLATED, {**own, "metadata": (own_meta, own_mask)}))
-            for prio, entries, verdict in ((ALLOW, allow, passed), (DENY, deny, ())):
+                own_id = {**own, "metadata": (own_meta, own_mask)}
+                out.append(self._flow(table, ISOLATED, own_id, *denied))
+            for prio, entries, verdict in ((ALLOW, allow, passed), (DENY, deny, denied)):
                 for entry in sorted(entries, key=repr):
                     for match in self._entry_matches(direction, family, own_meta, own_mask, entry):
                         out.append(self._flow(table, prio, {**own, **match}, *verdict))

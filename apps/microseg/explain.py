@@ -52,85 +52,111 @@ def _rules(policy: Policy, direction: str, verdict: str) -> tuple[PolicyRule, ..
     return policy.ingress if direction == "ingress" else policy.egress
 
 
-def explain_flow(
-    compiler: MicrosegCompiler, world: World, policies: list[Policy], f: Flow
-) -> dict[str, Any] | None:
-    """What made microseg flow `f`: {"kind": "NetworkPolicy" | "CiliumNetworkPolicy",
-    "policy": "namespace/name", "direction", "rule" (index in that direction's list),
-    "action", "file", "line"} for a policy rule; {"kind": "default deny", "policies": [...]}
-    for an isolated identity; {"kind": "binding" | "spoofed source" | "reply"} otherwise;
-    {"kind": "not isolated"} for what passes because no policy isolates the identity; None
-    when nothing in the config made it. "decides": true marks a verdict of the policies."""
-    if f.table in (compiler.egress, compiler.ingress):
-        return _policy(compiler, world, policies, f)
-    if f.table == compiler.src and f.priority == CLAIMED and not f.instructions:
-        return {
-            "kind": "spoofed source",
-            "action": "deny",
-            "text": "this address is an endpoint's, bound to another port (or MAC)",
-        }
-    if f.table == compiler.src and f.priority == BOUND:
-        return {
-            "kind": "binding",
-            "action": "allow",
-            "text": "the endpoint's address at the port it was first seen on",
-        }
-    if f.table == compiler.dst and f.priority in (CT_PASS, CT_PASS + 1):
-        return {
-            "kind": "reply",
-            "action": "allow",
-            "text": "a reply to (or related to) a connection policy allowed",
-        }
-    return None
+class Explainer:
+    """Names what made microseg's flows, for one config (compiler, world and policies): the
+    selector results and, built on first use, the index of every policy rule's flows, so a
+    flow log or a counter poll asks it flow after flow at the cost of a lookup."""
 
+    def __init__(self, compiler: MicrosegCompiler, world: World, policies: list[Policy]):
+        self.compiler, self.world, self.policies = compiler, world, policies
+        self.res = Resolver(world)
+        self._selected = [(p, self.res.selected(p)) for p in policies]
+        self._rules: dict[tuple[int, int, tuple], dict[str, Any]] | None = None
 
-def _policy(compiler: MicrosegCompiler, world: World, policies: list[Policy], f: Flow):
-    direction = "egress" if f.table == compiler.egress else "ingress"
-    meta = dict(f.match).get("metadata", (0, 0))
-    value = meta[0] if isinstance(meta, tuple) else meta
-    if direction == "egress":
-        identity = (value & SRC_MASK) >> SRC_SHIFT
-        own_meta, own_mask = src_meta(identity), SRC_MASK
-    else:
-        identity = (value & DST_MASK) >> DST_SHIFT
-        own_meta, own_mask = dst_meta(identity), DST_MASK
-    res = Resolver(world)
-    chosen = [p for p in policies if identity in res.selected(p)]
-    if f.priority in (0, COMMIT) and not [p for p in chosen if direction in p.isolates]:
-        return {
-            "kind": "not isolated",
-            "action": "allow",
-            "decides": True,
-            "direction": direction,
-            "text": f"no policy selecting this identity isolates its {direction}",
-        }
-    if f.priority == ISOLATED:
-        isolating = [p for p in chosen if direction in p.isolates]
-        return {
-            "kind": "default deny",
-            "action": "deny",
-            "decides": True,
-            "direction": direction,
-            "policies": [f"{p.kind} {p.namespace}/{p.name}" for p in isolating],
-            **(_place(isolating[0].where) if isolating else {}),
-            "text": f"no rule of the policies selecting it allows this {direction}",
-        }
-    verdict = {ALLOW: "allow", DENY: "deny"}.get(f.priority)
-    if verdict is None:
+    def explain(self, f: Flow) -> dict[str, Any] | None:
+        """What made microseg flow `f`: {"kind": "NetworkPolicy" | "CiliumNetworkPolicy",
+        "policy": "namespace/name", "direction", "rule" (index in that direction's list),
+        "action", "file", "line"} for a policy rule; {"kind": "default deny", "policies":
+        [...]} for an isolated identity; {"kind": "binding" | "spoofed source" | "reply"}
+        otherwise; {"kind": "not isolated"} for what passes because no policy isolates the
+        identity; None when nothing in the config made it. "decides": true marks a verdict
+        of the policies."""
+        compiler = self.compiler
+        if f.table in (compiler.egress, compiler.ingress):
+            return self._policy(f)
+        if f.table == compiler.src and f.priority == CLAIMED and not f.instructions:
+            return {
+                "kind": "spoofed source",
+                "action": "deny",
+                "text": "this address is an endpoint's, bound to another port (or MAC)",
+            }
+        if f.table == compiler.src and f.priority == BOUND:
+            return {
+                "kind": "binding",
+                "action": "allow",
+                "text": "the endpoint's address at the port it was first seen on",
+            }
+        if f.table == compiler.dst and f.priority in (CT_PASS, CT_PASS + 1):
+            return {
+                "kind": "reply",
+                "action": "allow",
+                "text": "a reply to (or related to) a connection policy allowed",
+            }
         return None
-    for policy in chosen:
-        for index, rule in enumerate(_rules(policy, direction, verdict)):
-            for entry in rule_entries(res, rule, direction, identity):
-                for family, eth_type in ETH_TYPES.items():
-                    for m in compiler._entry_matches(direction, family, own_meta, own_mask, entry):
-                        if norm_match({"eth_type": eth_type, **m}) == f.match:
-                            return {
-                                "kind": policy.kind,
-                                "policy": f"{policy.namespace}/{policy.name}",
-                                "direction": direction,
-                                "rule": index,
-                                "action": verdict,
-                                "decides": True,
-                                **_place(rule.where),
-                            }
-    return None
+
+    def _policy(self, f: Flow) -> dict[str, Any] | None:
+        direction = "egress" if f.table == self.compiler.egress else "ingress"
+        meta = dict(f.match).get("metadata", (0, 0))
+        value = meta[0] if isinstance(meta, tuple) else meta
+        mask = SRC_MASK if direction == "egress" else DST_MASK
+        identity = (value & mask) >> (SRC_SHIFT if direction == "egress" else DST_SHIFT)
+        chosen = [p for p, selected in self._selected if identity in selected]
+        isolating = [p for p in chosen if direction in p.isolates]
+        if f.priority in (0, COMMIT) and not isolating:
+            return {
+                "kind": "not isolated",
+                "action": "allow",
+                "decides": True,
+                "direction": direction,
+                "text": f"no policy selecting this identity isolates its {direction}",
+            }
+        if f.priority == ISOLATED:
+            return {
+                "kind": "default deny",
+                "action": "deny",
+                "decides": True,
+                "direction": direction,
+                "policies": [f"{p.kind} {p.namespace}/{p.name}" for p in isolating],
+                **(_place(isolating[0].where) if isolating else {}),
+                "text": f"no rule of the policies selecting it allows this {direction}",
+            }
+        if f.priority not in (ALLOW, DENY):
+            return None
+        return self._rule_index().get((f.table, f.priority, f.match))
+
+    def _rule_index(self) -> dict[tuple[int, int, tuple], dict[str, Any]]:
+        """(table, priority, match) of each policy rule's flows -> the first policy and rule
+        (in config order, then rule order) that makes it, as `verdicts` reads the rules."""
+        if self._rules is not None:
+            return self._rules
+        compiler, index = self.compiler, {}
+        for policy, selected in self._selected:
+            for direction in ("egress", "ingress"):
+                table = compiler.egress if direction == "egress" else compiler.ingress
+                for verdict, priority in (("allow", ALLOW), ("deny", DENY)):
+                    for number, rule in enumerate(_rules(policy, direction, verdict)):
+                        named = {
+                            "kind": policy.kind,
+                            "policy": f"{policy.namespace}/{policy.name}",
+                            "direction": direction,
+                            "rule": number,
+                            "action": verdict,
+                            "decides": True,
+                            **_place(rule.where),
+                        }
+                        for identity in selected:
+                            for match in self._matches(rule, direction, identity):
+                                index.setdefault((table, priority, match), named)
+        self._rules = index
+        return index
+
+    def _matches(self, rule: PolicyRule, direction: str, identity: int):
+        """The canonical matches of `rule`'s flows for `identity` in `direction`."""
+        if direction == "egress":
+            own_meta, own_mask = src_meta(identity), SRC_MASK
+        else:
+            own_meta, own_mask = dst_meta(identity), DST_MASK
+        for entry in rule_entries(self.res, rule, direction, identity):
+            for family, eth_type in ETH_TYPES.items():
+                for m in self.compiler._entry_matches(direction, family, own_meta, own_mask, entry):
+                    yield norm_match({"eth_type": eth_type, **m})

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from apps.microseg.policy import Policy, check_unique, parse_policy
 from controller.config import Config, Document, DocumentCache
 from controller.endpoints import Endpoint, labels_of, parse_endpoints
+from controller.flowlog import logging_on
 
 
 @dataclass
@@ -21,6 +22,7 @@ class MicrosegSettings:
     namespaces: dict[str, tuple] = field(default_factory=dict)
     endpoints: list[Endpoint] = field(default_factory=list)
     policies: list[Policy] = field(default_factory=list)
+    log: bool = False  # the config has a flow_log: denies are logged (controller/flowlog.py)
 
 
 def parse_namespaces(config: Config) -> dict[str, tuple]:
@@ -41,7 +43,9 @@ def parse_microseg(
     """Everything checked; the first problem is raised, located. `documents` keeps what the
     policy files parsed to (by `parse`, one function for the app's life), so a reload parses
     again only the files that changed."""
-    settings = MicrosegSettings(parse_namespaces(config), parse_endpoints(config))
+    settings = MicrosegSettings(
+        parse_namespaces(config), parse_endpoints(config), log=logging_on(config)
+    )
     for _, path in config.listed_files("policies"):
         settings.policies += documents.parsed(path, parse)
     check_unique(settings.policies)

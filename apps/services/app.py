@@ -220,6 +220,9 @@ class Services(SuiteApp):
         actions = [service_tag(service), commit]  # the tag: in case it is a hairpin
         self.core.send(pkt.dpid, [packet_out(pkt.data, actions, pkt.in_port)])
 
+    def describe(self) -> dict[str, list]:
+        return {"services": self.metrics.describe(self.settings.services, self.placement.live)}
+
     def on_topology_change(self, now: float) -> None:
         self.locations.refresh(self.settings.services)
         self._install()

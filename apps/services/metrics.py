@@ -11,7 +11,7 @@ from controller.metrics import Metrics
 class ServicesMetrics:
     """`connections`: new connections sent to each backend (counter, labels service and
     backend endpoint); `live_backends`: backends taking new connections (gauge, label
-    service)."""
+    service). `counts` holds the same connection counts for the topology page."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.connections = metrics.counter(
@@ -24,12 +24,52 @@ class ServicesMetrics:
             "Backends taking new connections, per service",
             ("service",),
         )
+        self.counts: dict[tuple[str, str], int] = {}  # (service, endpoint) -> connections
 
     def connected(self, s: Service, b: Backend) -> None:
         """Count one new connection of `s` sent to `b`."""
         self.connections.labels(s.name, b.endpoint).inc()
+        self.counts[(s.name, b.endpoint)] = self.counts.get((s.name, b.endpoint), 0) + 1
 
     def set_live(self, services: Iterable[Service], live: Collection[str]) -> None:
         """Set each service's count of backends whose key is in `live`."""
         for s in services:
             self.live_backends.labels(s.name).set(sum(b.key in live for b in s.backends))
+
+    def describe(self, services: Iterable[Service], live: Collection[str]) -> list[dict]:
+        """Each service as the topology page shows it: per route, the configured split
+        (backend endpoint -> percent of new connections) and, for method "exact", the
+        observed one (connections sent to each backend; None for "switch", where the
+        switch's select group picks)."""
+        out = []
+        for s in services:
+            routes = []
+            for r in s.routes:
+                total = sum(w for _, w in r.split) or 1
+                split = {
+                    s.backend(k).endpoint: round(float(w / total) * 100, 1) for k, w in r.split
+                }
+                sources = None if r.sources is None else [str(n) for n in r.sources]
+                routes.append({"sources": sources, "split": split})
+            observed = None
+            if s.method == "exact":
+                observed = {
+                    b.endpoint: self.counts.get((s.name, b.endpoint), 0) for b in s.backends
+                }
+            backends = [
+                {"endpoint": b.endpoint, "ip": b.ip, "port": b.port, "live": b.key in live}
+                for b in s.backends
+            ]
+            out.append(
+                {
+                    "name": s.name,
+                    "vip": s.vip,
+                    "port": s.port,
+                    "protocol": s.protocol,
+                    "method": s.method,
+                    "backends": backends,
+                    "routes": routes,
+                    "observed": observed,
+                }
+            )
+        return out

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.endpoints import parse_endpoints
+from controller.flowlog import is_logged
 from controller.flows import Flow
 from controller.pipeline import FROM_FABRIC
 from controller.resources import COOKIE_SHIFT
@@ -113,15 +114,9 @@ def explain_step(core, dpid: int, step: Step) -> dict[str, Any]:
     judged = not step.packet.get("metadata", 0) & FROM_FABRIC
     miss = app == "core" and step.priority == 0 and judged
     asked = pipeline.stage(step.table).owner if miss else app
-    owner = next((a for a in core.apps if a.name == asked), None)
-    if f is not None and owner is not None:
-        try:
-            rule = owner.explain(dpid, f)
-        except Exception as exc:  # an app's bug must not fail the trace
-            core.report_failure(owner, "explain", exc)
-            rule = None
-        if rule is not None:
-            out["rule"] = rule
+    rule = core.explain(asked, dpid, f) if f is not None else None
+    if rule is not None:
+        out["rule"] = rule
     return out
 
 
@@ -213,7 +208,7 @@ class Tracer:
         names = view.port_names.get(dpid, {})
         hop: dict[str, Any] = {
             "dpid": f"{dpid:016x}",
-            "switch": self._name(dpid),
+            "switch": self.name(dpid),
             "in_port": port,
             "in_port_name": names.get(port),
         }
@@ -230,7 +225,14 @@ class Tracer:
                 entry["hosts"] = sorted(m for m, at in view.hosts.items() if at == (dpid, actual))
             outputs.append(entry)
         tables = [explain_step(self.core, dpid, s) for s in result.steps]
-        result_kind = "forward" if outputs else "controller" if result.controller else "drop"
+        # A logged deny sends the flow log a copy (controller/flowlog.py): still a drop.
+        last = _installed(self.core, dpid, result.steps[-1]) if result.steps else None
+        logged = result.controller and not outputs and last is not None and is_logged(last)
+        if logged:
+            hop["logged"] = True
+        result_kind = (
+            "forward" if outputs else "drop" if logged or not result.controller else "controller"
+        )
         return {
             **hop,
             "source": result.source,
@@ -239,7 +241,8 @@ class Tracer:
             "result": result_kind,
         }
 
-    def _name(self, dpid: int) -> str | None:
+    def name(self, dpid: int) -> str | None:
+        """The bridge name of switch `dpid`, or None where it cannot be asked."""
         try:
             return self.switches.bridge(dpid)
         except SwitchUnreachable:

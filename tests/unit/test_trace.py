@@ -172,12 +172,13 @@ RULES = (
 )
 
 
-@pytest.fixture
-def lab(tmp_path):
+def fake_lab(tmp_path, config: str = CONFIG):
+    """The fake leaf-spine with L2, the firewall and microseg on `config` (lab.yaml, beside
+    netpol.yaml and rules.json in `tmp_path`), every host heard once."""
     (tmp_path / "netpol.yaml").write_text(POLICY)
     (tmp_path / "rules.json").write_text(RULES)
     cfg = tmp_path / "lab.yaml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(config)
     core = Core()
     for app in (L2Learning, Firewall, Microseg):
         core.add_app(app)
@@ -187,7 +188,13 @@ def lab(tmp_path):
     net.start()
     for mac, ip in IP.items():  # each host ARPs once: bound, learned, its address heard
         net.send(mac, BROADCAST, 0x0806, arp_spa=ip, arp_tpa="10.0.0.254")
-    return net, Tracer(core, FakeSwitches(net), lambda fn: fn()), tmp_path
+    return net
+
+
+@pytest.fixture
+def lab(tmp_path):
+    net = fake_lab(tmp_path)
+    return net, Tracer(net.core, FakeSwitches(net), lambda fn: fn()), tmp_path
 
 
 def delivered(net, src, dst, proto, port):
