@@ -152,7 +152,6 @@ class L2Learning(SuiteApp):
         decision = self.guard.claim(mac, old, location, mac in self.pinned, now)
         if decision == "held":
             self._probe(mac, old)
-            self.core.request_flow_stats(self, old[0], self.classify, COOKIE, COOKIE_MASK)
         elif decision is not None:
             self._refuse(mac, old, location, decision, now)
 
@@ -169,9 +168,10 @@ class L2Learning(SuiteApp):
                 self._conclude(verdict, now)
 
     def tick(self, now: float) -> None:
-        for verdict in self.guard.due(now):
+        switches, verdicts = self.guard.due(now)
+        for verdict in verdicts:
             self._conclude(verdict, now)
-        for dpid in sorted(self.guard.checking_switches(now)):
+        for dpid in sorted(switches):
             self.core.request_flow_stats(self, dpid, self.classify, COOKIE, COOKIE_MASK)
         for mac, (dpid, port) in self.guard.expired(now):
             self.desired.drop(("l2", "ban", mac, dpid, port))

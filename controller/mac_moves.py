@@ -10,7 +10,8 @@ vendors' port security with sticky MACs and MAC-move limits, Open vSwitch's MAC-
 - **A live host is not moved.** A claim from another edge port for a MAC learned at a port that
   is up is held for `hold` seconds while the old location is asked: an ARP probe (RFC 5227: from
   0.0.0.0, so no host caches the controller) for the MAC's IPv4 address goes out of its port
-  only, and the learned entry's packet count is read at the start and at the end of the hold.
+  only, and the learned entry's packet count is read twice, `STATS_SETTLE` seconds into the
+  hold and at its end.
   An answer from the MAC at its old port, or a count that grew, refuses the move (reason
   "live"); silence confirms it. The old port going down, or its entry ageing out, confirms it
   at once.
@@ -27,8 +28,10 @@ Plain Python: every call takes `now` (seconds) and returns what the caller must 
 'held'
 >>> g.claim("00:00:00:00:00:01", (1, 1), (1, 2), pinned=False, now=0.5) is None
 True
->>> [v.moved for v in g.due(2.0)], [(v.moved, v.reason) for v in g.checked(1, {}, 2.0)]
-([], [(True, '')])
+>>> g.due(1.0), g.checked(1, {("00:00:00:00:00:01", 1): 7}, 1.0)
+(({1}, []), [])
+>>> g.due(3.0), [(v.moved, v.reason) for v in g.checked(1, {("00:00:00:00:00:01", 1): 8}, 3.0)]
+(({1}, []), [(False, 'live')])
 """
 
 from __future__ import annotations
@@ -40,7 +43,11 @@ from typing import NamedTuple
 
 Location = tuple[int, int]  # (dpid, port)
 
-MOVE_HOLD = 2.0  # seconds a claim waits for the old location to show it is still there
+MOVE_HOLD = 3.0  # seconds a claim waits for the old location to show it is still there
+# Open vSwitch pushes datapath counters to its OpenFlow rules from revalidator threads, about
+# every 0.5 s (other_config:max-revalidator), so a count read at the claim would miss the last
+# frames sent before it, and count them later as traffic during the hold: read it this late.
+STATS_SETTLE = 1.0
 STATS_WAIT = 1.0  # seconds to wait for the old switch's counters before deciding without them
 MOVE_LIMIT = 3  # confirmed moves of one MAC...
 MOVE_WINDOW = 60.0  # ...within this many seconds; more is flapping
@@ -53,14 +60,16 @@ REASONS = ("pinned", "live", "flapping")
 class Hold:
     """A claim waiting: `mac` learned at `old`, seen at `new` since `since` (seconds).
 
-    `baseline`: the packet count of the learned entry at `old` when the hold began (None: not
-    read yet, or no entry). `checking`: the count at the end was asked for at that time."""
+    `baseline`: the packet count of the learned entry at `old` STATS_SETTLE seconds in (None:
+    not read yet, or no entry); `asked`: it was asked for. `checking`: when the count at the
+    end was asked for."""
 
     mac: str
     old: Location
     new: Location
     since: float
     baseline: int | None = None
+    asked: bool = False
     checking: float | None = None
 
 
@@ -129,40 +138,36 @@ class MoveGuard:
         del self.holds[mac]
         return Verdict(h, False, "live")
 
-    def due(self, now: float) -> list[Verdict]:
-        """Holds whose time is up are marked checking (the caller reads the old switches'
-        counters, `checking_switches`); those whose counters never came are decided without
-        them: confirmed (nothing showed the host is still there)."""
-        out = []
+    def due(self, now: float) -> tuple[set[int], list[Verdict]]:
+        """The switches whose learned entries' counters holds need read now (STATS_SETTLE into
+        a hold, and at its end), and the holds whose end count never came, decided without it:
+        confirmed (nothing showed the host is still there)."""
+        switches, out = set(), []
         for h in list(self.holds.values()):
+            if not h.asked and now - h.since >= STATS_SETTLE:
+                h.asked = True
+                switches.add(h.old[0])
             if h.checking is None and now - h.since >= self.hold:
                 h.checking = now
+                switches.add(h.old[0])
             elif h.checking is not None and now - h.checking >= STATS_WAIT:
                 out.append(self._decide(h, None, now))
-        return out
-
-    def checking_switches(self, now: float) -> set[int]:
-        """Switches whose counters holds marked at `now` need (at their end)."""
-        return {h.old[0] for h in self.holds.values() if h.checking == now}
-
-    def baselines(self) -> set[int]:
-        """Switches whose counters are needed for holds that have no baseline yet."""
-        return {h.old[0] for h in self.holds.values() if h.baseline is None and not h.checking}
+        return switches, out
 
     def checked(
         self, dpid: int, counts: Mapping[tuple[str, int], int], now: float
     ) -> list[Verdict]:
         """Switch `dpid`'s learned entries' packet counts, keyed (mac, port) -> packets.
 
-        Holds on `dpid` without a baseline take it; holds checking are decided: "live" if the
-        count grew, else moved."""
+        Holds on `dpid` that asked for a baseline take it; holds checking are decided: "live"
+        if the count grew, else moved."""
         out = []
         for h in list(self.holds.values()):
             if h.old[0] != dpid:
                 continue
             count = counts.get((h.mac, h.old[1]))
             if h.checking is None:
-                h.baseline = count if h.baseline is None else h.baseline
+                h.baseline = count if h.asked and h.baseline is None else h.baseline
             else:
                 out.append(self._decide(h, count, now))
         return out
