@@ -152,6 +152,7 @@ class FakeNetwork:
         self.messages_sent: Counter = Counter()
         self.connections: dict = {}  # one conntrack for every bridge, as in one ovs-vswitchd
         self.port_names: dict[tuple[int, int], str] = {}
+        self.addresses: dict[str, str] = {}  # host MAC -> the IPv4 address it answers ARP for
 
     # --- building ------------------------------------------------------------------------------
 
@@ -287,6 +288,9 @@ class FakeNetwork:
                 if wire[0] == "host":
                     if host_takes(sent):
                         delivery.hosts.append(wire[1])
+                        answer = self._arp_answer(wire[1], sent)
+                        if answer is not None:
+                            queue.append((d, out_port, answer))
                     delivery.frames.append((wire[1], sent))
                 elif wire[0] == "bump":
                     _, other, passes = wire
@@ -301,6 +305,16 @@ class FakeNetwork:
             self.core.packet_in(d, p, data, t, c, self.now, meta)
             for d, p, data, t, c, meta in packet_ins
         ]
+
+    def _arp_answer(self, host: str, pkt: dict) -> dict | None:
+        """A host with an address (`addresses`) answers an ARP request for it, RFC 5227
+        probes from 0.0.0.0 too, as Linux does (net/ipv4/arp.c, arp_process)."""
+        ip = self.addresses.get(host)
+        if ip is None or pkt.get("arp_op") != 1 or pkt.get("arp_tpa") != ip:
+            return None
+        fields = {"arp_op": 2, "arp_sha": host, "arp_spa": ip}
+        fields |= {"arp_tha": pkt["arp_sha"], "arp_tpa": pkt["arp_spa"]}
+        return fields_of(frame(pkt["arp_sha"], host, 0x0806, payload_for(0x0806, fields)))
 
     def send(
         self, src: str, dst: str, eth_type: int = 0x0800, tags: tuple[int, ...] = (), **fields

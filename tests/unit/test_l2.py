@@ -82,9 +82,11 @@ def test_learning_flows_are_idempotent_no_message_for_a_known_host(net):
 
 def test_host_move_follows_the_host(net):
     net.converse(MACS[0], MACS[5])
-    # MACS[0] unplugs from leaf 201 and shows up on leaf 202's spare port.
+    # MACS[0] unplugs from leaf 201 and shows up on leaf 202's spare port; its old port stays
+    # up, so the move is held until the old location proves silent (tests/unit/test_l2_moves.py).
     net.plug(MACS[0], 202, 5)
     net.converse(MACS[0], MACS[5])
+    net.advance(3.5)
     assert net.core.apps[0].hosts[MACS[0]] == (202, 5)
     assert net.send(MACS[5], MACS[0]).hosts == [MACS[0]]
 
