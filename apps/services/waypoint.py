@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from apps.services.mesh import Mesh
@@ -23,6 +24,7 @@ from vnf.waypoint.model import Plan
 from vnf.waypoint.runner import Runner
 
 LOG = logging.getLogger("osken_suite.waypoint")
+BRIDGE_POLL = 0.5  # seconds between looks for the bridge the replicas plug into
 
 
 def rendered(plan: Plan) -> tuple[str, str, str]:
@@ -72,6 +74,17 @@ class WaypointDriver:
 
     def _start(self) -> None:
         runner = self.runner
+        # The usual order is the controller first, then the network (Mininet makes the bridge
+        # after the controller listens): wait for the bridge, as long as this runner is wanted.
+        if not runner.bridge_exists():
+            LOG.info(
+                "waypoint: waiting for Open vSwitch bridge %r (mesh.waypoint.bridge) to exist",
+                runner.spec.bridge,
+            )
+            while not runner.bridge_exists():
+                if runner is not self.runner:  # replaced or stopped meanwhile
+                    return
+                time.sleep(BRIDGE_POLL)
         try:
             runner.start()
         except Exception as exc:  # a replica that cannot start: say why, steer nothing to it

@@ -66,9 +66,14 @@ class FakeRunner:
 
     made: list[FakeRunner] = []
 
+    bridge = True  # whether the bridge exists yet
+
     def __init__(self, spec) -> None:
         self.spec, self.calls, self.version = spec, [], None
         FakeRunner.made.append(self)
+
+    def bridge_exists(self) -> bool:
+        return FakeRunner.bridge
 
     def start(self) -> None:
         self.calls.append("start")
@@ -90,7 +95,7 @@ class FakeRunner:
 @pytest.fixture(autouse=True)
 def fake_runner(monkeypatch):
     """Every test here: no real replica is ever started (the machine's lab is shared)."""
-    FakeRunner.made = []
+    FakeRunner.made, FakeRunner.bridge = [], True
     monkeypatch.setattr(waypoint_mod, "Runner", FakeRunner)
     monkeypatch.setattr(WaypointDriver, "_spawn", lambda self, target: target())
     return FakeRunner
@@ -363,3 +368,31 @@ def test_a_generation_holding_the_waypoints_key_is_readable_by_its_owner_only(tm
     for name in ("lds.json", "cds.json"):
         assert stat.S_IMODE((gen / name).stat().st_mode) == 0o600
     assert (tmp_path / "lds.json").read_text().startswith('{"key"')  # through the swap link
+
+
+def test_the_waypoint_waits_for_its_bridge_and_gives_up_waiting_when_not_wanted(monkeypatch):
+    """The controller starts before Mininet makes the bridge: the replicas start once it exists
+    (a clean-clone CI run failed every waypoint test when a missing bridge was final)."""
+    import threading
+    import time
+    import types
+
+    monkeypatch.setattr(waypoint_mod, "BRIDGE_POLL", 0.01)
+    FakeRunner.bridge = False
+    driver = WaypointDriver(FakeRunner)
+    spec = types.SimpleNamespace(bridge="s1")
+    driver.runner = runner = FakeRunner(spec)
+    waiting = threading.Thread(target=driver._start)
+    waiting.start()
+    time.sleep(0.1)
+    assert runner.calls == []  # not started, not failed: waiting
+    FakeRunner.bridge = True
+    waiting.join(2)
+    assert runner.calls[0] == "start" and driver._failed is None
+    FakeRunner.bridge = False
+    driver.runner = other = FakeRunner(spec)
+    waiting = threading.Thread(target=driver._start)
+    waiting.start()
+    driver.runner = None  # stopped meanwhile: the wait ends, nothing starts
+    waiting.join(2)
+    assert not waiting.is_alive() and other.calls == []

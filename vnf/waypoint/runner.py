@@ -110,11 +110,15 @@ class Runner:
 
     # --- life ----------------------------------------------------------------------------------
 
+    def bridge_exists(self) -> bool:
+        """Whether the Open vSwitch bridge the replicas plug into exists (yet)."""
+        return _run("ovs-vsctl", "br-exists", self.spec.bridge, check=False).returncode == 0
+
     def start(self) -> None:
         """Every replica running, wired and announced; a leftover of the same name is
         replaced. Raises RuntimeError (or CalledProcessError) if a replica cannot start."""
         self.stop()
-        if _run("ovs-vsctl", "br-exists", self.spec.bridge, check=False).returncode != 0:
+        if not self.bridge_exists():
             raise RuntimeError(
                 f"no Open vSwitch bridge {self.spec.bridge!r} (mesh.waypoint.bridge)"
             )
