@@ -335,3 +335,53 @@ def test_osken_trace_prints_the_verdict_and_the_rule(lab, capsys, monkeypatch):
         cli.parse_args(["10.0.0.1", "10.0.0.3", "tcp/ssh"])
     assert cli.main(["10.0.0.1", "10.0.0.3", "icmp", "--prometheus-port", "1"]) == 1
     assert "cannot ask the controller" in capsys.readouterr().err
+
+
+# --- services and chains name their flows ---------------------------------------------------
+
+
+def test_a_chain_names_its_hop_deployment_and_replica_group(tmp_path):
+    from apps.chains.compile import group_id
+    from tests.unit.test_chains import IP as CIP
+    from tests.unit.test_chains import TWO_HOPS, C, S, make
+
+    net, app, _ = make(tmp_path, TWO_HOPS)
+    for mac in (C, S):
+        net.core.neighbours.heard(CIP[mac], mac)
+    answer = Tracer(net.core, FakeSwitches(net), lambda fn: fn()).trace(CIP[C], CIP[S], "tcp", 80)
+    decided = answer["decided_by"]
+    assert decided["stage"] == "chains"
+    rule = decided["rule"]
+    assert (rule["kind"], rule["chain"], rule["hop"], rule["deployment"]) == (
+        "classification",
+        "web-via-firewall",
+        0,
+        "virtual-firewall",
+    )
+    assert rule["group"] == group_id(0, 0, "a")
+    assert [(r["replica"], r["switch"][-1], r["port"]) for r in rule["replicas"]] == [
+        (0, "1", 3),
+        (1, "2", 3),
+    ]
+    # Leaving replica 0 of the firewall (its side b, port 4): on to the ids hop's group.
+    leaving = next(
+        f
+        for f in net.core.desired.flows[1].values()
+        if f.table == app.compiler.table and f.match_dict().get("in_port") == 4 and f.priority > 200
+    )
+    named = app.explain(1, leaving)
+    assert (named["kind"], named["from_hop"], named["hop"], named["deployment"]) == (
+        "exit",
+        0,
+        1,
+        "ids",
+    )
+    # The group hashed this connection to replica 1, on s2: carried there by its tag.
+    last = answer["hops"][-1]
+    assert (last["switch"], last["outputs"][0]["port"]) == ("s2", 3)
+    tagged = last["tables"][-1]["rule"]
+    assert (tagged["kind"], tagged["replica"], tagged["deployment"]) == (
+        "tag",
+        1,
+        "virtual-firewall",
+    )
