@@ -65,12 +65,29 @@ def view_of(core) -> View:
     """The View of a Core (run it in the core's event loop)."""
     macs = {str(e.ip): e.mac for e in _endpoints(core) if e.mac}
     macs.update(core.neighbours.macs)
+    # A service's VIP is no host's: its MAC is the one the services app answers ARP with.
+    macs.update({s["vip"]: s["vip_mac"] for s in described(core).get("services", ())})
     peers = {}
     for link in core.topology.links:
         peers[(link.a, link.a_port)] = (link.b, link.b_port)
         peers[(link.b, link.b_port)] = (link.a, link.a_port)
     names = {d: {p.port_no: p.name for p in c.ports.values()} for d, c in core.conns.items()}
     return View(core.topology.hosts(), macs, peers, names)
+
+
+def described(core) -> dict[str, list]:
+    """What the apps add (SuiteApp.describe), each kind's lists merged in app order; an app
+    whose describe fails is left out and counted as its error. Run it in the core's loop."""
+    out: dict[str, list] = {}
+    for app in core.apps:
+        try:
+            got = app.describe()
+        except Exception as exc:  # one app's bug leaves its part out, not the page
+            core.report_failure(app, "describe", exc)
+            continue
+        for kind, items in got.items():
+            out.setdefault(kind, []).extend(items)
+    return out
 
 
 def _endpoints(core) -> list:

@@ -337,7 +337,61 @@ def test_osken_trace_prints_the_verdict_and_the_rule(lab, capsys, monkeypatch):
     assert "cannot ask the controller" in capsys.readouterr().err
 
 
-# --- services and chains name their flows ---------------------------------------------------
+# --- services and chains name their flows; a VIP is traced to its backend ----------------------
+
+
+def services_lab(tmp_path, method: str):
+    from tests.unit.test_services import make, service
+
+    net, app, _ = make(tmp_path, service(90, 10, method=method))
+    return net, Tracer(net.core, FakeSwitches(net), lambda fn: fn())
+
+
+def services_rules(hop: dict) -> list[dict]:
+    return [t["rule"] for t in hop["tables"] if t["app"] == "services" and "rule" in t]
+
+
+def test_a_vip_is_traced_through_its_select_group_to_a_backend_with_the_service_named(tmp_path):
+    from apps.services.compile import vip_mac
+    from tests.unit.test_services import C1, V1A, VIP
+    from tests.unit.test_services import IP as SIP
+
+    net, tracer = services_lab(tmp_path, "switch")
+    answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
+    assert answer["packet"]["dst_mac"] == vip_mac(VIP)  # the VIP's MAC: no host's
+    assert answer["verdict"] == "forward"
+    assert answer["hops"][-1]["outputs"][0]["hosts"] == [V1A]  # the 90% backend, as hashed
+    decided = answer["decided_by"]
+    assert (decided["switch"], decided["stage"]) == ("s201", "services_track")
+    rule = decided["rule"]
+    assert (rule["kind"], rule["service"], rule["vip"], rule["method"]) == (
+        "new connection",
+        "user-service",
+        f"{VIP}:80/tcp",
+        "switch",
+    )
+    assert [(b["backend"]["endpoint"], b["weight"]) for b in rule["buckets"]] == [
+        ("v1-a", 9),
+        ("v2-a", 1),
+    ]
+    assert rule["group"] in net.switches[201].groups
+    steered = services_rules(answer["hops"][0])[-1]
+    assert steered["backend"] == {"endpoint": "v1-a", "ip": SIP[V1A], "port": 80}
+
+
+def test_an_exact_vip_names_the_controller_as_the_one_that_picks(tmp_path):
+    from tests.unit.test_services import C1, VIP
+    from tests.unit.test_services import IP as SIP
+
+    net, tracer = services_lab(tmp_path, "exact")
+    answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
+    assert answer["verdict"] == "controller"
+    rule = services_rules(answer["hops"][0])[-1]
+    assert rule["backend"] == "picked per connection by the controller (method exact)"
+    assert rule["service"] == "user-service" and rule["decides"]
+    other_port = tracer.trace(SIP[C1], VIP, "tcp", 81)
+    assert other_port["verdict"] == "drop"
+    assert other_port["decided_by"]["rule"]["kind"] == "VIP drop"
 
 
 def test_a_chain_names_its_hop_deployment_and_replica_group(tmp_path):
