@@ -51,15 +51,17 @@ class Step:
 class SwitchTrace:
     """What one switch did with the packet: the steps in order (recirculations included),
     the OpenFlow ports it was output to ("IN_PORT" as 0xfffffff8), whether it went to the
-    controller, the packet as it left, and where the answer came from ("ofproto/trace" or
-    "model")."""
+    controller, the packet as it left, where the answer came from ("switch": its own
+    ofproto/trace; "model": the controller's model of it, controller/trace/model.py) and what
+    that answer had to assume (`notes`)."""
 
     steps: tuple[Step, ...]
     outputs: tuple[int, ...]
     controller: bool
     final: dict[str, Any]
-    source: str = "ofproto/trace"
+    source: str = "switch"
     text: str = ""
+    notes: tuple[str, ...] = ()
 
 
 IN_PORT = 0xFFFFFFF8

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from controller.endpoints import parse_endpoints
@@ -26,6 +27,7 @@ from controller.flowlog import is_logged
 from controller.flows import Flow
 from controller.pipeline import FROM_FABRIC
 from controller.resources import COOKIE_SHIFT
+from controller.trace.model import model_trace
 from controller.trace.ovs import IN_PORT, Step, SwitchTrace, SwitchUnreachable
 from controller.trace.packet import matches, probe
 
@@ -204,24 +206,42 @@ class Tracer:
         return mac
 
     def _walk(self, view: View, pkt: dict, dpid: int, port: int) -> list[tuple]:
-        """(dpid, in_port, SwitchTrace or the error text) per switch, in path order."""
+        """(dpid, in_port, SwitchTrace or the error text, why the switch itself was not asked
+        or None) per switch, in path order: a switch that cannot be asked is answered from
+        the controller's model of it (model.py)."""
         todo, seen, out = [(dpid, port, pkt)], set(), []
         while todo and len(out) < MAX_SWITCHES:
             dpid, port, pkt = todo.pop(0)
             seen.add(dpid)
+            asked = {**pkt, "in_port": port}
             try:
-                result: SwitchTrace | str = self.switches.trace(dpid, {**pkt, "in_port": port})
+                result: SwitchTrace | str = self.switches.trace(dpid, asked)
+                unasked = None
             except SwitchUnreachable as exc:
-                out.append((dpid, port, str(exc)))
+                unasked = str(exc)
+                result = self.in_loop(partial(self._model, dpid, asked, unasked))
+            out.append((dpid, port, result, unasked))
+            if isinstance(result, str):
                 continue
-            out.append((dpid, port, result))
             for out_port in result.outputs:
                 peer = view.peers.get((dpid, port if out_port == IN_PORT else out_port))
                 if peer is not None and peer[0] not in seen:
                     todo.append((peer[0], peer[1], {**pkt, **_carried(result.final)}))
         return out
 
-    def _hop(self, view: View, dpid: int, port: int, result: SwitchTrace | str) -> dict:
+    def _model(self, dpid: int, pkt: dict, why: str) -> SwitchTrace | str:
+        """The controller's model of switch `dpid` walked (in the core's loop), for a switch
+        that cannot be asked (`why`); the reason text when the controller holds no flows
+        there either."""
+        flows = self.core.desired.flows.get(dpid)
+        if not flows:
+            return f"{why}; and the controller holds no flows for it"
+        groups = self.core.desired.groups.get(dpid, {})
+        return model_trace(flows.values(), groups, self.core.topology.live_ports(dpid), pkt)
+
+    def _hop(
+        self, view: View, dpid: int, port: int, result: SwitchTrace | str, unasked: str | None
+    ) -> dict:
         names = view.port_names.get(dpid, {})
         hop: dict[str, Any] = {
             "dpid": f"{dpid:016x}",
@@ -241,6 +261,10 @@ class Tracer:
             else:
                 entry["hosts"] = sorted(m for m, at in view.hosts.items() if at == (dpid, actual))
             outputs.append(entry)
+        if unasked is not None:
+            hop["unasked"] = unasked  # why the switch itself was not asked
+        if result.notes:
+            hop["notes"] = list(result.notes)
         tables = [explain_step(self.core, dpid, s) for s in result.steps]
         # A logged deny sends the flow log a copy (controller/flowlog.py): still a drop.
         last = _installed(self.core, dpid, result.steps[-1]) if result.steps else None

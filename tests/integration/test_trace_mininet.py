@@ -71,7 +71,7 @@ def test_trace_names_the_deciding_rule_and_agrees_with_traffic(controller, lab, 
     rule = ssh["decided_by"]["rule"]
     assert (rule["kind"], rule["file"], rule["line"]) == ("rule", str(cfg), 10)
     assert rule["text"] == "{action: deny, protocol: tcp, port: 22, source: 0.0.0.0/0}"
-    assert ssh["hops"][0]["source"] == "ofproto/trace" and ssh["hops"][0]["switch"] == "s1"
+    assert ssh["hops"][0]["source"] == "switch" and ssh["hops"][0]["switch"] == "s1"
 
     # microseg's default deny for the db, and its allow rule for the web tier
     denied = trace("10.0.0.1", "10.0.0.3", "tcp/5432")

@@ -130,9 +130,7 @@ class FakeSwitches:
             for e in result.matched
         )
         final = result.outputs[0][1] if result.outputs else pkt
-        return SwitchTrace(
-            steps, tuple(result.ports()), bool(result.to_controller), final, source="model"
-        )
+        return SwitchTrace(steps, tuple(result.ports()), bool(result.to_controller), final)
 
 
 POLICY = """\
@@ -275,9 +273,53 @@ def test_unknown_addresses_and_unreachable_switches(lab):
         tracer.trace("10.0.0.1", "10.0.0.99", "icmp")
     assert err.value.status == 404
     tracer.switches.unreachable = {201}
+    del net.core.desired.flows[201]  # nor does the controller hold a model of it
     answer = tracer.trace("10.0.0.1", "10.0.0.5", "tcp", 80)
     assert answer["verdict"] == "unknown"
-    assert "no Open vSwitch bridge here" in answer["hops"][0]["error"]
+    error = answer["hops"][0]["error"]
+    assert "no Open vSwitch bridge here" in error and "the controller holds no flows" in error
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("10.0.0.1", "10.0.0.5", "tcp", 80),  # microseg allows, across the fabric
+        ("10.0.0.1", "10.0.0.3", "tcp", 22),  # the firewall's rule denies
+        ("10.0.0.2", "10.0.0.6", "tcp", 8080),  # default deny
+        ("10.0.0.4", "10.0.0.1", "icmp"),  # a blocked source
+    ],
+)
+def test_a_switch_that_cannot_be_asked_is_traced_from_the_model_and_says_so(lab, args):
+    net, tracer, _ = lab
+    asked = tracer.trace(*args)
+    tracer.switches.unreachable = set(net.switches)
+    modelled = tracer.trace(*args)
+    assert {h["source"] for h in asked["hops"]} == {"switch"}
+    assert {h["source"] for h in modelled["hops"]} == {"model"}
+    assert all("no Open vSwitch bridge" in h["unasked"] for h in modelled["hops"])
+    assert modelled["verdict"] == asked["verdict"]
+    by_ip = {ip: mac for mac, ip in IP.items()}
+    proto, port = args[2], (args[3] if len(args) > 3 else None)
+    assert (modelled["verdict"] == "forward") == delivered(
+        net, by_ip[args[0]], by_ip[args[1]], proto, port
+    )
+    for key in ("switch", "stage", "app", "rule"):
+        assert modelled["decided_by"][key] == asked["decided_by"][key]
+    assert [h["switch"] for h in modelled["hops"]][0] == asked["hops"][0]["switch"]
+    if args[:2] == ("10.0.0.2", "10.0.0.6"):  # microseg's conntrack: the +new branch
+        assert "ct: assumed new" in modelled["hops"][0]["notes"]
+
+
+def test_only_the_switch_that_cannot_be_asked_is_modelled(lab):
+    net, tracer, _ = lab
+    tracer.switches.unreachable = {203}
+    answer = tracer.trace("10.0.0.1", "10.0.0.5", "tcp", 80)
+    assert [(h["switch"], h["source"]) for h in answer["hops"]][::2] == [
+        ("s201", "switch"),
+        ("s203", "model"),
+    ]
+    assert answer["verdict"] == "forward"
+    assert answer["hops"][-1]["outputs"] == [{"port": 3, "name": "s203-eth3", "hosts": [MACS[4]]}]
 
 
 # --- the HTTP answer and osken-trace -----------------------------------------------------------
@@ -439,3 +481,24 @@ def test_a_chain_names_its_hop_deployment_and_replica_group(tmp_path):
         1,
         "virtual-firewall",
     )
+
+
+def test_a_vip_traced_from_the_model_commits_to_a_backend_and_reaches_it(tmp_path):
+    from controller.trace import cli
+    from tests.unit.test_services import C1, V1A, VIP
+    from tests.unit.test_services import IP as SIP
+
+    net, tracer = services_lab(tmp_path, "switch")
+    tracer.switches.unreachable = set(net.switches)
+    answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
+    assert answer["verdict"] == "forward"
+    assert answer["hops"][-1]["outputs"][0]["hosts"] == [V1A]
+    first = answer["hops"][0]
+    assert first["source"] == "model"
+    assert "ct: assumed new" in first["notes"]
+    assert any(n.startswith("select group") for n in first["notes"])
+    steered = services_rules(first)[-1]  # translated by the commit's nat, then steered
+    assert steered["backend"]["endpoint"] == "v1-a"
+    text = cli.render(json.loads(json.dumps(answer)))
+    assert "new connection of service user-service (10.0.100.10:80/tcp, switch)" in text
+    assert "    assumed: ct: assumed new" in text.splitlines()
