@@ -72,7 +72,7 @@ class _Walk:
     steps: list[Step] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
     controller: bool = False
-    final: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, Any] = field(default_factory=dict)  # the packet as it last left
     notes: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -129,7 +129,6 @@ class _Walk:
                 pkt["vlan_vid"] = 0
             elif kind == "ct" and self.conntrack(a, pkt):
                 return True
-        self.final = dict(pkt)
         return False
 
     def output(self, port: int, pkt: dict[str, Any]) -> None:
@@ -185,19 +184,27 @@ def _translate(pkt: dict[str, Any], side: str, address: str, port: int | None) -
 
 
 def model_trace(
-    flows: Iterable[Flow], groups: Mapping[int, Group], live: Iterable[int], pkt: dict[str, Any]
+    flows: Iterable[Flow],
+    groups: Mapping[int, Group],
+    live: Iterable[int],
+    pkt: dict[str, Any],
+    group: int | None = None,
 ) -> SwitchTrace:
     """Where the controller's model of a switch sends `pkt` (with its in_port): `flows` and
     `groups` as the core wants them there, `live` the switch's live port numbers (for
-    floods and the buckets that watch a port). Returns a SwitchTrace with source "model" and
-    the assumptions made in `notes`."""
+    floods and the buckets that watch a port); from table 0, or from group `group` (where
+    ofproto/trace stopped: a select group the datapath hashes). Returns a SwitchTrace with
+    source "model" and the assumptions made in `notes`."""
     tables: dict[int, list[Flow]] = {}
     for f in sorted(flows, key=lambda f: (f.table, -f.priority, f.match)):
         tables.setdefault(f.table, []).append(f)
     walk = _Walk(tables, groups, set(live))
     start = {"metadata": 0, "ct_state": 0, "ct_zone": 0, "ct_mark": 0, **pkt}
     walk.final = dict(start)
-    walk.run(start, 0)
+    if group is None:
+        walk.run(start, 0)
+    else:
+        walk.group(group, start)
     return SwitchTrace(
         tuple(walk.steps),
         tuple(walk.outputs),
@@ -205,4 +212,23 @@ def model_trace(
         walk.final,
         source="model",
         notes=tuple(walk.notes),
+    )
+
+
+def completed(asked: SwitchTrace, modelled: SwitchTrace) -> SwitchTrace:
+    """A switch's own trace that stopped at a hashed select group, with the model's walk
+    from that group after it (source "switch+model", the steps from the model carrying
+    their flow)."""
+    note = (
+        f"select group {asked.hashed_group} is hashed in the datapath, which ofproto/trace "
+        "does not follow: the rest from the controller's model"
+    )
+    return SwitchTrace(
+        asked.steps + modelled.steps,
+        asked.outputs + modelled.outputs,
+        asked.controller or modelled.controller,
+        modelled.final,
+        source="switch+model",
+        text=asked.text,
+        notes=(note, *modelled.notes),
     )

@@ -27,7 +27,7 @@ from controller.flowlog import is_logged
 from controller.flows import Flow
 from controller.pipeline import FROM_FABRIC
 from controller.resources import COOKIE_SHIFT
-from controller.trace.model import model_trace
+from controller.trace.model import completed, model_trace
 from controller.trace.ovs import IN_PORT, Step, SwitchTrace, SwitchUnreachable
 from controller.trace.packet import matches, probe
 
@@ -220,6 +220,8 @@ class Tracer:
             except SwitchUnreachable as exc:
                 unasked = str(exc)
                 result = self.in_loop(partial(self._model, dpid, asked, unasked))
+            if not isinstance(result, str) and result.hashed_group is not None:
+                result = self.in_loop(partial(self._after_group, dpid, result))
             out.append((dpid, port, result, unasked))
             if isinstance(result, str):
                 continue
@@ -238,6 +240,17 @@ class Tracer:
             return f"{why}; and the controller holds no flows for it"
         groups = self.core.desired.groups.get(dpid, {})
         return model_trace(flows.values(), groups, self.core.topology.live_ports(dpid), pkt)
+
+    def _after_group(self, dpid: int, asked: SwitchTrace) -> SwitchTrace:
+        """The switch's trace completed by the model from the select group it stopped at
+        (in the core's loop); as it was if the controller holds no flows there."""
+        flows = self.core.desired.flows.get(dpid)
+        if not flows or not asked.steps:
+            return asked
+        live = self.core.topology.live_ports(dpid)
+        groups = self.core.desired.groups.get(dpid, {})
+        pkt = asked.steps[-1].packet
+        return completed(asked, model_trace(flows.values(), groups, live, pkt, asked.hashed_group))
 
     def _hop(
         self, view: View, dpid: int, port: int, result: SwitchTrace | str, unasked: str | None

@@ -3,6 +3,7 @@ rule (file, line, text) or policy (namespace/name, rule index) that decided."""
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -502,3 +503,53 @@ def test_a_vip_traced_from_the_model_commits_to_a_backend_and_reaches_it(tmp_pat
     text = cli.render(json.loads(json.dumps(answer)))
     assert "new connection of service user-service (10.0.100.10:80/tcp, switch)" in text
     assert "    assumed: ct: assumed new" in text.splitlines()
+
+
+def test_a_select_group_hashed_in_the_datapath_is_where_ofproto_trace_stops():
+    # recorded from ovs-vswitchd 3.1: the group's bucket is chosen after a dp_hash
+    # recirculation that ofproto/trace does not follow ("no live bucket" though one is live)
+    t = recorded("select-group-hashed")
+    assert t.hashed_group == 5 and t.outputs == ()
+    assert (t.steps[-1].table, t.steps[-1].packet["ct_state"]) == (1, 0x21)
+    assert recorded("s3-fabric-forward").hashed_group is None
+
+
+def test_the_rest_of_a_hashed_select_group_comes_from_the_model(tmp_path):
+    from apps.services.compile import CT_ZONE
+    from tests.unit.test_services import C1, V1A, VIP
+    from tests.unit.test_services import IP as SIP
+
+    net, tracer = services_lab(tmp_path, "switch")
+    fake = tracer.switches
+    group = next(
+        gid for gid, g in net.switches[201].groups.items() if g.type == "select" and gid >> 24 == 5
+    )
+
+    class StopsAtTheGroup:
+        """Switch 201 answers as Open vSwitch does: up to the select group it hashes, the
+        packet there as the recirculation after ct() left it."""
+
+        bridge = staticmethod(fake.bridge)
+
+        def trace(self, dpid, pkt):
+            whole = fake.trace(dpid, pkt)
+            if dpid != 201:
+                return whole
+            at = next(i for i, s in enumerate(whole.steps) if s.flow.priority == 201)
+            there = {**pkt, "ct_state": 0x21, "ct_zone": CT_ZONE, "ct_mark": 0}
+            cut = tuple(replace(s, flow=None) for s in whole.steps[:at])
+            cut += (replace(whole.steps[at], flow=None, packet=there),)
+            return SwitchTrace(cut, (), False, dict(pkt), hashed_group=group)
+
+    tracer.switches = StopsAtTheGroup()
+    answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
+    first = answer["hops"][0]
+    assert first["source"] == "switch+model"
+    assert first["notes"][0].startswith(f"select group {group} is hashed in the datapath")
+    assert "ct: assumed new" in first["notes"]
+    assert answer["verdict"] == "forward"
+    assert answer["hops"][-1]["outputs"][0]["hosts"] == [V1A]
+    assert services_rules(first)[-1]["backend"]["endpoint"] == "v1-a"
+    # the next switches get the packet translated to the backend: no service of theirs takes it
+    picked = [h["switch"] for h in answer["hops"] for r in services_rules(h) if "method" in r]
+    assert set(picked) == {"s201"}
