@@ -21,8 +21,10 @@ import logging
 from types import MappingProxyType
 
 from apps.chains.compile import COOKIE, ChainsCompiler, Replica
+from apps.chains.explain import explain_flow
 from apps.chains.settings import CHAINS_SCHEMA, MAX_REPLICAS, Chain, parse_chains
 from controller.app import SuiteApp
+from controller.flows import Flow
 from vnf.naming import deployment_key, parse_port
 
 LOG = logging.getLogger("osken_suite.chains")
@@ -99,6 +101,9 @@ class ServiceChains(SuiteApp):
         ]
         chains = [{"name": c.name, "through": list(c.through)} for c in self.chains]
         return {"vnfs": vnfs, "chains": chains}
+
+    def explain(self, dpid: int, flow: Flow) -> dict | None:
+        return explain_flow(self.compiler, self.chains, self.replicas(), dpid, flow)
 
     # --- desired flows -------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from apps.services.authz import parse_security
 from apps.services.backends import Locations
 from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
 from apps.services.drain import Draining
+from apps.services.explain import explain_flow
 from apps.services.mesh import MESH_SCHEMA
 from apps.services.metrics import ServicesMetrics
 from apps.services.picking import ConnectionPicker
@@ -219,6 +220,11 @@ class Services(SuiteApp):
         commit = self.placement.commit(pkt.dpid, service, backend)
         actions = [service_tag(service), commit]  # the tag: in case it is a hairpin
         self.core.send(pkt.dpid, [packet_out(pkt.data, actions, pkt.in_port)])
+
+    def explain(self, dpid: int, flow: Flow) -> dict | None:
+        resolved = [self.placement.resolved.get(s.name, s) for s in self.settings.services]
+        groups = self.desired.groups.get(dpid, {})
+        return explain_flow(self.compiler, resolved, groups, self.placement.ff.get(dpid, {}), flow)
 
     def describe(self) -> dict[str, list]:
         return {"services": self.metrics.describe(self.settings.services, self.placement.live)}

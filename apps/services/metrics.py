@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
+from apps.services.compile import vip_mac
 from apps.services.settings import Backend, Service
 from controller.metrics import Metrics
 
@@ -64,6 +65,7 @@ class ServicesMetrics:
                 {
                     "name": s.name,
                     "vip": s.vip,
+                    "vip_mac": vip_mac(s.vip),
                     "port": s.port,
                     "protocol": s.protocol,
                     "method": s.method,

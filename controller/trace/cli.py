@@ -52,8 +52,15 @@ def _rule(rule: dict[str, Any] | None) -> str:
         where = f"{rule['kind']} {rule['policy']} {rule.get('direction', '')} rule {rule['rule']}"
     elif rule.get("policies") is not None:
         where = f"{rule['kind']} ({', '.join(rule['policies']) or 'no policy'})"
+    elif rule.get("service"):
+        where = f"{rule['kind']} of service {rule['service']} ({rule['vip']}, {rule['method']})"
+    elif rule.get("chain"):
+        where = f"{rule['kind']}: chain {rule['chain']} hop {rule['hop']} ({rule['deployment']})"
     else:
         where = rule.get("kind", "")
+    backend = rule.get("backend")
+    if backend:
+        where += f", backend {backend['endpoint'] if isinstance(backend, dict) else backend}"
     at = f" at {rule['file']}:{rule['line']}" if rule.get("line") else ""
     text = " ".join(str(rule.get("text", "")).split())
     return f"{where}{at}: {text}" if text else f"{where}{at}"
@@ -78,6 +85,9 @@ def render(answer: dict[str, Any]) -> str:
         lines.append(f"  {name} in port {hop['in_port']} ({hop.get('source')}): {hop['result']}")
         if hop.get("error"):
             lines.append(f"    {hop['error']}")
+        if hop.get("unasked"):
+            lines.append(f"    not asked ({hop['unasked']}): the controller's model of it")
+        lines += [f"    assumed: {note}" for note in hop.get("notes", [])]
         for t in hop.get("tables", []):
             flow = t.get("flow") or {}
             lines.append(

@@ -23,6 +23,7 @@ _STEP = re.compile(r"^\s*(\d+)\. (?:(.*?),? ?)?priority (\d+)(?:, cookie (0x[0-9
 _NO_MATCH = re.compile(r"^\s*(\d+)\. No match")
 _OUTPUT = re.compile(r"^\s*output:(\d+|IN_PORT)\b")
 _META = re.compile(r"^\s*write_metadata:(0x[0-9a-f]+)(?:/(0x[0-9a-f]+))?")
+_GROUP = re.compile(r"^\s*group:(\d+)$")
 _SET = re.compile(r"^\s*set_field:([^-]+)->(\w+)")
 
 
@@ -51,15 +52,20 @@ class Step:
 class SwitchTrace:
     """What one switch did with the packet: the steps in order (recirculations included),
     the OpenFlow ports it was output to ("IN_PORT" as 0xfffffff8), whether it went to the
-    controller, the packet as it left, and where the answer came from ("ofproto/trace" or
-    "model")."""
+    controller, the packet as it left, where the answer came from ("switch": its own
+    ofproto/trace; "model": the controller's model of it, controller/trace/model.py;
+    "switch+model": the switch up to a select group hashed in the datapath, `hashed_group`,
+    which ofproto/trace cannot follow, the model after it) and what that answer had to
+    assume (`notes`)."""
 
     steps: tuple[Step, ...]
     outputs: tuple[int, ...]
     controller: bool
     final: dict[str, Any]
-    source: str = "ofproto/trace"
+    source: str = "switch"
     text: str = ""
+    notes: tuple[str, ...] = ()
+    hashed_group: int | None = None  # a select group the datapath hashes: not followed
 
 
 IN_PORT = 0xFFFFFFF8
@@ -88,6 +94,8 @@ class _Reading:
     pkt: dict[str, Any] = field(default_factory=dict)
     final: dict[str, Any] = field(default_factory=dict)
     datapath: bool = False
+    group: int | None = None  # the last group an action sent the packet to
+    hashed: bool = False  # ...and the datapath hashes it (dp_hash select): not followed
 
     def step(self, table: int, priority: int | None, cookie: int, match: str) -> None:
         self.actions = [] if priority is not None else ["drop"]
@@ -103,6 +111,9 @@ class _Reading:
             last.table, last.priority, last.cookie, last.match, tuple(self.actions), last.packet
         )
         _apply(self.pkt, line)
+        group = _GROUP.match(line)
+        if group:
+            self.group = int(group.group(1))
         out = _OUTPUT.match(line)
         if out:
             self.outputs.append(IN_PORT if out.group(1) == "IN_PORT" else int(out.group(1)))
@@ -124,6 +135,7 @@ def parse_trace(text: str) -> SwitchTrace:
             r.final = dict(r.pkt) if rest == "unchanged" else parse_ovs_flow(rest)
         elif line.startswith("Datapath actions: "):
             r.datapath = True
+            r.hashed = "hash(" in line and r.group is not None
         elif step := _STEP.match(line):
             r.step(int(step[1]), int(step[3]), int(step[4] or "0", 16), step[2] or "")
         elif miss := _NO_MATCH.match(line):
@@ -134,8 +146,10 @@ def parse_trace(text: str) -> SwitchTrace:
             r.actions = None
     if not r.steps and not r.datapath:
         raise ValueError("not an ofproto/trace answer")
+    hashed = r.group if r.hashed else None
+    final = r.final or dict(r.pkt)
     return SwitchTrace(
-        tuple(r.steps), tuple(r.outputs), r.controller, r.final or dict(r.pkt), text=text
+        tuple(r.steps), tuple(r.outputs), r.controller, final, text=text, hashed_group=hashed
     )
 
 

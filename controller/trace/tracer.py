@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from controller.endpoints import parse_endpoints
@@ -26,6 +27,7 @@ from controller.flowlog import is_logged
 from controller.flows import Flow
 from controller.pipeline import FROM_FABRIC
 from controller.resources import COOKIE_SHIFT
+from controller.trace.model import completed, model_trace
 from controller.trace.ovs import IN_PORT, Step, SwitchTrace, SwitchUnreachable
 from controller.trace.packet import matches, probe
 
@@ -65,12 +67,29 @@ def view_of(core) -> View:
     """The View of a Core (run it in the core's event loop)."""
     macs = {str(e.ip): e.mac for e in _endpoints(core) if e.mac}
     macs.update(core.neighbours.macs)
+    # A service's VIP is no host's: its MAC is the one the services app answers ARP with.
+    macs.update({s["vip"]: s["vip_mac"] for s in described(core).get("services", ())})
     peers = {}
     for link in core.topology.links:
         peers[(link.a, link.a_port)] = (link.b, link.b_port)
         peers[(link.b, link.b_port)] = (link.a, link.a_port)
     names = {d: {p.port_no: p.name for p in c.ports.values()} for d, c in core.conns.items()}
     return View(core.topology.hosts(), macs, peers, names)
+
+
+def described(core) -> dict[str, list]:
+    """What the apps add (SuiteApp.describe), each kind's lists merged in app order; an app
+    whose describe fails is left out and counted as its error. Run it in the core's loop."""
+    out: dict[str, list] = {}
+    for app in core.apps:
+        try:
+            got = app.describe()
+        except Exception as exc:  # one app's bug leaves its part out, not the page
+            core.report_failure(app, "describe", exc)
+            continue
+        for kind, items in got.items():
+            out.setdefault(kind, []).extend(items)
+    return out
 
 
 def _endpoints(core) -> list:
@@ -187,24 +206,55 @@ class Tracer:
         return mac
 
     def _walk(self, view: View, pkt: dict, dpid: int, port: int) -> list[tuple]:
-        """(dpid, in_port, SwitchTrace or the error text) per switch, in path order."""
+        """(dpid, in_port, SwitchTrace or the error text, why the switch itself was not asked
+        or None) per switch, in path order: a switch that cannot be asked is answered from
+        the controller's model of it (model.py)."""
         todo, seen, out = [(dpid, port, pkt)], set(), []
         while todo and len(out) < MAX_SWITCHES:
             dpid, port, pkt = todo.pop(0)
             seen.add(dpid)
+            asked = {**pkt, "in_port": port}
             try:
-                result: SwitchTrace | str = self.switches.trace(dpid, {**pkt, "in_port": port})
+                result: SwitchTrace | str = self.switches.trace(dpid, asked)
+                unasked = None
             except SwitchUnreachable as exc:
-                out.append((dpid, port, str(exc)))
+                unasked = str(exc)
+                result = self.in_loop(partial(self._model, dpid, asked, unasked))
+            if not isinstance(result, str) and result.hashed_group is not None:
+                result = self.in_loop(partial(self._after_group, dpid, result))
+            out.append((dpid, port, result, unasked))
+            if isinstance(result, str):
                 continue
-            out.append((dpid, port, result))
             for out_port in result.outputs:
                 peer = view.peers.get((dpid, port if out_port == IN_PORT else out_port))
                 if peer is not None and peer[0] not in seen:
                     todo.append((peer[0], peer[1], {**pkt, **_carried(result.final)}))
         return out
 
-    def _hop(self, view: View, dpid: int, port: int, result: SwitchTrace | str) -> dict:
+    def _model(self, dpid: int, pkt: dict, why: str) -> SwitchTrace | str:
+        """The controller's model of switch `dpid` walked (in the core's loop), for a switch
+        that cannot be asked (`why`); the reason text when the controller holds no flows
+        there either."""
+        flows = self.core.desired.flows.get(dpid)
+        if not flows:
+            return f"{why}; and the controller holds no flows for it"
+        groups = self.core.desired.groups.get(dpid, {})
+        return model_trace(flows.values(), groups, self.core.topology.live_ports(dpid), pkt)
+
+    def _after_group(self, dpid: int, asked: SwitchTrace) -> SwitchTrace:
+        """The switch's trace completed by the model from the select group it stopped at
+        (in the core's loop); as it was if the controller holds no flows there."""
+        flows = self.core.desired.flows.get(dpid)
+        if not flows or not asked.steps:
+            return asked
+        live = self.core.topology.live_ports(dpid)
+        groups = self.core.desired.groups.get(dpid, {})
+        pkt = asked.steps[-1].packet
+        return completed(asked, model_trace(flows.values(), groups, live, pkt, asked.hashed_group))
+
+    def _hop(
+        self, view: View, dpid: int, port: int, result: SwitchTrace | str, unasked: str | None
+    ) -> dict:
         names = view.port_names.get(dpid, {})
         hop: dict[str, Any] = {
             "dpid": f"{dpid:016x}",
@@ -224,6 +274,10 @@ class Tracer:
             else:
                 entry["hosts"] = sorted(m for m, at in view.hosts.items() if at == (dpid, actual))
             outputs.append(entry)
+        if unasked is not None:
+            hop["unasked"] = unasked  # why the switch itself was not asked
+        if result.notes:
+            hop["notes"] = list(result.notes)
         tables = [explain_step(self.core, dpid, s) for s in result.steps]
         # A logged deny sends the flow log a copy (controller/flowlog.py): still a drop.
         last = _installed(self.core, dpid, result.steps[-1]) if result.steps else None

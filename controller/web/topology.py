@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.trace.tracer import view_of
+from controller.trace.tracer import described, view_of
 
 RECENT_DENIES = 20
 
@@ -77,14 +77,8 @@ def topology_of(core, now: float) -> dict[str, Any]:
             for mac, (dpid, port) in sorted(view.hosts.items())
         ],
     }
-    for app in core.apps:
-        try:
-            described = app.describe()
-        except Exception as exc:  # one app's bug leaves its part out, not the page
-            core.report_failure(app, "describe", exc)
-            continue
-        for kind, items in described.items():
-            if kind not in ("switches", "links", "hosts"):
-                out.setdefault(kind, []).extend(items)
+    for kind, items in described(core).items():
+        if kind not in ("switches", "links", "hosts"):
+            out[kind] = items
     out["denies"] = list(reversed(core.flow_log.recent))[:RECENT_DENIES]
     return out

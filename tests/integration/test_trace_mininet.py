@@ -9,6 +9,7 @@ import urllib.request
 
 from topologies.controller_process import free_port
 from topologies.linear import LinearTopo
+from topologies.serviceslab import BACKENDS, IPS, PORT, VIP, service_config, services_lab
 
 CONFIG = """\
 namespaces:
@@ -71,7 +72,7 @@ def test_trace_names_the_deciding_rule_and_agrees_with_traffic(controller, lab, 
     rule = ssh["decided_by"]["rule"]
     assert (rule["kind"], rule["file"], rule["line"]) == ("rule", str(cfg), 10)
     assert rule["text"] == "{action: deny, protocol: tcp, port: 22, source: 0.0.0.0/0}"
-    assert ssh["hops"][0]["source"] == "ofproto/trace" and ssh["hops"][0]["switch"] == "s1"
+    assert ssh["hops"][0]["source"] == "switch" and ssh["hops"][0]["switch"] == "s1"
 
     # microseg's default deny for the db, and its allow rule for the web tier
     denied = trace("10.0.0.1", "10.0.0.3", "tcp/5432")
@@ -104,3 +105,32 @@ def test_trace_names_the_deciding_rule_and_agrees_with_traffic(controller, lab, 
     ).stdout
     assert text.startswith("10.0.0.1 -> 10.0.0.3 tcp/22: DROP\n  decided by s1 table 1")
     assert f"rule: rule at {cfg}:10:" in text
+
+
+def test_a_vip_is_traced_to_the_backend_its_select_group_takes(tmp_path):
+    """Method switch, all weight on v1-a: the switch's own select group takes v1-a, as a real
+    connection does, and the trace names the service and the group's buckets."""
+    weights = {"v1-a": 100, "v2-a": 0}
+    with services_lab(tmp_path, weights) as env:
+        env.apply(service_config(weights, method="switch"))
+        assert env.lab.spread("h11", VIP, PORT, 4) == {BACKENDS["v1-a"]: 4}
+        url = f"http://127.0.0.1:{env.metrics_port}/api/v1/trace?src=10.0.0.1&dst={VIP}"
+        with urllib.request.urlopen(url + f"&proto=tcp&dport={PORT}", timeout=30) as reply:
+            answer = json.load(reply)
+    assert answer["verdict"] == "forward", json.dumps(answer, indent=1)
+    # Open vSwitch hashes the select group in the datapath, where ofproto/trace stops: the
+    # bucket and what follows it on that switch come from the model, the other switches answer
+    first, *rest = answer["hops"]
+    assert first["source"] == "switch+model" and "is hashed in the datapath" in first["notes"][0]
+    assert {h["source"] for h in rest} == {"switch"}
+    rule = answer["decided_by"]["rule"]
+    assert (rule["service"], rule["method"], rule["kind"]) == (
+        "user-service",
+        "switch",
+        "new connection",
+    )
+    assert [b["backend"]["endpoint"] for b in rule["buckets"]] == ["v1-a"]
+    last = answer["hops"][-1]
+    assert last["switch"] == "lf2" and last["outputs"][0]["hosts"], last
+    steered = [t["rule"] for t in answer["hops"][0]["tables"] if "backend" in t.get("rule", {})]
+    assert steered[-1]["backend"]["ip"] == IPS[BACKENDS["v1-a"]]

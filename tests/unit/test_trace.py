@@ -3,6 +3,7 @@ rule (file, line, text) or policy (namespace/name, rule index) that decided."""
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -130,9 +131,7 @@ class FakeSwitches:
             for e in result.matched
         )
         final = result.outputs[0][1] if result.outputs else pkt
-        return SwitchTrace(
-            steps, tuple(result.ports()), bool(result.to_controller), final, source="model"
-        )
+        return SwitchTrace(steps, tuple(result.ports()), bool(result.to_controller), final)
 
 
 POLICY = """\
@@ -275,9 +274,53 @@ def test_unknown_addresses_and_unreachable_switches(lab):
         tracer.trace("10.0.0.1", "10.0.0.99", "icmp")
     assert err.value.status == 404
     tracer.switches.unreachable = {201}
+    del net.core.desired.flows[201]  # nor does the controller hold a model of it
     answer = tracer.trace("10.0.0.1", "10.0.0.5", "tcp", 80)
     assert answer["verdict"] == "unknown"
-    assert "no Open vSwitch bridge here" in answer["hops"][0]["error"]
+    error = answer["hops"][0]["error"]
+    assert "no Open vSwitch bridge here" in error and "the controller holds no flows" in error
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("10.0.0.1", "10.0.0.5", "tcp", 80),  # microseg allows, across the fabric
+        ("10.0.0.1", "10.0.0.3", "tcp", 22),  # the firewall's rule denies
+        ("10.0.0.2", "10.0.0.6", "tcp", 8080),  # default deny
+        ("10.0.0.4", "10.0.0.1", "icmp"),  # a blocked source
+    ],
+)
+def test_a_switch_that_cannot_be_asked_is_traced_from_the_model_and_says_so(lab, args):
+    net, tracer, _ = lab
+    asked = tracer.trace(*args)
+    tracer.switches.unreachable = set(net.switches)
+    modelled = tracer.trace(*args)
+    assert {h["source"] for h in asked["hops"]} == {"switch"}
+    assert {h["source"] for h in modelled["hops"]} == {"model"}
+    assert all("no Open vSwitch bridge" in h["unasked"] for h in modelled["hops"])
+    assert modelled["verdict"] == asked["verdict"]
+    by_ip = {ip: mac for mac, ip in IP.items()}
+    proto, port = args[2], (args[3] if len(args) > 3 else None)
+    assert (modelled["verdict"] == "forward") == delivered(
+        net, by_ip[args[0]], by_ip[args[1]], proto, port
+    )
+    for key in ("switch", "stage", "app", "rule"):
+        assert modelled["decided_by"][key] == asked["decided_by"][key]
+    assert [h["switch"] for h in modelled["hops"]][0] == asked["hops"][0]["switch"]
+    if args[:2] == ("10.0.0.2", "10.0.0.6"):  # microseg's conntrack: the +new branch
+        assert "ct: assumed new" in modelled["hops"][0]["notes"]
+
+
+def test_only_the_switch_that_cannot_be_asked_is_modelled(lab):
+    net, tracer, _ = lab
+    tracer.switches.unreachable = {203}
+    answer = tracer.trace("10.0.0.1", "10.0.0.5", "tcp", 80)
+    assert [(h["switch"], h["source"]) for h in answer["hops"]][::2] == [
+        ("s201", "switch"),
+        ("s203", "model"),
+    ]
+    assert answer["verdict"] == "forward"
+    assert answer["hops"][-1]["outputs"] == [{"port": 3, "name": "s203-eth3", "hosts": [MACS[4]]}]
 
 
 # --- the HTTP answer and osken-trace -----------------------------------------------------------
@@ -335,3 +378,178 @@ def test_osken_trace_prints_the_verdict_and_the_rule(lab, capsys, monkeypatch):
         cli.parse_args(["10.0.0.1", "10.0.0.3", "tcp/ssh"])
     assert cli.main(["10.0.0.1", "10.0.0.3", "icmp", "--prometheus-port", "1"]) == 1
     assert "cannot ask the controller" in capsys.readouterr().err
+
+
+# --- services and chains name their flows; a VIP is traced to its backend ----------------------
+
+
+def services_lab(tmp_path, method: str):
+    from tests.unit.test_services import make, service
+
+    net, app, _ = make(tmp_path, service(90, 10, method=method))
+    return net, Tracer(net.core, FakeSwitches(net), lambda fn: fn())
+
+
+def services_rules(hop: dict) -> list[dict]:
+    return [t["rule"] for t in hop["tables"] if t["app"] == "services" and "rule" in t]
+
+
+def test_a_vip_is_traced_through_its_select_group_to_a_backend_with_the_service_named(tmp_path):
+    from apps.services.compile import vip_mac
+    from tests.unit.test_services import C1, V1A, VIP
+    from tests.unit.test_services import IP as SIP
+
+    net, tracer = services_lab(tmp_path, "switch")
+    answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
+    assert answer["packet"]["dst_mac"] == vip_mac(VIP)  # the VIP's MAC: no host's
+    assert answer["verdict"] == "forward"
+    assert answer["hops"][-1]["outputs"][0]["hosts"] == [V1A]  # the 90% backend, as hashed
+    decided = answer["decided_by"]
+    assert (decided["switch"], decided["stage"]) == ("s201", "services_track")
+    rule = decided["rule"]
+    assert (rule["kind"], rule["service"], rule["vip"], rule["method"]) == (
+        "new connection",
+        "user-service",
+        f"{VIP}:80/tcp",
+        "switch",
+    )
+    assert [(b["backend"]["endpoint"], b["weight"]) for b in rule["buckets"]] == [
+        ("v1-a", 9),
+        ("v2-a", 1),
+    ]
+    assert rule["group"] in net.switches[201].groups
+    steered = services_rules(answer["hops"][0])[-1]
+    assert steered["backend"] == {"endpoint": "v1-a", "ip": SIP[V1A], "port": 80}
+
+
+def test_an_exact_vip_names_the_controller_as_the_one_that_picks(tmp_path):
+    from tests.unit.test_services import C1, VIP
+    from tests.unit.test_services import IP as SIP
+
+    net, tracer = services_lab(tmp_path, "exact")
+    answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
+    assert answer["verdict"] == "controller"
+    rule = services_rules(answer["hops"][0])[-1]
+    assert rule["backend"] == "picked per connection by the controller (method exact)"
+    assert rule["service"] == "user-service" and rule["decides"]
+    other_port = tracer.trace(SIP[C1], VIP, "tcp", 81)
+    assert other_port["verdict"] == "drop"
+    assert other_port["decided_by"]["rule"]["kind"] == "VIP drop"
+
+
+def test_a_chain_names_its_hop_deployment_and_replica_group(tmp_path):
+    from apps.chains.compile import group_id
+    from tests.unit.test_chains import IP as CIP
+    from tests.unit.test_chains import TWO_HOPS, C, S, make
+
+    net, app, _ = make(tmp_path, TWO_HOPS)
+    for mac in (C, S):
+        net.core.neighbours.heard(CIP[mac], mac)
+    answer = Tracer(net.core, FakeSwitches(net), lambda fn: fn()).trace(CIP[C], CIP[S], "tcp", 80)
+    decided = answer["decided_by"]
+    assert decided["stage"] == "chains"
+    rule = decided["rule"]
+    assert (rule["kind"], rule["chain"], rule["hop"], rule["deployment"]) == (
+        "classification",
+        "web-via-firewall",
+        0,
+        "virtual-firewall",
+    )
+    assert rule["group"] == group_id(0, 0, "a")
+    assert [(r["replica"], r["switch"][-1], r["port"]) for r in rule["replicas"]] == [
+        (0, "1", 3),
+        (1, "2", 3),
+    ]
+    # Leaving replica 0 of the firewall (its side b, port 4): on to the ids hop's group.
+    leaving = next(
+        f
+        for f in net.core.desired.flows[1].values()
+        if f.table == app.compiler.table and f.match_dict().get("in_port") == 4 and f.priority > 200
+    )
+    named = app.explain(1, leaving)
+    assert (named["kind"], named["from_hop"], named["hop"], named["deployment"]) == (
+        "exit",
+        0,
+        1,
+        "ids",
+    )
+    # The group hashed this connection to replica 1, on s2: carried there by its tag.
+    last = answer["hops"][-1]
+    assert (last["switch"], last["outputs"][0]["port"]) == ("s2", 3)
+    tagged = last["tables"][-1]["rule"]
+    assert (tagged["kind"], tagged["replica"], tagged["deployment"]) == (
+        "tag",
+        1,
+        "virtual-firewall",
+    )
+
+
+def test_a_vip_traced_from_the_model_commits_to_a_backend_and_reaches_it(tmp_path):
+    from controller.trace import cli
+    from tests.unit.test_services import C1, V1A, VIP
+    from tests.unit.test_services import IP as SIP
+
+    net, tracer = services_lab(tmp_path, "switch")
+    tracer.switches.unreachable = set(net.switches)
+    answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
+    assert answer["verdict"] == "forward"
+    assert answer["hops"][-1]["outputs"][0]["hosts"] == [V1A]
+    first = answer["hops"][0]
+    assert first["source"] == "model"
+    assert "ct: assumed new" in first["notes"]
+    assert any(n.startswith("select group") for n in first["notes"])
+    steered = services_rules(first)[-1]  # translated by the commit's nat, then steered
+    assert steered["backend"]["endpoint"] == "v1-a"
+    text = cli.render(json.loads(json.dumps(answer)))
+    assert "new connection of service user-service (10.0.100.10:80/tcp, switch)" in text
+    assert "    assumed: ct: assumed new" in text.splitlines()
+
+
+def test_a_select_group_hashed_in_the_datapath_is_where_ofproto_trace_stops():
+    # recorded from ovs-vswitchd 3.1: the group's bucket is chosen after a dp_hash
+    # recirculation that ofproto/trace does not follow ("no live bucket" though one is live)
+    t = recorded("select-group-hashed")
+    assert t.hashed_group == 5 and t.outputs == ()
+    assert (t.steps[-1].table, t.steps[-1].packet["ct_state"]) == (1, 0x21)
+    assert recorded("s3-fabric-forward").hashed_group is None
+
+
+def test_the_rest_of_a_hashed_select_group_comes_from_the_model(tmp_path):
+    from apps.services.compile import CT_ZONE
+    from tests.unit.test_services import C1, V1A, VIP
+    from tests.unit.test_services import IP as SIP
+
+    net, tracer = services_lab(tmp_path, "switch")
+    fake = tracer.switches
+    group = next(
+        gid for gid, g in net.switches[201].groups.items() if g.type == "select" and gid >> 24 == 5
+    )
+
+    class StopsAtTheGroup:
+        """Switch 201 answers as Open vSwitch does: up to the select group it hashes, the
+        packet there as the recirculation after ct() left it."""
+
+        bridge = staticmethod(fake.bridge)
+
+        def trace(self, dpid, pkt):
+            whole = fake.trace(dpid, pkt)
+            if dpid != 201:
+                return whole
+            at = next(i for i, s in enumerate(whole.steps) if s.flow.priority == 201)
+            there = {**pkt, "ct_state": 0x21, "ct_zone": CT_ZONE, "ct_mark": 0}
+            cut = tuple(replace(s, flow=None) for s in whole.steps[:at])
+            cut += (replace(whole.steps[at], flow=None, packet=there),)
+            return SwitchTrace(cut, (), False, dict(pkt), hashed_group=group)
+
+    tracer.switches = StopsAtTheGroup()
+    answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
+    first = answer["hops"][0]
+    assert first["source"] == "switch+model"
+    assert first["notes"][0].startswith(f"select group {group} is hashed in the datapath")
+    assert "ct: assumed new" in first["notes"]
+    assert answer["verdict"] == "forward"
+    assert answer["hops"][-1]["outputs"][0]["hosts"] == [V1A]
+    assert services_rules(first)[-1]["backend"]["endpoint"] == "v1-a"
+    # the next switches get the packet translated to the backend: no service of theirs takes it
+    picked = [h["switch"] for h in answer["hops"] for r in services_rules(h) if "method" in r]
+    assert set(picked) == {"s201"}
