@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from controller.cluster import Election, Owner
+from controller.cluster import DuplicateReplica, Election, Owner
 from controller.core import Core
 from controller.flows import flow, flow_mod
 from controller.roles import RoleGate
@@ -367,3 +368,28 @@ def test_the_store_starts_at_the_endpoint_that_answered_last():
     for _ in range(5):
         assert store.get_prefix("/osken/") == {}
     assert (silent.calls, good.calls) == (1, 5)  # the silent one cost one timeout, not five
+
+
+def test_a_second_replica_with_the_same_id_is_refused_and_claims_nothing():
+    # Two replicas named "a" both took every switch "a" holds as theirs and deposed each other
+    # on every write (seen on Open vSwitch: 6 demotions each in 8 s).
+    lab = Lab(names=("a",), dpids=(1,))
+    lab.run(3)
+    twin = Election("a")
+
+    def sleep(seconds):
+        lab.run(seconds)  # the live "a" keeps its lease meanwhile
+
+    with pytest.raises(DuplicateReplica, match="another replica runs with --replica-id 'a'"):
+        twin.join(lab.etcd, lambda: lab.etcd.now, sleep, 3.0)
+    assert twin.step(lab.etcd, {1, 2}, lab.etcd.now) == {1: Owner("a", 3)}  # reads, no claim
+    assert "/osken/masters/0000000000000002" not in lab.etcd.keys
+
+
+def test_a_replica_restarted_at_once_waits_for_its_old_lease_then_joins():
+    lab = Lab(names=("a",), dpids=(1,))
+    lab.run(3)
+    lab.replicas["a"].alive = False  # kill -9: its lease expires within the TTL
+    again = Election("a")
+    again.join(lab.etcd, lambda: lab.etcd.now, lambda s: lab.run(s), 3.0)
+    assert again.member and lab.etcd.now < 3 + 1.5
