@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -209,6 +209,7 @@ class SharedConfig:
         self.reachable = True  # the thread's last get answered
         self._polled: int | None = None  # the revision the thread last handed over
         self.behind = False  # a version the others enforce could not be applied here
+        self._published = ""  # the digest of this replica's last published edit
         self.version_gauge = Gauge(
             "osken_cluster_config_version",
             "The shared config version this replica enforces",
@@ -334,10 +335,20 @@ class SharedConfig:
             return
         self.pending = None
         if won:
+            self._published = snap.digest
             self._count("published")
             LOG.info("published config version %d (digest %s)", snap.version, snap.digest[:12])
             return
-        winner = _parse(current[0]) if current else None
+        if current is None:  # the key is gone (etcd wiped, or deleted): nothing to overwrite
+            self.pending = (snap, 0)
+            self._try_publish()
+            return
+        winner = _parse(current[0])
+        if winner is not None and (winner.by, winner.digest) == (self.replica, self._published):
+            # Lost to this replica's own last edit, not read back yet: it was seen.
+            self.pending = (replace(snap, version=winner.version + 1), current[1])
+            self._try_publish()
+            return
         if winner is not None and winner.digest == snap.digest:  # the same files: done
             self._count("same")
             LOG.info(
