@@ -1,9 +1,9 @@
 """A replica's link to the cluster (`osken-manager --cluster URL --replica-id NAME`): the one
 place with a thread and the etcd client. Every STEP seconds the thread runs the election
 (controller/cluster.py) and posts what it saw into the core's event loop, where the role gate
-(controller/roles.py) asks the switches for roles; it also reads the shared config's key (one
-get) and posts a new revision (controller/sharedconfig.py), which the loop applies. Nothing
-else is touched from the thread.
+(controller/roles.py) asks the switches for roles; it also reads the shared config key's
+revision (the value only when it moved) and posts a new revision (controller/sharedconfig.py),
+which the loop applies. Nothing else is touched from the thread.
 
 Metrics: osken_cluster_role{dpid,replica} (1 master, 0 slave, -1 equal: as the switch
 confirmed), osken_cluster_leader_changes_total{replica} (switches this replica became master

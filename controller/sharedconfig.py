@@ -52,11 +52,14 @@ PUBLISH_RESULTS = ("published", "same", "conflict", "rejected", "unavailable")
 
 
 class ConfigStore(Protocol):
-    """The two etcd operations the shared config needs (etcd v3 semantics); both raise
+    """The etcd operations the shared config needs (etcd v3 semantics); both raise
     StoreUnavailable when etcd does not answer."""
 
     def get(self, key: str) -> tuple[str, int] | None:
         """(value, mod revision) of `key`, or None when absent."""
+
+    def mod_revision(self, key: str) -> int | None:
+        """The mod revision of `key` without its value, or None when absent."""
 
     def cas(self, key: str, value: str, revision: int) -> bool:
         """Put `key` only if its mod revision is `revision` (0: absent); True if it did."""
@@ -387,12 +390,15 @@ class SharedConfig:
 
     def poll(self, store: ConfigStore | None) -> tuple[str, int] | None:
         """In the cluster thread, once a round: (value, mod revision) of the config key when
-        its revision is new since the last call, else None. Never raises. `store` None: etcd
+        its revision is new since the last call, else None; the value is read only then.
+        Never raises. `store` None: etcd
         is known to be away this round (nothing is read)."""
         try:
             if store is None:
                 raise StoreUnavailable("the election could not reach etcd")
-            current = store.get(CONFIG_KEY)
+            # The value (up to 1 MiB) only when its revision moved: a round reads ~100 bytes.
+            revision = store.mod_revision(CONFIG_KEY)
+            current = None if revision in (None, self._polled) else store.get(CONFIG_KEY)
         except StoreUnavailable:
             self.reachable = False
             return None
