@@ -393,3 +393,21 @@ def test_a_replica_restarted_at_once_waits_for_its_old_lease_then_joins():
     again = Election("a")
     again.join(lab.etcd, lambda: lab.etcd.now, lambda s: lab.run(s), 3.0)
     assert again.member and lab.etcd.now < 3 + 1.5
+
+
+def test_a_generation_refused_as_stale_is_logged_once_with_its_likely_cause(caplog):
+    # etcd restarted with a wiped data dir: revisions start again below the generation ids
+    # Open vSwitch has accepted, every MASTER request is refused as stale every 100 ms, and
+    # the log said only "the switch refused our role request (code 2)" once, or nothing.
+    lab = Lab(names=("a",), dpids=(1,))
+    lab.etcd.revision = 100  # a cluster that has run a while
+    lab.run(3)
+    assert lab.masters() == {1: ["a"]}
+    lab.etcd.keys.clear()
+    lab.etcd.leases.clear()
+    lab.etcd.revision = 1
+    with caplog.at_level("ERROR"):
+        lab.run(2)
+    stale = [r for r in caplog.records if "refused generation id" in r.getMessage()]
+    assert len(stale) == 1, caplog.text
+    assert "etcd restarted with a wiped data dir" in stale[0].getMessage()
