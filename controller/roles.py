@@ -175,9 +175,10 @@ class RoleGate:
             sw.stale_logged.add(sw.generation)
             LOG.error(
                 "switch %016x: refused generation id %d as stale (OFPRRFC_STALE): it accepted a "
-                "larger one. If etcd still names this replica master, etcd's revisions went "
-                "back (etcd restarted with a wiped data dir?): no replica can master this "
-                "switch until ovs-vswitchd restarts or the bridge is re-created (docs/ha.md)",
+                "larger one. Cut off from etcd, this replica has been fenced by a new master; "
+                "if it reaches etcd and etcd still names it master, etcd's revisions went back "
+                "(etcd restarted with a wiped data dir?) and no replica can master this switch "
+                "until ovs-vswitchd restarts or the bridge is re-created (docs/ha.md)",
                 dpid,
                 sw.generation,
             )
