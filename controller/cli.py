@@ -432,7 +432,7 @@ def run(args: argparse.Namespace) -> int:
     contexts = manager.create_contexts()
     if suite:
         core_app = contexts[shim.CONTEXT]
-        from controller.cluster import StoreUnavailable
+        from controller.cluster import DuplicateReplica, StoreUnavailable
         from controller.config import ConfigError
 
         options = shim.RuntimeOptions(
@@ -442,6 +442,8 @@ def run(args: argparse.Namespace) -> int:
             core_app.setup(options, suite)
         except StoreUnavailable as exc:
             raise LaunchError(f"--cluster: etcd does not answer ({exc})") from None
+        except DuplicateReplica as exc:
+            raise LaunchError(f"--replica-id: {exc}") from None
         except ConfigError as exc:  # the cluster's config, or ours as it would be shared
             raise LaunchError(f"--cluster: bad config: {exc}") from None
         running.append(core_app)

@@ -11,7 +11,9 @@ later master always sends a larger one and Open vSwitch refuses the earlier mast
 Spread: a free switch is claimed at once by its preferred replica (rendezvous hashing over the
 live members), by any other after `grace` seconds free; a replica claims nothing in its first
 `grace` seconds, so that replicas started together see each other. A held key is never taken
-over, so a replica that rejoins takes nothing back (no flap).
+over, so a replica that rejoins takes nothing back (no flap). Replica ids must be unique: a
+replica joins only once it holds its member key (`join`), and claims nothing while another
+lease holds it.
 
 No flap after an etcd outage: when etcd was away longer than the TTL, every key went with its
 lease. The last master of a switch reclaims it at once; every other replica claims nothing for
@@ -47,6 +49,12 @@ DEFAULT_GRACE = 1.0  # seconds a free switch waits for its preferred replica
 
 class StoreUnavailable(Exception):
     """The store did not answer (down, partitioned, timed out)."""
+
+
+class DuplicateReplica(Exception):
+    """Another live replica holds this replica's member key: two replicas share one
+    --replica-id, would both take the same switches as master and depose each other on every
+    write."""
 
 
 class Store(Protocol):
@@ -108,6 +116,30 @@ class Election:
     _away_since: dict[int, float] = field(default_factory=dict)  # held by us, not connected
     leader_changes: int = 0  # switches this replica became master of
     eligible: bool = True  # False: hold no switch (it cannot enforce the cluster's config)
+    member: bool = False  # this replica holds its member key under its own lease
+    _member_lost: bool = False  # the lease expired while holding it (logged if now taken)
+
+    def join(self, store: Store, clock, sleep, timeout: float) -> None:
+        """Before the first `step`: take the lease and the member key. A key held by a dead
+        replica of the same id (restarted at once) expires with its lease: wait for that, up
+        to `timeout` seconds of `clock()` (seconds), sleeping with `sleep(seconds)`.
+
+        Raises:
+            DuplicateReplica: the key is still held after `timeout`: another live replica
+                runs with this id.
+            StoreUnavailable: etcd does not answer.
+        """
+        start = clock()
+        self._keep_lease(store, start)
+        while not self.member:
+            if clock() - start >= timeout:
+                raise DuplicateReplica(
+                    f"another replica runs with --replica-id {self.replica!r}: its member key "
+                    f"{MEMBERS}{self.replica} is held under a live lease; give each replica "
+                    "its own id"
+                )
+            sleep(self.ttl / 10)
+            self._keep_lease(store, clock())
 
     def step(self, store: Store, dpids: set[int], now: float) -> dict[int, Owner]:
         """Refresh the lease, read the masters, claim free switches, release the ones we hold
@@ -123,7 +155,7 @@ class Election:
             owners = {}
             for dpid in sorted(dpids):
                 held = masters.get(master_key(dpid))
-                if held is None and self.eligible:
+                if held is None and self.eligible and self.member:
                     held = self._claim(store, dpid, members, now)
                 else:
                     self._free_since.pop(dpid, None)
@@ -155,11 +187,21 @@ class Election:
                     self.replica,
                     self.lease,
                 )
-                self.lease = None
+                self.lease, self.member, self._member_lost = None, False, self.member
         if self.lease is None:
             self.lease = store.grant(self.ttl)
             self._refreshed = now
-            store.create(MEMBERS + self.replica, self.replica, self.lease)
+        if not self.member:  # held by a twin (or a dead replica's lease, for up to the TTL)
+            self.member = store.create(MEMBERS + self.replica, self.replica, self.lease)
+            if not self.member and self._member_lost:
+                self._member_lost = False  # said once: join() raises, a running replica waits
+                LOG.error(
+                    "replica %s: the member key %s%s is held by another lease: "
+                    "claiming no switch while it is",
+                    self.replica,
+                    MEMBERS,
+                    self.replica,
+                )
 
     def _claim(
         self, store: Store, dpid: int, members: list[str], now: float

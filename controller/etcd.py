@@ -98,6 +98,12 @@ class EtcdStore:
         rows = self._call(lambda c: c.get(key, metadata=True))
         return (rows[0][0].decode(), int(rows[0][1]["mod_revision"])) if rows else None
 
+    def mod_revision(self, key: str) -> int | None:
+        """The mod revision of `key` (etcd's keys_only range: no value), or None when absent.
+        Raises StoreUnavailable."""
+        rows = self._call(lambda c: c.get(key, metadata=True, keys_only=True))
+        return int(rows[0][1]["mod_revision"]) if rows else None
+
     def cas(self, key: str, value: str, revision: int) -> bool:
         """Put `key` only if its mod revision is still `revision` (0: absent); True if it was
         put. Raises StoreUnavailable."""

@@ -1,9 +1,9 @@
 """A replica's link to the cluster (`osken-manager --cluster URL --replica-id NAME`): the one
 place with a thread and the etcd client. Every STEP seconds the thread runs the election
 (controller/cluster.py) and posts what it saw into the core's event loop, where the role gate
-(controller/roles.py) asks the switches for roles; it also reads the shared config's key (one
-get) and posts a new revision (controller/sharedconfig.py), which the loop applies. Nothing
-else is touched from the thread.
+(controller/roles.py) asks the switches for roles; it also reads the shared config key's
+revision (the value only when it moved) and posts a new revision (controller/sharedconfig.py),
+which the loop applies. Nothing else is touched from the thread.
 
 Metrics: osken_cluster_role{dpid,replica} (1 master, 0 slave, -1 equal: as the switch
 confirmed), osken_cluster_leader_changes_total{replica} (switches this replica became master
@@ -31,6 +31,7 @@ from controller.sharedconfig import SharedConfig
 LOG = logging.getLogger("osken_suite.replica")
 STEP = 0.1  # seconds between election rounds
 FIRST_ROLE_XID = 0x7000_0000  # role requests: apart from os-ken's xids and the core's
+JOIN_TIMEOUT = 3.0  # seconds for a dead predecessor's member key to expire (TTL 1 s)
 ROLE_VALUES = {"master": 1, "slave": 0, "equal": -1}
 
 
@@ -54,13 +55,16 @@ class ClusterLink:
     """The election thread, the role gate and their metrics, for one CoreApp."""
 
     def __init__(self, urls: str, replica: str, metrics: Metrics, core: Core) -> None:
-        """Raises StoreUnavailable when etcd does not answer (a start needs it once)."""
+        """Raises StoreUnavailable when etcd does not answer (a start needs it once),
+        DuplicateReplica when another live replica runs with `replica` as its id."""
         self.replica = replica
         self.store = EtcdStore(urls)
         # The event loop publishes with a client of its own: none is shared between threads.
         self.shared = SharedConfig(EtcdStore(urls), replica, core, metrics.registry)
         self.lldp_key = self.store.shared_secret()
         self.election = Election(replica)
+        # A twin of this id would depose this replica on every write: refuse to start.
+        self.election.join(self.store, time.monotonic, time.sleep, JOIN_TIMEOUT)
         xids = itertools.count(FIRST_ROLE_XID)
         self.gate = RoleGate(replica, lambda: next(xids))
         r = metrics.registry

@@ -80,6 +80,7 @@ class SwitchRole:
     xid: int | None = None
     confirmed: int = ofp.OFPCR_ROLE_EQUAL  # a new connection is EQUAL until it asks
     queue: list = field(default_factory=list)
+    stale_logged: set = field(default_factory=set)  # generation ids refused as stale, logged
 
 
 class RoleGate:
@@ -169,6 +170,18 @@ class RoleGate:
             if slave
             else (f"the switch refused our role request (code {code})")
         )
+        stale = refused and code == ofp.OFPRRFC_STALE and sw.requested == ofp.OFPCR_ROLE_MASTER
+        if stale and sw.generation not in sw.stale_logged:
+            sw.stale_logged.add(sw.generation)
+            LOG.error(
+                "switch %016x: refused generation id %d as stale (OFPRRFC_STALE): it accepted a "
+                "larger one. Cut off from etcd, this replica has been fenced by a new master; "
+                "if it reaches etcd and etcd still names it master, etcd's revisions went back "
+                "(etcd restarted with a wiped data dir?) and no replica can master this switch "
+                "until ovs-vswitchd restarts or the bridge is re-created (docs/ha.md)",
+                dpid,
+                sw.generation,
+            )
         self._demote(dpid, sw, why)
         sw.requested, sw.generation = ofp.OFPCR_ROLE_SLAVE, -1  # ask again on the next view
         return True

@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -52,11 +52,14 @@ PUBLISH_RESULTS = ("published", "same", "conflict", "rejected", "unavailable")
 
 
 class ConfigStore(Protocol):
-    """The two etcd operations the shared config needs (etcd v3 semantics); both raise
+    """The etcd operations the shared config needs (etcd v3 semantics); both raise
     StoreUnavailable when etcd does not answer."""
 
     def get(self, key: str) -> tuple[str, int] | None:
         """(value, mod revision) of `key`, or None when absent."""
+
+    def mod_revision(self, key: str) -> int | None:
+        """The mod revision of `key` without its value, or None when absent."""
 
     def cas(self, key: str, value: str, revision: int) -> bool:
         """Put `key` only if its mod revision is `revision` (0: absent); True if it did."""
@@ -209,6 +212,7 @@ class SharedConfig:
         self.reachable = True  # the thread's last get answered
         self._polled: int | None = None  # the revision the thread last handed over
         self.behind = False  # a version the others enforce could not be applied here
+        self._published = ""  # the digest of this replica's last published edit
         self.version_gauge = Gauge(
             "osken_cluster_config_version",
             "The shared config version this replica enforces",
@@ -334,10 +338,20 @@ class SharedConfig:
             return
         self.pending = None
         if won:
+            self._published = snap.digest
             self._count("published")
             LOG.info("published config version %d (digest %s)", snap.version, snap.digest[:12])
             return
-        winner = _parse(current[0]) if current else None
+        if current is None:  # the key is gone (etcd wiped, or deleted): nothing to overwrite
+            self.pending = (snap, 0)
+            self._try_publish()
+            return
+        winner = _parse(current[0])
+        if winner is not None and (winner.by, winner.digest) == (self.replica, self._published):
+            # Lost to this replica's own last edit, not read back yet: it was seen.
+            self.pending = (replace(snap, version=winner.version + 1), current[1])
+            self._try_publish()
+            return
         if winner is not None and winner.digest == snap.digest:  # the same files: done
             self._count("same")
             LOG.info(
@@ -376,12 +390,15 @@ class SharedConfig:
 
     def poll(self, store: ConfigStore | None) -> tuple[str, int] | None:
         """In the cluster thread, once a round: (value, mod revision) of the config key when
-        its revision is new since the last call, else None. Never raises. `store` None: etcd
+        its revision is new since the last call, else None; the value is read only then.
+        Never raises. `store` None: etcd
         is known to be away this round (nothing is read)."""
         try:
             if store is None:
                 raise StoreUnavailable("the election could not reach etcd")
-            current = store.get(CONFIG_KEY)
+            # The value (up to 1 MiB) only when its revision moved: a round reads ~100 bytes.
+            revision = store.mod_revision(CONFIG_KEY)
+            current = None if revision in (None, self._polled) else store.get(CONFIG_KEY)
         except StoreUnavailable:
             self.reachable = False
             return None

@@ -17,6 +17,7 @@ class FakeEtcd:
         self.keys: dict[str, tuple[str, int, int]] = {}  # key -> (value, create rev, lease)
         self.modified: dict[str, int] = {}  # key -> mod revision, for keys without a lease
         self.puts = 0  # compare-and-swaps that put
+        self.values_read = 0  # gets of a value (not of a revision alone)
 
     def _up(self) -> None:
         if self.down:
@@ -68,7 +69,12 @@ class FakeEtcd:
 
     def get(self, key: str) -> tuple[str, int] | None:
         self._up()
+        self.values_read += 1
         return (self.keys[key][0], self.modified[key]) if key in self.modified else None
+
+    def mod_revision(self, key: str) -> int | None:
+        self._up()
+        return self.modified.get(key)
 
     def cas(self, key: str, value: str, revision: int) -> bool:
         self._up()

@@ -366,3 +366,53 @@ def test_a_malformed_value_in_etcd_is_refused(tmp_path, change, message):
     change(raw)
     with pytest.raises(ValueError, match=message):
         Snapshot.from_json(json.dumps(raw))
+
+
+def test_a_second_edit_before_the_first_is_read_back_publishes_on_top_of_it(cluster, caplog):
+    # Two SIGHUPs (or a SIGHUP and a settled file edit) within one 100 ms poll: the second
+    # swapped on the revision before the first and lost to this replica's own edit, logged as
+    # "a published version 2 first", and the second edit was published nowhere.
+    etcd, replicas = cluster
+    a = replicas["a"]
+    a.write(BASE, CLOSE_22)
+    a.edit()
+    a.write(BASE, "rules:\n  - {action: deny, protocol: tcp, port: 23}\n")
+    with caplog.at_level(logging.INFO):
+        a.edit()
+    assert (a.publishes("published"), a.publishes("conflict")) == (2, 0), caplog.text
+    assert etcd_snapshot(etcd).version == 3
+    run(replicas)
+    for r in replicas.values():
+        assert r.shared.version == 3 and r.ssh_open() and not tcp(r.net, A, B, 23)
+
+
+def test_an_edit_after_the_config_key_vanished_is_published_again(cluster, caplog):
+    # etcd restarted with a wiped data dir (or the key deleted): the swap on the last revision
+    # seen lost to nothing, was logged as "another replica published version ? first", and
+    # every later edit failed the same way.
+    etcd, replicas = cluster
+    del etcd.keys[CONFIG_KEY], etcd.modified[CONFIG_KEY]
+    a = replicas["a"]
+    a.write(BASE, CLOSE_22)
+    with caplog.at_level(logging.INFO):
+        a.edit()
+    assert a.publishes("published") == 1 and "version ?" not in caplog.text
+    assert etcd_snapshot(etcd).version == 2
+    run(replicas)
+    assert all(r.shared.version == 2 and not r.ssh_open() for r in replicas.values())
+
+
+def test_polling_an_unchanged_config_reads_no_value(cluster):
+    # Every replica read the whole snapshot (up to 1 MiB) every 100 ms round: 8% of a core per
+    # replica on a real etcd, 14 MB/s each, for a value that had not changed.
+    etcd, replicas = cluster
+    run(replicas)
+    reads = etcd.values_read
+    run(replicas, 10)
+    assert etcd.values_read == reads
+    replicas["a"].write(BASE, CLOSE_22)
+    replicas["a"].edit()
+    reads = etcd.values_read
+    run(replicas, 10)
+    assert etcd.values_read == reads + len(replicas)  # one read of the new version each
+    assert all(r.shared.version == 2 for r in replicas.values())
