@@ -12,6 +12,7 @@ cut, shifted or spliced (YAML syntax errors, duplicate keys, wrong indentation).
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import os
@@ -115,6 +116,7 @@ def _read(path: str) -> str:
 def lab_folder() -> str:
     """The base lab on disk: the config, the seed's rules.json, policies and routing files."""
     folder = tempfile.mkdtemp(prefix="osken-fuzz-")
+    atexit.register(shutil.rmtree, folder, True)  # one per test run, gone with it
     os.makedirs(f"{folder}/policies")
     os.makedirs(f"{folder}/routing")
     with open(f"{folder}/lab.yaml", "w") as fh:
