@@ -130,13 +130,12 @@ class ServicesLab:
 
 
 @contextmanager
-def services_lab(folder, weights: dict[str, int] | None = None):
-    """Controller (services app, metrics on) and the lab, servers running; all stopped after.
-
-    Raises RuntimeError if the lab does not come up.
-    """
+def leafspine_under_services(folder, config: str):
+    """The services app (metrics on) with `config` as folder/lab.yaml, and a leaf-spine lab
+    (2 spines, 3 leaves, 3 hosts each) connected to it: yields (controller, lab, metrics port);
+    both stopped after. Raises RuntimeError if the lab does not connect within 60 s."""
     cfg = folder / "lab.yaml"
-    cfg.write_text(service_config(weights or {"v1-a": 90, "v2-a": 10}))
+    cfg.write_text(config)
     port = free_port()
     ctl = Controller(
         ["apps/services"],
@@ -149,9 +148,20 @@ def services_lab(folder, weights: dict[str, int] | None = None):
         lab.start()
         if lab.wait_connected(timeout=60) is None:
             raise RuntimeError("the lab never connected")
-        for host in BACKENDS.values():
-            lab.serve(host, "tcp:80", name=host)
-        yield ServicesLab(ctl, lab, port)
+        yield ctl, lab, port
     finally:
         lab.stop()
         ctl.stop()
+
+
+@contextmanager
+def services_lab(folder, weights: dict[str, int] | None = None):
+    """Controller (services app, metrics on) and the lab, servers running; all stopped after.
+
+    Raises RuntimeError if the lab does not come up.
+    """
+    config = service_config(weights or {"v1-a": 90, "v2-a": 10})
+    with leafspine_under_services(folder, config) as (ctl, lab, port):
+        for host in BACKENDS.values():
+            lab.serve(host, "tcp:80", name=host)
+        yield ServicesLab(ctl, lab, port)

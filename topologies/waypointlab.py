@@ -15,8 +15,8 @@ import shutil
 import textwrap
 from contextlib import contextmanager
 
-from topologies.harness import ROOT, Controller, Lab, free_port
-from topologies.leafspine import LeafSpineTopo
+from topologies.harness import ROOT, Controller, Lab
+from topologies.serviceslab import leafspine_under_services
 from topologies.wait import until
 
 HTTP_PROBE = os.path.join(ROOT, "topologies", "httpprobe.py")
@@ -113,26 +113,10 @@ class WaypointLab:
 def waypoint_lab(folder, runtime: str | None = None):
     """Controller (services app, metrics on), the lab with HTTP backends, the waypoint serving;
     all stopped after. Raises RuntimeError if the lab or the waypoint does not come up."""
-    cfg = folder / "lab.yaml"
-    cfg.write_text(lab_config(folder, runtime))
-    port = free_port()
-    ctl = Controller(
-        ["apps/services"],
-        config=str(cfg),
-        log_path=str(folder / "ctl.log"),
-        extra=["--prometheus-port", str(port)],
-    ).start()
-    lab = Lab(LeafSpineTopo(2, 3, 3), ctl.port)
-    try:
-        lab.start()
-        if lab.wait_connected(timeout=60) is None:
-            raise RuntimeError("the lab never connected")
+    with leafspine_under_services(folder, lab_config(folder, runtime)) as (ctl, lab, port):
         for host in BACKENDS:
             lab.run_server(host, ["/usr/bin/python3", HTTP_PROBE, "serve", "80", "--name", host])
         env = WaypointLab(ctl, lab, folder, port)
         if not env.wait_serving(f"http://{VIP}/"):
             raise RuntimeError("the waypoint never served:\n" + ctl.log()[-3000:])
         yield env
-    finally:
-        lab.stop()
-        ctl.stop()
