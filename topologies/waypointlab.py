@@ -16,22 +16,14 @@ import textwrap
 from contextlib import contextmanager
 
 from topologies.harness import ROOT, Controller, Lab
-from topologies.serviceslab import leafspine_under_services
+from topologies.serviceslab import IPS, VIP, leafspine_under_services
 from topologies.wait import until
 
 HTTP_PROBE = os.path.join(ROOT, "topologies", "httpprobe.py")
 SEEDS = os.path.join(ROOT, "tests", "data", "seed-routing")
-VIP = "10.0.100.10"
 MOBILE_VIP = "10.0.100.11"
 WAYPOINT = "10.0.0.250"
 BACKENDS = {"h21": "v1-a", "h23": "v1-b", "h31": "v2-a", "h32": "mobile", "h22": "web"}
-IPS = {
-    "h21": "10.0.0.4",
-    "h22": "10.0.0.5",
-    "h23": "10.0.0.6",
-    "h31": "10.0.0.7",
-    "h32": "10.0.0.8",
-}
 LABELS = {
     "h21": "{app: user-service, version: v1}",
     "h23": "{app: user-service, version: v1}",
