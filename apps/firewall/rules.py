@@ -19,6 +19,7 @@ from controller.config import (
     dotted,
     load_document,
 )
+from controller.durations import parse_duration
 from controller.flowlog import logging_on
 from vnf.firewall import rulesfile
 from vnf.firewall.rulesfile import RuleFields, RuleFormatError
@@ -152,25 +153,6 @@ class FirewallSettings:
     # The files the rules were read from, by path (a rule's `origin` names one), so a trace
     # can give a rule's line and text (Document.source).
     sources: dict[str, Document] = field(default_factory=dict, compare=False)
-
-
-def parse_duration(value) -> float | None:
-    """60, '60s', '500ms', '2m', '1h' as seconds; None if unreadable or not positive."""
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = str(value).strip()
-        units = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
-        for suffix, scale in units:
-            if text.endswith(suffix):
-                try:
-                    seconds = float(text[: -len(suffix)]) * scale
-                except ValueError:
-                    return None
-                break
-        else:
-            return None
-    return seconds if seconds > 0 else None
 
 
 def _network(doc: Document, where: tuple, text: str) -> IPNetwork:

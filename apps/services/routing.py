@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import apps.services.schemas as schemas
 from apps.services.schemas import HTTP_MATCH_L7, ISTIO_RULE_L7
+from apps.services.trafficpolicy import TrafficPolicy, parse_traffic_policy
 from controller.config import OBJECT_HEADER, ConfigError, Document
 from vnf.waypoint.model import HttpMatch, StringMatch
 
@@ -97,8 +98,17 @@ class VirtualService:
 class DestinationRule:
     name: str
     host: str
-    subsets: dict[str, tuple[tuple[str, str], ...]]
+    subsets: dict[str, tuple[tuple[str, str], ...]]  # subset name -> its labels
     doc: Document
+    traffic_policy: TrafficPolicy | None = None
+    subset_policies: dict[str, TrafficPolicy] = field(default_factory=dict)
+
+    def policy_for(self, subset: str | None) -> TrafficPolicy | None:
+        """The policy for traffic to `subset` (None: the host): the subset's fields win."""
+        override = self.subset_policies.get(subset) if subset else None
+        if self.traffic_policy is None:
+            return override
+        return self.traffic_policy.merged(override)
 
 
 @dataclass(frozen=True)
@@ -302,18 +312,21 @@ def _virtual_service(doc: Document, meta: dict, spec: dict) -> VirtualService:
 
 
 def _destination_rule(doc: Document, meta: dict, spec: dict) -> DestinationRule:
-    policy = spec.get("trafficPolicy")
-    if policy:
-        LOG.warning(
-            "%s: spec.trafficPolicy (%s): connection pools and outlier detection are not "
-            "enforced by the switch; backends leave the split when their port or link goes down",
-            doc.located(("spec", "trafficPolicy")),
-            ", ".join(sorted(policy)),
-        )
-    subsets = {}
-    for s in spec.get("subsets") or []:
+    subsets, policies = {}, {}
+    for i, s in enumerate(spec.get("subsets") or []):
         subsets[s["name"]] = _labels(s.get("labels"))
-    return DestinationRule(meta["name"], str(spec["host"]), subsets, doc)
+        at = ("spec", "subsets", i, "trafficPolicy")
+        policy = parse_traffic_policy(doc, at, s.get("trafficPolicy"))
+        if policy is not None:
+            policies[s["name"]] = policy
+    top = parse_traffic_policy(doc, ("spec", "trafficPolicy"), spec.get("trafficPolicy"))
+    if top is not None or policies:
+        LOG.warning(
+            "%s: spec.trafficPolicy: connection pools and outlier detection are read but not "
+            "enforced yet; backends leave the split when their port or link goes down",
+            doc.located(("spec", "trafficPolicy") if top is not None else ("spec", "subsets")),
+        )
+    return DestinationRule(meta["name"], str(spec["host"]), subsets, doc, top, policies)
 
 
 # --- Gateway API -------------------------------------------------------------------------------

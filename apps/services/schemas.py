@@ -15,6 +15,7 @@ everywhere in the suite (controller.config.LABELS).
 
 from __future__ import annotations
 
+from apps.services.trafficpolicy import TRAFFIC_POLICY_SCHEMA
 from controller.config import LABELS
 
 GATEWAY_MAX_WEIGHT = 1_000_000
@@ -184,7 +185,7 @@ DESTINATION_RULE = {
             "required": ["host"],
             "properties": {
                 "host": _STRING,
-                "trafficPolicy": _OBJECT,
+                "trafficPolicy": TRAFFIC_POLICY_SCHEMA,
                 "exportTo": _STRINGS,
                 "workloadSelector": _OBJECT,
                 "subsets": {
@@ -195,7 +196,7 @@ DESTINATION_RULE = {
                         "properties": {
                             "name": _STRING,
                             "labels": LABELS,
-                            "trafficPolicy": _OBJECT,
+                            "trafficPolicy": TRAFFIC_POLICY_SCHEMA,
                         },
                     },
                 },

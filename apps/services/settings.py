@@ -46,6 +46,7 @@ from apps.services.routing import (
     reject_l7,
     short_host,
 )
+from apps.services.trafficpolicy import TrafficPolicy
 from controller.config import Config, Document, DocumentCache
 from controller.endpoints import Endpoint, parse_endpoints
 from vnf.waypoint import envoy
@@ -127,12 +128,18 @@ class Service:
     backends: tuple[Backend, ...]  # every backend any route or the backup list names
     routes: tuple[Route, ...]
     backups: tuple[tuple[str, Fraction], ...]
+    # backend key -> the DestinationRule trafficPolicy for traffic to it (none: no limits)
+    traffic_policies: tuple[tuple[str, TrafficPolicy], ...] = ()
 
     def backend(self, key: str) -> Backend:
         return next(b for b in self.backends if b.key == key)
 
     def route_for(self, src: str) -> Route | None:
         return next((r for r in self.routes if r.takes(src)), None)
+
+    def traffic_policy(self, key: str) -> TrafficPolicy | None:
+        """The DestinationRule trafficPolicy in force for backend `key`, if any."""
+        return dict(self.traffic_policies).get(key)
 
 
 @dataclass
@@ -181,9 +188,20 @@ class _Resolver:
         self.endpoints = endpoints
         self.listed = listed  # service name -> its own primaries
         self.subsets: dict[str, dict] = {}
+        self.rules: dict[str, DestinationRule] = {}  # short host -> its DestinationRule
+        # backend key -> the trafficPolicy of the host (and subset) it was reached as
+        self.policies: dict[str, TrafficPolicy] = {}
         for d in docs:
             if isinstance(d, DestinationRule):
                 self.subsets.setdefault(short_host(d.host), {}).update(d.subsets)
+                self.rules.setdefault(short_host(d.host), d)
+
+    def note_policy(self, host: str, subset: str | None, members: list[Backend]) -> None:
+        """Record the trafficPolicy host `host` (subset `subset`) gives each of `members`."""
+        rule = self.rules.get(short_host(host))
+        policy = rule.policy_for(subset) if rule is not None else None
+        if policy is not None:
+            self.policies.update((b.key, policy) for b in members)
 
     def pool(self, service_port: int, dest: Destination, doc) -> list[Backend]:
         host = short_host(dest.host)
@@ -205,6 +223,7 @@ class _Resolver:
             members = [b for b in members if set(labels) <= set(self.endpoints[b.endpoint].labels)]
         if dest.port is not None:
             members = [Backend(b.endpoint, b.ip, b.mac, dest.port) for b in members]
+        self.note_policy(host, dest.subset, members)
         if not members and dest.weight:
             raise doc.error(
                 dest.where,
@@ -350,6 +369,8 @@ def parse_services(
                 settings.services.append(_waypoint_service(spec, vip, mesh, x))
                 continue
         routes, members = _routes(config, i, spec, mine, resolver, listed, backups)
+        if mine is None:
+            resolver.note_policy(spec["name"], None, members)
         settings.services.append(
             Service(
                 spec["name"],
@@ -360,6 +381,7 @@ def parse_services(
                 tuple({b.key: b for b in members}.values()),
                 tuple(routes),
                 tuple((b.key, w) for b, w in backups[spec["name"]]),
+                _policies_of(members, resolver),
             )
         )
     _warn_unrouted(docs, used)
@@ -369,6 +391,12 @@ def parse_services(
     if listeners:
         _check_with_envoy(config, settings.plan)
     return settings
+
+
+def _policies_of(members: list[Backend], resolver: _Resolver) -> tuple:
+    """(backend key, trafficPolicy) for each member that has one, in member order."""
+    keys = dict.fromkeys(b.key for b in members)
+    return tuple((k, resolver.policies[k]) for k in keys if k in resolver.policies)
 
 
 def _members(

@@ -1,0 +1,38 @@
+"""Durations as users write them in config and in Kubernetes/Istio documents."""
+
+from __future__ import annotations
+
+_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+
+
+def parse_duration(value) -> float | None:
+    """60, '60s', '500ms', '2m', '1h' (and Go-style sums such as '1m30s') as seconds.
+
+    Returns None if unreadable or not positive. Source: Go's time.ParseDuration units, which
+    Istio's and Kubernetes' duration fields accept.
+
+    >>> parse_duration("1m30s"), parse_duration("500ms"), parse_duration("ten")
+    (90.0, 0.5, None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text, seconds = str(value).strip(), 0.0
+        if not text:
+            return None
+        while text:
+            number = len(text) - len(text.lstrip("0123456789."))
+            if number == 0:
+                return None
+            rest = text[number:]
+            unit = next(((u, k) for u, k in _UNITS if rest.startswith(u)), None)
+            if unit is None:
+                return None
+            try:
+                seconds += float(text[:number]) * unit[1]
+            except ValueError:
+                return None
+            text = rest[len(unit[0]) :]
+    return seconds if seconds > 0 else None
