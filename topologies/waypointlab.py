@@ -11,19 +11,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import textwrap
+from collections.abc import Iterator
 from contextlib import contextmanager
 
+from apps.services.mesh import WAYPOINT_NAME
 from topologies.harness import ROOT, Controller, Lab
 from topologies.serviceslab import IPS, VIP, leafspine_under_services
 from topologies.wait import until
+from vnf.waypoint.runner import Runner, Spec
 
 HTTP_PROBE = os.path.join(ROOT, "topologies", "httpprobe.py")
 SEEDS = os.path.join(ROOT, "tests", "data", "seed-routing")
 MOBILE_VIP = "10.0.100.11"
 WAYPOINT = "10.0.0.250"
+BRIDGE = "lf3"
+IN_FORCE = "waypoint: config .* in force"  # the controller's log line once Envoy has a config
 BACKENDS = {"h21": "v1-a", "h23": "v1-b", "h31": "v2-a", "h32": "mobile", "h22": "web"}
+# The operator's edit of traffic-routing.yml: its default route goes 50/50.
+FIFTY_FIFTY = {"weight: 90": "weight: 50", "weight: 10": "weight: 50"}
+VERSIONS = {"v1": ("h21", "h23"), "v2": ("h31",)}  # user-service's subsets, by backend host
 LABELS = {
     "h21": "{app: user-service, version: v1}",
     "h23": "{app: user-service, version: v1}",
@@ -43,6 +52,13 @@ kind: DestinationRule
 metadata: {name: web-service}
 spec: {host: web-service, subsets: [{name: v1, labels: {version: v1}}]}
 """
+
+
+def shares(got: dict[str, int]) -> dict[str, float]:
+    """Percent of all answers in `got` (WaypointLab.get's counts) that each of user-service's
+    versions gave: {"v1": 90.0, "v2": 10.0}."""
+    total = sum(got.values()) or 1
+    return {v: sum(got.get(h, 0) for h in hosts) * 100 / total for v, hosts in VERSIONS.items()}
 
 
 def lab_config(folder, runtime: str | None = None) -> str:
@@ -67,7 +83,7 @@ def lab_config(folder, runtime: str | None = None) -> str:
               - {{name: service, vip: {MOBILE_VIP}, port: 80}}
             routing: {json.dumps(routing)}
             mesh:
-              waypoint: {{bridge: lf3, addresses: [{WAYPOINT}/8]{extra}}}
+              waypoint: {{bridge: {BRIDGE}, addresses: [{WAYPOINT}/8]{extra}}}
             """
         )
     )
@@ -76,8 +92,11 @@ def lab_config(folder, runtime: str | None = None) -> str:
 class WaypointLab:
     """The running controller and lab, and HTTP from the lab's hosts."""
 
-    def __init__(self, ctl: Controller, lab: Lab, folder, metrics_port: int) -> None:
+    def __init__(
+        self, ctl: Controller, lab: Lab, folder, metrics_port: int, runtime: str | None = None
+    ) -> None:
         self.ctl, self.lab, self.folder, self.metrics_port = ctl, lab, folder, metrics_port
+        self.runner = Runner(Spec(WAYPOINT_NAME, BRIDGE, (f"{WAYPOINT}/8",), runtime=runtime))
 
     def get(
         self,
@@ -100,6 +119,34 @@ class WaypointLab:
         """True once a request from h11 to `url` is answered by a backend."""
         return bool(until(lambda: "fail" not in self.get("h11", url, 1, parallel=1), timeout, 0.5))
 
+    def replica(self) -> dict:
+        """The waypoint replica as its runtime sees it (vnf/runtime.py): {"running": bool} and
+        Docker's "started" time or a namespace host's "pid"; the same "started"/"pid" before
+        and after a reload means Envoy was not restarted."""
+        state = self.runner.runtime.state(self.runner.spec.replica(0))
+        return {k: state[k] for k in ("running", "started", "pid") if k in state}
+
+    @contextmanager
+    def routing_edited(self, edits: dict[str, str], timeout: float = 15.0) -> Iterator[None]:
+        """traffic-routing.yml edited as an operator would (each key's text replaced by its
+        value) and in force in Envoy for the block; the seed's text back, in force, after.
+        RuntimeError if the controller does not log a new config in force within `timeout` s."""
+        path = self.folder / "traffic-routing.yml"
+        seed = text = path.read_text()
+        for old, new in edits.items():
+            text = text.replace(old, new)
+        self._write_in_force(path, text, timeout)
+        try:
+            yield
+        finally:
+            self._write_in_force(path, seed, timeout)
+
+    def _write_in_force(self, path, text: str, timeout: float) -> None:
+        before = len(re.findall(IN_FORCE, self.ctl.log()))
+        path.write_text(text)
+        if not self.ctl.wait_log(IN_FORCE, count=before + 1, timeout=timeout):
+            raise RuntimeError(f"{path.name}: the edit never reached the waypoint")
+
 
 @contextmanager
 def waypoint_lab(folder, runtime: str | None = None):
@@ -108,7 +155,7 @@ def waypoint_lab(folder, runtime: str | None = None):
     with leafspine_under_services(folder, lab_config(folder, runtime)) as (ctl, lab, port):
         for host in BACKENDS:
             lab.run_server(host, ["/usr/bin/python3", HTTP_PROBE, "serve", "80", "--name", host])
-        env = WaypointLab(ctl, lab, folder, port)
+        env = WaypointLab(ctl, lab, folder, port, runtime)
         if not env.wait_serving(f"http://{VIP}/"):
             raise RuntimeError("the waypoint never served:\n" + ctl.log()[-3000:])
         yield env
