@@ -8,8 +8,11 @@ rules.json, a rate limit under a UDP flood, a source blocked by a live reload), 
 seed's NetworkPolicy, unmodified, and a spoofed address that gains nothing), a canary behind a
 virtual IP (the seed's Istio VirtualService, then a live shift to 50/50 and a backend's link
 cut), a service chain through the seed's firewall VNF running as containers (a live ConfigMap
-edit, a replica killed) and what the controller reports on /metrics; then two replicas of the
-firewall on etcd, the master of a switch killed under a ping. Prints a short report,
+edit, a replica killed) and what the controller reports on /metrics. Then two smaller labs: an
+L7 waypoint (leaf-spine, Envoy in a container that the controller runs and feeds; the seed's
+routing file, unmodified: a `canary: true` header reaches v2 every time, other requests split
+90/10 per request, then a live shift to 50/50 without restarting Envoy), and two replicas of
+the firewall on etcd, the master of a switch killed under a ping. Prints a short report,
 cleans up, exits 0 only if every check passed.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -34,6 +38,9 @@ from topologies.harness import ROOT, Controller, Lab, free_port, metric, ping_co
 from topologies.linear import LinearTopo  # noqa: E402
 from topologies.replicas import ReplicaSet, kill_master_under_ping  # noqa: E402
 from topologies.wait import until  # noqa: E402
+from topologies.waypointlab import BACKENDS as WAYPOINT_BACKENDS  # noqa: E402
+from topologies.waypointlab import FIFTY_FIFTY, shares, waypoint_lab  # noqa: E402
+from topologies.waypointlab import VIP as WAYPOINT_VIP  # noqa: E402
 from vnf.deploy import Deployer  # noqa: E402
 from vnf.manifest import load_manifest  # noqa: E402
 
@@ -378,6 +385,53 @@ def xdp_flood(lab: Lab, report: Report, ctl: Controller, metrics_port: int, dst:
     )
 
 
+def waypoint(report: Report, folder: str) -> None:
+    """The seed's traffic-routing.yml, unmodified, in a small lab with `mesh.waypoint`
+    (topologies/waypointlab.py): its `canary` header rule needs L7, so the controller runs Envoy
+    in a container as the service's waypoint and steers the VIP to it. Real HTTP, a new
+    connection per request; then a live weight edit that reaches the same Envoy."""
+    print("waypoint: leaf-spine lab (2 spines, 3 leaves, 9 hosts), apps/services, Envoy on lf3")
+    url, n = f"http://{WAYPOINT_VIP}/", 1000
+
+    def answers(got: dict[str, int]) -> str:
+        return ", ".join(f"{WAYPOINT_BACKENDS.get(h, h)} {k}" for h, k in sorted(got.items()))
+
+    def split(got: dict[str, int], v1: float, v2: float) -> tuple[bool, str]:
+        pct = shares(got)
+        ok = "fail" not in got and abs(pct["v1"] - v1) <= 2 and abs(pct["v2"] - v2) <= 2
+        return ok, f"v1 {pct['v1']:.1f}%, v2 {pct['v2']:.1f}% ({answers(got)})"
+
+    folder = pathlib.Path(folder, "waypoint")
+    folder.mkdir()
+    start = time.time()
+    try:
+        with waypoint_lab(folder) as env:
+            took = time.time() - start
+            got = env.get("h11", url, 100, {"canary": "true"})
+            report.add(
+                "waypoint: requests with canary: true",
+                got == {"h31": 100},
+                f"100 to {WAYPOINT_VIP}: {answers(got)} (Envoy serving {took:.0f} s after start)",
+            )
+            got = env.get("h12", url, n)
+            ok, text = split(got, 90, 10)
+            report.add("waypoint: the others split 90/10 per request", ok, f"{n} requests: {text}")
+            before, start = env.replica(), time.time()
+            with env.routing_edited(FIFTY_FIFTY):
+                took = time.time() - start
+                got = env.get("h13", url, 200)
+                same = env.replica() == before
+            ok, text = split(got, 50, 50)
+            report.add(
+                "waypoint: live shift to 50/50",
+                ok and same and before["running"],
+                f"in force {took:.1f} s after the edit, Envoy "
+                f"{'not restarted' if same else 'restarted'}; 200 requests: {text}",
+            )
+    except RuntimeError as exc:
+        report.add("waypoint: Envoy in front of the VIP", False, str(exc).splitlines()[0])
+
+
 def failover(report: Report, folder: str) -> None:
     """Two replicas of the firewall on a lab etcd, two switches connected to both; the master
     of the second switch is killed (-9) under a 100 pps ping."""
@@ -470,6 +524,7 @@ def main() -> int:
             f"{m.get('osken_of_errors', 0):.0f} switch errors, "
             f"{m.get('osken_firewall_rule_packets', 0):.0f} packets counted by rules",
         )
+    waypoint(report, folder)
     failover(report, folder)
     print()
     print("report")
