@@ -401,11 +401,11 @@ def waypoint(report: Report, folder: str) -> None:
         ok = "fail" not in got and abs(pct["v1"] - v1) <= 2 and abs(pct["v2"] - v2) <= 2
         return ok, f"v1 {pct['v1']:.1f}%, v2 {pct['v2']:.1f}% ({answers(got)})"
 
-    folder = pathlib.Path(folder, "waypoint")
-    folder.mkdir()
+    lab_dir = pathlib.Path(folder, "waypoint")
+    lab_dir.mkdir()
     start = time.time()
     try:
-        with waypoint_lab(folder) as env:
+        with waypoint_lab(lab_dir) as env:
             took = time.time() - start
             got = env.get("h11", url, 100, {"canary": "true"})
             report.add(
