@@ -531,6 +531,10 @@ def main() -> int:
     for what, ok, detail in report.rows:
         print(f"  {'PASS' if ok else 'FAIL'}  {what:45s} {detail}")
     print(f"{'all checks passed' if report.ok else 'SOME CHECKS FAILED'}; log: {ctl.log_path}")
+    if report.ok:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        print(f"the lab's files are kept for a look: {folder}")
     return 0 if report.ok else 1
 
 
