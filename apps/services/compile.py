@@ -45,7 +45,7 @@ from collections.abc import Callable
 from os_ken.ofproto.ofproto_v1_3 import OFPP_IN_PORT as IN_PORT
 
 from apps.services.settings import WAYPOINT, Backend, Service
-from apps.services.weights import bucket_weights
+from apps.services.weights import switch_buckets
 from controller.flows import (
     Bucket,
     Flow,
@@ -375,9 +375,11 @@ class ServicesCompiler:
     def select_group(
         self, index: int, r: int, choices: list[tuple[Backend, object]], via: Callable
     ) -> Group:
-        """A route's split as a select group: Open vSwitch hashes each new flow to a bucket."""
-        weights = bucket_weights([w for _, w in choices])
+        """A route's split as a select group: Open vSwitch hashes each new flow to a bucket.
+        The buckets are weights.switch_buckets': its table of 256 hash values comes within 0.2
+        points of the split (a backend may have two buckets)."""
         buckets = [
-            Bucket((via(b),), weight=w) for (b, _), w in zip(choices, weights, strict=True) if w
+            Bucket((via(choices[i][0]),), weight=w)
+            for i, w in switch_buckets([w for _, w in choices])
         ]
         return group(select_group_id(index, r), "select", buckets)

@@ -1,4 +1,5 @@
-"""Istio VirtualService / DestinationRule and Gateway API HTTPRoute, read unmodified.
+"""Istio VirtualService / DestinationRule, Gateway API HTTPRoute and Knative Ingress, read
+unmodified.
 
 What a switch can see: who the client is (source labels, namespace, subnet), the destination
 port, and the weighted split over destinations. Request conditions (HTTP headers, URI or path,
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import apps.services.schemas as schemas
-from apps.services.schemas import HTTP_MATCH_L7, ISTIO_RULE_L7
+from apps.services.schemas import HTTP_MATCH_L7, ISTIO_RULE_L7, KNATIVE_PATH_L7, KNATIVE_SPLIT_L7
 from apps.services.trafficpolicy import TrafficPolicy, parse_traffic_policy
 from controller.config import OBJECT_HEADER, ConfigError, Document
 from vnf.waypoint.model import HttpMatch, StringMatch
@@ -33,6 +34,8 @@ LOG = logging.getLogger("osken_suite.services")
 ISTIO_GROUP = "networking.istio.io/"
 GATEWAY_GROUP = "gateway.networking.k8s.io/"
 SECURITY_GROUP = "security.istio.io/"
+KNATIVE_GROUP = "networking.knative.dev/"
+KNATIVE_PERCENT = 100  # a path's splits add up to this (Knative's validation)
 GATEWAY_MAX_ITEMS = 16  # rules per HTTPRoute, backendRefs per rule (the CRD's maxItems)
 
 _HTTPROUTE_MATCH_L7 = {"headers", "queryParams", "method"}
@@ -121,7 +124,18 @@ class HTTPRoute:
     doc: Document
 
 
-RoutingDoc = VirtualService | DestinationRule | HTTPRoute
+@dataclass(frozen=True)
+class KnativeIngress:
+    """A Knative Ingress: the hosts of its rules, and each HTTP path's split as a rule."""
+
+    name: str
+    namespace: str | None
+    hosts: tuple[str, ...]
+    rules: tuple[RouteRule, ...]
+    doc: Document
+
+
+RoutingDoc = VirtualService | DestinationRule | HTTPRoute | KnativeIngress
 
 
 def short_host(host: str) -> str:
@@ -421,10 +435,62 @@ def _httproute(doc: Document, meta: dict, spec: dict) -> HTTPRoute:
     )
 
 
+# --- Knative ----------------------------------------------------------------------------------
+
+
+def _knative_ingress(doc: Document, meta: dict, spec: dict) -> KnativeIngress:
+    """Every rule's hosts, and each HTTP path as a rule that takes every client: the switch
+    sees no Host header, so the paths of all rules form one list in order."""
+    if spec.get("tls"):
+        _reject(doc, ("spec", "tls"), "TLS termination")
+    hosts: list[str] = []
+    rules = []
+    for i, rule in enumerate(spec.get("rules") or []):
+        hosts += rule.get("hosts") or []
+        for j, path in enumerate((rule.get("http") or {}).get("paths") or []):
+            found = _knative_path(doc, path, ("spec", "rules", i, "http", "paths", j))
+            if found is not None:
+                rules.append(found)
+    return KnativeIngress(meta["name"], meta.get("namespace"), tuple(hosts), tuple(rules), doc)
+
+
+def _knative_path(doc: Document, path: dict, at: tuple) -> RouteRule | None:
+    """One HTTPIngressPath's percent split, or None (and a warning) if it needs what a switch
+    cannot do: a path other than "/", header matches or edits, Host rewrites, timeouts,
+    retries. Raises ConfigError when its percents do not add up to 100."""
+    if path.get("path", "/") not in ("", "/"):
+        _reject(doc, at + ("path",), "a match on the request path")
+        return None
+    for key, what in KNATIVE_PATH_L7.items():
+        if path.get(key):
+            _reject(doc, at + (key,), what)
+            return None
+    splits = path.get("splits") or []
+    if not splits:
+        raise doc.error(at, "a path needs splits")
+    destinations = []
+    for k, split in enumerate(splits):
+        where = at + ("splits", k)
+        for key, what in KNATIVE_SPLIT_L7.items():
+            if split.get(key):
+                _reject(doc, where + (key,), what)
+                return None
+        default = KNATIVE_PERCENT if len(splits) == 1 else 0
+        weight = _weight(split.get("percent"), default)
+        destinations.append(
+            Destination(str(split["serviceName"]), None, split.get("servicePort"), weight, where)
+        )
+    total = sum(d.weight for d in destinations)
+    if total != KNATIVE_PERCENT:
+        raise doc.error(at + ("splits",), f"the percents add up to {total}, not 100")
+    return RouteRule((), tuple(destinations), doc.located(at))
+
+
 _KINDS = {
     (ISTIO_GROUP, "VirtualService"): (_virtual_service, schemas.VIRTUAL_SERVICE),
     (ISTIO_GROUP, "DestinationRule"): (_destination_rule, schemas.DESTINATION_RULE),
     (GATEWAY_GROUP, "HTTPRoute"): (_httproute, schemas.HTTP_ROUTE),
+    (KNATIVE_GROUP, "Ingress"): (_knative_ingress, schemas.KNATIVE_INGRESS),
 }
 
 

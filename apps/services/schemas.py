@@ -7,10 +7,12 @@ and the fields each object may have (anything else is an "unknown key" at its li
 fields the switch can honour is decided afterwards (routing.py): the L7 fields below are
 known here, so that the reader can reject them by name.
 
-Sources: Istio's networking/v1 API reference (VirtualService, DestinationRule), and the Gateway
+Sources: Istio's networking/v1 API reference (VirtualService, DestinationRule), the Gateway
 API v1 reference (HTTPRoute: PortNumber is an integer 1-65535, matches are objects; weight ranges
-are checked by the reader). Labels are Kubernetes' map[string]string: strings only, as
-everywhere in the suite (controller.config.LABELS).
+are checked by the reader), and Knative Serving's networking.knative.dev/v1alpha1 Ingress
+(pkg/apis/networking/v1alpha1/ingress_types.go: percent 0-100, servicePort a port). Labels are
+Kubernetes' map[string]string: strings only, as everywhere in the suite
+(controller.config.LABELS).
 """
 
 from __future__ import annotations
@@ -295,6 +297,74 @@ HTTP_ROUTE = {
                                 },
                             },
                             "timeouts": _OBJECT,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+# --- Knative networking.knative.dev ------------------------------------------------------------
+
+# Fields of a Knative Ingress path and split a switch cannot honour: named when refused.
+KNATIVE_PATH_L7 = {
+    "headers": "a match on HTTP headers",
+    "appendHeaders": "a header edit (appendHeaders)",
+    "rewriteHost": "a Host rewrite (rewriteHost)",
+    "timeout": "a request timeout",
+    "retries": "request retries",
+}
+KNATIVE_SPLIT_L7 = {"appendHeaders": "a header edit (appendHeaders)"}
+
+_KNATIVE_SPLIT = {
+    "type": "object",
+    "required": ["serviceName"],
+    "additionalProperties": False,
+    "properties": {
+        **{key: {} for key in KNATIVE_SPLIT_L7},
+        "serviceName": _STRING,
+        "serviceNamespace": _STRING,
+        "servicePort": _PORT,
+        "percent": {"type": "integer", "minimum": 0, "maximum": 100},
+    },
+}
+_KNATIVE_PATH = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **{key: {} for key in KNATIVE_PATH_L7},
+        "path": _STRING,
+        "splits": {"type": "array", "items": _KNATIVE_SPLIT},
+    },
+}
+
+# Knative Serving's networking.knative.dev/v1alpha1 Ingress (the KIngress its net-* plugins
+# read): rules of hosts and HTTP paths, each path a percent split over services.
+KNATIVE_INGRESS = {
+    "type": "object",
+    "properties": {
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "tls": {"type": "array"},
+                "httpOption": _STRING,
+                "visibility": _STRING,
+                "rules": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "hosts": _STRINGS,
+                            "visibility": {"enum": ["ExternalIP", "ClusterLocal"]},
+                            "http": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {"paths": {"type": "array", "items": _KNATIVE_PATH}},
+                            },
                         },
                     },
                 },

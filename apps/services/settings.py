@@ -1,9 +1,10 @@
 """The `services` and `routing` config sections, resolved into what the switch enforces.
 
 A service is a virtual IP and port. Its split comes from its own `backends` list, or from
-routing documents (Istio VirtualService + DestinationRule, Gateway API HTTPRoute) that name it:
-a VirtualService by one of its `hosts` (short name) or, without hosts, by its own name; an
-HTTPRoute by a `parentRefs` name, a hostname or its own name. A route destination names a host:
+routing documents (Istio VirtualService + DestinationRule, Gateway API HTTPRoute, Knative
+Ingress) that name it: a VirtualService by one of its `hosts` (short name) or, without hosts, by
+its own name; an HTTPRoute by a `parentRefs` name, a hostname or its own name; a Knative Ingress
+by a host of one of its rules (short name) or its own name. A route destination names a host:
 the backends of the service of that name, or else the endpoints labelled `app: <host>`; a
 subset narrows them by the DestinationRule's labels. A destination's weight is shared equally
 by its endpoints. `backup: true` backends take traffic only while no primary is up.
@@ -38,6 +39,7 @@ from apps.services.routing import (
     Destination,
     DestinationRule,
     HTTPRoute,
+    KnativeIngress,
     RouteRule,
     RoutingDoc,
     SourceMatch,
@@ -288,6 +290,8 @@ def _attached(doc: RoutingDoc, name: str) -> bool:
             or doc.name == name
             or any(short_host(h) == name for h in doc.hostnames)
         )
+    if isinstance(doc, KnativeIngress):
+        return doc.name == name or any(short_host(h) == name for h in doc.hosts)
     return False
 
 

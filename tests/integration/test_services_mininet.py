@@ -4,6 +4,7 @@ The lab is topologies/serviceslab.py: leaf-spine, four clients, five named backe
 """
 
 import json
+import math
 import re
 import time
 
@@ -42,6 +43,32 @@ def test_shares_are_within_2_points_of_the_weights_and_weight_0_gets_nothing(env
         share = got.get(BACKENDS[name], 0) / CONNECTIONS * 100
         assert abs(share - w * 100 / total) <= 2, (name, got)
     assert BACKENDS["v0"] not in got and BACKENDS["spare"] not in got
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        {"v1-a": 90, "v2-a": 10},
+        {"v1-a": 70, "v2-a": 30},
+        {"v1-a": 99, "v2-a": 1},
+        {"v1-a": 33, "v2-a": 33, "v3-a": 34},
+    ],
+    ids=["90-10", "70-30", "99-1", "33-33-34"],
+)
+def test_the_switch_method_s_shares_are_within_a_point_plus_the_spread_of_hashing(env, weights):
+    """Method "switch": the select group's table comes within 0.39 points of the weights
+    (test_select_table.py); hashing 2,000 connections adds a random spread of sd
+    sqrt(p(1-p)/2000), so each share must be within 1 point plus 2.5 sd (the old table,
+    87.5/12.5 and 31.25/31.25/37.5, is 2.5 and 3.5 points off before any spread)."""
+    env.apply(service_config(weights, method="switch"))
+    got = env.spread(CONNECTIONS)
+    assert got.get("fail", 0) == 0, got
+    total = sum(weights.values())
+    for name, w in weights.items():
+        p = w / total
+        spread = 100 * math.sqrt(p * (1 - p) / CONNECTIONS)
+        share = got.get(BACKENDS[name], 0) / CONNECTIONS * 100
+        assert abs(share - 100 * p) <= 1 + 2.5 * spread, (name, got)
 
 
 def test_weight_shifts_move_new_connections_and_never_established_ones(env):

@@ -177,7 +177,10 @@ def test_the_switch_method_uses_a_select_group_with_the_weights(tmp_path):
     select = [
         g for gid, g in net.switches[201].groups.items() if g.type == "select" and gid >> 24 == 5
     ]
-    assert [b.weight for b in select[0].buckets] == [9, 1]
+    # 230 of the 256 hash values to v1-a (in two buckets: 229 and a weight-1 one that makes
+    # Open vSwitch's table 256 values), 26 to v2-a: 89.84/10.16 (weights.switch_buckets)
+    assert [b.weight for b in select[0].buckets] == [229, 1, 26]
+    assert select[0].buckets[0].actions == select[0].buckets[1].actions
     assert not net.switches[201].packet_outs or all(
         connection_of(p.data) is None for p in net.switches[201].packet_outs
     )

@@ -3,6 +3,7 @@ rule (file, line, text) or policy (namespace/name, rule index) that decided."""
 
 import json
 import os
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -396,14 +397,17 @@ def services_rules(hop: dict) -> list[dict]:
 
 def test_a_vip_is_traced_through_its_select_group_to_a_backend_with_the_service_named(tmp_path):
     from apps.services.compile import vip_mac
-    from tests.unit.test_services import C1, V1A, VIP
+    from tests.unit.test_services import C1, V1A, V2A, VIP
     from tests.unit.test_services import IP as SIP
 
     net, tracer = services_lab(tmp_path, "switch")
-    answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
+    answers = [tracer.trace(SIP[C1], VIP, "tcp", 80, sport) for sport in range(40000, 40020)]
+    hosts = [a["hops"][-1]["outputs"][0]["hosts"][0] for a in answers]
+    got = Counter(hosts)
+    assert set(got) == {V1A, V2A} and got[V1A] > got[V2A]  # hashed, mostly the 90%
+    answer = answers[hosts.index(V1A)]
     assert answer["packet"]["dst_mac"] == vip_mac(VIP)  # the VIP's MAC: no host's
     assert answer["verdict"] == "forward"
-    assert answer["hops"][-1]["outputs"][0]["hosts"] == [V1A]  # the 90% backend, as hashed
     decided = answer["decided_by"]
     assert (decided["switch"], decided["stage"]) == ("s201", "services_track")
     rule = decided["rule"]
@@ -414,8 +418,9 @@ def test_a_vip_is_traced_through_its_select_group_to_a_backend_with_the_service_
         "switch",
     )
     assert [(b["backend"]["endpoint"], b["weight"]) for b in rule["buckets"]] == [
-        ("v1-a", 9),
-        ("v2-a", 1),
+        ("v1-a", 229),  # 230 of 256 hash values in two buckets (weights.switch_buckets)
+        ("v1-a", 1),
+        ("v2-a", 26),
     ]
     assert rule["group"] in net.switches[201].groups
     steered = services_rules(answer["hops"][0])[-1]
