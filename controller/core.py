@@ -476,13 +476,17 @@ class Core:
     def resync(self, dpid: int, now: float) -> Outbox:
         """Re-read a switch and repair it with one full diff: no flow-mods if it holds what is
         wanted. For a replica that has just become the switch's master (controller/roles.py):
-        what it wrote before was not applied. A switch not yet ready is read from the start."""
+        what it wrote before was not applied. Before the diff, apps get what the switch holds
+        (`on_switch_synced`, as after a restart): what the old master learned and this replica
+        did not hear (it was settling, or joined later) is taken back, not deleted. A switch
+        not yet ready is read from the start."""
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
         if conn.phase != "ready":
             return self.switch_connected(dpid, now)
         conn.resync_at = None
+        conn.takeover = True
         conn.flows = {}
         conn.numbered = {kind: {} for kind in conn.numbered}
         self._read(conn, ("flows", "groups", "meters"))
@@ -551,6 +555,9 @@ class Core:
                 if conn.phase == "syncing":
                     self._synced(conn, now)
                 else:
+                    if conn.takeover:
+                        conn.takeover = False
+                        self._each("on_switch_synced", conn.dpid, list(conn.flows.values()), now)
                     self._reconcile(conn, "resync")
         return self._finish(now)
 

@@ -10,13 +10,15 @@ import itertools
 import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
+from apps.l2_learning import COOKIE as L2_COOKIE
 from controller.cluster import DuplicateReplica, Election, Owner
 from controller.core import Core
 from controller.flows import flow, flow_mod
 from controller.roles import RoleGate
 from tests.fakeetcd import FakeEtcd
-from tests.fakenet import FakeNetwork
+from tests.fakenet import BROADCAST, FakeNetwork, frame, payload_for
 from tests.fakeswitch import FakeSwitch
+from tests.unit.test_l2 import core_with_l2
 
 MASTER, SLAVE = ofp.OFPCR_ROLE_MASTER, ofp.OFPCR_ROLE_SLAVE
 STEP = 0.1  # seconds between election steps, as the replica's thread runs them
@@ -411,3 +413,52 @@ def test_a_generation_refused_as_stale_is_logged_once_with_its_likely_cause(capl
     stale = [r for r in caplog.records if "refused generation id" in r.getMessage()]
     assert len(stale) == 1, caplog.text
     assert "etcd restarted with a wiped data dir" in stale[0].getMessage()
+
+
+class ReplicaView(FakeNetwork):
+    """A second replica on the same fake switches: its writes pass its role gate, so as a
+    slave they are dropped (controller/roles.py); reads pass."""
+
+    def __init__(self, core: Core, name: str, switches: dict[int, FakeSwitch]) -> None:
+        super().__init__(core)
+        self.switches = switches
+        xids = itertools.count(0x100)
+        self.gate = RoleGate(name, lambda: next(xids))
+
+    def deliver(self, outbox, delivery=None) -> None:
+        super().deliver(self.gate.gate(outbox), delivery)
+
+
+def test_a_takeover_keeps_the_hosts_the_old_master_learned_unheard_by_the_new_one():
+    """A replica that joins while the master runs hears a new host's first frame while its
+    port is still on probation, and ignores it; the master learns it and writes its entries,
+    after which the host sends no packet-in again. When that replica takes over, its repair
+    reads the host from the switch, as a restart does, and keeps it: no flow-mod, where it
+    used to delete the host's entries (what the old master learned and the new one had not)."""
+    host, other = "00:00:00:00:00:01", "00:00:00:00:00:02"
+    master = FakeNetwork(core_with_l2())
+    sw = master.add_switch(1, 2)
+    master.add_host(host, 1, 1)
+    master.add_host(other, 1, 2)
+    master.start()
+    slave = ReplicaView(core_with_l2(), "b", master.switches)
+    slave.now = master.now
+    slave.gate.connected(1)
+    slave.connect()  # reads the switch; its ports are on probation for a second
+    data = frame(BROADCAST, host, 0x0806, payload_for(0x0806, {"arp_sha": host}))
+    master.inject(host, data)  # learned and installed by the master...
+    classify = slave.core.pipeline.table("classify")
+    slave.deliver(slave.core.packet_in(1, 1, data, classify, L2_COOKIE, slave.now))  # ...not here
+    slave.advance(3.0)
+    assert slave.core.ready(1)
+    data = frame(BROADCAST, other, 0x0806, payload_for(0x0806, {"arp_sha": other}))
+    master.inject(other, data)  # after the probation: heard by both
+    slave.deliver(slave.core.packet_in(1, 2, data, classify, L2_COOKIE, slave.now))
+    before, sent = sw.flows(), len(sw.received)
+    held, promoted = slave.gate.role_reply(1, MASTER, 9)  # the master died: this one takes over
+    assert promoted and not held
+    slave.deliver(slave.core.resync(1, slave.now))
+    writes = [type(m).__name__ for m in sw.received[sent:]]
+    assert not [w for w in writes if "Mod" in w or "Bundle" in w], writes
+    assert sw.flows() == before
+    assert master.send(other, host).hosts == [host]  # still forwarded, not flooded
