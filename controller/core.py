@@ -470,6 +470,7 @@ class Core:
             )
         self.discovery.forget_switch(dpid)
         self.port_load.forget(dpid)
+        self._repair_taken_over()  # no longer waiting for this switch's re-read
         self.metrics.switches.set(sum(c.phase == "ready" for c in self.conns.values()))
         return self._finish(now)
 
@@ -554,12 +555,29 @@ class Core:
             if not conn.pending:
                 if conn.phase == "syncing":
                     self._synced(conn, now)
+                elif conn.takeover:
+                    self._taken_over(conn, now)
                 else:
-                    if conn.takeover:
-                        conn.takeover = False
-                        self._each("on_switch_synced", conn.dpid, list(conn.flows.values()), now)
                     self._reconcile(conn, "resync")
         return self._finish(now)
+
+    def _taken_over(self, conn: SwitchConn, now: float) -> None:
+        """A new master's re-read is in: apps take back what the switch holds. The repairs
+        wait until every switch being taken over has been read, so that what one switch holds
+        for a host learned on another (its forwarding entry) is not deleted first."""
+        conn.takeover = False
+        conn.repair_due = True
+        self._each("on_switch_synced", conn.dpid, list(conn.flows.values()), now)
+        self._repair_taken_over()
+
+    def _repair_taken_over(self) -> None:
+        """Repair the switches read for a new master, once no such read is in flight."""
+        if any(c.takeover for c in self.conns.values()):
+            return
+        for c in self.conns.values():
+            if c.repair_due:
+                c.repair_due = False
+                self._reconcile(c, "resync")
 
     def _synced(self, conn: SwitchConn, now: float) -> None:
         dpid = conn.dpid
