@@ -6,12 +6,22 @@ a flap; three replicas."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 
 from topologies.harness import ping_counts
-from topologies.replicas import REPAIR, ReplicaSet, kill_master_under_ping, promotions, repairs
+from topologies.replicas import (
+    REPAIR,
+    ReplicaSet,
+    flow_mods,
+    kill_master_under_ping,
+    promotions,
+    repairs,
+)
 from topologies.wait import until
 
 GOAL = 3.0  # seconds
@@ -83,6 +93,44 @@ def test_a_host_first_heard_during_a_takeover_is_installed_by_the_repair(cluster
     assert sorted(mends) == sorted([(1, 0, 0), (2, 0, 0)][-len(orphaned) :]), mends
     entries = heard(rs.bridges, [new])
     assert len(entries) == 3 and sum(f"dl_src={new.MAC()}" in e for e in entries) == 1, entries
+
+
+def known_hosts(http_port: int) -> set[str]:
+    """The MACs a replica has learned (GET /api/v1/topology on its metrics port)."""
+    url = f"http://127.0.0.1:{http_port}/api/v1/topology"
+    with urllib.request.urlopen(url, timeout=2) as reply:
+        return {h["mac"] for h in json.load(reply)["hosts"]}
+
+
+def test_a_host_a_rejoining_replica_missed_survives_its_takeover(cluster):
+    """A replica restarted as a slave reads the switches, then spends a second with its ports
+    on probation: a host first heard then is learned by the master, not by it, and sends no
+    packet-in again. When the master is killed, the new master's repair reads that host back
+    from the switches and keeps it (it used to delete its 3 entries)."""
+    rs, net = cluster(metrics=True)
+    master = rs.master_of(rs.bridges[1])
+    assert all(rs.master_of(b) == master for b in rs.bridges), rs.masters()
+    name = next(n for n in rs.replicas if n != master)
+    rejoined, new = rs.replicas[name], net.host("h2x2")
+    rejoined.stop(signal.SIGKILL)
+    mark = len(rejoined.log())
+    rejoined.start()
+    read = r"switch 0000000000000002 connected; reading its tables"
+    assert until(lambda: re.search(read, rejoined.log()[mark:]), 15, 0.02), rejoined.log()[mark:]
+    new.cmd(f"ping -c1 -W0.2 {net.host('h1x1').IP()}")  # its first frame, while on probation
+    settled = r"switch 0000000000000002 reconciled \(connect\)"
+    assert until(lambda: re.search(settled, rejoined.log()[mark:]), 15), rejoined.log()[mark:]
+    assert len(heard(rs.bridges, [new])) == 3  # the master learned it
+    assert new.MAC() not in known_hosts(rs.http[name])  # the rejoined replica did not
+    mark, promoted = len(rejoined.log()), promotions(rejoined)
+    rs.replicas[master].stop(signal.SIGKILL)
+    assert until(lambda: repairs(rejoined.log(), mark) >= len(rs.bridges), 10), rejoined.log()[
+        mark:
+    ]
+    assert promotions(rejoined) == promoted + len(rs.bridges)
+    assert flow_mods(rejoined.log(), mark) == 0, rejoined.log()[mark:]
+    assert len(heard(rs.bridges, [new])) == 3
+    assert new.MAC() in known_hosts(rs.http[name])
 
 
 def test_frozen_master_is_fenced_rejoin_and_etcd_outage_do_not_flap(cluster, etcd):
