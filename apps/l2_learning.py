@@ -120,12 +120,21 @@ class L2Learning(SuiteApp):
     # --- state from the switches ---------------------------------------------------------------
 
     def on_switch_synced(self, dpid: int, installed: list[Flow], now: float) -> None:
-        """Recover hosts from our learned entries, so a restart keeps every path as it was."""
+        """Recover hosts from our learned entries, so a restart keeps every path as it was. On
+        a switch already ready (a new master's re-read, Core.resync) a recovered host's flows
+        are wanted at once: the switch's entry is what the old master learned."""
+        found = []
         for f in installed:
             if f.cookie == COOKIE and f.table == self.classify and f.priority == LEARNED_PRIORITY:
                 match = f.match_dict()
                 if "eth_src" in match and "in_port" in match:
-                    self._learn(match["eth_src"], dpid, match["in_port"])
+                    found.append((match["eth_src"], match["in_port"]))
+        for mac, port in found:
+            self._learn(mac, dpid, port)
+        if found and self.core.ready(dpid):
+            tree = self.topology.next_hop_ports(dpid)
+            for mac, _port in found:
+                self._install_host(mac, tree)
 
     def on_packet_in(self, pkt: PacketIn, now: float) -> None:
         if pkt.cookie != COOKIE or pkt.table_id != self.classify:

@@ -218,7 +218,9 @@ class SuiteApp:
         """
 
     def on_switch_synced(self, dpid: int, installed: list[Flow], now: float) -> None:
-        """A switch connected and reported its tables: recover any state they hold."""
+        """A switch connected and reported its tables: recover any state they hold. Also
+        called on a ready switch, when this replica has just become its master (Core.resync),
+        before the repair's diff: state the old master wrote is taken back, not deleted."""
 
     def on_switch_ready(self, dpid: int, now: float) -> None:
         """A switch finished settling; what is desired for it now is reconciled right after."""

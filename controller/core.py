@@ -470,19 +470,24 @@ class Core:
             )
         self.discovery.forget_switch(dpid)
         self.port_load.forget(dpid)
+        self._repair_taken_over()  # no longer waiting for this switch's re-read
         self.metrics.switches.set(sum(c.phase == "ready" for c in self.conns.values()))
         return self._finish(now)
 
     def resync(self, dpid: int, now: float) -> Outbox:
         """Re-read a switch and repair it with one full diff: no flow-mods if it holds what is
         wanted. For a replica that has just become the switch's master (controller/roles.py):
-        what it wrote before was not applied. A switch not yet ready is read from the start."""
+        what it wrote before was not applied. Before the diff, apps get what the switch holds
+        (`on_switch_synced`, as after a restart): what the old master learned and this replica
+        did not hear (it was settling, or joined later) is taken back, not deleted. A switch
+        not yet ready is read from the start."""
         conn = self.conns.get(dpid)
         if conn is None:
             return {}
         if conn.phase != "ready":
             return self.switch_connected(dpid, now)
         conn.resync_at = None
+        conn.takeover = True
         conn.flows = {}
         conn.numbered = {kind: {} for kind in conn.numbered}
         self._read(conn, ("flows", "groups", "meters"))
@@ -550,9 +555,29 @@ class Core:
             if not conn.pending:
                 if conn.phase == "syncing":
                     self._synced(conn, now)
+                elif conn.takeover:
+                    self._taken_over(conn, now)
                 else:
                     self._reconcile(conn, "resync")
         return self._finish(now)
+
+    def _taken_over(self, conn: SwitchConn, now: float) -> None:
+        """A new master's re-read is in: apps take back what the switch holds. The repairs
+        wait until every switch being taken over has been read, so that what one switch holds
+        for a host learned on another (its forwarding entry) is not deleted first."""
+        conn.takeover = False
+        conn.repair_due = True
+        self._each("on_switch_synced", conn.dpid, list(conn.flows.values()), now)
+        self._repair_taken_over()
+
+    def _repair_taken_over(self) -> None:
+        """Repair the switches read for a new master, once no such read is in flight."""
+        if any(c.takeover for c in self.conns.values()):
+            return
+        for c in self.conns.values():
+            if c.repair_due:
+                c.repair_due = False
+                self._reconcile(c, "resync")
 
     def _synced(self, conn: SwitchConn, now: float) -> None:
         dpid = conn.dpid

@@ -62,6 +62,8 @@ class SwitchConn:
     bundle_xids: set[int] = field(default_factory=set)
     synced_at: float = 0.0
     resync_at: float | None = None
+    takeover: bool = False  # a re-read for a new master in flight: apps recover from it first
+    repair_due: bool = False  # read for a new master; repaired once every such read is in
     packet_ins: object = None  # this switch's packet-in counter (looked up once, used per packet)
 
     @property

@@ -56,7 +56,7 @@ def main() -> int:
     with (
         EtcdLab() as etcd,
         ReplicaSet(etcd.url, log_dir=tempfile.mkdtemp()) as rs,
-        Lab(LinearTopo(n=2, hosts_per_switch=2), rs.replicas["a"].port) as net,
+        Lab(LinearTopo(n=2, hosts_per_switch=2), rs.replicas["a"].port, quiet=True) as net,
     ):
         rs.connect(net)
         until(lambda: net.ping("h1x1", "h2x1", count=1)[0], 20)

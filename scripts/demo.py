@@ -442,7 +442,7 @@ def failover(report: Report, folder: str) -> None:
     with (
         EtcdLab() as etcd,
         ReplicaSet(etcd.url, apps=["apps/firewall"], config=cfg, log_dir=folder) as rs,
-        Lab(LinearTopo(n=2, hosts_per_switch=2), rs.replicas["a"].port) as net,
+        Lab(LinearTopo(n=2, hosts_per_switch=2), rs.replicas["a"].port, quiet=True) as net,
     ):
         if not (rs.connect(net) and until(lambda: net.ping("h1x1", "h2x1", count=1)[0], 20)):
             report.add("replicas: one master per switch", False, f"OVS lists {rs.masters()}")

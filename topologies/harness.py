@@ -4,7 +4,7 @@ The pieces live in modules with one job each; this module re-exports them:
 
 - `topologies.controller_process`: the controller as a child process (`Controller`,
   `free_port`, `listening`, `wait_listening`);
-- `topologies.mininet_lab`: the Mininet network and traffic checks in it (`Lab`);
+- `topologies.mininet_lab`: the Mininet network and traffic checks in it (`Lab`, `quiet`);
 - `topologies.bridges`: OVS bridges a lab makes and removes (`fresh_bridge`, `snapshot`,
   `remove_leftovers`);
 - `topologies.scrape`: reading results (`metric`, `ofctl`, `tx_packets`, `dump_flows`,
@@ -17,7 +17,7 @@ The pieces live in modules with one job each; this module re-exports them:
 
 from topologies.bridges import fresh_bridge, remove_leftovers, snapshot
 from topologies.controller_process import Controller, free_port, listening, wait_listening
-from topologies.mininet_lab import Lab
+from topologies.mininet_lab import Lab, quiet
 from topologies.paths import PROBE, ROOT
 from topologies.scrape import dump_flows, metric, ofctl, ping_counts, tx_packets
 
@@ -33,6 +33,7 @@ __all__ = [
     "metric",
     "ofctl",
     "ping_counts",
+    "quiet",
     "remove_leftovers",
     "snapshot",
     "tx_packets",

@@ -23,6 +23,14 @@ from topologies.scrape import dump_flows, ping_counts, tx_packets
 from topologies.wait import seconds_until, until
 
 
+def quiet(host) -> None:
+    """Turn IPv6 off in Mininet host `host` (every interface): it then sends nothing it is not
+    asked to. Otherwise Linux sends MLD reports and router solicitations (RFC 4861, 6.3.7) on
+    its own schedule, again about 4 s after the first and then backing off, so the controller
+    first hears a host at a moment no test chose."""
+    host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+
+
 class Lab:
     """A Mininet network on OVS's userspace datapath, pointed at a controller on localhost.
 
@@ -35,14 +43,20 @@ class Lab:
     protocol : str
         How the switches reach the controller, "tcp" or "ssl" (OpenFlow over TLS; Open
         vSwitch's own key and certificates are set with `ovs-vsctl set-ssl`).
+    quiet : bool
+        Hosts send only what the test makes them send (`quiet`), from before the switches
+        start: a host is first heard when the test makes it speak.
 
     As a context manager it starts on entry and stops on exit. Times are in seconds.
     """
 
-    def __init__(self, topo, controller_port: int, protocol: str = "tcp") -> None:
+    def __init__(
+        self, topo, controller_port: int, protocol: str = "tcp", quiet: bool = False
+    ) -> None:
         self.topo = topo
         self.controller_port = controller_port
         self.protocol = protocol
+        self.quiet = quiet
         self.net = None
         self._servers: list = []
 
@@ -70,6 +84,9 @@ class Lab:
         self.net = Mininet(
             topo=self.topo, switch=OVSSwitch, controller=ctl, autoSetMacs=True, waitConnected=False
         )
+        if self.quiet:  # before the switches start: no frame of theirs can reach a controller
+            for host in self.net.hosts:
+                quiet(host)
         self.net.start()
         return self
 

@@ -145,9 +145,19 @@ class Failover:
     flow_mods: int  # sent by the survivors' repairs
 
 
+def repairs(log: str, since: int = 0) -> int:
+    """How many takeover repairs (resyncs) a replica logged after character `since`."""
+    return len(REPAIR.findall(log[since:]))
+
+
 def kill_master_under_ping(rs: ReplicaSet, net, bridge: str, stream, fresh, count=500):
     """Kill -9 the master of `bridge` while `stream` (a host pair) pings at 100 pps; then time
-    a first ping between `fresh` (a pair the controller has not seen). A Failover."""
+    a first ping between `fresh` (a pair the controller has not seen). A Failover.
+
+    The fresh pair speaks only once the survivors have logged their repairs, so that what a
+    repair writes is what it found to mend on the switch, not a host first heard meanwhile
+    (learned, then installed on its switch and toward it on every other one). In a lab whose
+    hosts are not quiet (`Lab(quiet=True)`) a host may still speak on its own in that window."""
     victim = rs.master_of(bridge)
     assert victim is not None, rs.masters()
     orphaned = [b for b in rs.bridges if rs.master_of(b) == victim]
@@ -164,6 +174,11 @@ def kill_master_under_ping(rs: ReplicaSet, net, bridge: str, stream, fresh, coun
         lambda: sum(promotions(r) - before[n] for n, r in survivors.items()) >= len(orphaned),
         10,
         0.02,
+    )
+    until(
+        lambda: sum(repairs(r.log(), marks[n]) for n, r in survivors.items()) >= len(orphaned),
+        10,
+        0.005,
     )
     reached = until(lambda: ping_counts(a.cmd(f"ping -c1 -W0.3 {b.IP()}"))[0], 10, 0)
     gap = time.monotonic() - killed if reached else None

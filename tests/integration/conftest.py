@@ -86,16 +86,17 @@ def etcd():
 @pytest.fixture
 def cluster(etcd, lab, tmp_path):
     """A factory: replicas `names` on the lab etcd (ReplicaSet's arguments: apps, configs,
-    metrics ...) and a line of `switches` switches with two hosts each, connected to every
-    replica, each switch with one master. Returns (ReplicaSet, lab); every replica is stopped
-    after the test."""
+    metrics ...) and a line of `switches` switches with two quiet hosts each (they send only
+    what a test makes them send), connected to every replica, each switch with one master.
+    Returns (ReplicaSet, lab); every replica is stopped after the test."""
     started = []
 
     def start(names=("a", "b"), switches=2, **kwargs):
         rs = ReplicaSet(etcd.url, names, log_dir=str(tmp_path), **kwargs)
         started.append(rs)
         rs.start()
-        net = lab(LinearTopo(n=switches, hosts_per_switch=2), rs.replicas[names[0]].port)
+        topo = LinearTopo(n=switches, hosts_per_switch=2)
+        net = lab(topo, rs.replicas[names[0]].port, quiet=True)
         assert rs.connect(net), rs.masters()
         assert until(lambda: net.ping("h1x1", "h2x1", count=1)[0], 20)
         return rs, net

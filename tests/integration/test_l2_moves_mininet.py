@@ -7,7 +7,7 @@ import re
 import subprocess
 import time
 
-from topologies.harness import ping_counts
+from topologies.harness import ping_counts, quiet
 from topologies.leafspine import LeafSpineTopo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,11 +18,6 @@ MOVE_BOUND = 5.0  # seconds a genuine move may take (hold 2 s, counters, ticks, 
 
 def started(ctl, net) -> None:
     assert net.wait_connected(timeout=60) is not None, ctl.log()[-3000:]
-
-
-def quiet(host) -> None:
-    """No IPv6 on the host's interface: it sends nothing it is not asked to."""
-    host.cmd(f"sysctl -qw net.ipv6.conf.{host.name}-eth0.disable_ipv6=1")
 
 
 def first_reply(text: str, interval: float) -> float | None:

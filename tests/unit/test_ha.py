@@ -9,14 +9,17 @@ import itertools
 
 import pytest
 from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from apps.l2_learning import COOKIE as L2_COOKIE
 from controller.cluster import DuplicateReplica, Election, Owner
 from controller.core import Core
 from controller.flows import flow, flow_mod
 from controller.roles import RoleGate
 from tests.fakeetcd import FakeEtcd
-from tests.fakenet import FakeNetwork
+from tests.fakenet import BROADCAST, FakeNetwork, frame, payload_for
 from tests.fakeswitch import FakeSwitch
+from tests.unit.test_l2 import core_with_l2
 
 MASTER, SLAVE = ofp.OFPCR_ROLE_MASTER, ofp.OFPCR_ROLE_SLAVE
 STEP = 0.1  # seconds between election steps, as the replica's thread runs them
@@ -411,3 +414,117 @@ def test_a_generation_refused_as_stale_is_logged_once_with_its_likely_cause(capl
     stale = [r for r in caplog.records if "refused generation id" in r.getMessage()]
     assert len(stale) == 1, caplog.text
     assert "etcd restarted with a wiped data dir" in stale[0].getMessage()
+
+
+class ReplicaView(FakeNetwork):
+    """A second replica on the same fake switches: its writes pass its role gate, so as a
+    slave they are dropped (controller/roles.py); reads pass. In the lab a slave hears the
+    master's LLDP probes (signed with the key they share); here its own probes go out."""
+
+    def __init__(self, core: Core, name: str, master: FakeNetwork) -> None:
+        super().__init__(core)
+        self.switches, self.wires, self.hosts = master.switches, master.wires, master.hosts
+        self.now = master.now
+        xids = itertools.count(0x100)
+        self.gate = RoleGate(name, lambda: next(xids))
+
+    def deliver(self, outbox, delivery=None) -> None:
+        probes = {d: [m for m in msgs if lldp(m)] for d, msgs in outbox.items()}
+        gated = self.gate.gate({d: [m for m in msgs if not lldp(m)] for d, msgs in outbox.items()})
+        for d, msgs in probes.items():
+            gated[d] = gated.get(d, []) + msgs
+        super().deliver(gated, delivery)
+
+
+def lldp(msg) -> bool:
+    return isinstance(msg, parser.OFPPacketOut) and msg.data[12:14] == b"\x88\xcc"
+
+
+def test_a_takeover_keeps_the_hosts_the_old_master_learned_unheard_by_the_new_one():
+    """A replica that joins while the master runs hears a new host's first frame while its
+    port is still on probation, and ignores it; the master learns it and writes its entries,
+    after which the host sends no packet-in again. When that replica takes over, its repair
+    reads the host from the switch, as a restart does, and keeps it: no flow-mod, where it
+    used to delete the host's entries (what the old master learned and the new one had not)."""
+    host, other = "00:00:00:00:00:01", "00:00:00:00:00:02"
+    master = FakeNetwork(core_with_l2())
+    sw = master.add_switch(1, 2)
+    master.add_host(host, 1, 1)
+    master.add_host(other, 1, 2)
+    master.start()
+    slave = ReplicaView(core_with_l2(), "b", master)
+    slave.gate.connected(1)
+    slave.connect()  # reads the switch; its ports are on probation for a second
+    data = frame(BROADCAST, host, 0x0806, payload_for(0x0806, {"arp_sha": host}))
+    master.inject(host, data)  # learned and installed by the master...
+    classify = slave.core.pipeline.table("classify")
+    slave.deliver(slave.core.packet_in(1, 1, data, classify, L2_COOKIE, slave.now))  # ...not here
+    slave.advance(3.0)
+    assert slave.core.ready(1)
+    data = frame(BROADCAST, other, 0x0806, payload_for(0x0806, {"arp_sha": other}))
+    master.inject(other, data)  # after the probation: heard by both
+    slave.deliver(slave.core.packet_in(1, 2, data, classify, L2_COOKIE, slave.now))
+    before, sent = sw.flows(), len(sw.received)
+    held, promoted = slave.gate.role_reply(1, MASTER, 9)  # the master died: this one takes over
+    assert promoted and not held
+    slave.deliver(slave.core.resync(1, slave.now))
+    writes = [type(m).__name__ for m in sw.received[sent:]]
+    assert not [w for w in writes if "Mod" in w or "Bundle" in w], writes
+    assert sw.flows() == before
+    assert master.send(other, host).hosts == [host]  # still forwarded, not flooded
+
+
+def test_a_takeover_of_several_switches_keeps_a_host_read_from_a_later_one():
+    """The same across two switches, whichever is read first: the host is on switch 2, and the
+    repair of switch 1 (its forwarding entry toward the host) waits for switch 2's learned
+    entry to be read back."""
+    host, other = "00:00:00:00:00:01", "00:00:00:00:00:02"
+    master = FakeNetwork(core_with_l2())
+    for dpid in (1, 2):
+        master.add_switch(dpid, 2)
+    master.link(1, 2, 2, 2)
+    master.add_host(other, 1, 1)
+    master.add_host(host, 2, 1)
+    master.start()
+    slave = ReplicaView(core_with_l2(), "b", master)
+    for dpid in (1, 2):
+        slave.gate.connected(dpid)
+    slave.connect()
+    data = frame(BROADCAST, host, 0x0806, payload_for(0x0806, {"arp_sha": host}))
+    master.inject(host, data)  # learned by the master; the new replica is still settling
+    classify = slave.core.pipeline.table("classify")
+    slave.deliver(slave.core.packet_in(2, 1, data, classify, L2_COOKIE, slave.now))
+    slave.advance(3.0)
+    assert slave.core.ready(1) and slave.core.ready(2) and slave.core.topology.links
+    before = {d: sw.flows() for d, sw in master.switches.items()}
+    sent = {d: len(sw.received) for d, sw in master.switches.items()}
+    rereads = {}
+    for dpid in (1, 2):  # both switches confirm the new master before either is read back
+        assert slave.gate.role_reply(dpid, MASTER, 9)[1]
+        rereads[dpid] = slave.core.resync(dpid, slave.now)[dpid]
+    for dpid in (1, 2):  # switch 1 answers first
+        slave.deliver({dpid: rereads[dpid]})
+    for dpid, sw in master.switches.items():
+        writes = [type(m).__name__ for m in sw.received[sent[dpid] :]]
+        assert not [w for w in writes if "Mod" in w or "Bundle" in w], (dpid, writes)
+        assert sw.flows() == before[dpid]
+    assert master.send(other, host).hosts == [host]
+
+
+def test_a_switch_lost_during_a_takeover_does_not_hold_up_the_others_repair():
+    """Switch 2 disconnects before answering its re-read: switch 1, read and waiting for it,
+    is repaired then (a stray forwarding entry on it goes)."""
+    net = FakeNetwork(core_with_l2())
+    for dpid in (1, 2):
+        net.add_switch(dpid, 2)
+    net.link(1, 2, 2, 2)
+    net.add_host("00:00:00:00:00:01", 1, 1)
+    net.start()
+    net.switches[1].apply(
+        [flow_mod(flow(11, 5, {"eth_dst": "00:00:00:00:00:09"}, cookie=L2_COOKIE))]
+    )
+    assert net.core.resync(2, net.now)[2]  # its re-read is asked and never answered
+    net.deliver(net.core.resync(1, net.now))
+    assert any(f.priority == 5 for f in net.switches[1].flows())  # waiting for switch 2
+    net.disconnect(2)
+    assert not any(f.priority == 5 for f in net.switches[1].flows())  # repaired
