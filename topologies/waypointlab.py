@@ -14,6 +14,7 @@ import os
 import shutil
 import textwrap
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from topologies.harness import ROOT, Controller, Lab
 from topologies.serviceslab import IPS, VIP, leafspine_under_services
@@ -45,7 +46,19 @@ spec: {host: web-service, subsets: [{name: v1, labels: {version: v1}}]}
 """
 
 
-def lab_config(folder, runtime: str | None = None) -> str:
+@dataclass(frozen=True)
+class Extra:
+    """More for one lab: backends (host -> (endpoint name, IP, labels as YAML flow text)),
+    service lines (`{name: ..., vip: ..., port: ...}`), and `policies:` and `routing:` files
+    (copied into the lab's folder unmodified)."""
+
+    backends: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    services: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()
+    routing: tuple[str, ...] = ()
+
+
+def lab_config(folder, runtime: str | None = None, extra: Extra = Extra()) -> str:
     """The lab's config text; the seed's routing files are copied into `folder` unmodified."""
     routing = []
     for name in ("traffic-routing.yml", "istio-configuration.yml"):
@@ -53,10 +66,21 @@ def lab_config(folder, runtime: str | None = None) -> str:
         routing.append(str(folder / name))
     (folder / "subsets.yaml").write_text(SUBSETS)
     routing.append(str(folder / "subsets.yaml"))
+    for path in extra.routing:
+        shutil.copy(path, folder / os.path.basename(path))
+        routing.append(str(folder / os.path.basename(path)))
+    backends = {h: (n, IPS[h], LABELS[h]) for h, n in BACKENDS.items()} | extra.backends
     endpoints = "".join(
-        f"  - {{name: {n}, ip: {IPS[h]}, labels: {LABELS[h]}}}\n" for h, n in BACKENDS.items()
+        f"  - {{name: {n}, ip: {ip}, labels: {labels}}}\n" for n, ip, labels in backends.values()
     )
-    extra = f", runtime: {runtime}" if runtime else ""
+    more = "".join(f"  - {line}\n" for line in extra.services)
+    policies = []
+    for path in extra.policies:
+        shutil.copy(path, folder / os.path.basename(path))
+        policies.append(str(folder / os.path.basename(path)))
+    if policies:
+        more += f"policies: {json.dumps(policies)}\n"
+    options = f", runtime: {runtime}" if runtime else ""
     return (
         "endpoints:\n"
         + endpoints
@@ -65,9 +89,14 @@ def lab_config(folder, runtime: str | None = None) -> str:
             services:
               - {{name: user-service, vip: {VIP}, port: 80}}
               - {{name: service, vip: {MOBILE_VIP}, port: 80}}
+            """
+        )
+        + more
+        + textwrap.dedent(
+            f"""\
             routing: {json.dumps(routing)}
             mesh:
-              waypoint: {{bridge: lf3, addresses: [{WAYPOINT}/8]{extra}}}
+              waypoint: {{bridge: lf3, addresses: [{WAYPOINT}/8]{options}}}
             """
         )
     )
@@ -102,11 +131,13 @@ class WaypointLab:
 
 
 @contextmanager
-def waypoint_lab(folder, runtime: str | None = None):
-    """Controller (services app, metrics on), the lab with HTTP backends, the waypoint serving;
-    all stopped after. Raises RuntimeError if the lab or the waypoint does not come up."""
-    with leafspine_under_services(folder, lab_config(folder, runtime)) as (ctl, lab, port):
-        for host in BACKENDS:
+def waypoint_lab(folder, runtime: str | None = None, extra: Extra = Extra()):
+    """Controller (services app, metrics on), the lab with HTTP backends (and `extra`'s), the
+    waypoint serving; all stopped after. Raises RuntimeError if the lab or the waypoint does
+    not come up."""
+    config = lab_config(folder, runtime, extra)
+    with leafspine_under_services(folder, config) as (ctl, lab, port):
+        for host in BACKENDS | extra.backends:
             lab.run_server(host, ["/usr/bin/python3", HTTP_PROBE, "serve", "80", "--name", host])
         env = WaypointLab(ctl, lab, folder, port)
         if not env.wait_serving(f"http://{VIP}/"):

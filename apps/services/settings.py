@@ -427,14 +427,17 @@ def _waypointed(
 ) -> tuple[Listener, list[Cluster]]:
     """The waypoint's listener for service `spec` (config item `i`) and its clusters: from its
     routing document's rules, else one route over its own backends; with the authorization
-    rules and mTLS mode `sec`. A rule with source conditions is rejected by name (the waypoint
-    routes on the request alone). Raises ConfigError for a service that is not TCP."""
+    rules, mTLS mode and EnvoyFilter patches `sec`, and the DestinationRule trafficPolicy of
+    each backend. A rule
+    with source conditions is rejected by name (the waypoint routes on the request alone).
+    Raises ConfigError for a service that is not TCP."""
     if spec.get("protocol", "tcp").lower() != "tcp":
         raise config.error(("services", i, "protocol"), "an HTTP waypoint serves TCP services")
     routed, addresses = [], {}
     if mine is None:
         own = listed[spec["name"]]
         addresses = {b.key: (b.ip, b.port) for b, _ in own}
+        resolver.note_policy(spec["name"], None, [b for b, _ in own])
         rule = RouteRule((), (), f"services[{i}]")
         routed.append(RoutedRule(rule, tuple((b.key, w) for b, w in own)))
     for rule in mine[1].rules if mine is not None else ():
@@ -451,10 +454,18 @@ def _waypointed(
             )
             continue
         addresses.update({b.key: (b.ip, b.port) for b in found})
-        routed.append(RoutedRule(rule, route.split))
+        mirrors = []
+        for m in rule.actions.mirrors if rule.actions is not None else ():
+            target = Destination(m.host, m.subset, m.port, Fraction(1), m.where)
+            members = resolver.pool(spec["port"], target, mine[1].doc)
+            addresses.update({b.key: (b.ip, b.port) for b in members})
+            mirrors.append((tuple(b.key for b in members), m.percent))
+        routed.append(RoutedRule(rule, route.split, tuple(mirrors)))
     gateway = mine is not None and is_gateway(mine[1])
-    x, clusters = listener(spec["name"], vip, spec["port"], routed, addresses, gateway)
-    return replace(x, deny=sec.deny, allow=sec.allow, mtls=sec.mtls), clusters
+    x, clusters = listener(
+        spec["name"], vip, spec["port"], routed, addresses, gateway, resolver.policies
+    )
+    return replace(x, deny=sec.deny, allow=sec.allow, mtls=sec.mtls, patches=sec.patches), clusters
 
 
 def _waypoint_service(spec: dict, vip: str, mesh: Mesh, x: Listener) -> Service:
@@ -527,7 +538,7 @@ def _routes(
     routes, members = [], [b for b, _ in listed[name]]
     if mine:
         for rule in mine[1].rules:
-            if rule.l7 is not None:
+            if rule.needs_waypoint:
                 reject_l7(mine[1].doc, rule)
                 continue
             route, found = resolver.route(rule, spec, mine[1].doc)
