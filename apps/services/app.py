@@ -44,6 +44,7 @@ from apps.services.settings import (
     parse_services,
 )
 from apps.services.waypoint import WaypointDriver
+from apps.services.waypointstats import WaypointStats
 from controller.app import PacketIn, SuiteApp
 from controller.config import Document, DocumentCache
 from controller.flows import Flow, output, packet_out
@@ -87,6 +88,7 @@ class Services(SuiteApp):
         self.connections = self.metrics.connections
         self.live_backends = self.metrics.live_backends
         self.waypoint = WaypointDriver()
+        self.waypoint_stats = WaypointStats(core.metrics)
         self._announce_at = 0.0
         self._loaded = core.loaded
 
@@ -249,6 +251,8 @@ class Services(SuiteApp):
             self._install()
         if self.prober.due(now):
             self._probe_unknown()
+        if self.waypoint.serving and self.waypoint_stats.due(now):
+            self.waypoint_stats.start(self.waypoint.admin_sockets(), self.waypoint.plan)
 
     def _unlocated_replicas(self) -> set[str]:
         return {

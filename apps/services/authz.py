@@ -32,12 +32,13 @@ from dataclasses import dataclass
 from apps.services.envoyfilter import KIND as ENVOY_FILTER
 from apps.services.envoyfilter import EnvoyFilter, parse_envoy_filter, patches_for
 from apps.services.routing import ISTIO_GROUP, SECURITY_GROUP
+from apps.services.selection import ROOT_NAMESPACE
+from apps.services.selection import selects as _selects
 from controller.config import OBJECT_HEADER, Document
 from controller.endpoints import DEFAULT_NAMESPACE, Endpoint, labels_of
 from vnf.waypoint.model import AuthzRule, Condition, FilterPatch, Operation, Source
 
 LOG = logging.getLogger("osken_suite.services")
-ROOT_NAMESPACE = "istio-system"
 KINDS = ("AuthorizationPolicy", "PeerAuthentication")
 STRICTNESS = ("DISABLE", "PERMISSIVE", "STRICT")  # weakest first
 DEFAULT_MTLS = "PERMISSIVE"
@@ -248,12 +249,6 @@ class PeerAuthentication:
 
 
 SecurityDoc = AuthorizationPolicy | PeerAuthentication | EnvoyFilter
-
-
-def _selects(namespace: str, selector, e: Endpoint) -> bool:
-    if namespace != ROOT_NAMESPACE and e.namespace != namespace:
-        return False
-    return selector is None or set(selector) <= set(e.labels)
 
 
 def _ports_match(ports: frozenset[int], wanted: frozenset[int], unwanted: frozenset[int]) -> bool:

@@ -26,13 +26,13 @@ import json
 import logging
 from dataclasses import dataclass
 
+from apps.services.selection import ROOT_NAMESPACE, selects
 from controller.config import Document
 from controller.endpoints import DEFAULT_NAMESPACE, Endpoint, labels_of
 from vnf.waypoint.model import PATCH_OPERATIONS, FilterPatch
 
 LOG = logging.getLogger("osken_suite.services")
 KIND = "EnvoyFilter"
-ROOT_NAMESPACE = "istio-system"
 HCM = "envoy.filters.network.http_connection_manager"
 CONTEXTS = ("ANY", "SIDECAR_INBOUND")
 _LISTENER_MATCH = ("portNumber", "filterChain")
@@ -100,9 +100,7 @@ class EnvoyFilter:
 
     def selects(self, e: Endpoint) -> bool:
         """Whether it is for workload `e` (its namespace's, or all from the root namespace)."""
-        if self.namespace != ROOT_NAMESPACE and e.namespace != self.namespace:
-            return False
-        return self.selector is None or set(self.selector) <= set(e.labels)
+        return selects(self.namespace, self.selector, e)
 
     def patches_for(self, ports: frozenset[int]) -> tuple[FilterPatch, ...]:
         """Its patches for a listener whose destination ports are `ports`."""

@@ -18,6 +18,8 @@ import pytest
 
 from tests.integration.conftest import require_lab
 from topologies.harness import ROOT
+from topologies.scrape import metric
+from topologies.wait import until
 from topologies.waypointlab import VIP, Extra, waypoint_lab
 
 V1 = ("h21", "h23", "h31")  # the 90/10 rule's backends: v1-a, v1-b, v2-a
@@ -121,3 +123,25 @@ def test_route_actions_fault_abort_delay_and_timeout(env):
     took = time.monotonic() - started
     print(f"actions: abort {aborted}, 3 delayed in {took:.2f} s, timeout {timed_out}")
     assert _statuses(timed_out) == {504: 2} and took < 5.0, (timed_out, took)
+
+
+def test_envoys_statistics_reach_the_controllers_metrics(env):
+    """After the tests above (in file order): the overflows and the ejection of user-service,
+    the 429s of api-gateway, the 418s of actions, counted per service by the controller."""
+
+    def counts() -> dict[str, float]:
+        port = env.metrics_port
+        return {
+            "overflows": metric(port, "osken_waypoint_overflows", service="user-service"),
+            "ejections": metric(port, "osken_waypoint_ejections", service="user-service"),
+            "rate_limited": metric(port, "osken_waypoint_rate_limited", service="api-gateway"),
+            "gateway_4xx": metric(
+                port, "osken_waypoint_requests", service="api-gateway", code="4xx"
+            ),
+            "actions_4xx": metric(port, "osken_waypoint_requests", service="actions", code="4xx"),
+        }
+
+    want = {"overflows": 30, "ejections": 1, "rate_limited": 1, "gateway_4xx": 1}
+    want["actions_4xx"] = 5
+    assert until(lambda: all(counts()[k] >= v for k, v in want.items()), 15, 1), counts()
+    print(f"waypoint metrics: {counts()}")
