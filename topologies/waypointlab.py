@@ -115,10 +115,12 @@ class WaypointLab:
         n: int,
         headers: dict[str, str] | None = None,
         parallel: int = 8,
+        method: str = "GET",
     ) -> dict[str, int]:
         """`n` HTTP requests from `client`, each on a new connection: count per answer, keyed
         by the answering backend's host name ("500 ..." / "fail" otherwise)."""
         args = ["/usr/bin/python3", HTTP_PROBE, "get", url, str(n), "--parallel", str(parallel)]
+        args += ["--method", method]
         for k, v in (headers or {}).items():
             args += ["--header", f"{k}: {v}"]
         out = self.lab.host(client).cmd(" ".join(f"'{a}'" for a in args))

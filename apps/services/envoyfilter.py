@@ -15,7 +15,9 @@ optionally a `subFilter` by name and the `portNumber` (the service's or the back
 Such as the seed's `envoy.filters.http.local_ratelimit` INSERT_BEFORE, as written: its value
 goes to Envoy unchanged, and Envoy's own check (`envoy --mode validate`) judges it with the
 rest. Any other patch (another `applyTo`, context or operation, a match on what the waypoint
-does not have) is refused by name, with file and line, and not applied; the rest applies.
+does not have) is refused by name, with file and line, and not applied; the rest applies. A
+document with other `spec` fields (`targetRefs`...) applies none of its patches: they could
+reach workloads it does not mean.
 
 Source: Istio reference, networking.istio.io/v1alpha3 EnvoyFilter.
 """
@@ -167,11 +169,19 @@ def parse_envoy_filter(doc: Document) -> EnvoyFilter:
     meta, spec = data["metadata"], data.get("spec") or {}
     namespace = meta.get("namespace") or DEFAULT_NAMESPACE
     ident = f"{KIND} {namespace}/{meta['name']}"
-    for key in sorted(set(spec) - {"workloadSelector", "priority", "configPatches"}):
-        LOG.warning("%s: %s: spec.%s is not applied", doc.located(("spec", key)), ident, key)
+    unknown = sorted(set(spec) - {"workloadSelector", "priority", "configPatches"})
+    for key in unknown:
+        LOG.warning(
+            "%s: %s: spec.%s is not applied, so none of its patches is (they could reach "
+            "workloads it does not mean)",
+            doc.located(("spec", key)),
+            ident,
+            key,
+        )
     patches = [
         _patch(doc, ("spec", "configPatches", i), p, ident)
         for i, p in enumerate(spec.get("configPatches") or [])
+        if not unknown
     ]
     selector = spec.get("workloadSelector")
     return EnvoyFilter(

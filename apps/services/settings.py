@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
+from apps.services import ciliuml7
 from apps.services.authz import (
     SecurityDoc,
     ServiceSecurity,
@@ -24,6 +25,7 @@ from apps.services.authz import (
     parse_security,
     warn_unenforced,
 )
+from apps.services.ciliuml7 import CiliumL7, Workloads
 from apps.services.mesh import (
     Mesh,
     RoutedRule,
@@ -343,6 +345,9 @@ def parse_services(
     listed, backups = _listed_by_name(config, specs, endpoints)
     docs = _routing_docs(config, documents)
     security = _security_docs(config, documents, parse_policies)
+    cilium = [d for d in security if isinstance(d, CiliumL7)]
+    security = [d for d in security if not isinstance(d, CiliumL7)]
+    world = Workloads.of(config, list(endpoints.values())) if cilium else None
     resolver = _Resolver(config, endpoints, listed, docs)
     mesh = parse_mesh(config)
     settings = ServicesSettings(endpoints, mesh=mesh, ca=mesh_ca(config, list(endpoints.values())))
@@ -358,12 +363,14 @@ def parse_services(
             used.add(mine[0])
         if mesh is not None:
             members = _members(spec, mine, resolver, listed, backups)
-            sec = for_service(
-                [(endpoints[b.endpoint], b.port) for b in members], spec["port"], security
-            )
-            if (mine is not None and needs_waypoint(mine[1].rules)) or sec.needs_waypoint:
+            workloads = [(endpoints[b.endpoint], b.port) for b in members]
+            sec = for_service(workloads, spec["port"], security)
+            l7, l7_docs = ciliuml7.for_service(workloads, cilium, world) if cilium else (None, ())
+            routed = mine is not None and needs_waypoint(mine[1].rules)
+            if routed or sec.needs_waypoint or l7 is not None:
                 x, used_clusters = _waypointed(config, i, spec, vip, mine, resolver, listed, sec)
-                enforced |= {id(p) for p in sec.policies}
+                x = replace(x, l7_allow=l7)
+                enforced |= {id(p) for p in sec.policies} | {id(d) for d in l7_docs}
                 listeners.append(x)
                 clusters += used_clusters
                 settings.services.append(_waypoint_service(spec, vip, mesh, x))
@@ -386,6 +393,7 @@ def parse_services(
         )
     _warn_unrouted(docs, used)
     warn_unenforced(security, enforced, mesh is not None)
+    ciliuml7.warn_unenforced(cilium, enforced)
     tls = waypoint_tls(settings.ca, listeners) if listeners else None
     settings.plan = Plan(tuple(listeners), tuple(clusters), tls)
     if listeners:

@@ -2,8 +2,9 @@
 through a real Envoy, from the seed's files unmodified: the user-service rule (maxConnections
 10, http1MaxPendingRequests 10, and its legacy circuitBreaker: 3 consecutive errors eject for
 30 s, swept every 30 s), and rate-limiting.yml (100 tokens, 10 more per 60 s) for
-`app: api-gateway`; and tests/data/waypoint/actions.yml (fault abort and delay, a timeout) for
-an `actions` service on h22.
+`app: api-gateway`, l7-policy.yml's `api-l7-policy` for a user-api service on h13:8080 (h11 is
+its `frontend`, h12 its `admin-panel`); and tests/data/waypoint/actions.yml (fault abort and
+delay, a timeout) for an `actions` service on h22.
 
 The lab is topologies/waypointlab.py with an api-gateway backend on h33; its backends
 (topologies/httpprobe.py) record how many requests they have in flight at once and can be told
@@ -20,7 +21,7 @@ from tests.integration.conftest import require_lab
 from topologies.harness import ROOT
 from topologies.scrape import metric
 from topologies.wait import until
-from topologies.waypointlab import VIP, Extra, waypoint_lab
+from topologies.waypointlab import HTTP_PROBE, VIP, Extra, waypoint_lab
 
 V1 = ("h21", "h23", "h31")  # the 90/10 rule's backends: v1-a, v1-b, v2-a
 CONCURRENT = 60
@@ -28,15 +29,27 @@ EJECTION = 30.0  # seconds: the seed's baseEjectionTime
 INTERVAL = 30.0  # seconds: the seed's interval (Envoy lets ejected hosts back on its sweeps)
 GATEWAY_VIP = "10.0.100.12"
 ACTIONS_VIP = "10.0.100.13"
+USER_API_VIP = "10.0.100.14"
+SEEDS = os.path.join(ROOT, "tests", "data")
 EXTRA = Extra(
-    backends={"h33": ("api-gateway", "10.0.0.9", "{app: api-gateway}")},
+    backends={
+        "h33": ("api-gateway", "10.0.0.9", "{app: api-gateway}"),
+        "h11": ("front", "10.0.0.1", "{app: frontend}"),
+        "h12": ("admin", "10.0.0.2", "{app: admin-panel}"),
+        "h13": ("user-api-1", "10.0.0.3", "{app: user-api}"),
+    },
     services=(
         f"{{name: api-gateway, vip: {GATEWAY_VIP}, port: 80, "
         "backends: [{endpoint: api-gateway}]}",
         f"{{name: actions, vip: {ACTIONS_VIP}, port: 80, backends: [{{endpoint: web}}]}}",
+        f"{{name: user-api, vip: {USER_API_VIP}, port: 8080, "
+        "backends: [{endpoint: user-api-1}]}",
     ),
-    policies=(os.path.join(ROOT, "tests", "data", "seed-mesh", "rate-limiting.yml"),),
-    routing=(os.path.join(ROOT, "tests", "data", "waypoint", "actions.yml"),),
+    policies=(
+        os.path.join(SEEDS, "seed-mesh", "rate-limiting.yml"),
+        os.path.join(SEEDS, "seed-policies", "l7-policy.yml"),
+    ),
+    routing=(os.path.join(SEEDS, "waypoint", "actions.yml"),),
 )
 TOKENS = 100  # the seed's max_tokens
 
@@ -111,18 +124,41 @@ def test_the_seeds_rate_limit_answers_429_to_request_101_within_the_minute(env):
 
 def test_route_actions_fault_abort_delay_and_timeout(env):
     url = f"http://{ACTIONS_VIP}"
-    assert env.get("h13", f"{url}/", 5, parallel=1) == {"h22": 5}
-    aborted = env.get("h13", f"{url}/abort", 5, parallel=1)
+    assert env.get("h12", f"{url}/", 5, parallel=1) == {"h22": 5}
+    aborted = env.get("h12", f"{url}/abort", 5, parallel=1)
     assert _statuses(aborted) == {418: 5}, aborted  # answered by Envoy, no backend asked
     started = time.monotonic()
-    delayed = env.get("h13", f"{url}/delay", 3, parallel=1)
+    delayed = env.get("h12", f"{url}/delay", 3, parallel=1)
     took = time.monotonic() - started
     assert delayed == {"h22": 3} and took >= 3.0, (delayed, took)
     started = time.monotonic()
-    timed_out = env.get("h13", f"{url}/slow?s=3", 2, parallel=1)
+    timed_out = env.get("h12", f"{url}/slow?s=3", 2, parallel=1)
     took = time.monotonic() - started
     print(f"actions: abort {aborted}, 3 delayed in {took:.2f} s, timeout {timed_out}")
     assert _statuses(timed_out) == {504: 2} and took < 5.0, (timed_out, took)
+
+
+def test_the_seeds_cilium_l7_policy_at_the_user_api_vip(env):
+    """api-l7-policy: GET /users/<digits> and POST /users (JSON) from frontend, DELETE from
+    admin-panel; anything else through the VIP gets 403 from the waypoint."""
+    env.lab.run_server("h13", ["/usr/bin/python3", HTTP_PROBE, "serve", "8080", "--name", "h13"])
+    url = f"http://{USER_API_VIP}:8080/users"
+    json_type = {"Content-Type": "application/json"}
+    got = {
+        "front GET /users/42": env.get("h11", f"{url}/42", 3, parallel=1),
+        "front GET /users/abc": env.get("h11", f"{url}/abc", 2, parallel=1),
+        "front POST json": env.get("h11", url, 2, json_type, 1, "POST"),
+        "front POST plain": env.get("h11", url, 2, parallel=1, method="POST"),
+        "front DELETE": env.get("h11", f"{url}/42", 2, parallel=1, method="DELETE"),
+        "admin DELETE": env.get("h12", f"{url}/42", 2, parallel=1, method="DELETE"),
+        "admin GET": env.get("h12", f"{url}/42", 2, parallel=1),
+        "other GET": env.get("h21", f"{url}/42", 2, parallel=1),
+    }
+    print(f"cilium L7: {got}")
+    allowed = {"front GET /users/42": 3, "front POST json": 2, "admin DELETE": 2}
+    for what, answers in got.items():
+        want = {"h13": allowed[what]} if what in allowed else {403: 2}
+        assert (answers if what in allowed else dict(_statuses(answers))) == want, what
 
 
 def test_envoys_statistics_reach_the_controllers_metrics(env):

@@ -245,3 +245,20 @@ def test_lower_priority_applies_first_root_namespace_first_at_a_tie(tmp_path):
     # each goes in front of those applied before it: root0, the seed's (its file is listed
     # first), default0, then p5
     assert [f["name"] for f in _filters(s)][:4] == ["p5", "default0", RATELIMIT, "root0"]
+
+
+def test_an_envoy_filter_aimed_by_target_refs_applies_nothing_rather_than_everywhere(
+    tmp_path, caplog
+):
+    caplog.set_level(logging.WARNING, logger="osken_suite.services")
+    aimed = Path(SEED).read_text().replace("rate-limit-filter", "aimed")
+    aimed = aimed.replace(
+        "  workloadSelector:\n    labels:\n      app: api-gateway\n",
+        "  targetRefs: [{kind: Service, name: gateway}]\n",
+    )
+    assert "targetRefs" in aimed
+    s = _settings(tmp_path, extra=aimed)
+    assert [f["name"] for f in _filters(s)] == [RATELIMIT, ROUTER]  # the seed's only
+    assert "extra.yaml:6: EnvoyFilter default/aimed: spec.targetRefs is not applied" in (
+        caplog.text
+    )

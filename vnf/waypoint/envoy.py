@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 from typing import Any
 
-from vnf.waypoint import patches, rbac
+from vnf.waypoint import ciliumrbac, patches, rbac
 from vnf.waypoint.model import (
     Actions,
     Cluster,
@@ -299,7 +299,8 @@ def tls_socket(tls: Tls) -> dict:
 
 
 def listener(x: Listener, tls: Tls | None = None) -> dict:
-    """One service's listener on its VIP and port: HTTP, its RBAC filters (rbac.py), its
+    """One service's listener on its VIP and port: HTTP, its RBAC filters (rbac.py, then
+    ciliumrbac.py), its
     routes in order, then the router; its EnvoyFilter patches applied to those filters.
     Clusters are not checked when the routes load (validate_clusters off): a reload brings new
     clusters and routes together, and Envoy may read either file first.
@@ -321,6 +322,7 @@ def listener(x: Listener, tls: Tls | None = None) -> dict:
         },
         "http_filters": patches.apply(
             rbac.filters(x)
+            + ciliumrbac.filters(x)
             + _fault_filters(x)
             + [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
             x.patches,

@@ -17,6 +17,7 @@ turns it into Envoy's own resources. Nothing here knows YAML files or switches.
   policy applies or an ALLOW rule matches, else denied (Istio's order, CUSTOM aside).
 - Peer authentication: a listener's mTLS mode, and the waypoint's certificate (`Tls`).
 - EnvoyFilter patches to a listener's HTTP filter chain (`FilterPatch`), applied in order.
+- CiliumNetworkPolicy L7 rules for a listener (`L7Allow`): a request must match one of them.
 """
 
 from __future__ import annotations
@@ -250,6 +251,28 @@ class FilterPatch:
 
 
 @dataclass(frozen=True)
+class HttpRule:
+    """Cilium's PortRuleHTTP: `method`, `path` and `host` are regular expressions the whole
+    value must match (None: any); `headers` (lower-case name, value or None for presence)."""
+
+    method: str | None = None
+    path: str | None = None
+    host: str | None = None
+    headers: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class L7Allow:
+    """One CiliumNetworkPolicy ingress rule for a port: requests from `sources` (None: any
+    client) matching one of `http` (None: any request: an L4-only rule) are allowed. `name`
+    names it (`<namespace>.<policy>[<rule>]`)."""
+
+    name: str
+    sources: tuple[ipaddress.IPv4Network, ...] | None
+    http: tuple[HttpRule, ...] | None
+
+
+@dataclass(frozen=True)
 class Listener:
     """A service's listener. `deny`: DENY rules; `allow`: ALLOW rules, None when no ALLOW
     policy applies (an empty tuple: an ALLOW policy applies and allows nothing). `mtls`: the
@@ -264,6 +287,7 @@ class Listener:
     allow: tuple[AuthzRule, ...] | None = None
     mtls: str = "DISABLE"
     patches: tuple[FilterPatch, ...] = ()  # to its HTTP filter chain, in order
+    l7_allow: tuple[L7Allow, ...] | None = None  # Cilium L7 rules (None: none apply)
 
     def __post_init__(self) -> None:
         if self.mtls not in MTLS_MODES:
