@@ -6,6 +6,7 @@ httpprobe.py serve 80 --name v1        # answer every request: 200, body "v1"; u
                                        #   /_status?code=500: answer 500 from now on
                                        #   /_peak: most requests in flight at once since the
                                        #   last /_peak (control paths not counted)
+                                       #   /_count: requests answered since the last /_count
 httpprobe.py get http://10.0.100.10/ 2000 [--parallel 8] [--header 'canary: true']
                                        # N requests, each on a new connection: JSON count of
                                        # "<status> <body>" ("fail" when none came back)
@@ -34,6 +35,7 @@ class Backend:
         self.status = 200
         self.in_flight = 0
         self.peak = 0
+        self.served = 0
 
     def enter(self) -> None:
         """A request starts."""
@@ -45,6 +47,13 @@ class Backend:
         """A request has been answered."""
         with self.lock:
             self.in_flight -= 1
+            self.served += 1
+
+    def take_count(self) -> int:
+        """Requests answered since the last call."""
+        with self.lock:
+            served, self.served = self.served, 0
+            return served
 
     def take_peak(self) -> int:
         """The peak since the last call; the next peak starts from what is in flight now."""
@@ -55,7 +64,8 @@ class Backend:
 
 def serve(port: int, name: str) -> int:
     """Answer every GET, POST, PUT, DELETE... on `port` with 200 (or the status set by
-    /_status) and `name`; /slow?s=SECONDS waits first; /_peak tells the peak concurrency.
+    /_status) and `name`; /slow?s=SECONDS waits first; /_peak tells the peak concurrency,
+    /_count how many requests it answered.
     Prints "serving" once bound. Never returns."""
     body = name.encode()
     state = Backend()
@@ -80,6 +90,8 @@ def serve(port: int, name: str) -> int:
                 return self._send(200, body)
             if url.path == "/_peak":
                 return self._send(200, str(state.take_peak()).encode())
+            if url.path == "/_count":
+                return self._send(200, str(state.take_count()).encode())
             state.enter()
             try:
                 if url.path == "/slow":

@@ -41,7 +41,8 @@ EXTRA = Extra(
     services=(
         f"{{name: api-gateway, vip: {GATEWAY_VIP}, port: 80, "
         "backends: [{endpoint: api-gateway}]}",
-        f"{{name: actions, vip: {ACTIONS_VIP}, port: 80, backends: [{{endpoint: web}}]}}",
+        f"{{name: actions, vip: {ACTIONS_VIP}, port: 80, "
+        "backends: [{endpoint: web}, {endpoint: mobile}]}",
         f"{{name: user-api, vip: {USER_API_VIP}, port: 8080, "
         "backends: [{endpoint: user-api-1}]}",
     ),
@@ -124,18 +125,42 @@ def test_the_seeds_rate_limit_answers_429_to_request_101_within_the_minute(env):
 
 def test_route_actions_fault_abort_delay_and_timeout(env):
     url = f"http://{ACTIONS_VIP}"
-    assert env.get("h12", f"{url}/", 5, parallel=1) == {"h22": 5}
+    assert env.get("h12", f"{url}/", 6, parallel=1) == {"h22": 3, "h32": 3}
     aborted = env.get("h12", f"{url}/abort", 5, parallel=1)
     assert _statuses(aborted) == {418: 5}, aborted  # answered by Envoy, no backend asked
     started = time.monotonic()
     delayed = env.get("h12", f"{url}/delay", 3, parallel=1)
     took = time.monotonic() - started
-    assert delayed == {"h22": 3} and took >= 3.0, (delayed, took)
+    assert sum(delayed.values()) == 3 and took >= 3.0, (delayed, took)
     started = time.monotonic()
     timed_out = env.get("h12", f"{url}/slow?s=3", 2, parallel=1)
     took = time.monotonic() - started
     print(f"actions: abort {aborted}, 3 delayed in {took:.2f} s, timeout {timed_out}")
     assert _statuses(timed_out) == {504: 2} and took < 5.0, (timed_out, took)
+
+
+def _count(env, host: str) -> int:
+    """Requests `host`'s server answered since last asked."""
+    [(count, _)] = env.get(host, "http://127.0.0.1/_count", 1, parallel=1).items()
+    return int(count)
+
+
+def test_route_actions_retries_and_mirror(env):
+    url = f"http://{ACTIONS_VIP}"
+    env.get("h32", "http://127.0.0.1/_status?code=500", 1, parallel=1)
+    try:
+        plain = env.get("h12", f"{url}/", 10, parallel=1)
+        retried = env.get("h12", f"{url}/retry", 10, parallel=1)
+    finally:
+        env.get("h32", "http://127.0.0.1/_status?code=200", 1, parallel=1)
+    _count(env, "h31")  # v2-a, the mirror's target: count from here
+    mirrored = env.get("h12", f"{url}/mirror", 10, parallel=1)
+    time.sleep(1.0)  # copies are sent beside each request, their answers dropped
+    copies = _count(env, "h31")
+    print(f"actions: mobile answering 500: plain {plain}, retried {retried}; mirror {copies}")
+    assert plain.get("500 h32", 0) == 5, plain  # round robin: every other one
+    assert retried == {"h22": 10}, retried  # each 500 retried on the next backend
+    assert sum(mirrored.values()) == 10 and copies == 10, (mirrored, copies)
 
 
 def test_the_seeds_cilium_l7_policy_at_the_user_api_vip(env):
