@@ -2,9 +2,9 @@
 
 `policies` lists files or folders of YAML documents, used unmodified. Microsegmentation
 enforces the Kubernetes and Cilium network policies in them; the services app's waypoint
-enforces Istio's AuthorizationPolicy and PeerAuthentication. Both apps declare the section with
-the one schema object below (the core lets two apps share a section only so), and each reads
-the kinds that are its own (`READERS`):
+enforces Istio's AuthorizationPolicy, PeerAuthentication and EnvoyFilter. Both apps declare the
+section with the one schema object below (the core lets two apps share a section only so), and
+each reads the kinds that are its own (`READERS`):
 
 - a kind another loaded app reads is left to it;
 - a kind of a suite app that is not loaded is logged by name, not enforced (a config is shared
@@ -31,6 +31,7 @@ READERS = MappingProxyType(
         "CiliumNetworkPolicy": "microseg",
         "AuthorizationPolicy": "services",
         "PeerAuthentication": "services",
+        "EnvoyFilter": "services",
     }
 )
 

@@ -16,6 +16,7 @@ import shutil
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from apps.services.mesh import WAYPOINT_NAME
 from topologies.harness import ROOT, Controller, Lab
@@ -61,7 +62,19 @@ def shares(got: dict[str, int]) -> dict[str, float]:
     return {v: sum(got.get(h, 0) for h in hosts) * 100 / total for v, hosts in VERSIONS.items()}
 
 
-def lab_config(folder, runtime: str | None = None) -> str:
+@dataclass(frozen=True)
+class Extra:
+    """More for one lab: backends (host -> (endpoint name, IP, labels as YAML flow text)),
+    service lines (`{name: ..., vip: ..., port: ...}`), and `policies:` and `routing:` files
+    (copied into the lab's folder unmodified)."""
+
+    backends: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    services: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()
+    routing: tuple[str, ...] = ()
+
+
+def lab_config(folder, runtime: str | None = None, extra: Extra = Extra()) -> str:
     """The lab's config text; the seed's routing files are copied into `folder` unmodified."""
     routing = []
     for name in ("traffic-routing.yml", "istio-configuration.yml"):
@@ -69,10 +82,21 @@ def lab_config(folder, runtime: str | None = None) -> str:
         routing.append(str(folder / name))
     (folder / "subsets.yaml").write_text(SUBSETS)
     routing.append(str(folder / "subsets.yaml"))
+    for path in extra.routing:
+        shutil.copy(path, folder / os.path.basename(path))
+        routing.append(str(folder / os.path.basename(path)))
+    backends = {h: (n, IPS[h], LABELS[h]) for h, n in BACKENDS.items()} | extra.backends
     endpoints = "".join(
-        f"  - {{name: {n}, ip: {IPS[h]}, labels: {LABELS[h]}}}\n" for h, n in BACKENDS.items()
+        f"  - {{name: {n}, ip: {ip}, labels: {labels}}}\n" for n, ip, labels in backends.values()
     )
-    extra = f", runtime: {runtime}" if runtime else ""
+    more = "".join(f"  - {line}\n" for line in extra.services)
+    policies = []
+    for path in extra.policies:
+        shutil.copy(path, folder / os.path.basename(path))
+        policies.append(str(folder / os.path.basename(path)))
+    if policies:
+        more += f"policies: {json.dumps(policies)}\n"
+    options = f", runtime: {runtime}" if runtime else ""
     return (
         "endpoints:\n"
         + endpoints
@@ -81,9 +105,14 @@ def lab_config(folder, runtime: str | None = None) -> str:
             services:
               - {{name: user-service, vip: {VIP}, port: 80}}
               - {{name: service, vip: {MOBILE_VIP}, port: 80}}
+            """
+        )
+        + more
+        + textwrap.dedent(
+            f"""\
             routing: {json.dumps(routing)}
             mesh:
-              waypoint: {{bridge: {BRIDGE}, addresses: [{WAYPOINT}/8]{extra}}}
+              waypoint: {{bridge: {BRIDGE}, addresses: [{WAYPOINT}/8]{options}}}
             """
         )
     )
@@ -105,10 +134,12 @@ class WaypointLab:
         n: int,
         headers: dict[str, str] | None = None,
         parallel: int = 8,
+        method: str = "GET",
     ) -> dict[str, int]:
         """`n` HTTP requests from `client`, each on a new connection: count per answer, keyed
         by the answering backend's host name ("500 ..." / "fail" otherwise)."""
         args = ["/usr/bin/python3", HTTP_PROBE, "get", url, str(n), "--parallel", str(parallel)]
+        args += ["--method", method]
         for k, v in (headers or {}).items():
             args += ["--header", f"{k}: {v}"]
         out = self.lab.host(client).cmd(" ".join(f"'{a}'" for a in args))
@@ -149,11 +180,13 @@ class WaypointLab:
 
 
 @contextmanager
-def waypoint_lab(folder, runtime: str | None = None):
-    """Controller (services app, metrics on), the lab with HTTP backends, the waypoint serving;
-    all stopped after. Raises RuntimeError if the lab or the waypoint does not come up."""
-    with leafspine_under_services(folder, lab_config(folder, runtime)) as (ctl, lab, port):
-        for host in BACKENDS:
+def waypoint_lab(folder, runtime: str | None = None, extra: Extra = Extra()):
+    """Controller (services app, metrics on), the lab with HTTP backends (and `extra`'s), the
+    waypoint serving; all stopped after. Raises RuntimeError if the lab or the waypoint does
+    not come up."""
+    config = lab_config(folder, runtime, extra)
+    with leafspine_under_services(folder, config) as (ctl, lab, port):
+        for host in BACKENDS | extra.backends:
             lab.run_server(host, ["/usr/bin/python3", HTTP_PROBE, "serve", "80", "--name", host])
         env = WaypointLab(ctl, lab, folder, port, runtime)
         if not env.wait_serving(f"http://{VIP}/"):

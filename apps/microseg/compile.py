@@ -22,13 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from apps.microseg.model import World
-from apps.microseg.policy import (
-    CILIUM_NAMESPACE_KEY,
-    CILIUM_NS_LABEL_PREFIX,
-    Peer,
-    Policy,
-    PolicyRule,
-)
+from apps.microseg.policy import Peer, Policy, PolicyRule
 from controller.flowlog import log_instructions
 from controller.flows import (
     Flow,
@@ -39,6 +33,7 @@ from controller.flows import (
     to_controller,
     write_metadata,
 )
+from controller.labelselectors import cilium_view
 from controller.matches import (
     CT_EST,
     CT_REL,
@@ -103,11 +98,7 @@ class Resolver:
         self._labels = {n: ident.label_map() for n, ident in world.identities.items()}
         self._ns_labels = {n: ident.namespace_map() for n, ident in world.identities.items()}
         self._cilium_views = {
-            n: {
-                **self._labels[n],
-                CILIUM_NAMESPACE_KEY: ident.namespace,
-                **{CILIUM_NS_LABEL_PREFIX + k: v for k, v in ident.namespace_labels},
-            }
+            n: cilium_view(ident.labels, ident.namespace, ident.namespace_labels)
             for n, ident in world.identities.items()
         }
 

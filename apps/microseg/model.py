@@ -4,62 +4,20 @@ An identity is what policies can tell apart: an endpoint's namespace and its lab
 that share both are indistinguishable to every selector, so they share one identity, and policy
 is compiled per identity (as Cilium and Antrea do), never per pair of endpoints.
 
->>> sel = Selector.parse({"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a"]}]})
->>> sel.matches({"pod": "a"}), sel.matches({"pod": "b"}), Selector().matches({})
-(True, False, True)
+Label selectors are controller/labelselectors.py's (shared with the services app's waypoint).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controller.endpoints import Endpoint, Labels, labels_of
+from controller.labelselectors import (
+    NAMESPACE_NAME_LABEL,
+    Selector,  # noqa: F401  (the selectors policies hold)
+)
 
-NAME_LABEL = "kubernetes.io/metadata.name"  # every namespace carries its own name as a label
-
-
-@dataclass(frozen=True)
-class Selector:
-    """A Kubernetes LabelSelector: every matchLabels pair and every expression must hold.
-
-    The empty selector matches everything. `NotIn` and `DoesNotExist` match objects that lack
-    the key, as in Kubernetes.
-    """
-
-    labels: Labels = ()
-    expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
-
-    @classmethod
-    def parse(cls, spec: Mapping | None, key_map=None) -> Selector:
-        """From a checked LabelSelector; `key_map` rewrites keys (Cilium's source prefixes)."""
-        spec = spec or {}
-        fix = key_map or (lambda k: k)
-        labels = tuple(sorted((fix(str(k)), v) for k, v in (spec.get("matchLabels") or {}).items()))
-        exprs = tuple(
-            (fix(str(e["key"])), e["operator"], tuple(e.get("values") or ()))
-            for e in spec.get("matchExpressions") or ()
-        )
-        return cls(labels, exprs)
-
-    def label_keys(self) -> set[str]:
-        return {k for k, _ in self.labels} | {k for k, _, _ in self.expressions}
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        for key, value in self.labels:
-            if labels.get(key) != value:
-                return False
-        for key, op, values in self.expressions:
-            present = key in labels
-            if op == "In" and not (present and labels[key] in values):
-                return False
-            if op == "NotIn" and present and labels[key] in values:
-                return False
-            if op == "Exists" and not present:
-                return False
-            if op == "DoesNotExist" and present:
-                return False
-        return True
+NAME_LABEL = NAMESPACE_NAME_LABEL  # every namespace carries its own name as a label
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from apps.microseg.model import Selector
 from controller.config import LABELS, OBJECT_HEADER, ConfigError, Document
 from controller.endpoints import DEFAULT_NAMESPACE
+from controller.labelselectors import CILIUM_NAMESPACE_KEY, cilium_key
 from controller.matches import IPNetwork
 from controller.policydocs import is_mine
 
 LOG = logging.getLogger("osken_suite.microseg")
-CILIUM_NAMESPACE_KEY = "io.kubernetes.pod.namespace"
-CILIUM_NS_LABEL_PREFIX = "io.cilium.k8s.namespace.labels."
 # IANA_SVC_NAME, as Kubernetes' IsValidPortName: 1-15 characters of a-z, 0-9 and '-', at least
 # one letter, no '-' at either end nor two in a row.
 _PORT_NAME = re.compile(r"^(?=.{1,15}$)(?=.*[a-z])(?!.*--)[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -287,14 +286,6 @@ class Policy:
 # --- parsing ----------------------------------------------------------------------------------
 
 
-def cilium_key(key: str) -> str:
-    """Cilium label keys may carry a source prefix (k8s:, any:); endpoints here have none."""
-    for prefix in ("k8s:", "any:"):
-        if key.startswith(prefix):
-            return key[len(prefix) :]
-    return key
-
-
 def parse_policy(doc: Document, loaded: Callable[[str], bool] = lambda app: False) -> list[Policy]:
     """One YAML document: a NetworkPolicy or CiliumNetworkPolicy (several `specs` allowed);
     nothing for a kind another suite app enforces (controller/policydocs.py; `loaded(app)`
@@ -478,7 +469,8 @@ def _cilium_ports(doc: Document, where: tuple, specs) -> tuple[PortSpec, ...] | 
     for i, block in enumerate(specs):
         if block.get("rules"):
             LOG.warning(
-                "%s: L7 rules are not enforced; only the L4 part of this toPorts entry is",
+                "%s: L7 rules are not enforced here; only the L4 part of this toPorts entry "
+                "is (for traffic to a service VIP the waypoint enforces HTTP rules)",
                 doc.located(where + (i, "rules")),
             )
         for j, spec in enumerate(block.get("ports") or [{}]):

@@ -28,6 +28,8 @@ from types import MappingProxyType
 from apps.services.arp import ArpProber, MacTable, vip_reply
 from apps.services.authz import parse_security
 from apps.services.backends import Locations
+from apps.services.ciliuml7 import KIND as CILIUM
+from apps.services.ciliuml7 import parse_cilium_l7
 from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
 from apps.services.drain import Draining
 from apps.services.explain import explain_flow
@@ -44,6 +46,7 @@ from apps.services.settings import (
     parse_services,
 )
 from apps.services.waypoint import WaypointDriver
+from apps.services.waypointstats import WaypointStats
 from controller.app import PacketIn, SuiteApp
 from controller.config import Document, DocumentCache
 from controller.flows import Flow, output, packet_out
@@ -87,13 +90,26 @@ class Services(SuiteApp):
         self.connections = self.metrics.connections
         self.live_backends = self.metrics.live_backends
         self.waypoint = WaypointDriver()
+        self.waypoint_stats = WaypointStats(core.metrics)
         self._announce_at = 0.0
         self._loaded = core.loaded
 
     def _parse_policy(self, doc: Document) -> list:
-        """A `policies:` document: the Istio security kinds are ours (authz.py), the rest is
-        another app's (controller/policydocs.py)."""
-        if not isinstance(doc.data, dict) or not is_mine(doc, self.name, self._loaded):
+        """A `policies:` document: the Istio security kinds are ours (authz.py), and a
+        CiliumNetworkPolicy's L7 rules (ciliuml7.py: its L3/L4 part is microsegmentation's);
+        the rest is another app's (controller/policydocs.py)."""
+        if not isinstance(doc.data, dict):
+            return []
+        if doc.data.get("kind") == CILIUM:
+            if not self._loaded("microseg"):
+                LOG.warning(
+                    "%s: %s: its L3/L4 rules are enforced by apps.microseg, which is not "
+                    "loaded; only its L7 rules for service VIPs apply (the waypoint's)",
+                    doc.located(("kind",)),
+                    CILIUM,
+                )
+            return parse_cilium_l7(doc)
+        if not is_mine(doc, self.name, self._loaded):
             return []
         return parse_security(doc)
 
@@ -249,6 +265,8 @@ class Services(SuiteApp):
             self._install()
         if self.prober.due(now):
             self._probe_unknown()
+        if self.waypoint.serving and self.waypoint_stats.due(now):
+            self.waypoint_stats.start(self.waypoint.admin_sockets(), self.waypoint.plan)
 
     def _unlocated_replicas(self) -> set[str]:
         return {

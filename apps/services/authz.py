@@ -29,13 +29,16 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from apps.services.routing import SECURITY_GROUP
+from apps.services.envoyfilter import KIND as ENVOY_FILTER
+from apps.services.envoyfilter import EnvoyFilter, parse_envoy_filter, patches_for
+from apps.services.routing import ISTIO_GROUP, SECURITY_GROUP
+from apps.services.selection import ROOT_NAMESPACE
+from apps.services.selection import selects as _selects
 from controller.config import OBJECT_HEADER, Document
 from controller.endpoints import DEFAULT_NAMESPACE, Endpoint, labels_of
-from vnf.waypoint.model import AuthzRule, Condition, Operation, Source
+from vnf.waypoint.model import AuthzRule, Condition, FilterPatch, Operation, Source
 
 LOG = logging.getLogger("osken_suite.services")
-ROOT_NAMESPACE = "istio-system"
 KINDS = ("AuthorizationPolicy", "PeerAuthentication")
 STRICTNESS = ("DISABLE", "PERMISSIVE", "STRICT")  # weakest first
 DEFAULT_MTLS = "PERMISSIVE"
@@ -245,13 +248,7 @@ class PeerAuthentication:
         return _selects(self.namespace, self.selector, e)
 
 
-SecurityDoc = AuthorizationPolicy | PeerAuthentication
-
-
-def _selects(namespace: str, selector, e: Endpoint) -> bool:
-    if namespace != ROOT_NAMESPACE and e.namespace != namespace:
-        return False
-    return selector is None or set(selector) <= set(e.labels)
+SecurityDoc = AuthorizationPolicy | PeerAuthentication | EnvoyFilter
 
 
 def _ports_match(ports: frozenset[int], wanted: frozenset[int], unwanted: frozenset[int]) -> bool:
@@ -400,14 +397,16 @@ def _peer_authentication(doc: Document, namespace: str, name: str, spec: dict):
 
 
 def parse_security(doc: Document) -> list[SecurityDoc]:
-    """One YAML document as an AuthorizationPolicy or PeerAuthentication; [] for other kinds
-    (the caller decides what those are). Raises ConfigError, located, for a malformed or
-    unsupported one."""
+    """One YAML document as an AuthorizationPolicy, PeerAuthentication or EnvoyFilter
+    (envoyfilter.py); [] for other kinds (the caller decides what those are). Raises
+    ConfigError, located, for a malformed or unsupported one."""
     data = doc.data
     if not isinstance(data, dict):
         return []
     doc.validate(OBJECT_HEADER)
     api, kind = str(data.get("apiVersion", "")), data.get("kind")
+    if api.startswith(ISTIO_GROUP) and kind == ENVOY_FILTER:
+        return [parse_envoy_filter(doc)]
     if not api.startswith(SECURITY_GROUP) or kind not in KINDS:
         return []
     doc.validate(AUTHZ_SCHEMA if kind == "AuthorizationPolicy" else PEER_AUTH_SCHEMA)
@@ -448,11 +447,13 @@ class ServiceSecurity:
     deny: tuple[AuthzRule, ...]
     allow: tuple[AuthzRule, ...] | None
     mtls: str
-    policies: tuple[AuthorizationPolicy, ...]
+    policies: tuple[AuthorizationPolicy | EnvoyFilter, ...]
+    patches: tuple[FilterPatch, ...] = ()  # EnvoyFilter patches to its HTTP filters
 
     @property
     def needs_waypoint(self) -> bool:
-        """Only a waypoint can enforce it: a policy applies, or mTLS is STRICT."""
+        """Only a waypoint can enforce it: a policy or filter patch applies, or mTLS is
+        STRICT."""
         return bool(self.policies) or self.mtls == "STRICT"
 
 
@@ -460,8 +461,8 @@ def for_service(
     backends: list[tuple[Endpoint, int]], port: int, docs: list[SecurityDoc]
 ) -> ServiceSecurity:
     """The security of a service on `port` whose backends are `backends` ((endpoint, target
-    port) pairs): the policies for any backend, their rules for these ports, and the strictest
-    mTLS mode of the backends."""
+    port) pairs): the policies for any backend, their rules for these ports, the strictest
+    mTLS mode of the backends, and the EnvoyFilter patches for them."""
     policies = tuple(
         d
         for d in docs
@@ -473,14 +474,20 @@ def for_service(
     allow = tuple(r for p in allowing for r in p.rules_for(ports)) if allowing else None
     peers = [d for d in docs if isinstance(d, PeerAuthentication)]
     mtls = strictest(mtls_mode(e, p, peers) for e, p in backends) if backends else DEFAULT_MTLS
-    return ServiceSecurity(deny, allow, mtls, policies)
+    filters = [d for d in docs if isinstance(d, EnvoyFilter) and d.patches]
+    patching, patches = patches_for(backends, port, filters)
+    return ServiceSecurity(deny, allow, mtls, policies + patching, patches)
 
 
 def warn_unenforced(docs: list[SecurityDoc], enforced: set[int], waypoint: bool) -> None:
-    """Say by name which AuthorizationPolicies no waypointed service enforces (`enforced`:
-    ids of those that one does): pod-to-pod traffic outside a service VIP is not judged."""
+    """Say by name which AuthorizationPolicies (and EnvoyFilters) no waypointed service
+    enforces (`enforced`: ids of those that one does): pod-to-pod traffic outside a service
+    VIP is not judged."""
     for d in docs:
-        if isinstance(d, AuthorizationPolicy) and id(d) not in enforced:
+        applicable = isinstance(d, AuthorizationPolicy) or (
+            isinstance(d, EnvoyFilter) and d.patches  # else each patch was named as refused
+        )
+        if applicable and id(d) not in enforced:
             why = (
                 "it selects no backend of a service"
                 if waypoint

@@ -22,6 +22,11 @@ Services without request conditions keep the switches' own path, unchanged.
 
 Istio rules keep their order (first match wins); Gateway API matches go most specific first
 (`HttpMatch.specificity`), ties in list order.
+
+A DestinationRule's trafficPolicy for the hosts (and subsets) a rule sends to becomes its
+cluster's circuit breakers and outlier detection (`envoy_policy`). A cluster has one policy:
+a rule whose backends fall under different policies gets a cluster per policy, and its route
+splits between them at random per request (Envoy's weighted_clusters).
 """
 
 from __future__ import annotations
@@ -29,15 +34,25 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from apps.services.routing import HTTPRoute, RouteRule
+from apps.services.trafficpolicy import TrafficPolicy
 from controller.config import Config
 from controller.endpoints import Endpoint as Workload
 from vnf.waypoint.ca import WAYPOINT as WAYPOINT_CERTS
 from vnf.waypoint.ca import MeshCA, spiffe_id, usable_name
-from vnf.waypoint.model import Cluster, Endpoint, HttpMatch, Listener, Route, Tls
+from vnf.waypoint.model import (
+    Cluster,
+    Ejection,
+    Endpoint,
+    HttpMatch,
+    Limits,
+    Listener,
+    Route,
+    Tls,
+)
 from vnf.waypoint.runner import Spec, replica_mac
 
 WAYPOINT_NAME = "waypoint"
@@ -116,8 +131,8 @@ def parse_mesh(config: Config) -> Mesh | None:
 
 
 def needs_waypoint(rules: tuple[RouteRule, ...]) -> bool:
-    """Whether any rule has request conditions only a waypoint can judge."""
-    return any(r.l7 is not None for r in rules)
+    """Whether any rule has request conditions or HTTP actions only a waypoint can do."""
+    return any(r.needs_waypoint for r in rules)
 
 
 def _integer_weights(split: tuple[tuple[str, Fraction], ...]) -> dict[str, int]:
@@ -133,10 +148,58 @@ def _integer_weights(split: tuple[tuple[str, Fraction], ...]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class RoutedRule:
-    """A rule of a waypointed service with what the resolver made of it: its split."""
+    """A rule of a waypointed service with what the resolver made of it: its split, and its
+    mirrors' backends (backend keys, percent of requests copied)."""
 
     rule: RouteRule
     split: tuple[tuple[str, Fraction], ...]
+    mirrors: tuple[tuple[tuple[str, ...], float], ...] = ()
+
+
+def envoy_policy(policy: TrafficPolicy | None) -> tuple[Limits | None, Ejection | None]:
+    """A DestinationRule trafficPolicy as a cluster's (limits, ejection), as Istio's pilot
+    maps them: tcp.maxConnections -> max_connections, http.http1MaxPendingRequests ->
+    max_pending_requests, http.http2MaxRequests -> max_requests, http.maxRetries ->
+    max_retries, the rest by name; outlierDetection's consecutive5xxErrors,
+    consecutiveGatewayErrors, consecutiveLocalOriginFailures, interval, baseEjectionTime,
+    maxEjectionPercent, minHealthPercent (the healthy panic threshold)."""
+    if policy is None:
+        return None, None
+    pool, outlier = policy.connection_pool, policy.outlier_detection
+    limits = None
+    if pool is not None:
+        limits = Limits(
+            max_connections=pool.max_connections,
+            max_pending_requests=pool.http1_max_pending_requests,
+            max_requests=pool.http2_max_requests,
+            max_retries=pool.max_retries,
+            max_requests_per_connection=pool.max_requests_per_connection,
+            connect_timeout=pool.connect_timeout,
+            idle_timeout=pool.idle_timeout,
+        )
+    ejection = None
+    if outlier is not None:
+        ejection = Ejection(
+            consecutive_5xx=outlier.consecutive_5xx,
+            consecutive_gateway_failure=outlier.consecutive_gateway,
+            consecutive_local_origin_failure=outlier.consecutive_local_origin,
+            split_external_local_origin_errors=outlier.split_external_local_origin_errors,
+            interval=outlier.interval,
+            base_ejection_time=outlier.base_ejection_time,
+            max_ejection_percent=outlier.max_ejection_percent,
+            min_health_percent=outlier.min_health_percent,
+        )
+    return limits, ejection
+
+
+def _by_policy(
+    weights: dict[str, int], policies: dict[str, TrafficPolicy]
+) -> list[tuple[TrafficPolicy | None, dict[str, int]]]:
+    """A rule's backend weights grouped by the trafficPolicy each falls under, in order."""
+    groups: dict[TrafficPolicy | None, dict[str, int]] = {}
+    for k, w in weights.items():
+        groups.setdefault(policies.get(k), {})[k] = w
+    return list(groups.items())
 
 
 def listener(
@@ -146,19 +209,39 @@ def listener(
     routed: list[RoutedRule],
     addresses: dict[str, tuple[str, int]],
     gateway: bool,
+    policies: dict[str, TrafficPolicy] | None = None,
 ) -> tuple[Listener, list[Cluster]]:
     """Service `name`'s listener on vip:port and the clusters its routes send to: one cluster
     per rule, its backends weighted as the rule splits them (`addresses`: backend key ->
-    (ip, port)). `gateway`: order matches by Gateway API precedence, else keep rule order."""
+    (ip, port)), limited as `policies` (backend key -> trafficPolicy) says; a rule whose
+    backends have different policies gets one cluster per policy (`<name>/<rule>.<k>`),
+    weighted by their sums; a cluster per mirror (`<name>/<rule>.mirror<k>`). `gateway`: order
+    matches by Gateway API precedence, else keep rule order."""
     clusters, routes = [], []
     for r, item in enumerate(routed):
-        cname = f"{name}/{r}"
-        weights = _integer_weights(item.split)
-        clusters.append(
-            Cluster(cname, tuple(Endpoint(*addresses[k], w) for k, w in weights.items()))
-        )
+        groups = _by_policy(_integer_weights(item.split), policies or {}) or [(None, {})]
+        named = [
+            (f"{name}/{r}" + (f".{k}" if len(groups) > 1 else ""), weights)
+            for k, (_, weights) in enumerate(groups)
+        ]
+        for (cname, weights), (policy, _) in zip(named, groups, strict=True):
+            endpoints = tuple(Endpoint(*addresses[k], w) for k, w in weights.items())
+            clusters.append(Cluster(cname, endpoints, *envoy_policy(policy)))
+        weighted = tuple((c, sum(w.values())) for c, w in named) if len(named) > 1 else ()
+        cname = named[0][0] if len(named) == 1 else ""
+        mirrors = []
+        for k, (keys, percent) in enumerate(item.mirrors):
+            mname = f"{name}/{r}.mirror{k}"
+            limits = envoy_policy((policies or {}).get(keys[0])) if keys else (None, None)
+            clusters.append(
+                Cluster(mname, tuple(Endpoint(*addresses[b], 1) for b in keys), *limits)
+            )
+            mirrors.append((mname, percent))
+        actions = None
+        if item.rule.actions is not None:
+            actions = replace(item.rule.actions.actions, mirrors=tuple(mirrors))
         blocks = [m.http for m in item.rule.matches] or [None]
-        routes += [Route(m, cname, item.rule.origin) for m in blocks]
+        routes += [Route(m, cname, item.rule.origin, weighted, actions) for m in blocks]
     if gateway:
         routes.sort(key=lambda x: (x.match or HttpMatch()).specificity())
     return Listener(name, vip, port, tuple(routes)), clusters

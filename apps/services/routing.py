@@ -7,9 +7,10 @@ method, query parameters, authority, scheme) are kept too, as `SourceMatch.http`
 waypoint (mesh.waypoint) judges them; without one, the settings reject such a rule by name
 (`reject_l7`): the log says which file, line and field, and the rule takes no traffic
 (connections it would have taken fall through to the next rule, as if it had not been
-written). What neither can do (rewrites, redirects, retries, mirrors, mesh gateways...) is
-rejected by name here. The rest of the file still applies, so the seed's documents load as
-written.
+written). So are HTTP actions (timeouts, retries, faults, mirrors, header edits, rewrites:
+httpactions.py), which only the waypoint does. What neither can do (redirects, CORS, mesh
+gateways...) is rejected by name here. The rest of the file still applies, so the seed's
+documents load as written.
 
 Order: Istio rules are first-match in list order. Gateway API orders matches by how specific
 they are (`HttpMatch.specificity`); among equals the first in list order wins. Rules without
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import apps.services.schemas as schemas
+from apps.services.httpactions import Refused, RuleActions, gateway_actions, istio_actions
 from apps.services.schemas import HTTP_MATCH_L7, ISTIO_RULE_L7, KNATIVE_PATH_L7, KNATIVE_SPLIT_L7
 from apps.services.trafficpolicy import TrafficPolicy, parse_traffic_policy
 from controller.config import OBJECT_HEADER, ConfigError, Document
@@ -81,6 +83,12 @@ class RouteRule:
     matches: tuple[SourceMatch, ...]
     destinations: tuple[Destination, ...]
     origin: str  # file:line, for messages
+    actions: RuleActions | None = None  # HTTP actions: only an L7 waypoint does them
+
+    @property
+    def needs_waypoint(self) -> bool:
+        """Whether only an L7 waypoint can serve it (request conditions or HTTP actions)."""
+        return self.l7 is not None or self.actions is not None
 
     @property
     def l7(self) -> HttpMatch | None:
@@ -156,10 +164,23 @@ def _reject(doc: Document, where: tuple, what: str) -> None:
     )
 
 
+def _refused(doc: Document, refused: Refused) -> None:
+    LOG.warning(
+        "%s: %s: %s; neither a switch nor the waypoint does that, so this rule is rejected "
+        "and takes no traffic",
+        doc.located(refused.where),
+        ".".join(map(str, refused.where)),
+        refused.what,
+    )
+
+
 def reject_l7(doc: Document, rule: RouteRule) -> None:
-    """Say by name that `rule` needs request conditions a switch cannot see (with no waypoint
-    to judge them): the rule takes no traffic."""
+    """Say by name that `rule` needs request conditions a switch cannot see or HTTP actions it
+    cannot do (with no waypoint to do them): the rule takes no traffic."""
     match = rule.l7
+    if match is None and rule.actions is not None:
+        _reject(doc, rule.actions.where, f"an HTTP action ({rule.actions.where[-1]})")
+        return
     if match is None:
         return
     key = match.where[-1]
@@ -301,9 +322,15 @@ def _istio_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
     for kind in ("http", "tcp"):
         for i, rule in enumerate(spec.get(kind) or []):
             at = ("spec", kind, i)
+            actions = None
             extra = [k for k in rule if k in ISTIO_RULE_L7]
-            if extra:
+            if extra and kind == "tcp":
                 _reject(doc, at + (extra[0],), f"an HTTP action ({extra[0]})")
+                continue
+            try:
+                actions = istio_actions(doc, rule, at) if kind == "http" else None
+            except Refused as refused:
+                _refused(doc, refused)
                 continue
             matches = [
                 _istio_match(doc, m, at + ("match", j))
@@ -316,7 +343,7 @@ def _istio_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
                 continue
             if not destinations:
                 raise doc.error(at, "a rule needs a route")
-            rules.append(RouteRule(tuple(matches), destinations, doc.located(at)))
+            rules.append(RouteRule(tuple(matches), destinations, doc.located(at), actions))
     return tuple(rules)
 
 
@@ -336,8 +363,9 @@ def _destination_rule(doc: Document, meta: dict, spec: dict) -> DestinationRule:
     top = parse_traffic_policy(doc, ("spec", "trafficPolicy"), spec.get("trafficPolicy"))
     if top is not None or policies:
         LOG.warning(
-            "%s: spec.trafficPolicy: connection pools and outlier detection are read but not "
-            "enforced yet; backends leave the split when their port or link goes down",
+            "%s: spec.trafficPolicy: connection pools and outlier detection are enforced by the "
+            "waypoint (mesh.waypoint) for waypointed services, not yet by the switches; there, "
+            "backends leave the split when their port or link goes down",
             doc.located(("spec", "trafficPolicy") if top is not None else ("spec", "subsets")),
         )
     return DestinationRule(meta["name"], str(spec["host"]), subsets, doc, top, policies)
@@ -362,9 +390,12 @@ def _httproute_rules(doc: Document, spec: dict) -> tuple[RouteRule, ...]:
 
 
 def _httproute_rule(doc: Document, rule: dict, at: tuple) -> RouteRule | None:
-    """Rule `rule` at `at`, or None if it needs what a switch cannot do (filters, L7 matches)."""
-    if rule.get("filters"):
-        _reject(doc, at + ("filters",), "HTTP filters (header edits, redirects, rewrites)")
+    """Rule `rule` at `at`, or None if it needs what neither a switch nor the waypoint can do
+    (rejected by name)."""
+    try:
+        actions = gateway_actions(doc, rule, at)
+    except Refused as refused:
+        _refused(doc, refused)
         return None
     matches = tuple(
         _httproute_match(match, at + ("matches", j))
@@ -375,7 +406,7 @@ def _httproute_rule(doc: Document, rule: dict, at: tuple) -> RouteRule | None:
         return None
     if not destinations:
         raise doc.error(at, "a rule needs backendRefs")
-    return RouteRule(matches, destinations, doc.located(at))
+    return RouteRule(matches, destinations, doc.located(at), actions)
 
 
 def _gateway_named(values: list) -> tuple[tuple[str, StringMatch], ...]:
@@ -503,7 +534,8 @@ def parse_routing(doc: Document) -> RoutingDoc | None:
     api, kind = str(data.get("apiVersion", "")), data.get("kind")
     found = next((f for (g, k), f in _KINDS.items() if api.startswith(g) and kind == k), None)
     if found is None:
-        if not api.startswith(SECURITY_GROUP):  # those are read as security (authz.py)
+        # those are read as security (authz.py, envoyfilter.py)
+        if not api.startswith(SECURITY_GROUP) and kind != "EnvoyFilter":
             LOG.info("%s: %s %s is not a routing document; skipped", doc.path, api, kind)
         return None
     parse, schema = found

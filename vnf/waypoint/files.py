@@ -88,11 +88,11 @@ def admin_get(sock: str, path: str, timeout: float = 2.0) -> tuple[int, str]:
         conn.close()
 
 
-def stats(sock: str, prefix: str = "") -> dict[str, str]:
+def stats(sock: str, prefix: str = "", timeout: float = 2.0) -> dict[str, str]:
     """Envoy's statistics (counters, gauges and text readouts) whose names start with `prefix`,
-    name -> value as text; {} when the admin API does not answer."""
+    name -> value as text; {} when the admin API does not answer within `timeout` s."""
     try:
-        status, body = admin_get(sock, "/stats")
+        status, body = admin_get(sock, "/stats", timeout)
     except OSError:
         return {}
     if status != 200:

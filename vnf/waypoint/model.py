@@ -9,11 +9,15 @@ turns it into Envoy's own resources. Nothing here knows YAML files or switches.
   the cluster it sends to.
 - A `Cluster`: weighted endpoints. Envoy's weighted round-robin over one cluster's endpoints is
   deterministic (earliest deadline first), so a split is exact per request, unlike
-  `weighted_clusters`, which draws at random per request.
+  `weighted_clusters`, which draws at random per request: a route uses those only when its
+  backends fall under different traffic policies (a cluster has one set of limits). Its
+  `Limits` and `Ejection` are a DestinationRule's trafficPolicy in Envoy's terms.
 - Authorization (Istio's AuthorizationPolicy, normalised): a listener's DENY rules and ALLOW
   rules (`AuthzRule`); a request is denied if a DENY rule matches, else allowed if no ALLOW
   policy applies or an ALLOW rule matches, else denied (Istio's order, CUSTOM aside).
 - Peer authentication: a listener's mTLS mode, and the waypoint's certificate (`Tls`).
+- EnvoyFilter patches to a listener's HTTP filter chain (`FilterPatch`), applied in order.
+- CiliumNetworkPolicy L7 rules for a listener (`L7Allow`): a request must match one of them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 
 MATCH_KINDS = ("exact", "prefix", "regex")
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+# Istio's EnvoyFilter patch operations on an HTTP filter chain.
+PATCH_OPERATIONS = ("ADD", "INSERT_FIRST", "INSERT_BEFORE", "INSERT_AFTER", "REPLACE", "REMOVE")
 
 
 @dataclass(frozen=True)
@@ -80,16 +86,104 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """A cluster's circuit breakers and connection settings, in Envoy's terms (None: Envoy's
+    default). Counts are for the whole cluster, per Envoy (config.cluster.v3.CircuitBreakers.
+    Thresholds); durations in seconds."""
+
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+    max_requests_per_connection: int | None = None
+    connect_timeout: float | None = None
+    idle_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Ejection:
+    """A cluster's outlier detection, in Envoy's terms (config.cluster.v3.OutlierDetection).
+    A count of 0 turns its kind of ejection off; None leaves it to Envoy's default (on for
+    5xx, off for the others). Durations in seconds; `min_health_percent` is the cluster's
+    healthy panic threshold (0: never panic, Istio's default)."""
+
+    consecutive_5xx: int | None = None
+    consecutive_gateway_failure: int | None = None
+    consecutive_local_origin_failure: int | None = None
+    split_external_local_origin_errors: bool = False
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+    min_health_percent: int = 0
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...]
+    limits: Limits | None = None
+    ejection: Ejection | None = None
+
+
+@dataclass(frozen=True)
+class Retries:
+    """Istio's HTTPRetry: `attempts` retries, each within `per_try_timeout` seconds (None: the
+    route's), on the conditions `retry_on` (Envoy's x-envoy-retry-on names) and status codes."""
+
+    attempts: int
+    per_try_timeout: float | None = None
+    retry_on: tuple[str, ...] = ()
+    status_codes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Istio's HTTPFaultInjection: a fixed `delay` (seconds) for `delay_percent` of requests,
+    an answer `abort_status` without asking a backend for `abort_percent` of them."""
+
+    delay: float | None = None
+    delay_percent: float = 100.0
+    abort_status: int | None = None
+    abort_percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class HeaderEdits:
+    """Headers to set (replacing), add (appending) and remove, names lower-case."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Actions:
+    """What a route does besides choosing a backend (Istio HTTPRoute fields, Gateway API
+    filters): a `timeout` (seconds), `retries`, an injected `fault`, `mirrors` ((cluster,
+    percent of requests) copies sent, answers dropped), header edits, and rewrites of the
+    path (`prefix_rewrite`: the matched prefix; `path_rewrite`: the whole path) and authority."""
+
+    timeout: float | None = None
+    retries: Retries | None = None
+    fault: Fault | None = None
+    mirrors: tuple[tuple[str, float], ...] = ()
+    request_headers: HeaderEdits | None = None
+    response_headers: HeaderEdits | None = None
+    prefix_rewrite: str | None = None
+    path_rewrite: str | None = None
+    authority_rewrite: str | None = None
 
 
 @dataclass(frozen=True)
 class Route:
+    """`cluster` takes every request; `weighted` (cluster, weight) pairs, when set, split them
+    at random per request instead (Envoy's weighted_clusters)."""
+
     match: HttpMatch | None  # None: every request
     cluster: str
     origin: str  # file:line of the rule, for messages and stats
+    weighted: tuple[tuple[str, int], ...] = ()
+    actions: Actions | None = None
 
 
 @dataclass(frozen=True)
@@ -140,10 +234,50 @@ class AuthzRule:
 
 
 @dataclass(frozen=True)
+class FilterPatch:
+    """One EnvoyFilter `HTTP_FILTER` patch, as Istio applies it to an HTTP filter chain:
+    `operation` (PATCH_OPERATIONS) relative to the filter named `sub_filter` (None: the chain's
+    start or end), with `value` (an HTTP filter as JSON text; "" for REMOVE). `origin` names
+    it (file:line)."""
+
+    operation: str
+    sub_filter: str | None
+    value: str
+    origin: str
+
+    def __post_init__(self) -> None:
+        if self.operation not in PATCH_OPERATIONS:
+            raise ValueError(f"a patch operation is one of {PATCH_OPERATIONS}")
+
+
+@dataclass(frozen=True)
+class HttpRule:
+    """Cilium's PortRuleHTTP: `method`, `path` and `host` are regular expressions the whole
+    value must match (None: any); `headers` (lower-case name, value or None for presence)."""
+
+    method: str | None = None
+    path: str | None = None
+    host: str | None = None
+    headers: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True)
+class L7Allow:
+    """One CiliumNetworkPolicy ingress rule for a port: requests from `sources` (None: any
+    client) matching one of `http` (None: any request: an L4-only rule) are allowed. `name`
+    names it (`<namespace>.<policy>[<rule>]`)."""
+
+    name: str
+    sources: tuple[ipaddress.IPv4Network, ...] | None
+    http: tuple[HttpRule, ...] | None
+
+
+@dataclass(frozen=True)
 class Listener:
     """A service's listener. `deny`: DENY rules; `allow`: ALLOW rules, None when no ALLOW
     policy applies (an empty tuple: an ALLOW policy applies and allows nothing). `mtls`: the
-    peer authentication mode its backends ask for."""
+    peer authentication mode its backends ask for. `patches`: EnvoyFilter patches to its HTTP
+    filters."""
 
     name: str  # the service's
     vip: str
@@ -152,6 +286,8 @@ class Listener:
     deny: tuple[AuthzRule, ...] = ()
     allow: tuple[AuthzRule, ...] | None = None
     mtls: str = "DISABLE"
+    patches: tuple[FilterPatch, ...] = ()  # to its HTTP filter chain, in order
+    l7_allow: tuple[L7Allow, ...] | None = None  # Cilium L7 rules (None: none apply)
 
     def __post_init__(self) -> None:
         if self.mtls not in MTLS_MODES:
