@@ -29,6 +29,7 @@ from apps.services.arp import ArpProber, MacTable, vip_reply
 from apps.services.authz import parse_security
 from apps.services.backends import Locations
 from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
+from apps.services.counting import STATS_INTERVAL, GroupCounts
 from apps.services.drain import Draining
 from apps.services.explain import explain_flow
 from apps.services.mesh import MESH_SCHEMA
@@ -89,6 +90,8 @@ class Services(SuiteApp):
         self.waypoint = WaypointDriver()
         self._announce_at = 0.0
         self._loaded = core.loaded
+        self.group_counts = GroupCounts(self.metrics.connected_many)
+        self._next_poll = 0.0
 
     def _parse_policy(self, doc: Document) -> list:
         """A `policies:` document: the Istio security kinds are ours (authz.py), the rest is
@@ -249,6 +252,24 @@ class Services(SuiteApp):
             self._install()
         if self.prober.due(now):
             self._probe_unknown()
+        self._poll_groups(now)
+
+    def _poll_groups(self, now: float) -> None:
+        """Every STATS_INTERVAL, while a service picks in the switch (method "switch"), ask
+        each ready switch for its groups' counters: its connections per backend (counting.py)."""
+        if now < self._next_poll or not any(s.method == "switch" for s in self.settings.services):
+            return
+        self._next_poll = now + STATS_INTERVAL
+        ready = [d for d in self.topology.switches() if self.core.ready(d)]
+        self.group_counts.forget(ready)
+        for dpid in ready:
+            self.core.request_group_stats(self, dpid)
+
+    def on_group_stats(self, dpid: int, stats: list, more: bool, now: float) -> None:
+        resolved = [self.placement.resolved.get(s.name, s) for s in self.settings.services]
+        groups = self.desired.groups.get(dpid, {})
+        ff = self.placement.ff.get(dpid, {})
+        self.group_counts.add(dpid, stats, more, now, resolved, groups, ff)
 
     def _unlocated_replicas(self) -> set[str]:
         return {

@@ -149,7 +149,7 @@ function drawTables(data) {
     const total = s.observed ? Object.values(s.observed).reduce((a, b) => a + b, 0) : 0;
     for (const b of s.backends) {
       const seen = s.observed ? s.observed[b.endpoint] : null;
-      const observed = seen === null ? "(switch picks)" : `${seen} (${total ? ((100 * seen) / total).toFixed(1) : "0.0"}%)`;
+      const observed = seen === null ? "(the waypoint picks)" : `${seen} (${total ? ((100 * seen) / total).toFixed(1) : "0.0"}%)`;
       services.push(row([`${s.name} ${s.vip}:${s.port}`, b.endpoint + (b.live ? "" : " (down)"), `${split[b.endpoint] ?? 0}%`, observed], { "data-service": s.name, "data-backend": b.endpoint }));
     }
   }
