@@ -247,6 +247,14 @@ class SuiteApp:
         """Group counters (controller.switch.GroupStat) asked for with
         core.request_group_stats (`more`: further parts follow)."""
 
+    def predict(self, dpid: int, flow: Flow, packet: dict[str, Any]) -> dict[str, Any] | None:
+        """For a trace (controller/trace): what this app would do with `packet` (OXM fields and
+        in_port) had `flow`, one of its flows on switch `dpid`, sent it to the controller:
+        {"actions": the packet-out's actions (controller.flows canonical), "picked": what it
+        decided, as JSON-ready data}; None when it would not send the packet on. It must
+        change nothing: the next real packet-in gets the same answer."""
+        return None
+
     def explain(self, dpid: int, flow: Flow) -> dict[str, Any] | None:
         """For a trace (controller/trace): what in this app's config made `flow`, one of its
         flows on switch `dpid`, as JSON-ready data (a rule: {"file", "line", "text"}; a

@@ -220,9 +220,39 @@ class Services(SuiteApp):
             LOG.warning("services: %s: no backend up for %s; connection dropped", service.name, src)
             return
         self.metrics.connected(service, backend)
-        commit = self.placement.commit(pkt.dpid, service, backend)
-        actions = [service_tag(service), commit]  # the tag: in case it is a hairpin
+        actions = self._commit_actions(pkt.dpid, service, backend)
         self.core.send(pkt.dpid, [packet_out(pkt.data, actions, pkt.in_port)])
+
+    def _commit_actions(self, dpid: int, service: Service, backend) -> list:
+        """A new connection's packet-out: tagged with its service (in case it is a hairpin),
+        then committed to `backend` on switch `dpid`."""
+        return [service_tag(service), self.placement.commit(dpid, service, backend)]
+
+    def predict(self, dpid: int, flow: Flow, packet: dict) -> dict | None:
+        """For a trace of method "exact": the backend the next new connection from the
+        packet's source would get (the rotation copied, not advanced), and the packet-out
+        that would commit it."""
+        if flow.cookie != COOKIE or flow.table != self.compiler.track:
+            return None
+        proto = packet.get("ip_proto")
+        name = {6: "tcp", 17: "udp"}.get(proto)
+        src, dst = packet.get("ipv4_src"), packet.get("ipv4_dst")
+        if name is None or src is None:
+            return None
+        conn = (src, dst, proto, packet.get(f"{name}_src"), packet.get(f"{name}_dst"))
+        service = self.picker.service_for(conn)
+        backend = None if service is None else self.picker.peek(service, src, self.placement.live)
+        if backend is None:
+            return None
+        return {
+            "actions": self._commit_actions(dpid, service, backend),
+            "picked": {
+                "service": service.name,
+                "backend": {"endpoint": backend.endpoint, "ip": backend.ip, "port": backend.port},
+                "text": f"the controller's next pick for a new connection from {src} (smooth "
+                "weighted round-robin; its turn not taken)",
+            },
+        }
 
     def explain(self, dpid: int, flow: Flow) -> dict | None:
         resolved = [self.placement.resolved.get(s.name, s) for s in self.settings.services]

@@ -88,6 +88,9 @@ def render(answer: dict[str, Any]) -> str:
         if hop.get("unasked"):
             lines.append(f"    not asked ({hop['unasked']}): the controller's model of it")
         lines += [f"    assumed: {note}" for note in hop.get("notes", [])]
+        if hop.get("picked"):
+            picked = hop["picked"]
+            lines.append(f"    picked: {picked['backend']['endpoint']}: {picked['text']}")
         for t in hop.get("tables", []):
             flow = t.get("flow") or {}
             lines.append(

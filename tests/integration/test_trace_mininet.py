@@ -134,3 +134,27 @@ def test_a_vip_is_traced_to_the_backend_its_select_group_takes(tmp_path):
     assert last["switch"] == "lf2" and last["outputs"][0]["hosts"], last
     steered = [t["rule"] for t in answer["hops"][0]["tables"] if "backend" in t.get("rule", {})]
     assert steered[-1]["backend"]["ip"] == IPS[BACKENDS["v1-a"]]
+
+
+def test_an_exact_vip_is_traced_through_the_pick_the_next_connection_really_gets(tmp_path):
+    """Method exact, 50/50: the controller picks each connection, so the trace goes on
+    through the pick it would make next (the model, its turn not taken); a real connection
+    made right after each trace lands on the backend the trace named."""
+    weights = {"v1-a": 50, "v2-a": 50}
+    with services_lab(tmp_path, weights) as env:
+        env.apply(service_config(weights))
+        assert sum(env.lab.spread("h11", VIP, PORT, 1).values()) == 1  # h11 is heard
+        url = f"http://127.0.0.1:{env.metrics_port}/api/v1/trace?src=10.0.0.1&dst={VIP}"
+        picked = []
+        for _ in range(4):
+            with urllib.request.urlopen(url + f"&proto=tcp&dport={PORT}", timeout=30) as reply:
+                answer = json.load(reply)
+            assert answer["verdict"] == "forward", json.dumps(answer, indent=1)
+            first = answer["hops"][0]
+            assert first["source"] == "switch+model", first
+            backend = first["picked"]["backend"]["endpoint"]
+            host = BACKENDS[backend]
+            assert answer["hops"][-1]["outputs"][0]["hosts"], answer["hops"][-1]
+            assert env.lab.spread("h11", VIP, PORT, 1) == {host: 1}
+            picked.append(backend)
+    assert sorted(picked) == ["v1-a", "v1-a", "v2-a", "v2-a"], picked

@@ -428,8 +428,8 @@ def test_an_exact_vip_names_the_controller_as_the_one_that_picks(tmp_path):
 
     net, tracer = services_lab(tmp_path, "exact")
     answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
-    assert answer["verdict"] == "controller"
-    rule = services_rules(answer["hops"][0])[-1]
+    assert answer["verdict"] == "forward"  # on through the controller's pick: the next test
+    rule = answer["decided_by"]["rule"]
     assert rule["backend"] == "picked per connection by the controller (method exact)"
     assert rule["service"] == "user-service" and rule["decides"]
     other_port = tracer.trace(SIP[C1], VIP, "tcp", 81)
@@ -553,3 +553,31 @@ def test_the_rest_of_a_hashed_select_group_comes_from_the_model(tmp_path):
     # the next switches get the packet translated to the backend: no service of theirs takes it
     picked = [h["switch"] for h in answer["hops"] for r in services_rules(h) if "method" in r]
     assert set(picked) == {"s201"}
+
+
+def test_an_exact_vip_is_traced_on_through_the_controllers_next_pick_without_taking_it(tmp_path):
+    from controller.trace import cli
+    from tests.unit.test_services import C1, V1A, V2A, VIP, connect
+    from tests.unit.test_services import IP as SIP
+
+    net, tracer = services_lab(tmp_path, "exact")
+    hosts = {"v1-a": V1A, "v2-a": V2A}
+    seen = []
+    for sport in range(30000, 30012):  # 90/10: v2-a's turn comes once in ten
+        answers = [tracer.trace(SIP[C1], VIP, "tcp", 80) for _ in range(2)]
+        assert answers[0] == answers[1]  # tracing took no turn
+        answer = answers[0]
+        assert answer["verdict"] == "forward"
+        first = answer["hops"][0]
+        assert first["source"] == "switch+model" and first["result"] == "forward"
+        assert any("controller's model" in n for n in first["notes"])
+        picked = first["picked"]["backend"]
+        assert picked["ip"] == SIP[hosts[picked["endpoint"]]] and picked["port"] == 80
+        assert answer["hops"][-1]["outputs"][0]["hosts"] == [hosts[picked["endpoint"]]]
+        steered = services_rules(first)[-1]  # translated by the commit, then steered there
+        assert steered["backend"]["endpoint"] == picked["endpoint"]
+        assert connect(net, sport=sport)[0] == hosts[picked["endpoint"]]  # as traced
+        seen.append(picked["endpoint"])
+    assert seen.count("v2-a") in (1, 2) and seen.count("v1-a") >= 10, seen
+    text = cli.render(json.loads(json.dumps(answer)))
+    assert f"    picked: {seen[-1]}: the controller's next pick for a new connection" in text
