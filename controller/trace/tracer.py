@@ -16,6 +16,7 @@ loop while Open vSwitch answers.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -161,13 +162,14 @@ class Tracer:
     def trace(
         self, src: str, dst: str, proto: str, dport: int | None = None, sport: int | None = None
     ) -> dict[str, Any]:
-        """The trace of a new connection's first packet from `src` to `dst` (IPv4 text),
+        """The trace of a new connection's first packet from `src` to `dst` (IPv4 or IPv6 text),
         `proto` "tcp", "udp" or "icmp", to port `dport` (from `sport`).
 
         Returns {"packet", "verdict": "forward" | "drop" | "controller" | "unknown",
         "decided_by", "hops": [...]}. Raises TraceError for an address no host is known by
         (404) or a packet that cannot be built (400).
         """
+        src, dst = _canonical(src), _canonical(dst)
         view = self.in_loop(lambda: view_of(self.core))
         src_mac, dst_mac = self._mac(view, "src", src), self._mac(view, "dst", dst)
         try:
@@ -330,6 +332,15 @@ class Tracer:
             return self.switches.bridge(dpid)
         except SwitchUnreachable:
             return None
+
+
+def _canonical(address: str) -> str:
+    """An address as the controller keys it ("fd00:0::1" is "fd00::1"); as given when it is
+    no address (probe says why)."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
 
 
 def _carried(final: dict[str, Any]) -> dict[str, Any]:

@@ -158,3 +158,78 @@ def test_an_exact_vip_is_traced_through_the_pick_the_next_connection_really_gets
             assert env.lab.spread("h11", VIP, PORT, 1) == {host: 1}
             picked.append(backend)
     assert sorted(picked) == ["v1-a", "v1-a", "v2-a", "v2-a"], picked
+
+
+CONFIG6 = """\
+namespaces:
+  - {name: prod, labels: {team: a}}
+endpoints:
+  - {name: h1, namespace: prod, ip: "fd00::1", mac: "00:00:00:00:00:01", labels: {app: client}}
+  - {name: h2, namespace: prod, ip: "fd00::2", mac: "00:00:00:00:00:02", labels: {app: web}}
+  - {name: h3, namespace: prod, ip: "fd00::3", mac: "00:00:00:00:00:03", labels: {app: db}}
+firewall:
+  rules:
+    - {action: deny, protocol: tcp, port: 22, source: "::/0"}
+  xdp: {mode: "off"}
+policies: [netpol.yaml]
+"""
+LISTEN6 = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET6)\n"
+    "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+    "s.bind(('::',int(sys.argv[1])))\n"
+    "s.listen(16)\n"
+    "print('serving',flush=True)\n"
+    "while True: s.accept()[0].close()\n"
+)
+CONNECT6 = "import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=1)"
+
+
+def test_ipv6_is_traced_on_the_switches_and_agrees_with_traffic(controller, lab, tmp_path):
+    """IPv6 addresses: the firewall's deny, the policy's allow and its default deny and plain
+    L2 forwarding, each answered by the switches' own ofproto/trace and each as real IPv6
+    traffic goes."""
+    (tmp_path / "netpol.yaml").write_text(POLICY)
+    cfg = tmp_path / "lab.yaml"
+    cfg.write_text(CONFIG6)
+    port = free_port()
+    ctl = controller(
+        ["apps/firewall", "apps/microseg"], config=str(cfg), extra=["--prometheus-port", str(port)]
+    )
+    net = lab(LinearTopo(3), ctl.port)
+    for i in (1, 2, 3):
+        net.host(f"h{i}").cmd(f"ip -6 addr add fd00::{i}/64 dev h{i}-eth0 nodad")
+    for name, listen in (("h3", 22), ("h3", 5432)):
+        net.run_server(name, ["/usr/bin/python3", "-c", LISTEN6, str(listen)])
+    assert net.wait_ping("h1", "h2"), ctl.log()[-2000:]  # the IPv4 fabric is up
+    for src, dst in (("h1", "fd00::2"), ("h2", "fd00::3"), ("h3", "fd00::1")):
+        net.host(src).cmd(f"ping -6 -c 2 -W 1 {dst}")  # each host heard over IPv6
+
+    def connects(src: str, dst: str, dport: int) -> bool:
+        out = net.host(src).cmd(f"/usr/bin/python3 -c '{CONNECT6}' {dst} {dport}; echo rc=$?")
+        return "rc=0" in out
+
+    def trace(src: str, dst: str, proto: str, dport: int | None = None) -> dict:
+        query = f"src={src}&dst={dst}&proto={proto}" + (f"&dport={dport}" if dport else "")
+        url = f"http://127.0.0.1:{port}/api/v1/trace?{query}"
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            return json.load(reply)
+
+    ssh = trace("fd00::1", "fd00::3", "tcp", 22)
+    assert ssh["verdict"] == "drop" and not connects("h1", "fd00::3", 22), ssh
+    assert (ssh["decided_by"]["rule"]["file"], ssh["decided_by"]["rule"]["line"]) == (str(cfg), 9)
+    assert {h["source"] for h in ssh["hops"]} == {"switch"}
+
+    denied = trace("fd00::1", "fd00::3", "tcp", 5432)
+    assert denied["verdict"] == "drop" and not connects("h1", "fd00::3", 5432), denied
+    assert denied["decided_by"]["rule"]["policies"] == ["NetworkPolicy prod/db-from-web"]
+    allowed = trace("fd00::2", "fd00::3", "tcp", 5432)
+    assert allowed["verdict"] == "forward" and connects("h2", "fd00::3", 5432), allowed
+    assert allowed["decided_by"]["rule"]["policy"] == "prod/db-from-web"
+    assert {h["source"] for h in allowed["hops"]} == {"switch"}
+    assert allowed["hops"][-1]["outputs"][0]["hosts"] == ["00:00:00:00:00:03"]
+
+    ping = trace("fd00::1", "fd00::2", "icmp")
+    assert ping["verdict"] == "forward", ping
+    assert ", 0% packet loss" in net.host("h1").cmd("ping -6 -c 1 -W 1 fd00::2")
+    assert [h["switch"] for h in ping["hops"]] == ["s1", "s2"]
