@@ -42,17 +42,23 @@ spec:
 """
 
 
-def test_trace_names_the_deciding_rule_and_agrees_with_traffic(controller, lab, tmp_path):
+def policy_lab(controller, lab, tmp_path, config: str):
+    """The firewall and microseg on `config` (with POLICY beside it) over a three-switch
+    line: (config path, metrics port, controller, lab)."""
     (tmp_path / "netpol.yaml").write_text(POLICY)
     cfg = tmp_path / "lab.yaml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(config)
     port = free_port()
     ctl = controller(
         ["apps/firewall", "apps/microseg"],
         config=str(cfg),
         extra=["--prometheus-port", str(port)],
     )
-    net = lab(LinearTopo(3), ctl.port)
+    return cfg, port, ctl, lab(LinearTopo(3), ctl.port)
+
+
+def test_trace_names_the_deciding_rule_and_agrees_with_traffic(controller, lab, tmp_path):
+    cfg, port, ctl, net = policy_lab(controller, lab, tmp_path, CONFIG)
     net.serve("h3", "tcp:5432", "tcp:22")
     net.serve("h2", "tcp:85")
     assert net.wait_ping("h1", "h2"), ctl.log()[-2000:]
@@ -189,14 +195,7 @@ def test_ipv6_is_traced_on_the_switches_and_agrees_with_traffic(controller, lab,
     """IPv6 addresses: the firewall's deny, the policy's allow and its default deny and plain
     L2 forwarding, each answered by the switches' own ofproto/trace and each as real IPv6
     traffic goes."""
-    (tmp_path / "netpol.yaml").write_text(POLICY)
-    cfg = tmp_path / "lab.yaml"
-    cfg.write_text(CONFIG6)
-    port = free_port()
-    ctl = controller(
-        ["apps/firewall", "apps/microseg"], config=str(cfg), extra=["--prometheus-port", str(port)]
-    )
-    net = lab(LinearTopo(3), ctl.port)
+    cfg, port, ctl, net = policy_lab(controller, lab, tmp_path, CONFIG6)
     for i in (1, 2, 3):
         net.host(f"h{i}").cmd(f"ip -6 addr add fd00::{i}/64 dev h{i}-eth0 nodad")
     for name, listen in (("h3", 22), ("h3", 5432)):
