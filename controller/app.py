@@ -121,6 +121,7 @@ class CoreView:
         request_flow_stats: Callable[[SuiteApp, int, int, int, int], None],
         is_master: Callable[[int], bool] = lambda dpid: True,
         loaded: Callable[[str], bool] = lambda app: False,
+        request_group_stats: Callable[[SuiteApp, int], None] = lambda app, dpid: None,
     ) -> None:
         self.pipeline = pipeline
         self.topology = topology
@@ -131,6 +132,7 @@ class CoreView:
         self._request_flow_stats = request_flow_stats
         self._is_master = is_master
         self._loaded = loaded
+        self._request_group_stats = request_group_stats
 
     def loaded(self, app: str) -> bool:
         """Whether the app named `app` (its `name`, e.g. "services") runs in this controller."""
@@ -169,6 +171,12 @@ class CoreView:
         (`cookie`/`cookie_mask`, OpenFlow 1.3 ofp_flow_stats_request); the reply arrives, maybe
         in parts, at `app.on_flow_stats`. Nothing happens for a switch that is not connected."""
         self._request_flow_stats(app, dpid, table, cookie, cookie_mask)
+
+    def request_group_stats(self, app: SuiteApp, dpid: int) -> None:
+        """Ask switch `dpid` for the counters of all its groups, per bucket (OpenFlow 1.3
+        OFPMP_GROUP); the reply arrives, maybe in parts, at `app.on_group_stats` as
+        controller.switch.GroupStat entries. Nothing happens for a switch not connected."""
+        self._request_group_stats(app, dpid)
 
 
 def defined_in(cls: type, module: ModuleType) -> bool:
@@ -236,6 +244,18 @@ class SuiteApp:
 
     def on_flow_stats(self, dpid: int, stats: list, more: bool, now: float) -> None:
         """Counters asked for with core.request_flow_stats (`more`: further parts follow)."""
+
+    def on_group_stats(self, dpid: int, stats: list, more: bool, now: float) -> None:
+        """Group counters (controller.switch.GroupStat) asked for with
+        core.request_group_stats (`more`: further parts follow)."""
+
+    def predict(self, dpid: int, flow: Flow, packet: dict[str, Any]) -> dict[str, Any] | None:
+        """For a trace (controller/trace): what this app would do with `packet` (OXM fields and
+        in_port) had `flow`, one of its flows on switch `dpid`, sent it to the controller:
+        {"actions": the packet-out's actions (controller.flows canonical), "picked": what it
+        decided, as JSON-ready data}; None when it would not send the packet on. It must
+        change nothing: the next real packet-in gets the same answer."""
+        return None
 
     def explain(self, dpid: int, flow: Flow) -> dict[str, Any] | None:
         """For a trace (controller/trace): what in this app's config made `flow`, one of its

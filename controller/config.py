@@ -337,6 +337,10 @@ class Config(Document):
     """The whole config file, and the other files it names (watched for reloads)."""
 
     depends: list[str] = field(default_factory=list)
+    # The folder the files the controller writes (flow_log.path) are relative to, when not
+    # the config file's: a replica loads the shared config from a private copy
+    # (controller/sharedconfig.py) but writes next to its own config file.
+    output_base: str | None = None
 
     def __post_init__(self) -> None:
         if self.data is None:
@@ -354,6 +358,13 @@ class Config(Document):
         """Paths in a config are relative to the config file."""
         base = os.path.dirname(os.path.abspath(self.path)) if self.path else os.getcwd()
         return os.path.normpath(os.path.join(base, relative))
+
+    def resolve_output(self, relative: str) -> str:
+        """A file the controller writes (not one it reads): relative to `output_base` when
+        set, else to the config file as `resolve`."""
+        if self.output_base is None:
+            return self.resolve(relative)
+        return os.path.normpath(os.path.join(self.output_base, relative))
 
     def depend(self, path: str) -> None:
         """Watch `path` too: a change to it reloads the config (once per path)."""

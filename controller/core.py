@@ -59,9 +59,11 @@ from controller.sections import CORE_SCHEMAS, SUITE_SECTIONS
 from controller.switch import (
     SYNC_PARTS,
     FlowStat,
+    GroupStat,
     PortInfo,
     SwitchConn,
     flow_stats_request,
+    group_stats_request,
     table_requests,
 )
 from controller.topology import Topology
@@ -196,6 +198,7 @@ class Core:
             self.request_flow_stats,
             lambda dpid: self.is_master(dpid),
             lambda name: any(a.name == name for a in self.apps),
+            self.request_group_stats,
         )
 
     @property
@@ -455,9 +458,16 @@ class Core:
         self, app: SuiteApp, dpid: int, table: int, cookie: int = 0, cookie_mask: int = 0
     ) -> None:
         """For apps: ask for flow counters; the reply comes to `app.on_flow_stats`."""
+        self._ask(app, dpid, flow_stats_request(table, cookie, cookie_mask))
+
+    def request_group_stats(self, app: SuiteApp, dpid: int) -> None:
+        """For apps: ask for every group's counters; the reply comes to `app.on_group_stats`."""
+        self._ask(app, dpid, group_stats_request())
+
+    def _ask(self, app: SuiteApp, dpid: int, msg) -> None:
+        """Send an app's stats request to a connected switch; its reply is routed by xid."""
         if dpid not in self.conns:
             return
-        msg = flow_stats_request(table, cookie, cookie_mask)
         msg.set_xid(self._new_xid())
         self._stats_waiters[msg.xid] = app
         self._out[dpid].append(msg)
@@ -519,15 +529,28 @@ class Core:
         if conn.sync_xids.get(xid) == "flows":
             conn.flows.update((s.flow.key, s.flow) for s in stats)
             return self._part_done(conn, xid, more, now)
+        return self._to_app("on_flow_stats", dpid, xid, stats, more, now)
+
+    def group_stats_reply(
+        self, dpid: int, xid: int, stats: Iterable[GroupStat], more: bool, now: float
+    ) -> Outbox:
+        """A group stats reply (OpenFlow 1.3.5 7.3.5.9) to an app's request_group_stats,
+        routed by `xid`; an app's errors are counted, not raised."""
+        if dpid not in self.conns:
+            return {}
+        return self._to_app("on_group_stats", dpid, xid, stats, more, now)
+
+    def _to_app(self, hook: str, dpid: int, xid: int, stats: Iterable, more: bool, now: float):
+        """Hand a stats reply to the app that asked for it (by `xid`), at its `hook`."""
         app = self._stats_waiters.get(xid)
         if app is None:
             return {}
         if not more:
             del self._stats_waiters[xid]
         try:
-            app.on_flow_stats(dpid, list(stats), more, now)
+            getattr(app, hook)(dpid, list(stats), more, now)
         except Exception as exc:
-            self.report_failure(app, "on_flow_stats", exc)
+            self.report_failure(app, hook, exc)
         return self._finish(now)
 
     def groups_reply(

@@ -75,7 +75,8 @@ class FlowLogSettings:
 
 def parse_flow_log(config: Config) -> FlowLogSettings:
     """The `flow_log` section (checked against FLOW_LOG_SCHEMA already), its path resolved
-    against the config file.
+    against the config file (`Config.resolve_output`: under --cluster, this replica's own
+    config file, not the shared config's private copy).
 
     Raises:
         ConfigError: at flow_log.path, when the file's folder does not exist, the path is a
@@ -84,7 +85,7 @@ def parse_flow_log(config: Config) -> FlowLogSettings:
     section = config.section("flow_log")
     if section is None:
         return FlowLogSettings()
-    path = config.resolve(section["path"])
+    path = config.resolve_output(section["path"])
     folder = os.path.dirname(path)
     where = ("flow_log", "path")
     if not os.path.isdir(folder):

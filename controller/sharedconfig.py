@@ -457,7 +457,12 @@ class SharedConfig:
         )
 
     def _load(self, snap: Snapshot) -> Config:
-        return load_config(materialize(snap, self.folder))
+        """The snapshot as loaded from the private folder; the files it writes (flow_log.path)
+        go next to this replica's own config file (or the working folder), not into it."""
+        config = load_config(materialize(snap, self.folder))
+        local = self.local.path if self.local is not None else None
+        config.output_base = os.path.dirname(os.path.abspath(local)) if local else os.getcwd()
+        return config
 
     def _count(self, result: str) -> None:
         self.publishes.labels(self.replica, result).inc()

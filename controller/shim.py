@@ -36,7 +36,7 @@ from controller.core import ApplyError, Core
 from controller.flows import flow_from_stats, group_from_desc, meter_from_config
 from controller.metrics import Metrics
 from controller.replica import EventOwnership, EventSharedConfig
-from controller.switch import FlowStat, PortInfo
+from controller.switch import FlowStat, GroupStat, PortInfo
 from controller.web import Web
 
 LOG = logging.getLogger("osken_suite.shim")
@@ -348,6 +348,17 @@ class CoreApp(app_manager.OSKenApp):
         self._send(
             self.core.port_stats_reply(
                 msg.datapath.id, msg.xid, counters, self._more(msg), time.time()
+            )
+        )
+
+    @set_ev_cls(ofp_event.EventOFPGroupStatsReply, MAIN_DISPATCHER)
+    @guarded
+    def _on_group_stats(self, ev) -> None:
+        msg = ev.msg
+        stats = [GroupStat.of(s) for s in msg.body]
+        self._send(
+            self.core.group_stats_reply(
+                msg.datapath.id, msg.xid, stats, self._more(msg), time.time()
             )
         )
 

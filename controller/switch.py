@@ -45,6 +45,34 @@ class FlowStat:
         return self._flow
 
 
+@dataclass(frozen=True)
+class GroupStat:
+    """One entry of a group stats reply (OFPMP_GROUP, OpenFlow 1.3.5 7.3.5.9): the group's
+    packet count, how long it has existed (seconds; a group replaced by a modify starts again
+    at 0 in Open vSwitch, counters included), and each bucket's packet count in the order the
+    group's description lists its buckets."""
+
+    group_id: int
+    packets: int
+    duration: float
+    bucket_packets: tuple[int, ...]
+
+    @classmethod
+    def of(cls, s) -> GroupStat:
+        """From an os-ken OFPGroupStats entry."""
+        return cls(
+            s.group_id,
+            s.packet_count,
+            s.duration_sec + s.duration_nsec / 1e9,
+            tuple(b.packet_count for b in s.bucket_stats),
+        )
+
+
+def group_stats_request():
+    """An OFPGroupStatsRequest (OpenFlow 1.3.5 7.3.5.9) for every group of a switch."""
+    return parser.OFPGroupStatsRequest(OF13, 0, ofp.OFPG_ALL)
+
+
 @dataclass
 class SwitchConn:
     """A connected switch: its phase, what it holds, and the requests we are waiting on."""

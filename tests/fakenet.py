@@ -26,7 +26,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller.core import Core
 from controller.flows import group_from_desc, meter_from_config
 from controller.shim import port_info
-from controller.switch import FlowStat, PortInfo
+from controller.switch import FlowStat, GroupStat, PortInfo
 from tests.fakeswitch import FakeSwitch
 from tests.ofwire import Request, multipart_reply, port_body
 
@@ -247,6 +247,9 @@ class FakeNetwork:
         if msg.mp_type == ofp.OFPMP_GROUP_DESC:
             groups = [group_from_desc(d) for d in sw.group_desc_reply(msg.xid).body]
             return [core.groups_reply(dpid, msg.xid, groups, False, now)]
+        if msg.mp_type == ofp.OFPMP_GROUP:
+            stats = [GroupStat.of(s) for s in sw.group_stats_reply(msg.xid).body]
+            return [core.group_stats_reply(dpid, msg.xid, stats, False, now)]
         if msg.mp_type == ofp.OFPMP_METER_CONFIG:
             meters = [meter_from_config(c) for c in sw.meter_config_reply(msg.xid).body]
             return [core.meters_reply(dpid, msg.xid, meters, False, now)]

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -60,6 +61,7 @@ from tests.ofwire import (
     WireError,
     flow_stats_body,
     group_desc_body,
+    group_stats_body,
     meter_config_body,
     multipart_reply,
     parse_msg,
@@ -297,9 +299,13 @@ class FlowEntry:
 
 @dataclass(frozen=True)
 class GroupEntry:
+    """A group as held; a modify replaces it, counters and age with it, as Open vSwitch does."""
+
     group_id: int
     type: int  # OFPGT_*
     buckets: tuple  # os-ken OFPBucket objects as parsed
+    packets: list[int] = field(default_factory=list)  # per bucket, in order
+    added_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -648,7 +654,9 @@ class FakeSwitch:
                 and bucket.watch_group == ofp.OFPG_ANY
             ):
                 raise FakeSwitchError("fast-failover bucket watches no port or group")
-        self.group_table[msg.group_id] = GroupEntry(msg.group_id, msg.type, tuple(msg.buckets))
+        self.group_table[msg.group_id] = GroupEntry(
+            msg.group_id, msg.type, tuple(msg.buckets), [0] * len(msg.buckets)
+        )
 
     def _meter_mod(self, msg) -> None:
         if msg.command == ofp.OFPMC_DELETE:
@@ -684,6 +692,14 @@ class FakeSwitch:
             group_desc_body(g.type, g.group_id, list(g.buckets)) for g in self.group_table.values()
         ]
         return multipart_reply(ofp.OFPMP_GROUP_DESC, xid, bodies)
+
+    def group_stats_reply(self, xid=0):
+        """An OFPGroupStatsReply: each group's packets per bucket and its age."""
+        bodies = [
+            group_stats_body(g.group_id, g.packets, time.monotonic() - g.added_at)
+            for g in self.group_table.values()
+        ]
+        return multipart_reply(ofp.OFPMP_GROUP, xid, bodies)
 
     def meter_config_reply(self, xid=0):
         bodies = [
@@ -961,6 +977,7 @@ class FakeSwitch:
         else:
             chosen = [b for b in g.buckets if self._bucket_live(b)][:1]
         for bucket in chosen:
+            g.packets[g.buckets.index(bucket)] += 1
             copy = dict(pkt)
             for action in bucket.actions:
                 self._act(action, copy, result, table, cookie)

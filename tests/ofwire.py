@@ -301,6 +301,24 @@ def group_desc_body(group_type: int, group_id: int, buckets: list) -> bytes:
     )
 
 
+def group_stats_body(group_id: int, bucket_packets: list[int], age: float) -> bytes:
+    """One ofp_group_stats entry (7.3.5.9): the group's packets (the buckets' sum, 64 bytes
+    each), its age in seconds, and each bucket's counter."""
+    packets = sum(bucket_packets)
+    tail = b"".join(struct.pack(ofp.OFP_BUCKET_COUNTER_PACK_STR, n, 64 * n) for n in bucket_packets)
+    head = struct.pack(
+        ofp.OFP_GROUP_STATS_PACK_STR,
+        ofp.OFP_GROUP_STATS_SIZE + len(tail),
+        group_id,
+        0,
+        packets,
+        64 * packets,
+        int(age),
+        int(age % 1 * 1e9),
+    )
+    return head + tail
+
+
 def meter_config_body(flags: int, meter_id: int, bands: list) -> bytes:
     """One ofp_meter_config entry (7.3.5.13)."""
     tail = b"".join(_serialized(b) for b in bands)

@@ -31,6 +31,7 @@ from apps.services.backends import Locations
 from apps.services.ciliuml7 import KIND as CILIUM
 from apps.services.ciliuml7 import parse_cilium_l7
 from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
+from apps.services.counting import STATS_INTERVAL, GroupCounts
 from apps.services.drain import Draining
 from apps.services.explain import explain_flow
 from apps.services.mesh import MESH_SCHEMA
@@ -93,6 +94,8 @@ class Services(SuiteApp):
         self.waypoint_stats = WaypointStats(core.metrics)
         self._announce_at = 0.0
         self._loaded = core.loaded
+        self.group_counts = GroupCounts(self.metrics.connected_many)
+        self._next_poll = 0.0
 
     def _parse_policy(self, doc: Document) -> list:
         """A `policies:` document: the Istio security kinds are ours (authz.py), and a
@@ -233,9 +236,39 @@ class Services(SuiteApp):
             LOG.warning("services: %s: no backend up for %s; connection dropped", service.name, src)
             return
         self.metrics.connected(service, backend)
-        commit = self.placement.commit(pkt.dpid, service, backend)
-        actions = [service_tag(service), commit]  # the tag: in case it is a hairpin
+        actions = self._commit_actions(pkt.dpid, service, backend)
         self.core.send(pkt.dpid, [packet_out(pkt.data, actions, pkt.in_port)])
+
+    def _commit_actions(self, dpid: int, service: Service, backend) -> list:
+        """A new connection's packet-out: tagged with its service (in case it is a hairpin),
+        then committed to `backend` on switch `dpid`."""
+        return [service_tag(service), self.placement.commit(dpid, service, backend)]
+
+    def predict(self, dpid: int, flow: Flow, packet: dict) -> dict | None:
+        """For a trace of method "exact": the backend the next new connection from the
+        packet's source would get (the rotation copied, not advanced), and the packet-out
+        that would commit it."""
+        if flow.cookie != COOKIE or flow.table != self.compiler.track:
+            return None
+        proto = packet.get("ip_proto")
+        name = {6: "tcp", 17: "udp"}.get(proto)
+        src, dst = packet.get("ipv4_src"), packet.get("ipv4_dst")
+        if name is None or src is None:
+            return None
+        conn = (src, dst, proto, packet.get(f"{name}_src"), packet.get(f"{name}_dst"))
+        service = self.picker.service_for(conn)
+        backend = None if service is None else self.picker.peek(service, src, self.placement.live)
+        if backend is None:
+            return None
+        return {
+            "actions": self._commit_actions(dpid, service, backend),
+            "picked": {
+                "service": service.name,
+                "backend": {"endpoint": backend.endpoint, "ip": backend.ip, "port": backend.port},
+                "text": f"the controller's next pick for a new connection from {src} (smooth "
+                "weighted round-robin; its turn not taken)",
+            },
+        }
 
     def explain(self, dpid: int, flow: Flow) -> dict | None:
         resolved = [self.placement.resolved.get(s.name, s) for s in self.settings.services]
@@ -267,6 +300,24 @@ class Services(SuiteApp):
             self._probe_unknown()
         if self.waypoint.serving and self.waypoint_stats.due(now):
             self.waypoint_stats.start(self.waypoint.admin_sockets(), self.waypoint.plan)
+        self._poll_groups(now)
+
+    def _poll_groups(self, now: float) -> None:
+        """Every STATS_INTERVAL, while a service picks in the switch (method "switch"), ask
+        each ready switch for its groups' counters: its connections per backend (counting.py)."""
+        if now < self._next_poll or not any(s.method == "switch" for s in self.settings.services):
+            return
+        self._next_poll = now + STATS_INTERVAL
+        ready = [d for d in self.topology.switches() if self.core.ready(d)]
+        self.group_counts.forget(ready)
+        for dpid in ready:
+            self.core.request_group_stats(self, dpid)
+
+    def on_group_stats(self, dpid: int, stats: list, more: bool, now: float) -> None:
+        resolved = [self.placement.resolved.get(s.name, s) for s in self.settings.services]
+        groups = self.desired.groups.get(dpid, {})
+        ff = self.placement.ff.get(dpid, {})
+        self.group_counts.add(dpid, stats, more, now, resolved, groups, ff)
 
     def _unlocated_replicas(self) -> set[str]:
         return {

@@ -151,7 +151,7 @@ def _new_connection(
     route = s.routes[gid - select_group_id(index, 0)] if g else None
     by_ff = {group_id: key for key, group_id in ff.items()}
     buckets = [
-        {**_bucket_backend(s, b.actions, by_ff), "weight": b.weight}
+        {**bucket_backend(s, b.actions, by_ff), "weight": b.weight}
         for b in (g.buckets if g else ())
     ]
     sources = None if route is None or route.sources is None else route.sources
@@ -164,7 +164,7 @@ def _new_connection(
     }
 
 
-def _bucket_backend(s: Service, actions: tuple, by_ff: dict[int, str]) -> dict[str, Any]:
+def bucket_backend(s: Service, actions: tuple, by_ff: dict[int, str]) -> dict[str, Any]:
     """The backend a select bucket commits to: through its fast-failover group, or a ct()
     whose nat names it."""
     for a in actions:

@@ -28,9 +28,14 @@ class ServicesMetrics:
         self.counts: dict[tuple[str, str], int] = {}  # (service, endpoint) -> connections
 
     def connected(self, s: Service, b: Backend) -> None:
-        """Count one new connection of `s` sent to `b`."""
-        self.connections.labels(s.name, b.endpoint).inc()
-        self.counts[(s.name, b.endpoint)] = self.counts.get((s.name, b.endpoint), 0) + 1
+        """Count one new connection of `s` sent to `b` (method "exact": the controller's pick)."""
+        self.connected_many(s, b.endpoint, 1)
+
+    def connected_many(self, s: Service, endpoint: str, n: int) -> None:
+        """Count `n` new connections of `s` sent to the backend `endpoint` (method "switch":
+        read from the select groups' bucket counters, counting.py)."""
+        self.connections.labels(s.name, endpoint).inc(n)
+        self.counts[(s.name, endpoint)] = self.counts.get((s.name, endpoint), 0) + n
 
     def set_live(self, services: Iterable[Service], live: Collection[str]) -> None:
         """Set each service's count of backends whose key is in `live`."""
@@ -39,9 +44,9 @@ class ServicesMetrics:
 
     def describe(self, services: Iterable[Service], live: Collection[str]) -> list[dict]:
         """Each service as the topology page shows it: per route, the configured split
-        (backend endpoint -> percent of new connections) and, for method "exact", the
-        observed one (connections sent to each backend; None for "switch", where the
-        switch's select group picks)."""
+        (backend endpoint -> percent of new connections) and the observed one: connections
+        sent to each backend, picked by the controller (method "exact") or counted by the
+        select groups' buckets (method "switch"); None for a waypoint, where Envoy picks."""
         out = []
         for s in services:
             routes = []
@@ -53,7 +58,7 @@ class ServicesMetrics:
                 sources = None if r.sources is None else [str(n) for n in r.sources]
                 routes.append({"sources": sources, "split": split})
             observed = None
-            if s.method == "exact":
+            if s.method in ("exact", "switch"):
                 observed = {
                     b.endpoint: self.counts.get((s.name, b.endpoint), 0) for b in s.backends
                 }

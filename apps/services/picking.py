@@ -3,6 +3,7 @@ round-robin (weights.SmoothWeighted), so the split is exact to within one connec
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection, Iterable
 
 from apps.services.backends import backups
@@ -59,3 +60,11 @@ class ConnectionPicker:
             return None
         rr = self.backup_rr.setdefault(s.name, SmoothWeighted(dict(backups(s, None))))
         return s.backend(rr.pick(up))
+
+    def peek(self, s: Service, src: str, live: Collection[str]) -> Backend | None:
+        """The backend `pick` would give a new connection from `src` now, without taking
+        the turn: the rotations of `s` are copied and the copy picks."""
+        ahead = ConnectionPicker()
+        ahead.rr = {k: copy.deepcopy(v) for k, v in self.rr.items() if k[0] == s.name}
+        ahead.backup_rr = {k: copy.deepcopy(v) for k, v in self.backup_rr.items() if k == s.name}
+        return ahead.pick(s, src, live)

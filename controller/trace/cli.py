@@ -29,8 +29,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         SystemExit: bad usage (status 2, argparse's message).
     """
     p = argparse.ArgumentParser(prog="osken-trace", description=__doc__.split("\n\n")[0])
-    p.add_argument("src", help="source IPv4 address")
-    p.add_argument("dst", help="destination IPv4 address")
+    p.add_argument("src", help="source IPv4 or IPv6 address")
+    p.add_argument("dst", help="destination IPv4 or IPv6 address")
     p.add_argument("proto", metavar="PROTO[/PORT]", help="tcp/22, udp/53 or icmp")
     p.add_argument("--sport", type=int, help="source port (default 40000)")
     p.add_argument("--host", default="127.0.0.1", help="the controller's metrics address")
@@ -88,6 +88,9 @@ def render(answer: dict[str, Any]) -> str:
         if hop.get("unasked"):
             lines.append(f"    not asked ({hop['unasked']}): the controller's model of it")
         lines += [f"    assumed: {note}" for note in hop.get("notes", [])]
+        if hop.get("picked"):
+            picked = hop["picked"]
+            lines.append(f"    picked: {picked['backend']['endpoint']}: {picked['text']}")
         for t in hop.get("tables", []):
             flow = t.get("flow") or {}
             lines.append(

@@ -189,11 +189,13 @@ def model_trace(
     live: Iterable[int],
     pkt: dict[str, Any],
     group: int | None = None,
+    actions: tuple | None = None,
 ) -> SwitchTrace:
     """Where the controller's model of a switch sends `pkt` (with its in_port): `flows` and
     `groups` as the core wants them there, `live` the switch's live port numbers (for
     floods and the buckets that watch a port); from table 0, or from group `group` (where
-    ofproto/trace stopped: a select group the datapath hashes). Returns a SwitchTrace with
+    ofproto/trace stopped: a select group the datapath hashes), or from a packet-out's
+    `actions` (what an app would send a packet-in back with). Returns a SwitchTrace with
     source "model" and the assumptions made in `notes`."""
     tables: dict[int, list[Flow]] = {}
     for f in sorted(flows, key=lambda f: (f.table, -f.priority, f.match)):
@@ -201,7 +203,9 @@ def model_trace(
     walk = _Walk(tables, groups, set(live))
     start = {"metadata": 0, "ct_state": 0, "ct_zone": 0, "ct_mark": 0, **pkt}
     walk.final = dict(start)
-    if group is None:
+    if actions is not None:
+        walk.actions(actions, start)
+    elif group is None:
         walk.run(start, 0)
     else:
         walk.group(group, start)
@@ -223,12 +227,18 @@ def completed(asked: SwitchTrace, modelled: SwitchTrace) -> SwitchTrace:
         f"select group {asked.hashed_group} is hashed in the datapath, which ofproto/trace "
         "does not follow: the rest from the controller's model"
     )
+    return continued(asked, modelled, note)
+
+
+def continued(asked: SwitchTrace, modelled: SwitchTrace, note: str) -> SwitchTrace:
+    """`asked` (a switch's own trace, or the model's) followed by the model's walk after it,
+    `note` saying why: source "switch+model" ("model" when `asked` was the model's too)."""
     return SwitchTrace(
         asked.steps + modelled.steps,
         asked.outputs + modelled.outputs,
         asked.controller or modelled.controller,
         modelled.final,
-        source="switch+model",
+        source="model" if asked.source == "model" else "switch+model",
         text=asked.text,
-        notes=(note, *modelled.notes),
+        notes=(*asked.notes, note, *modelled.notes),
     )

@@ -66,6 +66,7 @@ class SwitchTrace:
     text: str = ""
     notes: tuple[str, ...] = ()
     hashed_group: int | None = None  # a select group the datapath hashes: not followed
+    picked: dict[str, Any] | None = None  # an app's predicted packet-out (Tracer._predicted)
 
 
 IN_PORT = 0xFFFFFFF8

@@ -25,6 +25,7 @@ from controller.packets import ETH_TYPE_ARP, ETH_TYPE_IP, ETH_TYPE_IPV6
 TCP_SYN = 0x002
 PROTOCOLS = ("tcp", "udp", "icmp")
 ICMP_ECHO_REQUEST = 8
+ICMPV6_ECHO_REQUEST = 128
 EPHEMERAL_PORT = 40000  # the source port of a traced connection when none is given
 
 # ct_state flag names as Open vSwitch prints them (lib/odp-util.c ct_state_to_string).
@@ -58,30 +59,31 @@ class PacketError(ValueError):
 def probe(
     src: str, dst: str, proto: str, dport: int | None, sport: int | None, src_mac: str, dst_mac: str
 ) -> dict[str, Any]:
-    """The first packet of a new connection from `src` to `dst`: a TCP SYN, a UDP datagram
-    or an ICMP echo request (IPv4), with the given MACs; `sport` defaults to EPHEMERAL_PORT.
+    """The first packet of a new connection from `src` to `dst` (both IPv4 or both IPv6): a
+    TCP SYN, a UDP datagram or an ICMP echo request (ICMPv6 for IPv6), with the given MACs;
+    `sport` defaults to EPHEMERAL_PORT.
 
     Raises:
-        PacketError: an address that is not IPv4, an unknown protocol, or a port outside
-            1-65535 (a TCP or UDP trace needs `dport`).
+        PacketError: an address that is not IPv4 or IPv6, addresses of two families, an
+            unknown protocol, or a port outside 1-65535 (a TCP or UDP trace needs `dport`).
     """
-    for name, value in (("src", src), ("dst", dst)):
-        try:
-            ipaddress.IPv4Address(value)
-        except ValueError:
-            raise PacketError(f"{name}: {value!r} is not an IPv4 address") from None
+    family = _family("src", src)
+    if _family("dst", dst) != family:
+        raise PacketError(f"src {src} and dst {dst}: one is IPv4, the other IPv6")
     if proto not in PROTOCOLS:
         raise PacketError(f"proto: {proto!r} is not one of {', '.join(PROTOCOLS)}")
+    v6 = family == 6
     pkt: dict[str, Any] = {
         "eth_src": src_mac,
         "eth_dst": dst_mac,
-        "eth_type": ETH_TYPE_IP,
-        "ip_proto": IP_PROTOCOLS[proto],
-        "ipv4_src": src,
-        "ipv4_dst": dst,
+        "eth_type": ETH_TYPE_IPV6 if v6 else ETH_TYPE_IP,
+        "ip_proto": IP_PROTOCOLS["icmpv6" if v6 and proto == "icmp" else proto],
+        f"ipv{family}_src": str(ipaddress.ip_address(src)),
+        f"ipv{family}_dst": str(ipaddress.ip_address(dst)),
     }
     if proto == "icmp":
-        return {**pkt, "icmpv4_type": ICMP_ECHO_REQUEST, "icmpv4_code": 0}
+        echo = ICMPV6_ECHO_REQUEST if v6 else ICMP_ECHO_REQUEST
+        return {**pkt, f"icmpv{family}_type": echo, f"icmpv{family}_code": 0}
     sport = EPHEMERAL_PORT if sport is None else sport
     for name, port in (("dport", dport), ("sport", sport)):
         if port is None or not 1 <= port <= 65535:
@@ -90,21 +92,41 @@ def probe(
     return {**pkt, "tcp_flags": TCP_SYN} if proto == "tcp" else pkt
 
 
+def _family(name: str, value: str) -> int:
+    try:
+        return ipaddress.ip_address(value).version
+    except ValueError:
+        raise PacketError(f"{name}: {value!r} is not an IPv4 or IPv6 address") from None
+
+
 def ovs_flow(pkt: dict[str, Any]) -> str:
-    """The packet as an ofproto/trace flow (ovs-fields(7) syntax)."""
+    """The packet as an ofproto/trace flow (ovs-fields(7) syntax): "tcp6", "ipv6_src" and
+    ICMPv6's type for IPv6.
+
+    >>> macs = "00:00:00:00:00:01", "00:00:00:00:00:03"
+    >>> ovs_flow({**probe("fd00::1", "fd00::3", "icmp", None, None, *macs), "in_port": 1})
+    'icmp6,in_port=1,dl_src=00:00:00:00:00:01,dl_dst=00:00:00:00:00:03,ipv6_src=fd00::1,ipv6_dst=fd00::3,icmp_type=128,icmp_code=0'
+    """
+    v6 = "ipv6_src" in pkt
     proto = _PROTO_NAMES.get(pkt.get("ip_proto", -1), "ip")
-    parts = [proto, f"in_port={pkt['in_port']}"]
+    proto = {"icmpv6": "icmp"}.get(proto, proto)
+    parts = [f"{proto}6" if v6 and proto != "ip" else "ipv6" if v6 else proto]
+    parts.append(f"in_port={pkt['in_port']}")
     vid = pkt.get("vlan_vid", 0)
     if vid & ofp.OFPVID_PRESENT:
         parts.append(f"dl_vlan={vid & 0xFFF}")
     parts += [f"dl_src={pkt['eth_src']}", f"dl_dst={pkt['eth_dst']}"]
-    parts += [f"nw_src={pkt['ipv4_src']}", f"nw_dst={pkt['ipv4_dst']}"]
+    if v6:
+        parts += [f"ipv6_src={pkt['ipv6_src']}", f"ipv6_dst={pkt['ipv6_dst']}"]
+    else:
+        parts += [f"nw_src={pkt['ipv4_src']}", f"nw_dst={pkt['ipv4_dst']}"]
     if proto in ("tcp", "udp"):
         parts += [f"tp_src={pkt[proto + '_src']}", f"tp_dst={pkt[proto + '_dst']}"]
     if proto == "tcp" and pkt.get("tcp_flags", 0) & TCP_SYN:
         parts.append("tcp_flags=syn")
     if proto == "icmp":
-        parts += [f"icmp_type={pkt['icmpv4_type']}", f"icmp_code={pkt['icmpv4_code']}"]
+        icmp = "icmpv6" if v6 else "icmpv4"
+        parts += [f"icmp_type={pkt[icmp + '_type']}", f"icmp_code={pkt[icmp + '_code']}"]
     return ",".join(parts)
 
 

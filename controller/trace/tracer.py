@@ -16,9 +16,10 @@ loop while Open vSwitch answers.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -27,7 +28,7 @@ from controller.flowlog import is_logged
 from controller.flows import Flow
 from controller.pipeline import FROM_FABRIC
 from controller.resources import COOKIE_SHIFT
-from controller.trace.model import completed, model_trace
+from controller.trace.model import completed, continued, model_trace
 from controller.trace.ovs import IN_PORT, Step, SwitchTrace, SwitchUnreachable
 from controller.trace.packet import matches, probe
 
@@ -161,13 +162,14 @@ class Tracer:
     def trace(
         self, src: str, dst: str, proto: str, dport: int | None = None, sport: int | None = None
     ) -> dict[str, Any]:
-        """The trace of a new connection's first packet from `src` to `dst` (IPv4 text),
+        """The trace of a new connection's first packet from `src` to `dst` (IPv4 or IPv6 text),
         `proto` "tcp", "udp" or "icmp", to port `dport` (from `sport`).
 
         Returns {"packet", "verdict": "forward" | "drop" | "controller" | "unknown",
         "decided_by", "hops": [...]}. Raises TraceError for an address no host is known by
         (404) or a packet that cannot be built (400).
         """
+        src, dst = _canonical(src), _canonical(dst)
         view = self.in_loop(lambda: view_of(self.core))
         src_mac, dst_mac = self._mac(view, "src", src), self._mac(view, "dst", dst)
         try:
@@ -222,6 +224,8 @@ class Tracer:
                 result = self.in_loop(partial(self._model, dpid, asked, unasked))
             if not isinstance(result, str) and result.hashed_group is not None:
                 result = self.in_loop(partial(self._after_group, dpid, result))
+            if not isinstance(result, str) and result.controller and not result.outputs:
+                result = self.in_loop(partial(self._predicted, dpid, asked, result))
             out.append((dpid, port, result, unasked))
             if isinstance(result, str):
                 continue
@@ -252,6 +256,31 @@ class Tracer:
         pkt = asked.steps[-1].packet
         return completed(asked, model_trace(flows.values(), groups, live, pkt, asked.hashed_group))
 
+    def _predicted(self, dpid: int, asked: dict, result: SwitchTrace) -> SwitchTrace:
+        """A packet the switch sends to the controller, continued (in the core's loop) with
+        the packet-out its app would answer with (SuiteApp.predict: method exact's next
+        pick, say), walked in the model; as it was when no app would send it on."""
+        step = result.steps[-1] if result.steps else None
+        f = _installed(self.core, dpid, step) if step is not None else None
+        if f is None or is_logged(f) or dpid not in self.core.desired.flows:
+            return result
+        owner = self.core.pipeline.registry.owner("cookie", f.cookie >> COOKIE_SHIFT)
+        app = next((a for a in self.core.apps if a.name == owner), None)
+        try:
+            predicted = app.predict(dpid, f, asked) if app is not None else None
+        except Exception as exc:  # an app's bug must not fail the trace
+            self.core.report_failure(app, "predict", exc)
+            return result
+        if not predicted:
+            return result
+        flows = self.core.desired.flows[dpid].values()
+        groups = self.core.desired.groups.get(dpid, {})
+        live = self.core.topology.live_ports(dpid)
+        modelled = model_trace(flows, groups, live, asked, actions=tuple(predicted["actions"]))
+        note = f"to the controller; its answer from the controller's model: {owner}'s packet-out"
+        whole = continued(result, modelled, note)
+        return replace(whole, controller=modelled.controller, picked=predicted.get("picked"))
+
     def _hop(
         self, view: View, dpid: int, port: int, result: SwitchTrace | str, unasked: str | None
     ) -> dict:
@@ -278,6 +307,8 @@ class Tracer:
             hop["unasked"] = unasked  # why the switch itself was not asked
         if result.notes:
             hop["notes"] = list(result.notes)
+        if result.picked is not None:
+            hop["picked"] = result.picked  # what the controller would decide (SuiteApp.predict)
         tables = [explain_step(self.core, dpid, s) for s in result.steps]
         # A logged deny sends the flow log a copy (controller/flowlog.py): still a drop.
         last = _installed(self.core, dpid, result.steps[-1]) if result.steps else None
@@ -301,6 +332,15 @@ class Tracer:
             return self.switches.bridge(dpid)
         except SwitchUnreachable:
             return None
+
+
+def _canonical(address: str) -> str:
+    """An address as the controller keys it ("fd00:0::1" is "fd00::1"); as given when it is
+    no address (probe says why)."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
 
 
 def _carried(final: dict[str, Any]) -> dict[str, Any]:

@@ -98,6 +98,19 @@ def test_the_page_draws_the_lab_in_a_real_browser(controller, lab, tmp_path):
     traced = re.search(r'<div id="trace-result">(.*?)</div>', dom, re.S).group(1)
     assert '<span class="verdict drop" id="trace-verdict">DROP</span>' in traced, traced
     assert "lab.yaml:6" in re.search(r'id="trace-rule">(.*?)<', dom).group(1)
+    sources = re.findall(r'data-source="([^"]+)"', traced)
+    assert sources == ["switch"], traced  # s1 answered with its own ofproto/trace
+
+    # Method exact: the trace goes on through the controller's next pick, from the model;
+    # each hop says where its answer came from, and why.
+    vip = f"http://127.0.0.1:{port}/?src=10.0.0.1&dst={VIP}&proto=tcp&dport=80"
+    traced = re.search(
+        r'<div id="trace-result">(.*?)</div>', browser(vip, tmp_path, "--dump-dom"), re.S
+    )
+    traced = traced.group(1)
+    assert '<span class="verdict forward" id="trace-verdict">FORWARD</span>' in traced, traced
+    assert re.findall(r'data-source="([^"]+)"', traced)[0] == "switch+model", traced
+    assert re.search(r'<li class="note">[^<]*controller\'s model', traced), traced
 
     shot = tmp_path / "page.png"
     browser(url, tmp_path, f"--screenshot={shot}", "--window-size=1400,800")

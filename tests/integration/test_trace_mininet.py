@@ -42,17 +42,23 @@ spec:
 """
 
 
-def test_trace_names_the_deciding_rule_and_agrees_with_traffic(controller, lab, tmp_path):
+def policy_lab(controller, lab, tmp_path, config: str):
+    """The firewall and microseg on `config` (with POLICY beside it) over a three-switch
+    line: (config path, metrics port, controller, lab)."""
     (tmp_path / "netpol.yaml").write_text(POLICY)
     cfg = tmp_path / "lab.yaml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(config)
     port = free_port()
     ctl = controller(
         ["apps/firewall", "apps/microseg"],
         config=str(cfg),
         extra=["--prometheus-port", str(port)],
     )
-    net = lab(LinearTopo(3), ctl.port)
+    return cfg, port, ctl, lab(LinearTopo(3), ctl.port)
+
+
+def test_trace_names_the_deciding_rule_and_agrees_with_traffic(controller, lab, tmp_path):
+    cfg, port, ctl, net = policy_lab(controller, lab, tmp_path, CONFIG)
     net.serve("h3", "tcp:5432", "tcp:22")
     net.serve("h2", "tcp:85")
     assert net.wait_ping("h1", "h2"), ctl.log()[-2000:]
@@ -134,3 +140,95 @@ def test_a_vip_is_traced_to_the_backend_its_select_group_takes(tmp_path):
     assert last["switch"] == "lf2" and last["outputs"][0]["hosts"], last
     steered = [t["rule"] for t in answer["hops"][0]["tables"] if "backend" in t.get("rule", {})]
     assert steered[-1]["backend"]["ip"] == IPS[BACKENDS["v1-a"]]
+
+
+def test_an_exact_vip_is_traced_through_the_pick_the_next_connection_really_gets(tmp_path):
+    """Method exact, 50/50: the controller picks each connection, so the trace goes on
+    through the pick it would make next (the model, its turn not taken); a real connection
+    made right after each trace lands on the backend the trace named."""
+    weights = {"v1-a": 50, "v2-a": 50}
+    with services_lab(tmp_path, weights) as env:
+        env.apply(service_config(weights))
+        assert sum(env.lab.spread("h11", VIP, PORT, 1).values()) == 1  # h11 is heard
+        url = f"http://127.0.0.1:{env.metrics_port}/api/v1/trace?src=10.0.0.1&dst={VIP}"
+        picked = []
+        for _ in range(4):
+            with urllib.request.urlopen(url + f"&proto=tcp&dport={PORT}", timeout=30) as reply:
+                answer = json.load(reply)
+            assert answer["verdict"] == "forward", json.dumps(answer, indent=1)
+            first = answer["hops"][0]
+            assert first["source"] == "switch+model", first
+            backend = first["picked"]["backend"]["endpoint"]
+            host = BACKENDS[backend]
+            assert answer["hops"][-1]["outputs"][0]["hosts"], answer["hops"][-1]
+            assert env.lab.spread("h11", VIP, PORT, 1) == {host: 1}
+            picked.append(backend)
+    assert sorted(picked) == ["v1-a", "v1-a", "v2-a", "v2-a"], picked
+
+
+CONFIG6 = """\
+namespaces:
+  - {name: prod, labels: {team: a}}
+endpoints:
+  - {name: h1, namespace: prod, ip: "fd00::1", mac: "00:00:00:00:00:01", labels: {app: client}}
+  - {name: h2, namespace: prod, ip: "fd00::2", mac: "00:00:00:00:00:02", labels: {app: web}}
+  - {name: h3, namespace: prod, ip: "fd00::3", mac: "00:00:00:00:00:03", labels: {app: db}}
+firewall:
+  rules:
+    - {action: deny, protocol: tcp, port: 22, source: "::/0"}
+  xdp: {mode: "off"}
+policies: [netpol.yaml]
+"""
+LISTEN6 = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET6)\n"
+    "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+    "s.bind(('::',int(sys.argv[1])))\n"
+    "s.listen(16)\n"
+    "print('serving',flush=True)\n"
+    "while True: s.accept()[0].close()\n"
+)
+CONNECT6 = "import socket,sys; socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=1)"
+
+
+def test_ipv6_is_traced_on_the_switches_and_agrees_with_traffic(controller, lab, tmp_path):
+    """IPv6 addresses: the firewall's deny, the policy's allow and its default deny and plain
+    L2 forwarding, each answered by the switches' own ofproto/trace and each as real IPv6
+    traffic goes."""
+    cfg, port, ctl, net = policy_lab(controller, lab, tmp_path, CONFIG6)
+    for i in (1, 2, 3):
+        net.host(f"h{i}").cmd(f"ip -6 addr add fd00::{i}/64 dev h{i}-eth0 nodad")
+    for name, listen in (("h3", 22), ("h3", 5432)):
+        net.run_server(name, ["/usr/bin/python3", "-c", LISTEN6, str(listen)])
+    assert net.wait_ping("h1", "h2"), ctl.log()[-2000:]  # the IPv4 fabric is up
+    for src, dst in (("h1", "fd00::2"), ("h2", "fd00::3"), ("h3", "fd00::1")):
+        net.host(src).cmd(f"ping -6 -c 2 -W 1 {dst}")  # each host heard over IPv6
+
+    def connects(src: str, dst: str, dport: int) -> bool:
+        out = net.host(src).cmd(f"/usr/bin/python3 -c '{CONNECT6}' {dst} {dport}; echo rc=$?")
+        return "rc=0" in out
+
+    def trace(src: str, dst: str, proto: str, dport: int | None = None) -> dict:
+        query = f"src={src}&dst={dst}&proto={proto}" + (f"&dport={dport}" if dport else "")
+        url = f"http://127.0.0.1:{port}/api/v1/trace?{query}"
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            return json.load(reply)
+
+    ssh = trace("fd00::1", "fd00::3", "tcp", 22)
+    assert ssh["verdict"] == "drop" and not connects("h1", "fd00::3", 22), ssh
+    assert (ssh["decided_by"]["rule"]["file"], ssh["decided_by"]["rule"]["line"]) == (str(cfg), 9)
+    assert {h["source"] for h in ssh["hops"]} == {"switch"}
+
+    denied = trace("fd00::1", "fd00::3", "tcp", 5432)
+    assert denied["verdict"] == "drop" and not connects("h1", "fd00::3", 5432), denied
+    assert denied["decided_by"]["rule"]["policies"] == ["NetworkPolicy prod/db-from-web"]
+    allowed = trace("fd00::2", "fd00::3", "tcp", 5432)
+    assert allowed["verdict"] == "forward" and connects("h2", "fd00::3", 5432), allowed
+    assert allowed["decided_by"]["rule"]["policy"] == "prod/db-from-web"
+    assert {h["source"] for h in allowed["hops"]} == {"switch"}
+    assert allowed["hops"][-1]["outputs"][0]["hosts"] == ["00:00:00:00:00:03"]
+
+    ping = trace("fd00::1", "fd00::2", "icmp")
+    assert ping["verdict"] == "forward", ping
+    assert ", 0% packet loss" in net.host("h1").cmd("ping -6 -c 1 -W 1 fd00::2")
+    assert [h["switch"] for h in ping["hops"]] == ["s1", "s2"]

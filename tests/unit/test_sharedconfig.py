@@ -416,3 +416,30 @@ def test_polling_an_unchanged_config_reads_no_value(cluster):
     run(replicas, 10)
     assert etcd.values_read == reads + len(replicas)  # one read of the new version each
     assert all(r.shared.version == 2 for r in replicas.values())
+
+
+def test_a_relative_flow_log_goes_next_to_each_replicas_own_config_not_the_private_copy(
+    tmp_path,
+):
+    """flow_log.path is a file the controller writes: every replica writes it beside its own
+    --config file (the folder it was started with), for the config it joined and for each
+    version published later, and denied connections are logged there."""
+    etcd = FakeEtcd()
+    a = Replica("a", etcd, tmp_path, rules=CLOSE_22)
+    b = Replica("b", etcd, tmp_path, rules=CLOSE_22)
+    a.write(BASE + "flow_log: {path: logs/flows.jsonl}\n")
+    for r in (a, b):
+        (r.dir / "logs").mkdir()
+        r.start()
+        assert r.core.flow_log.settings.path == str(r.dir / "logs" / "flows.jsonl")
+    assert not b.ssh_open()
+    lines = (b.dir / "logs" / "flows.jsonl").read_text().splitlines()
+    assert [json.loads(line)["dport"] for line in lines] == [22]
+    a.write(BASE + "flow_log: {path: logs/denied.jsonl, rate: 5}\n")
+    a.edit()
+    run({"a": a, "b": b})
+    assert [r.core.flow_log.settings for r in (a, b)] == [
+        type(a.core.flow_log.settings)(str(r.dir / "logs" / "denied.jsonl"), 5) for r in (a, b)
+    ]
+    private = [f for r in (a, b) for _, _, files in os.walk(r.shared.folder) for f in files]
+    assert not [f for f in private if f.endswith(".jsonl")], private

@@ -79,7 +79,8 @@ def test_the_packet_as_ovs_spells_it_and_back():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("10.0.0.1", "nope", "tcp", 80, None), "dst: 'nope' is not an IPv4 address"),
+        (("10.0.0.1", "nope", "tcp", 80, None), "dst: 'nope' is not an IPv4 or IPv6 address"),
+        (("10.0.0.1", "fd00::2", "tcp", 80, None), "one is IPv4, the other IPv6"),
         (("10.0.0.1", "10.0.0.2", "gre", 80, None), "proto: 'gre' is not one of"),
         (("10.0.0.1", "10.0.0.2", "tcp", None, None), "dport: None is not a port"),
         (("10.0.0.1", "10.0.0.2", "udp", 70000, None), "dport: 70000 is not a port"),
@@ -433,8 +434,8 @@ def test_an_exact_vip_names_the_controller_as_the_one_that_picks(tmp_path):
 
     net, tracer = services_lab(tmp_path, "exact")
     answer = tracer.trace(SIP[C1], VIP, "tcp", 80)
-    assert answer["verdict"] == "controller"
-    rule = services_rules(answer["hops"][0])[-1]
+    assert answer["verdict"] == "forward"  # on through the controller's pick: the next test
+    rule = answer["decided_by"]["rule"]
     assert rule["backend"] == "picked per connection by the controller (method exact)"
     assert rule["service"] == "user-service" and rule["decides"]
     other_port = tracer.trace(SIP[C1], VIP, "tcp", 81)
@@ -558,3 +559,101 @@ def test_the_rest_of_a_hashed_select_group_comes_from_the_model(tmp_path):
     # the next switches get the packet translated to the backend: no service of theirs takes it
     picked = [h["switch"] for h in answer["hops"] for r in services_rules(h) if "method" in r]
     assert set(picked) == {"s201"}
+
+
+def test_an_exact_vip_is_traced_on_through_the_controllers_next_pick_without_taking_it(tmp_path):
+    from controller.trace import cli
+    from tests.unit.test_services import C1, V1A, V2A, VIP, connect
+    from tests.unit.test_services import IP as SIP
+
+    net, tracer = services_lab(tmp_path, "exact")
+    hosts = {"v1-a": V1A, "v2-a": V2A}
+    seen = []
+    for sport in range(30000, 30012):  # 90/10: v2-a's turn comes once in ten
+        answers = [tracer.trace(SIP[C1], VIP, "tcp", 80) for _ in range(2)]
+        assert answers[0] == answers[1]  # tracing took no turn
+        answer = answers[0]
+        assert answer["verdict"] == "forward"
+        first = answer["hops"][0]
+        assert first["source"] == "switch+model" and first["result"] == "forward"
+        assert any("controller's model" in n for n in first["notes"])
+        picked = first["picked"]["backend"]
+        assert picked["ip"] == SIP[hosts[picked["endpoint"]]] and picked["port"] == 80
+        assert answer["hops"][-1]["outputs"][0]["hosts"] == [hosts[picked["endpoint"]]]
+        steered = services_rules(first)[-1]  # translated by the commit, then steered there
+        assert steered["backend"]["endpoint"] == picked["endpoint"]
+        assert connect(net, sport=sport)[0] == hosts[picked["endpoint"]]  # as traced
+        seen.append(picked["endpoint"])
+    assert seen.count("v2-a") in (1, 2) and seen.count("v1-a") >= 10, seen
+    text = cli.render(json.loads(json.dumps(answer)))
+    assert f"    picked: {seen[-1]}: the controller's next pick for a new connection" in text
+
+
+# --- IPv6 ----------------------------------------------------------------------------------------
+
+CONFIG6 = f"""\
+namespaces:
+  - {{name: x, labels: {{ns: x}}}}
+  - {{name: y, labels: {{ns: y}}}}
+  - {{name: z, labels: {{ns: z}}}}
+endpoints:
+  - {{name: x-a, namespace: x, ip: "fd00::1", mac: "{MACS[0]}"}}
+  - {{name: y-a, namespace: y, ip: "fd00::3", mac: "{MACS[2]}"}}
+  - {{name: z-a, namespace: z, ip: "fd00::5", mac: "{MACS[4]}"}}
+firewall:
+  rules_file: rules.json
+policies: [netpol.yaml]
+"""
+IP6 = {MACS[0]: "fd00::1", MACS[2]: "fd00::3", MACS[4]: "fd00::5"}
+
+
+def delivered6(net, src, dst, proto, port=None):
+    fields = {"ip_proto": {"tcp": 6, "icmp": 58}[proto]}
+    if proto == "tcp":
+        fields |= {"tcp_src": 40000, "tcp_dst": port, "tcp_flags": 0x002}
+    else:
+        fields |= {"icmpv6_type": 128, "icmpv6_code": 0}
+    got = net.send(src, dst, 0x86DD, ipv6_src=IP6[src], ipv6_dst=IP6[dst], **fields)
+    return dst in got.hosts
+
+
+@pytest.fixture
+def lab6(tmp_path):
+    net = fake_lab(tmp_path, CONFIG6)
+    for mac, ip in IP6.items():  # each host speaks IPv6 once: bound, located and heard
+        others = [m for m in IP6 if m != mac]
+        net.send(
+            mac,
+            others[0],
+            0x86DD,
+            ipv6_src=ip,
+            ipv6_dst=IP6[others[0]],
+            ip_proto=17,
+            udp_src=5353,
+            udp_dst=5353,
+        )
+    return net, Tracer(net.core, FakeSwitches(net), lambda fn: fn()), tmp_path
+
+
+def test_ipv6_is_traced_to_the_firewall_rule_the_policy_rule_and_the_default_deny(lab6):
+    net, tracer, tmp = lab6
+    ssh = tracer.trace("fd00::1", "fd00:0::3", "tcp", 22)  # any spelling of the address
+    assert ssh["packet"]["src"] == "fd00::1" and ssh["packet"]["dst"] == "fd00::3"
+    assert ssh["verdict"] == "drop" and not delivered6(net, MACS[0], MACS[2], "tcp", 22)
+    rule = ssh["decided_by"]["rule"]
+    assert (rule["kind"], rule["index"], rule["file"]) == ("rule", 2, str(tmp / "rules.json"))
+
+    web = tracer.trace("fd00::1", "fd00::5", "tcp", 80)
+    assert web["verdict"] == "forward" and delivered6(net, MACS[0], MACS[4], "tcp", 80)
+    rule = web["decided_by"]["rule"]
+    assert (rule["policy"], rule["direction"], rule["rule"]) == ("z/web-from-x", "ingress", 1)
+    assert web["hops"][-1]["outputs"][0]["hosts"] == [MACS[4]]
+
+    denied = tracer.trace("fd00::3", "fd00::5", "tcp", 80)
+    assert denied["verdict"] == "drop" and not delivered6(net, MACS[2], MACS[4], "tcp", 80)
+    assert denied["decided_by"]["rule"]["policies"] == ["NetworkPolicy z/web-from-x"]
+
+    ping = tracer.trace("fd00::1", "fd00::3", "icmp")  # L2 on to y-a: nothing isolates it
+    assert ping["verdict"] == "forward" and delivered6(net, MACS[0], MACS[2], "icmp")
+    assert ping["packet"]["proto"] == "icmp"
+    assert ping["hops"][-1]["outputs"][0]["hosts"] == [MACS[2]]

@@ -149,7 +149,7 @@ function drawTables(data) {
     const total = s.observed ? Object.values(s.observed).reduce((a, b) => a + b, 0) : 0;
     for (const b of s.backends) {
       const seen = s.observed ? s.observed[b.endpoint] : null;
-      const observed = seen === null ? "(switch picks)" : `${seen} (${total ? ((100 * seen) / total).toFixed(1) : "0.0"}%)`;
+      const observed = seen === null ? "(the waypoint picks)" : `${seen} (${total ? ((100 * seen) / total).toFixed(1) : "0.0"}%)`;
       services.push(row([`${s.name} ${s.vip}:${s.port}`, b.endpoint + (b.live ? "" : " (down)"), `${split[b.endpoint] ?? 0}%`, observed], { "data-service": s.name, "data-backend": b.endpoint }));
     }
   }
@@ -182,6 +182,21 @@ async function refresh() {
   }
 }
 
+// One hop of a trace: where, what became of the packet, and where the answer came from (the
+// switch's own ofproto/trace, the controller's model, or both), with the notes saying why.
+function hopItem(h) {
+  const li = el("li", `${h.switch || h.dpid} in port ${h.in_port}: ${h.result} `, { "data-hop": h.dpid });
+  const source = h.source || "unknown";
+  li.appendChild(el("span", `(${source})`, { class: "source " + source.replace("+", "-"), "data-source": source }));
+  const notes = [...(h.unasked ? [`not asked: ${h.unasked}`] : []), ...(h.error ? [h.error] : []), ...(h.notes || [])];
+  if (notes.length) {
+    const list = el("ul", null, { class: "notes" });
+    for (const n of notes) list.appendChild(el("li", n, { class: "note" }));
+    li.appendChild(list);
+  }
+  return li;
+}
+
 async function trace(params) {
   const out = document.getElementById("trace-result");
   out.replaceChildren(el("p", "tracing…"));
@@ -200,8 +215,8 @@ async function trace(params) {
     parts.push(el("p", `decided by ${d.switch || d.dpid} table ${d.table} (${d.stage}, ${d.app})`));
     if (d.rule) parts.push(el("p", ruleText(d.rule), { class: "rule", id: "trace-rule" }));
   }
-  const hops = el("ol");
-  for (const h of body.hops) hops.appendChild(el("li", `${h.switch || h.dpid} in port ${h.in_port}: ${h.result}`));
+  const hops = el("ol", null, { id: "trace-hops" });
+  for (const h of body.hops) hops.appendChild(hopItem(h));
   parts.push(hops);
   out.replaceChildren(...parts);
 }
