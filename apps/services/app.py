@@ -31,6 +31,7 @@ from apps.services.backends import Locations
 from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
 from apps.services.drain import Draining
 from apps.services.explain import explain_flow
+from apps.services.health import HealthChecker, health_meter
 from apps.services.mesh import MESH_SCHEMA
 from apps.services.metrics import ServicesMetrics
 from apps.services.picking import ConnectionPicker
@@ -39,6 +40,7 @@ from apps.services.settings import (
     ROUTING_SCHEMA,
     SERVICES_SCHEMA,
     WAYPOINT,
+    Backend,
     Service,
     ServicesSettings,
     parse_services,
@@ -47,7 +49,7 @@ from apps.services.waypoint import WaypointDriver
 from controller.app import PacketIn, SuiteApp
 from controller.config import Document, DocumentCache
 from controller.flows import Flow, output, packet_out
-from controller.packets import ETH_TYPE_ARP, connection_of, parse_arp
+from controller.packets import ETH_TYPE_ARP, ETH_TYPE_IP, connection_of, parse_arp
 from controller.policydocs import POLICIES_SCHEMA, is_mine
 
 LOG = logging.getLogger("osken_suite.services")
@@ -84,6 +86,7 @@ class Services(SuiteApp):
         self.drain = Draining()
         self.prober = ArpProber(core, self.topology)
         self.metrics = ServicesMetrics(core.metrics)
+        self.health = HealthChecker(self._health_changed, self.metrics.checked)
         self.connections = self.metrics.connections
         self.live_backends = self.metrics.live_backends
         self.waypoint = WaypointDriver()
@@ -119,6 +122,10 @@ class Services(SuiteApp):
         self.settings = settings
         self.drain.retire(old, settings.services, self.placement.resolved, now)
         self.picker.configure(old, settings.services)
+        self.health.configure(settings.services, now)
+        for (name, key), h in self.health.states.items():
+            self.metrics.healthy.labels(name, key.rpartition(":")[0]).set(int(h.healthy))
+        self.locations.out = self.health.unhealthy()
         self.prober.restart(now)
         self._save_certificates(settings)
         self.waypoint.configure(settings.mesh, settings.plan)
@@ -162,6 +169,7 @@ class Services(SuiteApp):
     def _install(self) -> None:
         switches = tuple(self.topology.switches())
         services = self.settings.services
+        self._install_health(switches)
         placed = self.placement.place(services, switches, self.drain.entries)
         if placed is None:
             return
@@ -169,6 +177,40 @@ class Services(SuiteApp):
         self.metrics.set_live(services, self.placement.live)
         self.desired.put(("lb", "flows"), flows)
         self.desired.put_groups(("lb", "groups"), groups)
+
+    def _install_health(self, switches: tuple[int, ...]) -> None:
+        """The flows bringing health check answers to the controller, and their meter, on the
+        switches the checked backends sit on."""
+        table = self.compiler.services_table
+        flows = self.health.flows(
+            table, self.settings.services, self.locations.where, self.macs.mac_of
+        )
+        flows = {d: f for d, f in flows.items() if d in switches}
+        self.desired.put(("lb", "health"), flows)
+        self.desired.put_meters(("lb", "health"), {d: [health_meter()] for d in flows})
+
+    def _health_changed(self, s: Service, b: Backend, healthy: bool) -> None:
+        """Log and count a backend's health change, once."""
+        self.metrics.health(s, b, healthy)
+        if healthy:
+            LOG.warning(
+                "services: %s: backend %s is healthy again; back in the split", s.name, b.key
+            )
+        else:
+            LOG.warning(
+                "services: %s: backend %s failed %d health checks in a row; out of the split "
+                "(its open connections stay)",
+                s.name,
+                b.key,
+                s.health.unhealthy,
+            )
+
+    def _health_moved(self, sends: list, moved: bool) -> None:
+        for dpid, msg in sends:
+            self.core.send(dpid, [msg])
+        if moved:
+            self.locations.out = self.health.unhealthy()
+            self._install()
 
     def _probe_unknown(self) -> None:
         self.prober.probe(self.settings.services, self.macs)
@@ -186,6 +228,14 @@ class Services(SuiteApp):
             self._arp(pkt)
         if pkt.cookie == COOKIE and pkt.table_id == self.compiler.track:
             self._new_connection(pkt)
+        if (
+            pkt.cookie == COOKIE
+            and pkt.table_id == self.compiler.services_table
+            and pkt.eth_type == ETH_TYPE_IP
+        ):
+            self._health_moved(
+                *self.health.on_answer(self.settings.services, pkt.dpid, pkt.in_port, pkt.data)
+            )
 
     def _arp(self, pkt: PacketIn) -> None:
         a = parse_arp(pkt.data)
@@ -249,6 +299,9 @@ class Services(SuiteApp):
             self._install()
         if self.prober.due(now):
             self._probe_unknown()
+        self._health_moved(
+            *self.health.tick(self.settings.services, self.locations.where, self.macs.mac_of, now)
+        )
 
     def _unlocated_replicas(self) -> set[str]:
         return {

@@ -1,0 +1,123 @@
+"""Backend health in Mininet: a backend whose server dies, its link up, leaves the split.
+
+The lab is topologies/serviceslab.py; here each backend's server is started by the test, so one
+can be killed and started again. Times are printed (`pytest -s`) for docs/services.md.
+"""
+
+import subprocess
+import time
+
+import pytest
+
+from tests.integration.conftest import require_lab
+from topologies.harness import PROBE, metric
+from topologies.serviceslab import BACKENDS, PORT, VIP, leafspine_under_services, service_config
+from topologies.wait import until
+
+LIMIT = 5.0  # seconds: out of the split, and back in, within this
+
+
+class Servers:
+    """The backends' TCP servers, by host, started and killed by pid."""
+
+    def __init__(self, lab) -> None:
+        self.lab = lab
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, host: str) -> None:
+        argv = ["/usr/bin/python3", PROBE, "serve", f"tcp:{PORT}", "--name", host]
+        proc = self.lab.host(host).popen(argv, stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # "serving ...": bound
+        self.procs[host] = proc
+
+    def kill(self, host: str) -> None:
+        proc = self.procs.pop(host)
+        proc.kill()
+        proc.wait()
+
+    def stop(self) -> None:
+        for host in list(self.procs):
+            self.kill(host)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    require_lab()
+    folder = tmp_path_factory.mktemp("health")
+    with leafspine_under_services(folder, service_config({"v1-a": 50, "v2-a": 50})) as (
+        ctl,
+        lab,
+        port,
+    ):
+        servers = Servers(lab)
+        try:
+            for host in BACKENDS.values():
+                servers.start(host)
+            yield ctl, lab, port, servers
+        finally:
+            servers.stop()
+
+
+def apply(ctl, port, text: str) -> None:
+    assert ctl.rewrite_config(text, 10.0), ctl.log()[-2000:]
+    live = lambda: metric(port, "osken_services_live_backends", service="user-service") >= 3  # noqa: E731
+    assert until(live, 10.0), ctl.log()[-2000:]
+
+
+def healthy(port: int, endpoint: str) -> float:
+    return metric(port, "osken_services_backend_healthy", service="user-service", backend=endpoint)
+
+
+def out_and_back(ctl, lab, port, servers, method: str) -> tuple[float, float]:
+    """Kill v1-a's server (h21), its link up: seconds until it is out of health, then, with
+    its server started again, seconds until it is back. Checks that no connection fails once it
+    is out, and that it takes its share again once back."""
+    apply(ctl, port, service_config({"v1-a": 50, "v2-a": 50}, method=method))
+    assert until(lambda: healthy(port, "v1-a") == 1, 5.0)
+    got = lab.spread("h11", VIP, PORT, 40)
+    assert got.get("h21", 0) > 0 and "fail" not in got, got
+    servers.kill("h21")
+    start = time.time()
+    assert until(lambda: healthy(port, "v1-a") == 0, LIMIT, interval=0.05), ctl.log()[-2000:]
+    out = time.time() - start
+    got = lab.spread("h11", VIP, PORT, 200)
+    assert got == {"h31": 200}, got  # no failed connection, none to the dead backend
+    servers.start("h21")
+    start = time.time()
+    assert until(lambda: healthy(port, "v1-a") == 1, LIMIT, interval=0.05), ctl.log()[-2000:]
+    back = time.time() - start
+    got = lab.spread("h11", VIP, PORT, 100)
+    assert "fail" not in got and got.get("h21", 0) > 0, got
+    if method == "exact":
+        assert got == {"h21": 50, "h31": 50}, got
+    print(f"\n{method}: out of the split {out:.2f} s after the kill, back {back:.2f} s after")
+    return out, back
+
+
+def test_a_killed_server_leaves_the_exact_split_within_5_s_and_comes_back(env):
+    out, back = out_and_back(*env, "exact")
+    assert out < LIMIT and back < LIMIT
+
+
+def test_a_killed_server_leaves_the_switchs_select_group_within_5_s_and_comes_back(env):
+    out, back = out_and_back(*env, "switch")
+    assert out < LIMIT and back < LIMIT
+
+
+def test_a_backend_refusing_connections_is_ejected_and_counted(env):
+    ctl, lab, port, servers = env
+    apply(ctl, port, service_config({"v1-a": 50, "v2-a": 50}))
+    refused = metric(port, "osken_services_health_checks", backend="v1-a", result="refused")
+    ejected = metric(port, "osken_services_ejections", backend="v1-a", reason="health")
+    servers.kill("h21")  # its kernel now answers every SYN with a RST
+    try:
+        assert until(lambda: healthy(port, "v1-a") == 0, LIMIT, interval=0.05)
+        after = metric(port, "osken_services_health_checks", backend="v1-a", result="refused")
+        assert after - refused >= 3
+        assert metric(port, "osken_services_ejections", backend="v1-a", reason="health") == (
+            ejected + 1
+        )
+        assert "v1-a:80 failed 3 health checks in a row" in ctl.log()
+    finally:
+        servers.start("h21")
+    assert until(lambda: healthy(port, "v1-a") == 1, LIMIT, interval=0.05)
