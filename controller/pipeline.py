@@ -484,7 +484,9 @@ PIPELINE = Pipeline(
             "services",
             "services",
             "virtual IPs: answer ARP, send through conntrack with NAT; health check answers",
-            match=_fields(_IP, _L4, {"arp_tpa", "arp_spa", "in_port", "eth_src", "eth_dst"}),
+            match=_fields(
+                _IP, _L4, {"arp_tpa", "arp_spa", "in_port", "eth_src", "eth_dst", "tcp_flags"}
+            ),
             actions=frozenset({"output", "ct", "nat", "set_field", "meter"}),
             set_fields=frozenset({"reg1"}),
             goes_to=("services_track",),

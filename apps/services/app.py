@@ -34,6 +34,7 @@ from apps.services.explain import explain_flow
 from apps.services.health import HealthChecker, health_meter
 from apps.services.mesh import MESH_SCHEMA
 from apps.services.metrics import ServicesMetrics
+from apps.services.outlier import TCP_RST, OutlierDetector, reset_flows
 from apps.services.picking import ConnectionPicker
 from apps.services.placement import Placement
 from apps.services.settings import (
@@ -49,7 +50,14 @@ from apps.services.waypoint import WaypointDriver
 from controller.app import PacketIn, SuiteApp
 from controller.config import Document, DocumentCache
 from controller.flows import Flow, output, packet_out
-from controller.packets import ETH_TYPE_ARP, ETH_TYPE_IP, connection_of, parse_arp
+from controller.packets import (
+    ETH_TYPE_ARP,
+    ETH_TYPE_IP,
+    IPPROTO_TCP,
+    connection_of,
+    header_fields,
+    parse_arp,
+)
 from controller.policydocs import POLICIES_SCHEMA, is_mine
 
 LOG = logging.getLogger("osken_suite.services")
@@ -87,6 +95,7 @@ class Services(SuiteApp):
         self.prober = ArpProber(core, self.topology)
         self.metrics = ServicesMetrics(core.metrics)
         self.health = HealthChecker(self._health_changed, self.metrics.checked)
+        self.outlier = OutlierDetector(self.metrics.ejected)
         self.connections = self.metrics.connections
         self.live_backends = self.metrics.live_backends
         self.waypoint = WaypointDriver()
@@ -125,7 +134,8 @@ class Services(SuiteApp):
         self.health.configure(settings.services, now)
         for (name, key), h in self.health.states.items():
             self.metrics.healthy.labels(name, key.rpartition(":")[0]).set(int(h.healthy))
-        self.locations.out = self.health.unhealthy()
+        self.outlier.configure(settings.services)
+        self._set_out(now)
         self.prober.restart(now)
         self._save_certificates(settings)
         self.waypoint.configure(settings.mesh, settings.plan)
@@ -188,6 +198,18 @@ class Services(SuiteApp):
         flows = {d: f for d, f in flows.items() if d in switches}
         self.desired.put(("lb", "health"), flows)
         self.desired.put_meters(("lb", "health"), {d: [health_meter()] for d in flows})
+        resets = reset_flows(
+            self.compiler.track,
+            table,
+            self.settings.services,
+            self.locations.where,
+            self.macs.mac_of,
+        )
+        self.desired.put(("lb", "outlier"), {d: f for d, f in resets.items() if d in switches})
+
+    def _set_out(self, now: float) -> None:
+        """Backends out of health or ejected take no new connections."""
+        self.locations.out = self.health.unhealthy() | self.outlier.ejected(now)
 
     def _health_changed(self, s: Service, b: Backend, healthy: bool) -> None:
         """Log and count a backend's health change, once."""
@@ -205,11 +227,11 @@ class Services(SuiteApp):
                 s.health.unhealthy,
             )
 
-    def _health_moved(self, sends: list, moved: bool) -> None:
+    def _health_moved(self, sends: list, moved: bool, now: float) -> None:
         for dpid, msg in sends:
             self.core.send(dpid, [msg])
         if moved:
-            self.locations.out = self.health.unhealthy()
+            self._set_out(now)
             self._install()
 
     def _probe_unknown(self) -> None:
@@ -227,15 +249,30 @@ class Services(SuiteApp):
         if pkt.eth_type == ETH_TYPE_ARP:
             self._arp(pkt)
         if pkt.cookie == COOKIE and pkt.table_id == self.compiler.track:
-            self._new_connection(pkt)
+            self._new_connection(pkt, now)
         if (
             pkt.cookie == COOKIE
             and pkt.table_id == self.compiler.services_table
             and pkt.eth_type == ETH_TYPE_IP
         ):
-            self._health_moved(
-                *self.health.on_answer(self.settings.services, pkt.dpid, pkt.in_port, pkt.data)
-            )
+            self._answer(pkt, now)
+
+    def _answer(self, pkt: PacketIn, now: float) -> None:
+        """A backend's answer to a health check, or a RST it sent a client."""
+        sends, moved = self.health.on_answer(
+            self.settings.services, pkt.dpid, pkt.in_port, pkt.data
+        )
+        conn = connection_of(pkt.data)
+        rst = conn is not None and conn[2] == IPPROTO_TCP
+        if (
+            not sends
+            and not moved
+            and rst
+            and header_fields(pkt.data).get("tcp_flags", 0) & TCP_RST
+        ):
+            at = (pkt.dpid, pkt.in_port)
+            moved = self.outlier.reset(conn[0], conn[1], conn[4], at, self.locations.where, now)
+        self._health_moved(sends, moved, now)
 
     def _arp(self, pkt: PacketIn) -> None:
         a = parse_arp(pkt.data)
@@ -256,7 +293,7 @@ class Services(SuiteApp):
             self.locations.refresh(self.settings.services)
             self._install()
 
-    def _new_connection(self, pkt: PacketIn) -> None:
+    def _new_connection(self, pkt: PacketIn, now: float) -> None:
         conn = connection_of(pkt.data)
         service = self.picker.service_for(conn)
         if service is None:
@@ -267,6 +304,7 @@ class Services(SuiteApp):
             LOG.warning("services: %s: no backend up for %s; connection dropped", service.name, src)
             return
         self.metrics.connected(service, backend)
+        self.outlier.sent(service, backend, src, conn[3], now)
         commit = self.placement.commit(pkt.dpid, service, backend)
         actions = [service_tag(service), commit]  # the tag: in case it is a hairpin
         self.core.send(pkt.dpid, [packet_out(pkt.data, actions, pkt.in_port)])
@@ -299,9 +337,10 @@ class Services(SuiteApp):
             self._install()
         if self.prober.due(now):
             self._probe_unknown()
-        self._health_moved(
-            *self.health.tick(self.settings.services, self.locations.where, self.macs.mac_of, now)
+        sends, moved = self.health.tick(
+            self.settings.services, self.locations.where, self.macs.mac_of, now
         )
+        self._health_moved(sends, self.outlier.tick(now) or moved, now)
 
     def _unlocated_replicas(self) -> set[str]:
         return {

@@ -49,6 +49,10 @@ class ServicesMetrics:
         """Count one health check of `b` in `s` with `result`."""
         self.checks.labels(s.name, b.endpoint, result).inc()
 
+    def ejected(self, s: Service, b: Backend) -> None:
+        """Count an outlier ejection of `b` in `s`."""
+        self.ejections.labels(s.name, b.endpoint, "outlier").inc()
+
     def health(self, s: Service, b: Backend, healthy: bool) -> None:
         """Record `b`'s health in `s`; a backend going out of it counts as an ejection."""
         self.healthy.labels(s.name, b.endpoint).set(int(healthy))

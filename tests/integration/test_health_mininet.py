@@ -121,3 +121,34 @@ def test_a_backend_refusing_connections_is_ejected_and_counted(env):
     finally:
         servers.start("h21")
     assert until(lambda: healthy(port, "v1-a") == 1, LIMIT, interval=0.05)
+
+
+def test_a_backend_resetting_new_connections_is_ejected_by_outlier_detection(env, tmp_path):
+    """Active checks off: the DestinationRule's outlierDetection alone ejects it."""
+    ctl, lab, port, servers = env
+    rule = tmp_path / "rule.yaml"
+    rule.write_text(
+        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\n"
+        "metadata: {name: user-service}\nspec:\n  host: user-service\n  trafficPolicy:\n"
+        "    outlierDetection: {consecutive5xxErrors: 3, baseEjectionTime: 5s}\n"
+    )
+    config = service_config({"v1-a": 50, "v2-a": 50}).replace(
+        "    method: exact\n", "    method: exact\n    health: false\n"
+    )
+    apply(ctl, port, config + f"routing: [{rule}]\n")
+    before = metric(port, "osken_services_ejections", backend="v1-a", reason="outlier")
+    servers.kill("h21")
+    try:
+        start = time.time()
+        got = lab.spread("h11", VIP, PORT, 20, parallel=1)
+        # Three refused (a fourth may leave before the third's RST is in), then it is out.
+        assert got.get("fail", 0) in (3, 4) and "h21" not in got, got
+        ejections = metric(port, "osken_services_ejections", backend="v1-a", reason="outlier")
+        assert ejections == before + 1
+        assert lab.spread("h11", VIP, PORT, 100) == {"h31": 100}
+        print(f"\noutlier: ejected after 3 refused connects, {time.time() - start:.2f} s")
+    finally:
+        servers.start("h21")
+    time.sleep(5.5)  # baseEjectionTime: then it takes its share again
+    got = lab.spread("h11", VIP, PORT, 40)
+    assert "fail" not in got and got.get("h21", 0) > 0, got
