@@ -312,10 +312,19 @@ class Services(SuiteApp):
     def explain(self, dpid: int, flow: Flow) -> dict | None:
         resolved = [self.placement.resolved.get(s.name, s) for s in self.settings.services]
         groups = self.desired.groups.get(dpid, {})
-        return explain_flow(self.compiler, resolved, groups, self.placement.ff.get(dpid, {}), flow)
+        ff = self.placement.ff.get(dpid, {})
+        return explain_flow(self.compiler, resolved, groups, ff, flow, self._out_of_split())
+
+    def _out_of_split(self) -> dict[str, str]:
+        """Backend key -> why it takes no new connections: out of health, or ejected."""
+        reasons = {key: "ejected (outlierDetection)" for key in self.locations.out}
+        return {**reasons, **{key: "out of health" for key in self.health.unhealthy()}}
 
     def describe(self) -> dict[str, list]:
-        return {"services": self.metrics.describe(self.settings.services, self.placement.live)}
+        live = self.placement.live
+        return {
+            "services": self.metrics.describe(self.settings.services, live, self._out_of_split())
+        }
 
     def on_topology_change(self, now: float) -> None:
         self.locations.refresh(self.settings.services)

@@ -69,11 +69,18 @@ class ServicesMetrics:
         for s in services:
             self.live_backends.labels(s.name).set(sum(b.key in live for b in s.backends))
 
-    def describe(self, services: Iterable[Service], live: Collection[str]) -> list[dict]:
+    def describe(
+        self,
+        services: Iterable[Service],
+        live: Collection[str],
+        out_of_split: dict[str, str] | None = None,
+    ) -> list[dict]:
         """Each service as the topology page shows it: per route, the configured split
         (backend endpoint -> percent of new connections) and, for method "exact", the
         observed one (connections sent to each backend; None for "switch", where the
-        switch's select group picks)."""
+        switch's select group picks). A backend taking no new connections because it is out
+        of health or ejected says why (`out`, from `out_of_split`: backend key -> reason)."""
+        out_of_split = out_of_split or {}
         out = []
         for s in services:
             routes = []
@@ -91,6 +98,7 @@ class ServicesMetrics:
                 }
             backends = [
                 {"endpoint": b.endpoint, "ip": b.ip, "port": b.port, "live": b.key in live}
+                | ({"out": out_of_split[b.key]} if b.key in out_of_split else {})
                 for b in s.backends
             ]
             out.append(

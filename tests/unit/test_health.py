@@ -303,3 +303,22 @@ def test_a_udp_service_without_a_payload_is_not_checked(tmp_path):
     net, app, _ = make(tmp_path, udp_service())
     net.advance(4.0)
     assert probes(net, V1A) == [] and healthy(app, V1A)
+
+
+def test_the_trace_and_the_page_say_which_backend_is_out_of_health(tmp_path):
+    net, app, _ = make(tmp_path, service(50, 50))
+    serve(net, [V2A, V1B], 4)
+    new = next(
+        f
+        for f in net.switches[201].flows()
+        if f.table == app.compiler.track
+        and f.match_dict().get("ipv4_dst") == VIP
+        and "ct_state" in f.match_dict()
+        and f.priority >= 200
+    )
+    assert app.explain(201, new)["out_of_split"] == {"v1-a": "out of health"}
+    answer = next(f for f in net.switches[202].flows() if f.priority == HEALTH_PRIORITY)
+    said = app.explain(202, answer)
+    assert said["kind"] == "health check" and said["backend"]["out"] == "out of health"
+    page = app.describe()["services"][0]["backends"]
+    assert [b.get("out") for b in page] == ["out of health", None, None]

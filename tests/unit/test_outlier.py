@@ -77,6 +77,9 @@ def test_three_reset_connects_in_a_row_eject_the_backend_for_the_base_ejection_t
     assert {connect(net, sport=s)[0] for s in range(sport, sport + 10)} == {V2A}
     assert app.metrics.ejections.labels("user-service", "v1-a", "outlier")._value.get() == 1
     assert "refused 3 new connections in a row; ejected for 10 s" in caplog.text
+    said = app.explain(202, flows[0])
+    assert said["kind"] == "outlier detection"
+    assert said["backend"]["out"] == "ejected (outlierDetection)"
     net.advance(10.5)
     assert not ejected(app)
     assert V1A in {connect(net, sport=s)[0] for s in range(5000, 5004)}
