@@ -51,6 +51,7 @@ HEALTH_PORT = 65534  # the probes' source port (see the module docstring)
 HEALTH_PRIORITY = 400  # services table: above everything else that matches a backend's packets
 HEALTH_METER = REGISTRY.get("meter", "services", "health").first
 HEALTH_RATE = 200  # answers per second per switch the meter lets through
+ETH_HEADER, UDP_HEADER = 14, 8  # bytes
 # Results of one check, as the metrics label them.
 SUCCESS, REFUSED, TIMEOUT = "success", "refused", "timeout"
 
@@ -216,7 +217,10 @@ class HealthChecker:
         self, services: Iterable[Service], dpid: int, in_port: int, data: bytes
     ) -> tuple[list[tuple[int, object]], bool]:
         """(packet-outs, whether any health changed) for a frame the answer flow sent in from
-        (dpid, in_port). Anything but the exact answer to a probe in flight is ignored."""
+        (dpid, in_port). Only the exact answer to a probe in flight counts; any other segment
+        acknowledging something of ours gets a RST (a half-open probe connection the backend
+        still holds, e.g. from a probe whose answer came after its timeout, would otherwise
+        answer each new SYN on the same ports with its old SYN-ACK)."""
         pkt = _parse(data)
         if pkt is None:
             return [], False
@@ -226,12 +230,12 @@ class HealthChecker:
                 continue
             for b in s.backends:
                 h = self.states.get((s.name, b.key))
-                p = h.probe if h is not None else None
-                if p is None or (p.dpid, p.port, p.mac, b.ip) != (dpid, in_port, eth.src, ip.src):
+                if h is None or (ip.src, l4.src_port, l4.dst_port) != (b.ip, b.port, HEALTH_PORT):
                     continue
-                if (l4.src_port, l4.dst_port) != (b.port, HEALTH_PORT):
-                    continue
-                return self._answered(s, b, h, l4, body)
+                p = h.probe
+                if p is not None and (p.dpid, p.port, p.mac) == (dpid, in_port, eth.src):
+                    return self._answered(s, b, h, l4, body)
+                return _close(s, b, dpid, in_port, eth.src, l4), False
         return [], False
 
     def _answered(
@@ -242,13 +246,12 @@ class HealthChecker:
             if body.startswith(h.check.expect or b""):
                 return [], self._result(s, b, h, SUCCESS)
             return [], False
-        if l4.ack != (p.isn + 1) & 0xFFFFFFFF:
-            return [], False  # not an answer to our SYN: a forgery or a stale one
+        if l4.ack != (p.isn + 1) & 0xFFFFFFFF:  # not an answer to this SYN
+            return _close(s, b, p.dpid, p.port, p.mac, l4), False
         if l4.has_flags(tcp.TCP_RST):
             return [], self._result(s, b, h, REFUSED)
         if l4.has_flags(tcp.TCP_SYN, tcp.TCP_ACK):
-            reset = packet_out(reset_frame(s, b, p.mac, l4.ack), [output(p.port)])
-            return [(p.dpid, reset)], self._result(s, b, h, SUCCESS)
+            return _close(s, b, p.dpid, p.port, p.mac, l4), self._result(s, b, h, SUCCESS)
         return [], False
 
     def _result(self, s: Service, b: Backend, h: BackendHealth, result: str) -> bool:
@@ -269,6 +272,15 @@ class HealthChecker:
         return True
 
 
+def _close(s: Service, b: Backend, dpid: int, port: int, mac: str, l4) -> list[tuple[int, object]]:
+    """The RST that closes what a TCP segment `l4` from backend `b` (at dpid, port, MAC `mac`)
+    acknowledges, if it acknowledges anything and is no RST itself (RFC 9293 3.5.2: a RST's
+    sequence number is the acknowledgment it answers)."""
+    if not isinstance(l4, tcp.tcp) or not l4.has_flags(tcp.TCP_ACK) or l4.has_flags(tcp.TCP_RST):
+        return []
+    return [(dpid, packet_out(reset_frame(s, b, mac, l4.ack), [output(port)]))]
+
+
 def _parse(data: bytes):
     """(ethernet, ipv4, tcp or udp headers, the payload) of `data`, else None."""
     try:
@@ -279,5 +291,5 @@ def _parse(data: bytes):
     l4 = pkt.get_protocol(tcp.tcp) or pkt.get_protocol(udp.udp)
     if eth is None or ip is None or l4 is None:
         return None
-    body = pkt.protocols[-1]
-    return eth, ip, l4, body if isinstance(body, bytes) else b""
+    start = ETH_HEADER + ip.header_length * 4 + UDP_HEADER  # not os-ken's: it may read on
+    return eth, ip, l4, data[start : ETH_HEADER + ip.total_length]

@@ -4,40 +4,17 @@ The lab is topologies/serviceslab.py; here each backend's server is started by t
 can be killed and started again. Times are printed (`pytest -s`) for docs/services.md.
 """
 
-import subprocess
 import time
 
 import pytest
 
 from tests.integration.conftest import require_lab
-from topologies.harness import PROBE, metric
+from topologies.harness import metric
+from topologies.servers import Servers
 from topologies.serviceslab import BACKENDS, PORT, VIP, leafspine_under_services, service_config
 from topologies.wait import until
 
 LIMIT = 5.0  # seconds: out of the split, and back in, within this
-
-
-class Servers:
-    """The backends' TCP servers, by host, started and killed by pid."""
-
-    def __init__(self, lab) -> None:
-        self.lab = lab
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, host: str) -> None:
-        argv = ["/usr/bin/python3", PROBE, "serve", f"tcp:{PORT}", "--name", host]
-        proc = self.lab.host(host).popen(argv, stdout=subprocess.PIPE, text=True)
-        proc.stdout.readline()  # "serving ...": bound
-        self.procs[host] = proc
-
-    def kill(self, host: str) -> None:
-        proc = self.procs.pop(host)
-        proc.kill()
-        proc.wait()
-
-    def stop(self) -> None:
-        for host in list(self.procs):
-            self.kill(host)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +41,8 @@ def apply(ctl, port, text: str) -> None:
     assert until(live, 10.0), ctl.log()[-2000:]
 
 
-def healthy(port: int, endpoint: str) -> float:
-    return metric(port, "osken_services_backend_healthy", service="user-service", backend=endpoint)
+def healthy(port: int, endpoint: str, service: str = "user-service") -> float:
+    return metric(port, "osken_services_backend_healthy", service=service, backend=endpoint)
 
 
 def out_and_back(ctl, lab, port, servers, method: str) -> tuple[float, float]:
@@ -152,3 +129,54 @@ def test_a_backend_resetting_new_connections_is_ejected_by_outlier_detection(env
     time.sleep(5.5)  # baseEjectionTime: then it takes its share again
     got = lab.spread("h11", VIP, PORT, 40)
     assert "fail" not in got and got.get("h21", 0) > 0, got
+
+
+def test_a_backend_that_drops_syns_silently_leaves_within_5_s(env):
+    """No RST to tell: its checks time out (iptables in its namespace drops what comes in)."""
+    ctl, lab, port, _ = env
+    apply(ctl, port, service_config({"v1-a": 50, "v2-a": 50}))
+    assert until(lambda: healthy(port, "v1-a") == 1, 5.0)
+    drop = f"INPUT -p tcp --dport {PORT} -j DROP"
+    lab.host("h21").cmd(f"iptables -I {drop}")
+    try:
+        start = time.time()
+        assert until(lambda: healthy(port, "v1-a") == 0, LIMIT, interval=0.05), ctl.log()[-2000:]
+        out = time.time() - start
+        assert lab.spread("h11", VIP, PORT, 100) == {"h31": 100}
+        timeouts = metric(port, "osken_services_health_checks", backend="v1-a", result="timeout")
+        assert timeouts >= 3
+        print(f"\nsilent: out of the split {out:.2f} s after its SYNs were dropped")
+    finally:
+        lab.host("h21").cmd(f"iptables -D {drop}")
+    assert until(lambda: healthy(port, "v1-a") == 1, LIMIT, interval=0.05)
+
+
+def test_a_udp_backend_is_checked_with_a_payload_and_leaves_when_its_server_dies(env):
+    ctl, lab, port, servers = env
+    dns = (
+        "  - name: dns\n    vip: 10.0.100.11\n    port: 53\n    protocol: udp\n"
+        "    health: {send: ping, expect: ping}\n"
+        "    backends: [{endpoint: v1-a, weight: 50}, {endpoint: v2-a, weight: 50}]\n"
+    )
+    for host in ("h21", "h31"):
+        servers.start(host, "udp:53")  # echoes each datagram
+    try:
+        apply(ctl, port, service_config({"v1-a": 50, "v2-a": 50}) + dns)
+        assert until(lambda: healthy(port, "v1-a", "dns") == 1, 5.0)
+        checks = metric(port, "osken_services_health_checks", service="dns", result="success")
+        assert until(
+            lambda: (
+                metric(port, "osken_services_health_checks", service="dns", result="success")
+                >= checks + 4
+            ),
+            5.0,
+        )
+        servers.kill("h21", "udp:53")
+        start = time.time()
+        assert until(lambda: healthy(port, "v1-a", "dns") == 0, LIMIT, interval=0.05)
+        print(f"\nudp: out of the split {time.time() - start:.2f} s after the kill")
+        assert healthy(port, "v2-a", "dns") == 1
+    finally:
+        if servers.running("h21", "udp:53"):
+            servers.kill("h21", "udp:53")
+        servers.kill("h31", "udp:53")

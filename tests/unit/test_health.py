@@ -143,6 +143,21 @@ def test_a_syn_ack_is_answered_with_a_reset_so_the_backend_forgets_the_probe(tmp
     assert rst.bits == tcp.TCP_RST and rst.seq == syn.seq + 1
 
 
+def test_a_stale_half_open_probe_is_reset_and_does_not_count(tmp_path):
+    """A backend still holding an earlier probe (its answer came too late) answers a new SYN
+    on the same ports with its old SYN-ACK: that is closed with a RST, and is no success."""
+    net, app, _ = make(tmp_path, service())
+    isn = last_syn(net, V1A).seq
+    before = len(net.switches[202].packet_outs)
+    stale = (isn + 12345) & 0xFFFFFFFF
+    net.inject(V1A, tcp_answer(V1A, stale, tcp.TCP_SYN | tcp.TCP_ACK))
+    rst = packet.Packet(net.switches[202].packet_outs[before].data).get_protocol(tcp.tcp)
+    assert rst.bits == tcp.TCP_RST and rst.seq == stale
+    assert checks(app, "v1-a", "success") == 0
+    answer_probe(net, V1A)  # the probe in flight is still answered
+    assert checks(app, "v1-a", "success") == 1
+
+
 def test_a_backend_refusing_connections_is_out_after_three_resets(tmp_path):
     net, app, _ = make(tmp_path, service(50, 50))
     for _ in range(3):
