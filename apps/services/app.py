@@ -227,6 +227,10 @@ class Services(SuiteApp):
                 s.health.unhealthy,
             )
 
+    def _may_probe(self, dpid: int) -> bool:
+        """Probes go out only through switches that are ready and take our writes (master)."""
+        return self.core.ready(dpid) and self.core.is_master(dpid)
+
     def _health_moved(self, sends: list, moved: bool, now: float) -> None:
         for dpid, msg in sends:
             self.core.send(dpid, [msg])
@@ -347,7 +351,7 @@ class Services(SuiteApp):
         if self.prober.due(now):
             self._probe_unknown()
         sends, moved = self.health.tick(
-            self.settings.services, self.locations.where, self.macs.mac_of, now
+            self.settings.services, self.locations.where, self.macs.mac_of, now, self._may_probe
         )
         self._health_moved(sends, self.outlier.tick(now) or moved, now)
 

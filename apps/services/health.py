@@ -190,10 +190,17 @@ class HealthChecker:
         return out
 
     def tick(
-        self, services: Iterable[Service], locate: Locate, mac_of, now: float
+        self,
+        services: Iterable[Service],
+        locate: Locate,
+        mac_of,
+        now: float,
+        may_probe: Callable[[int], bool],
     ) -> tuple[list[tuple[int, object]], bool]:
         """(packet-outs as (dpid, message), whether any health changed) at `now`: probes past
-        their timeout fail, and due probes go out to backends whose port the fabric knows."""
+        their timeout fail, and due probes go out to backends whose port the fabric knows, on
+        switches where `may_probe(dpid)` (this controller is their master: a replica that is
+        not neither sends probes nor hears answers, so it keeps the health it last knew)."""
         sends: list[tuple[int, object]] = []
         moved = False
         for s in services:
@@ -205,6 +212,8 @@ class HealthChecker:
                     moved |= self._result(s, b, h, TIMEOUT)
                 where, mac = locate(b), mac_of(b)
                 if h.probe is not None or now < h.next_at or where is None or mac is None:
+                    continue
+                if not may_probe(where[0]):
                     continue
                 isn = secrets.randbits(32)
                 h.probe = Probe(now, where[0], where[1], mac, isn)

@@ -337,3 +337,27 @@ def test_the_trace_and_the_page_say_which_backend_is_out_of_health(tmp_path):
     assert said["kind"] == "health check" and said["backend"]["out"] == "out of health"
     page = app.describe()["services"][0]["backends"]
     assert [b.get("out") for b in page] == ["out of health", None, None]
+
+
+def test_a_replica_that_is_not_master_of_the_backends_switch_neither_probes_nor_times_out(
+    tmp_path,
+):
+    net, app, _ = make(tmp_path, service(50, 50))
+    sends, moved = app.health.tick(
+        app.settings.services,
+        app.locations.where,
+        app.macs.mac_of,
+        net.now + 10,
+        lambda d: d != 202,
+    )
+    probed = {packet.Packet(m.data).get_protocol(ipv4.ipv4).dst for _, m in sends}
+    assert IP[V1A] not in probed and IP[V2A] in probed  # v1-a sits on switch 202
+    for _ in range(5):
+        app.health.tick(
+            app.settings.services,
+            app.locations.where,
+            app.macs.mac_of,
+            net.now + 20,
+            lambda d: False,
+        )
+    assert healthy(app, V1A)
