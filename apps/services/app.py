@@ -132,8 +132,11 @@ class Services(SuiteApp):
         self.drain.retire(old, settings.services, self.placement.resolved, now)
         self.picker.configure(old, settings.services)
         self.health.configure(settings.services, now)
-        for (name, key), h in self.health.states.items():
-            self.metrics.healthy.labels(name, key.rpartition(":")[0]).set(int(h.healthy))
+        for s in settings.services:
+            for b in s.backends:
+                h = self.health.states.get((s.name, b.key))
+                if h is not None:
+                    self.metrics.healthy.labels(s.name, b.endpoint).set(int(h.healthy))
         self.outlier.configure(settings.services)
         self._set_out(now)
         self.prober.restart(now)

@@ -169,9 +169,7 @@ def test_a_backend_refusing_connections_is_out_after_three_resets(tmp_path):
 
 def test_backups_take_over_when_every_primary_is_out_of_health(tmp_path):
     net, app, _ = make(tmp_path, service(50, 50))
-    for _ in range(4):
-        answer_probe(net, V1B)
-        net.advance(1.0)
+    serve(net, [V1B], 4)
     assert {connect(net, sport=s)[0] for s in range(100, 110)} == {V1B}
     assert app.live_backends.labels("user-service")._value.get() == 1
 
@@ -185,9 +183,7 @@ def test_the_switch_method_takes_an_unhealthy_backend_out_of_its_select_group(tm
         return len(groups[0].buckets)
 
     assert buckets() == 2
-    for _ in range(4):
-        answer_probe(net, V2A)
-        net.advance(1.0)
+    serve(net, [V2A], 4)
     assert buckets() == 1
     assert {connect(net, sport=s)[0] for s in range(100, 120)} == {V2A}
 
