@@ -51,6 +51,7 @@ REGISTRY = Registry(
         Allocation("group", "services", 0x0500_0000, 0x05FF_FFFF, "", "backends, route splits"),
         Allocation("group", "chains", 0x0600_0000, 0x06FF_FFFF, "", "chain hops' replica groups"),
         Allocation("meter", "firewall", 1, 0xFFFF, "", "rate limits (id: the rule's priority)"),
+        Allocation("meter", "services", 0x1_0001, 0x1_0001, "health", "health check answers"),
         Allocation(
             "meter", "core", ofp.OFPM_CONTROLLER, ofp.OFPM_CONTROLLER, "", "packet-in limit"
         ),
@@ -482,9 +483,11 @@ PIPELINE = Pipeline(
         Stage(
             "services",
             "services",
-            "virtual IPs: answer ARP, send through conntrack with NAT",
-            match=_fields(_IP, _L4, {"arp_tpa", "arp_spa"}),
-            actions=frozenset({"output", "ct", "nat", "set_field"}),
+            "virtual IPs: answer ARP, send through conntrack with NAT; health check answers",
+            match=_fields(
+                _IP, _L4, {"arp_tpa", "arp_spa", "in_port", "eth_src", "eth_dst", "tcp_flags"}
+            ),
+            actions=frozenset({"output", "ct", "nat", "set_field", "meter"}),
             set_fields=frozenset({"reg1"}),
             goes_to=("services_track",),
             recirculates=("services_track",),

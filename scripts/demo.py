@@ -255,11 +255,19 @@ def canary_spread(lab: Lab, n: int) -> dict[str, int]:
     return {CANARY_BACKENDS.get(host, host): k for host, k in got.items()}
 
 
-def canary(lab: Lab, report: Report, ctl: Controller, cfg: str) -> None:
+def canary(lab: Lab, report: Report, ctl: Controller, cfg: str, metrics_port: int) -> None:
     """The seed's VirtualService (90/10 over subsets v1/v2) in front of a VIP; then a live
     shift to 50/50 while connections opened before it keep talking to their backend."""
     for host, name in CANARY_BACKENDS.items():
         lab.serve(host, "tcp:80", name=name)
+
+    def in_health() -> bool:  # no server answered their health checks until now
+        return all(
+            metric(metrics_port, "osken_services_backend_healthy", backend=name) == 1
+            for name in CANARY_BACKENDS.values()
+        )
+
+    until(in_health, 10.0)
     routing = os.path.join(os.path.dirname(cfg), "routing", "traffic-routing.yml")
     n = 1000
     got = canary_spread(lab, n)
@@ -502,7 +510,7 @@ def main() -> int:
         firewall(lab, report, ctl, cfg, "h1", "h16")
         zero_trust(lab, report, ctl, cfg)
         xdp_flood(lab, report, ctl, metrics_port, "h16")
-        canary(lab, report, ctl, cfg)
+        canary(lab, report, ctl, cfg, metrics_port)
         chain(lab, report, folder)
         time.sleep(5.5)  # one stats interval: per-rule counters reach /metrics
         names = (

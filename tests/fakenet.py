@@ -117,6 +117,8 @@ def fields_of(data: bytes) -> dict:
         if proto in (6, 17) and len(data) >= 38:
             name = "tcp" if proto == 6 else "udp"
             out[f"{name}_src"], out[f"{name}_dst"] = struct.unpack_from("!HH", data, 34)
+        if proto == 6 and len(data) >= 48:  # a whole TCP header: its flags too
+            out["tcp_flags"] = int.from_bytes(data[46:48], "big") & 0x0FFF
     return out
 
 

@@ -34,14 +34,17 @@ from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesComp
 from apps.services.counting import STATS_INTERVAL, GroupCounts
 from apps.services.drain import Draining
 from apps.services.explain import explain_flow
+from apps.services.health import HealthChecker, health_meter
 from apps.services.mesh import MESH_SCHEMA
 from apps.services.metrics import ServicesMetrics
+from apps.services.outlier import TCP_RST, OutlierDetector, reset_flows
 from apps.services.picking import ConnectionPicker
 from apps.services.placement import Placement
 from apps.services.settings import (
     ROUTING_SCHEMA,
     SERVICES_SCHEMA,
     WAYPOINT,
+    Backend,
     Service,
     ServicesSettings,
     parse_services,
@@ -51,7 +54,14 @@ from apps.services.waypointstats import WaypointStats
 from controller.app import PacketIn, SuiteApp
 from controller.config import Document, DocumentCache
 from controller.flows import Flow, output, packet_out
-from controller.packets import ETH_TYPE_ARP, connection_of, parse_arp
+from controller.packets import (
+    ETH_TYPE_ARP,
+    ETH_TYPE_IP,
+    IPPROTO_TCP,
+    connection_of,
+    header_fields,
+    parse_arp,
+)
 from controller.policydocs import POLICIES_SCHEMA, is_mine
 
 LOG = logging.getLogger("osken_suite.services")
@@ -88,6 +98,8 @@ class Services(SuiteApp):
         self.drain = Draining()
         self.prober = ArpProber(core, self.topology)
         self.metrics = ServicesMetrics(core.metrics)
+        self.health = HealthChecker(self._health_changed, self.metrics.checked)
+        self.outlier = OutlierDetector(self.metrics.ejected)
         self.connections = self.metrics.connections
         self.live_backends = self.metrics.live_backends
         self.waypoint = WaypointDriver()
@@ -138,6 +150,14 @@ class Services(SuiteApp):
         self.settings = settings
         self.drain.retire(old, settings.services, self.placement.resolved, now)
         self.picker.configure(old, settings.services)
+        self.health.configure(settings.services, now)
+        for s in settings.services:
+            for b in s.backends:
+                h = self.health.states.get((s.name, b.key))
+                if h is not None:
+                    self.metrics.healthy.labels(s.name, b.endpoint).set(int(h.healthy))
+        self.outlier.configure(settings.services)
+        self._set_out(now)
         self.prober.restart(now)
         self._save_certificates(settings)
         self.waypoint.configure(settings.mesh, settings.plan)
@@ -181,6 +201,7 @@ class Services(SuiteApp):
     def _install(self) -> None:
         switches = tuple(self.topology.switches())
         services = self.settings.services
+        self._install_health(switches)
         placed = self.placement.place(services, switches, self.drain.entries)
         if placed is None:
             return
@@ -188,6 +209,56 @@ class Services(SuiteApp):
         self.metrics.set_live(services, self.placement.live)
         self.desired.put(("lb", "flows"), flows)
         self.desired.put_groups(("lb", "groups"), groups)
+
+    def _install_health(self, switches: tuple[int, ...]) -> None:
+        """The flows bringing health check answers to the controller, and their meter, on the
+        switches the checked backends sit on."""
+        table = self.compiler.services_table
+        flows = self.health.flows(
+            table, self.settings.services, self.locations.where, self.macs.mac_of
+        )
+        flows = {d: f for d, f in flows.items() if d in switches}
+        self.desired.put(("lb", "health"), flows)
+        self.desired.put_meters(("lb", "health"), {d: [health_meter()] for d in flows})
+        resets = reset_flows(
+            self.compiler.track,
+            table,
+            self.settings.services,
+            self.locations.where,
+            self.macs.mac_of,
+        )
+        self.desired.put(("lb", "outlier"), {d: f for d, f in resets.items() if d in switches})
+
+    def _set_out(self, now: float) -> None:
+        """Backends out of health or ejected take no new connections."""
+        self.locations.out = self.health.unhealthy() | self.outlier.ejected(now)
+
+    def _health_changed(self, s: Service, b: Backend, healthy: bool) -> None:
+        """Log and count a backend's health change, once."""
+        self.metrics.health(s, b, healthy)
+        if healthy:
+            LOG.warning(
+                "services: %s: backend %s is healthy again; back in the split", s.name, b.key
+            )
+        else:
+            LOG.warning(
+                "services: %s: backend %s failed %d health checks in a row; out of the split "
+                "(its open connections stay)",
+                s.name,
+                b.key,
+                s.health.unhealthy,
+            )
+
+    def _may_probe(self, dpid: int) -> bool:
+        """Probes go out only through switches that are ready and take our writes (master)."""
+        return self.core.ready(dpid) and self.core.is_master(dpid)
+
+    def _health_moved(self, sends: list, moved: bool, now: float) -> None:
+        for dpid, msg in sends:
+            self.core.send(dpid, [msg])
+        if moved:
+            self._set_out(now)
+            self._install()
 
     def _probe_unknown(self) -> None:
         self.prober.probe(self.settings.services, self.macs)
@@ -204,7 +275,30 @@ class Services(SuiteApp):
         if pkt.eth_type == ETH_TYPE_ARP:
             self._arp(pkt)
         if pkt.cookie == COOKIE and pkt.table_id == self.compiler.track:
-            self._new_connection(pkt)
+            self._new_connection(pkt, now)
+        if (
+            pkt.cookie == COOKIE
+            and pkt.table_id == self.compiler.services_table
+            and pkt.eth_type == ETH_TYPE_IP
+        ):
+            self._answer(pkt, now)
+
+    def _answer(self, pkt: PacketIn, now: float) -> None:
+        """A backend's answer to a health check, or a RST it sent a client."""
+        sends, moved = self.health.on_answer(
+            self.settings.services, pkt.dpid, pkt.in_port, pkt.data
+        )
+        conn = connection_of(pkt.data)
+        rst = conn is not None and conn[2] == IPPROTO_TCP
+        if (
+            not sends
+            and not moved
+            and rst
+            and header_fields(pkt.data).get("tcp_flags", 0) & TCP_RST
+        ):
+            at = (pkt.dpid, pkt.in_port)
+            moved = self.outlier.reset(conn[0], conn[1], conn[4], at, self.locations.where, now)
+        self._health_moved(sends, moved, now)
 
     def _arp(self, pkt: PacketIn) -> None:
         a = parse_arp(pkt.data)
@@ -225,7 +319,7 @@ class Services(SuiteApp):
             self.locations.refresh(self.settings.services)
             self._install()
 
-    def _new_connection(self, pkt: PacketIn) -> None:
+    def _new_connection(self, pkt: PacketIn, now: float) -> None:
         conn = connection_of(pkt.data)
         service = self.picker.service_for(conn)
         if service is None:
@@ -236,6 +330,7 @@ class Services(SuiteApp):
             LOG.warning("services: %s: no backend up for %s; connection dropped", service.name, src)
             return
         self.metrics.connected(service, backend)
+        self.outlier.sent(service, backend, src, conn[3], now)
         actions = self._commit_actions(pkt.dpid, service, backend)
         self.core.send(pkt.dpid, [packet_out(pkt.data, actions, pkt.in_port)])
 
@@ -273,10 +368,19 @@ class Services(SuiteApp):
     def explain(self, dpid: int, flow: Flow) -> dict | None:
         resolved = [self.placement.resolved.get(s.name, s) for s in self.settings.services]
         groups = self.desired.groups.get(dpid, {})
-        return explain_flow(self.compiler, resolved, groups, self.placement.ff.get(dpid, {}), flow)
+        ff = self.placement.ff.get(dpid, {})
+        return explain_flow(self.compiler, resolved, groups, ff, flow, self._out_of_split())
+
+    def _out_of_split(self) -> dict[str, str]:
+        """Backend key -> why it takes no new connections: out of health, or ejected."""
+        reasons = {key: "ejected (outlierDetection)" for key in self.locations.out}
+        return {**reasons, **{key: "out of health" for key in self.health.unhealthy()}}
 
     def describe(self) -> dict[str, list]:
-        return {"services": self.metrics.describe(self.settings.services, self.placement.live)}
+        live = self.placement.live
+        return {
+            "services": self.metrics.describe(self.settings.services, live, self._out_of_split())
+        }
 
     def on_topology_change(self, now: float) -> None:
         self.locations.refresh(self.settings.services)
@@ -300,6 +404,10 @@ class Services(SuiteApp):
             self._probe_unknown()
         if self.waypoint.serving and self.waypoint_stats.due(now):
             self.waypoint_stats.start(self.waypoint.admin_sockets(), self.waypoint.plan)
+        sends, moved = self.health.tick(
+            self.settings.services, self.locations.where, self.macs.mac_of, now, self._may_probe
+        )
+        self._health_moved(sends, self.outlier.tick(now) or moved, now)
         self._poll_groups(now)
 
     def _poll_groups(self, now: float) -> None:

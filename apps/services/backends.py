@@ -20,6 +20,7 @@ class Locations:
     `located` maps a backend MAC to (dpid, port) where the topology last saw it; MACs come
     from the backend's config or from `macs`. `held`: endpoint names of backends that are
     there but not serving yet (a waypoint replica whose Envoy has not taken its config).
+    `out`: keys of backends out of health or ejected (health.py, outlier.py).
     """
 
     def __init__(self, topology: Topology, macs: MacTable) -> None:
@@ -27,6 +28,7 @@ class Locations:
         self.macs = macs
         self.located: dict[str, tuple[int, int]] = {}
         self.held: frozenset[str] = frozenset()  # endpoints not serving yet (waypoints)
+        self.out: frozenset[str] = frozenset()  # backend keys out of health or ejected
 
     def where(self, b: Backend) -> tuple[int, int] | None:
         """(dpid, port) where `b` was last seen, else None."""
@@ -35,8 +37,9 @@ class Locations:
 
     def alive(self, b: Backend) -> bool:
         """Ready (its MAC known) and not last seen at a port that is down. A backend never
-        seen yet counts as up: the fabric floods to find it. A held one is down."""
-        if self.macs.mac_of(b) is None or b.endpoint in self.held:
+        seen yet counts as up: the fabric floods to find it. A held one, or one out of health
+        or ejected, is down."""
+        if self.macs.mac_of(b) is None or b.endpoint in self.held or b.key in self.out:
             return False
         where = self.where(b)
         return where is None or where[1] in self.topology.live_ports(where[0])

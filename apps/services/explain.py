@@ -28,6 +28,8 @@ from apps.services.compile import (
     select_group_id,
     vip_mac,
 )
+from apps.services.health import HEALTH_PORT, HEALTH_PRIORITY
+from apps.services.outlier import RESET_PRIORITY
 from apps.services.settings import WAYPOINT, Backend, Service
 from controller.flows import Flow, Group
 
@@ -60,6 +62,7 @@ def explain_flow(
     groups: dict[int, Group],
     ff: dict[str, dict[str, int]],
     f: Flow,
+    out_of_split: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """What made services flow `f` on a switch: {"kind", "service", "vip" ("ip:port/proto"),
     "method", "text", ...}, with "backend" (a backend's part, or for a new connection of
@@ -69,7 +72,10 @@ def explain_flow(
 
     `groups` are the switch's desired groups by id, `ff` its fast-failover group ids
     (service name -> backend key -> group id). "decides": true marks the verdict of a new
-    connection (who takes it) and the drop of anything else sent to a VIP."""
+    connection (who takes it) and the drop of anything else sent to a VIP. `out_of_split` maps
+    the keys of backends taking no new connections to why ("out of health", "ejected"): a named
+    backend says so ("out"), and a new connection's answer lists them ("out_of_split")."""
+    out_of_split = out_of_split or {}
     m = f.match_dict()
     found = _service_of(services, m)
     if found is None:
@@ -84,12 +90,16 @@ def explain_flow(
     }
     if backend is not None:
         out["backend"] = _named(backend)
+        if backend.key in out_of_split:
+            out["backend"]["out"] = out_of_split[backend.key]
     if f.table == compiler.services_table:
         return {**out, **_services_table(s, f, backend)}
     if f.table != compiler.track:
         return None
     if NEW_PRIORITY <= f.priority < NEW_PRIORITY + 1 + len(s.routes) and "ipv4_dst" in m:
-        return {**out, **_new_connection(index, s, f, groups, ff.get(s.name, {}))}
+        gone = {b.endpoint: out_of_split[b.key] for b in s.backends if b.key in out_of_split}
+        new = _new_connection(index, s, f, groups, ff.get(s.name, {}))
+        return {**out, **new, **({"out_of_split": gone} if gone else {})}
     return {**out, **_track_table(s, f, backend)}
 
 
@@ -109,6 +119,12 @@ def _services_table(s: Service, f: Flow, backend: Backend | None) -> dict[str, A
         return {"kind": "hairpin", "text": "a backend's reply to itself as the VIP's client"}
     if f.priority == DROP_PRIORITY:
         return _dropped()
+    if f.priority == HEALTH_PRIORITY:
+        text = f"a backend's answer to a health check (to the VIP's port {HEALTH_PORT}): to the "
+        return {"kind": "health check", "text": text + "controller, metered"}
+    if f.priority == RESET_PRIORITY:
+        text = "a backend's RST: a copy to the controller (outlier detection), then as a reply"
+        return {"kind": "outlier detection", "text": text}
     return {}
 
 

@@ -12,7 +12,10 @@ from controller.metrics import Metrics
 class ServicesMetrics:
     """`connections`: new connections sent to each backend (counter, labels service and
     backend endpoint); `live_backends`: backends taking new connections (gauge, label
-    service). `counts` holds the same connection counts for the topology page."""
+    service); `healthy`: 1 while a checked backend is in health, 0 out of it (gauge);
+    `checks`: health checks by result, success, refused or timeout (counter); `ejections`:
+    times a backend left the split, by reason, health or outlier (counter). `counts` holds the
+    same connection counts for the topology page."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.connections = metrics.counter(
@@ -25,7 +28,36 @@ class ServicesMetrics:
             "Backends taking new connections, per service",
             ("service",),
         )
+        self.healthy = metrics.gauge(
+            "osken_services_backend_healthy",
+            "1 while a checked backend is in health, 0 while it is out",
+            ("service", "backend"),
+        )
+        self.checks = metrics.counter(
+            "osken_services_health_checks",
+            "Active health checks of each backend, by result (success, refused, timeout)",
+            ("service", "backend", "result"),
+        )
+        self.ejections = metrics.counter(
+            "osken_services_ejections",
+            "Times a backend left the split, by reason (health, outlier)",
+            ("service", "backend", "reason"),
+        )
         self.counts: dict[tuple[str, str], int] = {}  # (service, endpoint) -> connections
+
+    def checked(self, s: Service, b: Backend, result: str) -> None:
+        """Count one health check of `b` in `s` with `result`."""
+        self.checks.labels(s.name, b.endpoint, result).inc()
+
+    def ejected(self, s: Service, b: Backend) -> None:
+        """Count an outlier ejection of `b` in `s`."""
+        self.ejections.labels(s.name, b.endpoint, "outlier").inc()
+
+    def health(self, s: Service, b: Backend, healthy: bool) -> None:
+        """Record `b`'s health in `s`; a backend going out of it counts as an ejection."""
+        self.healthy.labels(s.name, b.endpoint).set(int(healthy))
+        if not healthy:
+            self.ejections.labels(s.name, b.endpoint, "health").inc()
 
     def connected(self, s: Service, b: Backend) -> None:
         """Count one new connection of `s` sent to `b` (method "exact": the controller's pick)."""
@@ -42,11 +74,19 @@ class ServicesMetrics:
         for s in services:
             self.live_backends.labels(s.name).set(sum(b.key in live for b in s.backends))
 
-    def describe(self, services: Iterable[Service], live: Collection[str]) -> list[dict]:
+    def describe(
+        self,
+        services: Iterable[Service],
+        live: Collection[str],
+        out_of_split: dict[str, str] | None = None,
+    ) -> list[dict]:
         """Each service as the topology page shows it: per route, the configured split
         (backend endpoint -> percent of new connections) and the observed one: connections
         sent to each backend, picked by the controller (method "exact") or counted by the
-        select groups' buckets (method "switch"); None for a waypoint, where Envoy picks."""
+        select groups' buckets (method "switch"); None for a waypoint, where Envoy picks. A
+        backend taking no new connections because it is out of health or ejected says why
+        (`out`, from `out_of_split`: backend key -> reason)."""
+        out_of_split = out_of_split or {}
         out = []
         for s in services:
             routes = []
@@ -64,6 +104,7 @@ class ServicesMetrics:
                 }
             backends = [
                 {"endpoint": b.endpoint, "ip": b.ip, "port": b.port, "live": b.key in live}
+                | ({"out": out_of_split[b.key]} if b.key in out_of_split else {})
                 for b in s.backends
             ]
             out.append(

@@ -361,11 +361,11 @@ def _destination_rule(doc: Document, meta: dict, spec: dict) -> DestinationRule:
         if policy is not None:
             policies[s["name"]] = policy
     top = parse_traffic_policy(doc, ("spec", "trafficPolicy"), spec.get("trafficPolicy"))
-    if top is not None or policies:
+    pooled = [p for p in (top, *policies.values()) if p is not None and p.connection_pool]
+    if pooled:  # outlier detection is enforced: apps/services/outlier.py
         LOG.warning(
-            "%s: spec.trafficPolicy: connection pools and outlier detection are enforced by the "
-            "waypoint (mesh.waypoint) for waypointed services, not yet by the switches; there, "
-            "backends leave the split when their port or link goes down",
+            "%s: spec.trafficPolicy: connection pools are enforced by the waypoint "
+            "(mesh.waypoint) for waypointed services, not yet by the switches",
             doc.located(("spec", "trafficPolicy") if top is not None else ("spec", "subsets")),
         )
     return DestinationRule(meta["name"], str(spec["host"]), subsets, doc, top, policies)

@@ -52,6 +52,7 @@ from apps.services.routing import (
 )
 from apps.services.trafficpolicy import TrafficPolicy
 from controller.config import Config, Document, DocumentCache
+from controller.durations import parse_duration
 from controller.endpoints import Endpoint, parse_endpoints
 from vnf.waypoint import envoy
 from vnf.waypoint.ca import MeshCA
@@ -87,6 +88,23 @@ SERVICES_SCHEMA = {
                     },
                 },
             },
+            "health": {
+                "oneOf": [
+                    {"const": False},
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "interval": {"type": ["string", "number"]},
+                            "timeout": {"type": ["string", "number"]},
+                            "unhealthy": {"type": "integer", "minimum": 1, "maximum": 1000},
+                            "healthy": {"type": "integer", "minimum": 1, "maximum": 1000},
+                            "send": {"type": "string", "maxLength": 1024},
+                            "expect": {"type": "string", "maxLength": 1024},
+                        },
+                    },
+                ]
+            },
         },
     },
 }
@@ -103,6 +121,40 @@ class Backend:
     @property
     def key(self) -> str:
         return f"{self.endpoint}:{self.port}"
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """A service's active health check (`health:`; apps/services/health.py). Seconds, counts
+    of consecutive checks; `send`/`expect`: a UDP probe's payload and the reply it must start
+    with (None: not set)."""
+
+    interval: float = 1.0
+    timeout: float = 1.0
+    unhealthy: int = 3
+    healthy: int = 2
+    send: bytes | None = None
+    expect: bytes | None = None
+
+
+def parse_health(config: Config, i: int, spec: dict) -> HealthCheck | None:
+    """Service item `i`'s `health` (schema-checked): None for `false`, defaults when absent.
+    Raises ConfigError at the field for a duration that is not one."""
+    given = spec.get("health", {})
+    if given is False:
+        return None
+    durations = {}
+    for key in ("interval", "timeout"):
+        if key in given:
+            durations[key] = parse_duration(given[key])
+            if durations[key] is None:
+                raise config.error(
+                    ("services", i, "health", key),
+                    f"{given[key]!r} is not a duration (e.g. 1s, 500ms)",
+                )
+    text = {k: given[k].encode() for k in ("send", "expect") if k in given}
+    counts = {k: given[k] for k in ("unhealthy", "healthy") if k in given}
+    return HealthCheck(**durations, **counts, **text)
 
 
 @dataclass(frozen=True)
@@ -134,6 +186,7 @@ class Service:
     backups: tuple[tuple[str, Fraction], ...]
     # backend key -> the DestinationRule trafficPolicy for traffic to it (none: no limits)
     traffic_policies: tuple[tuple[str, TrafficPolicy], ...] = ()
+    health: HealthCheck | None = None  # active checks (None: off)
 
     def backend(self, key: str) -> Backend:
         return next(b for b in self.backends if b.key == key)
@@ -393,6 +446,7 @@ def parse_services(
                 tuple(routes),
                 tuple((b.key, w) for b, w in backups[spec["name"]]),
                 _policies_of(members, resolver),
+                parse_health(config, i, spec),
             )
         )
     _warn_unrouted(docs, used)

@@ -237,7 +237,7 @@ FWD, FW_T, CH = T("forwarding"), T("firewall"), T("chains")
             "vlan_vid 0xfa0 is nobody's, not chains's",
         ),
         (
-            flow(T("services"), 5, {}, meter(5), cookie=CANARY),
+            flow(T("services_track"), 5, {}, meter(5), cookie=CANARY),
             "meter not declared",
         ),
         (
