@@ -182,9 +182,9 @@ def test_the_switch_method_takes_an_unhealthy_backend_out_of_its_select_group(tm
         groups = [g for gid, g in sw.groups.items() if g.type == "select" and gid >> 24 == 5]
         return len(groups[0].buckets)
 
-    assert buckets() == 2
+    assert buckets() > 1  # both backends (the split may give one several buckets)
     serve(net, [V2A], 4)
-    assert buckets() == 1
+    assert buckets() == 1  # v2-a alone: one bucket
     assert {connect(net, sport=s)[0] for s in range(100, 120)} == {V2A}
 
 

@@ -11,6 +11,12 @@ from controller.switch import GroupStat
 from tests.unit.test_services import V1A, V2A, connect, make, reload, service
 
 
+def unchecked(config: str) -> str:
+    """`config` with its service's health checks off: the fake backends answer no probe, and
+    these tests count connections, not health."""
+    return config.replace("    method: switch\n", "    method: switch\n    health: false\n")
+
+
 def served(app) -> dict[str, float]:
     """osken_services_connections_total per backend, as Prometheus would scrape it."""
     return {
@@ -22,7 +28,7 @@ def served(app) -> dict[str, float]:
 
 
 def test_the_switch_method_counts_each_backends_connections_as_its_buckets_committed(tmp_path):
-    net, app, _ = make(tmp_path, service(50, 50, method="switch"))
+    net, app, _ = make(tmp_path, unchecked(service(50, 50, method="switch")))
     net.advance(STATS_INTERVAL)  # the first poll is the baseline
     got = Counter(connect(net, sport=20000 + i)[0] for i in range(200))
     for i in range(50):  # later packets of the same connections are +est: not counted again
@@ -35,11 +41,11 @@ def test_the_switch_method_counts_each_backends_connections_as_its_buckets_commi
 
 
 def test_a_weight_change_replaces_the_group_and_its_counters_start_again(tmp_path):
-    net, app, cfg = make(tmp_path, service(50, 50, method="switch"))
+    net, app, cfg = make(tmp_path, unchecked(service(50, 50, method="switch")))
     net.advance(STATS_INTERVAL)
     first = Counter(connect(net, sport=20000 + i)[0] for i in range(100))
     net.advance(STATS_INTERVAL + 0.5)
-    reload(net, cfg, service(100, 0, method="switch"))
+    reload(net, cfg, unchecked(service(100, 0, method="switch")))
     second = Counter(connect(net, sport=30000 + i)[0] for i in range(30))
     net.advance(STATS_INTERVAL + 0.5)
     assert second == {V1A: 30}
