@@ -121,6 +121,7 @@ class CoreView:
         request_flow_stats: Callable[[SuiteApp, int, int, int, int], None],
         is_master: Callable[[int], bool] = lambda dpid: True,
         loaded: Callable[[str], bool] = lambda app: False,
+        settings_of: Callable[[str], Any] = lambda app: None,
     ) -> None:
         self.pipeline = pipeline
         self.topology = topology
@@ -131,10 +132,17 @@ class CoreView:
         self._request_flow_stats = request_flow_stats
         self._is_master = is_master
         self._loaded = loaded
+        self._settings_of = settings_of
 
     def loaded(self, app: str) -> bool:
         """Whether the app named `app` (its `name`, e.g. "services") runs in this controller."""
         return self._loaded(app)
+
+    def settings_of(self, app: str) -> Any:
+        """The parsed settings of the app named `app` in the config being applied (while apps'
+        `configure` runs, so what one app reads of another is of the same config), else in
+        force; None when it is not loaded. Read-only."""
+        return self._settings_of(app)
 
     def connected(self) -> list[int]:
         """The dpids of every connected switch, in any phase, ascending."""

@@ -29,6 +29,7 @@ from apps.microseg.policy import (
     Policy,
     PolicyRule,
 )
+from apps.services.guard import BackendGuard
 from controller.flowlog import log_instructions
 from controller.flows import (
     Flow,
@@ -69,6 +70,8 @@ SKIP_FABRIC, ND_PASS, BOUND, CLAIMED, ARP_PASS = 65000, 400, 300, 200, 100
 CT_PASS, SYN_JUDGED, DST_CLASSIFY, TRACKED, TRACK = 500, 510, 100, 20, 10
 TCP_SYN, TCP_ACK = 0x002, 0x010
 DENY, ALLOW, ISOLATED, COMMIT = 3000, 2000, 1000, 1
+# A waypointed service's backend port: the waypoint passes on to ingress, anyone else drops.
+WAYPOINT_PASS, WAYPOINT_ONLY = 3600, 3500
 
 # A condition on the far end: ("any",), ("id", n), ("net", network), ("ip", address), or
 # ("world", network): an address in the network that is no endpoint's (identity 0).
@@ -298,6 +301,26 @@ class MicrosegCompiler:
             out.append(
                 f(self.dst, CT_PASS + offset, {**ours, "ct_state": (bits, bits)}, self._dst_done)
             )
+        return out
+
+    # --- backends only the waypoint may reach (apps/services/guard.py) ------------------------
+
+    def guard_flows(self, guards: Iterable[BackendGuard], log: bool = False) -> list[Flow]:
+        """Egress flows, above every policy's: a new connection to a guarded backend's IP:port
+        from one of its waypoints goes on to the backend's ingress policy; from anyone else it
+        drops (to the flow log when `log`). Replies are not judged here: they passed at
+        microseg_dst when conntrack is on, and they never go to the guarded port anyway."""
+        f = self._flow
+        denied = log_instructions() if log else ()
+        out = []
+        for g in guards:
+            to = {"eth_type": ETH_TYPES[4], "ip_proto": IPPROTO_TCP}
+            to |= {"ipv4_dst": g.ip, "tcp_dst": g.port}
+            out += [
+                f(self.egress, WAYPOINT_PASS, {**to, "ipv4_src": src}, self._egress_on)
+                for src in g.waypoints
+            ]
+            out.append(f(self.egress, WAYPOINT_ONLY, to, *denied))
         return out
 
     # --- per endpoint: where it is bound, and its address as a destination -----------------------
