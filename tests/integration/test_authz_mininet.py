@@ -7,6 +7,9 @@ POST anything) and `api-access-policy` (web-service or mobile-service may GET an
 /api/v1/*) under its STRICT `require-mtls`, ORed as Istio does.
 """
 
+import json
+import urllib.request
+
 import pytest
 
 from tests.integration.conftest import require_lab
@@ -56,6 +59,22 @@ def test_a_backend_is_not_reached_directly_only_through_the_waypoint(env):
         assert status == "000" and code == 28, (backend, status, code)  # dropped: timed out
         assert env.curl("h12", f"http://{IPS[backend]}:8080/") == ("200", 0)  # other ports
     assert env.curl("h12", API, cert="mobile") == ("200", 0)  # through the VIP
+
+
+def test_the_trace_of_a_direct_connection_names_the_guard(env):
+    """Open vSwitch's own ofproto/trace, named by the controller (GET /api/v1/trace)."""
+    url = f"http://127.0.0.1:{env.metrics_port}/api/v1/trace?src=10.0.0.2&dst={IPS['h31']}"
+    with urllib.request.urlopen(url + "&proto=tcp&dport=80", timeout=30) as reply:
+        answer = json.load(reply)
+    assert answer["verdict"] == "drop", json.dumps(answer, indent=1)
+    decided = answer["decided_by"]
+    assert (decided["switch"], decided["stage"]) == ("lf1", "microseg_egress")
+    rule = decided["rule"]
+    assert (rule["kind"], rule["backend"], rule["services"]) == (
+        "waypoint only",
+        f"{IPS['h31']}:80",
+        ["api"],
+    )
 
 
 def test_permissive_takes_plain_http_judged_by_the_rules_without_principals(env):
