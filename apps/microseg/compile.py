@@ -307,19 +307,19 @@ class MicrosegCompiler:
 
     def guard_flows(self, guards: Iterable[BackendGuard], log: bool = False) -> list[Flow]:
         """Egress flows, above every policy's: a new connection to a guarded backend's IP:port
-        from one of its waypoints goes on to the backend's ingress policy; from anyone else it
-        drops (to the flow log when `log`). Replies are not judged here: they passed at
-        microseg_dst when conntrack is on, and they never go to the guarded port anyway."""
+        from one of its waypoints (its address and MAC; the replicas are not bound to their
+        ports) goes on to the backend's ingress policy; from anyone else it drops (to the flow
+        log when `log`). Replies are not judged here: they passed at microseg_dst when
+        conntrack is on, and never go to the guarded port anyway."""
         f = self._flow
         denied = log_instructions() if log else ()
         out = []
         for g in guards:
             to = {"eth_type": ETH_TYPES[4], "ip_proto": IPPROTO_TCP}
             to |= {"ipv4_dst": g.ip, "tcp_dst": g.port}
-            out += [
-                f(self.egress, WAYPOINT_PASS, {**to, "ipv4_src": src}, self._egress_on)
-                for src in g.waypoints
-            ]
+            for ip, mac in g.waypoints:
+                src = {"ipv4_src": ip, "eth_src": mac}
+                out.append(f(self.egress, WAYPOINT_PASS, {**to, **src}, self._egress_on))
             out.append(f(self.egress, WAYPOINT_ONLY, to, *denied))
         return out
 

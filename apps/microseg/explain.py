@@ -126,7 +126,7 @@ class Explainer:
             "decides": not passes,  # the waypoint's own connection is judged by ingress next
             "services": list(g.services),
             "backend": f"{g.ip}:{g.port}",
-            "waypoints": list(g.waypoints),
+            "waypoints": list(g.waypoint_ips),
             "text": (
                 "the waypoint's own connection to the backend: on to its ingress policy"
                 if passes

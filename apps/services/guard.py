@@ -17,18 +17,23 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class BackendGuard:
     """A backend's `ip`:`port` (TCP) that accepts connections only from `waypoints` (the
-    replicas' IPv4 addresses); `services` names the waypointed services that send to it."""
+    replicas' (IPv4 address, MAC) pairs); `services` names the waypointed services that send
+    to it."""
 
     ip: str
     port: int
-    waypoints: tuple[str, ...]
+    waypoints: tuple[tuple[str, str], ...]
     services: tuple[str, ...]
+
+    @property
+    def waypoint_ips(self) -> tuple[str, ...]:
+        return tuple(ip for ip, _ in self.waypoints)
 
     def describe(self) -> str:
         return (
             f"backend {self.ip}:{self.port}/tcp of waypointed service "
             f"{', '.join(self.services)} accepts only the waypoint "
-            f"({', '.join(self.waypoints)})"
+            f"({', '.join(self.waypoint_ips)})"
         )
 
 
@@ -47,7 +52,7 @@ def waypoint_guards(settings: object) -> tuple[BackendGuard, ...]:
     for c in plan.clusters:
         for e in c.endpoints:
             found.setdefault((e.ip, e.port), set()).update(users.get(c.name, {c.name}))
-    sources = tuple(r.ip for r in mesh.replicas)
+    sources = tuple((r.ip, r.mac) for r in mesh.replicas)
     return tuple(
         BackendGuard(ip, port, sources, tuple(sorted(names)))
         for (ip, port), names in sorted(found.items())

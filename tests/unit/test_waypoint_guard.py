@@ -65,8 +65,9 @@ def guarded(tmp_path):
 def test_the_services_app_declares_every_backend_port_its_waypoint_sends_to(guarded):
     _, _, _ = guarded
     ms = guarded[0].core.apps[-1]
+    waypoint = ((WAYPOINT_IP, WMAC),)
     assert ms.guards == tuple(
-        BackendGuard(IP[mac], 80, (WAYPOINT_IP,), ("user-service",)) for mac in (V1A, V1B, V2A)
+        BackendGuard(IP[mac], 80, waypoint, ("user-service",)) for mac in (V1A, V1B, V2A)
     )
 
 
@@ -88,9 +89,11 @@ def test_other_ports_of_a_backend_and_other_hosts_are_unaffected(guarded):
     assert tcp(net, V1A, C1, IP[V1A], IP[C1], 40000) == [C1]
 
 
-def test_a_spoofed_source_address_of_another_host_is_not_the_waypoint(guarded):
+def test_a_host_forging_the_waypoints_address_is_not_the_waypoint(guarded):
     net, _, _ = guarded
     assert tcp(net, C1, V1A, IP[V1B], IP[V1A], 80) == []
+    assert tcp(net, C1, V1A, WAYPOINT_IP, IP[V1A], 80) == []  # its own MAC: not the replica's
+    assert from_waypoint(net, V1A)  # the replica itself still passes
 
 
 def test_without_microseg_nothing_guards_the_backends(tmp_path):
