@@ -39,6 +39,13 @@ spec:
     - from: [{ipBlock: {cidr: 10.0.0.250/32}}]
       ports: [{protocol: TCP, port: 80}]
 """
+# user-service without request conditions: no waypoint.
+PLAIN = (
+    ENDPOINTS
+    + f"services:\n  - name: user-service\n    vip: {VIP}\n    port: 80\n"
+    + "    backends: [{endpoint: v1-a}]\n"
+    + MESH
+)
 
 
 def tcp(net, src_mac: str, dst_mac: str, src_ip: str, dst_ip: str, port: int, sport=41000):
@@ -104,11 +111,7 @@ def test_without_microseg_nothing_guards_the_backends(tmp_path):
 
 def test_the_guard_follows_the_config_in_the_same_reload(guarded, tmp_path):
     net, _, path = guarded
-    plain = ENDPOINTS + (
-        f"services:\n  - name: user-service\n    vip: {VIP}\n    port: 80\n"
-        "    backends: [{endpoint: v1-a}]\n"
-    )
-    (tmp_path / "lab.yaml").write_text(plain + MESH)
+    (tmp_path / "lab.yaml").write_text(PLAIN)
     net.deliver(net.core.reload(lambda: load_config(path), net.now))
     assert net.core.apps[-1].guards == ()
     assert direct(net, V1A) and direct(net, V2A)  # no waypoint: nothing to bypass
@@ -151,3 +154,25 @@ def test_a_trace_names_the_guard_that_drops_a_direct_connection(guarded):
         ),
     }
     assert tracer.trace(IP[C1], IP[V2A], "tcp", 22)["verdict"] == "forward"
+
+
+def test_a_reload_rolled_back_gives_microseg_the_services_settings_in_force_again(
+    guarded, tmp_path, monkeypatch
+):
+    """CoreView.settings_of during a rollback: the previous config's, not the refused one's."""
+    net, _, path = guarded
+    ms = net.core.apps[-1]
+    before = ms.guards
+    configure, calls = Microseg.configure, []
+
+    def fails_once(self, settings, now):
+        configure(self, settings, now)
+        calls.append(self.guards)
+        if len(calls) == 1:
+            raise RuntimeError("a bug while applying")
+
+    monkeypatch.setattr(Microseg, "configure", fails_once)
+    (tmp_path / "lab.yaml").write_text(PLAIN)
+    net.deliver(net.core.reload(lambda: load_config(path), net.now))
+    assert calls == [(), before]  # saw the new config's, then the one in force again
+    assert ms.guards == before and not direct(net, V1A)
