@@ -45,10 +45,13 @@ def test_a_wrong_method_path_or_principal_gets_403(env):
 
 
 def test_strict_refuses_a_client_without_a_certificate_at_the_handshake(env):
-    status, code = env.curl("h12", API)
-    assert status == "000" and code in (35, 56), (status, code)  # TLS alert, no HTTP at all
+    # TLS 1.3: the client may finish its side before the server's alert arrives, so curl
+    # reports it while connecting (35), sending (55) or reading (56); never an HTTP status.
+    for _ in range(5):
+        status, code = env.curl("h12", API)
+        assert status == "000" and code in (35, 55, 56), (status, code)
     status, code = env.curl("h13", HEALTH)  # plain HTTP: not even TLS
-    assert status == "000" and code != 0, (status, code)
+    assert status == "000" and code in (52, 56), (status, code)  # closed, no answer
 
 
 def test_a_backend_is_not_reached_directly_only_through_the_waypoint(env):
