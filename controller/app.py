@@ -122,6 +122,7 @@ class CoreView:
         is_master: Callable[[int], bool] = lambda dpid: True,
         loaded: Callable[[str], bool] = lambda app: False,
         request_group_stats: Callable[[SuiteApp, int], None] = lambda app, dpid: None,
+        settings_of: Callable[[str], Any] = lambda app: None,
     ) -> None:
         self.pipeline = pipeline
         self.topology = topology
@@ -133,10 +134,17 @@ class CoreView:
         self._is_master = is_master
         self._loaded = loaded
         self._request_group_stats = request_group_stats
+        self._settings_of = settings_of
 
     def loaded(self, app: str) -> bool:
         """Whether the app named `app` (its `name`, e.g. "services") runs in this controller."""
         return self._loaded(app)
+
+    def settings_of(self, app: str) -> Any:
+        """The parsed settings of the app named `app` in the config being applied (while apps'
+        `configure` runs, so what one app reads of another is of the same config), else in
+        force; None when it is not loaded. Read-only."""
+        return self._settings_of(app)
 
     def connected(self) -> list[int]:
         """The dpids of every connected switch, in any phase, ascending."""

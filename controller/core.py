@@ -182,6 +182,7 @@ class Core:
         self._last_connect = float("-inf")
         self._xid = FIRST_XID
         self._atomic = False  # set while a config is applied: changes go in bundles
+        self._applying: Settings | None = None  # the settings apps are configured with now
         self.packet_in_limit = (PACKET_IN_RATE, PACKET_IN_BURST)
         self._stats_waiters: dict[int, SuiteApp] = {}
         self._sections = SectionChecker()  # remembers the list items it found valid
@@ -199,6 +200,7 @@ class Core:
             lambda dpid: self.is_master(dpid),
             lambda name: any(a.name == name for a in self.apps),
             self.request_group_stats,
+            lambda name: (self._applying or self.settings).apps.get(name),
         )
 
     @property
@@ -336,6 +338,7 @@ class Core:
         previous = self.settings
         queued = {dpid: len(msgs) for dpid, msgs in self._out.items()}
         try:
+            self._applying = settings
             with self.desired.transaction():
                 self._apply_core(settings)
                 for app in self.apps:
@@ -343,6 +346,7 @@ class Core:
         except ApplyError:
             for dpid in list(self._out):  # packet-outs the failed apply queued
                 del self._out[dpid][queued.get(dpid, 0) :]
+            self._applying = previous
             self._apply_core(previous)
             for app in self.apps:
                 try:
@@ -350,6 +354,8 @@ class Core:
                 except ApplyError:
                     LOG.error("app %s could not take its previous settings back", app.name)
             raise
+        finally:
+            self._applying = None
         self.settings = settings
         self.config = settings.config
         self._atomic = True

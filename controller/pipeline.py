@@ -459,7 +459,8 @@ PIPELINE = Pipeline(
             "microseg_egress",
             "microseg",
             "per source identity: deny, allow, default deny",
-            match=_fields(_IP, _L4, {"metadata"}),
+            # eth_src: the waypoint's replicas, known by address and MAC (controller/guards.py)
+            match=_fields(_IP, _L4, {"metadata", "eth_src"}),
             actions=frozenset({"meter", "output"}),  # the flow log's packet-ins
             goes_to=("microseg_ingress",),
         ),

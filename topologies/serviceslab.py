@@ -130,15 +130,16 @@ class ServicesLab:
 
 
 @contextmanager
-def leafspine_under_services(folder, config: str):
-    """The services app (metrics on) with `config` as folder/lab.yaml, and a leaf-spine lab
-    (2 spines, 3 leaves, 3 hosts each) connected to it: yields (controller, lab, metrics port);
-    both stopped after. Raises RuntimeError if the lab does not connect within 60 s."""
+def leafspine_under_services(folder, config: str, apps: tuple[str, ...] = ()):
+    """The services app (metrics on) and `apps` with `config` as folder/lab.yaml, and a
+    leaf-spine lab (2 spines, 3 leaves, 3 hosts each) connected to it: yields (controller, lab,
+    metrics port); both stopped after. Raises RuntimeError if the lab does not connect within
+    60 s."""
     cfg = folder / "lab.yaml"
     cfg.write_text(config)
     port = free_port()
     ctl = Controller(
-        ["apps/services"],
+        ["apps/services", *apps],
         config=str(cfg),
         log_path=str(folder / "ctl.log"),
         extra=["--prometheus-port", str(port)],

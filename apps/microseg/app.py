@@ -34,6 +34,7 @@ from apps.microseg.settings import MicrosegSettings, parse_microseg
 from controller.app import PacketIn, SuiteApp
 from controller.config import DocumentCache
 from controller.flows import Flow, ct_flush_zone
+from controller.guards import BackendGuard, waypoint_guards
 from controller.packets import source_ip
 from controller.policydocs import POLICIES_SCHEMA
 from controller.resources import COOKIE_SHIFT
@@ -59,6 +60,7 @@ class Microseg(SuiteApp):
         self.allocator = IdentityAllocator()
         self.settings = MicrosegSettings()
         self.world = World()
+        self.guards: tuple[BackendGuard, ...] = ()  # the services app's waypointed backends
         self.explainer = Explainer(self.compiler, self.world, [])
         self.counters = RuleCounters(core.metrics)
         self._next_poll = 0.0
@@ -95,7 +97,8 @@ class Microseg(SuiteApp):
     def configure(self, settings: MicrosegSettings, now: float) -> None:
         self.settings = settings
         self.world = build_world(self.settings.namespaces, self.settings.endpoints, self.allocator)
-        self.explainer = Explainer(self.compiler, self.world, settings.policies)
+        self.guards = waypoint_guards(self.core.settings_of("services"))
+        self.explainer = Explainer(self.compiler, self.world, settings.policies, self.guards)
         self._decide()
         self._install_all()
         v = self._verdicts
@@ -158,6 +161,12 @@ class Microseg(SuiteApp):
             ("ms", "base"),
             (enforcing, generation, switches),
             lambda: {d: compiler.base_flows(enforcing, generation) for d in switches},
+        )
+        guards, log = self.guards, self.settings.log
+        keep(
+            ("ms", "waypoint"),
+            (guards, log, switches),
+            lambda: {d: compiler.guard_flows(guards, log) for d in switches},
         )
         for e in world.endpoints.values():
             identity = world.identity_of[e.name]

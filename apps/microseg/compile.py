@@ -33,6 +33,7 @@ from controller.flows import (
     to_controller,
     write_metadata,
 )
+from controller.guards import BackendGuard
 from controller.labelselectors import cilium_view
 from controller.matches import (
     CT_EST,
@@ -64,6 +65,8 @@ SKIP_FABRIC, ND_PASS, BOUND, CLAIMED, ARP_PASS = 65000, 400, 300, 200, 100
 CT_PASS, SYN_JUDGED, DST_CLASSIFY, TRACKED, TRACK = 500, 510, 100, 20, 10
 TCP_SYN, TCP_ACK = 0x002, 0x010
 DENY, ALLOW, ISOLATED, COMMIT = 3000, 2000, 1000, 1
+# A waypointed service's backend port: the waypoint passes on to ingress, anyone else drops.
+WAYPOINT_PASS, WAYPOINT_ONLY = 3600, 3500
 
 # A condition on the far end: ("any",), ("id", n), ("net", network), ("ip", address), or
 # ("world", network): an address in the network that is no endpoint's (identity 0).
@@ -289,6 +292,26 @@ class MicrosegCompiler:
             out.append(
                 f(self.dst, CT_PASS + offset, {**ours, "ct_state": (bits, bits)}, self._dst_done)
             )
+        return out
+
+    # --- backends only the waypoint may reach (controller/guards.py) ------------------------
+
+    def guard_flows(self, guards: Iterable[BackendGuard], log: bool = False) -> list[Flow]:
+        """Egress flows, above every policy's: a new connection to a guarded backend's IP:port
+        from one of its waypoints (its address and MAC; the replicas are not bound to their
+        ports) goes on to the backend's ingress policy; from anyone else it drops (to the flow
+        log when `log`). Replies are not judged here: they passed at microseg_dst when
+        conntrack is on, and never go to the guarded port anyway."""
+        f = self._flow
+        denied = log_instructions() if log else ()
+        out = []
+        for g in guards:
+            to = {"eth_type": ETH_TYPES[4], "ip_proto": IPPROTO_TCP}
+            to |= {"ipv4_dst": g.ip, "tcp_dst": g.port}
+            for ip, mac in g.waypoints:
+                src = {"ipv4_src": ip, "eth_src": mac}
+                out.append(f(self.egress, WAYPOINT_PASS, {**to, **src}, self._egress_on))
+            out.append(f(self.egress, WAYPOINT_ONLY, to, *denied))
         return out
 
     # --- per endpoint: where it is bound, and its address as a destination -----------------------

@@ -24,6 +24,8 @@ from apps.microseg.compile import (
     ISOLATED,
     SRC_MASK,
     SRC_SHIFT,
+    WAYPOINT_ONLY,
+    WAYPOINT_PASS,
     MicrosegCompiler,
     Resolver,
     dst_meta,
@@ -33,6 +35,7 @@ from apps.microseg.compile import (
 from apps.microseg.model import World
 from apps.microseg.policy import Policy, PolicyRule
 from controller.flows import Flow, norm_match
+from controller.guards import BackendGuard
 from controller.matches import ETH_TYPES
 
 
@@ -57,8 +60,15 @@ class Explainer:
     selector results and, built on first use, the index of every policy rule's flows, so a
     flow log or a counter poll asks it flow after flow at the cost of a lookup."""
 
-    def __init__(self, compiler: MicrosegCompiler, world: World, policies: list[Policy]):
+    def __init__(
+        self,
+        compiler: MicrosegCompiler,
+        world: World,
+        policies: list[Policy],
+        guards: tuple[BackendGuard, ...] = (),
+    ):
         self.compiler, self.world, self.policies = compiler, world, policies
+        self.guards = guards
         self.res = Resolver(world)
         self._selected = [(p, self.res.selected(p)) for p in policies]
         self._rules: dict[tuple[int, int, tuple], dict[str, Any]] | None = None
@@ -72,6 +82,8 @@ class Explainer:
         identity; None when nothing in the config made it. "decides": true marks a verdict
         of the policies."""
         compiler = self.compiler
+        if f.table == compiler.egress and f.priority in (WAYPOINT_PASS, WAYPOINT_ONLY):
+            return self._guard(f)
         if f.table in (compiler.egress, compiler.ingress):
             return self._policy(f)
         if f.table == compiler.src and f.priority == CLAIMED and not f.instructions:
@@ -93,6 +105,34 @@ class Explainer:
                 "text": "a reply to (or related to) a connection policy allowed",
             }
         return None
+
+    def _guard(self, f: Flow) -> dict[str, Any] | None:
+        """The waypointed backend a guard flow protects (controller/guards.py)."""
+        match = dict(f.match)
+        g = next(
+            (
+                g
+                for g in self.guards
+                if (g.ip, g.port) == (match.get("ipv4_dst"), match.get("tcp_dst"))
+            ),
+            None,
+        )
+        if g is None:
+            return None
+        passes = f.priority == WAYPOINT_PASS
+        return {
+            "kind": "waypoint only",
+            "action": "allow" if passes else "deny",
+            "decides": not passes,  # the waypoint's own connection is judged by ingress next
+            "services": list(g.services),
+            "backend": f"{g.ip}:{g.port}",
+            "waypoints": list(g.waypoint_ips),
+            "text": (
+                "the waypoint's own connection to the backend: on to its ingress policy"
+                if passes
+                else f"{g.describe()}: a direct connection would bypass its L7 policy"
+            ),
+        }
 
     def _policy(self, f: Flow) -> dict[str, Any] | None:
         direction = "egress" if f.table == self.compiler.egress else "ingress"

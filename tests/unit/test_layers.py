@@ -26,7 +26,9 @@ def test_the_core_and_its_libraries_import_no_app(graph, lower):
     assert chain is None, f"{lower} reaches apps: {' -> '.join(chain)}"
 
 
-@pytest.mark.parametrize("importer", ["apps.services", "apps.chains", "apps.firewall"])
+@pytest.mark.parametrize(
+    "importer", ["apps.services", "apps.chains", "apps.firewall", "apps.microseg"]
+)
 def test_an_app_package_does_not_reach_into_another(graph, importer):
     for other in ("apps.microseg", "apps.services", "apps.chains", "apps.firewall"):
         if other != importer:

@@ -270,12 +270,15 @@ def test_every_string_match_kind_maps_to_envoys_matchers():
 # --- steered by the switches -------------------------------------------------------------------
 
 
-def lab(tmp_path, text: str | None = None):
-    """Two switches: c1 and v1-a on 1, the waypoint replica, v1-b and v2-a on 2."""
+def lab(tmp_path, text: str | None = None, apps=()):
+    """Two switches: c1 and v1-a on 1, the waypoint replica, v1-b and v2-a on 2; `apps` are
+    loaded too."""
     path = text or config(tmp_path, ["traffic-routing.yml"])
     core = Core(strict_pipeline=True)
     core.add_app(L2Learning)
     app = core.add_app(Services)
+    for extra in apps:
+        core.add_app(extra)
     core.configure(load_config(path), 1000.0)
     net = FakeNetwork(core)
     net.add_switch(1, 3)
