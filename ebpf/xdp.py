@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 from collections.abc import Iterable
 
 from ebpf.offload import LpmEntry
@@ -52,13 +53,21 @@ def release_free_heap() -> None:
 
 def attached_prog_id(ifname: str) -> int | None:
     """The kernel's id of the XDP program attached to `ifname` (rtnetlink IFLA_XDP_PROG_ID,
-    through pyroute2); None when there is none or the interface is gone."""
+    through pyroute2); None when there is none or the interface is gone.
+
+    One RTM_GETLINK for that interface's index: pyroute2's lookup by name dumps every link
+    of the namespace (588 ms a call beside a fat-tree k=8 lab's 725 interfaces, 2 ms this way).
+    """
     from pyroute2 import IPRoute, NetlinkError
 
+    try:
+        index = socket.if_nametoindex(ifname)
+    except OSError:  # no such interface (any more)
+        return None
     with IPRoute() as ip:
         try:
-            links = ip.get_links(ifname=ifname)
-        except NetlinkError:  # no such interface (any more)
+            links = ip.link("get", index=index)
+        except NetlinkError:  # gone since
             links = []
     xdp = links[0].get_attr("IFLA_XDP") if links else None
     return xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
