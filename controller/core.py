@@ -969,6 +969,11 @@ class Core:
         self._out[dpid].extend(msgs)
 
     def _notify_topology(self, now: float) -> None:
+        """Apps hear of a changed topology once a switch is ready to take what they make of it:
+        at a cold start not once per link discovery finds (hundreds on a fat-tree k=8), but
+        when `_settle` makes the switches ready, with every link found by then."""
+        if not any(c.phase == "ready" for c in self.conns.values()):
+            return
         if self.topology.version != self._topology_version:
             self._topology_version = self.topology.version
             self._mark_fabric_ports()

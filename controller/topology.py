@@ -64,6 +64,7 @@ class Topology:
         self._cache_version = -1
         self._switch_graph = nx.Graph()
         self._next_hops: dict[int, dict[int, int]] = {}
+        self._hops_to: dict[int, dict[int, int]] = {}  # dst -> switch -> hops to dst
         self._edges: dict[int, set[int]] = {}
 
     # --- switches and ports --------------------------------------------------------------------
@@ -191,7 +192,7 @@ class Topology:
             g = nx.Graph()
             g.add_nodes_from(self.switches())
             g.add_edges_from((a, b, d) for a, b, d in self.graph.edges(data=True) if "links" in d)
-            self._switch_graph, self._next_hops, self._edges = g, {}, {}
+            self._switch_graph, self._next_hops, self._edges, self._hops_to = g, {}, {}, {}
             self._cache_version = self.version
         return self._switch_graph
 
@@ -236,14 +237,21 @@ class Topology:
         return nx.shortest_path(self.switch_graph(), src, dst)
 
     def equal_cost_next_hops(self, src: int, dst: int) -> list[int]:
-        """Ports of `src` that start some shortest path to `dst` (for select groups)."""
-        if src == dst or src not in self.graph or dst not in self.graph:
+        """Ports of `src` that start some shortest path to `dst` (for select groups): towards
+        each neighbour one hop closer to `dst`. One breadth-first search per `dst`, cached
+        until the topology changes, answers every `src` (an app asks for every pair)."""
+        g = self.switch_graph()
+        if src == dst or src not in g or dst not in g:
             return []
-        try:
-            paths = nx.all_shortest_paths(self.switch_graph(), src, dst)
-            return sorted({self.port_towards(src, p[1]) for p in paths})
-        except nx.NetworkXNoPath:
+        if dst not in self._hops_to:
+            self._hops_to[dst] = nx.single_source_shortest_path_length(g, dst)
+        hops = self._hops_to[dst]
+        if src not in hops:
             return []
+        closer = hops[src] - 1
+        return sorted(
+            {self.port_towards(src, nb) for nb in g.neighbors(src) if hops.get(nb) == closer}
+        )
 
     def flood_tree(self) -> set[Link]:
         """A spanning tree over each connected part, rooted at its lowest dpid."""

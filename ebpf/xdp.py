@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 from collections.abc import Iterable
 
 from ebpf.offload import LpmEntry
@@ -38,15 +39,35 @@ def unavailable() -> str | None:
     return None
 
 
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim(0), malloc(3)).
+
+    bcc compiles in this process with clang and LLVM and frees what they used, but glibc keeps
+    it mapped: measured 206 MiB resident after compiling xdp_firewall.c, 126 MiB after this
+    (100 -> 20 MiB anonymous; the rest is bcc's own library code). A no-op without glibc.
+    """
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def attached_prog_id(ifname: str) -> int | None:
     """The kernel's id of the XDP program attached to `ifname` (rtnetlink IFLA_XDP_PROG_ID,
-    through pyroute2); None when there is none or the interface is gone."""
+    through pyroute2); None when there is none or the interface is gone.
+
+    One RTM_GETLINK for that interface's index: pyroute2's lookup by name dumps every link
+    of the namespace (588 ms a call beside a fat-tree k=8 lab's 725 interfaces, 2 ms this way).
+    """
     from pyroute2 import IPRoute, NetlinkError
 
+    try:
+        index = socket.if_nametoindex(ifname)
+    except OSError:  # no such interface (any more)
+        return None
     with IPRoute() as ip:
         try:
-            links = ip.get_links(ifname=ifname)
-        except NetlinkError:  # no such interface (any more)
+            links = ip.link("get", index=index)
+        except NetlinkError:  # gone since
             links = []
     xdp = links[0].get_attr("IFLA_XDP") if links else None
     return xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
@@ -61,6 +82,7 @@ class XdpProgram:
         cflags = ["-w"] + ([f'-DPIN_DIR="{pin_dir}"'] if pin_dir else [])
         self._bpf = BPF(src_file=SOURCE.encode(), cflags=cflags)
         self._fn = self._bpf.load_func(function.encode(), BPF.XDP)
+        release_free_heap()
         self.attached: dict[str, int] = {}  # interface -> flags it was attached with
         self.prog_ids: dict[str, int | None] = {}  # interface -> the kernel's id of ours there
         self.entries: dict[tuple, LpmEntry] = {}

@@ -14,7 +14,9 @@ vSwitch (userspace datapath) or the same fake switch, with the same offered load
    messages the controller sent for it, counted on the wire by a relay (scripts/benchlib.py).
 3. Controller restart under traffic on a linear,3 Mininet lab: a 50 pps ping h1 -> h3 while the
    controller is stopped and started again: pings lost, flow-mods deleting and adding flows.
-4. Memory: the controller's RSS with the 10,000-rule ACL loaded (read in 2).
+4. Memory: the controller's RSS with the 10,000-rule ACL loaded (read in 2): ours as it
+   starts by default (the firewall's XDP fast path compiled and attached by bcc in-process),
+   and ours with the fast path off, OpenFlow alone, the same work as FAUCET.
 
 Every ratio is oriented so that > 1 means ours is better: rates ours/FAUCET, times, counts and
 memory FAUCET/ours. Counts that can be zero are compared as (FAUCET + 1) / (ours + 1). Medians
@@ -53,6 +55,7 @@ from topologies.linear import LinearTopo  # noqa: E402
 
 BRIDGE, VETH, VETH_PEER = "benchpeer", "bpeer0", "bpeer1"
 BRIDGE_DPID = 0xBF
+OURS, OURS_NO_XDP = "ours", "ours, XDP fast path off"
 OURS_ACL_TABLE = PIPELINE.table("firewall")
 FAUCET_ACL_TABLE = 0  # FAUCET's port_acl table comes first when a port has acl_in
 OFPT_FLOW_MOD = 14
@@ -248,9 +251,12 @@ def acl_round(side: AclSide, rules: list[dict], edit_index: int, new_port: int) 
 
 def acl_sides(rules: list[dict], folder: str) -> list[AclSide]:
     rules_path = os.path.join(folder, "rules.json")
-    cfg = os.path.join(folder, "lab.yaml")
+    section = "firewall:\n  default: allow\n  rules_file: rules.json\n"
+    cfg, cfg_no_xdp = os.path.join(folder, "lab.yaml"), os.path.join(folder, "lab-no-xdp.yaml")
     with open(cfg, "w") as fh:
-        fh.write("firewall:\n  default: allow\n  rules_file: rules.json\n")
+        fh.write(section)
+    with open(cfg_no_xdp, "w") as fh:  # OpenFlow alone, as FAUCET works
+        fh.write(section + "  xdp: {mode: 'off'}\n")
 
     def write_rules(rs: list[dict]) -> None:
         with open(rules_path, "w") as fh:
@@ -262,9 +268,12 @@ def acl_sides(rules: list[dict], folder: str) -> list[AclSide]:
         len(compiler.rule_flows(r, 30000, False)) for r in load_rules_file(rules_path)
     )
 
-    def ours_begin(port: int) -> Controller:
-        write_rules(rules)
-        return Controller(["apps/firewall"], port=port, config=cfg).start()
+    def ours_begin(config: str) -> Callable[[int], Controller]:
+        def begin(port: int) -> Controller:
+            write_rules(rules)
+            return Controller(["apps/firewall"], port=port, config=config).start()
+
+        return begin
 
     def ours_edit(ctl: Controller, rs: list[dict]) -> None:
         write_rules(rs)
@@ -278,14 +287,16 @@ def acl_sides(rules: list[dict], folder: str) -> list[AclSide]:
 
     return [
         AclSide(
-            "ours",
+            name,
             OURS_ACL_TABLE,
             ours_expected,
-            ours_begin,
+            ours_begin(config),
             lambda c: c.stop(),
             lambda c: c.proc.pid,
             ours_edit,
-        ),
+        )
+        for name, config in ((OURS, cfg), (OURS_NO_XDP, cfg_no_xdp))
+    ] + [
         AclSide(
             "FAUCET",
             FAUCET_ACL_TABLE,
@@ -305,6 +316,9 @@ def bench_acl(rounds: int, n_rules: int) -> list[Result]:
     edit = Result("one rule edited in the middle, reload until enforced", "s", False)
     messages = Result("OpenFlow messages sent for that edit (on the wire)", "msgs", False, True)
     memory = Result(f"controller RSS with the {n_rules:,}-rule ACL", "MiB", False)
+    memory_of = Result(
+        "the same, ours with the XDP fast path off (OpenFlow alone, as FAUCET)", "MiB", False
+    )
     rules = make_rules(n_rules)
     edit_index = n_rules // 2 + 1  # odd: a TCP rule
     folder = tempfile.mkdtemp(prefix="benchpeer-")
@@ -313,6 +327,10 @@ def bench_acl(rounds: int, n_rules: int) -> list[Result]:
         for n in range(rounds):
             for side in sides:
                 got = acl_round(side, rules, edit_index, 60000 + n)
+                print(f"  ACL {side.name}: {got}", flush=True)
+                if side.name == OURS_NO_XDP:
+                    memory_of.ours.append(got["rss_mib"])
+                    continue
                 theirs = side.name == "FAUCET"
                 for res, key in (
                     (install, "install_s"),
@@ -321,11 +339,12 @@ def bench_acl(rounds: int, n_rules: int) -> list[Result]:
                     (memory, "rss_mib"),
                 ):
                     (res.faucet if theirs else res.ours).append(got[key])
-                print(f"  ACL {side.name}: {got}", flush=True)
+                if theirs:
+                    memory_of.faucet.append(got["rss_mib"])
     finally:
         vsctl("--if-exists", "del-br", BRIDGE)
         subprocess.run(["ip", "link", "del", VETH], capture_output=True, check=False)
-    return [install, edit, messages, memory]
+    return [install, edit, messages, memory, memory_of]
 
 
 # --- 3. restart under traffic -----------------------------------------------------------------

@@ -213,3 +213,34 @@ def test_the_app_interface_documents_its_view():
         doc = inspect.getdoc(getattr(CoreView, name))
         assert doc and len(doc) > 40, name
     assert "Attributes:" in textwrap.dedent(CoreView.__doc__)
+
+
+class TopologyWatcher(SuiteApp):
+    name = "topology_watcher"
+
+    def __init__(self, core: CoreView) -> None:
+        super().__init__(core)
+        self.seen: list[tuple[int, list[int]]] = []  # (links, ready switches) at each change
+
+    def on_topology_change(self, now: float) -> None:
+        ready = [d for d in self.topology.switches() if self.core.ready(d)]
+        self.seen.append((len(self.topology.links), ready))
+
+
+def test_at_a_cold_start_apps_hear_of_the_topology_once_switches_are_ready():
+    """Every link discovery found while no switch could take a flow yet was a topology change
+    for every app: on a fat-tree k=8 (80 switches, 256 links) the L2 app recomputed its
+    multipath groups 337 times, 21.5 s of CPU before the first switch was ready. Apps now
+    hear of it when the switches become ready, with every link found by then."""
+    core = Core()
+    core.add_app(L2Learning)
+    watcher = core.add_app(TopologyWatcher)
+    core.configure(Config(), 0.0)
+    net = FakeNetwork(core)
+    for dpid in (1, 2, 3, 4):
+        net.add_switch(dpid, 3)
+    for a, b in ((1, 2), (2, 3), (3, 4), (4, 1)):
+        net.link(a, 1, b, 2)
+    net.start()
+    assert watcher.seen[0] == (4, [1, 2, 3, 4])
+    assert all(ready == [1, 2, 3, 4] for _, ready in watcher.seen)
