@@ -30,6 +30,29 @@ from controller.config import Document
 from controller.durations import parse_duration
 from vnf.waypoint.model import Actions, Fault, HeaderEdits, Retries
 
+# Envoy's retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on: router filter docs),
+# the names Istio's retryOn validation accepts besides status codes. Envoy takes any word and
+# ignores what it does not know, so a misspelled one would mean no retries at all.
+RETRY_ON = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "envoy-ratelimited",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "http3-post-connect-failure",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
 ISTIO_ACTIONS = ("timeout", "retries", "fault", "mirror", "mirrorPercentage", "mirrors")
 ISTIO_ACTIONS += ("headers", "rewrite")
 ISTIO_REFUSED = {
@@ -101,10 +124,16 @@ def _retries(doc: Document, where: tuple, spec: dict) -> Retries | None:
     names, codes = [], []
     for word in str(spec.get("retryOn", "")).split(","):
         word = word.strip()
-        if word.isdigit():
+        if word.isascii() and word.isdigit() and 100 <= int(word) <= 599:
             codes.append(int(word))
-        elif word:
+        elif word in RETRY_ON:
             names.append(word)
+        elif word:
+            raise doc.error(
+                where + ("retryOn",),
+                f"{word!r} is neither an HTTP status code (100-599) nor one of "
+                f"{', '.join(sorted(RETRY_ON))}",
+            )
     per_try = spec.get("perTryTimeout")
     return Retries(
         attempts,
