@@ -15,9 +15,10 @@ optionally a `subFilter` by name and the `portNumber` (the service's or the back
 Such as the seed's `envoy.filters.http.local_ratelimit` INSERT_BEFORE, as written: its value
 goes to Envoy unchanged, and Envoy's own check (`envoy --mode validate`) judges it with the
 rest. Any other patch (another `applyTo`, context or operation, a match on what the waypoint
-does not have) is refused by name, with file and line, and not applied; the rest applies. A
-document with other `spec` fields (`targetRefs`...) applies none of its patches: they could
-reach workloads it does not mean.
+does not have, a REMOVE or REPLACE of the filters that enforce AuthorizationPolicy and
+CiliumNetworkPolicy L7 rules) is refused by name, with file and line, and not applied; the
+rest applies. A document with other `spec` fields (`targetRefs`...) applies none of its
+patches: they could reach workloads it does not mean.
 
 Source: Istio reference, networking.istio.io/v1alpha3 EnvoyFilter.
 """
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from apps.services.selection import ROOT_NAMESPACE, selects
 from controller.config import Document
 from controller.endpoints import DEFAULT_NAMESPACE, Endpoint, labels_of
+from vnf.waypoint import ciliumrbac, rbac
 from vnf.waypoint.model import PATCH_OPERATIONS, FilterPatch
 
 LOG = logging.getLogger("osken_suite.services")
@@ -40,6 +42,9 @@ CONTEXTS = ("ANY", "SIDECAR_INBOUND")
 _LISTENER_MATCH = ("portNumber", "filterChain")
 _CHAIN_MATCH = ("filter",)
 _FILTER_MATCH = ("name", "subFilter")
+# The filters that enforce AuthorizationPolicy and CiliumNetworkPolicy L7 rules: a patch may not
+# remove or replace them (a security policy is never half enforced).
+SECURITY_FILTERS = frozenset((*rbac.FILTER_NAMES, ciliumrbac.NAME))
 
 ENVOY_FILTER_SCHEMA = {
     "type": "object",
@@ -140,6 +145,10 @@ def _refusal(match: dict, applies: str, operation: str, patch: dict) -> tuple[tu
     sub = (fil.get("subFilter") or {}).get("name")
     if operation in ("REMOVE", "REPLACE") and sub is None:
         return ("patch", "operation"), f"{operation} needs match...subFilter.name"
+    if operation in ("REMOVE", "REPLACE") and sub in SECURITY_FILTERS:
+        return ("match", "listener", "filterChain", "filter", "subFilter", "name"), (
+            f"{operation} of {sub}: it enforces the authorization policies"
+        )
     if operation != "REMOVE" and not isinstance(patch.get("value"), dict):
         return ("patch",), f"{operation} needs a value (an HTTP filter)"
     return None
