@@ -28,6 +28,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
+from apps.microseg.policy import CILIUM_POLICY
 from controller.config import Config, Document
 from controller.endpoints import DEFAULT_NAMESPACE, Endpoint, labels_of
 from controller.labelselectors import (
@@ -40,6 +41,37 @@ from controller.labelselectors import (
 from vnf.waypoint.model import HttpRule, L7Allow
 
 LOG = logging.getLogger("osken_suite.services")
+# Cilium's PortRuleHTTP (cilium.io/v2), the part of a policy microsegmentation's schema leaves
+# open: checked here so a value of the wrong shape is refused at its line.
+_HTTP_RULES = {
+    "type": ["array", "null"],
+    "items": {
+        "type": "object",
+        "properties": {
+            "method": {"type": "string"},
+            "path": {"type": "string"},
+            "host": {"type": "string"},
+            "headers": {"type": "array", "items": {"type": "string"}},
+            "headerMatches": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+}
+_PORT_RULES = {"type": ["object", "null"], "properties": {"http": _HTTP_RULES}}
+_TO_PORTS = {
+    "type": ["array", "null"],
+    "items": {"type": "object", "properties": {"rules": _PORT_RULES}},
+}
+_L7_SPEC = {
+    "type": "object",
+    "properties": {
+        key: {
+            "type": ["array", "null"],
+            "items": {"type": "object", "properties": {"toPorts": _TO_PORTS}},
+        }
+        for key in ("ingress", "egress")
+    },
+}
+L7_SCHEMA = {"properties": {"spec": _L7_SPEC, "specs": {"items": _L7_SPEC}}}
 KIND = "CiliumNetworkPolicy"
 _L7_OTHER = ("dns", "kafka", "l7proto", "l7")
 
@@ -226,7 +258,10 @@ def _policy(doc: Document, path: tuple, spec: dict, namespace: str, name: str) -
 def parse_cilium_l7(doc: Document) -> list[CiliumL7]:
     """A CiliumNetworkPolicy document (one item per `spec`/`specs` entry), its L7-relevant
     part; microsegmentation checks and enforces the rest. Raises ConfigError, located, for a
-    malformed one."""
+    malformed one (microsegmentation's schema of the whole policy: the same message either
+    app is loaded)."""
+    doc.validate(CILIUM_POLICY)
+    doc.validate(L7_SCHEMA)
     data = doc.data
     meta = data.get("metadata") or {}
     namespace = meta.get("namespace") or DEFAULT_NAMESPACE

@@ -46,9 +46,31 @@ _FILTER_MATCH = ("name", "subFilter")
 # remove or replace them (a security policy is never half enforced).
 SECURITY_FILTERS = frozenset((*rbac.FILTER_NAMES, ciliumrbac.NAME))
 
-ENVOY_FILTER_SCHEMA = {
+_NAMED = {"type": "object", "properties": {"name": {"type": "string"}}}
+_LISTENER_MATCH_SCHEMA = {
     "type": "object",
     "properties": {
+        "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "filterChain": {
+            "type": "object",
+            "properties": {
+                "filter": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "subFilter": _NAMED},
+                }
+            },
+        },
+    },
+}
+ENVOY_FILTER_SCHEMA = {
+    "type": "object",
+    "required": ["metadata"],
+    "properties": {
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
+        },
         "spec": {
             "type": "object",
             "properties": {
@@ -66,7 +88,13 @@ ENVOY_FILTER_SCHEMA = {
                         "required": ["applyTo", "patch"],
                         "properties": {
                             "applyTo": {"type": "string"},
-                            "match": {"type": "object"},
+                            "match": {
+                                "type": "object",
+                                "properties": {
+                                    "context": {"type": "string"},
+                                    "listener": _LISTENER_MATCH_SCHEMA,
+                                },
+                            },
                             "patch": {
                                 "type": "object",
                                 "required": ["operation"],
@@ -79,7 +107,7 @@ ENVOY_FILTER_SCHEMA = {
                     },
                 },
             },
-        }
+        },
     },
 }
 
