@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from controller.config import Document
-from controller.durations import parse_duration
+from controller.durations import located_seconds
 from vnf.waypoint.model import Actions, Fault, HeaderEdits, Retries
 
 # Envoy's retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on: router filter docs),
@@ -100,13 +100,6 @@ class RuleActions:
     where: tuple
 
 
-def _seconds(doc: Document, where: tuple, value) -> float:
-    seconds = parse_duration(value)
-    if seconds is None:
-        raise doc.error(where, f"{value!r} is not a duration (e.g. 30s, 500ms, 1m)")
-    return seconds
-
-
 def _percent(value: dict | None, where: tuple) -> float:
     """Istio's Percent (`{value: 0..100}`); 100 when absent."""
     if value is None:
@@ -137,7 +130,7 @@ def _retries(doc: Document, where: tuple, spec: dict) -> Retries | None:
     per_try = spec.get("perTryTimeout")
     return Retries(
         attempts,
-        None if per_try is None else _seconds(doc, where + ("perTryTimeout",), per_try),
+        None if per_try is None else located_seconds(doc, where + ("perTryTimeout",), per_try),
         tuple(names),
         tuple(codes),
     )
@@ -153,7 +146,9 @@ def _fault(doc: Document, where: tuple, spec: dict) -> Fault:
     if pct is None and "percent" in delay:
         pct = {"value": delay["percent"]}
     return Fault(
-        None if not delay else _seconds(doc, where + ("delay", "fixedDelay"), delay["fixedDelay"]),
+        None
+        if not delay
+        else located_seconds(doc, where + ("delay", "fixedDelay"), delay["fixedDelay"]),
         _percent(pct, where + ("delay", "percentage")),
         abort.get("httpStatus"),
         _percent(abort.get("percentage"), where + ("abort", "percentage")),
@@ -208,7 +203,7 @@ def istio_actions(doc: Document, rule: dict, at: tuple) -> RuleActions | None:
     headers = rule.get("headers") or {}
     timeout = rule.get("timeout")
     actions = Actions(
-        timeout=None if timeout is None else _seconds(doc, at + ("timeout",), timeout),
+        timeout=None if timeout is None else located_seconds(doc, at + ("timeout",), timeout),
         retries=_retries(doc, at + ("retries",), rule.get("retries") or {}),
         fault=_fault(doc, at + ("fault",), rule["fault"]) if rule.get("fault") else None,
         request_headers=_edits(headers.get("request")),
@@ -259,7 +254,7 @@ def gateway_actions(doc: Document, rule: dict, at: tuple) -> RuleActions | None:
         else:
             fields.update(_url_rewrite(f.get("urlRewrite") or {}, where + ("urlRewrite",)))
     if "request" in timeouts:
-        fields["timeout"] = _seconds(doc, at + ("timeouts", "request"), timeouts["request"])
+        fields["timeout"] = located_seconds(doc, at + ("timeouts", "request"), timeouts["request"])
     first = at + ("filters", 0) if filters else at + ("timeouts",)
     return RuleActions(Actions(**fields), tuple(mirrors), first)
 
