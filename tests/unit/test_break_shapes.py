@@ -83,3 +83,19 @@ def test_an_envoy_filter_of_the_wrong_shape_is_refused_at_its_field(
         envoy_filter_settings(tmp_path, extra=PATCH.format(metadata=metadata, match=match))
     text = str(refused.value)
     assert "extra.yaml:" in text and field in text and says in text, text
+
+
+LONG_PATH = (
+    "/(users|accounts|orders|items|products|carts|payments|invoices|shipments|returns)"
+    "/[0-9]+/(details|history|summary|status|audit)/[a-z0-9-]{1,64}"
+)
+
+
+def test_a_cilium_path_regex_of_a_few_hundred_re2_instructions_is_taken(tmp_path):
+    """Envoy refused any regex whose RE2 program is over 100 (its default error level): this
+    path (369) refused the whole config at mesh.waypoint, where Cilium takes it."""
+    from vnf.waypoint import envoy
+
+    _extra(tmp_path, CNP.format(http=f"[{{method: GET, path: '{LONG_PATH}'}}]"))
+    s = cilium_settings(tmp_path)
+    assert envoy.check(s.plan) is None
