@@ -28,8 +28,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from apps.microseg.policy import CILIUM_POLICY
-from controller.config import Config, Document
+from controller.config import LABELS, OBJECT_HEADER, Config, Document
 from controller.endpoints import DEFAULT_NAMESPACE, Endpoint, labels_of
 from controller.labelselectors import (
     CILIUM_NAMESPACE_KEY,
@@ -41,8 +40,15 @@ from controller.labelselectors import (
 from vnf.waypoint.model import HttpRule, L7Allow
 
 LOG = logging.getLogger("osken_suite.services")
-# Cilium's PortRuleHTTP (cilium.io/v2), the part of a policy microsegmentation's schema leaves
-# open: checked here so a value of the wrong shape is refused at its line.
+# The shape of what this module reads of a CiliumNetworkPolicy (cilium.io/v2; microsegmentation
+# checks the whole policy, but the services app may read it first, or alone), so a value of the
+# wrong type is refused at its line rather than met as an AttributeError.
+_STRINGS = {"type": ["array", "null"], "items": {"type": "string"}}
+_OBJECTS = {"type": ["array", "null"], "items": {"type": "object"}}
+_SELECTOR = {
+    "type": ["object", "null"],
+    "properties": {"matchLabels": LABELS, "matchExpressions": _OBJECTS},
+}
 _HTTP_RULES = {
     "type": ["array", "null"],
     "items": {
@@ -56,22 +62,57 @@ _HTTP_RULES = {
         },
     },
 }
-_PORT_RULES = {"type": ["object", "null"], "properties": {"http": _HTTP_RULES}}
-_TO_PORTS = {
-    "type": ["array", "null"],
-    "items": {"type": "object", "properties": {"rules": _PORT_RULES}},
-}
-_L7_SPEC = {
+_PORT = {
     "type": "object",
     "properties": {
-        key: {
-            "type": ["array", "null"],
-            "items": {"type": "object", "properties": {"toPorts": _TO_PORTS}},
-        }
-        for key in ("ingress", "egress")
+        "port": {"type": ["string", "integer"]},
+        "endPort": {"type": "integer"},
+        "protocol": {"type": "string"},
     },
 }
-L7_SCHEMA = {"properties": {"spec": _L7_SPEC, "specs": {"items": _L7_SPEC}}}
+_TO_PORTS = {
+    "type": ["array", "null"],
+    "items": {
+        "type": "object",
+        "properties": {
+            "ports": {"type": ["array", "null"], "items": _PORT},
+            "rules": {"type": ["object", "null"], "properties": {"http": _HTTP_RULES}},
+        },
+    },
+}
+_RULE = {
+    "type": ["object", "null"],
+    "properties": {
+        "fromEndpoints": {"type": ["array", "null"], "items": _SELECTOR},
+        "fromCIDR": _STRINGS,
+        "fromCIDRSet": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "required": ["cidr"],
+                "properties": {"cidr": {"type": "string"}, "except": _STRINGS},
+            },
+        },
+        "fromEntities": _STRINGS,
+        "fromRequires": _OBJECTS,
+        "toPorts": _TO_PORTS,
+    },
+}
+_SPEC = {
+    "type": ["object", "null"],
+    "properties": {
+        "endpointSelector": _SELECTOR,
+        "ingress": {"type": ["array", "null"], "items": _RULE},
+        "egress": {"type": ["array", "null"], "items": _RULE},
+    },
+}
+L7_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "spec": _SPEC,
+        "specs": {"type": "array", "items": _SPEC},
+    },
+}
 KIND = "CiliumNetworkPolicy"
 _L7_OTHER = ("dns", "kafka", "l7proto", "l7")
 
@@ -258,9 +299,8 @@ def _policy(doc: Document, path: tuple, spec: dict, namespace: str, name: str) -
 def parse_cilium_l7(doc: Document) -> list[CiliumL7]:
     """A CiliumNetworkPolicy document (one item per `spec`/`specs` entry), its L7-relevant
     part; microsegmentation checks and enforces the rest. Raises ConfigError, located, for a
-    malformed one (microsegmentation's schema of the whole policy: the same message either
-    app is loaded)."""
-    doc.validate(CILIUM_POLICY)
+    malformed one."""
+    doc.validate(OBJECT_HEADER)
     doc.validate(L7_SCHEMA)
     data = doc.data
     meta = data.get("metadata") or {}

@@ -3,7 +3,8 @@ reads them first. Before, the services app read CiliumNetworkPolicy L7 rules and
 matches before any schema looked at them: a string where a mapping goes raised AttributeError
 ("a bug in the controller", at the config's services section) or said only "malformed
 CiliumNetworkPolicy: 'str' object has no attribute 'get'" at `spec`, and an EnvoyFilter without
-metadata.name raised KeyError: 'name'."""
+metadata.name raised KeyError: 'name'. (The services app reads a CiliumNetworkPolicy without
+microsegmentation too.)"""
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_a_cilium_l7_rule_of_the_wrong_shape_is_refused_at_its_field(tmp_path, h
     assert "extra.yaml:10: spec.ingress[0].toPorts[0].rules." + field in text and says in text, text
 
 
-def test_a_cilium_policy_of_the_wrong_shape_gets_microsegmentations_message(tmp_path):
+def test_a_cilium_selector_of_the_wrong_shape_is_refused_at_its_line(tmp_path):
     _extra(tmp_path, CNP.format(http="[]").replace("{matchLabels: {app: user-api}}", "user-api"))
     with pytest.raises(ConfigError) as refused:
         cilium_settings(tmp_path)
