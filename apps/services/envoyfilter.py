@@ -16,9 +16,10 @@ Such as the seed's `envoy.filters.http.local_ratelimit` INSERT_BEFORE, as writte
 goes to Envoy unchanged, and Envoy's own check (`envoy --mode validate`) judges it with the
 rest. Any other patch (another `applyTo`, context or operation, a match on what the waypoint
 does not have, a REMOVE or REPLACE of the filters that enforce AuthorizationPolicy and
-CiliumNetworkPolicy L7 rules) is refused by name, with file and line, and not applied; the
-rest applies. A document with other `spec` fields (`targetRefs`...) applies none of its
-patches: they could reach workloads it does not mean.
+CiliumNetworkPolicy L7 rules, a filter that runs code the document brings: Lua, Wasm...) is
+refused by name, with file and line, and not applied; the rest applies. A document with other
+`spec` fields (`targetRefs`...) applies none of its patches: they could reach workloads it
+does not mean.
 
 Source: Istio reference, networking.istio.io/v1alpha3 EnvoyFilter.
 """
@@ -42,6 +43,16 @@ CONTEXTS = ("ANY", "SIDECAR_INBOUND")
 _LISTENER_MATCH = ("portNumber", "filterChain")
 _CHAIN_MATCH = ("filter",)
 _FILTER_MATCH = ("name", "subFilter")
+# Envoy extensions that run code a document brings (Lua, Wasm, Go, dynamic modules) or load a
+# filter's config from elsewhere (extension config discovery). The waypoint's Envoy runs as
+# root (on the host with `runtime: namespace`): a Lua filter's os.execute ran commands there.
+CODE_EXTENSIONS = (
+    "envoy.extensions.filters.http.lua.",
+    "envoy.extensions.filters.http.wasm.",
+    "envoy.extensions.wasm.",
+    "envoy.extensions.filters.http.golang.",
+    "envoy.extensions.filters.http.dynamic_modules.",
+)
 # The filters that enforce AuthorizationPolicy and CiliumNetworkPolicy L7 rules: a patch may not
 # remove or replace them (a security policy is never half enforced).
 SECURITY_FILTERS = frozenset((*rbac.FILTER_NAMES, ciliumrbac.NAME))
@@ -179,6 +190,29 @@ def _refusal(match: dict, applies: str, operation: str, patch: dict) -> tuple[tu
         )
     if operation != "REMOVE" and not isinstance(patch.get("value"), dict):
         return ("patch",), f"{operation} needs a value (an HTTP filter)"
+    if operation != "REMOVE":
+        return _runs_code(patch["value"])
+    return None
+
+
+def _runs_code(value, at: tuple = ("patch", "value")) -> tuple[tuple, str] | None:
+    """(where, why) for the first place in a patch value that names an extension running
+    code it brings, or loads config from elsewhere (`config_discovery`); None if none does.
+    Every key and string is looked at, nested ones too (a composite filter, a TypedStruct)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "config_discovery":
+                return at + (key,), "config_discovery: a filter's config comes with the patch"
+            found = _runs_code(item, at + (key,))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _runs_code(item, at + (i,))
+            if found is not None:
+                return found
+    elif isinstance(value, str) and any(x in value for x in CODE_EXTENSIONS):
+        return at, f"{value}: the waypoint runs no code an EnvoyFilter brings (Lua, Wasm...)"
     return None
 
 
