@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 _UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+# google.protobuf.Duration's range (10,000 years), the most an Istio or Envoy duration can be.
+MAX_SECONDS = 315_576_000_000
 
 
 def parse_duration(value) -> float | None:
@@ -36,3 +38,18 @@ def parse_duration(value) -> float | None:
                 return None
             text = rest[len(unit[0]) :]
     return seconds if seconds > 0 else None
+
+
+def located_seconds(doc, where: tuple, value) -> float:
+    """Field value `value` of `doc` (a controller.config.Document) at `where` as seconds.
+
+    Raises:
+        ConfigError: located at `where`, for a value that is not a positive duration or is
+            longer than protobuf's Duration (MAX_SECONDS), which Envoy would refuse.
+    """
+    seconds = parse_duration(value)
+    if seconds is None:
+        raise doc.error(where, f"{value!r} is not a positive duration (e.g. 30s, 500ms, 1m)")
+    if seconds > MAX_SECONDS:
+        raise doc.error(where, f"{value!r} is longer than {MAX_SECONDS:,} s (10,000 years)")
+    return seconds

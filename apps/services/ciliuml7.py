@@ -28,7 +28,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from controller.config import Config, Document
+from controller.config import LABELS, OBJECT_HEADER, Config, Document
 from controller.endpoints import DEFAULT_NAMESPACE, Endpoint, labels_of
 from controller.labelselectors import (
     CILIUM_NAMESPACE_KEY,
@@ -40,6 +40,79 @@ from controller.labelselectors import (
 from vnf.waypoint.model import HttpRule, L7Allow
 
 LOG = logging.getLogger("osken_suite.services")
+# The shape of what this module reads of a CiliumNetworkPolicy (cilium.io/v2; microsegmentation
+# checks the whole policy, but the services app may read it first, or alone), so a value of the
+# wrong type is refused at its line rather than met as an AttributeError.
+_STRINGS = {"type": ["array", "null"], "items": {"type": "string"}}
+_OBJECTS = {"type": ["array", "null"], "items": {"type": "object"}}
+_SELECTOR = {
+    "type": ["object", "null"],
+    "properties": {"matchLabels": LABELS, "matchExpressions": _OBJECTS},
+}
+_HTTP_RULES = {
+    "type": ["array", "null"],
+    "items": {
+        "type": "object",
+        "properties": {
+            "method": {"type": "string"},
+            "path": {"type": "string"},
+            "host": {"type": "string"},
+            "headers": {"type": "array", "items": {"type": "string"}},
+            "headerMatches": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+}
+_PORT = {
+    "type": "object",
+    "properties": {
+        "port": {"type": ["string", "integer"]},
+        "endPort": {"type": "integer"},
+        "protocol": {"type": "string"},
+    },
+}
+_TO_PORTS = {
+    "type": ["array", "null"],
+    "items": {
+        "type": "object",
+        "properties": {
+            "ports": {"type": ["array", "null"], "items": _PORT},
+            "rules": {"type": ["object", "null"], "properties": {"http": _HTTP_RULES}},
+        },
+    },
+}
+_RULE = {
+    "type": ["object", "null"],
+    "properties": {
+        "fromEndpoints": {"type": ["array", "null"], "items": _SELECTOR},
+        "fromCIDR": _STRINGS,
+        "fromCIDRSet": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "required": ["cidr"],
+                "properties": {"cidr": {"type": "string"}, "except": _STRINGS},
+            },
+        },
+        "fromEntities": _STRINGS,
+        "fromRequires": _OBJECTS,
+        "toPorts": _TO_PORTS,
+    },
+}
+_SPEC = {
+    "type": ["object", "null"],
+    "properties": {
+        "endpointSelector": _SELECTOR,
+        "ingress": {"type": ["array", "null"], "items": _RULE},
+        "egress": {"type": ["array", "null"], "items": _RULE},
+    },
+}
+L7_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "spec": _SPEC,
+        "specs": {"type": "array", "items": _SPEC},
+    },
+}
 KIND = "CiliumNetworkPolicy"
 _L7_OTHER = ("dns", "kafka", "l7proto", "l7")
 
@@ -227,6 +300,8 @@ def parse_cilium_l7(doc: Document) -> list[CiliumL7]:
     """A CiliumNetworkPolicy document (one item per `spec`/`specs` entry), its L7-relevant
     part; microsegmentation checks and enforces the rest. Raises ConfigError, located, for a
     malformed one."""
+    doc.validate(OBJECT_HEADER)
+    doc.validate(L7_SCHEMA)
     data = doc.data
     meta = data.get("metadata") or {}
     namespace = meta.get("namespace") or DEFAULT_NAMESPACE

@@ -13,7 +13,8 @@ backend answered; a TCP SYN sent again before the commit's reply is +est, not co
 UDP "connection" is a 5-tuple within conntrack's lifetime. A fast-failover group that falls
 back to a backup before the controller moves the split counts for the backend the bucket names.
 Open vSwitch starts a group's counters again when the group is modified (its duration starts
-again too); a poll that finds a group younger or lower than before counts from zero.
+again too); a poll that finds a group younger or lower than before counts from zero. A group
+with a bucket whose counter the switch does not have (all ones) is not counted.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from controller.flows import Group
 from controller.switch import GroupStat
 
 STATS_INTERVAL = 2.0  # seconds between group counter polls (the page refreshes every 2 s)
+# A counter the switch does not have: "its value must be set to the maximum field value (the
+# unsigned equivalent of -1)" (OpenFlow 1.3.5 7.3.5: counters, uint64).
+UNAVAILABLE = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,8 @@ class GroupCounts:
         since = self._polled_at.get(dpid)
         for st in stats:
             s = by_gid.get(st.group_id)
-            if s is None:
-                continue
+            if s is None or UNAVAILABLE in st.bucket_packets:
+                continue  # not ours, or a bucket without a counter: nothing to count
             last = seen.get(st.group_id)
             seen[st.group_id] = _Seen(st.duration, st.bucket_packets)
             grown = _growth(last, st, None if since is None else now - since)

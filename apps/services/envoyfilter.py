@@ -15,9 +15,11 @@ optionally a `subFilter` by name and the `portNumber` (the service's or the back
 Such as the seed's `envoy.filters.http.local_ratelimit` INSERT_BEFORE, as written: its value
 goes to Envoy unchanged, and Envoy's own check (`envoy --mode validate`) judges it with the
 rest. Any other patch (another `applyTo`, context or operation, a match on what the waypoint
-does not have) is refused by name, with file and line, and not applied; the rest applies. A
-document with other `spec` fields (`targetRefs`...) applies none of its patches: they could
-reach workloads it does not mean.
+does not have, a REMOVE or REPLACE of the filters that enforce AuthorizationPolicy and
+CiliumNetworkPolicy L7 rules, a filter that runs code the document brings: Lua, Wasm...) is
+refused by name, with file and line, and not applied; the rest applies. A document with other
+`spec` fields (`targetRefs`...) applies none of its patches: they could reach workloads it
+does not mean.
 
 Source: Istio reference, networking.istio.io/v1alpha3 EnvoyFilter.
 """
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from apps.services.selection import ROOT_NAMESPACE, selects
 from controller.config import Document
 from controller.endpoints import DEFAULT_NAMESPACE, Endpoint, labels_of
+from vnf.waypoint import ciliumrbac, rbac
 from vnf.waypoint.model import PATCH_OPERATIONS, FilterPatch
 
 LOG = logging.getLogger("osken_suite.services")
@@ -40,10 +43,45 @@ CONTEXTS = ("ANY", "SIDECAR_INBOUND")
 _LISTENER_MATCH = ("portNumber", "filterChain")
 _CHAIN_MATCH = ("filter",)
 _FILTER_MATCH = ("name", "subFilter")
+# Envoy extensions that run code a document brings (Lua, Wasm, Go, dynamic modules) or load a
+# filter's config from elsewhere (extension config discovery). The waypoint's Envoy runs as
+# root (on the host with `runtime: namespace`): a Lua filter's os.execute ran commands there.
+CODE_EXTENSIONS = (
+    "envoy.extensions.filters.http.lua.",
+    "envoy.extensions.filters.http.wasm.",
+    "envoy.extensions.wasm.",
+    "envoy.extensions.filters.http.golang.",
+    "envoy.extensions.filters.http.dynamic_modules.",
+)
+# The filters that enforce AuthorizationPolicy and CiliumNetworkPolicy L7 rules: a patch may not
+# remove or replace them (a security policy is never half enforced).
+SECURITY_FILTERS = frozenset((*rbac.FILTER_NAMES, ciliumrbac.NAME))
 
-ENVOY_FILTER_SCHEMA = {
+_NAMED = {"type": "object", "properties": {"name": {"type": "string"}}}
+_LISTENER_MATCH_SCHEMA = {
     "type": "object",
     "properties": {
+        "portNumber": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "filterChain": {
+            "type": "object",
+            "properties": {
+                "filter": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "subFilter": _NAMED},
+                }
+            },
+        },
+    },
+}
+ENVOY_FILTER_SCHEMA = {
+    "type": "object",
+    "required": ["metadata"],
+    "properties": {
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}},
+        },
         "spec": {
             "type": "object",
             "properties": {
@@ -61,7 +99,13 @@ ENVOY_FILTER_SCHEMA = {
                         "required": ["applyTo", "patch"],
                         "properties": {
                             "applyTo": {"type": "string"},
-                            "match": {"type": "object"},
+                            "match": {
+                                "type": "object",
+                                "properties": {
+                                    "context": {"type": "string"},
+                                    "listener": _LISTENER_MATCH_SCHEMA,
+                                },
+                            },
                             "patch": {
                                 "type": "object",
                                 "required": ["operation"],
@@ -74,7 +118,7 @@ ENVOY_FILTER_SCHEMA = {
                     },
                 },
             },
-        }
+        },
     },
 }
 
@@ -140,8 +184,35 @@ def _refusal(match: dict, applies: str, operation: str, patch: dict) -> tuple[tu
     sub = (fil.get("subFilter") or {}).get("name")
     if operation in ("REMOVE", "REPLACE") and sub is None:
         return ("patch", "operation"), f"{operation} needs match...subFilter.name"
+    if operation in ("REMOVE", "REPLACE") and sub in SECURITY_FILTERS:
+        return ("match", "listener", "filterChain", "filter", "subFilter", "name"), (
+            f"{operation} of {sub}: it enforces the authorization policies"
+        )
     if operation != "REMOVE" and not isinstance(patch.get("value"), dict):
         return ("patch",), f"{operation} needs a value (an HTTP filter)"
+    if operation != "REMOVE":
+        return _runs_code(patch["value"])
+    return None
+
+
+def _runs_code(value, at: tuple = ("patch", "value")) -> tuple[tuple, str] | None:
+    """(where, why) for the first place in a patch value that names an extension running
+    code it brings, or loads config from elsewhere (`config_discovery`); None if none does.
+    Every key and string is looked at, nested ones too (a composite filter, a TypedStruct)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "config_discovery":
+                return at + (key,), "config_discovery: a filter's config comes with the patch"
+            found = _runs_code(item, at + (key,))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _runs_code(item, at + (i,))
+            if found is not None:
+                return found
+    elif isinstance(value, str) and any(x in value for x in CODE_EXTENSIONS):
+        return at, f"{value}: the waypoint runs no code an EnvoyFilter brings (Lua, Wasm...)"
     return None
 
 

@@ -27,9 +27,32 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from controller.config import Document
-from controller.durations import parse_duration
+from controller.durations import located_seconds
 from vnf.waypoint.model import Actions, Fault, HeaderEdits, Retries
 
+# Envoy's retry conditions (x-envoy-retry-on and x-envoy-retry-grpc-on: router filter docs),
+# the names Istio's retryOn validation accepts besides status codes. Envoy takes any word and
+# ignores what it does not know, so a misspelled one would mean no retries at all.
+RETRY_ON = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "envoy-ratelimited",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "http3-post-connect-failure",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
 ISTIO_ACTIONS = ("timeout", "retries", "fault", "mirror", "mirrorPercentage", "mirrors")
 ISTIO_ACTIONS += ("headers", "rewrite")
 ISTIO_REFUSED = {
@@ -77,13 +100,6 @@ class RuleActions:
     where: tuple
 
 
-def _seconds(doc: Document, where: tuple, value) -> float:
-    seconds = parse_duration(value)
-    if seconds is None:
-        raise doc.error(where, f"{value!r} is not a duration (e.g. 30s, 500ms, 1m)")
-    return seconds
-
-
 def _percent(value: dict | None, where: tuple) -> float:
     """Istio's Percent (`{value: 0..100}`); 100 when absent."""
     if value is None:
@@ -101,14 +117,20 @@ def _retries(doc: Document, where: tuple, spec: dict) -> Retries | None:
     names, codes = [], []
     for word in str(spec.get("retryOn", "")).split(","):
         word = word.strip()
-        if word.isdigit():
+        if word.isascii() and word.isdigit() and 100 <= int(word) <= 599:
             codes.append(int(word))
-        elif word:
+        elif word in RETRY_ON:
             names.append(word)
+        elif word:
+            raise doc.error(
+                where + ("retryOn",),
+                f"{word!r} is neither an HTTP status code (100-599) nor one of "
+                f"{', '.join(sorted(RETRY_ON))}",
+            )
     per_try = spec.get("perTryTimeout")
     return Retries(
         attempts,
-        None if per_try is None else _seconds(doc, where + ("perTryTimeout",), per_try),
+        None if per_try is None else located_seconds(doc, where + ("perTryTimeout",), per_try),
         tuple(names),
         tuple(codes),
     )
@@ -124,7 +146,9 @@ def _fault(doc: Document, where: tuple, spec: dict) -> Fault:
     if pct is None and "percent" in delay:
         pct = {"value": delay["percent"]}
     return Fault(
-        None if not delay else _seconds(doc, where + ("delay", "fixedDelay"), delay["fixedDelay"]),
+        None
+        if not delay
+        else located_seconds(doc, where + ("delay", "fixedDelay"), delay["fixedDelay"]),
         _percent(pct, where + ("delay", "percentage")),
         abort.get("httpStatus"),
         _percent(abort.get("percentage"), where + ("abort", "percentage")),
@@ -179,7 +203,7 @@ def istio_actions(doc: Document, rule: dict, at: tuple) -> RuleActions | None:
     headers = rule.get("headers") or {}
     timeout = rule.get("timeout")
     actions = Actions(
-        timeout=None if timeout is None else _seconds(doc, at + ("timeout",), timeout),
+        timeout=None if timeout is None else located_seconds(doc, at + ("timeout",), timeout),
         retries=_retries(doc, at + ("retries",), rule.get("retries") or {}),
         fault=_fault(doc, at + ("fault",), rule["fault"]) if rule.get("fault") else None,
         request_headers=_edits(headers.get("request")),
@@ -230,7 +254,7 @@ def gateway_actions(doc: Document, rule: dict, at: tuple) -> RuleActions | None:
         else:
             fields.update(_url_rewrite(f.get("urlRewrite") or {}, where + ("urlRewrite",)))
     if "request" in timeouts:
-        fields["timeout"] = _seconds(doc, at + ("timeouts", "request"), timeouts["request"])
+        fields["timeout"] = located_seconds(doc, at + ("timeouts", "request"), timeouts["request"])
     first = at + ("filters", 0) if filters else at + ("timeouts",)
     return RuleActions(Actions(**fields), tuple(mirrors), first)
 

@@ -141,13 +141,74 @@ _ISTIO_TCP_MATCH = {
 }
 
 
+# Istio's Percent ({value: 0-100}); httpactions.py reads a bare number too, and says the range.
+_ISTIO_PERCENT = {"type": ["object", "number"], "properties": {"value": {"type": "number"}}}
+_ISTIO_HEADER_OPERATIONS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "set": {"type": "object", "additionalProperties": _STRING},
+        "add": {"type": "object", "additionalProperties": _STRING},
+        "remove": _STRINGS,
+    },
+}
+# The shapes of Istio's HTTPRoute actions (networking.istio.io/v1 HTTPRetry, HTTPFaultInjection,
+# HTTPRewrite, Headers, HTTPMirrorPolicy), so a value of the wrong type is refused at its line;
+# which of them the waypoint does is httpactions.py's to say.
+_ISTIO_ACTIONS = {
+    "retries": {
+        "type": "object",
+        "properties": {
+            "attempts": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+            "perTryTimeout": _STRING,
+            "retryOn": _STRING,
+            "retryRemoteLocalities": {"type": "boolean"},
+        },
+    },
+    "fault": {
+        "type": "object",
+        "properties": {
+            "delay": {
+                "type": "object",
+                "properties": {"fixedDelay": _STRING, "percentage": _ISTIO_PERCENT},
+            },
+            "abort": {
+                "type": "object",
+                "properties": {
+                    # Envoy's FaultAbort.http_status: [200, 600)
+                    "httpStatus": {"type": "integer", "minimum": 200, "maximum": 599},
+                    "percentage": _ISTIO_PERCENT,
+                },
+            },
+        },
+    },
+    "mirror": _ISTIO_DESTINATION,
+    "mirrors": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["destination"],
+            "properties": {"destination": _ISTIO_DESTINATION, "percentage": _ISTIO_PERCENT},
+        },
+    },
+    "mirrorPercentage": _ISTIO_PERCENT,
+    "headers": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"request": _ISTIO_HEADER_OPERATIONS, "response": _ISTIO_HEADER_OPERATIONS},
+    },
+    "rewrite": {"type": "object", "properties": {"uri": _STRING, "authority": _STRING}},
+}
+
+
 def _istio_rules(match: dict, closed: bool = True) -> dict:
     """Rules of an Istio route list; `closed`: no fields but the known ones (and the L7 ones,
-    which the reader rejects by name)."""
+    which the reader rejects by name or gives the waypoint)."""
     rule = {
         "type": "object",
         "properties": {
             **{key: {} for key in ISTIO_RULE_L7},
+            **_ISTIO_ACTIONS,
             "name": _STRING,
             "match": {"type": "array", "items": match},
             "route": _ISTIO_ROUTE,

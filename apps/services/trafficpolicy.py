@@ -20,11 +20,11 @@ import logging
 from dataclasses import dataclass, fields, replace
 
 from controller.config import Document
-from controller.durations import parse_duration
+from controller.durations import located_seconds
 
 LOG = logging.getLogger("osken_suite.services")
 
-_COUNT = {"type": "integer", "minimum": 0}
+_COUNT = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}  # Istio's int32
 _PERCENT = {"type": "integer", "minimum": 0, "maximum": 100}
 _DURATION = {"type": ["string", "number"]}
 _OUTLIER = {
@@ -159,10 +159,7 @@ def _duration(doc: Document, where: tuple, spec: dict, key: str) -> float | None
     value = spec.get(key)
     if value is None:
         return None
-    seconds = parse_duration(value)
-    if seconds is None:
-        raise doc.error(where + (key,), f"{value!r} is not a duration (e.g. 30s, 500ms, 1m)")
-    return seconds
+    return located_seconds(doc, where + (key,), value)
 
 
 def _connection_pool(doc: Document, where: tuple, spec: dict | None) -> ConnectionPool | None:

@@ -64,14 +64,9 @@ def probe(
     `sport` defaults to EPHEMERAL_PORT.
 
     Raises:
-        PacketError: an address that is not IPv4 or IPv6, addresses of two families, an
-            unknown protocol, or a port outside 1-65535 (a TCP or UDP trace needs `dport`).
+        PacketError: as `check` does.
     """
-    family = _family("src", src)
-    if _family("dst", dst) != family:
-        raise PacketError(f"src {src} and dst {dst}: one is IPv4, the other IPv6")
-    if proto not in PROTOCOLS:
-        raise PacketError(f"proto: {proto!r} is not one of {', '.join(PROTOCOLS)}")
+    family = check(src, dst, proto, dport, sport)
     v6 = family == 6
     pkt: dict[str, Any] = {
         "eth_src": src_mac,
@@ -85,18 +80,39 @@ def probe(
         echo = ICMPV6_ECHO_REQUEST if v6 else ICMP_ECHO_REQUEST
         return {**pkt, f"icmpv{family}_type": echo, f"icmpv{family}_code": 0}
     sport = EPHEMERAL_PORT if sport is None else sport
-    for name, port in (("dport", dport), ("sport", sport)):
-        if port is None or not 1 <= port <= 65535:
-            raise PacketError(f"{name}: {port!r} is not a port (1-65535); {proto} needs one")
     pkt.update({f"{proto}_src": sport, f"{proto}_dst": dport})
     return {**pkt, "tcp_flags": TCP_SYN} if proto == "tcp" else pkt
 
 
+def check(src: str, dst: str, proto: str, dport: int | None, sport: int | None) -> int:
+    """The address family (4 or 6) of a trace request that names a packet `probe` can build.
+
+    Raises:
+        PacketError: an address that is not IPv4 or IPv6 (an IPv6 scope "%zone" included: a
+            switch's flow has none), addresses of two families, an unknown protocol, or a port
+            outside 1-65535 (a TCP or UDP trace needs `dport`).
+    """
+    family = _family("src", src)
+    if _family("dst", dst) != family:
+        raise PacketError(f"src {src} and dst {dst}: one is IPv4, the other IPv6")
+    if proto not in PROTOCOLS:
+        raise PacketError(f"proto: {proto!r} is not one of {', '.join(PROTOCOLS)}")
+    if proto != "icmp":
+        sport = EPHEMERAL_PORT if sport is None else sport
+        for name, port in (("dport", dport), ("sport", sport)):
+            if port is None or not 1 <= port <= 65535:
+                raise PacketError(f"{name}: {port!r} is not a port (1-65535); {proto} needs one")
+    return family
+
+
 def _family(name: str, value: str) -> int:
     try:
-        return ipaddress.ip_address(value).version
+        address = ipaddress.ip_address(value)
     except ValueError:
         raise PacketError(f"{name}: {value!r} is not an IPv4 or IPv6 address") from None
+    if getattr(address, "scope_id", None) is not None:
+        raise PacketError(f"{name}: {value!r} has a scope (%zone); give the address alone")
+    return address.version
 
 
 def ovs_flow(pkt: dict[str, Any]) -> str:

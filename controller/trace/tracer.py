@@ -30,7 +30,7 @@ from controller.pipeline import FROM_FABRIC
 from controller.resources import COOKIE_SHIFT
 from controller.trace.model import completed, continued, model_trace
 from controller.trace.ovs import IN_PORT, Step, SwitchTrace, SwitchUnreachable
-from controller.trace.packet import matches, probe
+from controller.trace.packet import check, matches, probe
 
 LOG = logging.getLogger("osken_suite.trace")
 MAX_SWITCHES = 64  # a path longer than this is a loop, reported as such
@@ -169,13 +169,14 @@ class Tracer:
         "decided_by", "hops": [...]}. Raises TraceError for an address no host is known by
         (404) or a packet that cannot be built (400).
         """
+        try:
+            check(src, dst, proto, dport, sport)
+        except ValueError as exc:
+            raise TraceError(str(exc)) from None
         src, dst = _canonical(src), _canonical(dst)
         view = self.in_loop(lambda: view_of(self.core))
         src_mac, dst_mac = self._mac(view, "src", src), self._mac(view, "dst", dst)
-        try:
-            pkt = probe(src, dst, proto, dport, sport, src_mac, dst_mac)
-        except ValueError as exc:
-            raise TraceError(str(exc)) from None
+        pkt = probe(src, dst, proto, dport, sport, src_mac, dst_mac)
         if src_mac not in view.hosts:
             raise TraceError(f"src {src} ({src_mac}): no switch port known for this host", 404)
         walked = self._walk(view, pkt, *view.hosts[src_mac])

@@ -50,7 +50,7 @@ def _port(query: dict, name: str) -> int | None:
     text = query.get(name, [None])[0]
     if text is None or text == "":
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise TraceError(f"{name}: {text!r} is not a port number")
     return int(text)
 

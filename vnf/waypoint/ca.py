@@ -20,6 +20,7 @@ Built with `cryptography`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -72,12 +73,16 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> str:
 
 
 def _write(path: str, text: str, mode: int) -> None:
-    """Write `text` to `path` with `mode`, atomically (a reader sees the old or the new)."""
+    """Write `text` to `path` with `mode`, atomically (a reader sees the old or the new). The
+    temporary file is made new (O_EXCL, O_NOFOLLOW): whatever was left at its name, a symbolic
+    link to another file included, is removed first, never written through."""
     tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with open(fd, "w") as fh:
+        os.fchmod(fd, mode)
         fh.write(text)
-    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 

@@ -26,6 +26,8 @@ from vnf.waypoint.model import AuthzRule, Condition, Listener, Operation, Source
 
 RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 SPIFFE = "spiffe://"
+# The names of the filters `filters` makes, DENY's first (an EnvoyFilter may not touch them).
+FILTER_NAMES = ("envoy.filters.http.rbac.deny", "envoy.filters.http.rbac.allow")
 _ANY = {"any": True}
 
 
