@@ -29,6 +29,7 @@ from apps.services.arp import ArpProber, MacTable, vip_reply
 from apps.services.authz import parse_security
 from apps.services.backends import Locations
 from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
+from apps.services.connlimit import MAX_CAPPED_SERVICES, connection_cap, zone_limits
 from apps.services.drain import Draining
 from apps.services.explain import explain_flow
 from apps.services.mesh import MESH_SCHEMA
@@ -46,6 +47,7 @@ from apps.services.settings import (
 from apps.services.waypoint import WaypointDriver
 from controller.app import PacketIn, SuiteApp
 from controller.config import Document, DocumentCache
+from controller.ctlimits import ZoneLimits
 from controller.flows import Flow, output, packet_out
 from controller.packets import ETH_TYPE_ARP, connection_of, parse_arp
 from controller.policydocs import POLICIES_SCHEMA, is_mine
@@ -89,6 +91,7 @@ class Services(SuiteApp):
         self.waypoint = WaypointDriver()
         self._announce_at = 0.0
         self._loaded = core.loaded
+        self.zone_limits = ZoneLimits()
 
     def _parse_policy(self, doc: Document) -> list:
         """A `policies:` document: the Istio security kinds are ours (authz.py), the rest is
@@ -112,6 +115,11 @@ class Services(SuiteApp):
                     ("services", i),
                     f"at most {MAX_BACKENDS} backends and {MAX_ROUTES} routes per service",
                 )
+            if i >= MAX_CAPPED_SERVICES and connection_cap(s) is not None:
+                raise config.error(
+                    ("services", i),
+                    f"maxConnections: only the first {MAX_CAPPED_SERVICES} services can be capped",
+                )
         return settings
 
     def configure(self, settings: ServicesSettings, now: float) -> None:
@@ -123,6 +131,7 @@ class Services(SuiteApp):
         self._save_certificates(settings)
         self.waypoint.configure(settings.mesh, settings.plan)
         self.locations.held = self.waypoint.held()
+        self._set_zone_limits()
         self._install()
         self._probe_unknown()  # a new backend that never spoke is asked for its MAC at once
         for s in self.settings.services:
@@ -135,6 +144,26 @@ class Services(SuiteApp):
                 s.method,
                 "; ".join(self._describe(s, r) for r in range(len(s.routes))) or "backups only",
             )
+
+    def _set_zone_limits(self) -> None:
+        """Cap each capped service's counting zone on the local datapath (connlimit.py), and
+        lift the caps no longer configured; say loudly when they cannot be enforced."""
+        wanted = zone_limits(self.settings.services)
+        if not wanted and not self.zone_limits.in_force:
+            return
+        why = self.zone_limits.usable()
+        err = why or self.zone_limits.apply(wanted)
+        if err:
+            LOG.error(
+                "services: connection caps (maxConnections) NOT enforced: %s "
+                "(zone limits need the switches' ovs-vswitchd on this machine)",
+                err,
+            )
+            return
+        for s in self.settings.services:
+            cap = connection_cap(s)
+            if cap is not None:
+                LOG.info("services: %s: at most %d connections (maxConnections)", s.name, cap)
 
     @staticmethod
     def _save_certificates(settings: ServicesSettings) -> None:
@@ -260,5 +289,9 @@ class Services(SuiteApp):
         }
 
     def shutdown(self) -> None:
-        """Stop the waypoint's replicas: they live outside OpenFlow."""
+        """Stop the waypoint's replicas and lift the zone limits: they live outside OpenFlow."""
         self.waypoint.close()
+        if self.zone_limits.in_force:
+            err = self.zone_limits.clear()
+            if err:
+                LOG.error("services: could not lift connection caps: %s", err)

@@ -325,6 +325,25 @@ def _virtual_service(doc: Document, meta: dict, spec: dict) -> VirtualService:
     return VirtualService(meta["name"], meta.get("namespace"), hosts, _istio_rules(doc, spec), doc)
 
 
+def _note_policies(doc: Document, top: TrafficPolicy | None, subsets: dict) -> None:
+    """Say what of the rule's trafficPolicy the switches enforce (apps/services/connlimit.py)."""
+    where = doc.located(("spec", "trafficPolicy") if top is not None else ("spec", "subsets"))
+    every = [p for p in (top, *subsets.values()) if p is not None]
+    if any(p.connection_pool is not None for p in every):
+        LOG.info(
+            "%s: spec.trafficPolicy: connectionPool.tcp.maxConnections caps the connections of "
+            "a TCP service without a waypoint (one count per service); the pool's other fields "
+            "are read but not enforced by the switches",
+            where,
+        )
+    if any(p.outlier_detection is not None for p in every):
+        LOG.warning(
+            "%s: spec.trafficPolicy: outlier detection is read but not enforced yet; backends "
+            "leave the split when their port or link goes down",
+            where,
+        )
+
+
 def _destination_rule(doc: Document, meta: dict, spec: dict) -> DestinationRule:
     subsets, policies = {}, {}
     for i, s in enumerate(spec.get("subsets") or []):
@@ -335,11 +354,7 @@ def _destination_rule(doc: Document, meta: dict, spec: dict) -> DestinationRule:
             policies[s["name"]] = policy
     top = parse_traffic_policy(doc, ("spec", "trafficPolicy"), spec.get("trafficPolicy"))
     if top is not None or policies:
-        LOG.warning(
-            "%s: spec.trafficPolicy: connection pools and outlier detection are read but not "
-            "enforced yet; backends leave the split when their port or link goes down",
-            doc.located(("spec", "trafficPolicy") if top is not None else ("spec", "subsets")),
-        )
+        _note_policies(doc, top, policies)
     return DestinationRule(meta["name"], str(spec["host"]), subsets, doc, top, policies)
 
 
