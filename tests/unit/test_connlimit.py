@@ -147,3 +147,12 @@ def test_only_plain_tcp_services_are_capped(tmp_path):
     assert connection_cap(Service(**{**s.__dict__, "protocol": "udp"})) is None
     assert connection_cap(Service(**{**s.__dict__, "method": "waypoint"})) is None
     assert connection_cap(Service(**{**s.__dict__, "traffic_policies": ()})) is None
+
+
+def test_a_trace_names_the_cap_as_what_refused_a_connection(tmp_path):
+    net, app, _, _ = capped(tmp_path, 3)
+    sw = net.switches[201]
+    said = [app.explain(201, f) for f in sw.flows() if f.cookie >> 56 == 0x05]
+    refused = [e for e in said if e and e.get("kind") == "connection cap"]
+    assert len(refused) == 1 and refused[0]["action"] == "deny", refused
+    assert any(e and "counted in conntrack zone 4096" in e.get("text", "") for e in said)
