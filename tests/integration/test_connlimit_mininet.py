@@ -4,6 +4,7 @@ and refuses the excess; once the held connections close and their entries expire
 served again. The lab is topologies/serviceslab.py."""
 
 import json
+import re
 import subprocess
 import time
 
@@ -12,6 +13,7 @@ import pytest
 from apps.services.connlimit import ZONES
 from tests.integration.conftest import require_lab
 from topologies.serviceslab import PORT, VIP, service_config, services_lab
+from topologies.wait import until
 
 CAP = 3
 RULE = f"""\
@@ -39,6 +41,12 @@ def limits() -> str:
     ).stdout
 
 
+def counted() -> int:
+    """The service's counting zone's entries now (0 while no limit is set)."""
+    m = re.search(rf"zone={ZONES.first},limit=\d+,count=(\d+)", limits())
+    return int(m.group(1)) if m else 0
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     require_lab()
@@ -56,6 +64,8 @@ def test_exactly_the_cap_is_served_the_excess_refused_and_served_after_they_end(
     config = service_config({"v1-a": 50, "v2-a": 50}, method=method, backup=False)
     env.apply(config + f"routing: [{env.rule}]\n", want=2)
     assert f"zone={ZONES.first},limit={CAP}" in limits()
+    # An earlier case's entries (TIME_WAIT) count until conntrack's sweeper removes them.
+    assert until(lambda: counted() == 0, 90, interval=0.5), limits()
     held = lab.hold("h11", VIP, PORT, CAP, seconds=5)
     assert f"zone={ZONES.first},limit={CAP},count={CAP}" in limits()
     assert lab.spread("h12", VIP, PORT, 2, timeout=2.0) == {"fail": 2}  # the excess
