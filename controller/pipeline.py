@@ -68,6 +68,9 @@ REGISTRY = Registry(
         Allocation("ct_zone", "microseg", 8, 8, "", "allowed connections and their replies"),
         Allocation("ct_zone", "services", 9, 9, "", "VIP to backend translation"),
         Allocation("ct_zone", "services", 10, 10, "snat", "hairpin: backend to VIP translation"),
+        Allocation(
+            "ct_zone", "services", 0x1000, 0x1FFF, "limit", "per-service connection counts (cap)"
+        ),
         Allocation("metadata", "core", 0, 0, "from_fabric", "FROM_FABRIC: came from a switch"),
         Allocation("metadata", "microseg", 8, 23, "src", "source identity"),
         Allocation("metadata", "microseg", 24, 39, "dst", "destination identity"),
@@ -489,7 +492,7 @@ PIPELINE = Pipeline(
                 _IP, _L4, {"arp_tpa", "arp_spa", "in_port", "eth_src", "eth_dst", "tcp_flags"}
             ),
             actions=frozenset({"output", "ct", "nat", "set_field", "meter"}),
-            set_fields=frozenset({"reg1"}),
+            set_fields=frozenset({"reg1", "ct_mark"}),  # ct_mark: a connection the cap counted
             goes_to=("services_track",),
             recirculates=("services_track",),
         ),
@@ -497,7 +500,7 @@ PIPELINE = Pipeline(
             "services_track",
             "services",
             "new connections pick a backend; MACs follow the NAT",
-            match=_fields(_IP, _L4, {"ct_state", "ct_mark", "reg1", "in_port"}),
+            match=_fields(_IP, _L4, {"ct_state", "ct_mark", "ct_zone", "reg1", "in_port"}),
             actions=frozenset({"output", "group", "ct", "nat", "set_field"}),
             set_fields=frozenset({"ct_mark", "eth_src", "eth_dst"}),
             goes_to=("mirror",),

@@ -357,6 +357,7 @@ class FakeSwitch:
         self.meter_table: dict[int, MeterEntry] = {}
         self.received: list = []  # the controller's messages, as handed over
         self.connections: dict[tuple, Connection] = {}  # (zone, 5-tuple) committed by ct
+        self.zone_limits: dict[int, int] = {}  # zone -> most connections (dpctl/ct-set-limits)
         self.ct_flushes = 0
         self.takes_bundles = True
         self._bundle: list | None = None
@@ -858,7 +859,11 @@ class FakeSwitch:
         (a source NAT keeps the source port when the range holds it) with a free key. Without
         a source port range, the original source port moves along its class (1-511, 600-1023
         or 1024-65535, at most 128 tries) if another connection has that key. None when no
-        key is free (nothing is committed)."""
+        key is free, or when the zone holds its limit (ovs-appctl dpctl/ct-set-limits; Open
+        vSwitch refuses the commit silently: nothing is committed)."""
+        limit = self.zone_limits.get(zone)
+        if limit is not None and sum(z == zone for z, _ in self.connections) >= limit:
+            return None
         reply = list(_reverse(key))
         kind = nat.kind if nat is not None else 0
         if kind:

@@ -31,6 +31,7 @@ from apps.services.backends import Locations
 from apps.services.ciliuml7 import KIND as CILIUM
 from apps.services.ciliuml7 import parse_cilium_l7
 from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
+from apps.services.connlimit import MAX_CAPPED_SERVICES, connection_cap, zone_limits
 from apps.services.counting import STATS_INTERVAL, GroupCounts
 from apps.services.drain import Draining
 from apps.services.explain import explain_flow
@@ -53,6 +54,7 @@ from apps.services.waypoint import WaypointDriver
 from apps.services.waypointstats import WaypointStats
 from controller.app import PacketIn, SuiteApp
 from controller.config import Document, DocumentCache
+from controller.ctlimits import ZoneLimits
 from controller.flows import Flow, output, packet_out
 from controller.packets import (
     ETH_TYPE_ARP,
@@ -108,6 +110,7 @@ class Services(SuiteApp):
         self._loaded = core.loaded
         self.group_counts = GroupCounts(self.metrics.connected_many)
         self._next_poll = 0.0
+        self.zone_limits = ZoneLimits()
 
     def _parse_policy(self, doc: Document) -> list:
         """A `policies:` document: the Istio security kinds are ours (authz.py), and a
@@ -143,6 +146,11 @@ class Services(SuiteApp):
                     ("services", i),
                     f"at most {MAX_BACKENDS} backends and {MAX_ROUTES} routes per service",
                 )
+            if i >= MAX_CAPPED_SERVICES and connection_cap(s) is not None:
+                raise config.error(
+                    ("services", i),
+                    f"maxConnections: only the first {MAX_CAPPED_SERVICES} services can be capped",
+                )
         return settings
 
     def configure(self, settings: ServicesSettings, now: float) -> None:
@@ -162,6 +170,7 @@ class Services(SuiteApp):
         self._save_certificates(settings)
         self.waypoint.configure(settings.mesh, settings.plan)
         self.locations.held = self.waypoint.held()
+        self._set_zone_limits()
         self._install()
         self._probe_unknown()  # a new backend that never spoke is asked for its MAC at once
         for s in self.settings.services:
@@ -174,6 +183,26 @@ class Services(SuiteApp):
                 s.method,
                 "; ".join(self._describe(s, r) for r in range(len(s.routes))) or "backups only",
             )
+
+    def _set_zone_limits(self) -> None:
+        """Cap each capped service's counting zone on the local datapath (connlimit.py), and
+        lift the caps no longer configured; say loudly when they cannot be enforced."""
+        wanted = zone_limits(self.settings.services)
+        if not wanted and not self.zone_limits.in_force:
+            return
+        why = self.zone_limits.usable()
+        err = why or self.zone_limits.apply(wanted)
+        if err:
+            LOG.error(
+                "services: connection caps (maxConnections) NOT enforced: %s "
+                "(zone limits need the switches' ovs-vswitchd on this machine)",
+                err,
+            )
+            return
+        for s in self.settings.services:
+            cap = connection_cap(s)
+            if cap is not None:
+                LOG.info("services: %s: at most %d connections (maxConnections)", s.name, cap)
 
     @staticmethod
     def _save_certificates(settings: ServicesSettings) -> None:
@@ -437,5 +466,9 @@ class Services(SuiteApp):
         }
 
     def shutdown(self) -> None:
-        """Stop the waypoint's replicas: they live outside OpenFlow."""
+        """Stop the waypoint's replicas and lift the zone limits: they live outside OpenFlow."""
         self.waypoint.close()
+        if self.zone_limits.in_force:
+            err = self.zone_limits.clear()
+            if err:
+                LOG.error("services: could not lift connection caps: %s", err)

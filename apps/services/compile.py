@@ -44,6 +44,7 @@ from collections.abc import Callable
 
 from os_ken.ofproto.ofproto_v1_3 import OFPP_IN_PORT as IN_PORT
 
+from apps.services.connlimit import COUNTED_MARK
 from apps.services.settings import WAYPOINT, Backend, Service
 from apps.services.weights import switch_buckets
 from controller.flows import (
@@ -80,6 +81,10 @@ PROTOCOLS = {name: IP_PROTOCOLS[name] for name in ("tcp", "udp")}
 ARP_PRIORITY = 300
 BACKEND_ARP_PRIORITY = 290  # services: a copy of a backend's ARP, to learn its MAC
 HAIRPIN_PRIORITY = 350  # services, track: a backend's own connection to its service
+COUNTED_PRIORITY = 400  # track: after a capped service's counting zone (limit_flows)
+COUNTED_REPLY_PRIORITY = 401  # track: a reply after it (a packet may be from and to the VIP)
+COUNTED_HAIRPIN_PRIORITY = 402  # track: a hairpin reply after it, out its in_port
+REFUSED_PRIORITY = 390  # track: what its counting zone refused
 STEER_PRIORITY = 300  # track: MACs of translated packets
 NEW_PRIORITY = 200  # track: new connections to a VIP (+ route order for "switch" sources)
 VIP_PRIORITY = 200  # services: to the VIP
@@ -190,12 +195,16 @@ class ServicesCompiler:
         ]
         return group(select_group_id(index, 0), "select", buckets)
 
-    def service_flows(self, service: Service) -> list[Flow]:
-        """Per switch, the same for all: catch the VIP, track it, steer replies back."""
+    def service_flows(self, service: Service, limit_zone: int | None = None) -> list[Flow]:
+        """Per switch, the same for all: catch the VIP, track it, steer replies back. With
+        `limit_zone`, its connections are counted there first (limit_flows)."""
         if service.method == WAYPOINT:
             return self.waypoint_flows(service)
         vip = {"eth_type": ETH_TYPE_IP, "ipv4_dst": service.vip}
         track = conntrack(CT_ZONE, self.track, nested=(nat(),))
+        # A capped service's replies pass its counting zone last (limit_flows go on from there).
+        count = () if limit_zone is None else (conntrack(limit_zone, self.track),)
+        first = track if limit_zone is None else self._count(limit_zone)
         flows = [
             self._arp(service),
             *self._backend_arps(service),
@@ -203,7 +212,7 @@ class ServicesCompiler:
                 self.services_table,
                 VIP_PRIORITY,
                 {**vip, **_l4(service, "dst", service.port)},
-                apply(service_tag(service), track),
+                apply(service_tag(service), first),
             ),
             self._f(self.services_table, DROP_PRIORITY, vip),
             self._f(self.track, DROP_PRIORITY, vip),
@@ -227,10 +236,11 @@ class ServicesCompiler:
                     "ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL),
                     "ct_mark": MARK,
                 },
-                apply(set_field("eth_src", vip_mac(service.vip))),
-                self._go_on,
+                *((apply(*count),) if count else self._from_vip(service)),
             ),
         ]
+        if limit_zone is not None:
+            flows += self.limit_flows(service, limit_zone, track)
         for b in service.backends:
             flows.append(
                 self._f(
@@ -255,24 +265,60 @@ class ServicesCompiler:
                         self._go_on,
                     )
                 )
-                flows += self.hairpin_flows(service, b)
+                flows += self.hairpin_flows(service, b, limit_zone)
         return flows
 
-    def hairpin_flows(self, service: Service, b: Backend) -> list[Flow]:
+    def _from_vip(self, service: Service) -> tuple:
+        """A reply, its translation undone: from the VIP's MAC, on to the next stage."""
+        return apply(set_field("eth_src", vip_mac(service.vip))), self._go_on
+
+    def _count(self, zone: int):
+        """Commit to the counting zone, marked: a commit past the zone's limit is refused, and
+        the packet comes back unmarked (Open vSwitch says nothing else)."""
+        return conntrack(
+            zone, self.track, commit=True, nested=(set_field("ct_mark", COUNTED_MARK),)
+        )
+
+    def limit_flows(self, service: Service, zone: int, track) -> list[Flow]:
+        """After the counting zone: a counted packet to the VIP goes on to the translation
+        (zone CT_ZONE), an uncounted one (refused: the cap is reached) is dropped before the
+        new-connection flows could take it, and a reply goes on as from the VIP."""
+        to_vip = {"eth_type": ETH_TYPE_IP, "ipv4_dst": service.vip, "ct_zone": zone}
+        to_vip.update(_l4(service, "dst", service.port))
+        from_vip = {"eth_type": ETH_TYPE_IP, "ipv4_src": service.vip, "ct_zone": zone}
+        from_vip.update(_l4(service, "src", service.port))
+        return [
+            self._f(
+                self.track, COUNTED_PRIORITY, {**to_vip, "ct_mark": COUNTED_MARK}, apply(track)
+            ),
+            self._f(self.track, REFUSED_PRIORITY, to_vip),
+            self._f(self.track, COUNTED_REPLY_PRIORITY, from_vip, *self._from_vip(service)),
+        ]
+
+    def hairpin_flows(
+        self, service: Service, b: Backend, limit_zone: int | None = None
+    ) -> list[Flow]:
         """A backend's connections to its own service that were given the backend itself:
-        the second translation, to the VIP, both ways, and out the port they came in on."""
+        the second translation, to the VIP, both ways, and out the port they came in on. With
+        `limit_zone` (a capped service), the reply passes that counting zone last."""
         ip = {"eth_type": ETH_TYPE_IP}
         tagged = {SERVICE_REG: _vip_number(service)}
         original = {"ct_state": (CT_TRK, CT_TRK | CT_RPL)}
         reply = {"ct_state": (CT_TRK | CT_RPL, CT_TRK | CT_RPL)}
         as_vip = (set_field("eth_src", vip_mac(service.vip)), set_field("eth_dst", b.mac))
+        back = {
+            **ip,
+            "ipv4_src": service.vip,
+            **_l4(service, "src", service.port),
+            "ipv4_dst": b.ip,
+        }
         snat = conntrack(
             SNAT_ZONE,
             self.track,
             commit=True,
             nested=(nat(src=service.vip), set_field("ct_mark", HAIRPIN_MARK)),
         )
-        return [
+        flows = [
             # Its reply to the VIP: undo the source translation first.
             self._f(
                 self.services_table,
@@ -312,18 +358,22 @@ class ServicesCompiler:
             self._f(
                 self.track,
                 HAIRPIN_PRIORITY,
-                {
-                    **ip,
-                    "ipv4_src": service.vip,
-                    **_l4(service, "src", service.port),
-                    "ipv4_dst": b.ip,
-                    **tagged,
-                    **reply,
-                    "ct_mark": MARK,
-                },
-                apply(*as_vip, output(IN_PORT)),
+                {**back, **tagged, **reply, "ct_mark": MARK},
+                apply(*as_vip, output(IN_PORT))
+                if limit_zone is None
+                else apply(conntrack(limit_zone, self.track)),
             ),
         ]
+        if limit_zone is not None:  # counted: above limit_flows' reply, which would forward it
+            flows.append(
+                self._f(
+                    self.track,
+                    COUNTED_HAIRPIN_PRIORITY,
+                    {**back, **tagged, "ct_zone": limit_zone},
+                    apply(*as_vip, output(IN_PORT)),
+                )
+            )
+        return flows
 
     def new_connection_flows(self, index: int, service: Service, has_group) -> list[Flow]:
         """New connections to the VIP: to the controller, or per route to its select group."""

@@ -16,10 +16,14 @@ from typing import Any
 from apps.services.compile import (
     ARP_PRIORITY,
     BACKEND_ARP_PRIORITY,
+    COUNTED_HAIRPIN_PRIORITY,
+    COUNTED_PRIORITY,
+    COUNTED_REPLY_PRIORITY,
     CT_ZONE,
     DROP_PRIORITY,
     HAIRPIN_PRIORITY,
     NEW_PRIORITY,
+    REFUSED_PRIORITY,
     REPLY_PRIORITY,
     SERVICE_REG,
     STEER_PRIORITY,
@@ -111,6 +115,11 @@ def _services_table(s: Service, f: Flow, backend: Backend | None) -> dict[str, A
         return {"kind": "backend ARP", "text": "a copy of a backend's ARP: its MAC is learned"}
     if f.priority == VIP_PRIORITY and s.method == WAYPOINT:
         return {"text": "to the VIP's port: on to the waypoint's steering, untracked"}
+    zone = next(
+        (a[2] for ins in f.instructions if ins[0] == "apply" for a in ins[1] if a[0] == "ct"), None
+    )
+    if f.priority == VIP_PRIORITY and zone not in (None, CT_ZONE):
+        return {"text": f"to the VIP's port: counted in conntrack zone {zone} (maxConnections)"}
     if f.priority == VIP_PRIORITY:
         return {"text": f"to the VIP's port: through conntrack zone {CT_ZONE} with NAT"}
     if f.priority == REPLY_PRIORITY:
@@ -129,6 +138,13 @@ def _services_table(s: Service, f: Flow, backend: Backend | None) -> dict[str, A
 
 
 def _track_table(s: Service, f: Flow, backend: Backend | None) -> dict[str, Any]:
+    if f.priority == COUNTED_PRIORITY:
+        return {"text": f"counted under the cap: through conntrack zone {CT_ZONE} with NAT"}
+    if f.priority == REFUSED_PRIORITY:
+        text = "refused: the service's connection cap (maxConnections) is reached"
+        return {"kind": "connection cap", "action": "deny", "decides": True, "text": text}
+    if f.priority in (COUNTED_REPLY_PRIORITY, COUNTED_HAIRPIN_PRIORITY):
+        return {"kind": "reply", "text": "a counted reply: from the VIP's MAC"}
     if f.priority == STEER_PRIORITY and backend is not None:
         return {"text": f"a connection translated to {backend.endpoint}: to its MAC"}
     if f.priority == STEER_PRIORITY:

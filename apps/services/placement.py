@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from apps.services.backends import Locations, choices
 from apps.services.compile import ServicesCompiler, commit_to
+from apps.services.connlimit import connection_cap, limit_zone
 from apps.services.settings import WAYPOINT, Backend, Service
 from controller.flows import Action, Flow, group_action
 
@@ -56,7 +57,8 @@ class Placement:
         self.ff = {d: {} for d in switches}
         for index, s in enumerate(services):
             resolved = self.resolved[s.name] = self._resolve(s)
-            for f in self.compiler.service_flows(resolved):
+            zone = limit_zone(index) if connection_cap(s) is not None else None
+            for f in self.compiler.service_flows(resolved, zone):
                 flows[f.key] = f
             for dpid in switches:
                 groups[dpid] += self._groups(index, resolved, dpid, live)

@@ -352,6 +352,20 @@ def _virtual_service(doc: Document, meta: dict, spec: dict) -> VirtualService:
     return VirtualService(meta["name"], meta.get("namespace"), hosts, _istio_rules(doc, spec), doc)
 
 
+def _note_policies(doc: Document, top: TrafficPolicy | None, subsets: dict) -> None:
+    """Say what of the rule's connection pools the switches enforce (apps/services/connlimit.py);
+    outlier detection is enforced everywhere (apps/services/outlier.py, the waypoint)."""
+    where = doc.located(("spec", "trafficPolicy") if top is not None else ("spec", "subsets"))
+    every = [p for p in (top, *subsets.values()) if p is not None]
+    if any(p.connection_pool is not None for p in every):
+        LOG.info(
+            "%s: spec.trafficPolicy: connectionPool.tcp.maxConnections caps the connections of "
+            "a TCP service without a waypoint (one count per service); the pool's other fields "
+            "are enforced by the waypoint (mesh.waypoint) only",
+            where,
+        )
+
+
 def _destination_rule(doc: Document, meta: dict, spec: dict) -> DestinationRule:
     subsets, policies = {}, {}
     for i, s in enumerate(spec.get("subsets") or []):
@@ -361,13 +375,8 @@ def _destination_rule(doc: Document, meta: dict, spec: dict) -> DestinationRule:
         if policy is not None:
             policies[s["name"]] = policy
     top = parse_traffic_policy(doc, ("spec", "trafficPolicy"), spec.get("trafficPolicy"))
-    pooled = [p for p in (top, *policies.values()) if p is not None and p.connection_pool]
-    if pooled:  # outlier detection is enforced: apps/services/outlier.py
-        LOG.warning(
-            "%s: spec.trafficPolicy: connection pools are enforced by the waypoint "
-            "(mesh.waypoint) for waypointed services, not yet by the switches",
-            doc.located(("spec", "trafficPolicy") if top is not None else ("spec", "subsets")),
-        )
+    if top is not None or policies:
+        _note_policies(doc, top, policies)
     return DestinationRule(meta["name"], str(spec["host"]), subsets, doc, top, policies)
 
 
