@@ -69,7 +69,9 @@ def test_a_backend_is_not_reached_directly_only_through_the_waypoint(env):
 def test_a_host_with_the_replicas_mac_and_address_does_not_pass_as_the_waypoint(env):
     """h13 takes the waypoint replica's MAC and address on its interface and goes straight to
     a backend (its MAC set by hand, so no ARP is needed): microseg binds the replica to its own
-    port, so the SYN drops at h13's edge; meanwhile the real replica serves the VIP."""
+    port, so the SYN drops at h13's edge; meanwhile the real replica serves the VIP. (Before
+    the binding, Open vSwitch dropped it too while the replica answered the L2 stage's probe
+    of its port: a live MAC's move is refused, controller/mac_moves.py.)"""
     host, intf = env.lab.host("h13"), env.lab.host("h13").defaultIntf().name
     own_mac, own_cidr = host.MAC(), host.cmd(f"ip -o -4 addr show dev {intf}").split()[3]
     forged = [f"ip link set dev {intf} address {replica_mac(WAYPOINT)}"]
