@@ -42,6 +42,7 @@ from controller.flows import (
     packet_out,
     to_controller,
 )
+from controller.guards import waypoint_guards
 from controller.mac_moves import REASONS, Location, MoveGuard, Verdict
 from controller.packets import ARP_REQUEST, arp_frame, source_ip
 from controller.pipeline import REGISTRY
@@ -113,8 +114,12 @@ class L2Learning(SuiteApp):
         return L2Settings((section or {}).get("mac_age", DEFAULT_MAC_AGE), pinned)
 
     def configure(self, settings: L2Settings, now: float) -> None:
-        if (settings.mac_age, settings.pinned) != (self.mac_age, self.pinned):
-            self.mac_age, self.pinned = settings.mac_age, settings.pinned
+        """The MACs of the waypoint replicas the services app guards backends with
+        (controller/guards.py) are pinned too: they are the sources the guards trust."""
+        guards = waypoint_guards(self.core.settings_of("services"))
+        pinned = settings.pinned | {mac for g in guards for _, mac in g.waypoints}
+        if (settings.mac_age, pinned) != (self.mac_age, self.pinned):
+            self.mac_age, self.pinned = settings.mac_age, pinned
             self._install_all()
 
     # --- state from the switches ---------------------------------------------------------------

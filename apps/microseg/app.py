@@ -11,13 +11,16 @@ labels, and the policy files, read unmodified (docs/microseg.md).
   MAC when the config gives one). Until then packets from its address go to the controller;
   after, the same address from any other port is dropped, so a host that borrows another
   endpoint's IP gains nothing from that endpoint's allowances. A binding ends when its port
-  goes down, so a host that moves is bound again where it reappears.
+  goes down, so a host that moves is bound again where it reappears. A waypoint replica
+  (controller/guards.py) is bound the same way, with no identity of its own: the guards let
+  its address and MAC through, so the pair is honoured only at the replica's port.
 - Stateful: allowed connections are committed to conntrack; their replies pass.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 from collections.abc import Hashable
 from functools import partial
@@ -33,6 +36,7 @@ from apps.microseg.policy import parse_policy
 from apps.microseg.settings import MicrosegSettings, parse_microseg
 from controller.app import PacketIn, SuiteApp
 from controller.config import DocumentCache
+from controller.endpoints import Endpoint
 from controller.flows import Flow, ct_flush_zone
 from controller.guards import BackendGuard, waypoint_guards
 from controller.packets import source_ip
@@ -43,6 +47,18 @@ LOG = logging.getLogger("osken_suite.microseg")
 ALL_TABLES = ofp.OFPTT_ALL  # one counter request per switch covers the five tables
 APP_MASK = 0xFF << COOKIE_SHIFT
 SPOOF_LOG_INTERVAL = 10.0
+WORLD = 0  # the identity of an address no endpoint has: a waypoint replica's
+
+
+def replica_sources(guards: tuple[BackendGuard, ...], world: World) -> dict[str, Endpoint]:
+    """The waypoint replicas the guards let through, as sources to bind (IP -> Endpoint with
+    the replica's MAC, identity WORLD); an address that is also an endpoint's is bound as that
+    endpoint already."""
+    pairs = {ip: mac for g in guards for ip, mac in g.waypoints if ip not in world.by_ip}
+    return {
+        ip: Endpoint(f"waypoint {ip}", "", ipaddress.ip_address(ip), mac, ())
+        for ip, mac in sorted(pairs.items())
+    }
 
 
 class Microseg(SuiteApp):
@@ -61,6 +77,7 @@ class Microseg(SuiteApp):
         self.settings = MicrosegSettings()
         self.world = World()
         self.guards: tuple[BackendGuard, ...] = ()  # the services app's waypointed backends
+        self.replicas: dict[str, Endpoint] = {}  # the guards' waypoint replicas, by IP
         self.explainer = Explainer(self.compiler, self.world, [])
         self.counters = RuleCounters(core.metrics)
         self._next_poll = 0.0
@@ -98,6 +115,7 @@ class Microseg(SuiteApp):
         self.settings = settings
         self.world = build_world(self.settings.namespaces, self.settings.endpoints, self.allocator)
         self.guards = waypoint_guards(self.core.settings_of("services"))
+        self.replicas = replica_sources(self.guards, self.world)
         self.explainer = Explainer(self.compiler, self.world, settings.policies, self.guards)
         self._decide()
         self._install_all()
@@ -138,7 +156,7 @@ class Microseg(SuiteApp):
 
     def _source(self, e, switches: tuple) -> tuple[Hashable, object, object]:
         """(owner, inputs, build) of an endpoint's source classification."""
-        identity = self.world.identity_of[e.name]
+        identity = self.world.identity_of.get(e.name, WORLD)
         binding = self.bindings.get(str(e.ip))
         return (
             ("ms", "src", str(e.ip)),
@@ -176,6 +194,8 @@ class Microseg(SuiteApp):
                 (e, identity, switches),
                 lambda e=e, i=identity: {d: [compiler.destination_flow(e, i)] for d in switches},
             )
+        for r in self.replicas.values():
+            keep(*self._source(r, switches))
         for direction in ("egress", "ingress"):
             for identity in world.identities:
                 isolated = identity in v.isolated[direction]
@@ -220,7 +240,7 @@ class Microseg(SuiteApp):
         if pkt.cookie != COOKIE or pkt.table_id != self.compiler.src:
             return
         ip = source_ip(pkt.data)
-        endpoint = self.world.by_ip.get(ip) if ip else None
+        endpoint = (self.world.by_ip.get(ip) or self.replicas.get(ip)) if ip else None
         if endpoint is None or ip in self.bindings:
             return
         if pkt.in_port not in self.topology.edge_ports(pkt.dpid):

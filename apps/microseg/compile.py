@@ -298,10 +298,10 @@ class MicrosegCompiler:
 
     def guard_flows(self, guards: Iterable[BackendGuard], log: bool = False) -> list[Flow]:
         """Egress flows, above every policy's: a new connection to a guarded backend's IP:port
-        from one of its waypoints (its address and MAC; the replicas are not bound to their
-        ports) goes on to the backend's ingress policy; from anyone else it drops (to the flow
-        log when `log`). Replies are not judged here: they passed at microseg_dst when
-        conntrack is on, and never go to the guarded port anyway."""
+        from one of its waypoints (its address and MAC; source_flows binds the pair to the
+        replica's port, as it binds endpoints) goes on to the backend's ingress policy; from
+        anyone else it drops (to the flow log when `log`). Replies are not judged here: they
+        passed at microseg_dst when conntrack is on, and never go to the guarded port anyway."""
         f = self._flow
         denied = log_instructions() if log else ()
         out = []

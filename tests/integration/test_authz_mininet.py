@@ -16,6 +16,8 @@ from tests.integration.conftest import require_lab
 from topologies.authzlab import VIP, authz_lab
 from topologies.serviceslab import IPS
 from topologies.wait import until
+from topologies.waypointlab import WAYPOINT
+from vnf.waypoint.runner import replica_mac
 
 API = f"https://{VIP}:80/api/v1/users"
 ADMIN = f"https://{VIP}:80/admin"
@@ -62,6 +64,37 @@ def test_a_backend_is_not_reached_directly_only_through_the_waypoint(env):
         assert status == "000" and code == 28, (backend, status, code)  # dropped: timed out
         assert env.curl("h12", f"http://{IPS[backend]}:8080/") == ("200", 0)  # other ports
     assert env.curl("h12", API, cert="mobile") == ("200", 0)  # through the VIP
+
+
+def test_a_host_with_the_replicas_mac_and_address_does_not_pass_as_the_waypoint(env):
+    """h13 takes the waypoint replica's MAC and address on its interface and goes straight to
+    a backend (its MAC set by hand, so no ARP is needed): microseg binds the replica to its own
+    port, so the SYN drops at h13's edge; meanwhile the real replica serves the VIP. (Before
+    the binding, Open vSwitch dropped it too while the replica answered the L2 stage's probe
+    of its port: a live MAC's move is refused, controller/mac_moves.py.)"""
+    host, intf = env.lab.host("h13"), env.lab.host("h13").defaultIntf().name
+    own_mac, own_cidr = host.MAC(), host.cmd(f"ip -o -4 addr show dev {intf}").split()[3]
+    forged = [f"ip link set dev {intf} address {replica_mac(WAYPOINT)}"]
+    forged += [f"ip addr flush dev {intf}", f"ip addr add {WAYPOINT}/8 dev {intf}"]
+    for backend in ("h21", "h31"):
+        forged.append(
+            f"ip neigh replace {IPS[backend]} lladdr {env.lab.host(backend).MAC()} dev {intf}"
+        )
+    host.cmd(" && ".join(forged))
+    try:
+        shown = host.cmd(f"cat /sys/class/net/{intf}/address; ip -o -4 addr show dev {intf}")
+        assert replica_mac(WAYPOINT) in shown and f"{WAYPOINT}/8" in shown, shown
+        for backend in ("h21", "h31"):
+            status, code = env.curl("h13", f"http://{IPS[backend]}:80/api/v1/users")
+            assert status == "000" and code == 28, (backend, status, code)  # dropped
+            assert env.curl("h12", API, cert="mobile") == ("200", 0)  # the real replica
+    finally:
+        host.cmd(
+            f"ip link set dev {intf} address {own_mac} && ip addr flush dev {intf} && "
+            f"ip addr add {own_cidr} dev {intf} && ip neigh flush dev {intf}"
+        )
+    assert until(lambda: env.curl("h13", f"http://{IPS['h21']}:8080/") == ("200", 0), 20, 1)
+    assert env.curl("h12", API, cert="mobile") == ("200", 0)
 
 
 def test_the_trace_of_a_direct_connection_names_the_guard(env):

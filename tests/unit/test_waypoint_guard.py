@@ -12,6 +12,7 @@ from apps.microseg import Microseg
 from controller.config import load_config
 from controller.guards import BackendGuard
 from controller.trace.tracer import Tracer
+from tests.fakenet import frame, payload_for
 from tests.unit.test_trace import FakeSwitches
 from tests.unit.test_waypoint import (
     C1,
@@ -101,6 +102,45 @@ def test_a_host_forging_the_waypoints_address_is_not_the_waypoint(guarded):
     assert tcp(net, C1, V1A, IP[V1B], IP[V1A], 80) == []
     assert tcp(net, C1, V1A, WAYPOINT_IP, IP[V1A], 80) == []  # its own MAC: not the replica's
     assert from_waypoint(net, V1A)  # the replica itself still passes
+
+
+def as_replica(net, at: str, dst_mac: str, sport: int) -> list[str]:
+    """The host `at` sends a SYN with the replica's MAC and address (forged byte by byte) to
+    a backend's port 80: the hosts the SYN reached (not the L2 stage's ARP probe of the
+    replica's port that the claim of its MAC sets off, controller/mac_moves.py)."""
+    fields = {"ipv4_src": WAYPOINT_IP, "ipv4_dst": IP[dst_mac], "ip_proto": 6}
+    fields |= {"tcp_src": sport, "tcp_dst": 80, "tcp_flags": 0x002}
+    got = net.inject(at, frame(dst_mac, WMAC, 0x0800, payload_for(0x0800, fields)))
+    return [host for host, f in got.frames if f.get("ip_proto") == 6]
+
+
+def test_a_host_forging_both_the_replicas_address_and_mac_elsewhere_is_dropped(guarded):
+    """The replica is bound to the port it sits on, as endpoints are: its address and MAC
+    from any other edge port are refused at the edge, and the real replica (on switch 2,
+    across the fabric from v1-a) still passes."""
+    net, _, _ = guarded
+    for at in (C1, V1B):  # another switch than the replica's, and the replica's own
+        for sport, dst in enumerate((V1A, V1B, V2A), 43000):
+            if dst != at:
+                assert as_replica(net, at, dst, sport) == [], (at, dst)
+    for mac in (V1A, V1B, V2A):
+        assert from_waypoint(net, mac), mac
+    assert syn(net).hosts == [WMAC]  # the VIP still reaches the real replica
+
+
+def test_the_replicas_mac_is_pinned_to_its_port_as_an_endpoints_mac_is(guarded):
+    """The L2 stage refuses a claim of the replica's MAC from another edge port (reason
+    "pinned", controller/mac_moves.py) whatever address it carries: frames to the replica
+    keep going to its port."""
+    net, app, _ = guarded
+    l2 = net.core.apps[0]
+    assert WMAC in l2.pinned
+    refused = l2.refused.labels("pinned")._value.get()
+    fields = {"ipv4_src": IP[C1], "ipv4_dst": IP[V1A], "ip_proto": 17, "udp_src": 1, "udp_dst": 9}
+    net.inject(C1, frame(V1A, WMAC, 0x0800, payload_for(0x0800, fields)))
+    assert l2.refused.labels("pinned")._value.get() == refused + 1
+    assert l2.hosts[WMAC] == (2, 2)
+    assert tcp(net, C1, WMAC, IP[C1], WAYPOINT_IP, 15000) == [WMAC]
 
 
 def test_without_microseg_nothing_guards_the_backends(tmp_path):
