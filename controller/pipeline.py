@@ -118,8 +118,9 @@ class Stage:
     """One table and its contract.
 
     `match`: the OXM fields its flows may match on. `actions`: action kinds its flows may
-    apply ("output", "group", "ct", "nat", "push_vlan", "pop_vlan", "set_field") and "meter"
-    for the meter instruction. `set_fields`: the fields set_field may write (in a ct() too).
+    apply ("output", "group", "ct", "nat", "push_vlan", "pop_vlan", "set_field", "controller":
+    a metered copy to the controller) and "meter" for the meter instruction. `set_fields`:
+    the fields set_field may write (in a ct() too).
     `metadata`: the metadata bits write_metadata may change. `goes_to`: the stages a goto may
     name; `recirculates`: the stages a ct() may send the packet back to. `writers`: apps other
     than `owner` that may put flows here (the core writes every table's miss flow).
@@ -391,6 +392,8 @@ class Pipeline:
                     self._own(f, c, app, "vlan_vid", a[2] & 0xFFF)
             elif kind == "group":
                 self._own(f, c, app, "group", a[1])
+            elif kind == "controller":
+                self._own(f, c, app, "meter", a[2])
             elif kind == "ct":
                 self._own(f, c, app, "ct_zone", a[2])
                 if a[3] not in c.recirc:
