@@ -8,27 +8,15 @@ import time
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from tests.integration.test_flowlog_mininet import RAWFRAMES, logged_within, read
+from tests.integration.test_flowlog_mininet import CONFIG as DENIED_CONFIG
+from tests.integration.test_flowlog_mininet import RATE, RAWFRAMES, logged_within, read
 from tests.integration.test_trace_mininet import POLICY
 from topologies.controller_process import free_port
 from topologies.linear import LinearTopo
 from topologies.scrape import metric, tx_packets
 
-RATE = 50
-CONFIG = f"""\
-namespaces:
-  - {{name: prod, labels: {{team: a}}}}
-endpoints:
-  - {{name: h1, namespace: prod, ip: 10.0.0.1, labels: {{app: client}}}}
-  - {{name: h2, namespace: prod, ip: 10.0.0.2, labels: {{app: web}}}}
-  - {{name: h3, namespace: prod, ip: 10.0.0.3, labels: {{app: db}}}}
-firewall:
-  rules:
-    - {{action: deny, protocol: tcp, port: 22, source: 0.0.0.0/0}}
-  xdp: {{mode: "off"}}
-policies: [netpol.yaml]
-flow_log: {{path: flows.jsonl, rate: {RATE}, allowed: true}}
-"""
+# The denied-flow test's lab (firewall rule, NetworkPolicy), allowed connections logged too.
+CONFIG = DENIED_CONFIG.replace(f"rate: {RATE}}}", f"rate: {RATE}, allowed: true}}")
 
 
 def test_allowed_connections_are_logged_and_a_flood_is_metered_not_dropped(
@@ -36,6 +24,7 @@ def test_allowed_connections_are_logged_and_a_flood_is_metered_not_dropped(
 ):
     (tmp_path / "netpol.yaml").write_text(POLICY)
     cfg = tmp_path / "lab.yaml"
+    assert "allowed: true" in CONFIG
     cfg.write_text(CONFIG)
     log = tmp_path / "flows.jsonl"
     port = free_port()
