@@ -28,7 +28,14 @@ from controller.app import AppDesired, CoreView, PacketIn, SuiteApp
 from controller.config import Config, ConfigError, SectionChecker
 from controller.desired import DesiredState
 from controller.discovery import Discovery
-from controller.flowlog import FlowLog, FlowLogSettings, log_meters, parse_flow_log
+from controller.flowlog import (
+    FlowLog,
+    FlowLogSettings,
+    allowed_flows,
+    deciding_flows,
+    log_meters,
+    parse_flow_log,
+)
 from controller.flows import (
     Flow,
     Group,
@@ -635,13 +642,16 @@ class Core:
 
     def _limit_packet_ins(self, dpids: Iterable[int]) -> None:
         """OpenFlow's controller meter caps packet-ins per switch; data traffic is untouched.
-        The flow log's meter caps the logged deny flows' packet-ins below that."""
+        The flow log's meter caps its packet-ins below that: the logged deny flows' and the
+        copies of allowed new connections (the flow_log stage's flows, `allowed_flows`)."""
         rate, burst = self.packet_in_limit
         meter = [Meter(ofp.OFPM_CONTROLLER, "pktps", rate, burst)] if rate else []
         logged = log_meters(self.flow_log.settings)
+        allowed = allowed_flows(self.flow_log.settings, CORE_COOKIE)
         for dpid in dpids:
             self.desired.put_meters(("core", "packet-in", dpid), {dpid: meter})
             self.desired.put_meters(("core", "flow-log", dpid), {dpid: logged})
+            self.desired.put(("core", "flow-log", dpid), {dpid: allowed})
 
     def _core_flows(self, dpid: int) -> list[Flow]:
         classify = self.pipeline.table("classify")
@@ -819,8 +829,14 @@ class Core:
 
     def _log_denied(self, conn, in_port, data, table_id, cookie, metadata, now) -> bool:
         """Write a packet-in from a logged deny flow to the flow log, with the rule its app
-        names for that flow; False (nothing done) for a packet-in from any other flow."""
+        names for that flow, or an allowed new connection's copy (the only packet-ins of the
+        flow_log stage; its flows match conntrack state a packet-in need not carry) with the
+        rules that let it through; False (nothing done) for a packet-in from any other flow."""
         packet = header_fields(data)
+        port = conn.ports.get(in_port)
+        name = port.name if port else None
+        if table_id == self.pipeline.table("flow_log") and cookie == CORE_COOKIE:
+            return self._log_allowed(conn, in_port, name, packet, now)
         found = self.flow_log.flow_for(
             self.desired,
             conn.dpid,
@@ -831,11 +847,42 @@ class Core:
         if found is None:
             return False
         app = self.pipeline.app_of(found)
-        port = conn.ports.get(in_port)
         rule = self.explain(app, conn.dpid, found)
         stage = self.pipeline.stage(found.table).name
+        self.flow_log.write(now, conn.dpid, in_port, name, packet, found, app, stage, rule)
+        return True
+
+    def _log_allowed(self, conn, in_port: int, name: str | None, packet: dict, now: float) -> bool:
+        """Log an allowed new connection with the rules that decided it: of the policy flows
+        that let it through (`deciding_flows`), those whose app says they decide a verdict
+        (SuiteApp.explain's "decides"), in table order; the last is the line's app, stage,
+        table and rule (the flow_log stage's, and no rule, when none decided it)."""
+        dpid = conn.dpid
+        flows = self.desired.flows.get(dpid, {}).values()
+        crossed = deciding_flows(
+            flows, self.desired.groups.get(dpid, {}), {**packet, "in_port": in_port}
+        )
+        rules = []
+        for f in crossed:
+            app = self.pipeline.app_of(f)
+            rule = self.explain(app, dpid, f)
+            if rule is not None and rule.get("decides"):
+                stage = self.pipeline.stage(f.table).name
+                rules.append({"app": app, "stage": stage, "table": f.table, "rule": rule})
+        table = rules[-1]["table"] if rules else self.pipeline.table("flow_log")
+        last = rules[-1] if rules else {"app": "core", "stage": "flow_log", "rule": None}
         self.flow_log.write(
-            now, conn.dpid, in_port, port.name if port else None, packet, found, app, stage, rule
+            now,
+            dpid,
+            in_port,
+            name,
+            packet,
+            Flow(table, 0, (), (), 0),
+            last["app"],
+            last["stage"],
+            last["rule"],
+            verdict="allow",
+            rules=rules,
         )
         return True
 

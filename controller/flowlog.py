@@ -29,15 +29,27 @@ import json
 import logging
 import os
 from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from controller.config import Config
 from controller.desired import DesiredState
-from controller.flows import Flow, Meter, apply, flow, meter, to_controller
-from controller.matches import PROTOCOL_NAMES
-from controller.pipeline import REGISTRY
+from controller.flows import (
+    Flow,
+    Group,
+    Meter,
+    apply,
+    controller_copy,
+    flow,
+    meter,
+    to_controller,
+)
+from controller.matches import CT_NEW, CT_TRK, ETH_TYPES, PROTOCOL_NAMES, TCP_ACK, TCP_SYN
+from controller.packets import IPPROTO_TCP
+from controller.pipeline import FROM_FABRIC, PIPELINE, REGISTRY
+from controller.trace.model import model_trace
 from controller.trace.packet import matches
 
 LOG = logging.getLogger("osken_suite.flowlog")
@@ -49,11 +61,15 @@ FLOW_LOG_SCHEMA = {
     "properties": {
         "path": {"type": "string", "minLength": 1},
         "rate": {"type": "integer", "minimum": 1, "maximum": 100_000},
+        "allowed": {"type": "boolean"},
     },
 }
 DEFAULT_RATE = 100  # log packet-ins per second per switch
 LOG_METER = REGISTRY.value("meter", "core", "flow_log")
-LOG_BYTES = 128  # of each denied packet: every header a rule can match
+LOG_BYTES = 128  # of each logged packet: every header a rule can match
+ALLOW_COPY = controller_copy(LOG_METER, LOG_BYTES)  # an allowed packet's copy; it goes on
+TRACKED_NEW, UNTRACKED_SYN = 20, 10  # flow_log stage priorities
+JUDGES = frozenset({"firewall", "microseg"})  # the apps whose flows allow or deny
 DEDUP_SECONDS = 60.0  # a 5-tuple logged is not logged again for this long (SYN retries)
 DEDUP_LIMIT = 65536  # 5-tuples remembered at most; the oldest go first
 RECENT = 100  # lines kept in memory for the topology page
@@ -62,10 +78,12 @@ RECENT = 100  # lines kept in memory for the topology page
 @dataclass(frozen=True)
 class FlowLogSettings:
     """`path`: the absolute file to append to, None when there is no flow log; `rate`: log
-    packet-ins per second per switch (the log meter's drop rate)."""
+    packet-ins per second per switch (the log meter's drop rate), denied and allowed ones
+    together; `allowed`: allowed new connections are logged too."""
 
     path: str | None = None
     rate: int = DEFAULT_RATE
+    allowed: bool = False
 
     @property
     def on(self) -> bool:
@@ -95,7 +113,7 @@ def parse_flow_log(config: Config) -> FlowLogSettings:
     writable = os.access(path, os.W_OK) if os.path.exists(path) else os.access(folder, os.W_OK)
     if not writable:
         raise config.error(where, f"{section['path']}: cannot be written")
-    return FlowLogSettings(path, section.get("rate", DEFAULT_RATE))
+    return FlowLogSettings(path, section.get("rate", DEFAULT_RATE), section.get("allowed", False))
 
 
 def logging_on(config: Config) -> bool:
@@ -115,8 +133,48 @@ def deny(table: int, priority: int, match: dict, cookie: int, log: bool) -> Flow
 
 
 def is_logged(f: Flow) -> bool:
-    """Whether flow `f` goes through the log meter (its packet-ins are the flow log's)."""
-    return ("meter", LOG_METER) in f.instructions
+    """Whether flow `f` goes through the log meter or sends a copy through it (its
+    packet-ins are the flow log's)."""
+    return ("meter", LOG_METER) in f.instructions or ("apply", (ALLOW_COPY,)) in f.instructions
+
+
+def allowed_flows(settings: FlowLogSettings, cookie: int) -> list[Flow]:
+    """The flow_log stage's flows (the core's, with `cookie`): none unless allowed
+    connections are logged. A packet there passed every policy stage; a new connection's
+    first packet sends a copy through the log meter (`ALLOW_COPY`), and every packet goes on.
+    New is conntrack's +new where a stage tracked the packet (microseg, a stateful firewall
+    rule); an untracked TCP packet is new when it is a SYN without ACK. Untracked UDP and
+    ICMP (a stateless firewall alone) are not logged: every packet would be a copy. Packets
+    from another switch (FROM_FABRIC) were logged where they entered."""
+    if not (settings.on and settings.allowed):
+        return []
+    table = PIPELINE.table("flow_log")
+    on = (apply(ALLOW_COPY), PIPELINE.go_on("flow_log"))
+    local = {"metadata": (0, FROM_FABRIC)}
+    out = []
+    for eth_type in ETH_TYPES.values():
+        new = {"eth_type": eth_type, **local, "ct_state": (CT_TRK | CT_NEW, CT_TRK | CT_NEW)}
+        syn = {"eth_type": eth_type, "ip_proto": IPPROTO_TCP, **local, "ct_state": (0, CT_TRK)}
+        syn["tcp_flags"] = (TCP_SYN, TCP_SYN | TCP_ACK)
+        out.append(flow(table, TRACKED_NEW, new, *on, cookie=cookie))
+        out.append(flow(table, UNTRACKED_SYN, syn, *on, cookie=cookie))
+    return out
+
+
+def deciding_flows(
+    flows: Iterable[Flow], groups: Mapping[int, Group], packet: dict[str, Any]
+) -> list[Flow]:
+    """The policy flows that let `packet` (its header fields and in_port) through to the
+    flow_log stage, in table order: the controller's model of the switch (`model_trace`,
+    conntrack taken as new), the flows of the apps that judge (firewall, microseg) before
+    that stage; table misses are the core's and not among them."""
+    stop = PIPELINE.table("flow_log")
+    walked = model_trace(flows, groups, (), packet)
+    return [
+        s.flow
+        for s in walked.steps
+        if s.flow is not None and s.table < stop and PIPELINE.app_of(s.flow) in JUDGES
+    ]
 
 
 def log_meters(settings: FlowLogSettings) -> list[Meter]:
@@ -222,9 +280,13 @@ class FlowLog:
         app: str,
         stage: str,
         rule: dict[str, Any] | None,
+        verdict: str = "deny",
+        rules: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any] | None:
-        """Log a denied packet's connection: the line written, or None when its 5-tuple was
-        logged in the last DEDUP_SECONDS (or the packet is not IP)."""
+        """Log a packet's connection, denied by flow `f` or (`verdict` "allow") allowed with
+        `f` the last flow that allowed it and `rules` every deciding flow's {"app", "stage",
+        "table", "rule"}: the line written, or None when its 5-tuple was logged in the last
+        DEDUP_SECONDS (or the packet is not IP)."""
         self.packet_ins.labels(f"{dpid:016x}").inc()
         proto = packet.get("ip_proto")
         family = 4 if "ipv4_src" in packet else 6
@@ -254,7 +316,9 @@ class FlowLog:
         icmp = packet.get(f"icmpv{family}_type")
         if icmp is not None:
             line["icmp_type"] = icmp
-        line.update(verdict="deny", app=app, table=f.table, stage=stage, rule=rule)
+        line.update(verdict=verdict, app=app, table=f.table, stage=stage, rule=rule)
+        if rules is not None:
+            line["rules"] = rules
         self.recent.append(line)
         self.lines.labels(app).inc()
         self._append(json.dumps(line))

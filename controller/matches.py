@@ -36,6 +36,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ND_TYPES = (133, 134, 135, 136, 137)  # ICMPv6 neighbour discovery: IPv6 cannot work without it
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20  # ct_state
 CT_SNAT, CT_DNAT = 0x40, 0x80  # ct_state: the packet was translated (source, destination)
+TCP_SYN, TCP_ACK = 0x002, 0x010  # tcp_flags (RFC 9293 section 3.1)
 
 
 def port_masks(lo: int, hi: int) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ The core installs each stage's table-miss flow, so a stage whose app is not load
 packets on.
 
 >>> PIPELINE.table("forwarding")
-11
+12
 >>> [s.name for s in PIPELINE.stages][:3]
 ['classify', 'firewall', 'microseg']
 >>> PIPELINE.goto("firewall", "microseg")
@@ -121,8 +121,9 @@ class Stage:
     """One table and its contract.
 
     `match`: the OXM fields its flows may match on. `actions`: action kinds its flows may
-    apply ("output", "group", "ct", "nat", "push_vlan", "pop_vlan", "set_field") and "meter"
-    for the meter instruction. `set_fields`: the fields set_field may write (in a ct() too).
+    apply ("output", "group", "ct", "nat", "push_vlan", "pop_vlan", "set_field", "controller":
+    a metered copy to the controller) and "meter" for the meter instruction. `set_fields`:
+    the fields set_field may write (in a ct() too).
     `metadata`: the metadata bits write_metadata may change. `goes_to`: the stages a goto may
     name; `recirculates`: the stages a ct() may send the packet back to. `writers`: apps other
     than `owner` that may put flows here (the core writes every table's miss flow).
@@ -394,6 +395,8 @@ class Pipeline:
                     self._own(f, c, app, "vlan_vid", a[2] & 0xFFF)
             elif kind == "group":
                 self._own(f, c, app, "group", a[1])
+            elif kind == "controller":
+                self._own(f, c, app, "meter", a[2])
             elif kind == "ct":
                 self._own(f, c, app, "ct_zone", a[2])
                 if a[3] not in c.recirc:
@@ -438,7 +441,7 @@ PIPELINE = Pipeline(
             match=_fields(_IP, {"in_port", "eth_src", "arp_spa", "icmpv6_type", "metadata"}),
             actions=frozenset({"output"}),
             metadata=REGISTRY.get("metadata", "microseg", "src").mask,
-            goes_to=("microseg_track", "chains"),  # chains: fabric, ARP, ND skip microseg
+            goes_to=("microseg_track", "flow_log"),  # flow_log: fabric, ARP, ND skip microseg
         ),
         Stage(
             "microseg_track",
@@ -455,7 +458,7 @@ PIPELINE = Pipeline(
             match=_fields(_IP, {"ct_state", "ct_zone", "tcp_flags"}),
             actions=frozenset({"ct", "set_field"}),
             set_fields=frozenset({"reg0"}),
-            goes_to=("microseg_egress", "chains"),  # chains: replies to allowed connections
+            goes_to=("microseg_egress", "flow_log"),  # flow_log: replies to allowed connections
             recirculates=("microseg_dst",),
         ),
         Stage(
@@ -473,6 +476,14 @@ PIPELINE = Pipeline(
             "per destination identity; commit what passes",
             match=_fields(_IP, _L4, {"metadata"}),
             actions=frozenset({"ct", "meter", "output"}),  # meter, output: the flow log
+            goes_to=("flow_log",),
+        ),
+        Stage(
+            "flow_log",
+            "core",
+            "allowed new connections: a metered copy to the flow log, then on",
+            match=_fields(_IP, {"metadata", "ct_state", "tcp_flags"}),
+            actions=frozenset({"controller"}),
             goes_to=("chains",),
         ),
         Stage(

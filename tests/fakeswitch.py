@@ -33,6 +33,8 @@ VLAN tags follow OpenFlow 1.3 as Open vSwitch implements it: `vlan_vid` is the o
 push_vlan onto a tagged frame keeps its tag underneath and a pop_vlan uncovers it.
 Select groups pick a bucket by a hash of the packet's flow fields, in proportion to the weights;
 fast-failover groups take the first bucket whose watched port is live.
+Open vSwitch's controller(meter_id=M) action sends a copy to the controller and the packet goes
+on; meters are not rate-limited here (a real switch's band drops the copies over the rate).
 
 `contract`, when set, is called with each flow as the controller reads it back, on every
 flow-mod the switch models (ADD and MODIFY): the one place a pipeline contract plugs in.
@@ -53,6 +55,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.flows import Flow, Group, Meter, flow_from_stats, group_from_desc, meter_from_config
+from controller.flows.nxcontroller import NXActionControllerMeter
 from tests.ofwire import (
     NX_VENDOR_ID,
     FlowMod,
@@ -526,6 +529,12 @@ class FakeSwitch:
         if isinstance(action, parser.OFPActionGroup) and action.group_id not in self.group_table:
             raise FakeSwitchError(f"group {action.group_id} does not exist")
         if (
+            isinstance(action, NXActionControllerMeter)
+            and action.meter_id is not None
+            and action.meter_id not in self.meter_table
+        ):
+            raise FakeSwitchError(f"meter {action.meter_id} does not exist")
+        if (
             isinstance(action, parser.OFPActionOutput)
             and action.port not in self.ports
             and action.port not in _SPECIAL_PORTS
@@ -922,7 +931,9 @@ class FakeSwitch:
         """Do one (os-ken, decoded) action; True when it recirculated the packet."""
         if isinstance(action, parser.NXActionCT):
             return self._conntrack(action, pkt, result)
-        if isinstance(action, parser.OFPActionOutput):
+        if isinstance(action, NXActionControllerMeter):  # a copy; the packet goes on
+            result.to_controller.append((table, cookie, dict(pkt)))
+        elif isinstance(action, parser.OFPActionOutput):
             port = action.port
             if port == ofp.OFPP_CONTROLLER:
                 result.to_controller.append((table, cookie, dict(pkt)))

@@ -43,6 +43,8 @@ from controller.matches import (
     ETH_TYPES,
     IP_PROTOCOLS,
     ND_TYPES,
+    TCP_ACK,
+    TCP_SYN,
     port_matches,
     prefix_match,
 )
@@ -63,7 +65,6 @@ ARP = ETH_TYPE_ARP
 # Priorities, per table.
 SKIP_FABRIC, ND_PASS, BOUND, CLAIMED, ARP_PASS = 65000, 400, 300, 200, 100
 CT_PASS, SYN_JUDGED, DST_CLASSIFY, TRACKED, TRACK = 500, 510, 100, 20, 10
-TCP_SYN, TCP_ACK = 0x002, 0x010
 DENY, ALLOW, ISOLATED, COMMIT = 3000, 2000, 1000, 1
 # A waypointed service's backend port: the waypoint passes on to ingress, anyone else drops.
 WAYPOINT_PASS, WAYPOINT_ONLY = 3600, 3500

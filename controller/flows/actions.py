@@ -37,6 +37,13 @@ def to_controller(max_len: int = NO_BUFFER) -> Action:
     return output(CONTROLLER, max_len)
 
 
+def controller_copy(meter_id: int, max_len: int = NO_BUFFER) -> Action:
+    """A copy of the packet to the controller through meter `meter_id`, up to `max_len` bytes;
+    the packet itself goes on (Open vSwitch's controller(max_len=...,meter_id=...) action,
+    ovs-actions(7), Open vSwitch 2.14+; `controller.flows.nxcontroller`)."""
+    return ("controller", max_len, meter_id)
+
+
 def group_action(group_id: int) -> Action:
     """Process the packet through group `group_id` (OFPAT_GROUP)."""
     return ("group", group_id)

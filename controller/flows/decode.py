@@ -13,6 +13,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller.flows.actions import (
     NAT_DST,
     NAT_SRC,
+    controller_copy,
     goto,
     group_action,
     meter,
@@ -22,6 +23,7 @@ from controller.flows.actions import (
 )
 from controller.flows.encode import GROUP_TYPES
 from controller.flows.model import Action, Bucket, Flow, Group, Instruction, Meter, flow, group
+from controller.flows.nxcontroller import NXActionControllerMeter
 
 _GROUP_TYPE_NAMES = {v: k for k, v in GROUP_TYPES.items()}
 
@@ -30,6 +32,8 @@ def action_from_of(a) -> Action:
     """The canonical action for an os-ken action object; ``("unknown", repr)`` for others."""
     if isinstance(a, parser.OFPActionOutput):
         return output(a.port, a.max_len)
+    if isinstance(a, NXActionControllerMeter) and a.meter_id is not None:
+        return controller_copy(a.meter_id, a.max_len)
     if isinstance(a, parser.OFPActionGroup):
         return group_action(a.group_id)
     if isinstance(a, parser.OFPActionSetField):

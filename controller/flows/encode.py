@@ -31,6 +31,7 @@ from controller.flows.model import (
     Meter,
     oxm_sample,
 )
+from controller.flows.nxcontroller import NXActionControllerMeter
 
 OF13 = SimpleNamespace(ofproto=ofp, ofproto_parser=parser, id=None)
 NX_VENDOR_ID, NXT_CT_FLUSH_ZONE = 0x00002320, 29
@@ -150,6 +151,8 @@ def of_action(action: Action):
     kind = action[0]
     if kind == "output":
         return parser.OFPActionOutput(action[1], action[2] if action[1] == CONTROLLER else 0)
+    if kind == "controller":
+        return NXActionControllerMeter(action[1], action[2])
     if kind == "group":
         return parser.OFPActionGroup(action[1])
     if kind == "set_field":

@@ -35,6 +35,8 @@ def _text(action: tuple) -> str:
     kind = action[0]
     if kind == "output" and action[1] == ofp.OFPP_CONTROLLER:
         return f"controller(max_len={action[2]})"
+    if kind == "controller":
+        return f"controller(max_len={action[1]},meter_id={action[2]})"
     if kind == "output":
         return "output:IN_PORT" if action[1] == ofp.OFPP_IN_PORT else f"output:{action[1]}"
     if kind == "set_field":

@@ -15,6 +15,7 @@ import time
 import pytest
 from scapy.all import ICMP, IP, TCP, Dot1Q, Ether, IPv6, sendp
 
+from controller.pipeline import PIPELINE
 from tests.integration.conftest import require_lab
 from tests.vlanlab import Answer, Case, cases, expected, fake_answer, fake_vnf_lab
 from topologies.harness import ofctl
@@ -279,7 +280,9 @@ def test_removing_the_chain_restores_the_direct_path(env):
         env.wait_open(22, True)  # the firewall VNF would have dropped it: it is bypassed
         assert env.open_ports() == {80: True, 443: True, 22: True}
         steering = [
-            line for line in ofctl("dump-flows", "s1", "table=7").splitlines() if "group:" in line
+            line
+            for line in ofctl("dump-flows", "s1", f"table={PIPELINE.table('chains')}").splitlines()
+            if "group:" in line
         ]
         assert steering == []
     finally:

@@ -136,7 +136,8 @@ def test_every_app_sends_on_to_the_next_stage_so_the_chains_stage_is_never_skipp
 
     core = Core()
     ms = core.add_app(Microseg)
-    assert ms.compiler.next == core.pipeline.table("chains")
+    assert ms.compiler.next == core.pipeline.table("flow_log")  # allowed connections' log
+    assert core.pipeline.following("flow_log") == "chains"
 
 
 def test_a_frame_in_both_directions_of_a_class_is_forward_not_the_switchs_choice(tmp_path):

@@ -13,6 +13,7 @@ from controller.flows import (
     WireFlowMod,
     apply,
     conntrack,
+    controller_copy,
     flow,
     flow_mod,
     goto,
@@ -197,6 +198,26 @@ def test_deleting_a_meter_removes_flows_that_use_it():
     )
     sw.apply([meter_mod(Meter(3, "pktps", 100), ofp.OFPMC_DELETE)])
     assert [f.priority for f in sw.flows()] == [2] and not sw.meters
+
+
+def test_a_metered_copy_to_the_controller_lets_the_packet_go_on():
+    """Open vSwitch's controller(meter_id=M): a copy to the controller, and the packet itself
+    goes on with the next actions and tables (an OFPIT_METER would drop it over the rate)."""
+    sw = switch()
+    sw.apply([meter_mod(Meter(9, "pktps", 10))])
+    add(
+        sw,
+        flow(0, 1, {}, apply(controller_copy(9, 128)), goto(1)),
+        flow(1, 0, {}, apply(output(2))),
+    )
+    result = sw.lookup(dict(PKT))
+    assert result.ports() == [2]
+    assert [(t, pkt["ipv4_src"]) for t, _, pkt in result.to_controller] == [(0, "10.0.0.1")]
+
+
+def test_a_copy_through_a_meter_that_does_not_exist_is_refused():
+    with pytest.raises(FakeSwitchError, match="meter 9 does not exist"):
+        add(switch(), flow(0, 1, {}, apply(controller_copy(9), output(2))))
 
 
 def test_all_group_copies_to_every_bucket():

@@ -183,6 +183,7 @@ def test_a_log_packet_in_names_its_flow_by_the_metadata_it_carries(lab):
         ("{path: f.jsonl, rate: 0}", "flow_log.rate"),
         ("{path: f.jsonl, size: 3}", "size"),
         ("{rate: 10}", "path"),
+        ("{path: f.jsonl, allowed: yes-please}", "flow_log.allowed"),
     ],
 )
 def test_a_bad_flow_log_section_is_refused_where_it_is_written(tmp_path, section, message):

@@ -15,6 +15,7 @@ from apps.l2_learning import COOKIE as L2_COOKIE
 from controller.cluster import DuplicateReplica, Election, Owner
 from controller.core import Core
 from controller.flows import flow, flow_mod
+from controller.pipeline import PIPELINE
 from controller.roles import RoleGate
 from tests.fakeetcd import FakeEtcd
 from tests.fakenet import BROADCAST, FakeNetwork, frame, payload_for
@@ -521,7 +522,16 @@ def test_a_switch_lost_during_a_takeover_does_not_hold_up_the_others_repair():
     net.add_host("00:00:00:00:00:01", 1, 1)
     net.start()
     net.switches[1].apply(
-        [flow_mod(flow(11, 5, {"eth_dst": "00:00:00:00:00:09"}, cookie=L2_COOKIE))]
+        [
+            flow_mod(
+                flow(
+                    PIPELINE.table("forwarding"),
+                    5,
+                    {"eth_dst": "00:00:00:00:00:09"},
+                    cookie=L2_COOKIE,
+                )
+            )
+        ]
     )
     assert net.core.resync(2, net.now)[2]  # its re-read is asked and never answered
     net.deliver(net.core.resync(1, net.now))

@@ -38,7 +38,7 @@ def test_an_app_package_does_not_reach_into_another(graph, importer):
 
 # Inside controller.flows each module uses only those before it: the model knows no wire format,
 # the encoder reads nothing back, the decoder is the only one that knows both directions.
-FLOWS_ORDER = ("model", "actions", "encode", "decode")
+FLOWS_ORDER = ("model", "actions", "nxcontroller", "encode", "decode")
 
 
 @pytest.mark.parametrize("i", range(len(FLOWS_ORDER)))

@@ -76,8 +76,8 @@ def test_the_stages_that_skip_others_are_the_declared_ones():
     skips = {(s.name, n) for t, s in enumerate(PIPELINE.stages) for n in s.goes_to if T(n) != t + 1}
     assert skips == {
         ("classify", "chains"),  # frames from VNF replicas
-        ("microseg", "chains"),  # fabric, ARP and ND frames pass microseg unjudged
-        ("microseg_dst", "chains"),  # replies to allowed connections
+        ("microseg", "flow_log"),  # fabric, ARP and ND frames pass microseg unjudged
+        ("microseg_dst", "flow_log"),  # replies to allowed connections
     }
 
 

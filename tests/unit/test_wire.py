@@ -20,6 +20,7 @@ from controller.flows import (
     Meter,
     apply,
     conntrack,
+    controller_copy,
     flow,
     flow_from_stats,
     flow_mod,
@@ -123,6 +124,11 @@ CASES = {
         ),
         "ADD table:2 priority=30,ct_state=-new+trk,tcp,tp_dst=0x400/0xfc00 out_port:0 "
         "actions=output:1",
+    ),
+    "a metered copy to the controller, then on (the flow log of allowed connections)": (
+        flow_mod(flow(2, 30, IP4, apply(controller_copy(0x10000, 128)), goto(3))),
+        "ADD table:2 priority=30,ip out_port:0 actions=controller(max_len=128,meter_id=65536),"
+        "goto_table:3",
     ),
     "meter in kbps with a burst": (
         meter_mod(Meter(3, "kbps", 1000, 100)),
