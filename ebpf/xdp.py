@@ -1,54 +1,72 @@
-"""Load ebpf/xdp_firewall.c with bcc, attach it to interfaces, keep its maps in step.
+"""Attach ebpf/xdp_firewall.c to interfaces and keep its maps in step, without bcc in this process.
 
 One program object serves every interface it is attached to, so all of them share the maps:
 updating a rule is one map write, seen by every port at once, with no reload.
 
-    prog = XdpProgram()                 # compiles once (about half a second)
+    prog = XdpProgram()                 # compiles once, in a child process (about a second)
     prog.attach("s1-eth1")              # native mode if the driver has it, else generic
     prog.sync(entries)                  # entries from ebpf.offload.plan
     prog.counters()                     # {rule id: (packets, bytes)}, summed over CPUs
+    prog.close()                        # (or at exit) its pins in bpffs are removed
+
+bcc (clang and LLVM) compiles and loads the program in a short-lived child (`python -m
+ebpf.compile`), which pins the program and its maps in bpffs and exits; this process opens the
+pins and does everything else with libbpf's plain bpf(2) calls (ebpf/libbpf.py). Kept in the
+controller, bcc cost about 100 MiB resident (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import ctypes
+import glob
+import importlib.util
+import json
 import os
+import re
+import shutil
 import socket
+import struct
+import subprocess
+import sys
+import weakref
 from collections.abc import Iterable
 
+from ebpf import libbpf
 from ebpf.offload import LpmEntry
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_firewall.c")
+BPFFS = "/sys/fs/bpf"
+PIN_PREFIX = f"{BPFFS}/osken-xdp-"  # + "<pid>-<n>": one directory per XdpProgram of a process
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XDP_FLAGS_SKB_MODE = 1 << 1  # generic: any device
 XDP_FLAGS_DRV_MODE = 1 << 2  # native: in the driver
 MODES = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
-_KEY_FIELD = {"blocked4": "addr", "blocked6": "addr"}  # the other tries call it "data"
 TABLES = ("blocked4", "blocked6", "ports4", "ports6", "protos4", "protos6")
+_RULE = struct.Struct("=I")  # the tries' value: u32 rule id
+_COUNTER = struct.Struct("=QQ")  # struct counter { u64 packets; u64 bytes; }
+_STDERR_TAIL = 2000  # characters of the child's stderr an error carries
 
 
 def unavailable() -> str | None:
-    """Why the fast path cannot run here, or None if it can (checked without compiling)."""
+    """Why the fast path cannot run here, or None if it can (checked without compiling, and
+    without importing bcc)."""
     if os.geteuid() != 0:
         return "it needs root (CAP_BPF and CAP_NET_ADMIN)"
-    try:
-        import bcc  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("bcc") is None:
         return "bcc is not installed (Debian python3-bpfcc; scripts/setup.sh installs it)"
     if not os.path.exists(f"/lib/modules/{os.uname().release}/build"):
         return "no kernel headers for bcc (scripts/setup.sh links Debian's)"
+    try:
+        libbpf.possible_cpus()
+    except OSError as exc:
+        return str(exc)
     return None
 
 
-def release_free_heap() -> None:
-    """Hand the C heap's free pages back to the kernel (glibc's malloc_trim(0), malloc(3)).
-
-    bcc compiles in this process with clang and LLVM and frees what they used, but glibc keeps
-    it mapped: measured 206 MiB resident after compiling xdp_firewall.c, 126 MiB after this
-    (100 -> 20 MiB anonymous; the rest is bcc's own library code). A no-op without glibc.
-    """
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+def ensure_bpffs() -> bool:
+    """Mount bpffs on /sys/fs/bpf unless it is (as bcc and ip do); True if this mounted it."""
+    if os.path.ismount(BPFFS):
+        return False
+    subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS], check=True, capture_output=True)
+    return True
 
 
 def attached_prog_id(ifname: str) -> int | None:
@@ -73,19 +91,100 @@ def attached_prog_id(ifname: str) -> int | None:
     return xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
 
 
+def remove_stale_pins() -> list[str]:
+    """Remove the pin directories of XdpPrograms whose process is gone (killed before it could
+    clean up); returns them."""
+    gone = []
+    for path in glob.glob(f"{PIN_PREFIX}*"):
+        m = re.fullmatch(re.escape(PIN_PREFIX) + r"(\d+)-\d+", path)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(path)
+    return gone
+
+
+def compile_in_child(pin_dir: str, function: str) -> dict:
+    """Run ebpf/compile.py in a child process; its JSON answer (pin paths, compile time).
+    RuntimeError naming what failed, with the tail of the child's stderr."""
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ebpf.compile", pin_dir, "--function", function],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    if done.returncode != 0:
+        tail = done.stderr.strip()[-_STDERR_TAIL:] or "(no output)"
+        raise RuntimeError(
+            f"compiling {function} from ebpf/xdp_firewall.c with bcc failed "
+            f"(child exit {done.returncode}): {tail}"
+        )
+    return json.loads(done.stdout)
+
+
+class _Map:
+    """One pinned map: its fd and sizes (bytes) as the kernel reports them."""
+
+    def __init__(self, name: str, fd: int) -> None:
+        self.name, self.fd = name, fd
+        info = libbpf.map_info(fd, name)
+        self.key_size, self.value_size = info.key_size, info.value_size
+
+
+def _close(fds: list[int], own_dir: str | None) -> None:
+    """Close the fds and remove a pin directory made for this object (not one a caller named):
+    what is attached keeps the program and its maps alive in the kernel."""
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
+    if own_dir is not None:
+        shutil.rmtree(own_dir, ignore_errors=True)
+
+
 class XdpProgram:
-    """The compiled program, where it is attached, and what its maps hold."""
+    """The loaded program (pinned in bpffs), where it is attached, and what its maps hold.
+
+    `pin_dir`: where the maps are pinned and found again by a later process (scripts/xdp_fw.py);
+    left in place on close. Without it, a directory of this object's own under /sys/fs/bpf,
+    removed on close or at exit. RuntimeError if the program does not compile or load;
+    OSError (with errno) if a pin, map or interface call fails.
+    """
+
+    _count = 0
 
     def __init__(self, function: str = "xdp_firewall", pin_dir: str | None = None) -> None:
-        from bcc import BPF
-
-        cflags = ["-w"] + ([f'-DPIN_DIR="{pin_dir}"'] if pin_dir else [])
-        self._bpf = BPF(src_file=SOURCE.encode(), cflags=cflags)
-        self._fn = self._bpf.load_func(function.encode(), BPF.XDP)
-        release_free_heap()
+        ensure_bpffs()
+        remove_stale_pins()
+        own_dir = None
+        if pin_dir is None:
+            XdpProgram._count += 1
+            pin_dir = own_dir = f"{PIN_PREFIX}{os.getpid()}-{XdpProgram._count}"
+        fds: list[int] = []
+        self._finalizer = weakref.finalize(self, _close, fds, own_dir)
+        try:
+            pins = compile_in_child(pin_dir, function)
+            self.compile_seconds: float = pins["compile_seconds"]
+            self._prog_fd = libbpf.obj_get(pins["prog"])
+            fds.append(self._prog_fd)
+            self.prog_id = libbpf.prog_id(self._prog_fd, pins["prog"])
+            self._maps = {}
+            for name, path in pins["maps"].items():
+                fds.append(libbpf.obj_get(path))
+                self._maps[name] = _Map(name, fds[-1])
+        except BaseException:
+            self.close()
+            raise
+        self._cpus = libbpf.possible_cpus()
         self.attached: dict[str, int] = {}  # interface -> flags it was attached with
         self.prog_ids: dict[str, int | None] = {}  # interface -> the kernel's id of ours there
         self.entries: dict[tuple, LpmEntry] = {}
+
+    def close(self) -> None:
+        """Let go of the program and maps here; attachments stay (detach_all first for none)."""
+        self._finalizer()
 
     # --- interfaces ----------------------------------------------------------------------------
 
@@ -96,13 +195,13 @@ class XdpProgram:
         tries = ["native", "generic"] if mode == "auto" else [mode]
         for i, name in enumerate(tries):
             try:
-                self._bpf.attach_xdp(ifname.encode(), self._fn, MODES[name])
-            except Exception:  # bcc raises plain Exception; the last mode's error is the one
+                libbpf.xdp_attach(socket.if_nametoindex(ifname), self._prog_fd, MODES[name], ifname)
+            except OSError:  # the last mode's error is the one
                 if i == len(tries) - 1:
                     raise
                 continue
             self.attached[ifname] = MODES[name]
-            self.prog_ids[ifname] = attached_prog_id(ifname)
+            self.prog_ids[ifname] = self.prog_id
             return name
         raise AssertionError("unreachable")
 
@@ -123,7 +222,7 @@ class XdpProgram:
             return False
         if attached_prog_id(ifname) != ours:
             return False
-        self._bpf.remove_xdp(ifname.encode(), flags)
+        libbpf.xdp_detach(socket.if_nametoindex(ifname), flags, ifname)
         return True
 
     def detach_all(self) -> None:
@@ -132,13 +231,14 @@ class XdpProgram:
 
     # --- maps ----------------------------------------------------------------------------------
 
-    def _key(self, entry: LpmEntry):
-        table = self._bpf[entry.table.encode()]
-        key = table.Key()
-        key.prefixlen = entry.prefixlen
-        field = getattr(type(key), _KEY_FIELD.get(entry.table, "data"))
-        ctypes.memmove(ctypes.addressof(key) + field.offset, entry.data, len(entry.data))
-        return table, key
+    def _key(self, entry: LpmEntry) -> tuple[_Map, bytes]:
+        table = self._maps[entry.table]
+        return table, libbpf.lpm_key(entry.prefixlen, entry.data, table.key_size)
+
+    def _write(self, entry: LpmEntry) -> None:
+        table, key = self._key(entry)
+        libbpf.update(table.fd, key, _RULE.pack(entry.rule), table.name)
+        self.entries[entry.key] = entry
 
     def sync(self, entries: Iterable[LpmEntry]) -> tuple[int, int]:
         """Make the tries hold exactly `entries`; returns (written, deleted)."""
@@ -146,50 +246,46 @@ class XdpProgram:
         written = deleted = 0
         for key in self.entries.keys() - want.keys():
             table, k = self._key(self.entries.pop(key))
-            del table[k]
+            libbpf.delete(table.fd, k, table.name)
             deleted += 1
         for key, entry in want.items():
             if self.entries.get(key) != entry:
-                table, k = self._key(entry)
-                table[k] = table.Leaf(entry.rule)
-                self.entries[key] = entry
+                self._write(entry)
                 written += 1
         return written, deleted
 
     def put(self, entry: LpmEntry) -> None:
         """Write one entry, whatever this object knows of the maps (pinned maps, from a CLI)."""
-        table, k = self._key(entry)
-        table[k] = table.Leaf(entry.rule)
-        self.entries[entry.key] = entry
+        self._write(entry)
 
     def remove(self, entry: LpmEntry) -> bool:
+        """Delete one entry; False if the trie did not hold it."""
         table, k = self._key(entry)
         self.entries.pop(entry.key, None)
-        try:
-            del table[k]
-        except KeyError:
-            return False
-        return True
+        return libbpf.delete(table.fd, k, table.name)
 
     def stored(self) -> list[LpmEntry]:
-        """Every entry the tries hold (including ones written by another process)."""
+        """Every entry the tries hold (including ones written by another process); the data
+        as long as the key's field (zero-padded)."""
         out = []
         for name in TABLES:
-            table = self._bpf[name.encode()]
-            field = _KEY_FIELD.get(name, "data")
-            for key, leaf in table.items():
-                size = getattr(type(key), field).size
-                data = ctypes.string_at(
-                    ctypes.addressof(key) + getattr(type(key), field).offset, size
-                )
-                out.append(LpmEntry(name, key.prefixlen, data, leaf.value))
+            table = self._maps[name]
+            for key in list(libbpf.keys(table.fd, table.key_size, name)):
+                value = libbpf.lookup(table.fd, key, table.value_size, name)
+                if value is not None:  # deleted meanwhile
+                    prefixlen, data = libbpf.split_lpm_key(key)
+                    out.append(LpmEntry(name, prefixlen, data, _RULE.unpack(value)[0]))
         return out
 
     def counters(self, rules: Iterable[int] | None = None) -> dict[int, tuple[int, int]]:
         """Packets and bytes dropped per rule id, summed over every CPU."""
-        table = self._bpf[b"counters"]
+        table = self._maps["counters"]
+        slot = libbpf.percpu_slot_size(table.value_size)
         out = {}
         for rule in set(rules) if rules is not None else {e.rule for e in self.entries.values()}:
-            per_cpu = table[ctypes.c_uint32(rule)]
-            out[rule] = (sum(c.packets for c in per_cpu), sum(c.bytes for c in per_cpu))
+            value = libbpf.lookup(table.fd, _RULE.pack(rule), slot * self._cpus, "counters")
+            if value is None:  # past the array's end: no such rule id
+                continue
+            per_cpu = [_COUNTER.unpack_from(value, cpu * slot) for cpu in range(self._cpus)]
+            out[rule] = (sum(c[0] for c in per_cpu), sum(c[1] for c in per_cpu))
         return out

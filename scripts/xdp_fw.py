@@ -8,9 +8,9 @@
     xdp_fw.py stats                             # every entry and its drop counters
     xdp_fw.py detach IFACE                      # the last detach also removes the maps
 
-The program stays attached after this command exits; its maps are pinned in bpffs
-(/sys/fs/bpf/osken-xdp), which is how the next command finds them. Rules change by map updates:
-the program is never reloaded for them.
+The program stays attached after this command exits; its maps (and the program last compiled)
+are pinned in bpffs (/sys/fs/bpf/osken-xdp), which is how the next command finds them. Rules
+change by map updates: the program is never reloaded for them.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from apps.firewall.rules import FirewallRule  # noqa: E402
 from ebpf.offload import blocked_entries, rule_entries  # noqa: E402
-from ebpf.xdp import XdpProgram, unavailable  # noqa: E402
+from ebpf.xdp import BPFFS, XdpProgram, ensure_bpffs, unavailable  # noqa: E402
 
-BPFFS = "/sys/fs/bpf"
 PIN_DIR = f"{BPFFS}/osken-xdp"
-STATE = "/run/osken-xdp.json"  # bpffs holds only maps: where the program is attached goes here
+STATE = "/run/osken-xdp.json"  # where the program is attached: bpffs does not say
 
 
 def _load_state() -> dict:
@@ -48,10 +47,8 @@ def _save_state(state: dict) -> None:
 
 
 def _program(state: dict) -> XdpProgram:
-    if not os.path.ismount(BPFFS):
-        subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS], check=True)
+    if ensure_bpffs():
         state["mounted_bpffs"] = True
-    os.makedirs(PIN_DIR, exist_ok=True)
     return XdpProgram(pin_dir=PIN_DIR)
 
 
