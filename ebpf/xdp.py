@@ -162,6 +162,7 @@ class XdpProgram:
         if pin_dir is None:
             XdpProgram._count += 1
             pin_dir = own_dir = f"{PIN_PREFIX}{os.getpid()}-{XdpProgram._count}"
+        self.pin_dir = pin_dir  # where the program and its maps are pinned
         fds: list[int] = []
         self._finalizer = weakref.finalize(self, _close, fds, own_dir)
         try:
