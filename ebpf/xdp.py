@@ -27,6 +27,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import weakref
 from collections.abc import Iterable
 
@@ -34,7 +35,7 @@ from ebpf import libbpf
 from ebpf.offload import LpmEntry
 
 BPFFS = "/sys/fs/bpf"
-PIN_PREFIX = f"{BPFFS}/osken-xdp-"  # + "<pid>-<n>": one directory per XdpProgram of a process
+PIN_PREFIX = f"{BPFFS}/osken-xdp-"  # + "<pid>-<random>": one directory per XdpProgram
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XDP_FLAGS_SKB_MODE = 1 << 1  # generic: any device
 XDP_FLAGS_DRV_MODE = 1 << 2  # native: in the driver
@@ -55,7 +56,7 @@ def unavailable() -> str | None:
     if not os.path.exists(f"/lib/modules/{os.uname().release}/build"):
         return "no kernel headers for bcc (scripts/setup.sh links Debian's)"
     try:
-        libbpf.possible_cpus()
+        libbpf.Libbpf()
     except OSError as exc:
         return str(exc)
     return None
@@ -96,7 +97,7 @@ def remove_stale_pins() -> list[str]:
     clean up); returns them."""
     gone = []
     for path in glob.glob(f"{PIN_PREFIX}*"):
-        m = re.fullmatch(re.escape(PIN_PREFIX) + r"(\d+)-\d+", path)
+        m = re.fullmatch(re.escape(PIN_PREFIX) + r"(\d+)-\w+", path)
         if m and not os.path.exists(f"/proc/{m.group(1)}"):
             shutil.rmtree(path, ignore_errors=True)
             gone.append(path)
@@ -128,9 +129,9 @@ def compile_in_child(pin_dir: str, function: str) -> dict:
 class _Map:
     """One pinned map: its fd and sizes (bytes) as the kernel reports them."""
 
-    def __init__(self, name: str, fd: int) -> None:
+    def __init__(self, bpf: libbpf.Libbpf, name: str, fd: int) -> None:
         self.name, self.fd = name, fd
-        info = libbpf.map_info(fd, name)
+        info = bpf.map_info(fd, name)
         self.key_size, self.value_size = info.key_size, info.value_size
 
 
@@ -153,32 +154,31 @@ class XdpProgram:
     OSError (with errno) if a pin, map or interface call fails.
     """
 
-    _count = 0
-
     def __init__(self, function: str = "xdp_firewall", pin_dir: str | None = None) -> None:
+        self._bpf = bpf = libbpf.Libbpf()
         ensure_bpffs()
         remove_stale_pins()
         own_dir = None
         if pin_dir is None:
-            XdpProgram._count += 1
-            pin_dir = own_dir = f"{PIN_PREFIX}{os.getpid()}-{XdpProgram._count}"
+            prefix = os.path.basename(f"{PIN_PREFIX}{os.getpid()}-")
+            pin_dir = own_dir = tempfile.mkdtemp(prefix=prefix, dir=BPFFS)
         self.pin_dir = pin_dir  # where the program and its maps are pinned
         fds: list[int] = []
         self._finalizer = weakref.finalize(self, _close, fds, own_dir)
         try:
             pins = compile_in_child(pin_dir, function)
             self.compile_seconds: float = pins["compile_seconds"]
-            self._prog_fd = libbpf.obj_get(pins["prog"])
+            self._prog_fd = bpf.obj_get(pins["prog"])
             fds.append(self._prog_fd)
-            self.prog_id = libbpf.prog_id(self._prog_fd, pins["prog"])
+            self.prog_id = bpf.prog_id(self._prog_fd, pins["prog"])
             self._maps = {}
             for name, path in pins["maps"].items():
-                fds.append(libbpf.obj_get(path))
-                self._maps[name] = _Map(name, fds[-1])
+                fds.append(bpf.obj_get(path))
+                self._maps[name] = _Map(bpf, name, fds[-1])
         except BaseException:
             self.close()
             raise
-        self._cpus = libbpf.possible_cpus()
+        self._cpus = bpf.possible_cpus()
         self.attached: dict[str, int] = {}  # interface -> flags it was attached with
         self.prog_ids: dict[str, int | None] = {}  # interface -> the kernel's id of ours there
         self.entries: dict[tuple, LpmEntry] = {}
@@ -196,7 +196,9 @@ class XdpProgram:
         tries = ["native", "generic"] if mode == "auto" else [mode]
         for i, name in enumerate(tries):
             try:
-                libbpf.xdp_attach(socket.if_nametoindex(ifname), self._prog_fd, MODES[name], ifname)
+                self._bpf.xdp_attach(
+                    socket.if_nametoindex(ifname), self._prog_fd, MODES[name], ifname
+                )
             except OSError:  # the last mode's error is the one
                 if i == len(tries) - 1:
                     raise
@@ -223,7 +225,7 @@ class XdpProgram:
             return False
         if attached_prog_id(ifname) != ours:
             return False
-        libbpf.xdp_detach(socket.if_nametoindex(ifname), flags, ifname)
+        self._bpf.xdp_detach(socket.if_nametoindex(ifname), flags, ifname)
         return True
 
     def detach_all(self) -> None:
@@ -238,7 +240,7 @@ class XdpProgram:
 
     def _write(self, entry: LpmEntry) -> None:
         table, key = self._key(entry)
-        libbpf.update(table.fd, key, _RULE.pack(entry.rule), table.name)
+        self._bpf.update(table.fd, key, _RULE.pack(entry.rule), table.name)
         self.entries[entry.key] = entry
 
     def sync(self, entries: Iterable[LpmEntry]) -> tuple[int, int]:
@@ -247,7 +249,7 @@ class XdpProgram:
         written = deleted = 0
         for key in self.entries.keys() - want.keys():
             table, k = self._key(self.entries.pop(key))
-            libbpf.delete(table.fd, k, table.name)
+            self._bpf.delete(table.fd, k, table.name)
             deleted += 1
         for key, entry in want.items():
             if self.entries.get(key) != entry:
@@ -263,7 +265,7 @@ class XdpProgram:
         """Delete one entry; False if the trie did not hold it."""
         table, k = self._key(entry)
         self.entries.pop(entry.key, None)
-        return libbpf.delete(table.fd, k, table.name)
+        return self._bpf.delete(table.fd, k, table.name)
 
     def stored(self) -> list[LpmEntry]:
         """Every entry the tries hold (including ones written by another process); the data
@@ -271,8 +273,8 @@ class XdpProgram:
         out = []
         for name in TABLES:
             table = self._maps[name]
-            for key in list(libbpf.keys(table.fd, table.key_size, name)):
-                value = libbpf.lookup(table.fd, key, table.value_size, name)
+            for key in list(self._bpf.keys(table.fd, table.key_size, name)):
+                value = self._bpf.lookup(table.fd, key, table.value_size, name)
                 if value is not None:  # deleted meanwhile
                     prefixlen, data = libbpf.split_lpm_key(key)
                     out.append(LpmEntry(name, prefixlen, data, _RULE.unpack(value)[0]))
@@ -284,7 +286,7 @@ class XdpProgram:
         slot = libbpf.percpu_slot_size(table.value_size)
         out = {}
         for rule in set(rules) if rules is not None else {e.rule for e in self.entries.values()}:
-            value = libbpf.lookup(table.fd, _RULE.pack(rule), slot * self._cpus, "counters")
+            value = self._bpf.lookup(table.fd, _RULE.pack(rule), slot * self._cpus, "counters")
             if value is None:  # past the array's end: no such rule id
                 continue
             per_cpu = [_COUNTER.unpack_from(value, cpu * slot) for cpu in range(self._cpus)]

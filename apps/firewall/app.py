@@ -223,7 +223,7 @@ class Firewall(SuiteApp):
             self._update_fastpath()
 
     def shutdown(self) -> None:
-        self.fastpath.close()
+        self.fastpath.shutdown()
 
     def explain(self, dpid: int, flow) -> dict | None:
         return explain_flow(self.settings, self.rules, self.fastpath, flow)

@@ -169,5 +169,14 @@ class FastPath:
         return self.prog.counters(self._ever) if self.prog is not None else {}
 
     def close(self) -> None:
+        """Detach from every interface (the config turned the fast path off); the program stays
+        loaded for when it comes back on."""
         if self.prog is not None:
             self.prog.detach_all()
+
+    def shutdown(self) -> None:
+        """The controller stops: detach, and remove the program's pins from bpffs (the process
+        exits without running atexit hooks)."""
+        self.close()
+        if self.prog is not None:
+            self.prog.close()

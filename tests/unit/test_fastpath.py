@@ -16,6 +16,7 @@ class StandInProgram:
         self.attached: dict[str, int] = {}
         self.entries: dict = {}
         self.drops: dict[int, int] = {}
+        self.closed = False
 
     def attach(self, ifname, mode):
         self.attached[ifname] = 1
@@ -26,6 +27,9 @@ class StandInProgram:
 
     def detach_all(self):
         self.attached.clear()
+
+    def close(self):
+        self.closed = True
 
     def sync(self, entries):
         new = {e.key: e for e in entries}
@@ -171,3 +175,12 @@ def test_indexed_planner_decides_exactly_as_a_plain_scan():
                 assert reason == plain, (rule_id, rules)
             else:  # a check before it (destination, schedule ...) decided first, as before
                 assert reason
+
+
+def test_shutdown_detaches_and_releases_the_program_but_off_keeps_it(stand_in):
+    fp = loaded(FastPath())
+    fp.update(RULES, (), 0xFFFF, False, {"lo"})
+    fp.configure(XdpSettings(mode="off"))
+    assert not stand_in.attached and not stand_in.closed  # off: loaded still, for coming back
+    fp.shutdown()
+    assert stand_in.closed  # its pins leave bpffs: the controller exits without atexit hooks

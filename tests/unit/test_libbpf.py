@@ -69,13 +69,13 @@ def test_percpu_values_are_8_byte_slots():
 
 def test_a_failing_call_raises_oserror_with_errno_naming_what():
     with pytest.raises(OSError) as err:
-        libbpf.obj_get("/nonexistent/osken-pin")
+        libbpf.Libbpf().obj_get("/nonexistent/osken-pin")
     assert err.value.errno in (errno.ENOENT, errno.EPERM)  # EPERM: no bpf(2) without root
     assert "bpf_obj_get on /nonexistent/osken-pin" in str(err.value)
 
 
 def test_possible_cpus_counts_at_least_the_online_ones():
-    assert libbpf.possible_cpus() >= (os.cpu_count() or 1)
+    assert libbpf.Libbpf().possible_cpus() >= (os.cpu_count() or 1)
 
 
 def test_checking_availability_imports_no_bcc():
