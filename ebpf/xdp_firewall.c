@@ -1,4 +1,5 @@
-// XDP fast path for the firewall's deny rules, loaded with bcc (see ebpf/xdp.py).
+// XDP fast path for the firewall's deny rules, compiled and loaded with bcc in a child process
+// (ebpf/compile.py), driven from the controller through libbpf (ebpf/xdp.py).
 //
 // Every lookup is one longest-prefix match in an LPM trie, so the cost per packet does not grow
 // with the number of rules:
@@ -31,15 +32,14 @@ struct protos4_key { u32 prefixlen; u8 data[8]; };   // proto, source (4)
 struct protos6_key { u32 prefixlen; u8 data[20]; };  // proto, source (16)
 struct counter { u64 packets; u64 bytes; };
 
-// With PIN_DIR the maps live in bpffs, so a later process (scripts/xdp_fw.py) finds them again.
-#ifdef PIN_DIR
+// The maps live in bpffs under PIN_DIR, where the controller opens them (ebpf/compile.py sets
+// it); maps already pinned there are reused, so scripts/xdp_fw.py keeps its rules.
+#ifndef PIN_DIR
+#error "PIN_DIR (a bpffs directory) must be defined: the maps are pinned there"
+#endif
 #define TRIE(name, key) \
     BPF_TABLE_PINNED("lpm_trie", key, u32, name, MAX_ENTRIES, PIN_DIR "/" #name, BPF_F_NO_PREALLOC)
 BPF_TABLE_PINNED("percpu_array", u32, struct counter, counters, MAX_ENTRIES, PIN_DIR "/counters");
-#else
-#define TRIE(name, key) BPF_LPM_TRIE(name, key, u32, MAX_ENTRIES)
-BPF_PERCPU_ARRAY(counters, struct counter, MAX_ENTRIES);
-#endif
 
 TRIE(blocked4, struct blocked4_key);
 TRIE(blocked6, struct blocked6_key);

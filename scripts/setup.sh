@@ -17,6 +17,7 @@ fi
 PACKAGES=(
     mininet openvswitch-switch openvswitch-common ethtool iproute2 iputils-ping iperf3 telnet
     tcpdump tzdata netsniff-ng nftables python3-venv python3-pip python3-bpfcc bpfcc-tools linux-headers-amd64
+    libbpf1
     docker.io mmdebstrap chromium
 )
 missing=()

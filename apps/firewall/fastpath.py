@@ -6,8 +6,8 @@ with `offload: adaptive` a deny rule goes to XDP once its OpenFlow hit rate pass
 `threshold_pps`, and comes back when XDP has seen nothing of it for `idle_seconds` (a DDoS
 scrubber). Blocked sources are always offloaded.
 
-Without bcc, kernel headers or privilege the firewall runs in OpenFlow alone and this says so
-once, with the reason.
+Without bcc, kernel headers, libbpf or privilege the firewall runs in OpenFlow alone and this
+says so once, with the reason.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ class FastPath:
             self._say_off("the config turns it off (firewall.xdp.mode: off)")
 
     def _ready(self) -> bool:
-        """True once the program is loaded. Loading (compiling, about half a second) runs in a
-        thread of its own, so the controller keeps serving switches meanwhile; `loaded()`
-        tells the caller when to come back."""
+        """True once the program is loaded. Loading (compiling in a child process, about a
+        second) runs in a thread of its own, so the controller keeps serving switches
+        meanwhile; `loaded()` tells the caller when to come back."""
         if self.prog is not None:
             return True
         if self.settings.mode == "off" or self.off_reason is not None:
