@@ -15,8 +15,8 @@ vSwitch (userspace datapath) or the same fake switch, with the same offered load
 3. Controller restart under traffic on a linear,3 Mininet lab: a 50 pps ping h1 -> h3 while the
    controller is stopped and started again: pings lost, flow-mods deleting and adding flows.
 4. Memory: the controller's RSS with the 10,000-rule ACL loaded (read in 2): ours as it
-   starts by default (the firewall's XDP fast path compiled and attached by bcc in-process),
-   and ours with the fast path off, OpenFlow alone, the same work as FAUCET.
+   starts by default (the firewall's XDP fast path loaded, compiled by bcc in a child process,
+   and attached), and ours with the fast path off, OpenFlow alone, the same work as FAUCET.
 
 Every ratio is oriented so that > 1 means ours is better: rates ours/FAUCET, times, counts and
 memory FAUCET/ours. Counts that can be zero are compared as (FAUCET + 1) / (ours + 1). Medians
