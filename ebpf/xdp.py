@@ -44,6 +44,7 @@ TABLES = ("blocked4", "blocked6", "ports4", "ports6", "protos4", "protos6")
 _RULE = struct.Struct("=I")  # the tries' value: u32 rule id
 _COUNTER = struct.Struct("=QQ")  # struct counter { u64 packets; u64 bytes; }
 _STDERR_TAIL = 2000  # characters of the child's stderr an error carries
+COMPILE_TIMEOUT = 120  # seconds; the compile takes about one
 
 
 def unavailable() -> str | None:
@@ -107,22 +108,20 @@ def remove_stale_pins() -> list[str]:
 def compile_in_child(pin_dir: str, function: str) -> dict:
     """Run ebpf/compile.py in a child process; its JSON answer (pin paths, compile time).
     RuntimeError naming what failed, with the tail of the child's stderr."""
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "ebpf.compile", pin_dir, "--function", function],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    what = f"compiling {function} from ebpf/xdp_firewall.c with bcc"
+    try:
+        done = subprocess.run(  # cwd: `-m` imports this tree's ebpf package
+            [sys.executable, "-m", "ebpf.compile", pin_dir, "--function", function],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=COMPILE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what} took over {COMPILE_TIMEOUT} s: stopped") from None
     if done.returncode != 0:
         tail = done.stderr.strip()[-_STDERR_TAIL:] or "(no output)"
-        raise RuntimeError(
-            f"compiling {function} from ebpf/xdp_firewall.c with bcc failed "
-            f"(child exit {done.returncode}): {tail}"
-        )
+        raise RuntimeError(f"{what} failed (child exit {done.returncode}): {tail}")
     return json.loads(done.stdout)
 
 
