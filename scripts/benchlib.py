@@ -18,6 +18,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from topologies import wait
 
@@ -42,6 +43,17 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def reconciled_at(log: str) -> float | None:
+    """When the controller's log (os-ken's "%Y-%m-%d %H:%M:%S,%f" stamps) last says a switch was
+    reconciled on connect, as epoch seconds; None if it never does."""
+    stamps = [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for line in log.splitlines()
+        if "reconciled (connect)" in line
+    ]
+    return max(stamps) if stamps else None
 
 
 def cpu_seconds(pid: int) -> float:
