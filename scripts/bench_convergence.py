@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
-from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from benchlib import reconciled_at  # noqa: E402
 
 from topologies.fattree import FatTreeTopo  # noqa: E402
 from topologies.harness import Controller, Lab, free_port  # noqa: E402
-
-
-def log_time(line: str) -> float:
-    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def main() -> int:
@@ -51,11 +48,7 @@ def main() -> int:
             t0 = time.time()
             lost, _ = lab.pingall(wait=0.5)
             floor = time.time() - t0
-            ready = [
-                log_time(line)
-                for line in ctl.log().splitlines()
-                if re.search(r"reconciled \(connect\)", line)
-            ]
+            ready = reconciled_at(ctl.log())
         finally:
             ctl.stop()
     if took is None:
@@ -63,8 +56,8 @@ def main() -> int:
         return 1
     n_sw, n_h = len(topo.switches()), len(topo.hosts())
     print(f"fat-tree k={args.k}: {n_sw} switches, {n_h} hosts, {n_h * (n_h - 1)} pings per round")
-    if ready:
-        print(f"  all switches reconciled : {max(ready) - start:6.2f} s after controller start")
+    if ready is not None:
+        print(f"  all switches reconciled : {ready - start:6.2f} s after controller start")
     print(f"  first 0%-loss pingall   : {took:6.2f} s after controller start  (goal <= 10 s)")
     print(f"  one pingall, converged  : {floor:6.2f} s  (lost {lost})")
     print(f"  ratio to the 10 s goal  : {took / 10:6.2f}")

@@ -5,7 +5,10 @@ For each k (20, 45, 80 switches; 16, 54, 128 hosts) a Mininet fat-tree on the us
 datapath is up first; then the controller (apps/firewall, which brings L2 along, with 20
 rules) starts and the clock runs:
 
-- cold start: controller start to the first all-pairs pingall with 0% loss;
+- cold start: controller start to the first all-pairs pingall with 0% loss, beside the time
+  until every switch was reconciled (from the controller's log) and how long one pingall takes
+  on the converged network (all hosts ping at once, hosts squared pings: part of the cold start
+  is the measurement itself);
 - flows per switch once converged (mean and max over switches);
 - the controller's CPU seconds and RSS at that point, and Open vSwitch's CPU seconds over the
   same interval (which of the two was busy says where the limit is);
@@ -35,11 +38,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from benchlib import cpu_seconds, rss_mib, until  # noqa: E402
+from benchlib import cpu_seconds, reconciled_at, rss_mib, until  # noqa: E402
 
 from controller.pipeline import PIPELINE  # noqa: E402
 from topologies.fattree import FatTreeTopo  # noqa: E402
@@ -49,8 +53,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VSWITCHD_PID = "/var/run/openvswitch/ovs-vswitchd.pid"
 FW_TABLE = PIPELINE.table("firewall")
 N_RULES = 20
+POLLERS = 8  # ovs-ofctl processes polling switches at once
 MEASURES = {  # key: (label, unit)
     "cold_start_s": ("cold start to first 0%-loss pingall", "s"),
+    "reconciled_s": ("controller start to every switch reconciled", "s"),
+    "pingall_s": ("one pingall on the converged network", "s"),
     "flows_per_switch": ("flows per switch (mean)", "flows"),
     "controller_cpu_s": ("controller CPU until converged", "s"),
     "controller_rss_mib": ("controller RSS", "MiB"),
@@ -81,6 +88,17 @@ def flow_counts(switches: list[str]) -> list[int]:
     ]
 
 
+def holding(switches: list[str], want: str) -> list[str]:
+    """The switches whose firewall table has a TCP flow whose text contains `want`, polled by
+    POLLERS ovs-ofctl processes at once."""
+
+    def has(sw: str) -> bool:
+        return want in ofctl("dump-flows", sw, f"table={FW_TABLE},tcp")
+
+    with ThreadPoolExecutor(POLLERS) as pool:
+        return [sw for sw, ok in zip(switches, pool.map(has, switches), strict=True) if ok]
+
+
 def edit_time(ctl: Controller, cfg: str, switches: list[str], port: int) -> float:
     """Seconds from SIGHUP until every switch holds the edited rule's flow."""
     with open(cfg, "w") as fh:
@@ -91,9 +109,8 @@ def edit_time(ctl: Controller, cfg: str, switches: list[str], port: int) -> floa
     waiting = list(switches)
 
     def all_have() -> bool:
-        waiting[:] = [
-            sw for sw in waiting if want not in ofctl("dump-flows", sw, f"table={FW_TABLE},tcp")
-        ]
+        done = set(holding(waiting, want))
+        waiting[:] = [sw for sw in waiting if sw not in done]
         return not waiting
 
     return until(all_have, 60, 0.0) - start
@@ -132,9 +149,15 @@ def measure(k: int, timeout: float) -> dict:
                 )
                 return out
             out["cold_start_s"] = took
+            ready = reconciled_at(ctl.log())
+            out["reconciled_s"] = ready - start if ready is not None else float("nan")
             out["controller_cpu_s"] = cpu_seconds(ctl.proc.pid)
             out["vswitchd_cpu_s"] = vswitchd_cpu() - ovs0
             out["controller_rss_mib"] = rss_mib(ctl.proc.pid)
+            t_ping = time.time()
+            lost, _ = lab.pingall(wait=0.5)
+            out["pingall_s"] = time.time() - t_ping
+            out["pingall_lost"] = lost
             counts = flow_counts(switches)
             out["flows_per_switch"] = sum(counts) / len(counts)
             out["flows_max"] = max(counts)
@@ -146,8 +169,7 @@ def measure(k: int, timeout: float) -> dict:
             out["reroute_ms"] = ms
             time.sleep(2.0)
             t_pass = time.time()
-            for sw in switches:
-                ofctl("dump-flows", sw, f"table={FW_TABLE},tcp")
+            holding(switches, "tp_dst=40000")
             out["poll_pass_s"] = time.time() - t_pass
             out["edit_s"] = edit_time(ctl, cfg, switches, 40000)
         finally:
@@ -169,8 +191,9 @@ def exponent(xs: list[float], ys: list[float]) -> float | None:
 def report(results: list[dict]) -> list[str]:
     done = [r for r in results if "cold_start_s" in r]
     lines = [
-        "| k | switches | hosts | cold start s | flows/switch (max) | controller CPU s | "
-        "vswitchd CPU s | RSS MiB | reroute loss ms | edit s (one poll pass) |",
+        "| k | switches | hosts | cold start s (all reconciled; one pingall) "
+        "| flows/switch (max) | controller CPU s | vswitchd CPU s | RSS MiB | reroute loss ms "
+        "| edit s (one poll pass) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -178,7 +201,8 @@ def report(results: list[dict]) -> list[str]:
             lines.append(f"| {r['k']} | {r['switches']} | {r['hosts']} | {r['limit']} |")
             continue
         lines.append(
-            f"| {r['k']} | {r['switches']} | {r['hosts']} | {r['cold_start_s']:.1f} | "
+            f"| {r['k']} | {r['switches']} | {r['hosts']} | {r['cold_start_s']:.1f} "
+            f"({r['reconciled_s']:.1f}; {r['pingall_s']:.1f}) | "
             f"{r['flows_per_switch']:.0f} ({r['flows_max']}) | {r['controller_cpu_s']:.1f} | "
             f"{r['vswitchd_cpu_s']:.1f} | {r['controller_rss_mib']:.0f} | "
             f"{r['reroute_ms']:.0f} | {r['edit_s']:.2f} ({r['poll_pass_s']:.2f}) |"

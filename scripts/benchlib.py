@@ -3,9 +3,9 @@
 - `until(check, timeout)`: poll until a check holds (raises TimeoutError).
 - `rss_mib(pid)`, `cpu_seconds(pid)`: a process's resident memory and CPU time, from /proc.
 - `OpenFlowTap`: a TCP relay between switches and a controller that counts the OpenFlow
-  messages the controller sends, by type and by flow-mod command, so two controllers are
-  counted the same way, on the wire (OpenFlow 1.3.5 section 7.1: every message starts with
-  version, type, length, xid).
+  messages the controller sends, by type, by kind (scripts/ofkinds.py: changes, barriers,
+  packet-outs, the rest) and by flow-mod command, so two controllers are counted the same way,
+  on the wire.
 """
 
 from __future__ import annotations
@@ -14,16 +14,15 @@ import collections
 import os
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
+
+from ofkinds import WORK_KINDS, read_messages
 
 from topologies import wait
 
-FLOW_MOD, BUNDLE_ADD, EXPERIMENTER = 14, 34, 4
-ONF, ONF_ET_BUNDLE_ADD = 0x4F4E4600, 2301  # OpenFlow 1.3's bundle extension (ONF EXT-230)
-FLOW_MOD_COMMANDS = {0: "add", 1: "modify", 2: "modify_strict", 3: "delete", 4: "delete_strict"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -44,6 +43,17 @@ def rss_mib(pid: int) -> float:
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
+def reconciled_at(log: str) -> float | None:
+    """When the controller's log (os-ken's "%Y-%m-%d %H:%M:%S,%f" stamps) last says a switch was
+    reconciled on connect, as epoch seconds; None if it never does."""
+    stamps = [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for line in log.splitlines()
+        if "reconciled (connect)" in line
+    ]
+    return max(stamps) if stamps else None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used (/proc/PID/stat fields 14 and 15)."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -54,21 +64,24 @@ def cpu_seconds(pid: int) -> float:
 class OpenFlowTap:
     """Listens on `port` and relays every connection to the controller on `upstream`.
 
-    Counts what the controller sends: `sent` by OpenFlow message type number, `flow_mods` by
-    command name (a flow-mod inside a bundle add, OpenFlow 1.4's or 1.3's ONF extension, counts
-    too). A switch whose controller goes
-    away is disconnected, as it would be without the tap, and reconnects through it.
+    Counts what the controller sends: `sent` by OpenFlow message type number, `kinds` by
+    ofkinds kind, `flow_mods` by command name (a flow-mod inside a bundle add, OpenFlow 1.4's
+    or 1.3's ONF extension, counts too). `work()` is the changes and barriers, what a piece of
+    work costs; periodic echoes, polls and probes are left out, and `quiet_for` waits on work
+    alone. A switch whose controller goes away is disconnected, as it would be without the
+    tap, and reconnects through it.
 
-        with OpenFlowTap(upstream=6653) as tap:   # switches point at tap.port
-            tap.reset(); ...; print(tap.flow_mods)
+        with OpenFlowTap(upstream=6653, port=6654) as tap:   # switches point at tap.port
+            tap.reset(); ...; print(tap.work(), tap.flow_mods)
     """
 
     def __init__(self, upstream: int, port: int) -> None:
         self.upstream = upstream
         self.port = port
         self.sent: collections.Counter[int] = collections.Counter()
+        self.kinds: collections.Counter[str] = collections.Counter()
         self.flow_mods: collections.Counter[str] = collections.Counter()
-        self.last_sent = 0.0
+        self.last_work = 0.0  # time.time() of the last change or barrier sent
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", port))
@@ -89,11 +102,18 @@ class OpenFlowTap:
     def reset(self) -> None:
         with self._lock:
             self.sent.clear()
+            self.kinds.clear()
             self.flow_mods.clear()
 
+    def work(self) -> int:
+        """Changes and barriers sent since the last reset."""
+        with self._lock:
+            return sum(self.kinds[k] for k in WORK_KINDS)
+
     def quiet_for(self, seconds: float) -> bool:
-        """Has the controller sent nothing for `seconds`?"""
-        return time.time() - self.last_sent >= seconds
+        """Has the controller sent no change and no barrier for `seconds`? (Echoes, polls,
+        packet-outs and the other periodic messages do not break the quiet.)"""
+        return time.time() - self.last_work >= seconds
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -137,23 +157,13 @@ class OpenFlowTap:
 
     def _count(self, buf: bytes) -> bytes:
         """Count the whole messages at the start of `buf`; return the incomplete rest."""
-        offset = 0
+        messages, rest = read_messages(buf)
         with self._lock:
-            while len(buf) - offset >= 8:
-                mtype, length = struct.unpack_from("!xBH", buf, offset)
-                if length < 8 or len(buf) - offset < length:
-                    break
-                self.sent[mtype] += 1
-                if mtype == FLOW_MOD:
-                    self.flow_mods[FLOW_MOD_COMMANDS.get(buf[offset + 25], "other")] += 1
-                elif mtype == BUNDLE_ADD and length >= 16 + 26 and buf[offset + 17] == FLOW_MOD:
-                    self.flow_mods[FLOW_MOD_COMMANDS.get(buf[offset + 16 + 25], "other")] += 1
-                elif mtype == EXPERIMENTER and length >= 24 + 26:
-                    experimenter, exp_type = struct.unpack_from("!II", buf, offset + 8)
-                    inner = buf[offset + 25]
-                    if (experimenter, exp_type, inner) == (ONF, ONF_ET_BUNDLE_ADD, FLOW_MOD):
-                        command = buf[offset + 24 + 25]
-                        self.flow_mods[FLOW_MOD_COMMANDS.get(command, "other")] += 1
-                offset += length
-            self.last_sent = time.time()
-        return buf[offset:]
+            for msg in messages:
+                self.sent[msg.mtype] += 1
+                self.kinds[msg.kind] += 1
+                if msg.flow_mod is not None:
+                    self.flow_mods[msg.flow_mod] += 1
+                if msg.kind in WORK_KINDS:
+                    self.last_work = time.time()
+        return rest

@@ -37,7 +37,7 @@ from controller.labelselectors import (
     cilium_key,
     cilium_view,
 )
-from vnf.waypoint.model import HttpRule, L7Allow
+from vnf.waypoint.model import HttpRule, L7Allow, check_regex
 
 LOG = logging.getLogger("osken_suite.services")
 # The shape of what this module reads of a CiliumNetworkPolicy (cilium.io/v2; microsegmentation
@@ -175,6 +175,12 @@ def _http_rule(doc: Document, where: tuple, spec: dict) -> HttpRule | None:
     for text in spec.get("headers") or ():
         name, sep, value = str(text).partition(":")
         headers.append((name.strip().lower(), value.strip() if sep else None))
+    for key in ("method", "path", "host"):  # Cilium's PortRuleHTTP: regular expressions
+        if spec.get(key):
+            try:
+                check_regex(str(spec[key]))
+            except ValueError as exc:
+                raise doc.error(where + (key,), str(exc)) from None
     return HttpRule(
         spec.get("method") or None, spec.get("path") or None, spec.get("host"), tuple(headers)
     )

@@ -407,7 +407,7 @@ def _httproute_rule(doc: Document, rule: dict, at: tuple) -> RouteRule | None:
         _refused(doc, refused)
         return None
     matches = tuple(
-        _httproute_match(match, at + ("matches", j))
+        _httproute_match(doc, match, at + ("matches", j))
         for j, match in enumerate(rule.get("matches") or [])
     )
     destinations = _httproute_destinations(doc, rule, at)
@@ -418,17 +418,26 @@ def _httproute_rule(doc: Document, rule: dict, at: tuple) -> RouteRule | None:
     return RouteRule(matches, destinations, doc.located(at), actions)
 
 
-def _gateway_named(values: list) -> tuple[tuple[str, StringMatch], ...]:
+def _gateway_string(doc: Document, kind: str, value: object, where: tuple) -> StringMatch:
+    try:
+        return StringMatch(_GATEWAY_MATCH_KIND[kind], str(value))
+    except ValueError as exc:
+        raise doc.error(where, str(exc)) from None
+
+
+def _gateway_named(
+    doc: Document, values: list, where: tuple
+) -> tuple[tuple[str, StringMatch], ...]:
     return tuple(
         (
             str(v["name"]).lower(),
-            StringMatch(_GATEWAY_MATCH_KIND[v.get("type", "Exact")], str(v["value"])),
+            _gateway_string(doc, v.get("type", "Exact"), v["value"], where + (i, "value")),
         )
-        for v in values
+        for i, v in enumerate(values)
     )
 
 
-def _httproute_match(match: dict, at: tuple) -> SourceMatch:
+def _httproute_match(doc: Document, match: dict, at: tuple) -> SourceMatch:
     """One HTTPRouteMatch: the default (PathPrefix /, nothing else) takes every request; any
     other condition is for a waypoint to judge."""
     l7 = [k for k in match if k in _HTTPROUTE_MATCH_L7]
@@ -437,12 +446,12 @@ def _httproute_match(match: dict, at: tuple) -> SourceMatch:
     path = match.get("path") or {}
     where = at + (l7[0] if l7 else "path",)
     http = HttpMatch(
-        path=StringMatch(
-            _GATEWAY_MATCH_KIND[path.get("type", "PathPrefix")], str(path.get("value", "/"))
+        path=_gateway_string(
+            doc, path.get("type", "PathPrefix"), path.get("value", "/"), at + ("path", "value")
         ),
         method=StringMatch("exact", match["method"]) if "method" in match else None,
-        headers=_gateway_named(match.get("headers") or []),
-        query=_gateway_named(match.get("queryParams") or []),
+        headers=_gateway_named(doc, match.get("headers") or [], at + ("headers",)),
+        query=_gateway_named(doc, match.get("queryParams") or [], at + ("queryParams",)),
         where=where,
     )
     return SourceMatch(http=http)

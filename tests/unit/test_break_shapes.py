@@ -35,6 +35,8 @@ spec:
         ("[GET]", "http[0]", "not of type 'object'"),
         ("[{path: [/x]}]", "http[0].path", "not of type 'string'"),
         ("[{headers: 'Content-Type: application/json'}]", "http[0].headers", "'array'"),
+        ("[{path: '/users/(['}]", "http[0].path", "is not an RE2 regular expression"),
+        ("[{method: '(?i)GET|(?<!P)OST'}]", "http[0].method", "invalid perl operator"),
     ],
 )
 def test_a_cilium_l7_rule_of_the_wrong_shape_is_refused_at_its_field(tmp_path, http, field, says):

@@ -182,6 +182,24 @@ def test_the_seeds_httproute_content_type_match_and_backend_weights(tmp_path):
     )
 
 
+def test_an_httproute_regular_expression_re2_refuses_is_refused_at_its_value(tmp_path):
+    endpoints = "  - {name: api, ip: 10.0.0.6, labels: {app: api-service}}\n"
+    services = endpoints + "services:\n  - {name: advanced-gateway, vip: 10.0.100.11, port: 80}\n"
+    path = config(tmp_path, ["gateway-api.yml"], services=services)
+    seed = (tmp_path / "gateway-api.yml").read_text()
+    (tmp_path / "gateway-api.yml").write_text(
+        seed.replace(
+            'value: "application/json"', 'type: RegularExpression\n        value: "a{9999}"'
+        )
+    )
+    with pytest.raises(Exception) as refused:
+        settings_of(path)
+    assert (
+        "gateway-api.yml:27: spec.rules[0].matches[0].headers[0].value: 'a{9999}' is not an RE2 "
+        "regular expression (invalid repetition size: {9999})"
+    ) in str(refused.value)
+
+
 def test_gateway_api_matches_go_most_specific_first_whatever_their_order(tmp_path):
     (tmp_path / "route.yaml").write_text(
         textwrap.dedent(
@@ -212,9 +230,11 @@ def test_gateway_api_matches_go_most_specific_first_whatever_their_order(tmp_pat
     ]
 
 
-def test_a_rule_envoy_would_refuse_is_refused_first_and_the_running_config_stays(
+def test_a_regex_envoy_would_refuse_is_refused_at_its_line_and_the_running_config_stays(
     tmp_path, fake_runner
 ):
+    """RE2 (what Envoy's safe_regex compiles with) judges the regex where it is read: the error
+    names the file, line and field, not the whole waypoint."""
     path = config(tmp_path, ["traffic-routing.yml"])
     core = Core()
     app = core.add_app(Services)
@@ -222,12 +242,22 @@ def test_a_rule_envoy_would_refuse_is_refused_first_and_the_running_config_stays
     before = app.settings.plan
     seed = (tmp_path / "traffic-routing.yml").read_text()
     (tmp_path / "traffic-routing.yml").write_text(seed.replace("exact: 'true'", "regex: '(('"))
+    line = 1 + seed[: seed.index("canary:")].count("\n")
     with pytest.raises(Exception) as info:
         core.parse(load_config(path))
-    assert "mesh.waypoint" in str(info.value) and "Envoy refuses" in str(info.value)
-    assert "((" in str(info.value)  # Envoy's own reason: the regex it cannot compile
+    message = str(info.value)
+    assert f"traffic-routing.yml:{line}: spec.http[0].match[0].headers.canary:" in message
+    assert "mesh.waypoint" not in message
+    assert "'((' is not an RE2 regular expression (missing ): (()" in message
     core.reload(lambda: load_config(path), 1001.0)
     assert app.settings.plan == before
+
+
+@pytest.mark.parametrize("pattern", ["((", "(?<=a)b", "a{2000}", "a\\", "(?P<x>a)(?P=x)"])
+def test_what_re2_refuses_is_refused_and_what_it_takes_is_taken(pattern):
+    with pytest.raises(ValueError, match="is not an RE2 regular expression"):
+        StringMatch("regex", pattern)
+    assert StringMatch("regex", "/users/[0-9]{1,12}(/[a-z]+)?").value
 
 
 def test_envoys_validation_is_real_a_misspelled_field_is_refused(monkeypatch):

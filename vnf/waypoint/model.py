@@ -25,7 +25,11 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+import re2
+
 MATCH_KINDS = ("exact", "prefix", "regex")
+_RE2_QUIET = re2.Options()
+_RE2_QUIET.log_errors = False  # the error is raised, located, to the user; not logged by RE2
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
 # Istio's EnvoyFilter patch operations on an HTTP filter chain.
 PATCH_OPERATIONS = ("ADD", "INSERT_FIRST", "INSERT_BEFORE", "INSERT_AFTER", "REPLACE", "REMOVE")
@@ -41,6 +45,20 @@ class StringMatch:
     def __post_init__(self) -> None:
         if self.kind not in MATCH_KINDS:
             raise ValueError(f"a string match is one of {MATCH_KINDS}, not {self.kind!r}")
+        if self.kind == "regex":
+            check_regex(self.value)
+
+
+def check_regex(pattern: str) -> None:
+    """Raise ValueError naming what is wrong if `pattern` is not a regular expression Envoy's
+    `safe_regex` takes: RE2 syntax (github.com/google/re2/wiki/Syntax: no lookaround, no
+    backreferences, repetition counts up to 1,000), compiled with google-re2, as Envoy does.
+    """
+    try:
+        re2.compile(pattern, _RE2_QUIET)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args else "invalid"
+        raise ValueError(f"{pattern!r} is not an RE2 regular expression ({reason})") from None
 
 
 @dataclass(frozen=True)
