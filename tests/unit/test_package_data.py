@@ -1,11 +1,14 @@
-"""The page's files are package data: a non-editable install (a wheel's layout, pip --target)
-serves the page, its script and style and the graph library from where it was installed."""
+"""Files the code reads are package data: a non-editable install (a wheel's layout, pip --target)
+serves the page, its script and style and the graph library from where it was installed, and
+holds the XDP fast path's C source where ebpf.compile looks for it."""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+
+import pytest
 
 import controller.web
 
@@ -24,7 +27,10 @@ print(json.dumps(got))
 """
 
 
-def test_a_non_editable_install_serves_the_page_from_the_installed_package(tmp_path):
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A non-editable install of this tree: (the folder it went to, the folder to run in)."""
+    tmp_path = tmp_path_factory.mktemp("install")
     source, target = tmp_path / "src", tmp_path / "site"
     # A copy of the tree: the build's own folders (build/, *.egg-info) stay out of the checkout.
     skip = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "tests", "docs")
@@ -38,6 +44,11 @@ def test_a_non_editable_install_serves_the_page_from_the_installed_package(tmp_p
         cwd=tmp_path,
     )
     assert build.returncode == 0, build.stderr[-2000:]
+    return target, tmp_path
+
+
+def test_a_non_editable_install_serves_the_page_from_the_installed_package(installed):
+    target, tmp_path = installed
     run = subprocess.run(
         [sys.executable, "-c", SERVE, str(target)],
         capture_output=True,
@@ -51,3 +62,28 @@ def test_a_non_editable_install_serves_the_page_from_the_installed_package(tmp_p
     static = os.path.dirname(controller.web.__file__) + "/static/"
     want = {"/": "index.html", **{f"/static/{n}": n for n in controller.web.FILES}}
     assert got == {p: ["200 OK", os.path.getsize(static + n)] for p, n in want.items()}
+
+
+def test_a_non_editable_install_holds_the_xdp_source_where_the_compiler_child_reads_it(installed):
+    target, tmp_path = installed
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); "
+            "import ebpf.compile as c; print(c.SOURCE)",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    source = run.stdout.strip()
+    assert source.startswith(str(target))
+    with (
+        open(source, "rb") as got,
+        open(os.path.join(ROOT, "ebpf", "xdp_firewall.c"), "rb") as want,
+    ):
+        assert got.read() == want.read()
