@@ -31,7 +31,12 @@ from apps.services.backends import Locations
 from apps.services.ciliuml7 import KIND as CILIUM
 from apps.services.ciliuml7 import parse_cilium_l7
 from apps.services.compile import COOKIE, MAX_BACKENDS, MAX_ROUTES, ServicesCompiler, service_tag
-from apps.services.connlimit import MAX_CAPPED_SERVICES, connection_cap, zone_limits
+from apps.services.connlimit import (
+    MAX_CAPPED_SERVICES,
+    connection_cap,
+    requested_cap,
+    zone_limits,
+)
 from apps.services.counting import STATS_INTERVAL, GroupCounts
 from apps.services.drain import Draining
 from apps.services.explain import explain_flow
@@ -186,7 +191,20 @@ class Services(SuiteApp):
 
     def _set_zone_limits(self) -> None:
         """Cap each capped service's counting zone on the local datapath (connlimit.py), and
-        lift the caps no longer configured; say loudly when they cannot be enforced."""
+        lift the caps no longer configured; say loudly when they cannot be enforced, or are
+        not asked for (`conntrack_cap`)."""
+        for s in self.settings.services:
+            cap = requested_cap(s)
+            if cap is not None and not s.conntrack_cap:
+                LOG.warning(
+                    "services: %s: maxConnections %d is not enforced: Open vSwitch's conntrack "
+                    "counts a closed connection until it sweeps it (about 40 s on 3.1's "
+                    "userspace datapath), so a cap would refuse connections Istio allows; "
+                    "put the service behind mesh.waypoint for Envoy's exact count, or set "
+                    "conntrack_cap: true for the switch's approximation",
+                    s.name,
+                    cap,
+                )
         wanted = zone_limits(self.settings.services)
         if not wanted and not self.zone_limits.in_force:
             return

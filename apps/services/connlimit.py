@@ -25,8 +25,15 @@ COUNTED_MARK = 0x60  # ct_mark of a connection its counting zone took
 
 
 def connection_cap(service: Service) -> int | None:
-    """The service's cap in connections, or None: no cap (UDP, a waypoint, or no backend's
-    policy sets `connectionPool.tcp.maxConnections`). Shape: a positive int."""
+    """The service's cap in connections, or None: no cap (not asked for with `conntrack_cap:
+    true`, UDP, a waypoint, or no backend's policy sets `connectionPool.tcp.maxConnections`).
+    Shape: a positive int."""
+    return requested_cap(service) if service.conntrack_cap else None
+
+
+def requested_cap(service: Service) -> int | None:
+    """The smallest maxConnections the routing files set for a plain TCP service's backends,
+    whether or not the switch enforces it (None: none set, UDP, or a waypoint's own)."""
     if service.protocol != "tcp" or service.method == WAYPOINT:
         return None
     caps = [

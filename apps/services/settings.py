@@ -88,6 +88,7 @@ SERVICES_SCHEMA = {
                     },
                 },
             },
+            "conntrack_cap": {"type": "boolean"},
             "health": {
                 "oneOf": [
                     {"const": False},
@@ -187,6 +188,9 @@ class Service:
     # backend key -> the DestinationRule trafficPolicy for traffic to it (none: no limits)
     traffic_policies: tuple[tuple[str, TrafficPolicy], ...] = ()
     health: HealthCheck | None = None  # active checks (None: off)
+    # `conntrack_cap: true`: the routing files' maxConnections is enforced in the switch
+    # (connlimit.py), counting closed connections until conntrack sweeps them
+    conntrack_cap: bool = False
 
     def backend(self, key: str) -> Backend:
         return next(b for b in self.backends if b.key == key)
@@ -447,6 +451,7 @@ def parse_services(
                 tuple((b.key, w) for b, w in backups[spec["name"]]),
                 _policies_of(members, resolver),
                 parse_health(config, i, spec),
+                bool(spec.get("conntrack_cap", False)),
             )
         )
     _warn_unrouted(docs, used)

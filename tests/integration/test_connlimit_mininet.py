@@ -61,7 +61,9 @@ def env(tmp_path_factory):
 @pytest.mark.parametrize("method", ["exact", "switch"])
 def test_exactly_the_cap_is_served_the_excess_refused_and_served_after_they_end(env, method):
     lab = env.lab
-    config = service_config({"v1-a": 50, "v2-a": 50}, method=method, backup=False)
+    config = service_config({"v1-a": 50, "v2-a": 50}, method=method, backup=False).replace(
+        f"    method: {method}\n", f"    method: {method}\n    conntrack_cap: true\n"
+    )
     env.apply(config + f"routing: [{env.rule}]\n", want=2)
     assert f"zone={ZONES.first},limit={CAP}" in limits()
     # An earlier case's entries (TIME_WAIT) count until conntrack's sweeper removes them.
