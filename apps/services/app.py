@@ -116,6 +116,7 @@ class Services(SuiteApp):
         self.group_counts = GroupCounts(self.metrics.connected_many)
         self._next_poll = 0.0
         self.zone_limits = ZoneLimits()
+        self._said_unenforced: set[tuple[str, int]] = set()  # (service, maxConnections) logged
 
     def _parse_policy(self, doc: Document) -> list:
         """A `policies:` document: the Istio security kinds are ours (authz.py), and a
@@ -193,18 +194,22 @@ class Services(SuiteApp):
         """Cap each capped service's counting zone on the local datapath (connlimit.py), and
         lift the caps no longer configured; say loudly when they cannot be enforced, or are
         not asked for (`conntrack_cap`)."""
-        for s in self.settings.services:
-            cap = requested_cap(s)
-            if cap is not None and not s.conntrack_cap:
-                LOG.warning(
-                    "services: %s: maxConnections %d is not enforced: Open vSwitch's conntrack "
-                    "counts a closed connection until it sweeps it (about 40 s on 3.1's "
-                    "userspace datapath), so a cap would refuse connections Istio allows; "
-                    "put the service behind mesh.waypoint for Envoy's exact count, or set "
-                    "conntrack_cap: true for the switch's approximation",
-                    s.name,
-                    cap,
-                )
+        unenforced = {
+            (s.name, cap)
+            for s in self.settings.services
+            if (cap := requested_cap(s)) is not None and not s.conntrack_cap
+        }
+        for name, cap in sorted(unenforced - self._said_unenforced):
+            LOG.warning(
+                "services: %s: maxConnections %d is not enforced: Open vSwitch's conntrack "
+                "counts a closed connection until it sweeps it (about 40 s on 3.1's "
+                "userspace datapath), so a cap would refuse connections Istio allows; "
+                "put the service behind mesh.waypoint for Envoy's exact count, or set "
+                "conntrack_cap: true for the switch's approximation",
+                name,
+                cap,
+            )
+        self._said_unenforced = unenforced
         wanted = zone_limits(self.settings.services)
         if not wanted and not self.zone_limits.in_force:
             return

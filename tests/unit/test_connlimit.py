@@ -159,6 +159,10 @@ def test_without_conntrack_cap_the_seeds_cap_is_named_not_enforced_and_nothing_i
     assert "conntrack_cap: true" in caplog.text
     results = [call(net, C1, sport) for sport in range(40000, 40005)]
     assert all(r[0] is not None for r in results)  # five at once, past the unenforced 3
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        reload(net, cfg, config(tmp_path, 3, opt_in=False) + "# touched\n")
+    assert "is not enforced" not in caplog.text  # said once, not at every reload
 
 
 def test_only_plain_tcp_services_are_capped(tmp_path):
