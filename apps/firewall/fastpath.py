@@ -21,6 +21,7 @@ from ebpf.offload import plan
 from ebpf.xdp import attached_prog_id
 
 LOG = logging.getLogger("osken_suite.firewall.xdp")
+SHUTDOWN_WAIT = 10.0  # seconds shutdown waits for a load under way (a compile takes about one)
 
 
 class FastPath:
@@ -36,6 +37,8 @@ class FastPath:
         self._planned_for: tuple | None = None
         self._plan: tuple = ([], [])
         self._announced = False
+        self._stopping = False  # shutdown has begun: a program loaded from now on is released
+        self._handover = threading.Lock()  # the loader's `prog` against shutdown's
 
     def configure(self, settings: XdpSettings) -> None:
         self.settings = settings
@@ -68,8 +71,12 @@ class FastPath:
         if problem:
             self._say_off(problem)
             return
-        LOG.info("XDP fast path on (%s mode)", self.settings.mode)
-        self.prog = prog
+        with self._handover:
+            if not self._stopping:
+                LOG.info("XDP fast path on (%s mode)", self.settings.mode)
+                self.prog = prog
+                return
+        prog.close()  # shut down while it compiled: its pins must not outlive this process
 
     def loaded(self) -> bool:
         """True once, when a load that update() started has finished: time to update again."""
@@ -176,7 +183,12 @@ class FastPath:
 
     def shutdown(self) -> None:
         """The controller stops: detach, and remove the program's pins from bpffs (the process
-        exits without running atexit hooks)."""
+        exits without running atexit hooks). A load under way is waited for (up to
+        SHUTDOWN_WAIT) and its program released as soon as it is made."""
+        with self._handover:
+            self._stopping = True
+        if self._loader is not None:
+            self._loader.join(SHUTDOWN_WAIT)
         self.close()
         if self.prog is not None:
             self.prog.close()

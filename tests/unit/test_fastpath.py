@@ -1,6 +1,7 @@
 """The firewall's XDP fast path logic, with a stand-in for the kernel program."""
 
 import ipaddress
+import time
 
 import pytest
 
@@ -184,3 +185,21 @@ def test_shutdown_detaches_and_releases_the_program_but_off_keeps_it(stand_in):
     assert not stand_in.attached and not stand_in.closed  # off: loaded still, for coming back
     fp.shutdown()
     assert stand_in.closed  # its pins leave bpffs: the controller exits without atexit hooks
+
+
+def test_shutdown_while_the_program_loads_still_releases_it(monkeypatch):
+    """SIGTERM in the second the child compiles: the program it pins must not outlive us."""
+    prog = StandInProgram()
+
+    def slow_load():
+        time.sleep(0.3)
+        return prog
+
+    monkeypatch.setattr(ebpf.xdp, "unavailable", lambda: None)
+    monkeypatch.setattr(ebpf.xdp, "XdpProgram", slow_load)
+    fp = FastPath()
+    fp.update(RULES, (), 0xFFFF, False, {"lo"})  # starts the load
+    fp.shutdown()
+    fp.wait_loaded()
+    assert prog.closed
+    assert fp.prog is None
