@@ -13,14 +13,16 @@ says so once, with the reason.
 from __future__ import annotations
 
 import logging
-import os
+import re
 import threading
+from collections.abc import Mapping
 
 from apps.firewall.rules import XdpSettings
 from ebpf.offload import plan
 from ebpf.xdp import attached_prog_id
 
 LOG = logging.getLogger("osken_suite.firewall.xdp")
+_IFNAME = re.compile(r"[^/:\s]{1,15}")  # what Linux takes as an interface name (dev_valid_name)
 SHUTDOWN_WAIT = 10.0  # seconds shutdown waits for a load under way (a compile takes about one)
 
 
@@ -94,9 +96,12 @@ class FastPath:
             LOG.warning("XDP fast path off: %s; the firewall runs in OpenFlow alone", why)
         self.off_reason = why
 
-    def update(self, rules, blocked, blocked_id: int, stateful: bool, interfaces: set[str]) -> None:
-        """Offload what can be, attach where traffic enters, log what changed and why."""
-        local = {i for i in interfaces if os.path.exists(f"/sys/class/net/{i}")}
+    def update(
+        self, rules, blocked, blocked_id: int, stateful: bool, interfaces: Mapping[str, str]
+    ) -> None:
+        """Offload what can be, attach where traffic enters (`interfaces`: port name -> the MAC
+        its switch reports), log what changed and why."""
+        local = {name for name, mac in interfaces.items() if is_local(name, mac)}
         if self.prog is None and not local:
             return  # switches on other machines, or none yet: nothing here to attach to
         key = (tuple(rules), blocked, blocked_id, stateful)
@@ -192,3 +197,16 @@ class FastPath:
         self.close()
         if self.prog is not None:
             self.prog.close()
+
+
+def is_local(name: str, mac: str) -> bool:
+    """Is the switch port `name` with MAC `mac` an interface of this machine? The name alone
+    is not enough: a switch on another machine may call its uplink "eth0" too, and the fast path
+    would then drop this machine's own traffic by the firewall's rules."""
+    if not _IFNAME.fullmatch(name) or name in (".", ".."):
+        return False
+    try:
+        with open(f"/sys/class/net/{name}/address") as fh:
+            return fh.read().strip().lower() == mac.strip().lower()
+    except OSError:  # no such interface here
+        return False
