@@ -22,7 +22,7 @@ from ebpf.offload import plan
 from ebpf.xdp import attached_prog_id
 
 LOG = logging.getLogger("osken_suite.firewall.xdp")
-_IFNAME = re.compile(r"[^/:\s]{1,15}")  # what Linux takes as an interface name (dev_valid_name)
+_IFNAME = re.compile(r"[^/:\s\0]{1,15}")  # what Linux takes as an interface name (dev_valid_name)
 SHUTDOWN_WAIT = 10.0  # seconds shutdown waits for a load under way (a compile takes about one)
 
 

@@ -225,7 +225,7 @@ def test_a_remote_switchs_port_named_like_a_local_interface_is_not_attached_to(s
     assert set(stand_in.attached) == {"lo"}
 
 
-@pytest.mark.parametrize("name", ["..", ".", "", "../lo", "a b", "x" * 16])
+@pytest.mark.parametrize("name", ["..", ".", "", "../lo", "a b", "x" * 16, "l\0o"])
 def test_a_port_name_no_interface_can_have_is_never_looked_up(stand_in, name):
     fp = FastPath()
     fp.update(RULES, (), 0xFFFF, False, {name: "00:00:00:00:00:00"})
