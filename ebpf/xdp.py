@@ -122,7 +122,26 @@ def compile_in_child(pin_dir: str, function: str) -> dict:
     if done.returncode != 0:
         tail = done.stderr.strip()[-_STDERR_TAIL:] or "(no output)"
         raise RuntimeError(f"{what} failed (child exit {done.returncode}): {tail}")
-    return json.loads(done.stdout)
+    return _pins(done.stdout, what)
+
+
+def _pins(stdout: str, what: str) -> dict:
+    """The child's answer: its last line, JSON with the program's pin, every map's pin and the
+    compile time. RuntimeError quoting what came instead."""
+    lines = stdout.strip().splitlines()
+    try:
+        pins = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        pins = None
+    if (
+        isinstance(pins, dict)
+        and isinstance(pins.get("prog"), str)
+        and isinstance(pins.get("maps"), dict)
+        and set(pins["maps"]) >= {*TABLES, "counters"}
+        and isinstance(pins.get("compile_seconds"), int | float)
+    ):
+        return pins
+    raise RuntimeError(f"{what}: the child answered {stdout[-_STDERR_TAIL:]!r}, not its pins")
 
 
 class _Map:

@@ -91,19 +91,21 @@ def main() -> int:
         print(f"xdp_fw: the fast path cannot run here: {problem}", file=sys.stderr)
         return 2
     state = _load_state()
-    prog = _program(state)
     attached = state["attached"]
+    if args.command == "detach" and args.iface not in attached:
+        print(f"xdp_fw: not attached to {args.iface}", file=sys.stderr)
+        return 1
+    if args.command == "stats" and not os.path.isdir(PIN_DIR):
+        print("attached: nowhere (no program loaded)")
+        return 0
+    prog = _program(state)
     if args.command == "attach":
         mode = prog.attach(args.iface, args.mode)
         attached[args.iface] = {"mode": mode, "id": prog.prog_ids[args.iface]}
         _save_state(state)
         print(f"attached to {args.iface} ({mode} mode)")
     elif args.command == "detach":
-        where = attached.pop(args.iface, None)
-        if where is None:
-            print(f"xdp_fw: not attached to {args.iface}", file=sys.stderr)
-            return 1
-        where = _attachment(where)
+        where = _attachment(attached.pop(args.iface))
         prog.adopt(args.iface, where["mode"], where["id"])
         if prog.detach(args.iface):
             print(f"detached from {args.iface}")

@@ -53,7 +53,7 @@ class Firewall(SuiteApp):
         self._logged: dict[int, int] = {}  # prio -> denied packets already reported
         self._next_poll = 0.0
         self.fastpath = FastPath()
-        self._edges: set[str] = set()  # the edge interfaces the fast path was last given
+        self._edges: dict[str, str] = {}  # the edge interfaces (name -> MAC) it was last given
         self._rates_from: dict[int, int] = {}
         self._rates_at = 0.0
         self._switches: list[int] = []
@@ -187,15 +187,19 @@ class Firewall(SuiteApp):
 
     # --- the XDP fast path ---------------------------------------------------------------------
 
-    def _edge_interfaces(self) -> set[str]:
-        """Names of the ports where traffic enters the network (host-facing switch ports) of
-        the switches this controller masters (all of them when it runs alone)."""
-        names = set()
+    def _edge_interfaces(self) -> dict[str, str]:
+        """The ports where traffic enters the network (host-facing switch ports) of the switches
+        this controller masters (all of them when it runs alone): name -> MAC as reported."""
+        names = {}
         for dpid in self.topology.switches():
             if not self.core.is_master(dpid):
                 continue
             ports = self.core.ports(dpid)
-            names.update(ports[p].name for p in self.topology.edge_ports(dpid) if p in ports)
+            names.update(
+                (ports[p].name, ports[p].hw_addr)
+                for p in self.topology.edge_ports(dpid)
+                if p in ports
+            )
         return names
 
     def _update_fastpath(self) -> None:

@@ -13,14 +13,17 @@ says so once, with the reason.
 from __future__ import annotations
 
 import logging
-import os
+import re
 import threading
+from collections.abc import Mapping
 
 from apps.firewall.rules import XdpSettings
 from ebpf.offload import plan
 from ebpf.xdp import attached_prog_id
 
 LOG = logging.getLogger("osken_suite.firewall.xdp")
+_IFNAME = re.compile(r"[^/:\s\0]{1,15}")  # what Linux takes as an interface name (dev_valid_name)
+SHUTDOWN_WAIT = 10.0  # seconds shutdown waits for a load under way (a compile takes about one)
 
 
 class FastPath:
@@ -36,6 +39,8 @@ class FastPath:
         self._planned_for: tuple | None = None
         self._plan: tuple = ([], [])
         self._announced = False
+        self._stopping = False  # shutdown has begun: a program loaded from now on is released
+        self._handover = threading.Lock()  # the loader's `prog` against shutdown's
 
     def configure(self, settings: XdpSettings) -> None:
         self.settings = settings
@@ -68,8 +73,12 @@ class FastPath:
         if problem:
             self._say_off(problem)
             return
-        LOG.info("XDP fast path on (%s mode)", self.settings.mode)
-        self.prog = prog
+        with self._handover:
+            if not self._stopping:
+                LOG.info("XDP fast path on (%s mode)", self.settings.mode)
+                self.prog = prog
+                return
+        prog.close()  # shut down while it compiled: its pins must not outlive this process
 
     def loaded(self) -> bool:
         """True once, when a load that update() started has finished: time to update again."""
@@ -87,9 +96,12 @@ class FastPath:
             LOG.warning("XDP fast path off: %s; the firewall runs in OpenFlow alone", why)
         self.off_reason = why
 
-    def update(self, rules, blocked, blocked_id: int, stateful: bool, interfaces: set[str]) -> None:
-        """Offload what can be, attach where traffic enters, log what changed and why."""
-        local = {i for i in interfaces if os.path.exists(f"/sys/class/net/{i}")}
+    def update(
+        self, rules, blocked, blocked_id: int, stateful: bool, interfaces: Mapping[str, str]
+    ) -> None:
+        """Offload what can be, attach where traffic enters (`interfaces`: port name -> the MAC
+        its switch reports), log what changed and why."""
+        local = {name for name, mac in interfaces.items() if is_local(name, mac)}
         if self.prog is None and not local:
             return  # switches on other machines, or none yet: nothing here to attach to
         key = (tuple(rules), blocked, blocked_id, stateful)
@@ -176,7 +188,25 @@ class FastPath:
 
     def shutdown(self) -> None:
         """The controller stops: detach, and remove the program's pins from bpffs (the process
-        exits without running atexit hooks)."""
+        exits without running atexit hooks). A load under way is waited for (up to
+        SHUTDOWN_WAIT) and its program released as soon as it is made."""
+        with self._handover:
+            self._stopping = True
+        if self._loader is not None:
+            self._loader.join(SHUTDOWN_WAIT)
         self.close()
         if self.prog is not None:
             self.prog.close()
+
+
+def is_local(name: str, mac: str) -> bool:
+    """Is the switch port `name` with MAC `mac` an interface of this machine? The name alone
+    is not enough: a switch on another machine may call its uplink "eth0" too, and the fast path
+    would then drop this machine's own traffic by the firewall's rules."""
+    if not _IFNAME.fullmatch(name) or name in (".", ".."):
+        return False
+    try:
+        with open(f"/sys/class/net/{name}/address") as fh:
+            return fh.read().strip().lower() == mac.strip().lower()
+    except OSError:  # no such interface here
+        return False

@@ -1,6 +1,7 @@
 """The firewall's XDP fast path logic, with a stand-in for the kernel program."""
 
 import ipaddress
+import time
 
 import pytest
 
@@ -50,6 +51,12 @@ def stand_in(monkeypatch):
     return prog
 
 
+def _mac_of(name: str) -> str:
+    with open(f"/sys/class/net/{name}/address") as fh:
+        return fh.read().strip()
+
+
+LO = {"lo": _mac_of("lo")}  # a switch port as the firewall gives it: name -> its MAC
 RULES = [
     (100, FirewallRule("deny", "udp", dst_ports=(5001, 5001))),
     (90, FirewallRule("deny", "tcp", ipaddress.ip_network("10.0.0.0/8"), dst_ports=(22, 22))),
@@ -61,7 +68,7 @@ def test_off_is_said_once_with_the_reason(monkeypatch, caplog):
     fp = FastPath()
     with caplog.at_level("WARNING"):
         for _ in range(3):
-            fp.update(RULES, (), 0xFFFF, False, {"lo"})
+            fp.update(RULES, (), 0xFFFF, False, LO)
             fp.wait_loaded()
     said = [r.message for r in caplog.records if "fast path off" in r.message]
     assert said == ["XDP fast path off: it needs root; the firewall runs in OpenFlow alone"]
@@ -70,7 +77,7 @@ def test_off_is_said_once_with_the_reason(monkeypatch, caplog):
 
 def loaded(fp: FastPath) -> FastPath:
     """Start the (threaded) load and wait for it, as the firewall's tick would."""
-    fp.update(RULES, (), 0xFFFF, False, {"lo"})
+    fp.update(RULES, (), 0xFFFF, False, LO)
     fp.wait_loaded()
     assert fp.loaded() and not fp.loaded()  # said once
     return fp
@@ -78,10 +85,10 @@ def loaded(fp: FastPath) -> FastPath:
 
 def test_all_mode_offloads_every_expressible_rule(stand_in):
     fp = loaded(FastPath())
-    fp.update(RULES, (ipaddress.ip_network("192.0.2.1/32"),), 0xFFFF, False, {"lo"})
+    fp.update(RULES, (ipaddress.ip_network("192.0.2.1/32"),), 0xFFFF, False, LO)
     assert {e.rule for e in stand_in.entries.values()} == {100, 90, 0xFFFF}
     assert set(stand_in.attached) == {"lo"}
-    fp.update(RULES, (), 0xFFFF, False, set())
+    fp.update(RULES, (), 0xFFFF, False, {})
     assert stand_in.attached == {}
 
 
@@ -89,16 +96,16 @@ def test_adaptive_mode_offloads_hot_rules_and_withdraws_idle_ones(stand_in):
     fp = FastPath()
     fp.configure(XdpSettings(offload="adaptive", threshold_pps=100, idle_seconds=10))
     loaded(fp)
-    fp.update(RULES, (ipaddress.ip_network("192.0.2.1/32"),), 0xFFFF, False, {"lo"})
+    fp.update(RULES, (ipaddress.ip_network("192.0.2.1/32"),), 0xFFFF, False, LO)
     assert {e.rule for e in stand_in.entries.values()} == {0xFFFF}  # blocked: always
     assert fp.adapt({100: 500.0, 90: 5.0}, now=0.0)  # rule 100 is hot
-    fp.update(RULES, (), 0xFFFF, False, {"lo"})
+    fp.update(RULES, (), 0xFFFF, False, LO)
     assert {e.rule for e in stand_in.entries.values()} == {100}
     stand_in.drops[100] = 1000
     assert not fp.adapt({}, now=5.0)  # still dropping: stays
     assert not fp.adapt({}, now=14.0)  # idle 9 s: stays
     assert fp.adapt({}, now=16.0)  # idle over 10 s: withdrawn
-    fp.update(RULES, (), 0xFFFF, False, {"lo"})
+    fp.update(RULES, (), 0xFFFF, False, LO)
     assert stand_in.entries == {}
     assert fp.counters()[100] == (1000, 64000)  # what it dropped still counts
 
@@ -179,8 +186,48 @@ def test_indexed_planner_decides_exactly_as_a_plain_scan():
 
 def test_shutdown_detaches_and_releases_the_program_but_off_keeps_it(stand_in):
     fp = loaded(FastPath())
-    fp.update(RULES, (), 0xFFFF, False, {"lo"})
+    fp.update(RULES, (), 0xFFFF, False, LO)
     fp.configure(XdpSettings(mode="off"))
     assert not stand_in.attached and not stand_in.closed  # off: loaded still, for coming back
     fp.shutdown()
     assert stand_in.closed  # its pins leave bpffs: the controller exits without atexit hooks
+
+
+def test_shutdown_while_the_program_loads_still_releases_it(monkeypatch):
+    """SIGTERM in the second the child compiles: the program it pins must not outlive us."""
+    prog = StandInProgram()
+
+    def slow_load():
+        time.sleep(0.3)
+        return prog
+
+    monkeypatch.setattr(ebpf.xdp, "unavailable", lambda: None)
+    monkeypatch.setattr(ebpf.xdp, "XdpProgram", slow_load)
+    fp = FastPath()
+    fp.update(RULES, (), 0xFFFF, False, LO)  # starts the load
+    fp.shutdown()
+    fp.wait_loaded()
+    assert prog.closed
+    assert fp.prog is None
+
+
+def test_a_remote_switchs_port_named_like_a_local_interface_is_not_attached_to(stand_in):
+    """A switch on another machine with a port "lo" (or "eth0", its uplink NIC) is not this
+    machine's lo: the MAC the switch reports for the port must be the local interface's."""
+    fp = FastPath()
+    fp.update(RULES, (), 0xFFFF, False, {"lo": "02:00:00:00:00:01"})
+    fp.wait_loaded()
+    assert fp.prog is None  # nothing here: nothing loaded
+    fp = loaded(FastPath())
+    fp.update(RULES, (), 0xFFFF, False, {"lo": "02:00:00:00:00:01"})
+    assert not stand_in.attached
+    fp.update(RULES, (), 0xFFFF, False, {"lo": _mac_of("lo").upper()})
+    assert set(stand_in.attached) == {"lo"}
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "../lo", "a b", "x" * 16, "l\0o"])
+def test_a_port_name_no_interface_can_have_is_never_looked_up(stand_in, name):
+    fp = FastPath()
+    fp.update(RULES, (), 0xFFFF, False, {name: "00:00:00:00:00:00"})
+    fp.wait_loaded()
+    assert fp.prog is None and not stand_in.attached  # nothing here: nothing loaded

@@ -260,6 +260,45 @@ def test_what_re2_refuses_is_refused_and_what_it_takes_is_taken(pattern):
     assert StringMatch("regex", "/users/[0-9]{1,12}(/[a-z]+)?").value
 
 
+def _envoy_verdict_on_path_regex(pattern: str) -> str | None:
+    """What `envoy --mode validate` says of a route whose path is `pattern` (bypassing ours)."""
+    path = object.__new__(StringMatch)
+    object.__setattr__(path, "kind", "regex")
+    object.__setattr__(path, "value", pattern)
+    plan = Plan(
+        (Listener("s", VIP, 80, (Route(HttpMatch(path=path), "s/0", "here"),)),),
+        (Cluster("s/0", (Endpoint("10.0.0.3", 80, 1),)),),
+    )
+    return envoy.check(plan)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "",  # Envoy's RegexMatcher.regex has min_len 1
+        "\\x{100}",  # Envoy compiles as Latin-1: no code point past 0xFF
+        "[\\x{0}-\\x{10FFFF}]",
+        "(?:\\pL{1000})",  # too large as UTF-8, fine as Latin-1 (Envoy takes it)
+        "/users/[0-9]{1,12}",
+        "caf\u00e9+",
+    ],
+)
+def test_our_regex_verdict_is_envoys(pattern):
+    envoy_ok = _envoy_verdict_on_path_regex(pattern) is None
+    try:
+        StringMatch("regex", pattern)
+        ours_ok = True
+    except ValueError as exc:
+        assert "is not an RE2 regular expression" in str(exc)
+        ours_ok = False
+    assert ours_ok == envoy_ok
+
+
+def test_a_lone_surrogate_is_refused_as_a_regex_not_crashed_on():
+    with pytest.raises(ValueError, match="is not an RE2 regular expression"):
+        StringMatch("regex", "a\ud800")
+
+
 def test_envoys_validation_is_real_a_misspelled_field_is_refused(monkeypatch):
     plan = Plan(
         (Listener("s", VIP, 80, (Route(None, "s/0", "here"),)),),
