@@ -46,11 +46,14 @@ def rss_mib(pid: int) -> float:
 def reconciled_at(log: str) -> float | None:
     """When the controller's log (os-ken's "%Y-%m-%d %H:%M:%S,%f" stamps) last says a switch was
     reconciled on connect, as epoch seconds; None if it never does."""
-    stamps = [
-        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        for line in log.splitlines()
-        if "reconciled (connect)" in line
-    ]
+    stamps = []
+    for line in log.splitlines():
+        if "reconciled (connect)" not in line:
+            continue
+        try:
+            stamps.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp())
+        except ValueError:  # a continuation line (a traceback's) names it without a stamp
+            continue
     return max(stamps) if stamps else None
 
 
@@ -82,6 +85,7 @@ class OpenFlowTap:
         self.kinds: collections.Counter[str] = collections.Counter()
         self.flow_mods: collections.Counter[str] = collections.Counter()
         self.last_work = 0.0  # time.time() of the last change or barrier sent
+        self.error: str | None = None  # a stream that could not be framed: counts are short
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", port))
@@ -106,7 +110,13 @@ class OpenFlowTap:
             self.flow_mods.clear()
 
     def work(self) -> int:
-        """Changes and barriers sent since the last reset."""
+        """Changes and barriers sent since the last reset.
+
+        Raises:
+            RuntimeError: a controller's stream could not be framed, so some went uncounted.
+        """
+        if self.error is not None:
+            raise RuntimeError(f"the OpenFlow tap lost count: {self.error}")
         with self._lock:
             return sum(self.kinds[k] for k in WORK_KINDS)
 
@@ -145,7 +155,11 @@ class OpenFlowTap:
                     if not data:
                         return
                     if sock is controller:
-                        pending = self._count(pending + data)
+                        try:
+                            pending = self._count(pending + data)
+                        except ValueError as exc:  # a switch would drop such a connection too
+                            self.error = str(exc)
+                            return
                         switch.sendall(data)
                     else:
                         controller.sendall(data)

@@ -87,13 +87,18 @@ def _command(msg: bytes, at: int) -> str | None:
 
 
 def read_messages(buf: bytes) -> tuple[list[Message], bytes]:
-    """The whole messages at the start of `buf`, classified, and the incomplete rest. A
-    length under 8 cannot be parsed on: the rest from there is returned unread."""
+    """The whole messages at the start of `buf`, classified, and the incomplete rest.
+
+    Raises:
+        ValueError: a header gives a length under 8; the stream cannot be framed past it.
+    """
     out: list[Message] = []
     offset = 0
     while len(buf) - offset >= HEADER:
         (length,) = struct.unpack_from("!H", buf, offset + 2)
-        if length < HEADER or len(buf) - offset < length:
+        if length < HEADER:
+            raise ValueError(f"an OpenFlow header at byte {offset} gives length {length} (< 8)")
+        if len(buf) - offset < length:
             break
         out.append(classify(buf[offset : offset + length]))
         offset += length

@@ -112,10 +112,10 @@ def test_a_stream_split_anywhere_is_read_whole_messages_first_and_the_rest_kept(
         assert left == b""
 
 
-def test_a_length_under_the_header_stops_the_reading():
+def test_a_length_under_the_header_is_an_error_not_a_silent_stop():
     bad = bytes([4, 2, 0, 4, 0, 0, 0, 0])
-    found, rest = ofkinds.read_messages(to_wire(echo()) + bad)
-    assert [m.kind for m in found] == ["other"] and rest == bad
+    with pytest.raises(ValueError, match="at byte 8 gives length 4"):
+        ofkinds.read_messages(to_wire(echo()) + bad)
 
 
 def test_the_tap_counts_work_apart_from_periodic_messages_and_quiet_ignores_them():
@@ -143,6 +143,20 @@ def test_the_tap_counts_work_apart_from_periodic_messages_and_quiet_ignores_them
         assert tap.sent[ofp.OFPT_FLOW_MOD] == 1 and tap.sent[ofp.OFPT_BARRIER_REQUEST] == 1
         tap.reset()
         assert tap.work() == 0 and not tap.kinds
+        for sock in (switch, controller):
+            sock.close()
+    server.close()
+
+
+def test_the_tap_says_it_lost_count_on_a_stream_it_cannot_frame():
+    server = socket.create_server(("127.0.0.1", 0))
+    with benchlib.OpenFlowTap(upstream=server.getsockname()[1], port=free_port()) as tap:
+        switch = socket.create_connection(("127.0.0.1", tap.port))
+        controller, _ = server.accept()
+        controller.sendall(to_wire(flow_mod(ofp.OFPFC_ADD)) + bytes([4, 2, 0, 4, 0, 0, 0, 0]))
+        assert wait.until(lambda: tap.error is not None, 5, 0.01)
+        with pytest.raises(RuntimeError, match="lost count: .*gives length 4"):
+            tap.work()
         for sock in (switch, controller):
             sock.close()
     server.close()
