@@ -44,6 +44,13 @@ class MapInfo(ctypes.Structure):
     ]
 
 
+class XdpAttachOpts(ctypes.Structure):
+    """struct bpf_xdp_attach_opts (libbpf.h): `sz` its size, `old_prog_fd` the program expected
+    on the interface (XDP_FLAGS_REPLACE: the kernel refuses with EEXIST if another is there)."""
+
+    _fields_ = [("sz", ctypes.c_size_t), ("old_prog_fd", ctypes.c_int)]
+
+
 class ProgInfo(ctypes.Structure):
     """The head of struct bpf_prog_info (uapi/linux/bpf.h): its type and the kernel's id."""
 
@@ -63,6 +70,7 @@ class Libbpf:
         for name, args in {
             "bpf_obj_get": [ctypes.c_char_p],
             "bpf_obj_get_info_by_fd": [i, vp, ctypes.POINTER(u32)],
+            "bpf_prog_get_fd_by_id": [u32],
             "bpf_map_update_elem": [i, vp, vp, ctypes.c_uint64],
             "bpf_map_lookup_elem": [i, vp, vp],
             "bpf_map_delete_elem": [i, vp],
@@ -94,6 +102,11 @@ class Libbpf:
         info = ProgInfo()
         self._info(fd, info, what)
         return info.id
+
+    def prog_fd_by_id(self, prog_id: int, what: str) -> int:
+        """A new file descriptor for the loaded program with the kernel's id `prog_id`;
+        OSError ENOENT when no such program is loaded any more."""
+        return _check(self._lib.bpf_prog_get_fd_by_id(prog_id), "bpf_prog_get_fd_by_id", what)
 
     def update(self, fd: int, key: bytes, value: bytes, what: str) -> None:
         """Create or replace one element; key and value exactly the map's sizes."""
@@ -139,9 +152,13 @@ class Libbpf:
         ret = self._lib.bpf_xdp_attach(ifindex, prog_fd, flags, None)
         _check(ret, "bpf_xdp_attach", ifname)
 
-    def xdp_detach(self, ifindex: int, flags: int, ifname: str) -> None:
-        """Take whatever XDP program is attached in the mode `flags` names off an interface."""
-        _check(self._lib.bpf_xdp_detach(ifindex, flags, None), "bpf_xdp_detach", ifname)
+    def xdp_detach(self, ifindex: int, flags: int, ifname: str, expected_fd: int) -> None:
+        """Take the program behind `expected_fd` off an interface (attached in the mode `flags`
+        names), in one step: OSError EEXIST, and nothing detached, if another program is
+        attached there now (libbpf sets XDP_FLAGS_REPLACE for `old_prog_fd`)."""
+        opts = XdpAttachOpts(ctypes.sizeof(XdpAttachOpts), expected_fd)
+        ret = self._lib.bpf_xdp_detach(ifindex, flags, ctypes.byref(opts))
+        _check(ret, "bpf_xdp_detach", ifname)
 
 
 def _check(ret: int, call: str, what: str) -> int:

@@ -17,6 +17,7 @@ controller, bcc cost about 100 MiB resident (docs/performance.md).
 
 from __future__ import annotations
 
+import errno
 import glob
 import importlib.util
 import json
@@ -239,11 +240,21 @@ class XdpProgram:
         ours) is left alone: False."""
         flags = self.attached.pop(ifname, None)
         ours = self.prog_ids.pop(ifname, None)
-        if flags is None or not os.path.exists(f"/sys/class/net/{ifname}"):
+        if flags is None or ours is None:
             return False
-        if attached_prog_id(ifname) != ours:
+        try:
+            index = socket.if_nametoindex(ifname)
+            expected = self._bpf.prog_fd_by_id(ours, ifname)
+        except OSError:  # the interface is gone, or the program attached there is unloaded
             return False
-        self._bpf.xdp_detach(socket.if_nametoindex(ifname), flags, ifname)
+        try:  # one step: never takes off a program that replaced ours since we looked
+            self._bpf.xdp_detach(index, flags, ifname, expected)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                return False
+            raise
+        finally:
+            os.close(expected)
         return True
 
     def detach_all(self) -> None:

@@ -1,6 +1,7 @@
 """ebpf/libbpf.py's encoding, checked against xdp_firewall.c's structs, without root or a kernel
 program; and the controller's side of the fast path importing no bcc."""
 
+import ctypes
 import errno
 import os
 import re
@@ -87,3 +88,18 @@ def test_checking_availability_imports_no_bcc():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def test_the_xdp_attach_options_are_laid_out_as_libbpf_declares_them():
+    """struct bpf_xdp_attach_opts { size_t sz; int old_prog_fd; size_t :0; } (libbpf.h): the
+    trailing zero-width field pads it to a size_t boundary, 16 bytes on 64-bit machines."""
+    opts = libbpf.XdpAttachOpts(ctypes.sizeof(libbpf.XdpAttachOpts), 7)
+    assert ctypes.sizeof(opts) == 2 * ctypes.sizeof(ctypes.c_size_t)
+    assert libbpf.XdpAttachOpts.old_prog_fd.offset == ctypes.sizeof(ctypes.c_size_t)
+
+
+def test_no_program_has_id_zero():
+    with pytest.raises(OSError) as err:
+        libbpf.Libbpf().prog_fd_by_id(0, "prog id 0")
+    assert err.value.errno in (errno.ENOENT, errno.EINVAL, errno.EPERM)
+    assert "bpf_prog_get_fd_by_id on prog id 0" in str(err.value)
