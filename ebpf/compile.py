@@ -23,7 +23,9 @@ import sys
 import time
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "xdp_firewall.c")
-MAPS = ("blocked4", "blocked6", "ports4", "ports6", "protos4", "protos6", "counters")
+# The maps xdp_firewall.c pins: its LPM tries, then the per-rule drop counters.
+TABLES = ("blocked4", "blocked6", "ports4", "ports6", "protos4", "protos6")
+MAPS = (*TABLES, "counters")
 
 
 def compile_and_pin(pin_dir: str, function: str) -> dict:

@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Iterable
 
 from ebpf import libbpf
+from ebpf.compile import MAPS, TABLES
 from ebpf.offload import LpmEntry
 
 BPFFS = "/sys/fs/bpf"
@@ -41,7 +42,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XDP_FLAGS_SKB_MODE = 1 << 1  # generic: any device
 XDP_FLAGS_DRV_MODE = 1 << 2  # native: in the driver
 MODES = {"generic": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
-TABLES = ("blocked4", "blocked6", "ports4", "ports6", "protos4", "protos6")
 _RULE = struct.Struct("=I")  # the tries' value: u32 rule id
 _COUNTER = struct.Struct("=QQ")  # struct counter { u64 packets; u64 bytes; }
 _STDERR_TAIL = 2000  # characters of the child's stderr an error carries
@@ -138,7 +138,7 @@ def _pins(stdout: str, what: str) -> dict:
         isinstance(pins, dict)
         and isinstance(pins.get("prog"), str)
         and isinstance(pins.get("maps"), dict)
-        and set(pins["maps"]) >= {*TABLES, "counters"}
+        and set(pins["maps"]) >= set(MAPS)
         and isinstance(pins.get("compile_seconds"), int | float)
     ):
         return pins
